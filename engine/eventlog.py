@@ -1,0 +1,115 @@
+"""The Kafka edge of the API: append accepted events to the `events` topic.
+
+`append` returns only after the broker has acknowledged every record; when the broker
+cannot be reached within the deadline it raises `LogUnavailable` and the API answers 503
+(the client may resend: the stream dedupes by `event_id`). Events of one visitor in one
+request travel as one record keyed by the visitor, which keeps them ordered on one
+partition and costs one produce per visitor instead of one per event.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+
+from aiokafka import AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import KafkaError, TopicAlreadyExistsError
+
+from engine.events import Event, encode_events
+
+log = logging.getLogger("kairos.ingest")
+
+
+class LogUnavailable(Exception):
+    """The broker did not acknowledge in time."""
+
+
+async def ensure_topics(bootstrap: str, topics: dict[str, int], timeout_s: float = 30.0) -> None:
+    """Create the topics with their partition counts if they do not exist yet."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=int(timeout_s * 1000))
+    await admin.start()
+    try:
+        existing = set(await admin.list_topics())
+        todo = [NewTopic(name, num_partitions=n, replication_factor=1)
+                for name, n in topics.items() if name not in existing]
+        if todo:
+            try:
+                await admin.create_topics(todo)
+            except TopicAlreadyExistsError:
+                pass
+    finally:
+        await admin.close()
+
+
+def group_by_visitor(events: Sequence[Event]) -> list[tuple[bytes, bytes]]:
+    """(key, value) records: one per visitor, events in request order."""
+    groups: dict[str, list[Event]] = {}
+    for ev in events:
+        groups.setdefault(ev.visitor_id, []).append(ev)
+    return [(vid.encode(), encode_events(evs)) for vid, evs in groups.items()]
+
+
+class EventLog:
+    def __init__(self, bootstrap: str, topic: str, *, linger_ms: int = 1, timeout_s: float = 5.0) -> None:
+        self.bootstrap = bootstrap
+        self.topic = topic
+        self.linger_ms = linger_ms
+        self.timeout_s = timeout_s
+        self._producer: AIOKafkaProducer | None = None
+        self._starting: asyncio.Task[None] | None = None
+
+    async def _start(self) -> None:
+        producer = AIOKafkaProducer(
+            bootstrap_servers=self.bootstrap,
+            acks=1,
+            linger_ms=self.linger_ms,
+            max_batch_size=256 * 1024,
+            request_timeout_ms=int(self.timeout_s * 1000),
+            enable_idempotence=False,
+        )
+        try:
+            await producer.start()
+        except BaseException:
+            await producer.stop()
+            raise
+        self._producer = producer
+
+    async def producer(self) -> AIOKafkaProducer:
+        if self._producer is not None:
+            return self._producer
+        if self._starting is None or self._starting.done():
+            self._starting = asyncio.create_task(self._start())
+        try:
+            await asyncio.wait_for(asyncio.shield(self._starting), self.timeout_s)
+        except (TimeoutError, KafkaError, OSError) as exc:
+            raise LogUnavailable(f"broker unreachable: {exc or type(exc).__name__}") from None
+        assert self._producer is not None
+        return self._producer
+
+    async def append(self, records: Sequence[tuple[bytes, bytes]]) -> None:
+        producer = await self.producer()
+
+        async def send_all() -> None:
+            futures = [await producer.send(self.topic, value, key=key) for key, value in records]
+            await asyncio.gather(*futures)
+
+        try:
+            await asyncio.wait_for(send_all(), self.timeout_s)
+        except (TimeoutError, KafkaError, OSError) as exc:
+            raise LogUnavailable(f"broker did not acknowledge: {exc or type(exc).__name__}") from None
+
+    async def ready(self) -> bool:
+        try:
+            producer = await self.producer()
+            return bool(await asyncio.wait_for(producer.client.fetch_all_metadata(), 2.0))
+        except Exception:
+            return False
+
+    async def close(self) -> None:
+        if self._starting and not self._starting.done():
+            self._starting.cancel()
+        if self._producer is not None:
+            await self._producer.stop()
+            self._producer = None

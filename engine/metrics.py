@@ -1,0 +1,73 @@
+"""Prometheus metrics of the API processes, plus the workers' own measurements.
+
+With several API processes the counters live in prometheus_client's multiprocess
+directory (`PROMETHEUS_MULTIPROC_DIR`, set by `kairos api` before the workers fork), so
+`/metrics` on any process shows the sum. Workers publish what they measure (rate, lag,
+freshness) to Redis each second; `/metrics` adds those as `kairos_worker_*` gauges.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import multiprocess as prom_mp
+
+_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.5, 5.0)
+
+EVENTS_ACCEPTED = Counter("kairos_events_accepted_total", "Events acknowledged by the broker")
+EVENTS_REJECTED = Counter("kairos_events_rejected_total", "Events refused at validation", ["field"])
+REQUESTS = Histogram("kairos_http_request_seconds", "HTTP request latency", ["route", "status"],
+                     buckets=_BUCKETS)
+PRODUCE = Histogram("kairos_produce_seconds", "Time for the broker to acknowledge a request's events",
+                    buckets=_BUCKETS)
+PRODUCE_FAILURES = Counter("kairos_produce_failures_total", "Requests answered 503: broker unavailable")
+
+_KNOWN_FIELDS = frozenset(
+    {"event_id", "type", "visitor_id", "user_id", "channel", "ts", "item", "items", "context",
+     "props", "decision_id", "event", "body"}
+)
+
+
+def field_label(field: str) -> str:
+    head = field.split(".", 1)[0].split("[", 1)[0]
+    return head if head in _KNOWN_FIELDS else "other"
+
+
+def render(multiproc_dir: Path | None, workers: Mapping[str, Mapping[str, Any]], now: float | None = None) -> bytes:
+    if multiproc_dir is not None:
+        registry = CollectorRegistry()
+        prom_mp.MultiProcessCollector(registry, path=str(multiproc_dir))
+        body = generate_latest(registry)
+    else:
+        from prometheus_client import REGISTRY
+
+        body = generate_latest(REGISTRY)
+    return body + worker_lines(workers, now)
+
+
+_WORKER_GAUGES = (
+    ("rate", "kairos_worker_events_per_second", "Events applied per second (10 s window)"),
+    ("lag", "kairos_worker_lag_events", "Events in the worker's partitions not yet applied"),
+    ("applied_total", "kairos_worker_applied_total", "Events applied since the worker started"),
+    ("duplicates_total", "kairos_worker_duplicates_total", "Redelivered or resent events ignored"),
+    ("freshness_p50_ms", "kairos_worker_freshness_p50_ms", "Accept-to-applied time, median"),
+    ("freshness_p99_ms", "kairos_worker_freshness_p99_ms", "Accept-to-applied time, 99th percentile"),
+)
+
+
+def worker_lines(workers: Mapping[str, Mapping[str, Any]], now: float | None = None) -> bytes:
+    now = time.time() if now is None else now
+    live = {w: s for w, s in workers.items() if now - float(s.get("ts", 0)) < 15}
+    out: list[str] = []
+    for key, name, help_ in _WORKER_GAUGES:
+        out.append(f"# HELP {name} {help_}\n# TYPE {name} gauge\n")
+        for w, s in sorted(live.items()):
+            label = w.replace("\\", "\\\\").replace('"', '\\"')
+            out.append(f'{name}{{worker="{label}"}} {float(s.get(key, 0))}\n')
+    out.append("# HELP kairos_workers_live Workers that reported in the last 15 s\n"
+               f"# TYPE kairos_workers_live gauge\nkairos_workers_live {len(live)}\n")
+    return "".join(out).encode()

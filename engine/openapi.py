@@ -1,0 +1,126 @@
+"""The OpenAPI document the engine serves at /openapi.json, and a self-contained /docs page."""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+from engine import events as spec
+
+
+def _err(desc: str) -> dict[str, Any]:
+    return {"description": desc, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
+
+
+@functools.cache
+def openapi() -> dict[str, Any]:
+    ev = spec.event_json_schema()
+    components = ev["components"]
+    components["Error"] = {
+        "type": "object",
+        "required": ["error", "field", "reason"],
+        "properties": {
+            "error": {"type": "string", "example": "visitor_id must be a string"},
+            "field": {"type": "string", "example": "visitor_id"},
+            "reason": {"type": "string", "example": "must be a string"},
+        },
+    }
+    components["IngestResult"] = {
+        "type": "object",
+        "properties": {
+            "accepted": {"type": "integer"},
+            "rejected": {"type": "array", "items": {"type": "object", "properties": {
+                "index": {"type": "integer"}, "field": {"type": "string"}, "reason": {"type": "string"}}}},
+        },
+    }
+    batch = {"oneOf": [
+        {"$ref": "#/components/schemas/Event"},
+        {"type": "array", "items": {"$ref": "#/components/schemas/Event"}, "maxItems": spec.MAX_EVENTS_PER_REQUEST},
+        {"type": "object", "required": ["events"], "properties": {"events": {
+            "type": "array", "items": {"$ref": "#/components/schemas/Event"}, "maxItems": spec.MAX_EVENTS_PER_REQUEST}}},
+    ]}
+    score = {"type": "object", "properties": {"key": {"type": "string"}, "score": {"type": "number"},
+                                              "by_type": {"type": "object", "additionalProperties": {"type": "number"}}}}
+    components["Profile"] = {
+        "type": "object",
+        "properties": {
+            "profile_id": {"type": "string"}, "visitor_id": {"type": ["string", "null"]},
+            "user_id": {"type": ["string", "null"]}, "event_count": {"type": "integer"},
+            "first_seen": {"type": "integer", "description": "epoch ms"},
+            "last_seen": {"type": "integer", "description": "epoch ms"},
+            "affinities": {"type": "object", "properties": {
+                d: {"type": "array", "items": score} for d in ("category", "brand", "tag", "item")}},
+            "recent_items": {"type": "array", "items": {"type": "string"}},
+            "cart": {"type": "array", "items": {"type": "string"}},
+            "purchased": {"type": "array", "items": {"type": "string"}},
+            "segments": {"type": "array", "items": {"type": "string"}},
+            "linked_visitors": {"type": "array", "items": {"type": "string"}},
+        },
+    }
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "Kairos", "version": "0.1.0",
+                 "description": "Real-time personalization engine: event ingest and visitor profiles."},
+        "paths": {
+            "/v1/events": {"post": {
+                "summary": "Ingest events (one, an array, or {events: [...]}, up to 500)",
+                "description": "Each event is validated on its own; the good ones are accepted even when "
+                               "others are rejected. Acknowledged only after the broker has acknowledged. "
+                               "Content types: application/json, text/plain (sendBeacon), application/msgpack.",
+                "requestBody": {"required": True, "content": {
+                    "application/json": {"schema": batch}, "text/plain": {"schema": batch},
+                    "application/msgpack": {"schema": batch}}},
+                "responses": {
+                    "200": {"description": "At least one event accepted",
+                            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/IngestResult"}}}},
+                    "400": _err("Nothing valid: names the first bad field"),
+                    "413": _err("Body over 1 MiB or more than 500 events"),
+                    "415": _err("Unknown content type"),
+                    "503": _err("Broker unavailable; resend after Retry-After (dedupe by event_id)"),
+                }}},
+            "/v1/profiles/{visitor_id}": {"get": {
+                "summary": "A visitor's (or a user's) profile with decayed affinities",
+                "parameters": [
+                    {"name": "visitor_id", "in": "path", "required": True, "schema": {"type": "string", "maxLength": 128}},
+                    {"name": "explain", "in": "query", "schema": {"type": "boolean"}},
+                    {"name": "top", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 100}},
+                ],
+                "responses": {"200": {"description": "The profile", "content": {"application/json": {
+                    "schema": {"$ref": "#/components/schemas/Profile"}}}}, "404": _err("Unknown visitor")},
+            }},
+            "/healthz": {"get": {"summary": "Process is up", "responses": {"200": {"description": "ok"}}}},
+            "/readyz": {"get": {"summary": "Redis and the broker are reachable",
+                                "responses": {"200": {"description": "ready"}, "503": {"description": "not ready"}}}},
+            "/metrics": {"get": {"summary": "Prometheus metrics", "responses": {"200": {"description": "text"}}}},
+        },
+        "components": {"schemas": components},
+    }
+
+
+DOCS_HTML = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>Kairos API</title>
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<style>
+:root{color-scheme:light dark;font-family:system-ui,sans-serif}
+body{max-width:960px;margin:2rem auto;padding:0 1rem;line-height:1.45}
+code,pre{font-family:ui-monospace,monospace;font-size:.9em}
+pre{background:color-mix(in srgb,currentColor 8%,transparent);padding:.8rem;border-radius:6px;overflow:auto}
+.m{display:inline-block;min-width:3.5rem;font-weight:700}
+section{border-top:1px solid color-mix(in srgb,currentColor 20%,transparent);padding:.5rem 0}
+</style></head><body>
+<h1>Kairos API</h1><p>Machine-readable: <a href="/openapi.json">/openapi.json</a>.</p>
+<div id="paths"></div><h2>Schemas</h2><div id="schemas"></div>
+<script>
+fetch('/openapi.json').then(r=>r.json()).then(doc=>{
+  const esc=s=>String(s).replace(/[&<>"]/g,c=>({'&':'&amp;','<':'&lt;','>':'&gt;','"':'&quot;'}[c]));
+  let h='';
+  for(const [p,ops] of Object.entries(doc.paths)) for(const [m,op] of Object.entries(ops)){
+    h+='<section><h3><span class=m>'+m.toUpperCase()+'</span><code>'+esc(p)+'</code></h3><p>'+esc(op.summary||'')+'</p>';
+    if(op.description) h+='<p>'+esc(op.description)+'</p>';
+    h+='<ul>'+Object.entries(op.responses).map(([c,r])=>'<li><b>'+c+'</b> '+esc(r.description)+'</li>').join('')+'</ul></section>';
+  }
+  document.getElementById('paths').innerHTML=h;
+  document.getElementById('schemas').innerHTML=Object.entries(doc.components.schemas).map(([n,s])=>
+    '<h3>'+esc(n)+'</h3><pre>'+esc(JSON.stringify(s,null,2))+'</pre>').join('');
+});
+</script></body></html>"""

@@ -1,0 +1,162 @@
+"""One typed settings object, built once at the entry point from `config/kairos.yaml` and
+environment variables, then passed down. Nothing else in Kairos reads the environment.
+
+Every setting has a default that works on the embedded stack. Environment variables win
+over the file:
+
+| variable | setting | default |
+|---|---|---|
+| `KAIROS_PORT` | HTTP port of the API | 8000 |
+| `KAIROS_HOST` | bind address of the API | 127.0.0.1 |
+| `KAIROS_REDIS_URL` | external Redis/Valkey (then none is started) | embedded Valkey |
+| `KAIROS_KAFKA_BOOTSTRAP` | external Kafka `host:port[,…]` (then none is started) | embedded Kafka |
+| `KAIROS_CONFIG_DIR` | the config folder | `./config` |
+| `KAIROS_VAR_DIR` | data of the embedded servers, logs | `./var` |
+| `KAIROS_PARTITIONS` | partitions of the `events` topic | 4 |
+| `KAIROS_API_WORKERS` | API processes | 1 |
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from models.affinity import AffinityConfig
+
+
+class SettingsError(ValueError):
+    """A setting has a wrong value; the message names it."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    host: str = "127.0.0.1"
+    port: int = 8000
+    redis_url: str | None = None
+    kafka_bootstrap: str | None = None
+    config_dir: Path = Path("config")
+    var_dir: Path = Path("var")
+    api_workers: int = 1
+    # topics
+    events_topic: str = "events"
+    decisions_topic: str = "decisions"
+    partitions: int = 4
+    group_id: str = "kairos"
+    # ingest
+    produce_timeout_s: float = 5.0
+    producer_linger_ms: int = 1
+    retry_after_s: int = 5
+    # worker
+    batch_max: int = 1000
+    batch_within_s: float = 0.01
+    session_timeout_ms: int = 10_000
+    heartbeat_interval_ms: int = 1_000
+    profile_ttl_days: float = 90.0
+    # model
+    affinity: AffinityConfig = field(default_factory=AffinityConfig)
+
+    @property
+    def embedded_redis(self) -> bool:
+        return self.redis_url is None
+
+    @property
+    def embedded_kafka(self) -> bool:
+        return self.kafka_bootstrap is None
+
+    @property
+    def profile_ttl_ms(self) -> int:
+        return int(self.profile_ttl_days * 86_400_000)
+
+    def with_(self, **changes: Any) -> Settings:
+        return dataclasses.replace(self, **changes)
+
+    # Child processes (API workers under uvicorn, faust workers) get the settings as JSON.
+    def to_json(self) -> str:
+        data = dataclasses.asdict(self)
+        data["config_dir"] = str(self.config_dir)
+        data["var_dir"] = str(self.var_dir)
+        data["affinity"] = {k: dict(v) if isinstance(v, Mapping) else v
+                            for k, v in dataclasses.asdict(self.affinity).items()}
+        return json.dumps(data)
+
+    @classmethod
+    def from_json(cls, text: str) -> Settings:
+        data = json.loads(text)
+        data["config_dir"] = Path(data["config_dir"])
+        data["var_dir"] = Path(data["var_dir"])
+        data["affinity"] = AffinityConfig(**data["affinity"])
+        return cls(**data)
+
+
+_ENV = {
+    "KAIROS_PORT": ("port", int),
+    "KAIROS_HOST": ("host", str),
+    "KAIROS_REDIS_URL": ("redis_url", str),
+    "KAIROS_KAFKA_BOOTSTRAP": ("kafka_bootstrap", str),
+    "KAIROS_CONFIG_DIR": ("config_dir", Path),
+    "KAIROS_VAR_DIR": ("var_dir", Path),
+    "KAIROS_PARTITIONS": ("partitions", int),
+    "KAIROS_API_WORKERS": ("api_workers", int),
+}
+
+_FILE_KEYS = {f.name for f in dataclasses.fields(Settings)} - {"affinity"}
+_AFFINITY_KEYS = {f.name for f in dataclasses.fields(AffinityConfig)}
+
+
+def load_settings(env: Mapping[str, str], config_dir: Path | None = None) -> Settings:
+    """Build the settings from `<config_dir>/kairos.yaml` and the given environment."""
+    cdir = Path(env.get("KAIROS_CONFIG_DIR") or config_dir or "config")
+    values: dict[str, Any] = {"config_dir": cdir}
+    path = cdir / "kairos.yaml"
+    if path.exists():
+        try:
+            doc = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise SettingsError(f"{path}: {exc}") from None
+        if not isinstance(doc, dict):
+            raise SettingsError(f"{path}: must be a mapping of settings")
+        for key, value in doc.items():
+            if key == "affinity":
+                if not isinstance(value, dict):
+                    raise SettingsError(f"{path}: affinity must be a mapping")
+                unknown = set(value) - _AFFINITY_KEYS
+                if unknown:
+                    raise SettingsError(f"{path}: unknown affinity setting(s): {', '.join(sorted(unknown))}")
+                try:
+                    values["affinity"] = AffinityConfig(**value)
+                except (TypeError, ValueError) as exc:
+                    raise SettingsError(f"{path}: {exc}") from None
+            elif key in _FILE_KEYS:
+                values[key] = value
+            else:
+                raise SettingsError(f"{path}: unknown setting {key!r}")
+    for var, (name, typ) in _ENV.items():
+        raw = env.get(var)
+        if raw:
+            try:
+                values[name] = typ(raw)
+            except ValueError:
+                raise SettingsError(f"{var}={raw!r} is not a valid {typ.__name__}") from None
+    for name in ("config_dir", "var_dir"):
+        if name in values:
+            values[name] = Path(values[name])
+    settings = Settings(**values)
+    _check(settings)
+    return settings
+
+
+def _check(s: Settings) -> None:
+    if not 0 < s.port < 65536:
+        raise SettingsError(f"port must be between 1 and 65535, not {s.port}")
+    if s.partitions < 1:
+        raise SettingsError("partitions must be at least 1")
+    if s.api_workers < 1:
+        raise SettingsError("api_workers must be at least 1")
+    if s.redis_url is not None and not s.redis_url.startswith(("redis://", "rediss://", "unix://")):
+        raise SettingsError("KAIROS_REDIS_URL must start with redis://, rediss:// or unix://")

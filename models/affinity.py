@@ -1,0 +1,439 @@
+"""Visitor profiles and their affinities, with forward decay.
+
+Forward decay (Cormode, Shkapenyuk, Srivastava, Xu, ICDE 2009): an event of weight `w` at
+time `t` adds `w·e^{λ(t−L)}` to a stored score, for a landmark `L` fixed per profile. The
+current score is `stored·e^{−λ(now−L)}`, so ranking never needs old entries rewritten. When
+`λ(t−L)` grows large the profile rescales: every stored value is multiplied by
+`e^{−λ(t'−L)}` and the landmark moves to `t'`, long before floats lose precision.
+
+Everything here is pure: plain data in, plain data out, the time comes from the events or
+is passed in. A profile is one compact msgpack blob (`snapshot()` / `restore()`), and the
+dedupe marks of recent `event_id`s travel in the same blob, so applying an event and
+marking it seen are one write.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgpack
+
+DIMENSIONS = ("category", "brand", "tag", "item")
+_DIM_INDEX = {d: i for i, d in enumerate(DIMENSIONS)}
+
+# Stable codes for event types inside stored blobs (0 = any custom type).
+TYPE_CODES = {
+    "page_view": 1,
+    "item_view": 2,
+    "add_to_cart": 3,
+    "remove_from_cart": 4,
+    "purchase": 5,
+    "search": 6,
+    "click": 7,
+    "conversion": 8,
+    "impression": 9,
+    "dismiss": 10,
+    "identify": 11,
+}
+CODE_NAMES = {v: k for k, v in TYPE_CODES.items()} | {0: "other"}
+
+SCHEMA_VERSION = 1
+FINGERPRINT_BYTES = 6  # 48-bit: a false duplicate needs ~1e13 events per profile
+RESCALE_EXPONENT = 40.0  # rescale once e^{λ(t−L)} would pass e^40 ≈ 2.4e17
+DAY_MS = 86_400_000
+
+
+@dataclass(frozen=True)
+class AffinityConfig:
+    """Settings of the affinity model (the `affinity:` block of config/kairos.yaml)."""
+
+    weights: Mapping[str, float] = field(
+        default_factory=lambda: {
+            "page_view": 0.2,
+            "item_view": 1.0,
+            "search": 0.5,
+            "click": 1.5,
+            "add_to_cart": 3.0,
+            "purchase": 5.0,
+            "conversion": 2.0,
+        }
+    )
+    default_weight: float = 0.0  # custom event types unless listed in `weights`
+    half_life_days: Mapping[str, float] = field(
+        default_factory=lambda: {"category": 14.0, "brand": 14.0, "tag": 14.0, "item": 3.0}
+    )
+    ancestor_factor: float = 0.5  # "shoes/running" credits "shoes" with half the weight
+    max_keys: Mapping[str, int] = field(
+        default_factory=lambda: {"category": 12, "brand": 8, "tag": 8, "item": 10}
+    )
+    max_recent_items: int = 8
+    max_cart: int = 20
+    max_purchased: int = 10
+    dedupe_window: int = 32  # event_ids remembered per profile
+
+    def __post_init__(self) -> None:
+        for dim in DIMENSIONS:
+            if self.half_life_days.get(dim, 0) <= 0:
+                raise ValueError(f"affinity.half_life_days.{dim} must be a positive number")
+            if self.max_keys.get(dim, 0) < 1:
+                raise ValueError(f"affinity.max_keys.{dim} must be at least 1")
+        if not 0 <= self.ancestor_factor <= 1:
+            raise ValueError("affinity.ancestor_factor must be between 0 and 1")
+        if self.dedupe_window < 1:
+            raise ValueError("affinity.dedupe_window must be at least 1")
+
+    def rate(self, dim: str) -> float:
+        """λ per second for a dimension."""
+        return math.log(2) / (self.half_life_days[dim] * 86_400.0)
+
+    def weight(self, event_type: str) -> float:
+        return float(self.weights.get(event_type, self.default_weight))
+
+
+def fingerprint(event_id: str) -> bytes:
+    return hashlib.blake2b(event_id.encode(), digest_size=FINGERPRINT_BYTES).digest()
+
+
+@dataclass(slots=True)
+class Profile:
+    """One visitor's (or one known user's) state. Mutable; `snapshot()` gives its bytes."""
+
+    landmark: int = 0  # seconds; 0 = not set yet
+    event_count: int = 0
+    first_seen: int = 0  # ms
+    last_seen: int = 0  # ms
+    user_id: str | None = None
+    # per dimension: key -> [code, forward-decayed value, code, value, ...]
+    aff: list[dict[str, list[float]]] = field(default_factory=lambda: [{}, {}, {}, {}])
+    recent: list[str] = field(default_factory=list)  # newest first
+    cart: list[str] = field(default_factory=list)
+    purchased: list[str] = field(default_factory=list)  # newest first
+    types: dict[Any, list[int]] = field(default_factory=dict)  # code or name -> [count, last_s]
+    traits: dict[str, Any] = field(default_factory=dict)
+    segments: list[str] = field(default_factory=list)
+    channels: dict[str, int] = field(default_factory=dict)  # channel -> last seen (s)
+    aliases: list[str] = field(default_factory=list)  # visitor ids linked to this profile
+    seen: bytes = b""  # ring of event-id fingerprints, newest last
+
+    # -- persistence -------------------------------------------------------------------
+    def snapshot(self) -> bytes:
+        return msgpack.packb(
+            [
+                SCHEMA_VERSION,
+                self.landmark,
+                self.event_count,
+                self.first_seen,
+                self.last_seen,
+                self.user_id,
+                self.aff,
+                self.recent,
+                self.cart,
+                self.purchased,
+                self.types,
+                self.traits,
+                self.segments,
+                self.channels,
+                self.aliases,
+                self.seen,
+            ],
+            use_bin_type=True,
+            use_single_float=True,
+        )
+
+    @classmethod
+    def restore(cls, blob: bytes) -> Profile:
+        data = msgpack.unpackb(blob, raw=False, strict_map_key=False)
+        if not data or data[0] != SCHEMA_VERSION:
+            raise ValueError(f"unknown profile schema {data[0] if data else None!r}")
+        (_, lm, n, first, last, uid, aff, recent, cart, purchased, types, traits, segs, chans,
+         aliases, seen) = data
+        return cls(lm, n, first, last, uid, aff, recent, cart, purchased, types, traits, segs,
+                   chans, aliases, seen)
+
+    # -- dedupe ------------------------------------------------------------------------
+    def has_seen(self, fp: bytes) -> bool:
+        seen = self.seen
+        for i in range(0, len(seen), FINGERPRINT_BYTES):
+            if seen[i : i + FINGERPRINT_BYTES] == fp:
+                return True
+        return False
+
+    def mark_seen(self, fp: bytes, window: int) -> None:
+        self.seen = (self.seen + fp)[-window * FINGERPRINT_BYTES :]
+
+
+def _rescale(p: Profile, to_s: int, cfg: AffinityConfig) -> None:
+    if p.landmark:
+        for dim, table in zip(DIMENSIONS, p.aff, strict=True):
+            f = math.exp(-cfg.rate(dim) * (to_s - p.landmark))
+            for key, pairs in list(table.items()):
+                for j in range(1, len(pairs), 2):
+                    pairs[j] *= f
+                if max(pairs[1::2]) < 1e-9:
+                    del table[key]
+    p.landmark = to_s
+
+
+def _credit(
+    table: dict[str, list[float]], key: str, code: int, amount: float, touched: set[str]
+) -> None:
+    touched.add(key)
+    pairs = table.get(key)
+    if pairs is None:
+        table[key] = [code, amount]
+        return
+    for j in range(0, len(pairs), 2):
+        if pairs[j] == code:
+            pairs[j + 1] += amount
+            return
+    pairs.extend((code, amount))
+
+
+def _total(pairs: list[float]) -> float:
+    return sum(pairs[1::2])
+
+
+def _prune(table: dict[str, list[float]], cap: int, touched: set[str]) -> None:
+    """Drop the lowest keys beyond `cap`, never one the current event just credited:
+    a new interest must be able to enter a full table (the forward-decay boost of later
+    events then decides whether it stays)."""
+    if len(table) > cap:
+        old = sorted((kv for kv in table.items() if kv[0] not in touched),
+                     key=lambda kv: (-_total(kv[1]), kv[0]))
+        keep = old[: max(0, cap - len(touched))]
+        fresh = [(k, table[k]) for k in touched if k in table]
+        table.clear()
+        table.update(keep)
+        table.update(fresh)
+
+
+def _ancestors(path: str) -> list[str]:
+    parts = [s for s in path.strip("/").split("/") if s]
+    return ["/".join(parts[: i + 1]) for i in range(len(parts))]
+
+
+def _push_front(lst: list[str], value: str, cap: int) -> None:
+    if value in lst:
+        lst.remove(value)
+    lst.insert(0, value)
+    del lst[cap:]
+
+
+def _item_credits(event: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+    things: list[Mapping[str, Any]] = []
+    if item := event.get("item"):
+        things.append(item)
+    things.extend(event.get("items") or ())
+    return things
+
+
+def apply_event(p: Profile, event: Mapping[str, Any], cfg: AffinityConfig) -> bool:
+    """Apply one normalised event. Returns False (and changes nothing) for a duplicate."""
+    fp = fingerprint(event["event_id"])
+    if p.has_seen(fp):
+        return False
+    p.mark_seen(fp, cfg.dedupe_window)
+    ts_ms = int(event["ts"])
+    t = ts_ms // 1000
+    etype = event["type"]
+    code = TYPE_CODES.get(etype, 0)
+
+    p.event_count += 1
+    p.first_seen = ts_ms if not p.first_seen else min(p.first_seen, ts_ms)
+    p.last_seen = max(p.last_seen, ts_ms)
+    if uid := event.get("user_id"):
+        p.user_id = uid
+    tkey: Any = code if code else etype
+    stat = p.types.get(tkey)
+    if stat is None:
+        p.types[tkey] = [1, t]
+    else:
+        stat[0] += 1
+        stat[1] = max(stat[1], t)
+    if ch := event.get("channel"):
+        p.channels[ch] = max(p.channels.get(ch, 0), t)
+    if etype == "identify" and (traits := (event.get("props") or {}).get("traits")):
+        if isinstance(traits, dict):
+            p.traits.update({str(k)[:64]: v for k, v in list(traits.items())[:32]})
+
+    things = _item_credits(event)
+    _update_lists(p, etype, event, things, cfg)
+
+    w = cfg.weight(etype)
+    if w and things:
+        if not p.landmark:
+            p.landmark = t
+        if max(cfg.rate(d) for d in DIMENSIONS) * (t - p.landmark) > RESCALE_EXPONENT:
+            _rescale(p, t, cfg)
+        touched: tuple[set[str], ...] = (set(), set(), set(), set())
+        boost = {d: math.exp(cfg.rate(d) * (t - p.landmark)) for d in DIMENSIONS}
+        cat_t, brand_t, tag_t, item_t = p.aff
+        for thing in things:
+            amount = w
+            item_t_key = thing.get("id")
+            if item_t_key:
+                _credit(item_t, item_t_key, code, amount * boost["item"], touched[3])
+            if brand := thing.get("brand"):
+                _credit(brand_t, brand.lower(), code, amount * boost["brand"], touched[1])
+            for tag in thing.get("tags") or ():
+                _credit(tag_t, tag.lower(), code, amount * boost["tag"], touched[2])
+            for path in thing.get("categories") or ():
+                chain = _ancestors(path.lower())
+                factor = 1.0
+                for node in reversed(chain):
+                    _credit(cat_t, node, code, amount * factor * boost["category"], touched[0])
+                    factor *= cfg.ancestor_factor
+                    if factor == 0:
+                        break
+        for dim, table, keys in zip(DIMENSIONS, p.aff, touched, strict=True):
+            _prune(table, cfg.max_keys[dim], keys)
+    return True
+
+
+def _update_lists(
+    p: Profile, etype: str, event: Mapping[str, Any], things: list[Mapping[str, Any]], cfg: AffinityConfig
+) -> None:
+    ids = [th["id"] for th in things if th.get("id")]
+    if etype in ("item_view", "add_to_cart", "purchase", "click"):
+        for iid in reversed(ids):
+            _push_front(p.recent, iid, cfg.max_recent_items)
+    if etype == "add_to_cart":
+        for iid in ids:
+            if iid not in p.cart:
+                p.cart.append(iid)
+        del p.cart[: max(0, len(p.cart) - cfg.max_cart)]
+    elif etype == "remove_from_cart":
+        p.cart = [i for i in p.cart if i not in ids]
+    elif etype == "purchase":
+        p.cart = [i for i in p.cart if i not in ids] if event.get("items") or event.get("item") else []
+        for iid in ids:
+            _push_front(p.purchased, iid, cfg.max_purchased)
+
+
+def merge(into: Profile, other: Profile, cfg: AffinityConfig) -> None:
+    """Fold `other` (an anonymous visitor's profile) into `into` (the known user's)."""
+    if other.landmark:
+        if not into.landmark:
+            into.landmark = other.landmark
+        lm = max(into.landmark, other.landmark)
+        if into.landmark != lm:
+            _rescale(into, lm, cfg)
+        shift = {d: math.exp(-cfg.rate(d) * (lm - other.landmark)) for d in DIMENSIONS}
+        for dim, dst, src in zip(DIMENSIONS, into.aff, other.aff, strict=True):
+            for key, pairs in src.items():
+                for j in range(0, len(pairs), 2):
+                    _credit(dst, key, int(pairs[j]), pairs[j + 1] * shift[dim], set())
+            _prune(dst, cfg.max_keys[dim], set())
+    into.event_count += other.event_count
+    if other.first_seen:
+        into.first_seen = min(into.first_seen or other.first_seen, other.first_seen)
+    into.last_seen = max(into.last_seen, other.last_seen)
+    # the fresher profile's recent items come first
+    newer, older = (other, into) if other.last_seen > into.last_seen else (into, other)
+    into.recent = list(dict.fromkeys(newer.recent + older.recent))[: cfg.max_recent_items]
+    into.purchased = list(dict.fromkeys(newer.purchased + older.purchased))[: cfg.max_purchased]
+    into.cart = list(dict.fromkeys(into.cart + other.cart))[-cfg.max_cart :]
+    for k, (cnt, last) in other.types.items():
+        mine = into.types.setdefault(k, [0, 0])
+        mine[0] += cnt
+        mine[1] = max(mine[1], last)
+    for ch, last in other.channels.items():
+        into.channels[ch] = max(into.channels.get(ch, 0), last)
+    into.traits = {**other.traits, **into.traits}
+    into.segments = sorted(set(into.segments) | set(other.segments))
+    into.aliases = list(dict.fromkeys(into.aliases + other.aliases))[:32]
+    ring = other.seen + into.seen
+    into.seen = ring[-cfg.dedupe_window * FINGERPRINT_BYTES :]
+
+
+def current_scores(p: Profile, dim: str, now_ms: int, cfg: AffinityConfig) -> dict[str, float]:
+    """Current decayed score per key of one dimension."""
+    table = p.aff[_DIM_INDEX[dim]]
+    if not table:
+        return {}
+    f = math.exp(-cfg.rate(dim) * (now_ms / 1000.0 - p.landmark))
+    return {k: _total(v) * f for k, v in table.items()}
+
+
+def view(
+    p: Profile, now_ms: int, cfg: AffinityConfig, *, top: int = 10, explain: bool = False
+) -> dict[str, Any]:
+    """The profile as the API and the decision rules see it."""
+    affinities: dict[str, list[dict[str, Any]]] = {}
+    for dim, table in zip(DIMENSIONS, p.aff, strict=True):
+        f = math.exp(-cfg.rate(dim) * (now_ms / 1000.0 - p.landmark)) if table else 0.0
+        ranked = sorted(table.items(), key=lambda kv: (-_total(kv[1]), kv[0]))[:top]
+        rows = []
+        for key, pairs in ranked:
+            row: dict[str, Any] = {"key": key, "score": _round(_total(pairs) * f)}
+            if explain:
+                row["by_type"] = {
+                    CODE_NAMES.get(int(pairs[j]), "other"): _round(pairs[j + 1] * f)
+                    for j in range(0, len(pairs), 2)
+                }
+            rows.append(row)
+        affinities[dim] = rows
+    types = {
+        (CODE_NAMES[k] if isinstance(k, int) else k): {"count": c, "last": last * 1000}
+        for k, (c, last) in p.types.items()
+    }
+    return {
+        "user_id": p.user_id,
+        "event_count": p.event_count,
+        "first_seen": p.first_seen,
+        "last_seen": p.last_seen,
+        "affinities": affinities,
+        "recent_items": list(p.recent),
+        "cart": list(p.cart),
+        "purchased": list(p.purchased),
+        "types": types,
+        "segments": list(p.segments),
+        "traits": dict(p.traits),
+        "channels": {k: v * 1000 for k, v in p.channels.items()},
+        "linked_visitors": list(p.aliases),
+    }
+
+
+def _round(x: float) -> float:
+    if x == 0:
+        return 0.0
+    return float(f"{x:.6g}")
+
+
+def reference_scores(
+    events: list[Mapping[str, Any]], now_ms: int, cfg: AffinityConfig, dim: str
+) -> dict[str, float]:
+    """Plain exponential-decay sums over every event, no landmark, no pruning, for tests."""
+    out: dict[str, float] = {}
+    seen: set[str] = set()
+    lam = cfg.rate(dim)
+    for ev in events:
+        if ev["event_id"] in seen:
+            continue
+        seen.add(ev["event_id"])
+        w = cfg.weight(ev["type"])
+        if not w:
+            continue
+        decay = math.exp(-lam * (now_ms - ev["ts"] // 1000 * 1000) / 1000.0)
+        for thing in _item_credits(ev):
+            keys: list[tuple[str, float]] = []
+            if dim == "item" and thing.get("id"):
+                keys.append((thing["id"], 1.0))
+            elif dim == "brand" and thing.get("brand"):
+                keys.append((thing["brand"].lower(), 1.0))
+            elif dim == "tag":
+                keys.extend((t.lower(), 1.0) for t in thing.get("tags") or ())
+            elif dim == "category":
+                for path in thing.get("categories") or ():
+                    chain = _ancestors(path.lower())
+                    factor = 1.0
+                    for node in reversed(chain):
+                        keys.append((node, factor))
+                        factor *= cfg.ancestor_factor
+            for key, factor in keys:
+                out[key] = out.get(key, 0.0) + w * factor * decay
+    return out

@@ -1,0 +1,118 @@
+"""The faust app: the `events` topic and the agent that applies it to Redis.
+
+The agent is thin: take a batch (small when caught up, up to `batch_max` when behind),
+decode, hand it to the `Applier`, and only then let faust ack the offsets (faust's
+`take_events` acks a batch when the loop asks for the next one). If Redis is down the agent
+waits and retries the same batch: nothing is acked that was not applied.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+import time
+from typing import Any
+
+import faust
+import orjson
+
+from engine import keys
+from engine.events import decode_events
+from engine.settings import Settings
+from engine.store import ProfileStore, new_client
+from streams.applier import Applier
+from streams.metrics import WorkerMeter
+
+log = logging.getLogger("kairos.worker")
+
+
+def create_app(settings: Settings, bootstrap: str, redis_url: str) -> faust.App:
+    app = faust.App(
+        settings.group_id,
+        broker=[f"kafka://{b}" for b in bootstrap.split(",")],
+        value_serializer="raw",
+        key_serializer="raw",
+        web_enabled=False,
+        topic_partitions=settings.partitions,
+        topic_replication_factor=1,
+        consumer_auto_offset_reset="earliest",
+        broker_session_timeout=settings.session_timeout_ms / 1000,
+        broker_heartbeat_interval=settings.heartbeat_interval_ms / 1000,
+        broker_commit_interval=1.0,
+        broker_max_poll_records=settings.batch_max,
+        stream_buffer_maxsize=max(4096, settings.batch_max * 4),
+        stream_wait_empty=False,
+        producer_linger_ms=settings.producer_linger_ms,
+        datadir=str(settings.var_dir / "faust"),
+        store="memory://",
+    )
+    topic = app.topic(settings.events_topic, key_type=bytes, value_type=bytes,
+                      partitions=settings.partitions)
+    worker_id = f"{socket.gethostname()}:{os.getpid()}"
+    meter = WorkerMeter()
+    state: dict[str, Any] = {}
+
+    async def applier() -> Applier:
+        if "applier" not in state:
+            client = new_client(redis_url)
+            state["redis"] = client
+            state["applier"] = Applier(ProfileStore(client, settings.profile_ttl_ms), settings.affinity)
+        return state["applier"]
+
+    @app.agent(topic, name="apply-events")
+    async def apply_events(stream: faust.StreamT) -> None:
+        ap = await applier()
+        async for batch in stream.take_events(settings.batch_max, within=settings.batch_within_s):
+            events: list[dict[str, Any]] = []
+            for ev in batch:
+                try:
+                    events.extend(decode_events(ev.message.value))
+                except Exception as exc:  # a record we cannot read: count it, never stall
+                    meter.bad_records += 1
+                    log.error("skipping unreadable record at %s@%s: %s",
+                              ev.message.tp, ev.message.offset, exc)
+            delay = 0.05
+            while True:
+                try:
+                    res = await ap.apply(events)
+                    break
+                except (OSError, ConnectionError, TimeoutError, asyncio.TimeoutError) as exc:
+                    log.warning("redis unavailable (%s); retrying the batch in %.2fs", exc, delay)
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, 2.0)
+                except Exception as exc:
+                    if "redis" in type(exc).__module__:
+                        log.warning("redis error (%s); retrying the batch", exc)
+                        await asyncio.sleep(delay)
+                        delay = min(delay * 2, 2.0)
+                        continue
+                    raise
+            now = time.time()
+            meter.record(res.applied, res.duplicates, [now - e.message.timestamp for e in batch])
+            for e in batch:
+                meter.offsets[(e.message.tp.topic, e.message.tp.partition)] = e.message.offset
+            await asyncio.sleep(0)
+
+    @app.timer(1.0)
+    async def report() -> None:
+        if "redis" not in state:
+            return
+        lag = 0
+        for (t, p), off in list(meter.offsets.items()):
+            tp = next((x for x in app.consumer.assignment() if x.topic == t and x.partition == p), None)
+            if tp is None:
+                meter.offsets.pop((t, p), None)
+                continue
+            hw = app.consumer.highwater(tp)
+            if hw is not None:
+                lag += max(0, hw - off - 1)
+        snap = meter.snapshot(lag)
+        try:
+            await state["redis"].hset(keys.WORKERS, worker_id, orjson.dumps(snap))
+        except Exception as exc:  # pragma: no cover - reporting is best effort
+            log.debug("could not report worker stats: %s", exc)
+
+    app.conf.kairos_worker_id = worker_id  # type: ignore[attr-defined]
+    return app

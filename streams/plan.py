@@ -1,0 +1,118 @@
+"""Turn a batch of events into profile writes: pure, no I/O.
+
+The worker reads what the batch needs (aliases, then profiles) in two round trips, calls
+`plan`, and commits the writes with compare-and-set. A write carries the new profile (with
+the dedupe marks of the events it applied), plus the merge side effects that must land with
+it atomically (the anonymous profile deleted, the visitor's alias set).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from engine import keys
+from models.affinity import AffinityConfig, Profile, apply_event, merge
+
+
+@dataclass(slots=True)
+class Stored:
+    """A profile as read: its revision (b'' when absent) and its state."""
+
+    rev: bytes = b""
+    profile: Profile | None = None
+
+
+@dataclass(slots=True)
+class Write:
+    pid: str
+    expected: bytes
+    profile: Profile
+    deletes: list[tuple[str, bytes]] = field(default_factory=list)  # (pid, expected rev)
+    aliases: list[tuple[str, str]] = field(default_factory=list)  # (visitor_id, pid)
+    events: list[int] = field(default_factory=list)  # indices into the batch
+    applied: int = 0
+    duplicates: int = 0
+
+
+@dataclass(slots=True)
+class Outcome:
+    writes: list[Write]
+    applied: int = 0
+    duplicates: int = 0
+
+
+def _current(vid: str, aliases: Mapping[str, str | None]) -> str:
+    return aliases.get(vid) or keys.visitor_pid(vid)
+
+
+def needed_pids(events: Iterable[Mapping[str, Any]], aliases: Mapping[str, str | None]) -> set[str]:
+    """Every profile the batch may read or write."""
+    out: set[str] = set()
+    for ev in events:
+        vid = ev["visitor_id"]
+        out.add(_current(vid, aliases))
+        out.add(keys.visitor_pid(vid))
+        if uid := ev.get("user_id"):
+            out.add(keys.user_pid(uid))
+    return out
+
+
+def plan(
+    events: Sequence[Mapping[str, Any]],
+    aliases: Mapping[str, str | None],
+    stored: Mapping[str, Stored],
+    cfg: AffinityConfig,
+) -> Outcome:
+    alias = dict(aliases)
+    state: dict[str, Profile] = {}
+    writes: dict[str, Write] = {}
+    deleted: set[str] = set()
+    out = Outcome(writes=[])
+
+    def get(pid: str) -> Write:
+        w = writes.get(pid)
+        if w is None:
+            s = stored.get(pid) or Stored()
+            prof = state.get(pid) or s.profile or Profile()
+            w = writes[pid] = Write(pid, s.rev, prof)
+        return w
+
+    for i, ev in enumerate(events):
+        vid = ev["visitor_id"]
+        pid = _current(vid, alias)
+        uid = ev.get("user_id")
+        if uid and pid != keys.user_pid(uid):
+            target = get(keys.user_pid(uid))
+            anon = keys.visitor_pid(vid)
+            if pid == anon:
+                # first link of this visitor: fold the anonymous profile into the user's
+                src = writes.pop(anon, None)
+                src_prof = src.profile if src else (stored.get(anon) or Stored()).profile
+                if src_prof is not None:
+                    merge(target.profile, src_prof, cfg)
+                    rev = src.expected if src else (stored.get(anon) or Stored()).rev
+                    target.deletes.append((anon, rev))
+                    deleted.add(anon)
+                    if src:
+                        target.events.extend(src.events)
+                        target.applied += src.applied
+                        target.duplicates += src.duplicates
+                        target.deletes.extend(src.deletes)
+                        target.aliases.extend(src.aliases)
+            target.aliases.append((vid, target.pid))
+            if vid not in target.profile.aliases:
+                target.profile.aliases = [*target.profile.aliases, vid][-32:]
+            alias[vid] = target.pid
+            pid = target.pid
+        w = get(pid)
+        w.events.append(i)
+        if apply_event(w.profile, ev, cfg):
+            w.applied += 1
+            out.applied += 1
+        else:
+            w.duplicates += 1
+            out.duplicates += 1
+    out.writes = [w for pid, w in writes.items() if pid not in deleted]
+    return out

@@ -1,0 +1,150 @@
+"""Forward-decayed affinities, dedupe, bounds and identity merge: pure, no servers."""
+
+import math
+import random
+
+import pytest
+
+from models.affinity import (
+    AffinityConfig,
+    Profile,
+    apply_event,
+    current_scores,
+    merge,
+    reference_scores,
+    view,
+)
+
+CFG = AffinityConfig()
+T0 = 1_764_000_000_000
+DAY = 86_400_000
+
+
+def event(i, etype="item_view", ts=T0, **item):
+    item.setdefault("id", f"i{i}")
+    return {"event_id": f"e{i}", "type": etype, "visitor_id": "v", "ts": ts, "item": item}
+
+
+def test_scores_equal_the_decayed_sum():
+    p = Profile()
+    evs = [event(1, categories=["shoes/running"], brand="Acme"), event(2, "add_to_cart", T0 + DAY, categories=["shoes"])]
+    for e in evs:
+        apply_event(p, e, CFG)
+    now = T0 + 3 * DAY
+    for dim in ("category", "brand", "item"):
+        got = current_scores(p, dim, now, CFG)
+        want = reference_scores(evs, now, CFG, dim)
+        assert got.keys() == want.keys()
+        for k in want:
+            assert got[k] == pytest.approx(want[k], rel=1e-6)
+    # half-life: 14 days for categories
+    s1 = current_scores(p, "category", now, CFG)["shoes"]
+    s2 = current_scores(p, "category", now + 14 * DAY, CFG)["shoes"]
+    assert s2 == pytest.approx(s1 / 2, rel=1e-6)
+
+
+def test_ancestors_are_credited_with_a_factor():
+    p = Profile()
+    apply_event(p, event(1, categories=["a/b/c"]), CFG)
+    s = current_scores(p, "category", T0, CFG)
+    assert s == pytest.approx({"a/b/c": 1.0, "a/b": 0.5, "a": 0.25}, rel=1e-6)
+
+
+def test_weights_order_view_cart_purchase():
+    p = Profile()
+    apply_event(p, event(1, "item_view", id="v"), CFG)
+    apply_event(p, event(2, "add_to_cart", id="c"), CFG)
+    apply_event(p, event(3, "purchase", id="p"), CFG)
+    s = current_scores(p, "item", T0, CFG)
+    assert s["v"] < s["c"] < s["p"]
+
+
+def test_duplicate_event_changes_nothing():
+    p = Profile()
+    assert apply_event(p, event(1, brand="x"), CFG)
+    before = p.snapshot()
+    assert not apply_event(p, event(1, brand="x"), CFG)
+    assert p.snapshot() == before
+    assert p.event_count == 1
+
+
+def test_clock_runs_forward_years_without_losing_precision():
+    """A profile fed one event a day for ten years keeps exact scores (landmark rescales)."""
+    p = Profile()
+    evs = []
+    for d in range(3650):
+        e = event(d, ts=T0 + d * DAY, id="same", brand="b", categories=["c"])
+        evs.append(e)
+        apply_event(p, e, CFG)
+        p = Profile.restore(p.snapshot())  # every write goes through the float32 blob
+    now = T0 + 3650 * DAY
+    assert p.landmark > T0 // 1000 + 3000 * 86400  # the landmark moved
+    for dim in ("item", "brand", "category"):
+        got = current_scores(p, dim, now, CFG)
+        want = reference_scores(evs[-400:], now, CFG, dim)  # older terms are < 1e-30 of the sum
+        for k in want:
+            assert math.isfinite(got[k])
+            assert got[k] == pytest.approx(want[k], rel=1e-5)
+
+
+def test_bounded_per_dimension_lowest_pruned():
+    cfg = AffinityConfig(max_keys={"category": 3, "brand": 3, "tag": 3, "item": 3})
+    p = Profile()
+    for i in range(10):
+        for _ in range(i + 1):  # item i gets i+1 views
+            apply_event(p, {**event(i), "event_id": f"e{i}-{_}"}, cfg)
+    assert set(current_scores(p, "item", T0, cfg)) == {"i7", "i8", "i9"}
+    assert len(p.recent) <= cfg.max_recent_items
+
+
+def test_snapshot_round_trip_and_size():
+    p = Profile()
+    rng = random.Random(7)
+    for i in range(20):
+        etype = "add_to_cart" if i % 10 == 9 else "item_view"  # shopping logs are ~90 % views
+        apply_event(p, event(i, etype, T0 + i * 60_000,
+                             id=f"{rng.randrange(10**7)}", brand=rng.choice(["acme", "zeta"]),
+                             categories=[rng.choice(["electronics/smartphone", "apparel/shoes"])]), CFG)
+    blob = p.snapshot()
+    q = Profile.restore(blob)
+    assert q.snapshot() == blob
+    assert view(q, T0, CFG) == view(Profile.restore(blob), T0, CFG)
+    assert len(blob) < 600, len(blob)  # worst case: 20 distinct items; bench/memory.py measures real logs
+
+
+def test_merge_adds_decayed_scores_and_keeps_dedupe():
+    cfg = CFG
+    anon, known = Profile(), Profile()
+    a_events = [event(1, brand="x", ts=T0), event(2, brand="y", ts=T0 + DAY)]
+    k_events = [event(3, brand="x", ts=T0 + 2 * DAY)]
+    for e in a_events:
+        apply_event(anon, e, cfg)
+    for e in k_events:
+        apply_event(known, e, cfg)
+    merge(known, anon, cfg)
+    now = T0 + 5 * DAY
+    want = reference_scores(a_events + k_events, now, cfg, "brand")
+    assert current_scores(known, "brand", now, cfg) == pytest.approx(want, rel=1e-6)
+    assert known.event_count == 3
+    assert known.first_seen == T0
+    assert not apply_event(known, a_events[0], cfg)  # already counted before the merge
+
+
+def test_explain_splits_by_event_type():
+    p = Profile()
+    apply_event(p, event(1, "item_view", brand="acme"), CFG)
+    apply_event(p, event(2, "purchase", brand="acme"), CFG)
+    row = view(p, T0, CFG, explain=True)["affinities"]["brand"][0]
+    assert row["key"] == "acme"
+    assert row["by_type"] == pytest.approx({"item_view": 1.0, "purchase": 5.0})
+    assert row["score"] == pytest.approx(6.0)
+
+
+def test_cart_and_purchase_lists():
+    p = Profile()
+    apply_event(p, event(1, "add_to_cart", id="a"), CFG)
+    apply_event(p, event(2, "add_to_cart", id="b"), CFG)
+    apply_event(p, event(3, "remove_from_cart", id="a"), CFG)
+    assert p.cart == ["b"]
+    apply_event(p, event(4, "purchase", id="b"), CFG)
+    assert p.cart == [] and p.purchased == ["b"]
