@@ -158,6 +158,23 @@ def cmd_api(args: argparse.Namespace) -> int:
 
 
 # -- worker ---------------------------------------------------------------------------------
+def _wait_for_broker(bootstrap: str) -> None:
+    """Block until a broker answers: a worker started during an outage waits, it does not die."""
+    import socket
+
+    delay, said = 0.2, False
+    while True:
+        for hostport in bootstrap.split(","):
+            host, _, port = hostport.strip().rpartition(":")
+            with contextlib.suppress(OSError), socket.create_connection((host or "127.0.0.1", int(port)), 2):
+                return
+        if not said:
+            _say(f"waiting for the Kafka broker at {bootstrap}…")
+            said = True
+        time.sleep(delay)
+        delay = min(delay * 2, 5.0)
+
+
 def cmd_worker(args: argparse.Namespace) -> int:
     from faust.worker import Worker
 
@@ -165,6 +182,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
     s = _resolved(_settings(args))
     assert s.kafka_bootstrap and s.redis_url
+    _wait_for_broker(s.kafka_bootstrap)
     app = create_app(s, s.kafka_bootstrap, s.redis_url)
     worker = Worker(app, loglevel=args.loglevel, quiet=True, redirect_stdouts=False)
     worker.execute_from_commandline()

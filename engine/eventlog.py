@@ -10,6 +10,7 @@ partition and costs one produce per visitor instead of one per event.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Sequence
 
@@ -35,10 +36,8 @@ async def ensure_topics(bootstrap: str, topics: dict[str, int], timeout_s: float
         todo = [NewTopic(name, num_partitions=n, replication_factor=1)
                 for name, n in topics.items() if name not in existing]
         if todo:
-            try:
+            with contextlib.suppress(TopicAlreadyExistsError):
                 await admin.create_topics(todo)
-            except TopicAlreadyExistsError:
-                pass
     finally:
         await admin.close()
 

@@ -118,6 +118,9 @@ class Profile:
     channels: dict[str, int] = field(default_factory=dict)  # channel -> last seen (s)
     aliases: list[str] = field(default_factory=list)  # visitor ids linked to this profile
     seen: bytes = b""  # ring of event-id fingerprints, newest last
+    # partition -> [offset, record time ms] of the last record applied from it: a record
+    # redelivered after a crash is at or below its mark and is skipped, however many there are
+    marks: dict[int, list[int]] = field(default_factory=dict)
 
     # -- persistence -------------------------------------------------------------------
     def snapshot(self) -> bytes:
@@ -139,6 +142,7 @@ class Profile:
                 self.channels,
                 self.aliases,
                 self.seen,
+                self.marks,
             ],
             use_bin_type=True,
             use_single_float=True,
@@ -150,9 +154,22 @@ class Profile:
         if not data or data[0] != SCHEMA_VERSION:
             raise ValueError(f"unknown profile schema {data[0] if data else None!r}")
         (_, lm, n, first, last, uid, aff, recent, cart, purchased, types, traits, segs, chans,
-         aliases, seen) = data
+         aliases, seen, marks) = data
         return cls(lm, n, first, last, uid, aff, recent, cart, purchased, types, traits, segs,
-                   chans, aliases, seen)
+                   chans, aliases, seen, marks)
+
+    # -- redelivery marks --------------------------------------------------------------
+    def covers(self, partition: int, offset: int, record_ms: int) -> bool:
+        m = self.marks.get(partition)
+        return m is not None and offset <= m[0] and record_ms <= m[1]
+
+    def advance(self, partition: int, offset: int, record_ms: int) -> None:
+        m = self.marks.get(partition)
+        if m is None:
+            self.marks[partition] = [offset, record_ms]
+        else:
+            m[0] = max(m[0], offset)
+            m[1] = max(m[1], record_ms)
 
     # -- dedupe ------------------------------------------------------------------------
     def has_seen(self, fp: bytes) -> bool:
@@ -256,9 +273,9 @@ def apply_event(p: Profile, event: Mapping[str, Any], cfg: AffinityConfig) -> bo
         stat[1] = max(stat[1], t)
     if ch := event.get("channel"):
         p.channels[ch] = max(p.channels.get(ch, 0), t)
-    if etype == "identify" and (traits := (event.get("props") or {}).get("traits")):
-        if isinstance(traits, dict):
-            p.traits.update({str(k)[:64]: v for k, v in list(traits.items())[:32]})
+    traits = (event.get("props") or {}).get("traits") if etype == "identify" else None
+    if isinstance(traits, dict):
+        p.traits.update({str(k)[:64]: v for k, v in list(traits.items())[:32]})
 
     things = _item_credits(event)
     _update_lists(p, etype, event, things, cfg)
@@ -346,6 +363,8 @@ def merge(into: Profile, other: Profile, cfg: AffinityConfig) -> None:
     into.traits = {**other.traits, **into.traits}
     into.segments = sorted(set(into.segments) | set(other.segments))
     into.aliases = list(dict.fromkeys(into.aliases + other.aliases))[:32]
+    for part, (off, ms) in other.marks.items():
+        into.advance(int(part), off, ms)
     ring = other.seen + into.seen
     into.seen = ring[-cfg.dedupe_window * FINGERPRINT_BYTES :]
 

@@ -29,6 +29,7 @@ log = logging.getLogger("kairos.worker")
 
 
 def create_app(settings: Settings, bootstrap: str, redis_url: str) -> faust.App:
+    (settings.var_dir / "faust").mkdir(parents=True, exist_ok=True)
     app = faust.App(
         settings.group_id,
         broker=[f"kafka://{b}" for b in bootstrap.split(",")],
@@ -40,7 +41,7 @@ def create_app(settings: Settings, bootstrap: str, redis_url: str) -> faust.App:
         consumer_auto_offset_reset="earliest",
         broker_session_timeout=settings.session_timeout_ms / 1000,
         broker_heartbeat_interval=settings.heartbeat_interval_ms / 1000,
-        broker_commit_interval=1.0,
+        broker_commit_interval=0.5,
         broker_max_poll_records=settings.batch_max,
         stream_buffer_maxsize=max(4096, settings.batch_max * 4),
         stream_wait_empty=False,
@@ -67,8 +68,13 @@ def create_app(settings: Settings, bootstrap: str, redis_url: str) -> faust.App:
         async for batch in stream.take_events(settings.batch_max, within=settings.batch_within_s):
             events: list[dict[str, Any]] = []
             for ev in batch:
+                msg = ev.message
                 try:
-                    events.extend(decode_events(ev.message.value))
+                    got = decode_events(msg.value)
+                    mark = {"_p": msg.tp.partition, "_o": msg.offset, "_t": int(msg.timestamp * 1000)}
+                    for e in got:
+                        e.update(mark)
+                    events.extend(got)
                 except Exception as exc:  # a record we cannot read: count it, never stall
                     meter.bad_records += 1
                     log.error("skipping unreadable record at %s@%s: %s",
@@ -78,7 +84,7 @@ def create_app(settings: Settings, bootstrap: str, redis_url: str) -> faust.App:
                 try:
                     res = await ap.apply(events)
                     break
-                except (OSError, ConnectionError, TimeoutError, asyncio.TimeoutError) as exc:
+                except (OSError, ConnectionError, TimeoutError) as exc:
                     log.warning("redis unavailable (%s); retrying the batch in %.2fs", exc, delay)
                     await asyncio.sleep(delay)
                     delay = min(delay * 2, 2.0)

@@ -79,6 +79,21 @@ def plan(
             w = writes[pid] = Write(pid, s.rev, prof)
         return w
 
+    # the offset marks as read: this batch advances the profiles' own marks as it goes, and
+    # every event of one record shares its offset, so checks must not see those advances
+    read_marks = {pid: Profile(marks={p: list(m) for p, m in s.profile.marks.items()})
+                  for pid, s in stored.items() if s.profile is not None and s.profile.marks}
+
+    def redelivered(ev: Mapping[str, Any], pid: str) -> bool:
+        if "_p" not in ev:
+            return False
+        part, off, ms = ev["_p"], ev["_o"], ev["_t"]
+        for candidate in (pid, keys.visitor_pid(ev["visitor_id"])):
+            marks = read_marks.get(candidate)
+            if marks is not None and marks.covers(part, off, ms):
+                return True
+        return False
+
     for i, ev in enumerate(events):
         vid = ev["visitor_id"]
         pid = _current(vid, alias)
@@ -108,6 +123,12 @@ def plan(
             pid = target.pid
         w = get(pid)
         w.events.append(i)
+        if redelivered(ev, pid):
+            w.duplicates += 1
+            out.duplicates += 1
+            continue
+        if "_p" in ev:
+            w.profile.advance(ev["_p"], ev["_o"], ev["_t"])
         if apply_event(w.profile, ev, cfg):
             w.applied += 1
             out.applied += 1

@@ -148,3 +148,31 @@ def test_cart_and_purchase_lists():
     assert p.cart == ["b"]
     apply_event(p, event(4, "purchase", id="b"), CFG)
     assert p.cart == [] and p.purchased == ["b"]
+
+
+def test_redelivered_records_are_skipped_by_offset_marks():
+    """However many events of one visitor a crash replays, the offset mark skips them all."""
+    from streams.plan import Stored, plan
+
+    evs = [{**event(i, brand="b"), "_p": 2, "_o": 100 + i, "_t": T0 + i} for i in range(100)]
+    first = plan(evs[:60], {}, {}, CFG)
+    (w,) = first.writes
+    stored = {"v:v": Stored(b"\0\0\0\1", Profile.restore(w.profile.snapshot()))}
+    again = plan(evs, {}, stored, CFG)  # the first 60 come again, beyond the 32-id ring
+    assert again.duplicates == 60 and again.applied == 40
+    assert again.writes[0].profile.event_count == 100
+    # a recreated topic (offsets restart, later record times) is not mistaken for a replay
+    fresh = [{**event(1000 + i, brand="b"), "_p": 2, "_o": i, "_t": T0 + 10_000 + i} for i in range(3)]
+    assert plan(fresh, {}, stored, CFG).applied == 3
+
+
+def test_every_event_of_a_record_applies_on_an_existing_profile():
+    """Events of one record share an offset; advancing the mark must not skip its siblings."""
+    from streams.plan import Stored, plan
+
+    first = plan([{**event(0), "_p": 0, "_o": 5, "_t": T0}], {}, {}, CFG)
+    stored = {"v:v": Stored(b"\0\0\0\1", Profile.restore(first.writes[0].profile.snapshot()))}
+    record = [{**event(i), "_p": 0, "_o": 9, "_t": T0 + 1} for i in range(1, 5)]
+    out = plan(record, {}, stored, CFG)
+    assert (out.applied, out.duplicates) == (4, 0)
+    assert out.writes[0].profile.event_count == 5

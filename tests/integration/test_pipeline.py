@@ -1,0 +1,122 @@
+"""Event posted over HTTP -> Kafka -> faust worker -> Redis -> profile, on real servers."""
+
+from __future__ import annotations
+
+import time
+
+import msgpack
+import pytest
+
+from models.affinity import AffinityConfig, reference_scores
+from tests.conftest import Stack, uid
+
+pytestmark = pytest.mark.integration
+CFG = AffinityConfig()
+
+
+def ev(vid: str, n: int, etype: str = "item_view", **item):
+    item.setdefault("id", f"item{n}")
+    return {"event_id": f"{vid}-{n}", "type": etype, "visitor_id": vid, "item": item,
+            "ts": int(time.time() * 1000)}
+
+
+def scores(profile: dict, dim: str) -> dict[str, float]:
+    return {row["key"]: row["score"] for row in profile["affinities"][dim]}
+
+
+def test_event_over_http_reaches_the_profile(stack: Stack):
+    vid = uid()
+    evs = [ev(vid, 1, categories=["shoes/running"], brand="Acme"),
+           ev(vid, 2, "add_to_cart", categories=["shoes/running"], brand="Acme"),
+           ev(vid, 3, categories=["books"], brand="Zeta", tags=["sale"])]
+    r = stack.post(evs)
+    assert r.status_code == 200, r.text
+    assert r.json() == {"accepted": 3, "rejected": []}
+    prof = stack.wait_profile(vid, 3)
+    now = int(time.time() * 1000)
+    for dim in ("category", "brand", "item", "tag"):
+        want = reference_scores(evs, now, CFG, dim)
+        got = scores(prof, dim)
+        assert got.keys() == want.keys()
+        for k in want:
+            assert got[k] == pytest.approx(want[k], rel=1e-3)
+    assert [row["key"] for row in prof["affinities"]["category"]][:2] == ["shoes/running", "shoes"]
+    assert prof["recent_items"] == ["item3", "item2", "item1"]
+    assert prof["cart"] == ["item2"]
+    top = prof["affinities"]["brand"][0]
+    assert top["key"] == "acme" and set(top["by_type"]) == {"item_view", "add_to_cart"}
+
+
+def test_same_batch_posted_twice_counts_once(stack: Stack):
+    vid = uid()
+    batch = [ev(vid, i, brand="b") for i in range(10)]
+    assert stack.post(batch).status_code == 200
+    assert stack.post({"events": batch}).status_code == 200
+    body = msgpack.packb(batch)
+    r = stack.http.post("/v1/events", content=body, headers={"content-type": "application/msgpack"})
+    assert r.status_code == 200
+    stack.post([ev(vid, 99, brand="b")])  # a marker after the duplicates
+    prof = stack.wait_profile(vid, 11)
+    time.sleep(0.5)
+    prof = stack.profile(vid).json()
+    assert prof["event_count"] == 11
+    assert scores(prof, "brand")["b"] == pytest.approx(11.0, rel=1e-3)
+
+
+def test_sendbeacon_text_plain_body(stack: Stack):
+    vid = uid()
+    import orjson
+
+    r = stack.http.post("/v1/events", content=orjson.dumps({"events": [ev(vid, 1)]}),
+                        headers={"content-type": "text/plain;charset=UTF-8"})
+    assert r.status_code == 200 and r.json()["accepted"] == 1
+    stack.wait_profile(vid, 1)
+
+
+def test_profile_by_user_id_and_unknown_visitor(stack: Stack):
+    assert stack.profile(uid("nobody")).status_code == 404
+    r = stack.profile("x" * 200)
+    assert r.status_code == 400 and r.json()["field"] == "visitor_id"
+
+
+def test_identity_merge_across_devices(stack: Stack):
+    phone, laptop, user = uid("phone"), uid("laptop"), uid("user")
+    stack.post([ev(phone, 1, brand="acme"), ev(phone, 2, brand="acme")])
+    stack.wait_profile(phone, 2)
+    stack.post([{"event_id": f"{phone}-id", "type": "identify", "visitor_id": phone, "user_id": user,
+                 "props": {"traits": {"email": "a@example.com"}}}])
+    stack.post([ev(laptop, 1, brand="zeta")])
+    stack.wait_profile(laptop, 1)
+    stack.post([{**ev(laptop, 2, brand="zeta"), "user_id": user}])  # logs in on the laptop
+    prof = stack.wait_profile(user, 5)
+    assert prof["profile_id"] == f"u:{user}"
+    assert prof["event_count"] == 5
+    assert set(prof["linked_visitors"]) == {phone, laptop}
+    assert prof["traits"] == {"email": "a@example.com"}
+    assert scores(prof, "brand") == pytest.approx({"acme": 2.0, "zeta": 2.0}, rel=1e-3)
+    # later anonymous events from either device update and read the one canonical profile
+    stack.post([ev(phone, 3, brand="acme")])
+    prof = stack.wait_profile(phone, 6)
+    assert prof["profile_id"] == f"u:{user}"
+    assert stack.profile(laptop).json()["event_count"] == 6
+    assert stack.profile(user).json()["event_count"] == 6
+
+
+def test_health_ready_metrics_openapi(stack: Stack):
+    assert stack.http.get("/healthz").json() == {"status": "ok"}
+    r = stack.http.get("/readyz")
+    assert r.status_code == 200 and r.json()["checks"] == {"redis": "ok", "kafka": "ok"}
+    stack.post([ev(uid(), 1)])
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        text = stack.http.get("/metrics").text
+        if "kairos_workers_live 1" in text:
+            break
+        time.sleep(0.3)
+    assert "kairos_events_accepted_total" in text
+    assert "kairos_workers_live 1" in text
+    assert "kairos_worker_freshness_p99_ms" in text and "kairos_worker_lag_events" in text
+    doc = stack.http.get("/openapi.json").json()
+    assert "/v1/events" in doc["paths"] and "Event" in doc["components"]["schemas"]
+    assert "visitor_id" in doc["components"]["schemas"]["Event"]["properties"]
+    assert stack.http.get("/docs").status_code == 200
