@@ -1,0 +1,1 @@
+"""Pure decision logic: targeting rules, campaign config, assignment, selection, templates, stats."""

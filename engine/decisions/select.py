@@ -1,0 +1,174 @@
+"""Campaign selection: per requested zone, the highest-priority eligible campaign.
+
+Eligibility = active status, schedule, channel, zone, frequency caps, then targeting (with live
+segment membership). Ties are broken by campaign id; a campaign fills at most one zone per call.
+The control group is decided like any arm: its decision occupies the zone with no content.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from engine.decisions.assign import assign, canonical_visitor_id
+from engine.decisions.caps import CapState, cap_reason
+from engine.decisions.config import Campaign, Config
+from engine.decisions.rules import Now
+from engine.decisions.templates import RenderError, template_vars
+
+CapsInput = Mapping[str, CapState | Mapping[str, Any]]
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """What to show in one zone; ``content`` is ``None`` for the control group."""
+
+    zone: str
+    campaign_id: str
+    campaign_name: str
+    variant_id: str | None
+    control: bool
+    probability: float
+    content: dict[str, str] | None
+
+    @property
+    def arm(self) -> str:
+        return "control" if self.control else str(self.variant_id)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "zone": self.zone,
+            "campaign": self.campaign_id,
+            "campaign_name": self.campaign_name,
+            "variant": self.variant_id,
+            "control": self.control,
+            "probability": self.probability,
+            "content": self.content,
+        }
+
+
+def _state(caps_state: CapsInput | None, campaign_id: str) -> CapState:
+    raw = (caps_state or {}).get(campaign_id)
+    return raw if isinstance(raw, CapState) else CapState.from_mapping(raw)
+
+
+def ineligibility(
+    campaign: Campaign,
+    profile: Mapping[str, Any],
+    context: Mapping[str, Any],
+    now: Now,
+    state: CapState,
+    zone: str | None = None,
+) -> str | None:
+    """Why ``campaign`` cannot be shown now (a short reason), or ``None`` if it can.
+
+    ``profile`` must already carry live segments (see ``Config.evaluate_segments``).
+    """
+    if campaign.status != "active":
+        return f"status:{campaign.status}"
+    if zone is not None and zone not in campaign.zones:
+        return "zone"
+    channel = context.get("channel")
+    if campaign.channels is not None and channel not in campaign.channels:
+        return "channel"
+    if not campaign.schedule.contains(now):
+        return "schedule"
+    capped = cap_reason(campaign.caps, state)
+    if capped:
+        return f"capped:{capped}"
+    if not campaign.targeting(profile, context, now):
+        return "targeting"
+    return None
+
+
+def _requested_zones(context: Mapping[str, Any], zones: Sequence[str] | None) -> list[str]:
+    raw = zones if zones is not None else context.get("zones")
+    if not isinstance(raw, list | tuple):
+        return []
+    out: list[str] = []
+    for z in raw:
+        if isinstance(z, str) and z not in out:
+            out.append(z)
+    return out
+
+
+def with_live_segments(
+    config: Config, profile: Mapping[str, Any], context: Mapping[str, Any], now: Now
+) -> dict[str, Any]:
+    """A copy of the profile view whose ``segments`` are re-evaluated now."""
+    view = dict(profile)
+    view["segments"] = config.evaluate_segments(profile, context, now)
+    return view
+
+
+def select(
+    config: Config,
+    profile: Mapping[str, Any],
+    context: Mapping[str, Any],
+    now: Now,
+    caps_state: CapsInput | None = None,
+    zones: Sequence[str] | None = None,
+    recommendations: Sequence[Mapping[str, Any]] = (),
+) -> list[Decision]:
+    """Decisions for the requested zones (``zones`` or ``context["zones"]``), in request order."""
+    requested = _requested_zones(context, zones)
+    if not requested:
+        return []
+    view = with_live_segments(config, profile, context, now)
+    visitor = canonical_visitor_id(profile)
+    used: set[str] = set()
+    variables: dict[str, Any] | None = None
+    decisions: list[Decision] = []
+    for zone in requested:
+        for campaign in config.by_zone.get(zone, ()):
+            if campaign.id in used:
+                continue
+            state = _state(caps_state, campaign.id)
+            if ineligibility(campaign, view, context, now, state, zone) is not None:
+                continue
+            arm = assign(campaign.id, visitor, campaign.weights, campaign.control_percent)
+            content = None
+            if not arm.control:
+                variant = campaign.variant(str(arm.variant))
+                if variant is None:
+                    continue
+                if variables is None:
+                    variables = template_vars(view, context, recommendations)
+                try:
+                    content = variant.template.render(variables)
+                except RenderError:
+                    continue
+            used.add(campaign.id)
+            decisions.append(
+                Decision(
+                    zone,
+                    campaign.id,
+                    campaign.name,
+                    arm.variant,
+                    arm.control,
+                    arm.probability,
+                    content,
+                )  # fmt: skip
+            )
+            break
+    return decisions
+
+
+def explain(
+    config: Config,
+    profile: Mapping[str, Any],
+    context: Mapping[str, Any],
+    now: Now,
+    caps_state: CapsInput | None = None,
+    zones: Sequence[str] | None = None,
+) -> dict[str, list[tuple[str, str | None]]]:
+    """Per zone, every candidate campaign in priority order with its ineligibility reason."""
+    view = with_live_segments(config, profile, context, now)
+    return {
+        zone: [
+            (c.id, ineligibility(c, view, context, now, _state(caps_state, c.id), zone))
+            for c in config.by_zone.get(zone, ())
+        ]
+        for zone in _requested_zones(context, zones)
+    }

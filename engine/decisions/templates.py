@@ -1,0 +1,120 @@
+"""Campaign content templates: Jinja2 in a sandbox with autoescape, compiled once at load.
+
+Every rendered field is an HTML-escaped string (profile values can never inject markup or
+script); the renderer in the browser inserts fields as HTML.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from jinja2 import ChainableUndefined, TemplateSyntaxError
+from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+from engine.decisions.rules import top_keys
+
+MAX_TEMPLATE_LEN = 64_000
+MAX_OUTPUT_LEN = 256_000
+TOP_N = 5
+DIMENSIONS = ("category", "brand", "tag", "item")
+
+_ENV = ImmutableSandboxedEnvironment(
+    autoescape=True,
+    undefined=ChainableUndefined,
+    trim_blocks=True,
+    lstrip_blocks=True,
+)
+
+
+class TemplateError(ValueError):
+    """A template field does not compile; ``field`` and ``lineno`` locate it."""
+
+    def __init__(self, field: str, lineno: int, message: str) -> None:
+        self.field = field
+        self.lineno = lineno
+        self.reason = message
+        super().__init__(f"template.{field} line {lineno}: {message}")
+
+
+class RenderError(RuntimeError):
+    """A template failed at render time (e.g. a sandbox violation)."""
+
+
+@dataclass(frozen=True, slots=True)
+class CompiledTemplate:
+    """A set of named fields (title, html, cta, ...) compiled once."""
+
+    source: Mapping[str, str]
+    _compiled: Mapping[str, Any]
+
+    def render(self, variables: Mapping[str, Any]) -> dict[str, str]:
+        """Render every field with ``variables``; raises ``RenderError`` on failure."""
+        out: dict[str, str] = {}
+        for name, template in self._compiled.items():
+            try:
+                text = template.render(variables)
+            except Exception as exc:  # sandbox violations, type errors in expressions
+                raise RenderError(f"template.{name}: {exc}") from exc
+            out[name] = text[:MAX_OUTPUT_LEN]
+        return out
+
+
+def compile_template(fields: Mapping[str, Any]) -> CompiledTemplate:
+    """Compile every string field; non-string or oversized fields raise ``TemplateError``."""
+    compiled: dict[str, Any] = {}
+    source: dict[str, str] = {}
+    for name, text in fields.items():
+        if not isinstance(name, str) or not name.isidentifier():
+            raise TemplateError(str(name), 1, "field names must be identifiers")
+        if not isinstance(text, str):
+            raise TemplateError(name, 1, "must be a string")
+        if len(text) > MAX_TEMPLATE_LEN:
+            raise TemplateError(name, 1, f"is longer than {MAX_TEMPLATE_LEN} characters")
+        try:
+            compiled[name] = _ENV.from_string(text)
+        except TemplateSyntaxError as exc:
+            raise TemplateError(name, exc.lineno or 1, exc.message or "syntax error") from None
+        source[name] = text
+    return CompiledTemplate(source, compiled)
+
+
+def template_vars(
+    profile: Mapping[str, Any],
+    context: Mapping[str, Any] | None = None,
+    recommendations: Sequence[Mapping[str, Any]] = (),
+    top_n: int = TOP_N,
+) -> dict[str, Any]:
+    """The variables a template sees, built from a profile view (plain data only)."""
+    affinities = profile.get("affinities")
+    affinities = affinities if isinstance(affinities, Mapping) else {}
+    top = {
+        dim: top_keys(scores, top_n) if isinstance(scores, Mapping) else []
+        for dim, scores in affinities.items()
+    }
+    for dim in DIMENSIONS:
+        top.setdefault(dim, [])
+    traits = profile.get("traits")
+    context = context or {}
+
+    def strings(key: str) -> list[str]:
+        value = profile.get(key)
+        return [v for v in value if isinstance(v, str)] if isinstance(value, list | tuple) else []
+
+    return {
+        "top": top,
+        "top_category": top["category"][0] if top["category"] else None,
+        "top_brand": top["brand"][0] if top["brand"] else None,
+        "traits": dict(traits) if isinstance(traits, Mapping) else {},
+        "known": isinstance(profile.get("user_id"), str) and bool(profile.get("user_id")),
+        "user_id": profile.get("user_id"),
+        "event_count": profile.get("event_count", 0),
+        "segments": strings("segments"),
+        "recent_items": strings("recent_items"),
+        "cart": strings("cart"),
+        "cart_count": len(strings("cart")),
+        "purchased": strings("purchased"),
+        "recommendations": [dict(r) for r in recommendations if isinstance(r, Mapping)],
+        "page": {k: context.get(k) for k in ("page_type", "device", "channel", "locale", "url")},
+    }
