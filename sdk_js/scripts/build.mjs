@@ -1,0 +1,28 @@
+// Build dist/kairos.js (one minified IIFE) and fail if it is over the gzip size budget.
+import { build } from 'esbuild';
+import { readFileSync } from 'node:fs';
+import { gzipSync } from 'node:zlib';
+import { fileURLToPath } from 'node:url';
+
+export const BUDGET = 6 * 1024; // bytes, gzip
+const root = fileURLToPath(new URL('..', import.meta.url));
+const out = root + 'dist/kairos.js';
+
+await build({
+  entryPoints: [root + 'src/main.js'],
+  outfile: out,
+  bundle: true,
+  minify: true,
+  format: 'iife',
+  target: ['es2020'],
+  legalComments: 'none',
+  logLevel: 'warning',
+});
+
+const raw = readFileSync(out);
+const gz = gzipSync(raw, { level: 9 }).length;
+console.log(`dist/kairos.js: ${raw.length} bytes, ${gz} bytes gzip (budget ${BUDGET})`);
+if (gz > BUDGET) {
+  console.error(`over the size budget by ${gz - BUDGET} bytes`);
+  process.exit(1);
+}

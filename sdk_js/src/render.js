@@ -1,0 +1,104 @@
+// Rendering of decisions inside Shadow DOM, so page styles don't reach in and ours don't leak out.
+// The server's templates already sanitise content.html; clean() is a second line of defence that
+// removes active content (scripts, frames, on* handlers, javascript: URLs). Titles are text.
+
+// Only what the popup needs to be a modal; the look comes with the server's template html.
+const CSS =
+  '<style>:host{all:initial;display:block}[role=dialog]{position:fixed;z-index:2147483647;top:50%;left:50%;' +
+  'transform:translate(-50%,-50%);background:#fff;padding:1em}.bg{position:fixed;inset:0;background:#0008}.x{float:right}</style>';
+const FOCUSABLE = 'a[href],button,input,select,textarea,[tabindex="0"]';
+
+export function clean(doc, html) {
+  const t = doc.createElement('template');
+  t.innerHTML = html == null ? '' : html;
+  for (const n of t.content.querySelectorAll('*')) {
+    if (/^(script|i?frame|object|embed|meta)$/i.test(n.tagName)) n.remove();
+    for (const a of [...n.attributes])
+      if (/^on|=\W*(javascript|vbscript|data):/i.test(a.name + '=' + a.value.replace(/\s/g, ''))) n.removeAttribute(a.name);
+  }
+  return t.content;
+}
+
+/** The host's (open) shadow root, filled with our base style and `html`. */
+function shadow(host, html) {
+  const r = host.shadowRoot || host.attachShadow({ mode: 'open' });
+  r.innerHTML = CSS + html;
+  return r;
+}
+
+/** Report clicks on links and buttons inside `root` (not the close button). */
+function onClicks(root, report) {
+  root.addEventListener('click', (e) => {
+    const el = e.target.closest('a,button');
+    if (el && el.className !== 'x') report('click', { href: el.getAttribute('href') || undefined });
+  });
+}
+
+/** Fill `box` with the decision's title (as text) and its cleaned html. */
+function fill(box, d, title) {
+  box.querySelector('h2').textContent = d.content.title || title;
+  box.append(clean(box.ownerDocument, d.content.html));
+}
+
+/** Render one (non-control) decision into a zone element. `report(type, props)` sends events. */
+export function renderZone(host, d, report) {
+  const root = shadow(host, '<div part=content><h2></h2></div>');
+  const box = root.lastChild;
+  fill(box, d, '');
+  if (!d.content.title) box.firstChild.remove();
+  onClicks(root, report);
+  return root;
+}
+
+/**
+ * Show an accessible modal popup: role=dialog, aria-modal, labelled by its title, focus moved in
+ * and trapped, Esc / close button / backdrop dismiss, focus returned. An email form inside calls
+ * onEmail(email). Returns {close, root}.
+ */
+export function showPopup(doc, d, report, onEmail) {
+  const prev = doc.activeElement;
+  const host = doc.body.appendChild(doc.createElement('div'));
+  host.setAttribute('data-kairos-popup', d.zone);
+  const root = shadow(
+    host,
+    '<div class=bg></div><div role=dialog aria-modal=true aria-labelledby=t tabindex=-1>' +
+      '<button class=x type=button aria-label=Close>\u00d7</button><h2 id=t></h2></div>',
+  );
+  const dlg = root.lastChild;
+  const x = dlg.firstChild;
+  fill(dlg, d, 'Offer');
+  onClicks(root, report);
+
+  const close = (why) => {
+    if (!host.parentNode) return;
+    host.remove();
+    doc.removeEventListener('keydown', key, true);
+    report('dismiss', { via: why });
+    if (prev) prev.focus();
+  };
+  const key = (e) => {
+    if (e.key === 'Escape') close('esc');
+    if (e.key !== 'Tab') return;
+    const f = dlg.querySelectorAll(FOCUSABLE);
+    const a = root.activeElement;
+    const edge = e.shiftKey ? f[0] : f[f.length - 1];
+    if (!a || a === edge) {
+      e.preventDefault();
+      (e.shiftKey ? f[f.length - 1] : f[0]).focus();
+    }
+  };
+  doc.addEventListener('keydown', key, true);
+  x.onclick = () => close('close');
+  root.querySelector('.bg').onclick = () => close('backdrop');
+  dlg.addEventListener('submit', (e) => {
+    const form = e.target;
+    const email = form.querySelector('input[type=email]');
+    if (!email) return;
+    e.preventDefault();
+    if (!/^[^\s@]+@[^\s@]+$/.test(email.value.trim())) return;
+    onEmail(email.value.trim());
+    form.replaceWith(form.getAttribute('data-kairos-thanks') || 'Thank you!');
+  });
+  (dlg.querySelectorAll(FOCUSABLE)[1] || x).focus();
+  return { close, root };
+}
