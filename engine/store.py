@@ -76,13 +76,18 @@ class ProfileStore:
         for w in writes:
             ks = [keys.profile(w.pid)]
             args: list[bytes | str] = [w.expected, _next_rev(w.expected) + w.profile.snapshot(), ttl,
-                                       str(len(w.deletes))]
+                                       str(len(w.deletes)), str(len(w.aliases)), str(len(w.ops))]
             for pid, rev in w.deletes:
                 ks.append(keys.profile(pid))
                 args.append(rev)
             for vid, target in w.aliases:
                 ks.append(keys.alias(vid))
                 args.append(target)
+            for op in w.ops:
+                ks.append(op.key)
+                args.append(op.command)
+                args.append(str(len(op.args)))
+                args.extend(a if isinstance(a, bytes | str) else repr(a) for a in op.args)
             await self._commit(keys=ks, args=args, client=pipe)
         results = await pipe.execute()
         return [bool(x) for x in results]

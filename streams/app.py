@@ -23,7 +23,9 @@ from engine.events import decode_events
 from engine.settings import Settings
 from engine.store import ProfileStore, new_client
 from streams.applier import Applier
+from streams.hooks import setup_hooks
 from streams.metrics import WorkerMeter
+from streams.plan import Emit
 
 log = logging.getLogger("kairos.worker")
 
@@ -55,11 +57,18 @@ def create_app(settings: Settings, bootstrap: str, redis_url: str) -> faust.App:
     meter = WorkerMeter()
     state: dict[str, Any] = {}
 
+    async def emit(items: list[Emit]) -> None:
+        for item in items:
+            await app.producer.send_and_wait(item.topic, item.key, item.value, partition=None,
+                                             timestamp=None, headers=None)
+
     async def applier() -> Applier:
         if "applier" not in state:
             client = new_client(redis_url)
             state["redis"] = client
-            state["applier"] = Applier(ProfileStore(client, settings.profile_ttl_ms), settings.affinity)
+            hooks = await setup_hooks(settings, client)
+            state["applier"] = Applier(ProfileStore(client, settings.profile_ttl_ms),
+                                       settings.affinity, hooks=hooks, emit=emit)
         return state["applier"]
 
     @app.agent(topic, name="apply-events")

@@ -7,13 +7,13 @@ dedupe marks in each profile make that, and any redelivery after a crash, harmle
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from engine.store import ProfileStore
 from models.affinity import AffinityConfig
-from streams.plan import needed_pids, plan
+from streams.plan import Emit, Hook, needed_pids, plan
 
 MAX_ATTEMPTS = 8
 
@@ -26,9 +26,17 @@ class BatchResult:
 
 
 class Applier:
-    def __init__(self, store: ProfileStore, cfg: AffinityConfig) -> None:
+    def __init__(
+        self,
+        store: ProfileStore,
+        cfg: AffinityConfig,
+        hooks: Callable[[], Sequence[Hook]] = lambda: (),
+        emit: Callable[[Sequence[Emit]], Awaitable[None]] | None = None,
+    ) -> None:
         self.store = store
         self.cfg = cfg
+        self.hooks = hooks  # called per batch: hooks follow hot-reloaded configuration
+        self.emit = emit
 
     async def apply(self, events: Sequence[Mapping[str, Any]]) -> BatchResult:
         result = BatchResult()
@@ -36,15 +44,19 @@ class Applier:
         for _ in range(MAX_ATTEMPTS):
             aliases = await self.store.aliases(ev["visitor_id"] for ev in pending)
             stored = await self.store.load(needed_pids(pending, aliases))
-            outcome = plan(pending, aliases, stored, self.cfg)
+            outcome = plan(pending, aliases, stored, self.cfg, self.hooks())
             oks = await self.store.commit(outcome.writes)
             retry: list[int] = []
+            emits: list[Emit] = []
             for w, ok in zip(outcome.writes, oks, strict=True):
                 if ok:
                     result.applied += w.applied
                     result.duplicates += w.duplicates
+                    emits.extend(w.emits)
                 else:
                     retry.extend(w.events)
+            if emits and self.emit is not None:
+                await self.emit(emits)
             if not retry:
                 return result
             # the successful writes are in; plan only the events of the failed ones again

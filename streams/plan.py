@@ -10,10 +10,43 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from engine import keys
 from models.affinity import AffinityConfig, Profile, apply_event, merge
+
+# A Redis command the commit script runs on another key iff the profile write succeeds, so
+# every derived counter (trending, co-occurrence, campaign stats, segment sizes) changes
+# exactly once per applied event. Only these commands are allowed (see commit_profile.lua).
+OP_COMMANDS = frozenset({"ZINCRBY", "ZADD", "ZREM", "ZREMRANGEBYRANK", "HINCRBY", "HINCRBYFLOAT",
+                         "HSET", "HDEL", "INCRBY", "PFADD", "SADD", "SREM", "PEXPIRE", "DEL", "SET"})
+
+
+@dataclass(frozen=True, slots=True)
+class Op:
+    command: str
+    key: str
+    args: tuple[str | int | float | bytes, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.command not in OP_COMMANDS:
+            raise ValueError(f"{self.command} is not an allowed op")
+
+
+@dataclass(frozen=True, slots=True)
+class Emit:
+    """A message to produce after the commit (at least once: consumers dedupe by id)."""
+
+    topic: str
+    key: bytes
+    value: bytes
+
+
+class Hook(Protocol):
+    """Runs after an event was applied to a profile (never for a duplicate). It may change
+    the profile (e.g. its segment memberships) and returns ops and emits to commit with it."""
+
+    def __call__(self, event: Mapping[str, Any], profile: Profile, pid: str) -> Iterable[Op | Emit]: ...
 
 
 @dataclass(slots=True)
@@ -34,6 +67,8 @@ class Write:
     events: list[int] = field(default_factory=list)  # indices into the batch
     applied: int = 0
     duplicates: int = 0
+    ops: list[Op] = field(default_factory=list)
+    emits: list[Emit] = field(default_factory=list)
 
 
 @dataclass(slots=True)
@@ -64,6 +99,7 @@ def plan(
     aliases: Mapping[str, str | None],
     stored: Mapping[str, Stored],
     cfg: AffinityConfig,
+    hooks: Sequence[Hook] = (),
 ) -> Outcome:
     alias = dict(aliases)
     state: dict[str, Profile] = {}
@@ -114,6 +150,8 @@ def plan(
                         target.events.extend(src.events)
                         target.applied += src.applied
                         target.duplicates += src.duplicates
+                        target.ops.extend(src.ops)
+                        target.emits.extend(src.emits)
                         target.deletes.extend(src.deletes)
                         target.aliases.extend(src.aliases)
             target.aliases.append((vid, target.pid))
@@ -132,6 +170,9 @@ def plan(
         if apply_event(w.profile, ev, cfg):
             w.applied += 1
             out.applied += 1
+            for hook in hooks:
+                for item in hook(ev, w.profile, w.pid):
+                    (w.ops if isinstance(item, Op) else w.emits).append(item)
         else:
             w.duplicates += 1
             out.duplicates += 1

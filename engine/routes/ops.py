@@ -1,0 +1,59 @@
+"""Operator endpoints: /healthz, /readyz, /metrics, and the API description."""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any
+
+import orjson
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, Response
+from starlette.routing import BaseRoute, Route
+
+from engine import keys, metrics
+from engine.openapi import DOCS_HTML, openapi
+from engine.routes import json_response, svc
+
+
+async def healthz(request: Request) -> Response:
+    return json_response({"status": "ok"})
+
+
+async def readyz(request: Request) -> Response:
+    s = svc(request)
+    checks: dict[str, str] = {}
+    try:
+        await s.redis.ping()
+        checks["redis"] = "ok"
+    except Exception as exc:
+        checks["redis"] = f"unreachable: {exc}"
+    checks["kafka"] = "ok" if await s.events.ready() else "unreachable"
+    ok = all(v == "ok" for v in checks.values())
+    return json_response({"status": "ready" if ok else "not ready", "checks": checks}, 200 if ok else 503)
+
+
+async def get_metrics(request: Request) -> Response:
+    s = svc(request)
+    workers: dict[str, Any] = {}
+    with contextlib.suppress(Exception):
+        raw = await s.redis.hgetall(keys.WORKERS)
+        workers = {k.decode(): orjson.loads(v) for k, v in raw.items()}
+    return Response(metrics.render(s.metrics_dir, workers), media_type="text/plain; version=0.0.4")
+
+
+async def get_openapi(request: Request) -> Response:
+    return json_response(openapi())
+
+
+async def docs(request: Request) -> Response:
+    return HTMLResponse(DOCS_HTML)
+
+
+def routes() -> list[BaseRoute]:
+    return [
+        Route("/healthz", healthz, methods=["GET"]),
+        Route("/readyz", readyz, methods=["GET"]),
+        Route("/metrics", get_metrics, methods=["GET"]),
+        Route("/openapi.json", get_openapi, methods=["GET"]),
+        Route("/docs", docs, methods=["GET"]),
+    ]
