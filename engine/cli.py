@@ -85,6 +85,8 @@ def cmd_up(args: argparse.Namespace) -> int:
         _wait_http(base + "/healthz", 60, procs)
         print(
             "\n  Kairos is running\n"
+            f"    demo shop  {base}/demo\n"
+            f"    dashboard  {base}/dashboard\n"
             f"    API        {base}/v1/events   (docs {base}/docs)\n"
             f"    profiles   {base}/v1/profiles/<visitor_id>\n"
             f"    health     {base}/readyz   metrics {base}/metrics\n"
