@@ -50,7 +50,12 @@ class _Timing:
             await self.app(scope, receive, send_)
         finally:
             path = getattr(scope.get("route"), "path", "other")
-            metrics.REQUESTS.labels(path, str(status[0])).observe(time.perf_counter() - start)
+            elapsed = time.perf_counter() - start
+            metrics.REQUESTS.labels(path, str(status[0])).observe(elapsed)
+            app = scope.get("app")
+            live = app.state.svc.extra.get("live") if app is not None and hasattr(app.state, "svc") else None
+            if live is not None and path.startswith("/v1/"):
+                live.observe(f"route:{path}", elapsed)
 
 
 def create_app(settings: Settings, redis_url: str, bootstrap: str,

@@ -27,3 +27,8 @@ def alias(visitor_id: str) -> str:
 
 
 WORKERS = "kx:workers"  # hash: worker id -> JSON of its own measurements
+
+
+def live_second(second: int) -> str:
+    """Counters of one second (hash: t:<type>, c:<channel>, accepted, rejected, h:<hist>:<bucket>)."""
+    return f"kx:s:{second}"

@@ -10,12 +10,13 @@ from __future__ import annotations
 import struct
 from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import Any
 
 import redis.asyncio as aioredis
 
 from engine import keys
 from models.affinity import Profile
-from streams.plan import Stored, Write
+from streams.plan import Op, Stored, Write
 
 _LUA = Path(__file__).with_name("lua")
 _REV = struct.Struct(">I")
@@ -31,6 +32,44 @@ def new_client(url: str, *, timeout: float | None = 5.0, max_connections: int = 
 def _next_rev(rev: bytes) -> bytes:
     n = _REV.unpack(rev)[0] if rev else 0
     return _REV.pack((n + 1) & 0xFFFFFFFF)
+
+
+_SUMMABLE = {"HINCRBY": 1, "HINCRBYFLOAT": 1, "INCRBY": 0, "ZINCRBY": 0}
+
+
+def coalesce(ops: Sequence[Op]) -> list[Op]:
+    """Merge increments of the same counter and repeated identical ops (a batch of events of
+    one visitor often touches the same per-second or per-campaign counters)."""
+    out: dict[tuple[Any, ...], Op] = {}
+    for op in ops:
+        pos = _SUMMABLE.get(op.command)
+        if pos is None:
+            out.setdefault((op.command, op.key, op.args), op)
+            continue
+        if op.command == "ZINCRBY":
+            ident: tuple[Any, ...] = (op.command, op.key, op.args[1])
+            amount = op.args[0]
+        elif op.command == "INCRBY":
+            ident, amount = (op.command, op.key), op.args[0]
+        else:
+            ident, amount = (op.command, op.key, op.args[0]), op.args[1]
+        prev = out.get(ident)
+        if prev is None:
+            out[ident] = op
+            continue
+        total = _num(amount) + _num(prev.args[1] if pos == 1 else prev.args[0])
+        if op.command == "HINCRBYFLOAT" or op.command == "ZINCRBY":
+            total = float(total)
+        else:
+            total = int(total)
+        args = (op.args[0], total) if pos == 1 else (total, *op.args[1:])
+        out[ident] = Op(op.command, op.key, args)
+    # keep non-summable ops (e.g. PEXPIRE) after the increments they follow
+    return sorted(out.values(), key=lambda o: o.command in ("PEXPIRE",))
+
+
+def _num(x: Any) -> Any:
+    return float(x) if isinstance(x, str | bytes) else x
 
 
 def decode(blob: bytes | None) -> Stored:
@@ -75,15 +114,16 @@ class ProfileStore:
         ttl = str(self.ttl_ms)
         for w in writes:
             ks = [keys.profile(w.pid)]
+            ops = coalesce(w.ops)
             args: list[bytes | str] = [w.expected, _next_rev(w.expected) + w.profile.snapshot(), ttl,
-                                       str(len(w.deletes)), str(len(w.aliases)), str(len(w.ops))]
+                                       str(len(w.deletes)), str(len(w.aliases)), str(len(ops))]
             for pid, rev in w.deletes:
                 ks.append(keys.profile(pid))
                 args.append(rev)
             for vid, target in w.aliases:
                 ks.append(keys.alias(vid))
                 args.append(target)
-            for op in w.ops:
+            for op in ops:
                 ks.append(op.key)
                 args.append(op.command)
                 args.append(str(len(op.args)))

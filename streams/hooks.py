@@ -16,7 +16,9 @@ from typing import Any
 from engine.settings import Settings
 from streams.plan import Hook
 
-HOOK_MODULES: list[str] = []
+HOOK_MODULES: list[str] = [
+    "streams.hooks_traffic",
+]
 
 
 async def setup_hooks(settings: Settings, redis: Any, modules: Sequence[str] | None = None

@@ -35,4 +35,5 @@ MODULES = [
     "engine.routes.ingest",
     "engine.routes.profiles",
     "engine.routes.ops",
+    "engine.routes.stats",
 ]

@@ -42,8 +42,11 @@ async def accept(request: Request, raw: list, now_ms: int) -> tuple[list[spec.Ev
     s = svc(request)
     good, bad = spec.validate(raw, now_ms)
     rejected = [r.as_dict() for r in bad]
+    live = s.extra.get("live")
     for r in bad:
         metrics.EVENTS_REJECTED.labels(metrics.field_label(r.field)).inc()
+    if live is not None and bad:
+        live.add("rejected", len(bad))
     if not good:
         first = bad[0]
         return [], rejected, error(400, first.field, first.reason, accepted=0, rejected=rejected)
@@ -58,6 +61,8 @@ async def accept(request: Request, raw: list, now_ms: int) -> tuple[list[spec.Ev
         )
     metrics.PRODUCE.observe(time.perf_counter() - start)
     metrics.EVENTS_ACCEPTED.inc(len(good))
+    if live is not None:
+        live.add("accepted", len(good))
     return good, rejected, None
 
 

@@ -141,3 +141,22 @@ def test_replay_a_real_log_through_the_api(stack: Stack, tmp_path):
     assert replay(stack.settings, args) == 0
     for vid, n in expected.most_common(5):
         assert stack.wait_profile(vid, n)["event_count"] == n
+
+
+def test_live_traffic_numbers(stack: Stack):
+    vid = uid()
+    for i in range(3):
+        stack.post([{**ev(vid, i), "channel": "atm"}, {"event_id": "x", "visitor_id": 1}])
+    stack.wait_profile(vid, 3)
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        snap = stack.http.get("/v1/stats/traffic", params={"window": 120}).json()
+        total_atm = sum(s["by_channel"].get("atm", 0) for s in snap["series"])
+        if total_atm >= 3 and sum(s["rejected"] for s in snap["series"]) >= 3:
+            break
+        time.sleep(0.5)
+    assert total_atm >= 3
+    assert sum(s["accepted"] for s in snap["series"]) >= 3
+    assert snap["latency_ms"]["ingest"]["p99"] is not None
+    assert snap["workers"]["live"] == 1
+    assert stack.http.get("/v1/stats/traffic", params={"window": 0}).status_code == 400
