@@ -1,0 +1,81 @@
+"""`kairos up` (what `make run` runs): everything starts, URLs are printed, an event flows
+end to end, and Ctrl-C stops every child process."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from engine.embedded import free_port
+from tests.conftest import LIBS, ROOT
+
+pytestmark = pytest.mark.integration
+
+
+def _children_using(marker: str) -> list[int]:
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmd = (entry / "cmdline").read_bytes() + (entry / "environ").read_bytes()
+        except OSError:
+            continue
+        if marker.encode() in cmd and int(entry.name) != os.getpid():
+            pids.append(int(entry.name))
+    return pids
+
+
+def test_up_runs_everything_and_ctrl_c_stops_it(tmp_path):
+    var = tmp_path / "var"
+    (var / "kafka").mkdir(parents=True)
+    (var / "kafka" / "libs").symlink_to(LIBS)
+    port = free_port()
+    env = {**os.environ, "KAIROS_VAR_DIR": str(var), "KAIROS_PORT": str(port)}
+    env.pop("KAIROS_SETTINGS_JSON", None)
+    proc = subprocess.Popen([sys.executable, "-m", "engine.cli", "up"], env=env, cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    out = b""
+    try:
+        deadline = time.monotonic() + 90
+        assert proc.stdout is not None
+        os.set_blocking(proc.stdout.fileno(), False)
+        while b"Ctrl-C stops everything" not in out:
+            assert time.monotonic() < deadline, out.decode(errors="replace")
+            assert proc.poll() is None, out.decode(errors="replace")
+            out += proc.stdout.read() or b""
+            time.sleep(0.1)
+        text = out.decode()
+        base = f"http://127.0.0.1:{port}"
+        assert f"{base}/v1/events" in text and f"{base}/demo" in text and f"{base}/dashboard" in text
+        r = httpx.post(f"{base}/v1/events", json={"event_id": "up-1", "type": "item_view",
+                                                   "visitor_id": "up-v", "item": {"id": "i1", "brand": "acme"}})
+        assert r.status_code == 200, r.text
+        deadline = time.monotonic() + 45
+        while True:
+            r = httpx.get(f"{base}/v1/profiles/up-v")
+            if r.status_code == 200:
+                break
+            assert time.monotonic() < deadline, "the event never reached the profile"
+            time.sleep(0.2)
+        assert r.json()["event_count"] == 1
+        assert (var / "redis" / "appendonlydir").exists(), "Valkey keeps its AOF under var/"
+        assert (var / "kafka" / "node" / "log").exists(), "Kafka keeps its log under var/"
+        assert len(_children_using(str(var))) >= 4, "valkey, kafka, the worker and the API run"
+    finally:
+        os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal does
+        try:
+            proc.wait(60)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            raise
+    time.sleep(0.5)
+    assert proc.returncode == 0
+    assert _children_using(str(var)) == [], "every child process stopped"
