@@ -1,8 +1,7 @@
 // The outgoing event queue, kept in a store (localStorage) so that it survives reloads and offline
-// periods and is shared by the tabs of one site. Bounded: past `cap` the oldest events are dropped.
-// Entries are {e: event, c: claimOwner?, u: claimUntil?}. A tab claims a batch before sending it;
-// other tabs skip claimed entries until the claim expires (the claimer died), so two tabs never
-// send the same event. Claims are taken under the cross-tab lock (see lock.js).
+// periods. Each tab has its own (see tracker.js). Bounded: past `cap` the oldest events are dropped.
+// Entries are {e: event, c: claimOwner?, u: claimUntil?}. A batch is claimed while it is in flight,
+// so that a pagehide flush (sendBeacon) skips it; a claim expires if the sender died.
 
 import { parseJSON } from './util.js';
 
@@ -37,6 +36,5 @@ export function createQueue(store, key, cap = 500) {
     remove: (ids) => edit(ids, (x, hit) => (hit ? [] : [x])),
     /** Not sent (retryable failure): let any tab take them again. */
     release: (ids) => edit(ids, (x, hit) => [hit ? { e: x.e } : x]),
-    clear: () => store.del(key),
   };
 }

@@ -4,8 +4,8 @@
 
 // Only what the popup needs to be a modal; the look comes with the server's template html.
 const CSS =
-  '<style>:host{all:initial;display:block}[role=dialog]{position:fixed;z-index:2147483647;top:50%;left:50%;' +
-  'transform:translate(-50%,-50%);background:#fff;padding:1em}.bg{position:fixed;inset:0;background:#0008}.x{float:right}</style>';
+  '<style>:host{all:initial;display:block}a{color:inherit}[role=dialog]{position:fixed;z-index:2147483647;top:50%;left:50%;' +
+  'transform:translate(-50%,-50%);background:#fff;padding:1em}.bg{position:fixed;inset:0;z-index:2147483646;background:#0008}.x{float:right}</style>';
 const FOCUSABLE = 'a[href],button,input,select,textarea,[tabindex="0"]';
 
 export function clean(doc, html) {
@@ -61,8 +61,8 @@ export function showPopup(doc, d, report, onEmail) {
   host.setAttribute('data-kairos-popup', d.zone);
   const root = shadow(
     host,
-    '<div class=bg></div><div role=dialog aria-modal=true aria-labelledby=t tabindex=-1>' +
-      '<button class=x type=button aria-label=Close>\u00d7</button><h2 id=t></h2></div>',
+    '<div class=bg></div><div role=dialog part=dialog aria-modal=true aria-labelledby=t tabindex=-1>' +
+      '<button class=x part=close type=button aria-label=Close>\u00d7</button><h2 id=t></h2></div>',
   );
   const dlg = root.lastChild;
   const x = dlg.firstChild;

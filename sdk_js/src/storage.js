@@ -1,4 +1,5 @@
-// Key/value stores with one interface: get(key) -> string or nothing, set(key, value), del(key).
+// Key/value stores with one interface: get(key) -> string or nothing, set(key, value), del(key),
+// keys() (the web and memory stores).
 // "local" (localStorage), "cookie" (first-party, 1 year, SameSite=Lax) and "memory" (this page only).
 
 export function memoryStore() {
@@ -7,6 +8,7 @@ export function memoryStore() {
     get: (k) => m[k],
     set: (k, v) => (m[k] = '' + v),
     del: (k) => delete m[k],
+    keys: () => Object.keys(m),
   };
 }
 
@@ -24,6 +26,7 @@ export function webStore(getStorage) {
         }
       },
       del: (k) => s.removeItem(k),
+      keys: () => Object.keys(s),
     };
   } catch (e) {
     return memoryStore(); // storage blocked

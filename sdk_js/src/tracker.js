@@ -1,11 +1,17 @@
-// The tracker: builds events, keeps consent and ids, batches to the queue, flushes through the
-// transport under the cross-tab lock, asks for decisions and renders them, watches exit intent.
+// The tracker: builds events, keeps consent and ids, batches to its tab's queue, flushes through
+// the transport, asks for decisions and renders them, watches exit intent.
+//
+// Cross-tab safety: each tab (page load) has its own queue in localStorage, kairos_q_<site>_<tab>,
+// which only that tab writes, and holds the Web Lock kairos_t_<site>_<tab> while it lives. A
+// shared queue is not safe: Chromium shows a tab another tab's localStorage writes late, so
+// read-modify-write cycles resurrect sent events and lose new ones. A queue whose tab lock is free
+// belongs to a page that is gone (a reload, a closed tab); a starting tab adopts it and keeps that
+// lock for good, so no second tab adopts it too. Without Web Locks, every other queue is adopted.
 // Everything it needs from the browser comes through `win` and `deps`, so tests can drive it.
 
-import { uuid, warn, safe } from './util.js';
+import { uuid, warn, safe, parseJSON } from './util.js';
 import { cookieStore, webStore, memoryStore } from './storage.js';
 import { createQueue } from './queue.js';
-import { createLock } from './lock.js';
 import { backoff } from './backoff.js';
 import { post, retryable, beacon } from './transport.js';
 import { exitDetector } from './exit.js';
@@ -29,9 +35,11 @@ export function createTracker(win, cfg, deps = {}) {
   const tab = uuid();
   const sfx = '_' + cfg.site;
   const EXIT = 'kairos_exit' + sfx;
-  const LOCK = 'kairos_lock' + sfx;
-  const q = createQueue(local, 'kairos_q' + sfx, cfg.cap);
-  const lock = createLock({ locks: nav.locks, store: local, key: LOCK, owner: tab, now });
+  const QK = 'kairos_q' + sfx + '_';
+  const TL = 'kairos_t' + sfx + '_';
+  const q = createQueue(local, QK + tab, cfg.cap);
+  const locks = nav.locks;
+  const forever = () => new Promise(() => {});
   const device = deviceOf(nav);
   const eventsUrl = cfg.endpoint + '/v1/events';
 
@@ -48,6 +56,7 @@ export function createTracker(win, cfg, deps = {}) {
   let retryAt = 0;
   let sending;
   let exitArmed;
+  let owned;
 
   const visitor = () => {
     if (!vid || vid.length > 128) {
@@ -78,15 +87,33 @@ export function createTracker(win, cfg, deps = {}) {
     timer = timer || setTimeout(() => ((timer = 0), flush()), ms);
   }
 
-  /** Send one batch from the shared queue, if this tab gets the lock. Resolves when done. */
+  /** Hold this tab's lock for its lifetime, then adopt the queues of pages that are gone. */
+  function own() {
+    if (owned) return;
+    owned = 1;
+    const adopt = () => {
+      for (const k of local.keys()) {
+        const o = k.slice(QK.length);
+        if (k.indexOf(QK) || o == tab || o.length != 36) continue;
+        const take = () => {
+          q.push(parseJSON(local.get(k), []).map((x) => x.e));
+          local.del(k);
+          schedule(0);
+        };
+        locks ? locks.request(TL + o, { ifAvailable: true }, (l) => l && (take(), forever())).catch(warn) : take();
+      }
+    };
+    locks ? locks.request(TL + tab, {}, () => (adopt(), forever())).catch(warn) : adopt();
+  }
+
+  /** Send one batch from this tab's queue. Resolves when done. */
   async function flush() {
     if (!consent || sending || nav.onLine === false) return;
     if (now() < retryAt) return schedule(retryAt - now());
     sending = 1;
     try {
-      await lock.run(async () => {
-        const batch = q.claim(tab, now(), cfg.batch, 15000);
-        if (!batch.length) return;
+      const batch = q.claim(tab, now(), cfg.batch, 15000);
+      if (batch.length) {
         const idl = batch.map((e) => e.event_id);
         const r = await post(fetchFn, eventsUrl, { events: batch }, 10000);
         if (retryable(r.status)) {
@@ -96,19 +123,18 @@ export function createTracker(win, cfg, deps = {}) {
           q.remove(idl); // delivered, or a 4xx: undeliverable, never retried
           attempt = 0;
         }
-      });
-    } catch (e) {
-      // Web Locks refused (an opaque origin): try again later
+      }
     } finally {
       sending = 0;
     }
     if (q.size()) schedule(retryAt > now() ? retryAt - now() : 0);
   }
 
-  /** Page hidden or closing: hand every unclaimed event to sendBeacon now. */
+  /** Page hidden or closing: hand every unclaimed event to sendBeacon now. Offline, sendBeacon
+   * would take them and lose them: they stay queued, and the next page adopts them. */
   function flushHidden() {
     let batch;
-    while (consent && (batch = q.claim(tab, now(), cfg.batch, 15000)).length) {
+    while (consent && nav.onLine !== false && (batch = q.claim(tab, now(), cfg.batch, 15000)).length) {
       const idl = batch.map((e) => e.event_id);
       if (!beacon(nav, eventsUrl, { events: batch })) return q.release(idl);
       q.remove(idl);
@@ -228,11 +254,12 @@ export function createTracker(win, cfg, deps = {}) {
     consent = yes;
     ids.set('kairos_consent', yes ? 1 : 0);
     if (yes) {
+      own();
       ids.set('kairos_vid', visitor());
       if (uid) ids.set('kairos_uid', uid);
       if (waiting || was === false) page((waiting || [])[0]);
     } else {
-      q.clear();
+      for (const k of local.keys()) k.indexOf(QK) || local.del(k); // every tab's queue
       ids.del('kairos_vid');
       ids.del('kairos_uid');
       sess.del(EXIT);
@@ -277,6 +304,7 @@ export function createTracker(win, cfg, deps = {}) {
   on(win, 'pagehide', flushHidden);
   on(doc, 'visibilitychange', () => doc.visibilityState === 'hidden' && flushHidden());
   on(win, 'online', () => ((retryAt = 0), flush()));
+  if (consent) own();
 
   return { page, track, identify, consent: setConsent, flush, onExit };
 }

@@ -1,9 +1,8 @@
-// Pure pieces: ids, backoff, the bounded queue, the cross-tab lock.
+// Pure pieces: ids, backoff, the bounded queue, the stores.
 import { describe, it, expect, vi } from 'vitest';
 import { uuid } from '../src/util.js';
 import { backoff } from '../src/backoff.js';
 import { createQueue } from '../src/queue.js';
-import { createLock } from '../src/lock.js';
 import { memoryStore, cookieStore } from '../src/storage.js';
 import { retryable } from '../src/transport.js';
 
@@ -89,7 +88,7 @@ describe('queue', () => {
     q.release(['e2']);
     expect(q.size()).toBe(2);
     expect(q.claim('b', 1, 10, 1000).map((e) => e.event_id)).toEqual(['e2']);
-    q.clear();
+    q.remove(['e2', 'e3']);
     expect(q.size()).toBe(0);
   });
 
@@ -100,47 +99,6 @@ describe('queue', () => {
     expect(q.size()).toBe(0);
     q.push([ev(1)]);
     expect(q.size()).toBe(1);
-  });
-});
-
-describe('lock', () => {
-  it('uses Web Locks with ifAvailable when present', async () => {
-    const request = vi.fn((name, opts, cb) => Promise.resolve(cb({ name })));
-    const l = createLock({ locks: { request }, key: 'k' });
-    expect(await l.run(() => 42)).toBe(42);
-    expect(request).toHaveBeenCalledWith('k', { ifAvailable: true }, expect.any(Function));
-    const busy = createLock({ locks: { request: (n, o, cb) => Promise.resolve(cb(null)) }, key: 'k' });
-    const fn = vi.fn();
-    expect(await busy.run(fn)).toBeFalsy();
-    expect(fn).not.toHaveBeenCalled();
-  });
-
-  it('falls back to a lease in storage: one holder at a time, expiring', async () => {
-    const store = memoryStore();
-    let t = 0;
-    const now = () => t;
-    const a = createLock({ store, key: 'k', owner: 'A', now, ttl: 100 });
-    const b = createLock({ store, key: 'k', owner: 'B', now, ttl: 100 });
-    let release;
-    const held = a.run(() => new Promise((r) => (release = r)));
-    const fn = vi.fn(() => 'b');
-    expect(await b.run(fn)).toBe(null); // A holds it
-    expect(fn).not.toHaveBeenCalled();
-    release('a');
-    expect(await held).toBe('a');
-    expect(await b.run(fn)).toBe('b'); // released
-    // a holder that died: its lease expires
-    store.set('k', JSON.stringify({ o: 'C', u: 50 }));
-    expect(await b.run(fn)).toBe(null);
-    t = 60;
-    expect(await b.run(fn)).toBe('b');
-  });
-
-  it('loses the lease when another tab overwrote it', async () => {
-    const store = memoryStore();
-    const racy = { ...store, get: (k) => JSON.stringify({ o: 'other', u: 0 }) };
-    const l = createLock({ store: racy, key: 'k', owner: 'A', now: () => 1 });
-    expect(await l.run(() => 'x')).toBe(null);
   });
 });
 

@@ -32,7 +32,11 @@ function make(cfgOver = {}, fetch = fetchStub()) {
   const t = createTracker(window, cfg, { fetch, now, random: () => 0.5 });
   return { t, cfg, fetch };
 }
-const queued = (cfg) => JSON.parse(localStorage.getItem('kairos_q_' + cfg.site) || '[]');
+// every tab's queue of the site (kairos_q_<site>_<tab>), in storage order
+const queued = (cfg) =>
+  Object.keys(localStorage)
+    .filter((k) => k.startsWith('kairos_q_' + cfg.site + '_'))
+    .flatMap((k) => JSON.parse(localStorage.getItem(k)));
 
 describe('page views and batching', () => {
   it('sends the page view in one batch after the flush timer: exact request', async () => {
@@ -330,63 +334,110 @@ describe('page hide', () => {
 });
 
 describe('cross-tab safety', () => {
-  it('two tabs never send the same queued event (localStorage lease)', async () => {
+  // A Web Locks stand-in: a held name refuses ifAvailable requests and queues the others;
+  // `die(name)` releases a lock the way a closed tab would.
+  function fakeLocks() {
+    const held = new Map();
+    const locks = {
+      held,
+      request: vi.fn((name, opts, cb) => {
+        if (held.has(name)) return opts.ifAvailable ? Promise.resolve(cb(null)) : new Promise(() => {});
+        held.set(name, 1);
+        return Promise.resolve(cb({ name }));
+      }),
+      die: (name) => held.delete(name),
+    };
+    Object.defineProperty(navigator, 'locks', { value: locks, configurable: true });
+    return locks;
+  }
+  const sentTypes = (f) => f.requests.flatMap((r) => r.body.events.map((e) => e.type));
+
+  it('each tab sends only its own queue (kairos_q_<site>_<tab>)', async () => {
     let release;
     const slow = fetchStub(() => new Promise((r) => (release = () => r(res(200, {})))));
     const a = make({}, slow);
     const b = make({ site: a.cfg.site });
     a.t.track('one');
     a.t.track('two');
-    const flushing = a.t.flush(); // tab A holds the lease and has the batch in flight
+    const flushing = a.t.flush(); // tab A has its batch in flight
     await settle();
     b.t.track('three');
-    await b.t.flush(); // lease taken: B sends nothing now
-    expect(b.fetch).not.toHaveBeenCalled();
+    await b.t.flush(); // B sends its own event, never A's
     release();
     await flushing;
-    await b.t.flush();
-    const sentA = slow.requests.flatMap((r) => r.body.events.map((e) => e.type));
-    const sentB = b.fetch.requests.flatMap((r) => r.body.events.map((e) => e.type));
-    expect(sentA).toEqual(['one', 'two']);
-    expect(sentB).toEqual(['three']);
+    await a.t.flush();
+    expect(sentTypes(slow)).toEqual(['one', 'two']);
+    expect(sentTypes(b.fetch)).toEqual(['three']);
+    expect(queued(a.cfg)).toEqual([]);
   });
 
-  it('uses navigator.locks when present; a pagehide skips events another tab has claimed', async () => {
-    const held = new Set();
-    const locks = {
-      request: vi.fn(async (name, opts, cb) => {
-        if (held.has(name)) return cb(null);
-        held.add(name);
-        try {
-          return await cb({ name });
-        } finally {
-          held.delete(name);
-        }
-      }),
-    };
-    Object.defineProperty(navigator, 'locks', { value: locks, configurable: true });
+  it('holds a Web Lock per tab; adopts only the queues of tabs that are gone, once', async () => {
+    const locks = fakeLocks();
     navigator.sendBeacon = vi.fn(() => true);
     try {
       let release;
       const slow = fetchStub(() => new Promise((r) => (release = () => r(res(200, {})))));
       const a = make({}, slow);
-      const b = make({ site: a.cfg.site });
+      await settle();
+      const lockA = [...locks.held.keys()][0];
+      expect(lockA).toMatch(new RegExp('^kairos_t_' + a.cfg.site + '_[0-9a-f-]{36}$'));
       a.t.track('one');
       const flushing = a.t.flush();
       await settle();
-      expect(locks.request).toHaveBeenCalledWith('kairos_lock_' + a.cfg.site, { ifAvailable: true }, expect.any(Function));
+      a.t.track('left'); // still queued when A goes away
+
+      const b = make({ site: a.cfg.site }); // A is alive: B adopts nothing
+      await settle();
+      expect(locks.request).toHaveBeenCalledWith(lockA, { ifAvailable: true }, expect.any(Function));
       b.t.track('two');
-      await b.t.flush();
-      expect(b.fetch).not.toHaveBeenCalled();
-      window.dispatchEvent(new Event('pagehide')); // both tabs hide: "one" is A's, in flight
+      window.dispatchEvent(new Event('pagehide')); // both tabs hide: "one" is in flight, skipped
       const beaconed = navigator.sendBeacon.mock.calls.flatMap(([, body]) => JSON.parse(body).events.map((e) => e.type));
-      expect(beaconed).toEqual(['two']);
+      expect(beaconed.sort()).toEqual(['left', 'two']);
       release();
       await flushing;
-      expect(slow.requests.flatMap((r) => r.body.events.map((e) => e.type))).toEqual(['one']);
+      expect(sentTypes(slow)).toEqual(['one']);
+
+      // a tab that died with events left: the next tab adopts them, a later one doesn't again
+      navigator.sendBeacon = vi.fn(() => false);
+      a.t.track('orphan');
+      window.dispatchEvent(new Event('pagehide')); // the beacon refuses: it stays queued
+      locks.die(lockA);
+      const c = make({ site: a.cfg.site });
+      await settle();
+      const d = make({ site: a.cfg.site });
+      await settle();
+      await c.t.flush();
+      await d.t.flush();
+      expect(sentTypes(c.fetch)).toContain('orphan');
+      expect(sentTypes(d.fetch)).not.toContain('orphan');
+      expect(locks.held.has(lockA)).toBe(true); // kept by C for good
     } finally {
       delete navigator.locks;
     }
+  });
+
+  it('offline at pagehide: nothing goes to sendBeacon, the next page sends it', async () => {
+    navigator.sendBeacon = vi.fn(() => true);
+    const onLine = vi.spyOn(navigator, 'onLine', 'get').mockReturnValue(false);
+    const a = make();
+    a.t.track('offline');
+    window.dispatchEvent(new Event('pagehide'));
+    expect(navigator.sendBeacon).not.toHaveBeenCalled();
+    onLine.mockReturnValue(true);
+    const b = make({ site: a.cfg.site });
+    await b.t.flush();
+    expect(sentTypes(b.fetch)).toEqual(['offline']);
+  });
+
+  it('without Web Locks a new page adopts what earlier pages left (a reload)', async () => {
+    navigator.sendBeacon = vi.fn(() => false);
+    const a = make();
+    a.t.track('left');
+    window.dispatchEvent(new Event('pagehide'));
+    const b = make({ site: a.cfg.site });
+    await b.t.flush();
+    expect(sentTypes(b.fetch)).toContain('left');
+    expect(queued(a.cfg)).toEqual([]);
   });
 });
 
@@ -618,7 +669,7 @@ describe('robustness', () => {
     expect(queued(cfg).map((x) => x.e.decision_id)).toEqual(['d-b']);
   });
 
-  it('a lock manager that refuses (opaque origin) does not throw', async () => {
+  it('a lock manager that refuses (opaque origin) does not throw; the tab still sends', async () => {
     Object.defineProperty(navigator, 'locks', {
       value: { request: () => Promise.reject(new DOMException('denied', 'SecurityError')) },
       configurable: true,
@@ -627,7 +678,7 @@ describe('robustness', () => {
       const { t, fetch } = make();
       t.track('x');
       await expect(t.flush()).resolves.toBe(undefined);
-      expect(fetch).not.toHaveBeenCalled();
+      expect(fetch.requests.flatMap((r) => r.body.events.map((e) => e.type))).toEqual(['x']);
     } finally {
       delete navigator.locks;
     }

@@ -1,15 +1,17 @@
 """The sitemap compiler: the shipped file compiles, patterns behave, every kind of error names
-file, line and field."""
+file, line and field; the served bundle follows the file (hot reload, last good kept)."""
 
 from __future__ import annotations
 
 import json
+import logging
 import re
 import textwrap
 from pathlib import Path
 
 import pytest
 
+from engine.routes.sdk import BeaconSource
 from engine.sitemap import SitemapError, beacon_bundle, compile_sitemap, load
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -76,6 +78,17 @@ def page_type_for(sm: dict, path: str) -> str | None:
         ("/search", "search"),
         ("/lp/spring-sale", "landing"),
         ("/about", None),
+        # the demo shop (engine/routes/demo.py) lives under /demo
+        ("/demo", "home"),
+        ("/demo/", "home"),
+        ("/demo/c/computers/notebook", "category"),
+        ("/demo/p/1307067", "product"),
+        ("/demo/p/1307067/extra", None),
+        ("/demo/cart", "cart"),
+        ("/demo/checkout", "checkout"),
+        ("/demo/checkout/done", "checkout"),
+        ("/demo/search", "search"),
+        ("/demo/about", None),
     ],
 )
 def test_url_patterns_route_paths(path, expected):
@@ -387,3 +400,72 @@ def test_beacon_bundle_prepends_the_sitemap():
     assert re.fullmatch(r'"[0-9a-f]{32}"', etag)
     assert beacon_bundle(sm, b"(()=>{})();")[1] == etag
     assert beacon_bundle(sm, b"(()=>{1})();")[1] != etag
+
+
+# --- serving: GET /sdk/kairos.js follows the files ------------------------------------------------
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.t = 100.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def _source(tmp_path: Path, sitemap: str | None, beacon: bytes | None) -> tuple[BeaconSource, _Clock]:
+    sm, dist = tmp_path / "sitemap.yaml", tmp_path / "kairos.js"
+    if sitemap is not None:
+        sm.write_text(textwrap.dedent(sitemap))
+    if beacon is not None:
+        dist.write_bytes(beacon)
+    clock = _Clock()
+    src = BeaconSource(sm, dist, clock)
+    src.load_initial()
+    return src, clock
+
+
+def _served_sitemap(src: BeaconSource) -> dict | None:
+    b = src.current()
+    assert b is not None
+    head, sep, _ = b.body.partition(b";\n")
+    if not head.startswith(b"window.__kairosSitemap="):
+        return None
+    return json.loads(head[len(b"window.__kairosSitemap=") :])
+
+
+def test_bundle_hot_reloads_the_sitemap_and_keeps_the_last_good_one(tmp_path, caplog):
+    src, clock = _source(tmp_path, "page_types:\n  home: {url: /}\n", b"beacon();")
+    first = src.current()
+    assert first is not None and first.body.endswith(b"beacon();")
+    assert [p["name"] for p in _served_sitemap(src)["page_types"]] == ["home"]
+
+    (tmp_path / "sitemap.yaml").write_text("page_types:\n  home: {url: /}\n  cart: {url: /cart}\n")
+    assert src.current() is first  # checked at most once a second
+    clock.t += 1.5
+    second = src.current()
+    assert [p["name"] for p in _served_sitemap(src)["page_types"]] == ["home", "cart"]
+    assert second is not None and second.etag != first.etag
+
+    (tmp_path / "sitemap.yaml").write_text("page_types:\n  home:\n    url: nope\n")
+    clock.t += 1.5
+    with caplog.at_level(logging.ERROR, logger="kairos.sdk"):
+        assert src.current() is second  # the last good sitemap stays in service
+    assert "sitemap.yaml:3: page_types.home.url:" in caplog.text
+
+
+def test_bundle_follows_a_rebuilt_beacon_and_works_without_a_sitemap(tmp_path):
+    src, clock = _source(tmp_path, None, b"v1();")
+    b = src.current()
+    assert b is not None and b.body == b"v1();" and re.fullmatch(r'"[0-9a-f]{32}"', b.etag)
+    (tmp_path / "kairos.js").write_bytes(b"v2-longer();")
+    clock.t += 1.5
+    assert src.current().body == b"v2-longer();"
+    (tmp_path / "kairos.js").unlink()
+    clock.t += 1.5
+    assert src.current() is None  # -> 503 "run kairos setup"
+
+
+def test_invalid_sitemap_at_start_up_names_file_and_line(tmp_path):
+    with pytest.raises(SitemapError, match=r"sitemap.yaml:2: page_types.home.url"):
+        _source(tmp_path, "page_types:\n  home: {url: nope}\n", b"x")

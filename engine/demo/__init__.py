@@ -1,0 +1,1 @@
+"""The demo shop served at /demo: a small catalog, its pages, and the one beacon tag."""
