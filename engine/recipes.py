@@ -7,7 +7,8 @@ Recipe fields (all optional but `ingredients`)::
 
     name: default
     ingredients: {history: 1.0, co_view: 1.0, trending_in_category: 0.3}   # weights >= 0
-    normalise: max             # how each ingredient's scores are scaled: max | rank
+    normalise: rank            # each ingredient's scores become c/(c+rank) (rank) or s/max (max)
+    rank_offset: 10            # c above: larger flattens the rank curve
     exclusions: {purchased: true, in_cart: false, current_item: true, viewed_last: 0,
                  viewed_within_s: 0, out_of_stock: true, items: [id, ...]}
     boosters: {affinity_category: 0.2, affinity_brand: 0.2,
@@ -122,7 +123,8 @@ class Recipe:
 
     name: str
     ingredients: Mapping[str, float]
-    normalise: str = "max"
+    normalise: str = "rank"
+    rank_offset: float = 10.0
     exclusions: Exclusions = field(default_factory=Exclusions)
     boosters: Boosters = field(default_factory=Boosters)
     filters: Filters = field(default_factory=Filters)
@@ -196,8 +198,17 @@ def parse_recipe(data: Mapping[str, Any], name: str | None = None) -> Recipe:
         raise RecipeError("recipe", "must be a mapping")
     _known(
         data,
-        ["name", "ingredients", "normalise", "exclusions", "boosters", "filters", "diversity",
-         "fallbacks"],
+        [
+            "name",
+            "ingredients",
+            "normalise",
+            "rank_offset",
+            "exclusions",
+            "boosters",
+            "filters",
+            "diversity",
+            "fallbacks",
+        ],
         "",
     )
     rname = data.get("name", name)
@@ -212,9 +223,12 @@ def parse_recipe(data: Mapping[str, Any], name: str | None = None) -> Recipe:
     if not any(ingredients.values()):
         raise RecipeError("ingredients", "at least one weight must be > 0")
 
-    normalise = data.get("normalise", "max")
+    normalise = data.get("normalise", "rank")
     if normalise not in ("max", "rank"):
         raise RecipeError("normalise", "must be 'max' or 'rank'")
+    rank_offset = _number(data.get("rank_offset", 10.0), "rank_offset")
+    if rank_offset <= 0:
+        raise RecipeError("rank_offset", "must be > 0")
 
     ex = _mapping(data.get("exclusions"), "exclusions")
     _known(ex, list(Exclusions.__dataclass_fields__), "exclusions")
@@ -293,6 +307,7 @@ def parse_recipe(data: Mapping[str, Any], name: str | None = None) -> Recipe:
         name=rname,
         ingredients=ingredients,
         normalise=normalise,
+        rank_offset=rank_offset,
         exclusions=exclusions,
         boosters=boosters,
         filters=filters,
@@ -439,10 +454,13 @@ def boost(
     return 1.0 + total
 
 
-def _scaled(cands: Sequence[Sequence[Any]], how: str) -> list[tuple[str, float, str]]:
+def _scaled(
+    cands: Sequence[Sequence[Any]], how: str, offset: float = 10.0
+) -> list[tuple[str, float, str]]:
+    """Scores in [0, 1]: `offset / (offset + rank)` for "rank", `score / max` for "max"."""
     rows = [(str(c[0]), float(c[1]), str(c[2]) if len(c) > 2 and c[2] else "") for c in cands]
     if how == "rank":
-        return [(iid, 1.0 / (1.0 + k), via) for k, (iid, _, via) in enumerate(rows)]
+        return [(iid, offset / (offset + k), via) for k, (iid, _, via) in enumerate(rows)]
     top = max((s for _, s, _ in rows), default=0.0)
     if top <= 0:
         return [(iid, 0.0, via) for iid, _, via in rows]
@@ -516,7 +534,7 @@ def apply(
     for name, weight in recipe.ingredients.items():
         if weight <= 0:
             continue
-        for iid, s, via in _scaled(candidates.get(name, ()), recipe.normalise):
+        for iid, s, via in _scaled(candidates.get(name, ()), recipe.normalise, recipe.rank_offset):
             contribution = weight * s
             scores[iid] = scores.get(iid, 0.0) + contribution
             if iid not in best or contribution > best[iid][0]:

@@ -21,14 +21,21 @@ FORMATS = ("taobao", "rees46", "jsonl")
 TAOBAO_TYPES = {"pv": "item_view", "cart": "add_to_cart", "fav": "favorite", "buy": "purchase"}
 REES46_TYPES = {"view": "item_view", "cart": "add_to_cart", "purchase": "purchase"}
 REES46_HEADER = [
-    "event_time", "event_type", "product_id", "category_id", "category_code", "brand", "price",
-    "user_id", "user_session",
+    "event_time",
+    "event_type",
+    "product_id",
+    "category_id",
+    "category_code",
+    "brand",
+    "price",
+    "user_id",
+    "user_session",
 ]
 REQUIRED = ("event_id", "type", "visitor_id", "ts")
 
 
 def detect_format(path: str | Path) -> str:
-    """"taobao", "rees46" or "jsonl", from the first non-empty line of the file."""
+    """The format of a file (taobao, rees46 or jsonl), from its first non-empty line."""
     with open(path, encoding="utf-8") as fh:
         for line in fh:
             line = line.strip()
@@ -42,7 +49,9 @@ def detect_format(path: str | Path) -> str:
             if len(fields) == 5 and fields[3] in TAOBAO_TYPES:
                 return "taobao"
             break
-    raise ValueError(f"{path}: cannot tell the format (expected Taobao CSV, REES46 CSV or JSON lines)")
+    raise ValueError(
+        f"{path}: cannot tell the format (expected Taobao CSV, REES46 CSV or JSON lines)"
+    )
 
 
 def load_events(path: str | Path, fmt: str | None = None) -> list[Event]:
@@ -124,7 +133,10 @@ def iter_rees46(path: str | Path) -> Iterator[Event]:
                     raise ValueError(f"unknown event_type {kind!r}")
                 code = cat_code.strip()
                 category = code.replace(".", "/") if code else _digits(cat_id, "category_id")
-                item: dict[str, Any] = {"id": _digits(product, "product_id"), "categories": [category]}
+                item: dict[str, Any] = {
+                    "id": _digits(product, "product_id"),
+                    "categories": [category],
+                }
                 if brand.strip():
                     item["brand"] = brand.strip()
                 if price.strip():

@@ -1,0 +1,215 @@
+"""Online collaborative filtering: implicit-feedback matrix factorisation (BPR) with river's SGD."""
+
+from __future__ import annotations
+
+import math
+import zlib
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import numpy as np
+from river import optim
+
+from models.reco.base import Candidate, Event, event_items, pack, top_n, unpack
+
+KIND = "kairos.reco.cf"
+VERSION = 1
+MASK64 = (1 << 64) - 1
+
+#: Which behaviours count as a positive interaction, and how strongly.
+CF_WEIGHTS: dict[str, float] = {
+    "item_view": 1.0,
+    "favorite": 1.0,
+    "add_to_cart": 1.5,
+    "purchase": 2.0,
+}
+
+
+def _splitmix(state: int) -> tuple[int, int]:
+    """One step of splitmix64: (new state, 64-bit output)."""
+    state = (state + 0x9E3779B97F4A7C15) & MASK64
+    z = state
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & MASK64
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & MASK64
+    return state, z ^ (z >> 31)
+
+
+class OnlineMF:
+    """Bayesian personalised ranking, learnt one event at a time.
+
+    Each positive (visitor, item) pair is contrasted with `n_negatives` items drawn from the last
+    `pool_size` positives (so popular items are drawn more often), and the visitor vector, both
+    item vectors and item biases take one `optim.SGD(lr)` step with L2 penalty `reg`. Vectors
+    start from a normal draw seeded by `seed` and the id, so they are reproducible without a
+    stored random state; negatives come from a splitmix64 stream seeded by `seed`. At most
+    `max_visitors` and `max_items` vectors are kept (least recently updated dropped). Scoring is
+    meant for re-ranking a candidate list, not the whole catalogue.
+    """
+
+    def __init__(
+        self,
+        n_factors: int = 16,
+        lr: float = 0.05,
+        reg: float = 0.01,
+        n_negatives: int = 2,
+        init_scale: float = 0.1,
+        pool_size: int = 2_000,
+        weights: Mapping[str, float] | None = None,
+        max_visitors: int = 100_000,
+        max_items: int = 50_000,
+        seed: int = 0,
+    ) -> None:
+        self.n_factors = n_factors
+        self.lr = lr
+        self.reg = reg
+        self.n_negatives = n_negatives
+        self.init_scale = init_scale
+        self.pool_size = pool_size
+        self.weights = dict(CF_WEIGHTS if weights is None else weights)
+        self.max_visitors = max_visitors
+        self.max_items = max_items
+        self.seed = seed
+        self._opt = optim.SGD(lr)
+        self._rng = seed & MASK64
+        self._users: dict[str, np.ndarray] = {}
+        self._items: dict[str, np.ndarray] = {}
+        self._bias: dict[str, float] = {}
+        self._pool: list[str] = []
+        self._pool_at = 0
+
+    def _init(self, kind: str, key: str) -> np.ndarray:
+        h = zlib.crc32(f"{kind}:{key}".encode())
+        rng = np.random.default_rng([self.seed & 0xFFFFFFFF, h])
+        return rng.normal(0.0, self.init_scale, self.n_factors)
+
+    def _vec(self, table: dict[str, np.ndarray], kind: str, key: str, cap: int) -> np.ndarray:
+        vec = table.pop(key, None)
+        if vec is None:
+            vec = self._init(kind, key)
+        table[key] = vec
+        while len(table) > cap:
+            old = next(iter(table))
+            del table[old]
+            if kind == "i":
+                self._bias.pop(old, None)
+        return vec
+
+    def _draw(self) -> int:
+        self._rng, out = _splitmix(self._rng)
+        return out
+
+    def learn_one(self, event: Event) -> None:
+        """One BPR step per positive item of the event."""
+        w = self.weights.get(event.get("type", ""), 0.0)
+        if not w:
+            return
+        vid = str(event["visitor_id"])
+        for item in event_items(event):
+            pos = str(item["id"])
+            negs = []
+            if self._pool:
+                for _ in range(self.n_negatives):
+                    neg = self._pool[self._draw() % len(self._pool)]
+                    if neg != pos:
+                        negs.append(neg)
+            u = self._vec(self._users, "u", vid, self.max_visitors)
+            vi = self._vec(self._items, "i", pos, self.max_items)
+            for neg in negs:
+                vj = self._vec(self._items, "i", neg, self.max_items)
+                bi, bj = self._bias.get(pos, 0.0), self._bias.get(neg, 0.0)
+                x = float(u @ (vi - vj)) + bi - bj
+                g = w / (1.0 + math.exp(min(x, 30.0)))  # w * sigmoid(-x)
+                gu = -g * (vi - vj) + self.reg * u
+                gi = -g * u + self.reg * vi
+                gj = g * u + self.reg * vj
+                self._opt.step(u, gu)
+                self._opt.step(vi, gi)
+                self._opt.step(vj, gj)
+                self._bias[pos] = bi + self.lr * (g - self.reg * bi)
+                self._bias[neg] = bj + self.lr * (-g - self.reg * bj)
+            self._add_to_pool(pos)
+        if len(self._bias) > self.max_items:
+            self._bias = {k: b for k, b in self._bias.items() if k in self._items}
+
+    def _add_to_pool(self, iid: str) -> None:
+        if len(self._pool) < self.pool_size:
+            self._pool.append(iid)
+        else:
+            self._pool[self._pool_at] = iid
+            self._pool_at = (self._pool_at + 1) % self.pool_size
+
+    def score(self, visitor_id: str, item_ids: Iterable[str]) -> dict[str, float]:
+        """Probability-like scores in (0, 1) for the known items among `item_ids`."""
+        ids = [i for i in dict.fromkeys(item_ids) if i in self._items]
+        if not ids:
+            return {}
+        mat = np.stack([self._items[i] for i in ids])
+        u = self._users.get(visitor_id)
+        raw = mat @ u if u is not None else np.zeros(len(ids))
+        raw = raw + np.array([self._bias.get(i, 0.0) for i in ids])
+        probs = 1.0 / (1.0 + np.exp(-np.clip(raw, -30.0, 30.0)))
+        return dict(zip(ids, probs.tolist(), strict=True))
+
+    def recommend(
+        self,
+        visitor_id: str,
+        n: int = 20,
+        candidates: Iterable[str] | None = None,
+        exclude: Iterable[str] = (),
+    ) -> list[Candidate]:
+        """Re-rank `candidates` (default: every stored item) for the visitor."""
+        scores = self.score(visitor_id, self._items if candidates is None else candidates)
+        return [Candidate(i, s, "") for i, s in top_n(scores, n, exclude)]
+
+    def size(self) -> dict[str, int]:
+        """Stored entries, by the cap that bounds them."""
+        return {
+            "max_visitors": len(self._users),
+            "max_items": max(len(self._items), len(self._bias)),
+            "pool_size": len(self._pool),
+        }
+
+    def snapshot(self) -> bytes:
+        """Versioned msgpack bytes of the settings and state (vectors as little-endian f8)."""
+        return pack(
+            KIND,
+            VERSION,
+            {
+                "settings": self._settings(),
+                "rng": self._rng,
+                "n_iter": self._opt.n_iterations,
+                "users": [[k, v.astype("<f8").tobytes()] for k, v in self._users.items()],
+                "items": [[k, v.astype("<f8").tobytes()] for k, v in self._items.items()],
+                "bias": [[k, b] for k, b in self._bias.items()],
+                "pool": self._pool,
+                "pool_at": self._pool_at,
+            },
+        )
+
+    @classmethod
+    def restore(cls, data: bytes) -> OnlineMF:
+        """A learner equal to the one that made `data`."""
+        st = unpack(data, KIND, VERSION)
+        model = cls(**st["settings"])
+        model._rng = st["rng"]
+        model._opt.n_iterations = st["n_iter"]
+        model._users = {k: np.frombuffer(v, "<f8").copy() for k, v in st["users"]}
+        model._items = {k: np.frombuffer(v, "<f8").copy() for k, v in st["items"]}
+        model._bias = {k: b for k, b in st["bias"]}
+        model._pool = list(st["pool"])
+        model._pool_at = st["pool_at"]
+        return model
+
+    def _settings(self) -> dict[str, Any]:
+        return {
+            "n_factors": self.n_factors,
+            "lr": self.lr,
+            "reg": self.reg,
+            "n_negatives": self.n_negatives,
+            "init_scale": self.init_scale,
+            "pool_size": self.pool_size,
+            "weights": self.weights,
+            "max_visitors": self.max_visitors,
+            "max_items": self.max_items,
+            "seed": self.seed,
+        }

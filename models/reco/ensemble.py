@@ -1,0 +1,138 @@
+"""All recommendation learners of one partition, and the candidate lists a recipe reads.
+
+This is the in-process reference for what the stream layer keeps per partition: it feeds every
+event to every learner and answers `candidates()` / `visitor_state()` in the plain shapes
+`engine.recipes.apply` takes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import msgpack
+
+from models.reco.affinity import Affinity
+from models.reco.base import Candidate, Event
+from models.reco.cf import OnlineMF
+from models.reco.cooccurrence import CO_BUY_TYPES, CO_VIEW_TYPES, CoOccurrence
+from models.reco.history import History
+from models.reco.trending import Trending
+
+KIND = "kairos.reco.ensemble"
+VERSION = 1
+
+
+class RecoModels:
+    """The learners behind the recipe ingredients, updated together."""
+
+    def __init__(
+        self,
+        trending: Trending | None = None,
+        co_view: CoOccurrence | None = None,
+        co_buy: CoOccurrence | None = None,
+        history: History | None = None,
+        affinity: Affinity | None = None,
+        cf: OnlineMF | None = None,
+        seed: int = 0,
+    ) -> None:
+        self.trending = trending or Trending()
+        self.co_view = co_view or CoOccurrence(CO_VIEW_TYPES)
+        self.co_buy = co_buy or CoOccurrence(CO_BUY_TYPES, window=20, window_s=7 * 86400.0)
+        self.history = history or History()
+        self.affinity = affinity or Affinity()
+        self.cf = cf or OnlineMF(seed=seed)
+
+    def learners(self) -> dict[str, Any]:
+        """Name -> learner."""
+        return {
+            "trending": self.trending,
+            "co_view": self.co_view,
+            "co_buy": self.co_buy,
+            "history": self.history,
+            "affinity": self.affinity,
+            "cf": self.cf,
+        }
+
+    def learn_one(self, event: Event) -> None:
+        """Feed one normalised event to every learner."""
+        for learner in self.learners().values():
+            learner.learn_one(event)
+
+    def visitor_state(self, visitor_id: str, recent: int = 50) -> dict[str, Any]:
+        """The visitor's state in the shape `engine.recipes.apply` reads."""
+        return {
+            "recent": self.history.recent(visitor_id, recent),
+            "cart": self.history.in_cart(visitor_id),
+            "purchased": self.history.purchased(visitor_id),
+            "categories": dict(self.affinity.top_categories(visitor_id, 10)),
+            "brands": dict(self.affinity.top_brands(visitor_id, 10)),
+            "typical_price": self.affinity.typical_price(visitor_id),
+        }
+
+    def candidates(
+        self,
+        needed: Iterable[str],
+        visitor_id: str,
+        context: Mapping[str, Any],
+        k: int = 50,
+        seeds: int = 5,
+    ) -> dict[str, list[Candidate]]:
+        """Candidate lists for the ingredients in `needed` (`cf` re-ranks the others' union).
+
+        Co-occurrence is seeded with the page's item (if any) and the visitor's `seeds` most
+        recent items; trending_in_category uses the page's category, else the visitor's top one.
+        """
+        wanted = set(needed)
+        out: dict[str, list[Candidate]] = {}
+        vid = visitor_id
+        now = context.get("now_ms")
+        recent = [iid for iid, _ in self.history.recent(vid, seeds)]
+        seed_w: dict[str, float] = {}
+        if context.get("item_id"):
+            seed_w[str(context["item_id"])] = 1.0
+        for rank, iid in enumerate(recent):
+            seed_w[iid] = seed_w.get(iid, 0.0) + 0.7 ** (rank + (1 if seed_w else 0))
+        if "history" in wanted:
+            out["history"] = self.history.recommend(vid, k, now_ms=now)
+        if "co_view" in wanted:
+            out["co_view"] = self.co_view.similar(seed_w, k)
+        if "co_buy" in wanted:
+            out["co_buy"] = self.co_buy.similar(seed_w, k)
+        if "trending" in wanted:
+            out["trending"] = self.trending.recommend(k, now_ms=now)
+        if "trending_in_category" in wanted:
+            category = context.get("category")
+            if not category:
+                top = self.affinity.top_categories(vid, 1)
+                category = top[0][0] if top else None
+            out["trending_in_category"] = (
+                self.trending.recommend(k, category=category, now_ms=now) if category else []
+            )
+        if "affinity" in wanted:
+            out["affinity"] = self.affinity.recommend(vid, k)
+        if "cf" in wanted:
+            pool = {c.item_id for lst in out.values() for c in lst}
+            out["cf"] = self.cf.recommend(vid, len(pool), candidates=sorted(pool))
+        return out
+
+    def snapshot(self) -> bytes:
+        """Versioned msgpack of every learner's own snapshot."""
+        parts = {name: m.snapshot() for name, m in self.learners().items()}
+        return msgpack.packb({"kind": KIND, "v": VERSION, "parts": parts}, use_bin_type=True)
+
+    @classmethod
+    def restore(cls, data: bytes) -> RecoModels:
+        """Models equal to the ones that made `data`."""
+        doc = msgpack.unpackb(data, raw=False)
+        if doc.get("kind") != KIND or doc.get("v") != VERSION:
+            raise ValueError("not a supported reco ensemble snapshot")
+        p = doc["parts"]
+        return cls(
+            trending=Trending.restore(p["trending"]),
+            co_view=CoOccurrence.restore(p["co_view"]),
+            co_buy=CoOccurrence.restore(p["co_buy"]),
+            history=History.restore(p["history"]),
+            affinity=Affinity.restore(p["affinity"]),
+            cf=OnlineMF.restore(p["cf"]),
+        )
