@@ -7,6 +7,8 @@ identity merge is the one step that touches two profiles (see README, "Scaling")
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 
 def visitor_pid(visitor_id: str) -> str:
     return f"v:{visitor_id}"
@@ -32,3 +34,39 @@ WORKERS = "kx:workers"  # hash: worker id -> JSON of its own measurements
 def live_second(second: int) -> str:
     """Counters of one second (hash: t:<type>, c:<channel>, accepted, rejected, h:<hist>:<bucket>)."""
     return f"kx:s:{second}"
+
+
+# -- decisions ------------------------------------------------------------------------------
+# Per visitor (same hash tag as the profile): the campaign state the decision path reads
+# with the profile in one round trip.
+
+
+def campaign_state(pid: str) -> str:
+    """Hash of one profile's campaign state; fields `<campaign>:<name>` with names `arm`,
+    `at` (first decision, epoch ms), `day` + `today` (impressions on that day, campaign time
+    zone), `dismissed`, `clicked`, `converted`."""
+    return f"kc:{{{pid}}}"
+
+
+def campaign_session(pid: str) -> str:
+    """Hash campaign -> impressions in the current session; expires 30 min after the
+    visitor's last event (every applied event slides it)."""
+    return f"kcs:{{{pid}}}"
+
+
+def campaign_stats(campaign_id: str) -> str:
+    """Hash of a campaign's counters: fields `<arm>:<counter>` (assigned, impressions, …)."""
+    return f"kst:{campaign_id}"
+
+
+SEGMENT_SIZES = "ksg:sizes"  # hash: segment id -> live number of member profiles
+
+
+def template(fn: Callable[[str], str]) -> str:
+    """A key format with `%s` where the profile id goes (for server-side scripts)."""
+    return fn("%s")
+
+
+def activity(pid: str) -> str:
+    """A profile's recent events (list of msgpack rows, newest first, short TTL)."""
+    return f"kr:{{{pid}}}"

@@ -34,6 +34,7 @@ def _next_rev(rev: bytes) -> bytes:
     return _REV.pack((n + 1) & 0xFFFFFFFF)
 
 
+_TRAILING = frozenset({"PEXPIRE", "LTRIM", "ZREMRANGEBYRANK"})
 _SUMMABLE = {"HINCRBY": 1, "HINCRBYFLOAT": 1, "INCRBY": 0, "ZINCRBY": 0}
 
 
@@ -64,8 +65,8 @@ def coalesce(ops: Sequence[Op]) -> list[Op]:
             total = int(total)
         args = (op.args[0], total) if pos == 1 else (total, *op.args[1:])
         out[ident] = Op(op.command, op.key, args)
-    # keep non-summable ops (e.g. PEXPIRE) after the increments they follow
-    return sorted(out.values(), key=lambda o: o.command in ("PEXPIRE",))
+    # trims and expiries go after every increment and push of the write
+    return sorted(out.values(), key=lambda o: o.command in _TRAILING)
 
 
 def _num(x: Any) -> Any:
@@ -131,6 +132,9 @@ class ProfileStore:
             await self._commit(keys=ks, args=args, client=pipe)
         results = await pipe.execute()
         return [bool(x) for x in results]
+
+    async def activity(self, pid: str, n: int = 30) -> list[bytes]:
+        return list(await self.r.lrange(keys.activity(pid), 0, n - 1))
 
     async def find(self, some_id: str) -> tuple[str, Stored] | None:
         """A profile by visitor id (following its alias) or by user id."""

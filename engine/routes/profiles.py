@@ -10,6 +10,7 @@ from starlette.routing import BaseRoute, Route
 
 from engine.routes import error, json_response, svc
 from models.affinity import view
+from streams.hooks_activity import decode_entry
 
 
 async def get_profile(request: Request) -> Response:
@@ -19,6 +20,7 @@ async def get_profile(request: Request) -> Response:
         return error(400, "visitor_id", "must be at most 128 characters")
     q = request.query_params
     explain = q.get("explain", "false").lower() in ("1", "true", "yes")
+    with_activity = q.get("activity", "false").lower() in ("1", "true", "yes")
     try:
         top = int(q.get("top", "10"))
         if not 1 <= top <= 100:
@@ -35,6 +37,8 @@ async def get_profile(request: Request) -> Response:
     body = {"profile_id": pid, "visitor_id": some_id if kind == "v" else None, **body}
     if kind == "u":
         body["user_id"] = ident
+    if with_activity:
+        body["activity"] = [decode_entry(raw) for raw in await s.profiles.activity(pid)]
     return json_response(body)
 
 

@@ -33,6 +33,9 @@ def test_event_over_http_reaches_the_profile(stack: Stack):
     assert r.status_code == 200, r.text
     assert r.json() == {"accepted": 3, "rejected": []}
     prof = stack.wait_profile(vid, 3)
+    timeline = stack.profile(vid, activity="true").json()["activity"]
+    assert [(a["type"], a["items"]) for a in timeline] == [
+        ("item_view", ["item3"]), ("add_to_cart", ["item2"]), ("item_view", ["item1"])]
     now = int(time.time() * 1000)
     for dim in ("category", "brand", "item", "tag"):
         want = reference_scores(evs, now, CFG, dim)
