@@ -218,6 +218,78 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- preview --------------------------------------------------------------------------------
+def cmd_preview(args: argparse.Namespace) -> int:
+    from engine.decisions.config import ConfigError
+    from engine.preview import PreviewError, parse_context, preview
+
+    s = _settings(args)
+    try:
+        print(preview(s, args.campaign, args.visitor, args.variant, parse_context(args.context)))
+    except ConfigError as exc:
+        print(f"kairos: the decision configuration is invalid:\n{exc}", file=sys.stderr)
+        return 1
+    except PreviewError as exc:
+        print(f"kairos: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+# -- catalog --------------------------------------------------------------------------------
+def cmd_catalog(args: argparse.Namespace) -> int:
+    import asyncio
+    import json
+    from pathlib import Path
+
+    from tqdm import tqdm
+
+    from engine.catalog import CatalogStore, count_rows, iter_feed, load_feed, rees46_records
+    from engine.store import new_client
+
+    s = _settings(args)
+    if args.action == "demo":
+        source = Path(args.file or s.demo_catalog)
+        if not source.is_absolute():
+            source = Path(__file__).resolve().parent.parent / source
+        records = rees46_records(source)
+        if args.out:
+            with open(args.out, "w", encoding="utf-8") as f:
+                for r in records:
+                    f.write(json.dumps(r) + "\n")
+            print(f"wrote {len(records)} items to {args.out}")
+            return 0
+        rows: list[tuple[int, object]] = list(enumerate(records, start=1))
+        total = len(rows)
+    else:
+        if not args.file:
+            print("kairos catalog load: a FILE is required", file=sys.stderr)
+            return 2
+        path = Path(args.file)
+        if not path.exists():
+            print(f"kairos catalog load: {path} does not exist", file=sys.stderr)
+            return 2
+        rows, total = iter_feed(path), count_rows(path)  # type: ignore[assignment]
+    if not s.redis_url:
+        print("kairos catalog: needs KAIROS_REDIS_URL (or a running `kairos up`)", file=sys.stderr)
+        return 2
+
+    async def run() -> tuple[int, list[str]]:
+        client = new_client(s.redis_url)  # type: ignore[arg-type]
+        try:
+            with tqdm(total=total, unit="item", disable=args.quiet) as bar:
+                return await load_feed(CatalogStore(client), rows, on_row=lambda: bar.update(1))
+        finally:
+            await client.aclose()
+
+    written, errors = asyncio.run(run())
+    for e in errors[:50]:
+        print(e, file=sys.stderr)
+    if len(errors) > 50:
+        print(f"... and {len(errors) - 50} more", file=sys.stderr)
+    print(f"{written} item(s) written, {len(errors)} row(s) rejected")
+    return 1 if errors and not written else 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="kairos", description="Kairos real-time personalization engine")
     parser.add_argument("--config", help="config folder (default ./config or KAIROS_CONFIG_DIR)")
@@ -252,8 +324,23 @@ def main(argv: list[str] | None = None) -> int:
                    help="keep the log's timestamps (default: shift them so the log ends now)")
     p.set_defaults(fn=cmd_replay)
 
+    p = sub.add_parser("preview", help="print a campaign's rendered content for a visitor")
+    p.add_argument("campaign", help="campaign id")
+    p.add_argument("--visitor", required=True, help="visitor (or user) id whose profile to use")
+    p.add_argument("--variant", help="render this variant (default: the visitor's arm)")
+    p.add_argument("--context", help='page context as JSON, e.g. \'{"page_type": "home"}\'')
+    p.set_defaults(fn=cmd_preview)
+
     p = sub.add_parser("check-config", help="validate everything under the config folder")
     p.set_defaults(fn=cmd_check_config)
+
+    p = sub.add_parser("catalog", help="load a catalog feed (CSV or JSON-lines) or the demo catalog")
+    p.add_argument("action", choices=["load", "demo"],
+                   help="load FILE, or demo: the catalog built from the REES46 sample")
+    p.add_argument("file", nargs="?", help="feed file (load) or REES46 CSV (demo; default: settings)")
+    p.add_argument("--out", help="demo: write JSON-lines here instead of loading into Redis")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(fn=cmd_catalog)
 
     args = parser.parse_args(argv)
     try:

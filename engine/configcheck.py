@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from engine.decisions.config import ConfigError, load_config
 from engine.settings import SettingsError, load_settings
 
 
@@ -13,4 +14,8 @@ def check_all(config_dir: Path) -> list[str]:
         load_settings({}, config_dir)
     except SettingsError as exc:
         problems.append(str(exc))
+    try:  # segments and campaigns: the same loader (and messages) as the hot reload
+        load_config(config_dir)
+    except ConfigError as exc:
+        problems.extend(str(p) for p in exc.problems)
     return problems

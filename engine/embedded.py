@@ -215,7 +215,10 @@ class EmbeddedKafka(_Child):
 def _kafka_cluster_id() -> str:
     import base64
 
-    return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+    while True:  # an id starting with '-' would be read as an option by StorageTool
+        cid = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        if not cid.startswith("-"):
+            return cid
 
 
 def ensure_kafka_libs(libs_dir: Path, progress: Callable[[str], None] | None = None) -> None:

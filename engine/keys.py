@@ -28,7 +28,9 @@ def alias(visitor_id: str) -> str:
     return f"ka:{{{visitor_pid(visitor_id)}}}"
 
 
-WORKERS = "kx:workers"  # hash: worker id -> JSON of its own measurements
+def workers(group_id: str) -> str:
+    """Hash: worker id -> JSON of its own measurements, per consumer group (one deployment)."""
+    return f"kx:workers:{group_id}"
 
 
 def live_second(second: int) -> str:
@@ -70,3 +72,32 @@ def template(fn: Callable[[str], str]) -> str:
 def activity(pid: str) -> str:
     """A profile's recent events (list of msgpack rows, newest first, short TTL)."""
     return f"kr:{{{pid}}}"
+
+
+# -- catalog and recommendations ------------------------------------------------------------
+# Global (not per visitor): item records, item-to-item neighbours and trending tables.
+
+
+def catalog_item(item_id: str) -> str:
+    """Hash of one catalog item: field `c` = the curated record (msgpack, from the catalog API
+    or a feed), fields `e.<name>` = what events said about it (msgpack each; curated wins)."""
+    return f"kci:{item_id}"
+
+
+def neighbours(kind: str, item_id: str) -> str:
+    """Sorted set of an item's co-occurring items (`kind`: `v` co-view, `b` co-buy), bounded."""
+    return f"kn:{kind}:{item_id}"
+
+
+ITEM_POPULARITY = "knp"  # hash: item id -> how many co-view events it had (inverse weighting)
+
+
+def trending(half_life: str, dim: str, epoch: int) -> str:
+    """Sorted set of forward-decayed scores of one dimension (`item`, `category`, `brand`) for
+    one half-life label and landmark epoch (see engine/trending.py), bounded."""
+    return f"ktr:{half_life}:{dim}:{epoch}"
+
+
+def trending_in_category(half_life: str, category: str, epoch: int) -> str:
+    """Sorted set of forward-decayed item scores within one category path (and its subtree)."""
+    return f"ktc:{half_life}:{epoch}:{category}"

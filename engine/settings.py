@@ -46,6 +46,7 @@ class Settings:
     # topics
     events_topic: str = "events"
     decisions_topic: str = "decisions"
+    segments_topic: str = "segments"
     partitions: int = 4
     group_id: str = "kairos"
     # ingest
@@ -58,6 +59,12 @@ class Settings:
     session_timeout_ms: int = 10_000
     heartbeat_interval_ms: int = 1_000
     profile_ttl_days: float = 90.0
+    # decisions
+    decide_deadline_ms: int = 50
+    config_reload_debounce_ms: int = 300
+    # demo shop (/demo): the REES46 sample CSV it builds its catalog from; a relative path is
+    # relative to the project root; missing -> a small built-in catalog
+    demo_catalog: str = "../shared/data/rees46/2019-Oct_head.csv"
     # model
     affinity: AffinityConfig = field(default_factory=AffinityConfig)
 
@@ -156,6 +163,8 @@ def _check(s: Settings) -> None:
         raise SettingsError(f"port must be between 1 and 65535, not {s.port}")
     if s.partitions < 1:
         raise SettingsError("partitions must be at least 1")
+    if s.decide_deadline_ms < 1:
+        raise SettingsError("decide_deadline_ms must be at least 1")
     if s.api_workers < 1:
         raise SettingsError("api_workers must be at least 1")
     if s.redis_url is not None and not s.redis_url.startswith(("redis://", "rediss://", "unix://")):

@@ -28,6 +28,7 @@ from streams.metrics import WorkerMeter
 from streams.plan import Emit
 
 log = logging.getLogger("kairos.worker")
+DECISIONS_MARK_BASE = 1 << 20  # profile marks of the decisions topic: partition + this
 
 
 def create_app(settings: Settings, bootstrap: str, redis_url: str) -> faust.App:
@@ -58,11 +59,17 @@ def create_app(settings: Settings, bootstrap: str, redis_url: str) -> faust.App:
     state: dict[str, Any] = {}
 
     async def emit(items: list[Emit]) -> None:
-        for item in items:
-            await app.producer.send_and_wait(item.topic, item.key, item.value, partition=None,
-                                             timestamp=None, headers=None)
+        # send everything, then wait for the acks together: one round trip, not one per item
+        futures = [await app.producer.send(item.topic, item.key, item.value, partition=None,
+                                           timestamp=None, headers=None) for item in items]
+        await asyncio.gather(*futures)
 
     async def applier() -> Applier:
+        lock = state.setdefault("lock", asyncio.Lock())  # two agents share one Applier
+        async with lock:
+            return await _applier()
+
+    async def _applier() -> Applier:
         if "applier" not in state:
             client = new_client(redis_url)
             state["redis"] = client
@@ -110,6 +117,42 @@ def create_app(settings: Settings, bootstrap: str, redis_url: str) -> faust.App:
                 meter.offsets[(e.message.tp.topic, e.message.tp.partition)] = e.message.offset
             await asyncio.sleep(0)
 
+    decisions = app.topic(settings.decisions_topic, key_type=bytes, value_type=bytes,
+                          partitions=settings.partitions)
+
+    @app.agent(decisions, name="apply-decisions")
+    async def apply_decisions(stream: faust.StreamT) -> None:
+        """Decision records (events of type `decision`) through the same Applier: they count
+        as campaign assignments (see streams/hooks_decisions.py). Their redelivery marks live
+        apart from the events topic's (partition + DECISIONS_MARK_BASE)."""
+        ap = await applier()
+        async for batch in stream.take_events(settings.batch_max, within=settings.batch_within_s):
+            events: list[dict[str, Any]] = []
+            for ev in batch:
+                msg = ev.message
+                try:
+                    got = decode_events(msg.value)
+                except Exception as exc:
+                    meter.bad_records += 1
+                    log.error("skipping unreadable decision record at %s@%s: %s",
+                              msg.tp, msg.offset, exc)
+                    continue
+                mark = {"_p": DECISIONS_MARK_BASE + msg.tp.partition, "_o": msg.offset,
+                        "_t": int(msg.timestamp * 1000)}
+                events.extend({**e, **mark} for e in got)
+            delay = 0.05
+            while True:
+                try:
+                    await ap.apply(events)
+                    break
+                except Exception as exc:
+                    if not isinstance(exc, OSError | ConnectionError | TimeoutError) \
+                            and "redis" not in type(exc).__module__:
+                        raise
+                    log.warning("redis unavailable (%s); retrying the decisions in %.2fs", exc, delay)
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, 2.0)
+
     @app.timer(1.0)
     async def report() -> None:
         if "redis" not in state:
@@ -125,7 +168,7 @@ def create_app(settings: Settings, bootstrap: str, redis_url: str) -> faust.App:
                 lag += max(0, hw - off - 1)
         snap = meter.snapshot(lag)
         try:
-            await state["redis"].hset(keys.WORKERS, worker_id, orjson.dumps(snap))
+            await state["redis"].hset(keys.workers(settings.group_id), worker_id, orjson.dumps(snap))
         except Exception as exc:  # pragma: no cover - reporting is best effort
             log.debug("could not report worker stats: %s", exc)
 

@@ -18,6 +18,9 @@ from streams.plan import Hook
 
 HOOK_MODULES: list[str] = [
     "streams.hooks_traffic",
+    "streams.hooks_activity",
+    "streams.hooks_decisions",
+    "streams.hooks_reco",
 ]
 
 

@@ -18,8 +18,12 @@ from models.affinity import AffinityConfig, Profile, apply_event, merge
 # A Redis command the commit script runs on another key iff the profile write succeeds, so
 # every derived counter (trending, co-occurrence, campaign stats, segment sizes) changes
 # exactly once per applied event. Only these commands are allowed (see commit_profile.lua).
+# `CAMPAIGN` is not a Redis command but the commit script's campaign state machine (the
+# conditional parts of engine.decisions.caps, which depend on stored state: see
+# streams/hooks_decisions.py).
 OP_COMMANDS = frozenset({"ZINCRBY", "ZADD", "ZREM", "ZREMRANGEBYRANK", "HINCRBY", "HINCRBYFLOAT",
-                         "HSET", "HDEL", "INCRBY", "PFADD", "SADD", "SREM", "PEXPIRE", "DEL", "SET"})
+                         "HSET", "HDEL", "INCRBY", "PFADD", "SADD", "SREM", "PEXPIRE", "DEL", "SET", "LPUSH", "LTRIM",
+                         "CAMPAIGN"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,7 +48,11 @@ class Emit:
 
 class Hook(Protocol):
     """Runs after an event was applied to a profile (never for a duplicate). It may change
-    the profile (e.g. its segment memberships) and returns ops and emits to commit with it."""
+    the profile (e.g. its segment memberships) and returns ops and emits to commit with it.
+
+    A hook may also have `finish(event, profile, pid)`: called once per profile per batch,
+    after the last event applied to it (`event`), for work that only needs the end state,
+    such as evaluating segments."""
 
     def __call__(self, event: Mapping[str, Any], profile: Profile, pid: str) -> Iterable[Op | Emit]: ...
 
@@ -69,6 +77,7 @@ class Write:
     duplicates: int = 0
     ops: list[Op] = field(default_factory=list)
     emits: list[Emit] = field(default_factory=list)
+    last: Mapping[str, Any] | None = None  # the last event applied to this profile
 
 
 @dataclass(slots=True)
@@ -152,6 +161,7 @@ def plan(
                         target.duplicates += src.duplicates
                         target.ops.extend(src.ops)
                         target.emits.extend(src.emits)
+                        target.last = target.last or src.last
                         target.deletes.extend(src.deletes)
                         target.aliases.extend(src.aliases)
             target.aliases.append((vid, target.pid))
@@ -170,6 +180,7 @@ def plan(
         if apply_event(w.profile, ev, cfg):
             w.applied += 1
             out.applied += 1
+            w.last = ev
             for hook in hooks:
                 for item in hook(ev, w.profile, w.pid):
                     (w.ops if isinstance(item, Op) else w.emits).append(item)
@@ -177,4 +188,11 @@ def plan(
             w.duplicates += 1
             out.duplicates += 1
     out.writes = [w for pid, w in writes.items() if pid not in deleted]
+    finishers = [h.finish for h in hooks if hasattr(h, "finish")]
+    if finishers:
+        for w in out.writes:
+            if w.last is not None:
+                for finish in finishers:
+                    for item in finish(w.last, w.profile, w.pid):
+                        (w.ops if isinstance(item, Op) else w.emits).append(item)
     return out

@@ -32,6 +32,7 @@ from engine.decisions.rules import (
 from engine.decisions.templates import CompiledTemplate, TemplateError, compile_template
 
 MAX_FILE_BYTES = 1_000_000
+MAX_ARM_ID_CHARS = 52  # campaign id + variant id: a decision id is `<campaign>.<arm>.<10 chars>`
 STATUSES = ("active", "paused", "draft")
 STOP_AFTER = ("dismiss", "conversion", "click")
 _ID_RE = re.compile(r"^[a-z0-9][a-z0-9_\-]{0,63}$")
@@ -416,6 +417,14 @@ def parse_campaign(doc: Mapping[str, Any], source: str) -> tuple[Campaign | None
     variants = _run(errors, lambda: _variants(_req(doc, "variants")))
     pct = _run(errors, control)
     goal = _run(errors, _goal, doc.get("goal"))
+    if not errors:
+        for i, v in enumerate(variants):
+            if len(cid) + max(len(v.id), len(CONTROL)) > MAX_ARM_ID_CHARS:
+                errors.append(FieldError(
+                    ("variants", i, "id"),
+                    f"campaign id and variant id must together be at most {MAX_ARM_ID_CHARS} "
+                    "characters (they travel in every decision_id)",
+                ))
     if errors:
         return None, errors
     campaign = Campaign(

@@ -7,10 +7,11 @@ script); the renderer in the browser inserts fields as HTML.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
-from jinja2 import ChainableUndefined, TemplateSyntaxError
+import orjson
+from jinja2 import ChainableUndefined, TemplateSyntaxError, meta, nodes
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from engine.decisions.rules import top_keys
@@ -42,15 +43,34 @@ class RenderError(RuntimeError):
     """A template failed at render time (e.g. a sandbox violation)."""
 
 
+CACHE_SIZE = 4096
+_NOT_PURE = frozenset({"random", "shuffle"})  # filters whose output is not a function of input
+
+
 @dataclass(frozen=True, slots=True)
 class CompiledTemplate:
-    """A set of named fields (title, html, cta, ...) compiled once."""
+    """A set of named fields (title, html, cta, ...) compiled once.
+
+    Rendering is a pure function of the variables the fields use (found at compile time), so
+    the output is memoised per distinct value of those variables: many visitors share a top
+    category, and the hot decision path then skips Jinja entirely.
+    """
 
     source: Mapping[str, str]
     _compiled: Mapping[str, Any]
+    _uses: tuple[str, ...] | None = None  # None: not memoisable
+    _cache: dict[bytes, dict[str, str]] = field(default_factory=dict)
 
     def render(self, variables: Mapping[str, Any]) -> dict[str, str]:
         """Render every field with ``variables``; raises ``RenderError`` on failure."""
+        key = None
+        if self._uses is not None:
+            try:
+                key = orjson.dumps([variables.get(n) for n in self._uses])
+            except TypeError:
+                key = None
+            if key is not None and (hit := self._cache.get(key)) is not None:
+                return dict(hit)
         out: dict[str, str] = {}
         for name, template in self._compiled.items():
             try:
@@ -58,6 +78,10 @@ class CompiledTemplate:
             except Exception as exc:  # sandbox violations, type errors in expressions
                 raise RenderError(f"template.{name}: {exc}") from exc
             out[name] = text[:MAX_OUTPUT_LEN]
+        if key is not None:
+            if len(self._cache) >= CACHE_SIZE:
+                self._cache.pop(next(iter(self._cache)))
+            self._cache[key] = dict(out)
         return out
 
 
@@ -65,6 +89,8 @@ def compile_template(fields: Mapping[str, Any]) -> CompiledTemplate:
     """Compile every string field; non-string or oversized fields raise ``TemplateError``."""
     compiled: dict[str, Any] = {}
     source: dict[str, str] = {}
+    uses: set[str] = set()
+    pure = True
     for name, text in fields.items():
         if not isinstance(name, str) or not name.isidentifier():
             raise TemplateError(str(name), 1, "field names must be identifiers")
@@ -74,10 +100,13 @@ def compile_template(fields: Mapping[str, Any]) -> CompiledTemplate:
             raise TemplateError(name, 1, f"is longer than {MAX_TEMPLATE_LEN} characters")
         try:
             compiled[name] = _ENV.from_string(text)
+            tree = _ENV.parse(text)
         except TemplateSyntaxError as exc:
             raise TemplateError(name, exc.lineno or 1, exc.message or "syntax error") from None
+        uses |= meta.find_undeclared_variables(tree)
+        pure = pure and not any(f.name in _NOT_PURE for f in tree.find_all(nodes.Filter))
         source[name] = text
-    return CompiledTemplate(source, compiled)
+    return CompiledTemplate(source, compiled, tuple(sorted(uses)) if pure else None)
 
 
 def template_vars(

@@ -36,4 +36,11 @@ MODULES = [
     "engine.routes.profiles",
     "engine.routes.ops",
     "engine.routes.stats",
+    "engine.routes.sdk",
+    "engine.routes.demo",
+    "engine.routes.decide",
+    "engine.routes.dashboard",
+    "engine.routes.catalog",
+    "engine.routes.trending",
+    "engine.routes.recommendations",
 ]

@@ -77,7 +77,12 @@ async def post_events(request: Request) -> Response:
     good, rejected, failure = await accept(request, raw, now_ms)
     if failure is not None:
         return failure
-    return json_response({"accepted": len(good), "rejected": rejected})
+    answer = {"accepted": len(good), "rejected": rejected}
+    if (zones := request.query_params.get("decide")) is not None:  # ?decide=zone1,zone2
+        from engine.routes.decide import decide_inline  # (decide imports this module)
+
+        answer.update(await decide_inline(request, good, zones, now_ms, time.perf_counter()))
+    return json_response(answer)
 
 
 def routes() -> list[BaseRoute]:

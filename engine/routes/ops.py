@@ -36,7 +36,7 @@ async def get_metrics(request: Request) -> Response:
     s = svc(request)
     workers: dict[str, Any] = {}
     with contextlib.suppress(Exception):
-        raw = await s.redis.hgetall(keys.WORKERS)
+        raw = await s.redis.hgetall(keys.workers(s.settings.group_id))
         workers = {k.decode(): orjson.loads(v) for k, v in raw.items()}
     return Response(metrics.render(s.metrics_dir, workers), media_type="text/plain; version=0.0.4")
 

@@ -127,21 +127,25 @@ def test_health_ready_metrics_openapi(stack: Stack):
 
 def test_replay_a_real_log_through_the_api(stack: Stack, tmp_path):
     """`kairos replay` on a slice of the REES46 log: every visitor's count matches the file."""
-    import argparse
+    import os
+    import subprocess
+    import sys
     from collections import Counter
-    from pathlib import Path
 
-    from streams.replay import replay
     from streams.sources import load_events
+    from tests.conftest import ROOT
 
-    src = Path(__file__).resolve().parents[3] / "shared" / "data" / "rees46" / "2019-Oct_head.csv"
+    src = ROOT.parent / "shared" / "data" / "rees46" / "2019-Oct_head.csv"
     lines = src.read_text().splitlines()[:401]  # header + 400 rows
     sample = tmp_path / "rees46_slice.csv"
     sample.write_text("\n".join(lines) + "\n")
     expected = Counter(e["visitor_id"] for e in load_events(sample))
-    args = argparse.Namespace(file=str(sample), format="auto", to="api", url=stack.base, batch=50,
-                              rate=0, limit=0, keep_time=False)
-    assert replay(stack.settings, args) == 0
+    env = {**os.environ, "KAIROS_SETTINGS_JSON": stack.settings.to_json()}
+    done = subprocess.run([sys.executable, "-m", "engine.cli", "replay", str(sample), "--batch", "50"],
+                          env=env, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "400 events" in done.stdout and "400 accepted" in done.stdout
+    assert "events/s" in done.stdout
     for vid, n in expected.most_common(5):
         assert stack.wait_profile(vid, n)["event_count"] == n
 

@@ -176,3 +176,23 @@ def test_every_event_of_a_record_applies_on_an_existing_profile():
     out = plan(record, {}, stored, CFG)
     assert (out.applied, out.duplicates) == (4, 0)
     assert out.writes[0].profile.event_count == 5
+
+
+def test_finish_hooks_run_once_per_profile_per_batch():
+    from streams.plan import Op, plan
+
+    calls = []
+
+    class Hook:
+        def __call__(self, event, profile, pid):
+            return [Op("INCRBY", "per-event", (1,))]
+
+        def finish(self, event, profile, pid):
+            calls.append((pid, event["event_id"], profile.event_count))
+            return [Op("INCRBY", "per-profile", (1,))]
+
+    evs = [event(i) for i in range(5)] + [{**event(9), "visitor_id": "w"}]
+    out = plan(evs, {}, {}, CFG, [Hook()])
+    assert sorted(calls) == [("v:v", "e4", 5), ("v:w", "e9", 1)]
+    ops = {w.pid: [o.key for o in w.ops] for w in out.writes}
+    assert ops["v:v"].count("per-event") == 5 and ops["v:v"].count("per-profile") == 1

@@ -1,0 +1,260 @@
+"""Benchmark of POST /v1/decide against its floor, with `wrk` (Debian package `wrk`).
+
+    python bench/decide.py [--profiles 100000] [--duration 10] [--connections 32]
+
+Starts Valkey and Apache Kafka, loads `--profiles` visitor profiles (built with the real
+affinity model and segment rules, written with the store's atomic commit), starts the API
+(`kairos api`, 1 process) with 5 live campaigns and the floor app (bench/floor_app.py: parse
+the same JSON, one Redis pipeline round trip) under the same uvicorn settings, then runs wrk:
+
+1. each at its maximum rate (closed loop, `--connections` connections): throughput, p50, p99;
+2. each paced at half of the floor's maximum rate (requests sent on a fixed schedule, not
+   after the previous answer): p50, p99.
+
+Targets (issue 4): decide throughput >= 0.6 x floor; at half the floor's max rate, decide p99
+<= 2 x floor p99. The last line is one JSON object with every figure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import random
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+BENCH = Path(__file__).resolve().parent
+sys.path.insert(0, str(BENCH))
+sys.path.insert(0, str(BENCH.parent))
+
+from _stack import HOST, ROOT, BenchStack, busy_note, json_line, say  # noqa: E402
+
+ZONES = ["home_hero", "exit_intent", "pdp_banner"]
+PDP_BANNER = """\
+id: pdp_banner
+name: Top-brand banner (benchmark)
+status: active
+priority: 20
+zones: [pdp_banner]
+targeting:
+  affinity: {dimension: brand, op: ">", value: 0}
+control_percent: 20
+variants:
+  - id: plain
+    template:
+      title: "New from {{ top_brand }}"
+  - id: rich
+    template:
+      title: "{{ top_brand | title }} picks"
+      html: "<ul>{% for c in top.category[:3] %}<li>{{ c }}</li>{% endfor %}</ul>"
+"""
+WRK_SCRIPT = """\
+math.randomseed(os.time() + math.floor(os.clock() * 1000000))
+local n = tonumber(os.getenv("BENCH_N"))
+local zones = os.getenv("BENCH_ZONES")
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+request = function()
+  local body = '{"visitor_id":"b' .. math.random(0, n - 1) ..
+    '","context":{"channel":"web","page_type":"home","url":"https://shop.example/",' ..
+    '"zones":' .. zones .. '}}'
+  return wrk.format(nil, "/v1/decide", nil, body)
+end
+-- answers that came back empty because the decision's deadline passed
+local threads = {}
+function setup(thread) table.insert(threads, thread) end
+degraded = 0
+function response(status, headers, body)
+  if string.find(body, '"degraded"', 1, true) then degraded = degraded + 1 end
+end
+function done(summary, latency, requests)
+  local n = 0
+  for _, t in ipairs(threads) do n = n + (t:get("degraded") or 0) end
+  io.write(string.format("Degraded: %d\\n", n))
+end
+-- paced runs: requests scheduled at fixed intervals (constant rate, not closed loop)
+local rate = tonumber(os.getenv("BENCH_RATE") or "0")
+if rate > 0 then
+  local ffi = require("ffi")
+  ffi.cdef("typedef struct { long tv_sec; long tv_nsec; } bench_ts; int clock_gettime(int, bench_ts*);")
+  local ts = ffi.new("bench_ts")
+  local function now_ms()
+    ffi.C.clock_gettime(1, ts)
+    return tonumber(ts.tv_sec) * 1000 + tonumber(ts.tv_nsec) / 1e6
+  end
+  local interval, next_t = 1000 / rate, nil
+  delay = function()
+    local t = now_ms()
+    next_t = (next_t or t) + interval
+    if next_t < t then next_t = t end
+    return next_t - t
+  end
+end
+"""
+CATS = ["shoes/running", "shoes/trail", "books/sf", "books/crime", "garden/tools", "toys", "audio/headphones"]
+BRANDS = ["acme", "zeta", "nova", "orbit", "kite", "lumen"]
+
+
+def make_config(cdir: Path) -> None:
+    for kind in ("segments", "campaigns"):
+        (cdir / kind).mkdir(parents=True, exist_ok=True)
+        for f in (ROOT / "config" / kind).glob("*.yaml"):
+            shutil.copy(f, cdir / kind / f.name)
+    (cdir / "campaigns" / "pdp_banner.yaml").write_text(PDP_BANNER)
+
+
+async def load_profiles(redis_url: str, n: int, cdir: Path, ttl_ms: int) -> None:
+    from engine import keys
+    from engine.decisions.config import load_config
+    from engine.decisions.state import rule_view
+    from engine.store import ProfileStore, new_client
+    from models.affinity import AffinityConfig, Profile, apply_event
+    from streams.plan import Write
+
+    config = load_config(cdir)
+    live = [c for c in config.campaigns.values() if c.status == "active"]
+    say(f"{len(live)} live campaigns: {', '.join(c.id for c in live)}")
+    cfg = AffinityConfig()
+    rng = random.Random(1)
+    now = int(time.time() * 1000)
+    client = new_client(redis_url, timeout=30)
+    store = ProfileStore(client, ttl_ms)
+    t0 = time.perf_counter()
+    chunk: list[Write] = []
+    for i in range(n):
+        p = Profile()
+        vid = f"b{i}"
+        start = now - rng.randrange(0, 20 * 86_400_000)
+        for k in range(rng.randrange(1, 8)):
+            etype = rng.choice(["item_view"] * 5 + ["add_to_cart", "page_view", "purchase"])
+            item = {"id": f"i{rng.randrange(500)}", "brand": rng.choice(BRANDS),
+                    "categories": [rng.choice(CATS)]}
+            apply_event(p, {"event_id": f"{vid}-{k}", "type": etype, "visitor_id": vid,
+                            "ts": start + k * 60_000, "item": item,
+                            "channel": rng.choice(["web", "web", "app"])}, cfg)
+        if rng.random() < 0.2:
+            p.traits["first_name"] = rng.choice(["Ada", "Linus", "Grace"])
+        p.segments = config.evaluate_segments(rule_view(p, keys.visitor_pid(vid), now, cfg), {}, now)
+        chunk.append(Write(keys.visitor_pid(vid), b"", p))
+        if len(chunk) == 2000:
+            await store.commit(chunk)
+            chunk = []
+    if chunk:
+        await store.commit(chunk)
+    await client.aclose()
+    say(f"loaded {n} profiles in {time.perf_counter() - t0:.1f}s")
+
+
+_UNITS = {"us": 1e-3, "ms": 1.0, "s": 1000.0}
+
+
+def _ms(text: str) -> float:
+    m = re.match(r"([\d.]+)(us|ms|s)", text)
+    if not m:
+        raise ValueError(text)
+    return float(m.group(1)) * _UNITS[m.group(2)]
+
+
+def run_wrk(url: str, script: Path, env: dict[str, str], duration: int, connections: int,
+            rate: float = 0.0) -> dict[str, float]:
+    import os
+
+    e = {**os.environ, **env, "BENCH_RATE": f"{rate:.1f}"}
+    out = subprocess.run(["wrk", "-t1", f"-c{connections}", f"-d{duration}s", "--latency",
+                          "-s", str(script), url], capture_output=True, text=True, env=e, check=True).stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    lat = {q: _ms(v) for q, v in re.findall(r"^\s+(50|99)%\s+(\S+)", out, re.M)}
+    errors = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
+    total = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
+    degraded = re.search(r"Degraded: (\d+)", out)
+    return {"rps": round(rps, 1), "p50_ms": round(lat["50"], 3), "p99_ms": round(lat["99"], 3),
+            "requests": total, "non_2xx": int(errors.group(1)) if errors else 0,
+            "degraded": int(degraded.group(1)) if degraded else 0}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--profiles", type=int, default=100_000)
+    ap.add_argument("--duration", type=int, default=10, help="seconds per wrk run")
+    ap.add_argument("--connections", type=int, default=16,
+                    help="connections of the max-rate runs (more only adds queueing)")
+    ap.add_argument("--paced-connections", type=int, default=64,
+                    help="connections of the paced runs (enough that none waits for a free one)")
+    a = ap.parse_args()
+    if shutil.which("wrk") is None:
+        raise SystemExit("wrk is not installed (Debian: apt-get install -y wrk)")
+    if note := busy_note():
+        say(note)
+    with BenchStack("decide") as st:
+        cdir = st.dir / "config"
+        make_config(cdir)
+        redis_url = st.start_redis(appendonly=False)
+        st.start_kafka(partitions=4)
+        s = st.configure(config_dir=cdir)
+        st.ensure_topics()
+        asyncio.run(load_profiles(redis_url, a.profiles, cdir, s.profile_ttl_ms))
+        st.start_api(workers=1)
+        from engine.embedded import free_port
+
+        fport = free_port()
+        floor = st.spawn("floor", [sys.executable, str(BENCH / "floor_app.py"), "--port", str(fport),
+                                   "--redis", redis_url, "--workers", "1"])
+        st.wait_http(f"http://{HOST}:{fport}/healthz", floor, "floor")
+        import httpx
+        import orjson
+
+        shown = 0
+        with httpx.Client(base_url=st.base_url) as http:
+            for i in range(200):
+                r = http.post("/v1/decide", content=orjson.dumps(
+                    {"visitor_id": f"b{i}", "context": {"channel": "web", "page_type": "home", "zones": ZONES}}))
+                shown += len(r.json()["decisions"])
+                if i == 1:
+                    say(f"sample decision: {r.text[:300]}")
+        say(f"{shown / 200:.2f} decisions per call over 200 visitors")
+        script = st.dir / "decide.lua"
+        script.write_text(WRK_SCRIPT)
+        env = {"BENCH_N": str(a.profiles), "BENCH_ZONES": orjson.dumps(ZONES).decode()}
+        targets = {"decide": st.base_url + "/v1/decide", "floor": f"http://{HOST}:{fport}/v1/decide"}
+        for url in targets.values():  # warm up
+            run_wrk(url, script, env, 3, a.connections)
+        res: dict[str, Any] = {}
+        for name, url in targets.items():
+            say(f"{name}: max rate, {a.connections} connections, {a.duration}s")
+            res[f"{name}_max"] = run_wrk(url, script, env, a.duration, a.connections)
+            say(f"  {res[f'{name}_max']}")
+        half = res["floor_max"]["rps"] / 2
+        for name, url in targets.items():
+            say(f"{name}: paced at {half:.0f}/s (half the floor's max), {a.paced_connections} connections")
+            res[f"{name}_half"] = run_wrk(url, script, env, a.duration, a.paced_connections, half)
+            say(f"  {res[f'{name}_half']}")
+        st.check_alive("api", "floor")
+    # degraded answers (empty because the deadline passed) do not count as decisions made
+    dm = res["decide_max"]
+    decided_rps = dm["rps"] * (1 - dm["degraded"] / max(dm["requests"], 1))
+    ratio = decided_rps / res["floor_max"]["rps"]
+    p99_ratio = res["decide_half"]["p99_ms"] / max(res["floor_half"]["p99_ms"], 1e-9)
+    print()
+    print(f"{'':18}{'req/s':>10}{'p50 ms':>10}{'p99 ms':>10}")
+    for key, label in [("floor_max", "floor, max"), ("decide_max", "decide, max"),
+                       ("floor_half", "floor, half rate"), ("decide_half", "decide, half rate")]:
+        r = res[key]
+        print(f"{label:18}{r['rps']:>10.0f}{r['p50_ms']:>10.2f}{r['p99_ms']:>10.2f}")
+    for key in ("decide_max", "decide_half"):
+        r = res[key]
+        if r["degraded"]:
+            print(f"note: {key}: {r['degraded']} of {r['requests']} answers degraded "
+                  "(state not read within the decide deadline)")
+    print(f"throughput ratio decide/floor  {ratio:.2f} (non-degraded decisions: {decided_rps:.0f}/s)  (target >= 0.6: {'ok' if ratio >= 0.6 else 'MISSED'})")
+    print(f"p99 ratio at half floor rate   {p99_ratio:.2f}  (target <= 2: {'ok' if p99_ratio <= 2 else 'MISSED'})")
+    json_line({"bench": "decide", "profiles": a.profiles, **res, "throughput_ratio": round(ratio, 3),
+               "p99_ratio_half_rate": round(p99_ratio, 3), "busy": busy_note()})
+
+
+if __name__ == "__main__":
+    main()

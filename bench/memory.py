@@ -1,0 +1,301 @@
+"""Memory: Redis bytes per visitor profile after replaying 100k visitors with ~20 events each.
+
+    python bench/memory.py [--visitors 100000] [--events-per 20] [--procs 2] [--no-hooks]
+
+BYPASSES HTTP AND KAFKA: the events go straight into `streams.applier.Applier` (the code the
+stream worker runs, with the worker's hooks from `streams.hooks.setup_hooks` unless
+`--no-hooks`) against a real Valkey started for the run (AOF off: it does not change
+used_memory). Each event is first encoded and decoded in the topic's wire form
+(`engine.events.encode_events` / `decode_events`) and carries the worker's redelivery mark
+(partition, offset, record time), so the stored profiles are what the worker would store.
+
+Data: sessions sampled from the public logs (read in place, never copied):
+/work/shared/data/rees46/2019-Oct_head.csv (items with category paths, brands, prices) and
+/work/shared/data/taobao/user_behavior.csv (items with category ids), remapped onto synthetic
+anonymous visitor ids (their user_id and session context dropped). Each synthetic visitor takes
+10-30 events (mean 20) from one source user of one file (half the visitors from each file),
+continuing with further source users of the same file when one runs out; times are shifted so
+every visitor's history ends within the last day, keeping the gaps between its events. The
+events of many visitors are interleaved and applied in batches of up to 1,000, in records
+(flushes) of up to 5 events, so a profile is read and rewritten several times as on the stream.
+
+Figures: used_memory delta / visitors (everything the worker wrote, profiles and the other
+keys, including TTL bookkeeping), mean STRLEN and MEMORY USAGE of the profile blobs, keys by
+prefix, apply rate. Target: <= 512 bytes per visitor profile. Last line: one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import multiprocessing as mp
+import random
+import sys
+import time
+import zlib
+from collections import Counter, defaultdict
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _stack import BenchStack, busy_note, json_line, loadavg, mib, say  # noqa: E402
+
+TARGET = 512
+REES46 = Path("/work/shared/data/rees46/2019-Oct_head.csv")
+TAOBAO = Path("/work/shared/data/taobao/user_behavior.csv")
+PARTITIONS = 4
+BATCH_MAX = 1000
+FLUSH_MAX = 5
+CHUNK_VISITORS = 250  # visitors interleaved at a time
+
+
+def load_sources() -> list[list[list[dict[str, Any]]]]:
+    """Per file: the source users' event lists (time order)."""
+    from streams.sources import load_events
+
+    out = []
+    for path in (REES46, TAOBAO):
+        users: dict[str, list[dict[str, Any]]] = defaultdict(list)
+        for ev in load_events(path):
+            users[ev["visitor_id"]].append(ev)
+        out.append(list(users.values()))
+    return out
+
+
+def synth_visitor(rng: random.Random, sources: list[list[list[dict[str, Any]]]], i: int,
+                  mean: int, now_ms: int) -> list[dict[str, Any]]:
+    """One synthetic visitor's events, sampled from one file's users."""
+    users = sources[i % 2]
+    want = rng.randint(max(1, mean // 2), mean + mean // 2)
+    picked: list[dict[str, Any]] = []
+    while len(picked) < want:
+        u = users[rng.randrange(len(users))]
+        need = want - len(picked)
+        if len(u) > need:
+            start = rng.randrange(len(u) - need + 1)
+            u = u[start : start + need]
+        picked.extend(u)
+    end = now_ms - rng.randrange(86_400_000)
+    last = picked[-1]["ts"]
+    vid = f"mv{i:07d}"
+    out = []
+    prev_ts = None
+    for j, src in enumerate(picked):
+        ts = end - max(0, last - src["ts"])
+        if prev_ts is not None and ts < prev_ts:  # several source users: keep time moving on
+            ts = prev_ts + rng.randrange(1000, 60_000)
+        prev_ts = ts
+        ev: dict[str, Any] = {"event_id": f"m{i:x}.{j:x}.{rng.getrandbits(32):08x}", "type": src["type"],
+                              "visitor_id": vid, "ts": min(ts, now_ms), "channel": "web"}
+        for k in ("item", "items"):
+            if k in src:
+                ev[k] = src[k]
+        out.append(ev)
+    return out
+
+
+def apply_range(redis_url: str, settings_json: str, lo: int, hi: int, mean: int, hooks: bool,
+                seed: int) -> dict[str, Any]:
+    """Apply visitors lo..hi-1 (run in a child process when --procs > 1)."""
+    import msgspec
+
+    from engine.events import Event, check_event, decode_events, encode_events
+    from engine.settings import Settings
+    from engine.store import ProfileStore, new_client
+    from streams.applier import Applier
+
+    settings = Settings.from_json(settings_json)
+    sources = load_sources()
+    rng = random.Random(seed)
+    now_ms = int(time.time() * 1000)
+    offsets = [0] * PARTITIONS
+    stats: Counter[str] = Counter()
+
+    async def run() -> None:
+        client = new_client(redis_url, timeout=30)
+        hook_getter = None
+        if hooks:
+            from streams.hooks import setup_hooks
+
+            try:
+                hook_getter = await setup_hooks(settings, client)
+            except Exception as exc:
+                say(f"could not set up the worker's hooks ({exc}); running without them")
+        emitted = 0
+
+        async def emit(items: list[Any]) -> None:
+            nonlocal emitted
+            emitted += len(items)
+
+        ap = Applier(ProfileStore(client, settings.profile_ttl_ms), settings.affinity,
+                     **({"hooks": hook_getter} if hook_getter else {}), emit=emit)
+        t0 = time.perf_counter()
+        cpu0 = time.process_time()
+        for c in range(lo, hi, CHUNK_VISITORS):
+            records: list[list[dict[str, Any]]] = []
+            for i in range(c, min(hi, c + CHUNK_VISITORS)):
+                raw = synth_visitor(rng, sources, i, mean, now_ms)
+                evs = []
+                for r in raw:
+                    ev = msgspec.convert(r, Event)
+                    err = check_event(ev, now_ms)
+                    if err is None:
+                        evs.append(ev)
+                    else:
+                        stats["rejected"] += 1
+                part = zlib.crc32(raw[0]["visitor_id"].encode()) % PARTITIONS
+                k = 0
+                while k < len(evs):
+                    n = rng.randint(1, FLUSH_MAX)
+                    rec = decode_events(encode_events(evs[k : k + n]))
+                    mark = {"_p": part, "_o": offsets[part], "_t": now_ms}
+                    offsets[part] += 1
+                    for e in rec:
+                        e.update(mark)
+                    records.append(rec)
+                    k += n
+            # interleave the chunk's records, keeping each visitor's own order
+            queues = defaultdict(list)
+            for rec in records:
+                queues[rec[0]["visitor_id"]].append(rec)
+            order: list[list[dict[str, Any]]] = []
+            live = [list(reversed(q)) for q in queues.values()]
+            while live:
+                j = rng.randrange(len(live))
+                order.append(live[j].pop())
+                if not live[j]:
+                    live[j] = live[-1]
+                    live.pop()
+            batch: list[dict[str, Any]] = []
+            for rec in order:
+                if len(batch) + len(rec) > BATCH_MAX:
+                    res = await ap.apply(batch)
+                    stats["applied"] += res.applied
+                    stats["duplicates"] += res.duplicates
+                    batch = []
+                batch.extend(rec)
+            if batch:
+                res = await ap.apply(batch)
+                stats["applied"] += res.applied
+                stats["duplicates"] += res.duplicates
+        stats["seconds"] = time.perf_counter() - t0  # type: ignore[assignment]
+        stats["cpu_seconds"] = time.process_time() - cpu0  # type: ignore[assignment]
+        stats["emits"] = emitted
+        stats["hooks"] = int(hook_getter is not None)
+        await client.aclose()
+
+    asyncio.run(run())
+    return dict(stats)
+
+
+def _worker(args: tuple[Any, ...]) -> dict[str, Any]:
+    return apply_range(*args)
+
+
+def key_breakdown(r: Any, sample: int = 3000) -> dict[str, Any]:
+    """Keys by prefix, and the profile blobs' STRLEN and MEMORY USAGE."""
+    prefixes: Counter[str] = Counter()
+    profile_keys: list[bytes] = []
+    for k in r.scan_iter(count=10_000):
+        p = k.split(b":", 1)[0].decode(errors="replace")
+        prefixes[p] += 1
+        if k.startswith(b"kp:"):
+            profile_keys.append(k)
+    strlen_total = 0
+    for i in range(0, len(profile_keys), 5000):
+        pipe = r.pipeline(transaction=False)
+        for k in profile_keys[i : i + 5000]:
+            pipe.strlen(k)
+        strlen_total += sum(pipe.execute())
+    rng = random.Random(1)
+    picks = rng.sample(profile_keys, min(sample, len(profile_keys)))
+    pipe = r.pipeline(transaction=False)
+    for k in picks:
+        pipe.memory_usage(k, samples=0)
+    usage = [u or 0 for u in pipe.execute()]
+    return {
+        "keys_by_prefix": dict(prefixes.most_common()),
+        "profiles": len(profile_keys),
+        "mean_strlen": round(strlen_total / max(1, len(profile_keys)), 1),
+        "mean_memory_usage": round(sum(usage) / max(1, len(usage)), 1),
+    }
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--visitors", type=int, default=100_000)
+    ap.add_argument("--events-per", type=int, default=20, help="mean events per visitor")
+    ap.add_argument("--procs", type=int, default=2, help="applier processes (disjoint visitors)")
+    ap.add_argument("--no-hooks", action="store_true", help="apply without the worker's hooks")
+    a = ap.parse_args()
+    for p in (REES46, TAOBAO):
+        if not p.exists():
+            print(f"missing data file {p}", file=sys.stderr)
+            return 2
+    load_before = loadavg()
+    note = busy_note()
+    if note:
+        say(note)
+    with BenchStack("memory") as st:
+        st.start_redis(appendonly=False)
+        settings = st.configure()
+        r = st.redis_client()
+        r.config_set("maxmemory-policy", "noeviction")
+        base = int(r.info("memory")["used_memory"])
+        say(f"Valkey used_memory at start: {base} B; applying {a.visitors} visitors × ~{a.events_per} events "
+            f"through streams.applier.Applier in {a.procs} process(es) (no HTTP, no Kafka)…")
+        t0 = time.perf_counter()
+        step = -(-a.visitors // a.procs)
+        jobs = [(st.redis.url, settings.to_json(), lo, min(a.visitors, lo + step), a.events_per,
+                 not a.no_hooks, 1000 + lo) for lo in range(0, a.visitors, step)]
+        if a.procs > 1:
+            with mp.get_context("spawn").Pool(a.procs) as pool:
+                parts = pool.map(_worker, jobs)
+        else:
+            parts = [_worker(jobs[0])]
+        wall = time.perf_counter() - t0
+        stats: Counter[str] = Counter()
+        for p in parts:
+            stats.update({k: v for k, v in p.items() if k != "hooks"})
+        mem = r.info("memory")
+        used = int(mem["used_memory"])
+        breakdown = key_breakdown(r)
+        rss_redis = st.rss("redis")
+        r.close()
+    hooks_on = all(p.get("hooks") for p in parts)
+    delta = used - base
+    per_visitor = delta / max(1, breakdown["profiles"])
+    print()
+    print(f"memory: {a.visitors} visitors, {stats['applied']} events applied (mean "
+          f"{stats['applied'] / max(1, a.visitors):.1f}/visitor, {stats['duplicates']} duplicates), "
+          f"via streams.applier.Applier directly (no HTTP/Kafka), hooks {'on' if hooks_on else 'off'}")
+    print(f"  apply rate {stats['applied'] / wall:.0f} events/s over {wall:.0f}s in {a.procs} process(es) "
+          f"({stats['cpu_seconds'] * 1e6 / max(1, stats['applied']):.0f} µs CPU per event in the appliers)")
+    print(f"  used_memory {base} -> {used} B: {delta} B for {breakdown['profiles']} profiles = "
+          f"{per_visitor:.0f} B per visitor")
+    print(f"  profile blob: mean STRLEN {breakdown['mean_strlen']} B, mean MEMORY USAGE "
+          f"{breakdown['mean_memory_usage']} B (sampled)")
+    print(f"  keys by prefix: {breakdown['keys_by_prefix']}")
+    print(f"  Valkey RSS {mib(rss_redis)} MiB, used_memory_dataset {mem.get('used_memory_dataset')} B")
+    met = per_visitor <= TARGET
+    print(f"target <= {TARGET} B per visitor profile: {'met' if met else 'MISSED'} ({per_visitor:.0f} B)")
+    if note:
+        print(f"note: {note}")
+    json_line({"bench": "memory", "bypass": "streams.applier.Applier against real Valkey; no HTTP, no Kafka",
+               "target_bytes": TARGET, "met": met, "visitors": a.visitors, "profiles": breakdown["profiles"],
+               "events_applied": stats["applied"], "duplicates": stats["duplicates"], "hooks": hooks_on,
+               "used_memory_before": base, "used_memory_after": used, "bytes_per_visitor": round(per_visitor, 1),
+               "mean_strlen": breakdown["mean_strlen"], "mean_memory_usage": breakdown["mean_memory_usage"],
+               "keys_by_prefix": breakdown["keys_by_prefix"], "rss_redis_mib": mib(rss_redis),
+               "apply_events_per_s": round(stats["applied"] / wall, 1), "seconds": round(wall, 1),
+               "cpu_us_per_event": round(stats["cpu_seconds"] * 1e6 / max(1, stats["applied"]), 1),
+               "loadavg_before": load_before})
+    return 0
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:
+        print("interrupted; everything started was stopped", file=sys.stderr)
+        sys.exit(130)

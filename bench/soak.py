@@ -1,0 +1,164 @@
+"""Soak: the embedded default under a steady 1,000 events/s for N minutes.
+
+    python bench/soak.py [--minutes 10] [--rate 1000] [--api-workers 1]
+
+Starts the embedded default on 127.0.0.1 (Valkey with AOF, one Apache Kafka node, `kairos api`,
+one `kairos worker`) and offers the load of bench/freshness.py (open loop: requests of 20
+events of 20 different visitors every 20 ms, plus 10 freshness probes a second, each a new
+visitor polled through GET /v1/profiles from its 2xx until readable).
+
+Per minute: freshness p50/p99, POST latency p50/p99, the worker's own lag, and RSS of Valkey,
+the broker (java), the worker and the API. At the end it waits for the worker to drain (lag 0,
+`--drain`, default at most 300 s) and compares the events the API accepted with the events counted in the
+profiles (the sum of `event_count` over every profile this run wrote).
+Targets: freshness p99 < 200 ms in the last minute as in the first, memory levels off, counts
+equal. Last line: one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _stack import BenchStack, busy_note, json_line, loadavg, mib, say  # noqa: E402
+from freshness import TARGET_P99_MS, Load, start_default_stack, wait_worker_ready, worker_view  # noqa: E402
+
+PROCS = ("redis", "kafka", "worker", "api")
+
+
+def count_events(st: BenchStack, prefix: str) -> tuple[int, int]:
+    """(profiles, sum of event_count) over the profiles of this run's visitors."""
+    from engine.store import decode
+
+    r = st.redis_client()
+    try:
+        keys = list(r.scan_iter(match=f"kp:{{v:{prefix}-*", count=10_000))
+        total = 0
+        for i in range(0, len(keys), 2000):
+            for blob in r.mget(keys[i : i + 2000]):
+                s = decode(blob)
+                if s.profile is not None:
+                    total += s.profile.event_count
+        return len(keys), total
+    finally:
+        r.close()
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--minutes", type=float, default=10.0)
+    ap.add_argument("--rate", type=float, default=1000.0)
+    ap.add_argument("--probes", type=float, default=10.0)
+    ap.add_argument("--api-workers", type=int, default=1)
+    ap.add_argument("--window", type=float, default=60.0, help="seconds per reported window")
+    ap.add_argument("--drain", type=float, default=300.0, help="seconds at most to wait for the worker to catch up")
+    a = ap.parse_args()
+    load_before = loadavg()
+    note = busy_note()
+    if note:
+        say(note)
+    rows: list[dict[str, Any]] = []
+    with BenchStack("soak") as st:
+        start_default_stack(st, a.api_workers)
+        wait_worker_ready(st)
+        load = Load(st.base_url, rate=a.rate, probes_per_s=a.probes)
+        t_start = time.monotonic()
+        last = [t_start]
+        cpu_last = {n: st.cpu(n) for n in PROCS}
+
+        def minute() -> None:
+            now = time.monotonic()
+            st.check_alive()
+            w = load.window(last[0], now)
+            cpu = {n: st.cpu(n) for n in PROCS}
+            row = {
+                "minute": len(rows) + 1,
+                "fresh_p50_ms": w["freshness"]["p50_ms"], "fresh_p99_ms": w["freshness"]["p99_ms"],
+                "fresh_max_ms": w["freshness"]["max_ms"], "probes": w["freshness"]["n"],
+                "post_p50_ms": w["post"]["p50_ms"], "post_p99_ms": w["post"]["p99_ms"],
+                "lag": worker_view(st).get("lag"),
+                **{f"rss_{n}_mib": mib(st.rss(n)) for n in PROCS},
+                **{f"cpu_{n}": round((cpu[n] - cpu_last[n]) / (now - last[0]), 2) for n in PROCS},
+            }
+            cpu_last.update(cpu)
+            last[0] = now
+            rows.append(row)
+            say(f"minute {row['minute']}: freshness p50 {row['fresh_p50_ms']} p99 {row['fresh_p99_ms']} ms; "
+                f"POST p99 {row['post_p99_ms']} ms; lag {row['lag']}; RSS valkey {row['rss_redis_mib']} "
+                f"kafka {row['rss_kafka_mib']} worker {row['rss_worker_mib']} api {row['rss_api_mib']} MiB")
+
+        say(f"offering {a.rate:.0f} events/s for {a.minutes:g} min…")
+        asyncio.run(load.run(a.minutes * 60, 0.0, every=(a.window, minute)))
+        # drain: wait until the worker has caught up and the count stops moving
+        say("load stopped; waiting for the worker to drain…")
+        t_drain = time.monotonic()
+        deadline = t_drain + a.drain
+        counted, progress_at, drained = (0, 0), time.monotonic(), False
+        while time.monotonic() < deadline:
+            now_counted = count_events(st, load.prefix)
+            if now_counted[1] > counted[1]:
+                progress_at = time.monotonic()
+            counted = now_counted
+            if counted[1] >= load.accepted:
+                drained = True
+                break
+            if time.monotonic() - progress_at > 30:  # no progress at all: stop waiting
+                break
+            time.sleep(2)
+        drain_s = time.monotonic() - t_drain
+        w_end = worker_view(st)
+        st.check_alive()
+    profiles, events_counted = counted
+    print()
+    print(f"soak: {a.rate:.0f} events/s offered for {a.minutes:g} min; API on {a.api_workers} process(es), one worker")
+    print(f"{'win':>3} {'fresh p50':>9} {'p99':>8} {'max':>8} {'POST p99':>8} {'lag':>6} {'valkey':>7} "
+          f"{'kafka':>7} {'worker':>7} {'api':>6}  (ms, events, MiB RSS; one row per {a.window:g} s)")
+    for r in rows:
+        print(f"{r['minute']:>3} {r['fresh_p50_ms']:>9.1f} {r['fresh_p99_ms']:>8.1f} {r['fresh_max_ms']:>8.1f} "
+              f"{r['post_p99_ms']:>8.1f} {str(r['lag']):>6} {r['rss_redis_mib']:>7.1f} {r['rss_kafka_mib']:>7.1f} "
+              f"{r['rss_worker_mib']:>7.1f} {r['rss_api_mib']:>6.1f}")
+    equal = events_counted == load.accepted
+    if drained:
+        print(f"the worker caught up {drain_s:.0f}s after the load stopped")
+    else:
+        print(f"the worker had NOT caught up {drain_s:.0f}s after the load stopped (last lag {w_end.get('lag')}): "
+              "the counts below compare a backlog, not a loss")
+    print(f"events: sent {load.sent_events}, accepted (2xx) {load.accepted}, counted in {profiles} profiles "
+          f"{events_counted} -> {'equal' if equal else 'DIFFERENT'}; failed requests {load.failed_requests}"
+          f"{' ' + str(dict(load.fail_reasons)) if load.fail_reasons else ''}, "
+          f"probe timeouts {load.probe_timeouts}, probes skipped {load.probes_skipped}; worker duplicates {w_end.get('duplicates_total')}")
+    full = [r for r in rows if r["probes"]]
+    first, lastrow = (full[0], full[-1]) if full else ({}, {})
+    p99_ok = bool(full) and first["fresh_p99_ms"] < TARGET_P99_MS and lastrow["fresh_p99_ms"] < TARGET_P99_MS
+    print(f"target freshness p99 < {TARGET_P99_MS:.0f} ms in the first and the last minute: "
+          f"{'met' if p99_ok else 'MISSED'} ({first.get('fresh_p99_ms')} / {lastrow.get('fresh_p99_ms')} ms)")
+    growth = {}
+    if len(rows) >= 3:
+        for n in PROCS:
+            half = rows[len(rows) // 2][f"rss_{n}_mib"]
+            growth[n] = round(rows[-1][f"rss_{n}_mib"] - half, 1)
+        print("memory growth over the second half (MiB): " + ", ".join(f"{n} {v:+}" for n, v in growth.items())
+              + "  (Valkey grows with the profiles of new visitors: that is data, not a leak)")
+    print(f"target counts equal: {'met' if equal else 'MISSED'}")
+    if note:
+        print(f"note: {note}")
+    json_line({"bench": "soak", "minutes": a.minutes, "rate_offered": a.rate, "api_workers": a.api_workers,
+               "loadavg_before": load_before, "minutes_rows": rows, "sent": load.sent_events,
+               "accepted": load.accepted, "counted": events_counted, "profiles": profiles,
+               "counts_equal": equal, "drained": drained, "drain_s": round(drain_s, 1), "failed_requests": load.failed_requests,
+               "probe_timeouts": load.probe_timeouts, "probes_skipped": load.probes_skipped, "p99_first_last_met": p99_ok,
+               "rss_growth_second_half_mib": growth, "worker_end": w_end})
+    return 0
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:
+        print("interrupted; everything started was stopped", file=sys.stderr)
+        sys.exit(130)

@@ -1,0 +1,64 @@
+"""The catalog API: POST /v1/catalog/items (bulk upsert), GET and DELETE /v1/catalog/items/{id}."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import BaseRoute, Route
+
+from engine.catalog import MAX_PER_REQUEST, CatalogStore, validate_items
+from engine.routes import error, json_response, svc
+from engine.services import Services
+
+MAX_BODY_BYTES = 8 * 1024 * 1024
+
+
+def store(request: Request) -> CatalogStore:
+    return svc(request).extra["catalog"]  # type: ignore[no-any-return]
+
+
+async def post_items(request: Request) -> Response:
+    body = await request.body()
+    if len(body) > MAX_BODY_BYTES:
+        return error(413, "body", f"must be at most {MAX_BODY_BYTES} bytes")
+    try:
+        doc: Any = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        return error(400, "body", f"is not valid JSON ({exc})")
+    if isinstance(doc, dict):
+        doc = doc.get("items", [doc] if "id" in doc else None)
+    if not isinstance(doc, list) or not doc:
+        return error(400, "body", "must be an item, a list of items or {\"items\": [...]}")
+    if len(doc) > MAX_PER_REQUEST:
+        return error(413, "items", f"must be at most {MAX_PER_REQUEST} per request")
+    good, rejected = validate_items(doc)
+    written = await store(request).upsert(good)
+    return json_response({"accepted": written, "rejected": rejected})
+
+
+async def get_item(request: Request) -> Response:
+    record = await store(request).get(request.path_params["item_id"])
+    if record is None:
+        return error(404, "item_id", "is not in the catalog")
+    return json_response(record)
+
+
+async def delete_item(request: Request) -> Response:
+    if not await store(request).delete(request.path_params["item_id"]):
+        return error(404, "item_id", "is not in the catalog")
+    return Response(status_code=204)
+
+
+async def startup(s: Services) -> None:
+    s.extra["catalog"] = CatalogStore(s.redis)
+
+
+def routes() -> list[BaseRoute]:
+    return [
+        Route("/v1/catalog/items", post_items, methods=["POST"]),
+        Route("/v1/catalog/items/{item_id:path}", get_item, methods=["GET"]),
+        Route("/v1/catalog/items/{item_id:path}", delete_item, methods=["DELETE"]),
+    ]

@@ -1,0 +1,89 @@
+"""The recipe inputs built from the state the stream keeps in Redis (the online path).
+
+Pure: the route reads the profile, the neighbour and trending tables and the popularity counts,
+and these functions turn them into the `candidates` and `visitor` shapes `engine.recipes.apply`
+takes, with the same scoring as the in-process learners (models/reco/cooccurrence.py,
+trending.py, ensemble.py).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from models.affinity import AffinityConfig, Profile, current_scores
+from models.reco.base import Candidate
+
+SEEDS = 5
+RECENCY_DECAY = 0.7
+POPULARITY_EXPONENT = 0.5
+
+
+def seed_weights(item_id: str | None, recent: Sequence[str], seeds: int = SEEDS,
+                 decay: float = RECENCY_DECAY) -> dict[str, float]:
+    """The page's item (weight 1) and the visitor's `seeds` most recent items (decaying)."""
+    out: dict[str, float] = {}
+    if item_id:
+        out[item_id] = 1.0
+    for rank, iid in enumerate(recent[:seeds]):
+        out[iid] = out.get(iid, 0.0) + decay ** (rank + (1 if item_id else 0))
+    return out
+
+
+def neighbour_candidates(
+    seeds: Mapping[str, float],
+    tables: Mapping[str, Sequence[tuple[str, float]]],
+    popularity: Mapping[str, float],
+    k: int,
+    alpha: float = POPULARITY_EXPONENT,
+) -> list[Candidate]:
+    """Neighbours of weighted seeds, each co-occurrence divided by popularity^alpha; each result
+    comes `via` its strongest seed."""
+    scores: dict[str, float] = {}
+    best: dict[str, tuple[float, str]] = {}
+    for seed, sw in seeds.items():
+        for jid, c in tables.get(seed, ()):
+            pop = max(1.0, float(popularity.get(jid, 1.0)))
+            s = sw * float(c) / (pop**alpha if alpha else 1.0)
+            scores[jid] = scores.get(jid, 0.0) + s
+            if s > best.get(jid, (0.0, ""))[0]:
+                best[jid] = (s, seed)
+    ranked = sorted(scores.items(), key=lambda kv: (-kv[1], kv[0]))[:k]
+    return [Candidate(j, s, best[j][1]) for j, s in ranked]
+
+
+def ranked(rows: Sequence[tuple[str, float]], via: str = "") -> list[Candidate]:
+    return [Candidate(iid, float(s), via) for iid, s in rows]
+
+
+def history_candidates(recent: Sequence[str]) -> list[Candidate]:
+    """The visitor's own recent distinct items, newest first."""
+    return [Candidate(iid, 1.0 / (1 + k)) for k, iid in enumerate(dict.fromkeys(recent))]
+
+
+def visitor_state(profile: Profile | None, now_ms: int, cfg: AffinityConfig,
+                  top: int = 10) -> dict[str, Any]:
+    """The visitor in the shape `engine.recipes.apply` reads (no profile: a new visitor)."""
+    if profile is None:
+        return {"recent": [], "cart": [], "purchased": [], "categories": {}, "brands": {},
+                "typical_price": None}
+
+    def best(dim: str) -> dict[str, float]:
+        scores = current_scores(profile, dim, now_ms, cfg)
+        return dict(sorted(scores.items(), key=lambda kv: (-kv[1], kv[0]))[:top])
+
+    # the profile keeps recent ids without times: all count as seen at the last event
+    return {
+        "recent": [(iid, profile.last_seen) for iid in profile.recent],
+        "cart": list(profile.cart),
+        "purchased": list(profile.purchased),
+        "categories": best("category"),
+        "brands": best("brand"),
+        "typical_price": None,
+    }
+
+
+def top_categories(visitor: Mapping[str, Any], n: int) -> list[str]:
+    """The visitor's `n` strongest category paths."""
+    cats: Mapping[str, float] = visitor.get("categories") or {}
+    return [c for c, _ in sorted(cats.items(), key=lambda kv: (-kv[1], kv[0]))[:n]]

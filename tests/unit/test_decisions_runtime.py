@@ -1,0 +1,243 @@
+"""The decision runtime's pure parts: state adapters, decision ids and records, the stream
+hook (segments, caps ops, decision bookkeeping), the config hub and preview."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import msgspec
+import pytest
+
+from engine import keys
+from engine.confighub import ConfigHub, default_hub
+from engine.decisions.caps import CapState
+from engine.decisions.config import load_config
+from engine.decisions.select import Decision
+from engine.decisions.state import (
+    cap_states,
+    decision_id,
+    decision_record,
+    parse_decision_id,
+    rule_view,
+)
+from engine.preview import PreviewError, render_preview
+from models.affinity import AffinityConfig, Profile, apply_event
+from streams.hooks_decisions import DecisionHook
+from streams.plan import Emit, Op
+
+CFG = AffinityConfig()
+NOW = 1_767_268_800_000  # 2026-01-01T12:00:00Z
+
+SEGMENT = """\
+id: shoe_fans
+rule:
+  affinity: {dimension: category, key: shoes, op: ">=", value: 2}
+"""
+CAMPAIGN = """\
+id: promo
+status: active
+zones: [hero]
+caps: {per_day: 2, per_session: 1, stop_after: [dismiss]}
+variants:
+  - id: a
+    template: {title: "Hi {{ top_category }}"}
+goal: {event: purchase, window: 1d}
+"""
+
+
+@pytest.fixture
+def cdir(tmp_path: Path) -> Path:
+    (tmp_path / "segments").mkdir()
+    (tmp_path / "campaigns").mkdir()
+    (tmp_path / "segments" / "shoe_fans.yaml").write_text(SEGMENT)
+    (tmp_path / "campaigns" / "promo.yaml").write_text(CAMPAIGN)
+    return tmp_path
+
+
+def ev(n: int, etype: str = "add_to_cart", **fields) -> dict:
+    return {"event_id": f"e{n}", "type": etype, "visitor_id": "v1", "ts": NOW + n, **fields}
+
+
+def test_rule_view_gives_affinity_maps() -> None:
+    p = Profile()
+    apply_event(p, ev(1, item={"id": "s1", "categories": ["shoes"]}), CFG)
+    view = rule_view(p, "v:v1", NOW + 1, CFG)
+    assert view["affinities"]["category"] == pytest.approx({"shoes": 3.0})
+    assert view["profile_id"] == "v:v1"
+    assert rule_view(None, "v:x", NOW, CFG)["affinities"]["item"] == {}
+
+
+def test_decision_ids_carry_campaign_and_arm() -> None:
+    did = decision_id("promo", "control", "0123456789abc")
+    assert did == "promo.control.0123456789"
+    assert parse_decision_id(did) == ("promo", "control")
+    for bad in (None, 3, "x", "a.b", "a..c", "a.b.c.d"):
+        assert parse_decision_id(bad) is None
+
+
+def test_long_ids_are_rejected_at_load(cdir: Path) -> None:
+    long = CAMPAIGN.replace("id: promo", "id: " + "p" * 40).replace("- id: a", "- id: " + "v" * 20)
+    (cdir / "campaigns" / "promo.yaml").write_text(long)
+    with pytest.raises(Exception, match="at most 52 characters"):
+        load_config(cdir)
+
+
+def test_decision_record_is_an_event() -> None:
+    d = Decision("hero", "promo", "Promo", None, True, 0.1, None)
+    rec = decision_record(d, "promo.control.x", "v1", "u1", NOW, "web")
+    assert rec["event_id"] == rec["decision_id"] == "promo.control.x"
+    assert rec["type"] == "decision" and rec["user_id"] == "u1" and rec["channel"] == "web"
+    assert rec["props"] == {"campaign": "promo", "variant": None, "arm": "control", "control": True,
+                            "zone": "hero", "probability": 0.1}
+
+
+def test_cap_states_from_hashes(cdir: Path) -> None:
+    config = load_config(cdir)
+    state = {b"promo:arm": b"a", b"promo:at": b"123", b"promo:day": b"2026-01-01",
+             b"promo:today": b"2", b"promo:dismissed": b"1", b"gone:arm": b"x"}
+    caps = cap_states(state, {b"promo": b"1"}, config, NOW)
+    assert caps["promo"] == CapState(today=2, session=1, dismissed=True, assigned_at=123, arm="a")
+    # another day in the campaign's time zone: today's count starts again
+    assert cap_states(state, {}, config, NOW + 86_400_000)["promo"].today == 0
+    assert caps["gone"].arm == "x"
+
+
+def test_hook_segments_join_and_leave(cdir: Path) -> None:
+    hook = DecisionHook(load_config(cdir), CFG, "segments", 1000)
+    p = Profile()
+    e1 = ev(1, item={"id": "s1", "categories": ["shoes"]})
+    apply_event(p, e1, CFG)
+    assert [o.command for o in hook(e1, p, "v:v1")] == ["PEXPIRE"]  # segments wait for finish
+    out = list(hook.finish(e1, p, "v:v1"))  # once per profile per batch
+    assert p.segments == ["shoe_fans"]
+    assert Op("HINCRBY", keys.SEGMENT_SIZES, ("shoe_fans", "1")) in out
+    (emit,) = [o for o in out if isinstance(o, Emit)]
+    (rec,) = msgspec.msgpack.decode(emit.value)
+    assert emit.topic == "segments" and rec["type"] == "segment_join"
+    assert rec["props"]["segment"] == "shoe_fans" and rec["props"]["profile_id"] == "v:v1"
+    # no change: no ops beyond the session slide
+    e2 = ev(2, "page_view")
+    apply_event(p, e2, CFG)
+    assert [o.command for o in hook(e2, p, "v:v1")] == ["PEXPIRE"]
+    assert list(hook.finish(e2, p, "v:v1")) == []
+    # 60 days later the affinity has decayed: leaving is an event too
+    e3 = {**ev(3, "page_view"), "ts": NOW + 60 * 86_400_000}
+    apply_event(p, e3, CFG)
+    out = list(hook.finish(e3, p, "v:v1"))
+    assert p.segments == []
+    assert Op("HINCRBY", keys.SEGMENT_SIZES, ("shoe_fans", "-1")) in out
+
+
+def test_hook_campaign_ops(cdir: Path) -> None:
+    hook = DecisionHook(load_config(cdir), CFG, "segments", 1000)
+    p = Profile()
+    d = {**ev(1, "decision"), "props": {"campaign": "promo", "arm": "a"}}
+    apply_event(p, d, CFG)
+    ops = [o for o in hook(d, p, "v:v1") if isinstance(o, Op) and o.command == "CAMPAIGN"]
+    assert p.event_count == 0  # a decision is bookkeeping, not behaviour
+    assert ops[0].key == keys.campaign_state("v:v1")
+    assert ops[0].args[:3] == ("decision", "promo", "a")
+    assert ops[0].args[6] == keys.campaign_stats("promo")
+    imp = ev(2, "impression", decision_id="promo.a.xyz")
+    apply_event(p, imp, CFG)
+    (op,) = [o for o in hook(imp, p, "v:v1") if isinstance(o, Op) and o.command == "CAMPAIGN"]
+    assert op.args[:3] == ("impression", "promo", "a") and op.args[4] == "2026-01-01"
+    # reactions to unknown campaigns or ids count nothing
+    for did in ("other.a.xyz", "garbage"):
+        e = ev(3, "click", decision_id=did)
+        assert not [o for o in hook(e, p, "v:v1") if isinstance(o, Op) and o.command == "CAMPAIGN"]
+    buy = ev(4, "purchase")
+    (op,) = [o for o in hook(buy, p, "v:v1") if isinstance(o, Op) and o.command == "CAMPAIGN"]
+    assert op.args[0] == "conversion" and op.args[5] == str(86_400_000)
+
+
+def test_hub_keeps_last_good_config(cdir: Path) -> None:
+    hub = default_hub(cdir)
+    assert hub.reload() == {"decisions": True}
+    good = hub.decisions
+    assert good is not None and "promo" in good.campaigns
+    (cdir / "campaigns" / "promo.yaml").write_text(CAMPAIGN.replace("status: active", "status: on"))
+    assert hub.reload() == {"decisions": False}
+    assert hub.decisions is good
+    (err,) = hub.errors["decisions"]
+    assert err.startswith(f"{cdir / 'campaigns' / 'promo.yaml'}:2:") and "status" in err
+    (cdir / "campaigns" / "promo.yaml").write_text(CAMPAIGN.replace("Hi", "Hello"))
+    assert hub.reload() == {"decisions": True}
+    assert hub.decisions is not good and not hub.errors
+
+
+def test_hub_other_loaders(tmp_path: Path) -> None:
+    hub = ConfigHub(tmp_path)
+    hub.register("sitemap", lambda d: (d / "sitemap.yaml").read_text(), ("sitemap.yaml",))
+    (tmp_path / "sitemap.yaml").write_text("a")
+    hub.reload()
+    assert hub.get("sitemap") == "a"
+    assert hub._affected({str(tmp_path / "sitemap.yaml")}) == ["sitemap"]
+    assert hub._affected({str(tmp_path / "other.yaml")}) == []
+
+
+async def test_hub_watches_the_folder(cdir: Path) -> None:
+    hub = default_hub(cdir, debounce_ms=50)
+    await hub.start()
+    try:
+        first = hub.decisions
+        await asyncio.sleep(0.3)  # the watcher is up
+        (cdir / "campaigns" / "promo.yaml").write_text(CAMPAIGN.replace("Hi", "Hello"))
+        for _ in range(100):
+            if hub.decisions is not first:
+                break
+            await asyncio.sleep(0.05)
+        assert hub.decisions is not first
+    finally:
+        await hub.stop()
+
+
+def test_preview_renders_and_explains(cdir: Path) -> None:
+    config = load_config(cdir)
+    p = Profile()
+    apply_event(p, ev(1, item={"id": "s1", "categories": ["shoes"]}), CFG)
+    text = render_preview(config, "promo", rule_view(p, "v:v1", NOW, CFG), {}, NOW)
+    assert "[title]\nHi shoes" in text and "eligible  yes" in text and "shoe_fans" in text
+    with pytest.raises(PreviewError, match="unknown campaign"):
+        render_preview(config, "nope", rule_view(p, "v:v1", NOW, CFG), {}, NOW)
+
+
+def test_decide_request_parsing() -> None:
+    from engine.routes.decide import RequestError, parse_request
+
+    body = b'{"visitor_id": "v1", "user_id": "u1", "context": {"zones": ["a", "b", "a"]},' \
+           b' "events": [{"event_id": "e1", "type": "page_view"}]}'
+    req = parse_request(body, "text/plain")  # what the beacon sends: no CORS preflight
+    assert req["zones"] == ["a", "b"] and req["user_id"] == "u1"
+    assert req["events"] == [{"event_id": "e1", "type": "page_view", "visitor_id": "v1",
+                              "user_id": "u1"}]
+    assert parse_request(msgspec.msgpack.encode({"visitor_id": "v", "zones": "x,y"}),
+                         "application/msgpack")["zones"] == ["x", "y"]
+    for raw, mtype, field in [
+        (b'{"context": {}}', "application/json", "visitor_id"),
+        (b'{"visitor_id": 3}', "application/json", "visitor_id"),
+        (b'{"visitor_id": "v", "context": []}', "application/json", "context"),
+        (b'{"visitor_id": "v", "context": {"zones": [1]}}', "application/json", "context.zones"),
+        (b'{"visitor_id": "v", "events": {}}', "application/json", "events"),
+        (b"{nope", "application/json", "body"),
+        (b"{}", "text/html", "content-type"),
+    ]:
+        with pytest.raises(RequestError) as info:
+            parse_request(raw, mtype)
+        assert info.value.field == field, raw
+
+
+def test_template_memo_is_keyed_by_the_variables_used() -> None:
+    from engine.decisions.templates import compile_template
+
+    t = compile_template({"title": "Hi {{ traits.name | default('there') }}", "x": "{{ top_category }}"})
+    assert t._uses == ("top_category", "traits")
+    assert t.render({"traits": {"name": "<b>"}})["title"] == "Hi &lt;b&gt;"
+    assert t.render({"traits": {"name": "Ann"}, "cart": [1]})["title"] == "Hi Ann"
+    assert t.render({"traits": {"name": "<b>"}, "cart": [2]})["title"] == "Hi &lt;b&gt;"
+    assert len(t._cache) == 2
+    first = t.render({"traits": {}})
+    first["title"] = "changed"  # callers get copies
+    assert t.render({"traits": {}})["title"] == "Hi there"
+    assert compile_template({"t": "{{ [1, 2] | random }}"})._uses is None

@@ -1,0 +1,129 @@
+"""The online path's pure parts: hook ops, catalog validation and records, recipe inputs."""
+
+from __future__ import annotations
+
+import pytest
+
+from engine import keys
+from engine.catalog import (
+    ItemError,
+    _csv_row,
+    decode_hash,
+    event_fields,
+    from_event_item,
+    validate_item,
+    validate_items,
+)
+from engine.store import coalesce
+from models.affinity import AffinityConfig, Profile, apply_event
+from models.reco.online import history_candidates, neighbour_candidates, seed_weights, visitor_state
+from streams.hooks_reco import CAPS, reco_ops
+
+CFG = AffinityConfig()
+T0 = 1_700_000_000_000
+
+
+def ev(n: int, iid: str, etype: str = "item_view", **item):
+    return {"event_id": f"e{n}", "type": etype, "visitor_id": "v", "ts": T0 + n * 1000,
+            "item": {"id": iid, **item}}
+
+
+def run(events):
+    p = Profile()
+    out = []
+    for e in events:
+        assert apply_event(p, e, CFG)
+        out.append(reco_ops(e, p))
+    return p, out
+
+
+def test_view_ops_pair_with_recent_items_both_ways_and_are_bounded():
+    _, ops = run([ev(1, "a"), ev(2, "b"), ev(3, "c", categories=["Shoes/Run"], brand="Acme")])
+    last = coalesce(ops[-1])
+    incr = {(o.key, o.args[1]): o.args[0] for o in last if o.command == "ZINCRBY"}
+    assert incr[(keys.neighbours("v", "c"), "b")] == 1.0
+    assert incr[(keys.neighbours("v", "c"), "a")] == 0.5
+    assert incr[(keys.neighbours("v", "a"), "c")] == 0.5
+    trims = [o for o in last if o.command == "ZREMRANGEBYRANK"]
+    assert all(o.args == (0, -(CAPS["neighbours"] + 1)) for o in trims
+               if o.key.startswith("kn:"))
+    assert last[-1].command in ("PEXPIRE", "ZREMRANGEBYRANK")  # trims and expiries go last
+    cats = {o.key for o in last if o.key.startswith("ktc:")}
+    assert any(k.endswith(":shoes") for k in cats) and any(k.endswith(":shoes/run") for k in cats)
+    hset = [o for o in last if o.command == "HSET"][0]
+    assert hset.key == keys.catalog_item("c")
+    assert dict(zip(hset.args[::2], hset.args[1::2], strict=True)).keys() == {
+        b"e.categories", b"e.brand"}
+
+
+def test_cart_and_purchase_pair_for_co_buy_and_page_views_count_nothing():
+    _, ops = run([ev(1, "a", "add_to_cart"), ev(2, "b", "add_to_cart")])
+    keys_b = {(o.key, o.args[1]) for o in ops[-1] if o.command == "ZINCRBY"}
+    assert (keys.neighbours("b", "b"), "a") in keys_b
+    page = {"event_id": "p", "type": "page_view", "visitor_id": "v", "ts": T0}
+    assert reco_ops(page, Profile()) == []
+
+
+def test_event_fields_merge_and_curated_wins():
+    rec = from_event_item({"id": "x", "name": "X", "brand": "ACME", "categories": ["/A/B/"]})
+    assert rec == {"id": "x", "name": "X", "brand": "acme", "categories": ["a/b"]}
+    assert from_event_item({"id": "x"}) is None
+    h = dict(event_fields(rec))
+    h.update(event_fields({"id": "x", "price": 3.0}))
+    got = decode_hash("x", h)
+    assert got == {"id": "x", "name": "X", "brand": "acme", "categories": ["a/b"], "price": 3.0}
+    from engine.catalog import pack
+
+    h[b"c"] = pack({"id": "x", "name": "Curated"})
+    assert decode_hash("x", h)["name"] == "Curated"
+    assert decode_hash("x", {}) is None
+
+
+@pytest.mark.parametrize("raw, field", [
+    ({"price": 1}, "id"),
+    ({"id": "a", "price": -1}, "price"),
+    ({"id": "a", "currency": "eur"}, "currency"),
+    ({"id": "a", "url": "ftp://x"}, "url"),
+    ({"id": "a", "colour": "red"}, "colour"),
+    ({"id": "a", "created_at": "2026-01-01T00:00:00"}, "created_at"),
+    ({"id": "a", "categories": ["a//b"]}, "categories[0]"),
+    ({"id": "a", "in_stock": "yes"}, "in_stock"),
+])
+def test_item_errors_name_the_field(raw, field):
+    with pytest.raises(ItemError) as exc:
+        validate_item(raw)
+    assert exc.value.field == field
+
+
+def test_valid_items_are_normalised():
+    good, bad = validate_items([{"id": "a", "brand": " Acme ", "categories": ["Shoes/Run/"],
+                                 "created_at": "2026-01-01T00:00:00Z"}, "nope"])
+    assert good == [{"id": "a", "brand": "acme", "categories": ["shoes/run"],
+                     "created_at": 1767225600000}]
+    assert bad == [{"index": 1, "id": None, "field": "item", "reason": "must be an object"}]
+
+
+def test_csv_rows_split_lists_and_keep_free_columns_as_attributes():
+    raw = _csv_row({"id": "a", "price": "9.5", "categories": "x/y|z", "in_stock": "false",
+                    "color": "red", "tags": ""})
+    assert raw == {"id": "a", "price": 9.5, "categories": ["x/y", "z"], "in_stock": False,
+                   "attributes": {"color": "red"}}
+    assert validate_item(raw)["attributes"] == {"color": "red"}
+
+
+def test_seeds_neighbours_and_history():
+    assert seed_weights("p", ["a", "b"]) == {"p": 1.0, "a": 0.7, "b": pytest.approx(0.49)}
+    assert seed_weights(None, ["a", "b"]) == {"a": 1.0, "b": 0.7}
+    tables = {"a": [("x", 4.0), ("y", 4.0)], "b": [("x", 1.0)]}
+    got = neighbour_candidates({"a": 1.0, "b": 0.5}, tables, {"y": 16.0, "x": 4.0}, 10)
+    assert [(c.item_id, c.via) for c in got] == [("x", "a"), ("y", "a")]
+    assert got[0].score == pytest.approx(4 / 2 + 0.5 / 2)
+    assert [c.item_id for c in history_candidates(["a", "b", "a"])] == ["a", "b"]
+
+
+def test_visitor_state_from_a_profile():
+    p, _ = run([ev(1, "a", categories=["shoes"], brand="Acme"), ev(2, "b", "add_to_cart")])
+    v = visitor_state(p, T0 + 5000, CFG)
+    assert [i for i, _ in v["recent"]] == ["b", "a"] and v["cart"] == ["b"]
+    assert list(v["categories"]) == ["shoes"] and list(v["brands"]) == ["acme"]
+    assert visitor_state(None, T0, CFG)["recent"] == []
