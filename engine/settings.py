@@ -56,6 +56,7 @@ class Settings:
     # worker
     batch_max: int = 1000
     batch_within_s: float = 0.01
+    fetch_max_wait_ms: int = 100  # how long an idle fetch waits at the broker (faust's is 1500)
     session_timeout_ms: int = 10_000
     heartbeat_interval_ms: int = 1_000
     profile_ttl_days: float = 90.0

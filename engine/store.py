@@ -12,6 +12,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+import msgpack
 import redis.asyncio as aioredis
 
 from engine import keys
@@ -73,6 +74,19 @@ def _num(x: Any) -> Any:
     return float(x) if isinstance(x, str | bytes) else x
 
 
+def _arg(a: Any) -> bytes | str:
+    return a if isinstance(a, bytes | str) else repr(a)
+
+
+def _pack_ops(ops: Sequence[Op]) -> bytes:
+    """All ops of a write as one msgpack array of [command, key, args...] (strings and
+    bytes, as Redis would have received them as separate arguments)."""
+    # raw strings, not msgpack's bin type: Lua's cmsgpack predates bin and Lua strings are
+    # binary-safe anyway
+    return msgpack.packb([[op.command, op.key, *(_arg(a) for a in op.args)] for op in ops],
+                         use_bin_type=False)
+
+
 def decode(blob: bytes | None) -> Stored:
     if not blob:
         return Stored()
@@ -124,11 +138,8 @@ class ProfileStore:
             for vid, target in w.aliases:
                 ks.append(keys.alias(vid))
                 args.append(target)
-            for op in ops:
-                ks.append(op.key)
-                args.append(op.command)
-                args.append(str(len(op.args)))
-                args.extend(a if isinstance(a, bytes | str) else repr(a) for a in op.args)
+            if ops:
+                args.append(_pack_ops(ops))
             await self._commit(keys=ks, args=args, client=pipe)
         results = await pipe.execute()
         return [bool(x) for x in results]
