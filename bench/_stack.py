@@ -139,6 +139,15 @@ def cpu_seconds(pid: int | None, *, descendants: bool = True) -> float:
     return total / _CLK
 
 
+def run_main(main: Any) -> None:
+    """`sys.exit(main())`, with Ctrl-C reported as such (the stack stops its children itself)."""
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:
+        print("interrupted; everything started was stopped", file=sys.stderr)
+        sys.exit(130)
+
+
 def mib(n: float) -> float:
     return round(n / 1048576, 1)
 
@@ -317,6 +326,23 @@ class BenchStack:
 
         return redis.Redis.from_url(self.redis.url if self.redis else self.settings.redis_url,
                                     socket_timeout=10)
+
+    def count_profiles(self, prefix: str) -> tuple[int, int]:
+        """(profiles, sum of their event_count) of the visitors whose id starts with `prefix-`."""
+        from engine.store import decode
+
+        r = self.redis_client()
+        try:
+            keys = list(r.scan_iter(match=f"kp:{{v:{prefix}-*", count=10_000))
+            total = 0
+            for i in range(0, len(keys), 2000):
+                for blob in r.mget(keys[i : i + 2000]):
+                    stored = decode(blob)
+                    if stored.profile is not None:
+                        total += stored.profile.event_count
+            return len(keys), total
+        finally:
+            r.close()
 
     def worker_reports(self) -> dict[str, dict[str, Any]]:
         """What each worker measured about itself (Redis hash kx:workers:<group>)."""

@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _stack import BenchStack, busy_note, json_line, loadavg, mib, say, summary_ms  # noqa: E402
+from _stack import BenchStack, busy_note, json_line, loadavg, mib, run_main, say, summary_ms  # noqa: E402
 from ingest import _event  # noqa: E402
 
 TARGET_P99_MS = 200.0
@@ -348,8 +348,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except KeyboardInterrupt:
-        print("interrupted; everything started was stopped", file=sys.stderr)
-        sys.exit(130)
+    run_main(main)

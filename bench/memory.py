@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _stack import BenchStack, busy_note, json_line, loadavg, mib, say  # noqa: E402
+from _stack import BenchStack, busy_note, json_line, loadavg, mib, run_main, say  # noqa: E402
 
 TARGET = 512
 REES46 = Path("/work/shared/data/rees46/2019-Oct_head.csv")
@@ -294,8 +294,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except KeyboardInterrupt:
-        print("interrupted; everything started was stopped", file=sys.stderr)
-        sys.exit(130)
+    run_main(main)

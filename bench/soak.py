@@ -25,28 +25,10 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _stack import BenchStack, busy_note, json_line, loadavg, mib, say  # noqa: E402
+from _stack import BenchStack, busy_note, json_line, loadavg, mib, run_main, say  # noqa: E402
 from freshness import TARGET_P99_MS, Load, start_default_stack, wait_worker_ready, worker_view  # noqa: E402
 
 PROCS = ("redis", "kafka", "worker", "api")
-
-
-def count_events(st: BenchStack, prefix: str) -> tuple[int, int]:
-    """(profiles, sum of event_count) over the profiles of this run's visitors."""
-    from engine.store import decode
-
-    r = st.redis_client()
-    try:
-        keys = list(r.scan_iter(match=f"kp:{{v:{prefix}-*", count=10_000))
-        total = 0
-        for i in range(0, len(keys), 2000):
-            for blob in r.mget(keys[i : i + 2000]):
-                s = decode(blob)
-                if s.profile is not None:
-                    total += s.profile.event_count
-        return len(keys), total
-    finally:
-        r.close()
 
 
 def main() -> int:
@@ -100,7 +82,7 @@ def main() -> int:
         deadline = t_drain + a.drain
         counted, progress_at, drained = (0, 0), time.monotonic(), False
         while time.monotonic() < deadline:
-            now_counted = count_events(st, load.prefix)
+            now_counted = st.count_profiles(load.prefix)
             if now_counted[1] > counted[1]:
                 progress_at = time.monotonic()
             counted = now_counted
@@ -157,8 +139,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except KeyboardInterrupt:
-        print("interrupted; everything started was stopped", file=sys.stderr)
-        sys.exit(130)
+    run_main(main)

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _stack import BenchStack, busy_note, json_line, loadavg, mib, say  # noqa: E402
+from _stack import BenchStack, busy_note, json_line, loadavg, mib, run_main, say  # noqa: E402
 from ingest import _event  # noqa: E402
 
 TARGET = 10_000
@@ -71,24 +71,6 @@ async def produce(bootstrap: str, topic: str, records: list[tuple[bytes, bytes]]
         await asyncio.gather(*futs)
     finally:
         await p.stop()
-
-
-def count_profiles(st: BenchStack, prefix: str) -> tuple[int, int]:
-    """(profiles, sum of their event_count) of this scenario's visitors."""
-    from engine.store import decode
-
-    r = st.redis_client()
-    try:
-        keys = list(r.scan_iter(match=f"kp:{{v:{prefix}-*", count=5000))
-        total = 0
-        for i in range(0, len(keys), 2000):
-            for blob in r.mget(keys[i : i + 2000]):
-                s = decode(blob)
-                if s.profile is not None:
-                    total += s.profile.event_count
-        return len(keys), total
-    finally:
-        r.close()
 
 
 def run_scenario(st: BenchStack, n: int, visitors: int, per_record: int, seed: int,
@@ -137,7 +119,7 @@ def run_scenario(st: BenchStack, n: int, visitors: int, per_record: int, seed: i
     c0 = next(c for c in cpu_marks if c[0] == first["ts"])
     c1 = next(c for c in cpu_marks if c[0] == last["ts"])
     rates = [x["rate"] for x in busy]
-    profiles, counted = count_profiles(st, f"s{seed}")
+    profiles, counted = st.count_profiles(f"s{seed}")
     return {
         "per_record": per_record,
         "events": n,
@@ -206,8 +188,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except KeyboardInterrupt:
-        print("interrupted; everything started was stopped", file=sys.stderr)
-        sys.exit(130)
+    run_main(main)

@@ -17,6 +17,7 @@ from typing import Any
 
 import faust
 import orjson
+from redis.exceptions import RedisError
 
 from engine import keys
 from engine.events import decode_events
@@ -98,39 +99,42 @@ def create_app(settings: Settings, bootstrap: str, redis_url: str) -> faust.App:
                                        settings.affinity, hooks=hooks, emit=emit)
         return state["applier"]
 
+    def decode_batch(batch: Any, partition_base: int) -> list[dict[str, Any]]:
+        """A batch's events, each with its record's redelivery mark; an unreadable record is
+        counted and skipped (never stalls the partition)."""
+        events: list[dict[str, Any]] = []
+        for ev in batch:
+            msg = ev.message
+            try:
+                got = decode_events(msg.value)
+            except Exception as exc:
+                meter.bad_records += 1
+                log.error("skipping unreadable record at %s@%s: %s", msg.tp, msg.offset, exc)
+                continue
+            mark = {"_p": partition_base + msg.tp.partition, "_o": msg.offset,
+                    "_t": int(msg.timestamp * 1000)}
+            for e in got:
+                e.update(mark)
+            events.extend(got)
+        return events
+
+    async def apply_until_done(ap: Applier, events: list[dict[str, Any]], what: str) -> Any:
+        """Apply; while Redis is unreachable, wait and retry the same batch (faust acks the
+        offsets only after this returns, so nothing is acked that was not applied)."""
+        delay = 0.05
+        while True:
+            try:
+                return await ap.apply(events)
+            except (OSError, TimeoutError, RedisError) as exc:
+                log.warning("redis unavailable (%s); retrying the %s in %.2fs", exc, what, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
+
     @app.agent(topic, name="apply-events")
     async def apply_events(stream: faust.StreamT) -> None:
         ap = await applier()
         async for batch in stream.take_events(settings.batch_max, within=settings.batch_within_s):
-            events: list[dict[str, Any]] = []
-            for ev in batch:
-                msg = ev.message
-                try:
-                    got = decode_events(msg.value)
-                    mark = {"_p": msg.tp.partition, "_o": msg.offset, "_t": int(msg.timestamp * 1000)}
-                    for e in got:
-                        e.update(mark)
-                    events.extend(got)
-                except Exception as exc:  # a record we cannot read: count it, never stall
-                    meter.bad_records += 1
-                    log.error("skipping unreadable record at %s@%s: %s",
-                              ev.message.tp, ev.message.offset, exc)
-            delay = 0.05
-            while True:
-                try:
-                    res = await ap.apply(events)
-                    break
-                except (OSError, ConnectionError, TimeoutError) as exc:
-                    log.warning("redis unavailable (%s); retrying the batch in %.2fs", exc, delay)
-                    await asyncio.sleep(delay)
-                    delay = min(delay * 2, 2.0)
-                except Exception as exc:
-                    if "redis" in type(exc).__module__:
-                        log.warning("redis error (%s); retrying the batch", exc)
-                        await asyncio.sleep(delay)
-                        delay = min(delay * 2, 2.0)
-                        continue
-                    raise
+            res = await apply_until_done(ap, decode_batch(batch, 0), "batch")
             now = time.time()
             meter.record(res.applied, res.duplicates, [now - e.message.timestamp for e in batch])
             for e in batch:
@@ -147,31 +151,7 @@ def create_app(settings: Settings, bootstrap: str, redis_url: str) -> faust.App:
         apart from the events topic's (partition + DECISIONS_MARK_BASE)."""
         ap = await applier()
         async for batch in stream.take_events(settings.batch_max, within=settings.batch_within_s):
-            events: list[dict[str, Any]] = []
-            for ev in batch:
-                msg = ev.message
-                try:
-                    got = decode_events(msg.value)
-                except Exception as exc:
-                    meter.bad_records += 1
-                    log.error("skipping unreadable decision record at %s@%s: %s",
-                              msg.tp, msg.offset, exc)
-                    continue
-                mark = {"_p": DECISIONS_MARK_BASE + msg.tp.partition, "_o": msg.offset,
-                        "_t": int(msg.timestamp * 1000)}
-                events.extend({**e, **mark} for e in got)
-            delay = 0.05
-            while True:
-                try:
-                    await ap.apply(events)
-                    break
-                except Exception as exc:
-                    if not isinstance(exc, OSError | ConnectionError | TimeoutError) \
-                            and "redis" not in type(exc).__module__:
-                        raise
-                    log.warning("redis unavailable (%s); retrying the decisions in %.2fs", exc, delay)
-                    await asyncio.sleep(delay)
-                    delay = min(delay * 2, 2.0)
+            await apply_until_done(ap, decode_batch(batch, DECISIONS_MARK_BASE), "decisions")
 
     @app.timer(1.0)
     async def report() -> None:

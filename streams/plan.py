@@ -83,8 +83,14 @@ class Write:
 @dataclass(slots=True)
 class Outcome:
     writes: list[Write]
-    applied: int = 0
-    duplicates: int = 0
+
+    @property
+    def applied(self) -> int:
+        return sum(w.applied for w in self.writes)
+
+    @property
+    def duplicates(self) -> int:
+        return sum(w.duplicates for w in self.writes)
 
 
 def _current(vid: str, aliases: Mapping[str, str | None]) -> str:
@@ -173,20 +179,17 @@ def plan(
         w.events.append(i)
         if redelivered(ev, pid):
             w.duplicates += 1
-            out.duplicates += 1
             continue
         if "_p" in ev:
             w.profile.advance(ev["_p"], ev["_o"], ev["_t"])
         if apply_event(w.profile, ev, cfg):
             w.applied += 1
-            out.applied += 1
             w.last = ev
             for hook in hooks:
                 for item in hook(ev, w.profile, w.pid):
                     (w.ops if isinstance(item, Op) else w.emits).append(item)
         else:
             w.duplicates += 1
-            out.duplicates += 1
     out.writes = [w for pid, w in writes.items() if pid not in deleted]
     finishers = [h.finish for h in hooks if hasattr(h, "finish")]
     if finishers:

@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
-import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
@@ -37,7 +36,7 @@ from engine.decisions.select import select
 from engine.decisions.state import cap_states, decision_id, decision_record, rule_view
 from engine.decisions.stats import ArmCounts, report
 from engine.routes import error, json_response, svc
-from engine.routes.ingest import accept, media_type, read_body
+from engine.routes.ingest import append, media_type, read_body, screen
 from engine.services import Services
 from engine.store import decode
 from models.affinity import Profile, apply_event
@@ -280,22 +279,24 @@ async def post_decide(request: Request) -> Response:
         return error(exc.status, exc.field, exc.reason)
     except RequestError as exc:
         return error(exc.status, exc.field, exc.reason)
-    ingest: asyncio.Task[Any] | None = None
-    if req["events"]:  # ingested as usual, while the state is read
-        ingest = asyncio.create_task(accept(request, req["events"], now_ms))
+    s = svc(request)
+    # the call's events are validated once, appended while the state is read, and seen by
+    # the decision
+    good, rejected = screen(s, req["events"], now_ms) if req["events"] else ([], [])
+    ingest = asyncio.create_task(append(s, good)) if good else None
+    if ingest is not None:
         await asyncio.sleep(0)
-    good, _ = spec.validate(req["events"], now_ms) if req["events"] else ([], [])
     decisions, degraded = await decider(request).decide(
         req["visitor_id"], req["user_id"], req["context"], req["zones"], good, now_ms, started)
+    if ingest is not None and (failure := await ingest) is not None:
+        # the broker did not take the events: say so (503 + Retry-After) so the client keeps
+        # and resends them, rather than a 200 it would read as "delivered"
+        return failure
     out: dict[str, Any] = {"visitor_id": req["visitor_id"], "decisions": decisions}
     if degraded:
         out["degraded"] = degraded
-    if ingest is not None:
-        accepted, rejected, failure = await ingest
-        out["events"] = {"accepted": len(accepted), "rejected": rejected}
-        if failure is not None:
-            with contextlib.suppress(Exception):
-                out["events"] = orjson.loads(bytes(failure.body))
+    if req["events"]:
+        out["events"] = {"accepted": len(good), "rejected": rejected}
     return json_response(out)
 
 

@@ -12,6 +12,7 @@ from engine import events as spec
 from engine import metrics
 from engine.eventlog import LogUnavailable, group_by_visitor
 from engine.routes import error, json_response, svc
+from engine.services import Services
 
 
 async def read_body(request: Request, limit: int) -> bytes:
@@ -37,33 +38,45 @@ def media_type(request: Request) -> str:
     return request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
 
 
-async def accept(request: Request, raw: list, now_ms: int) -> tuple[list[spec.Event], list[dict], Response | None]:
-    """Validate and append. Returns (accepted, rejected, error response or None)."""
-    s = svc(request)
+def screen(s: Services, raw: list, now_ms: int) -> tuple[list[spec.Event], list[dict]]:
+    """Validate each event on its own and count the rejections: (good events, rejections)."""
     good, bad = spec.validate(raw, now_ms)
-    rejected = [r.as_dict() for r in bad]
-    live = s.extra.get("live")
-    for r in bad:
-        metrics.EVENTS_REJECTED.labels(metrics.field_label(r.field)).inc()
-    if live is not None and bad:
-        live.add("rejected", len(bad))
-    if not good:
-        first = bad[0]
-        return [], rejected, error(400, first.field, first.reason, accepted=0, rejected=rejected)
+    if bad:
+        for r in bad:
+            metrics.EVENTS_REJECTED.labels(metrics.field_label(r.field)).inc()
+        if (live := s.extra.get("live")) is not None:
+            live.add("rejected", len(bad))
+    return good, [r.as_dict() for r in bad]
+
+
+async def append(s: Services, good: list[spec.Event]) -> Response | None:
+    """Append validated events to the log; None once the broker acknowledged them, else a
+    503 with Retry-After (nothing was accepted: the client resends, deduped by event_id)."""
     start = time.perf_counter()
     try:
         await s.events.append(group_by_visitor(good))
     except LogUnavailable as exc:
         metrics.PRODUCE_FAILURES.inc()
-        return [], rejected, json_response(
+        return json_response(
             {"error": f"event log unavailable, retry later ({exc})", "accepted": 0},
             503, headers={"Retry-After": str(s.settings.retry_after_s)},
         )
     metrics.PRODUCE.observe(time.perf_counter() - start)
     metrics.EVENTS_ACCEPTED.inc(len(good))
-    if live is not None:
+    if (live := s.extra.get("live")) is not None:
         live.add("accepted", len(good))
-    return good, rejected, None
+    return None
+
+
+async def accept(request: Request, raw: list, now_ms: int) -> tuple[list[spec.Event], list[dict], Response | None]:
+    """Validate and append. Returns (accepted, rejected, error response or None)."""
+    s = svc(request)
+    good, rejected = screen(s, raw, now_ms)
+    if not good:
+        first = rejected[0]
+        return [], rejected, error(400, first["field"], first["reason"], accepted=0, rejected=rejected)
+    failure = await append(s, good)
+    return ([], rejected, failure) if failure is not None else (good, rejected, None)
 
 
 async def post_events(request: Request) -> Response:

@@ -77,3 +77,41 @@ def test_fuzzed_bodies_never_5xx(stack: Stack):
         ctype = rng.choice(["application/json", "text/plain", "application/msgpack"])
         r = stack.http.post("/v1/events", content=body, headers={"content-type": ctype})
         assert 200 <= r.status_code < 500, (body, r.status_code, r.text)
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "ctype"),
+    [
+        ("POST", "/v1/decide", "application/json"),
+        ("POST", "/v1/decide", "application/msgpack"),
+        ("POST", "/v1/catalog/items", "application/json"),
+        ("POST", "/v1/events?decide=home_hero", "application/json"),
+    ],
+)
+def test_every_post_endpoint_survives_fuzz(stack: Stack, method: str, path: str, ctype: str):
+    import random
+
+    rng = random.Random(7)
+    pieces = [b"{", b"}", b"[", b"]", b'"visitor_id"', b'"context"', b'"zones"', b'"events"', b'"id"',
+              b'"price"', b":", b",", b'"x"', b"1e999", b"null", b"true", b"-1", b'"items"', b'"type"',
+              b'"event_id"', b"\xff", b'"categories"', b"[[]]", b"{}"]
+    for _ in range(120):
+        body = b"".join(rng.choice(pieces) for _ in range(rng.randint(1, 25)))
+        r = stack.http.request(method, path, content=body, headers={"content-type": ctype})
+        assert r.status_code < 500, (body, r.status_code, r.text)
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/v1/recommendations", "/v1/recommendations?visitor_id=", "/v1/recommendations?visitor_id=v&n=-3",
+        "/v1/recommendations?visitor_id=v&n=abc", "/v1/recommendations?visitor_id=v&recipe=nope",
+        "/v1/recommendations?visitor_id=" + "x" * 300, "/v1/profiles/v?top=x", "/v1/profiles/%00",
+        "/v1/stats/traffic?window=x", "/v1/stats/trending?dim=nope", "/v1/stats/trending?half_life=9y",
+        "/v1/stats/trending?k=-1", "/v1/campaigns/nope/stats", "/v1/catalog/items/" + "y" * 300,
+        "/demo/p/nope", "/demo/c/nope", "/demo/search?q=" + "%ff" * 20, "/dashboard/../../etc/passwd",
+    ],
+)
+def test_bad_queries_are_4xx_never_5xx(stack: Stack, path: str):
+    r = stack.http.get(path)
+    assert r.status_code < 500, (path, r.status_code, r.text)

@@ -103,6 +103,11 @@ def test_broker_stopped_gives_503_and_loses_nothing_acknowledged(make_stack, tmp
         assert r.status_code == 503
         assert r.headers["retry-after"].isdigit()
         assert r.json()["accepted"] == 0
+        # events carried by a decide call are not lost either: 503, so the client keeps them
+        lost = make_events(1, 2, seed=5, prefix="outage-decide")
+        r = stack.http.post("/v1/decide", json={"visitor_id": lost[0]["visitor_id"], "events": lost,
+                                                "context": {"zones": ["home_hero"]}})
+        assert r.status_code == 503 and r.headers["retry-after"].isdigit()
         assert stack.http.get("/readyz").status_code == 503
         kafka.start()  # same port, same log directory
         after = make_events(5, 20, seed=4, prefix="outage-b")
