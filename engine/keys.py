@@ -85,7 +85,8 @@ def catalog_item(item_id: str) -> str:
 
 
 def neighbours(kind: str, item_id: str) -> str:
-    """Sorted set of an item's co-occurring items (`kind`: `v` co-view, `b` co-buy), bounded."""
+    """Sorted set of an item's co-occurring items (`kind`: `v` co-view, `b` co-buy), bounded.
+    Kind `t` (next_item) is directed: the items visitors interacted with right after this one."""
     return f"kn:{kind}:{item_id}"
 
 
@@ -101,3 +102,21 @@ def trending(half_life: str, dim: str, epoch: int) -> str:
 def trending_in_category(half_life: str, category: str, epoch: int) -> str:
     """Sorted set of forward-decayed item scores within one category path (and its subtree)."""
     return f"ktc:{half_life}:{epoch}:{category}"
+
+
+def cf_visitor(pid: str) -> str:
+    """String: a profile's online-CF vector (streams/hooks_cf.py: the uint16 partition whose
+    model learnt it, then little-endian float32 factors), same TTL as the profile."""
+    return f"kcf:u:{pid}"
+
+
+def cf_items(group_id: str, partition: int) -> str:
+    """Hash of one events partition's online-CF item vectors: item id -> float32 factors + bias
+    (per consumer group: the models of two deployments sharing a Redis are apart)."""
+    return f"kcf:i:{group_id}:{partition}"
+
+
+def cf_snapshot(group_id: str, partition: int) -> str:
+    """String: the snapshot of one partition's online-CF model (models/reco/cf.py), so that the
+    worker that gets the partition next resumes from it."""
+    return f"kcf:s:{group_id}:{partition}"

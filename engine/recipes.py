@@ -20,13 +20,14 @@ Recipe fields (all optional but `ingredients`)::
     fallbacks: [trending_in_category, trending]
 
 Candidates come as `{ingredient: [(item_id, score, via), ...]}`; `via` is the seed item for
-co_view/co_buy, the category for trending_in_category, the category or brand for affinity.
+co_view/co_buy/next_item, the category for trending_in_category, the category or brand for
+affinity.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, NamedTuple
@@ -36,6 +37,7 @@ INGREDIENTS = (
     "trending_in_category",
     "co_view",
     "co_buy",
+    "next_item",
     "affinity",
     "history",
     "cf",
@@ -330,6 +332,9 @@ def reason(ingredient: str, via: str, catalog: CatalogLookup) -> str:
         record = catalog(via) or {}
         name = record.get("name") or via
         return f"{'viewed' if ingredient == 'co_view' else 'bought'} with {name}"
+    if ingredient == "next_item" and via:
+        record = catalog(via) or {}
+        return f"viewed next after {record.get('name') or via}"
     if ingredient == "trending_in_category" and via:
         return f"trending in {_label(via)}"
     if ingredient == "affinity" and via:
@@ -416,6 +421,63 @@ def excluded_ids(
     return out
 
 
+def _prefixes(path: str) -> Iterator[str]:
+    """A category path and its ancestors: "a/b/c", "a/b", "a"."""
+    yield path
+    while (cut := path.rfind("/")) > 0:
+        path = path[:cut]
+        yield path
+
+
+class _Booster:
+    """`boost` for one request: the visitor's shares are normalised once, not per candidate."""
+
+    def __init__(self, recipe: Recipe, visitor: Mapping[str, Any],
+                 context: Mapping[str, Any]) -> None:
+        bo = self.bo = recipe.boosters
+        cats: Mapping[str, float] = visitor.get("categories") or {}
+        brands: Mapping[str, float] = visitor.get("brands") or {}
+        top_c, top_b = max(cats.values(), default=0.0), max(brands.values(), default=0.0)
+        self.cats = {c: s / top_c for c, s in cats.items()} if bo.affinity_category and top_c > 0 else {}
+        self.brands = {b: s / top_b for b, s in brands.items()} if bo.affinity_brand and top_b > 0 else {}
+        self.typical = visitor.get("typical_price") if bo.price_near else None
+        self.log_tol = math.log1p(bo.price_tolerance)
+        now = context.get("now_ms")
+        self.now = float(now) if bo.new_arrivals and now is not None else None
+
+    def __call__(self, record: Mapping[str, Any] | None) -> float:
+        if record is None:
+            return 1.0
+        bo = self.bo
+        total = 0.0
+        if self.cats:
+            # the strongest of the visitor's categories that holds the item (an item in
+            # "a/b/c" is in "a/b/c", "a/b" and "a")
+            best = 0.0
+            for c in record.get("categories") or ():
+                for p in _prefixes(c):
+                    share = self.cats.get(p)
+                    if share is not None and share > best:
+                        best = share
+            total += bo.affinity_category * best
+        if self.brands:
+            brand = record.get("brand")
+            if brand:
+                total += bo.affinity_brand * self.brands.get(brand, 0.0)
+        typical = self.typical
+        price = record.get("price")
+        if typical and isinstance(price, int | float) and price > 0:
+            gap = abs(math.log(price / typical)) / self.log_tol
+            total += bo.price_near * max(0.0, 1.0 - gap)
+        if self.now is not None:
+            created = _created_ms(record)
+            if created is not None:
+                age_days = (self.now - created) / 86_400_000.0
+                if 0 <= age_days <= bo.new_within_days:
+                    total += bo.new_arrivals * (1.0 - age_days / bo.new_within_days)
+        return 1.0 + total
+
+
 def boost(
     recipe: Recipe,
     record: Mapping[str, Any] | None,
@@ -423,35 +485,7 @@ def boost(
     context: Mapping[str, Any],
 ) -> float:
     """The factor (>= 1) an item's score is multiplied by."""
-    bo = recipe.boosters
-    if record is None:
-        return 1.0
-    total = 0.0
-    cats = record.get("categories") or []
-    if bo.affinity_category and cats:
-        prefs: Mapping[str, float] = visitor.get("categories") or {}
-        top = max(prefs.values(), default=0.0)
-        if top > 0:
-            best = max((s for c, s in prefs.items() if _in_category(cats, c)), default=0.0)
-            total += bo.affinity_category * best / top
-    brand = record.get("brand")
-    if bo.affinity_brand and brand:
-        prefs = visitor.get("brands") or {}
-        top = max(prefs.values(), default=0.0)
-        if top > 0:
-            total += bo.affinity_brand * prefs.get(brand, 0.0) / top
-    typical = visitor.get("typical_price")
-    price = record.get("price")
-    if bo.price_near and typical and isinstance(price, int | float) and price > 0:
-        gap = abs(math.log(price / typical)) / math.log1p(bo.price_tolerance)
-        total += bo.price_near * max(0.0, 1.0 - gap)
-    if bo.new_arrivals and context.get("now_ms") is not None:
-        created = _created_ms(record)
-        if created is not None:
-            age_days = (float(context["now_ms"]) - created) / 86_400_000.0
-            if 0 <= age_days <= bo.new_within_days:
-                total += bo.new_arrivals * (1.0 - age_days / bo.new_within_days)
-    return 1.0 + total
+    return _Booster(recipe, visitor, context)(record)
 
 
 def _scaled(
@@ -540,11 +574,12 @@ def apply(
             if iid not in best or contribution > best[iid][0]:
                 best[iid] = (contribution, name, via)
 
+    boosted = _Booster(recipe, visitor, context)
     ranked: list[tuple[float, str, Mapping[str, Any] | None]] = []
     for iid, s in scores.items():
         record = picker.record(iid)
         if picker.eligible(iid, record):
-            ranked.append((s * boost(recipe, record, visitor, context), iid, record))
+            ranked.append((s * boosted(record), iid, record))
     ranked.sort(key=lambda row: (-row[0], row[1]))
     for s, iid, record in ranked:
         _, name, via = best[iid]

@@ -26,10 +26,9 @@ from engine.store import ProfileStore, new_client
 from streams.applier import Applier
 from streams.hooks import setup_hooks
 from streams.metrics import WorkerMeter
-from streams.plan import Emit
+from streams.plan import DECISIONS_MARK_BASE, Emit
 
 log = logging.getLogger("kairos.worker")
-DECISIONS_MARK_BASE = 1 << 20  # profile marks of the decisions topic: partition + this
 
 
 def _cap_fetch_wait(wait_ms: int) -> None:
@@ -171,6 +170,24 @@ def create_app(settings: Settings, bootstrap: str, redis_url: str) -> faust.App:
             await state["redis"].hset(keys.workers(settings.group_id), worker_id, orjson.dumps(snap))
         except Exception as exc:  # pragma: no cover - reporting is best effort
             log.debug("could not report worker stats: %s", exc)
+
+    @app.timer(settings.cf_snapshot_s)
+    async def snapshot_models() -> None:
+        """Per-partition models (online CF) to Redis, so the next owner of a partition resumes."""
+        if "applier" in state:
+            try:
+                await state["applier"].hooks.snapshot()
+            except (OSError, TimeoutError, RedisError) as exc:
+                log.warning("could not snapshot the models: %s", exc)
+
+    @app.on_partitions_revoked.connect
+    async def models_of_revoked(sender: Any, revoked: set[Any], **kwargs: Any) -> None:
+        if "applier" in state:
+            lost = {tp.partition for tp in revoked if tp.topic == settings.events_topic}
+            try:
+                await state["applier"].hooks.revoked(lost)
+            except (OSError, TimeoutError, RedisError) as exc:
+                log.warning("could not snapshot the models of revoked partitions: %s", exc)
 
     app.conf.kairos_worker_id = worker_id  # type: ignore[attr-defined]
     return app

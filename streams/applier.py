@@ -37,10 +37,14 @@ class Applier:
         self.cfg = cfg
         self.hooks = hooks  # called per batch: hooks follow hot-reloaded configuration
         self.emit = emit
+        self.prepare: Callable[[Sequence[Mapping[str, Any]]], Awaitable[None]] | None = getattr(
+            hooks, "prepare", None)  # streams.hooks.Hooks: load per-partition state first
 
     async def apply(self, events: Sequence[Mapping[str, Any]]) -> BatchResult:
         result = BatchResult()
         pending = list(events)
+        if self.prepare is not None:
+            await self.prepare(pending)
         for _ in range(MAX_ATTEMPTS):
             aliases = await self.store.aliases(ev["visitor_id"] for ev in pending)
             stored = await self.store.load(needed_pids(pending, aliases))

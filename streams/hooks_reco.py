@@ -10,7 +10,11 @@ Per event, as ops committed atomically with the profile (so exactly once):
 - co-view: the event's items paired with the visitor's recent items (`profile.recent`, already
   updated with this event), weight 1/distance, both directions, bounded per item; plus the item
   popularity counter used to down-weight popular neighbours at read time;
-- co-buy: cart and purchase items paired with the rest of the cart and the recent purchases.
+- co-buy: cart and purchase items paired with the rest of the cart and the recent purchases;
+- next_item: directed transitions (kind `t`): for a view, cart or purchase of B, each of the
+  visitor's `NEXT_ITEM_WINDOW` most recent other items A (`profile.recent`, newest first, which
+  already holds B at its front) gains B with weight 1/distance in A's table, bounded per item;
+  read divided by popularity^0.5 like co-view (models/reco/nextitem.py).
 
 The weights and types are the in-process learners' (models/reco), so the offline replay
 measures the same scheme.
@@ -28,6 +32,7 @@ from engine.trending import HALF_LIVES, EpochDecay
 from models.affinity import Profile
 from models.reco.base import DEFAULT_WEIGHTS, category_prefixes, event_items
 from models.reco.cooccurrence import CO_BUY_TYPES, CO_VIEW_TYPES
+from models.reco.nextitem import NEXT_ITEM_TYPES, NEXT_ITEM_WINDOW
 from streams.plan import Emit, Hook, Op
 
 #: The half-life label whose per-category item tables the recipes read.
@@ -38,6 +43,7 @@ CO_BUY_WINDOW = 10
 _DECAYS = {label: EpochDecay(hl) for label, hl in HALF_LIVES.items()}
 _CO_VIEW = frozenset(CO_VIEW_TYPES)
 _CO_BUY = frozenset(CO_BUY_TYPES)
+_NEXT_ITEM = frozenset(NEXT_ITEM_TYPES)
 
 
 def _bounded(key: str, member: str, amount: float, cap: int, ttl_ms: int | None = None
@@ -55,6 +61,16 @@ def _pairs(kind: str, ids: list[str], others: Iterable[str], window: int) -> lis
         for d, jid in enumerate(others, start=1):
             ops += _bounded(keys.neighbours(kind, iid), jid, 1.0 / d, CAPS["neighbours"])
             ops += _bounded(keys.neighbours(kind, jid), iid, 1.0 / d, CAPS["neighbours"])
+    return ops
+
+
+def _transitions(ids: list[str], recent: Iterable[str], window: int) -> list[Op]:
+    """`recent` (newest first) -> each of `ids`: the directed next_item credits."""
+    ops: list[Op] = []
+    before = [o for o in dict.fromkeys(recent) if o not in ids][:window]
+    for iid in ids:
+        for d, jid in enumerate(before, start=1):
+            ops += _bounded(keys.neighbours("t", jid), iid, 1.0 / d, CAPS["neighbours"])
     return ops
 
 
@@ -96,6 +112,8 @@ def reco_ops(event: Mapping[str, Any], profile: Profile) -> list[Op]:
         ops += _pairs("v", ids, profile.recent, CO_VIEW_WINDOW)
     if etype in _CO_BUY:
         ops += _pairs("b", ids, [*reversed(profile.cart), *profile.purchased], CO_BUY_WINDOW)
+    if etype in _NEXT_ITEM:
+        ops += _transitions(ids, profile.recent, NEXT_ITEM_WINDOW)
     return ops
 
 

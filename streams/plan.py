@@ -21,6 +21,10 @@ from models.affinity import AffinityConfig, Profile, apply_event, merge
 # `CAMPAIGN` is not a Redis command but the commit script's campaign state machine (the
 # conditional parts of engine.decisions.caps, which depend on stored state: see
 # streams/hooks_decisions.py).
+#: Events from the decisions topic carry marks of partition + this (streams/app.py), apart
+#: from the events topic's.
+DECISIONS_MARK_BASE = 1 << 20
+
 OP_COMMANDS = frozenset({"ZINCRBY", "ZADD", "ZREM", "ZREMRANGEBYRANK", "HINCRBY", "HINCRBYFLOAT",
                          "HSET", "HDEL", "INCRBY", "PFADD", "SADD", "SREM", "PEXPIRE", "DEL", "SET", "LPUSH", "LTRIM",
                          "CAMPAIGN"})

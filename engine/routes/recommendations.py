@@ -4,12 +4,15 @@
 (`profiles.find`), one script call for the neighbour and trending tables with the neighbours'
 popularity, one script call for the catalog records (cached in-process for 2 s); then the pure
 `engine.recipes.apply`. Recipes come from `config/recipes/*.yaml`, validated, and are
-hot-reloaded through the config hub. Online collaborative filtering is not on this path yet:
-the `cf` ingredient gets no candidates here (the offline replay has it).
+hot-reloaded through the config hub. The `cf` ingredient re-ranks the union of the other
+ingredients' candidates with the online model the worker keeps (streams/hooks_cf.py): the
+visitor's vector comes with the first script call, the candidates' vectors with one HMGET sent
+beside the catalog read. A visitor the model has not learnt yet gets no `cf` candidates.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -28,6 +31,7 @@ from engine.routes import error, json_response, svc
 from engine.services import Services
 from engine.trending import EpochDecay, decay, merge
 from models.reco.base import Candidate
+from models.reco.cf import score_exported
 from models.reco.online import (
     history_candidates,
     neighbour_candidates,
@@ -45,13 +49,14 @@ SHOWN = ("name", "url", "image", "price", "currency", "categories", "brand")
 NEIGHBOURS_PER_SEED = 30
 
 # One round trip for the tables a request reads: KEYS = n neighbour tables, then ranked
-# (trending) tables, then the popularity hash; ARGV = n, rows per neighbour table, rows per
-# ranked table. Returns each table's flat [member, score, ...], then the distinct neighbour
-# ids and their popularity counts. (Global keys: on a Redis Cluster, split by slot.)
+# (trending) tables, then the popularity hash, then (optional) the visitor's CF vector;
+# ARGV = n, rows per neighbour table, rows per ranked table, number of tables. Returns each
+# table's flat [member, score, ...], then the distinct neighbour ids, their popularity counts
+# and the CF vector (or false). (Global keys: on a Redis Cluster, split by slot.)
 _READ = """
-local n, kn, kt = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local n, kn, kt, t = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
 local out, seen, ids = {}, {}, {}
-for i = 1, #KEYS - 1 do
+for i = 1, t do
   local rows = redis.call('ZREVRANGE', KEYS[i], 0, (i <= n and kn or kt) - 1, 'WITHSCORES')
   out[i] = rows
   if i <= n then
@@ -62,9 +67,10 @@ for i = 1, #KEYS - 1 do
   end
 end
 local pops = {}
-if #ids > 0 then pops = redis.call('HMGET', KEYS[#KEYS], unpack(ids)) end
-out[#KEYS] = ids
-out[#KEYS + 1] = pops
+if #ids > 0 then pops = redis.call('HMGET', KEYS[t + 1], unpack(ids)) end
+out[t + 1] = ids
+out[t + 2] = pops
+out[t + 3] = KEYS[t + 2] and redis.call('GET', KEYS[t + 2]) or false
 return out
 """
 
@@ -110,6 +116,7 @@ class Recommender:
                         category: str | None, n: int, now_ms: int) -> list[dict[str, Any]]:
         found = await self.s.profiles.find(visitor_id) if visitor_id else None
         profile = found[1].profile if found else None
+        pid = found[0] if found else None
         visitor = visitor_state(profile, now_ms, self.s.settings.affinity)
         recent = [iid for iid, _ in visitor["recent"]]
         needed = set(recipe.needed())
@@ -128,7 +135,7 @@ class Recommender:
 
         # round trip 1: neighbour and trending tables, and the neighbours' popularity
         tables: list[tuple[str, str, float, str]] = []  # (what, via, factor, key)
-        for kind, name in (("v", "co_view"), ("b", "co_buy")):
+        for kind, name in (("v", "co_view"), ("b", "co_buy"), ("t", "next_item")):
             if name in needed:
                 tables += [(name, seed, 1.0, keys.neighbours(kind, seed)) for seed in seeds]
         n_neigh = len(tables)
@@ -139,13 +146,19 @@ class Recommender:
                                     *aff_cats]):
                 tables.append(("in_category", c, f,
                                keys.trending_in_category(RECO_HALF_LIFE, c, epoch)))
-        neigh: dict[str, dict[str, list[tuple[str, float]]]] = {"co_view": {}, "co_buy": {}}
+        neigh: dict[str, dict[str, list[tuple[str, float]]]] = {"co_view": {}, "co_buy": {},
+                                                                 "next_item": {}}
         trend: list[tuple[list[tuple[str, float]], float]] = []
         in_cat: dict[str, list[tuple[list[tuple[str, float]], float]]] = {}
         pop: dict[str, float] = {}
-        if tables:
-            replies = await self._read(keys=[t[3] for t in tables] + [keys.ITEM_POPULARITY],
-                                       args=[n_neigh, NEIGHBOURS_PER_SEED, k])
+        cf_user: bytes | None = None
+        want_cf = "cf" in needed and pid is not None
+        if tables or want_cf:
+            rkeys = [t[3] for t in tables] + [keys.ITEM_POPULARITY]
+            if want_cf:
+                rkeys.append(keys.cf_visitor(pid))  # type: ignore[arg-type]
+            replies = await self._read(keys=rkeys, args=[n_neigh, NEIGHBOURS_PER_SEED, k,
+                                                         len(tables)])
             for (what, via, f, _), flat in zip(tables, replies, strict=False):
                 pairs = [(flat[j].decode(), float(flat[j + 1])) for j in range(0, len(flat), 2)]
                 if what in neigh:
@@ -156,8 +169,9 @@ class Recommender:
                     in_cat.setdefault(via, []).append((pairs, f))
             ids, counts = replies[len(tables)], replies[len(tables) + 1]
             pop = {i.decode(): float(c) for i, c in zip(ids, counts, strict=True) if c is not None}
+            cf_user = replies[len(tables) + 2] or None
         cands: dict[str, list[Candidate]] = {}
-        for name in ("co_view", "co_buy"):
+        for name in ("co_view", "co_buy", "next_item"):
             if name in needed:
                 cands[name] = neighbour_candidates(seeds, neigh[name], pop, k)
         if "history" in needed:
@@ -181,9 +195,20 @@ class Recommender:
             ranked = sorted(scores.items(), key=lambda kv: (-kv[1][0], kv[0]))[:k]
             cands["affinity"] = [Candidate(i, v, c) for i, (v, c) in ranked]
 
-        # round trip 3: the catalog records of every candidate and seed
-        wanted = list(dict.fromkeys([*seeds, *(c.item_id for lst in cands.values() for c in lst)]))
-        records = await self.cached.get_many(wanted, now_ms / 1000.0)
+        # round trip 3: the catalog records of every candidate and seed, and beside it the CF
+        # vectors of the candidates (the model the visitor's partition keeps)
+        pool = list(dict.fromkeys(c.item_id for lst in cands.values() for c in lst))
+        wanted = list(dict.fromkeys([*seeds, *pool]))
+        catalog = self.cached.get_many(wanted, now_ms / 1000.0)
+        if cf_user is not None and len(cf_user) > 2 and pool:
+            partition = int.from_bytes(cf_user[:2], "little")
+            records, vectors = await asyncio.gather(
+                catalog, self.r.hmget(keys.cf_items(self.s.settings.group_id, partition), pool))
+            scores = score_exported(cf_user[2:], dict(zip(pool, vectors, strict=True)))
+            cands["cf"] = [Candidate(i, s) for i, s in
+                           sorted(scores.items(), key=lambda kv: (-kv[1], kv[0]))]
+        else:
+            records = await catalog
         context = {"item_id": item_id, "category": cat, "now_ms": now_ms}
         recs = apply(recipe, cands, records.get, visitor, context, n)
         out = []

@@ -6,15 +6,18 @@ from models.reco.cf import OnlineMF
 from models.reco.cooccurrence import CO_BUY_TYPES, CO_VIEW_TYPES, CoOccurrence
 from models.reco.ensemble import RecoModels
 from models.reco.history import History
+from models.reco.nextitem import NEXT_ITEM_TYPES, NextItem
 from models.reco.trending import Trending
 
 __all__ = [
     "CO_BUY_TYPES",
     "CO_VIEW_TYPES",
+    "NEXT_ITEM_TYPES",
     "Affinity",
     "Candidate",
     "CoOccurrence",
     "History",
+    "NextItem",
     "OnlineMF",
     "RecoModels",
     "Recommender",

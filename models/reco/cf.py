@@ -98,11 +98,13 @@ class OnlineMF:
         self._rng, out = _splitmix(self._rng)
         return out
 
-    def learn_one(self, event: Event) -> None:
-        """One BPR step per positive item of the event."""
+    def learn_one(self, event: Event) -> list[str]:
+        """One BPR step per positive item of the event; returns the ids of the items whose
+        vectors changed (positives and the negatives drawn)."""
         w = self.weights.get(event.get("type", ""), 0.0)
         if not w:
-            return
+            return []
+        touched: list[str] = []
         vid = str(event["visitor_id"])
         for item in event_items(event):
             pos = str(item["id"])
@@ -127,9 +129,12 @@ class OnlineMF:
                 self._opt.step(vj, gj)
                 self._bias[pos] = bi + self.lr * (g - self.reg * bi)
                 self._bias[neg] = bj + self.lr * (-g - self.reg * bj)
+                touched.append(neg)
+            touched.append(pos)
             self._add_to_pool(pos)
         if len(self._bias) > self.max_items:
             self._bias = {k: b for k, b in self._bias.items() if k in self._items}
+        return touched
 
     def _add_to_pool(self, iid: str) -> None:
         if len(self._pool) < self.pool_size:
@@ -160,6 +165,22 @@ class OnlineMF:
         """Re-rank `candidates` (default: every stored item) for the visitor."""
         scores = self.score(visitor_id, self._items if candidates is None else candidates)
         return [Candidate(i, s, "") for i, s in top_n(scores, n, exclude)]
+
+    # -- serving from exported vectors (the API scores with what the stream wrote to Redis) --
+    def export_user(self, visitor_id: str) -> bytes | None:
+        """The visitor's factors as little-endian float32 bytes (None: unknown visitor)."""
+        u = self._users.get(visitor_id)
+        return None if u is None else u.astype("<f4").tobytes()
+
+    def export_item(self, item_id: str) -> bytes | None:
+        """The item's factors then its bias, as little-endian float32 bytes (None: unknown)."""
+        v = self._items.get(item_id)
+        if v is None:
+            return None
+        return np.append(v, self._bias.get(item_id, 0.0)).astype("<f4").tobytes()
+
+    def item_ids(self) -> list[str]:
+        return list(self._items)
 
     def size(self) -> dict[str, int]:
         """Stored entries, by the cap that bounds them."""
@@ -213,3 +234,18 @@ class OnlineMF:
             "max_items": self.max_items,
             "seed": self.seed,
         }
+
+
+def score_exported(user: bytes | None, items: Mapping[str, bytes | None]) -> dict[str, float]:
+    """`OnlineMF.score` from exported vectors: sigmoid(user . item + bias) for the items that
+    have a vector (no user vector: the bias alone, as for an unknown visitor)."""
+    width = len(user) + 4 if user else next((len(b) for b in items.values() if b), 0)
+    ids = [i for i, b in items.items() if b and len(b) == width]  # (skips a stale factor count)
+    if not ids:
+        return {}
+    mat = np.frombuffer(b"".join(items[i] for i in ids), "<f4").reshape(len(ids), -1)  # type: ignore[misc]
+    raw = mat[:, -1].astype(np.float64)
+    if user:
+        raw = raw + mat[:, :-1] @ np.frombuffer(user, "<f4")
+    probs = 1.0 / (1.0 + np.exp(-np.clip(raw, -30.0, 30.0)))
+    return dict(zip(ids, probs.tolist(), strict=True))

@@ -17,6 +17,7 @@ from models.reco.base import Candidate, Event
 from models.reco.cf import OnlineMF
 from models.reco.cooccurrence import CO_BUY_TYPES, CO_VIEW_TYPES, CoOccurrence
 from models.reco.history import History
+from models.reco.nextitem import NextItem
 from models.reco.trending import Trending
 
 KIND = "kairos.reco.ensemble"
@@ -34,6 +35,7 @@ class RecoModels:
         history: History | None = None,
         affinity: Affinity | None = None,
         cf: OnlineMF | None = None,
+        next_item: NextItem | None = None,
         seed: int = 0,
     ) -> None:
         self.trending = trending or Trending()
@@ -42,6 +44,7 @@ class RecoModels:
         self.history = history or History()
         self.affinity = affinity or Affinity()
         self.cf = cf or OnlineMF(seed=seed)
+        self.next_item = next_item or NextItem()
 
     def learners(self) -> dict[str, Any]:
         """Name -> learner."""
@@ -52,6 +55,7 @@ class RecoModels:
             "history": self.history,
             "affinity": self.affinity,
             "cf": self.cf,
+            "next_item": self.next_item,
         }
 
     def learn_one(self, event: Event) -> None:
@@ -80,7 +84,7 @@ class RecoModels:
     ) -> dict[str, list[Candidate]]:
         """Candidate lists for the ingredients in `needed` (`cf` re-ranks the others' union).
 
-        Co-occurrence is seeded with the page's item (if any) and the visitor's `seeds` most
+        Co-occurrence and next_item are seeded with the page's item (if any) and the visitor's `seeds` most
         recent items; trending_in_category uses the page's category, else the visitor's top one.
         """
         wanted = set(needed)
@@ -99,6 +103,8 @@ class RecoModels:
             out["co_view"] = self.co_view.similar(seed_w, k)
         if "co_buy" in wanted:
             out["co_buy"] = self.co_buy.similar(seed_w, k)
+        if "next_item" in wanted:
+            out["next_item"] = self.next_item.similar(seed_w, k)
         if "trending" in wanted:
             out["trending"] = self.trending.recommend(k, now_ms=now)
         if "trending_in_category" in wanted:
@@ -135,4 +141,5 @@ class RecoModels:
             history=History.restore(p["history"]),
             affinity=Affinity.restore(p["affinity"]),
             cf=OnlineMF.restore(p["cf"]),
+            next_item=NextItem.restore(p["next_item"]),
         )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from pathlib import Path
 
 import pytest
 
@@ -125,3 +126,113 @@ def test_recommendations_reject_bad_requests(stack: Stack):
     # a new visitor still gets something (trending) or an empty list, never an error
     r = stack.http.get("/v1/recommendations", params={"visitor_id": uid()})
     assert r.status_code == 200
+
+
+CF_RECIPE = """name: cf_test
+ingredients: {co_view: 0.01, trending: 0.01, cf: 1.0}
+normalise: max
+exclusions: {current_item: false}
+"""
+
+
+def test_online_cf_learns_in_the_worker_serves_and_resumes_after_a_kill(make_stack, tmp_path,
+                                                                         redis_server):
+    """The worker's per-partition CF model writes vectors the API ranks with; it is snapshotted
+    to Redis, and a worker started after a SIGKILL resumes from the snapshot (its next step is
+    exactly the restored model's next step)."""
+    import shutil
+    import struct
+
+    import redis as redis_sync
+
+    from engine import keys
+    from models.reco.cf import OnlineMF, score_exported
+
+    config = tmp_path / "config"
+    shutil.copytree(Path(__file__).resolve().parents[2] / "config", config)
+    (config / "recipes" / "cf_test.yaml").write_text(CF_RECIPE)
+    stack = make_stack(name="cf", config_dir=config, cf_snapshot_s=0.3)
+    r = redis_sync.Redis.from_url(redis_server.url)
+    tag = uuid.uuid4().hex[:6]
+    items = [f"cf{tag}-{k}" for k in range(8)]
+    evs, n = [], 0
+    for v in range(12):  # two tastes: items 0-3 and items 4-7
+        vid = f"cfv{tag}-{v}"
+        for k in range(4):
+            n += 1
+            evs.append(ev(vid, n, items[(v % 2) * 4 + (k + v) % 4]))
+    assert stack.post(evs).status_code == 200
+    me = f"cfv{tag}-0"
+    stack.wait_profile(f"cfv{tag}-11", 4)
+    stack.wait_profile(me, 4)
+
+    user = wait_for(lambda: r.get(keys.cf_visitor(keys.visitor_pid(me))))
+    (part,) = struct.unpack("<H", user[:2])
+    assert len(user) == 2 + 4 * stack.settings.cf_factors
+
+    # served: the top item is the one the exported vectors score highest
+    got = recs(stack, visitor_id=me, recipe="cf_test", n=8)
+    assert got and got[0]["ingredient"] == "cf"
+    user = r.get(keys.cf_visitor(keys.visitor_pid(me)))
+    vectors = dict(zip([g["id"] for g in got],
+                       r.hmget(keys.cf_items(stack.settings.group_id, part), [g["id"] for g in got]),
+                       strict=True))
+    scores = score_exported(user[2:], vectors)
+    assert got[0]["id"] == max(scores, key=lambda i: (scores[i], i))
+
+    # snapshotted: wait until the snapshot holds my current vector, then kill the worker
+    snap_key = keys.cf_snapshot(stack.settings.group_id, part)
+
+    def snapshot_current():
+        blob = r.get(snap_key)
+        if not blob:
+            return None
+        model = OnlineMF.restore(blob)
+        cur = r.get(keys.cf_visitor(keys.visitor_pid(me)))
+        return model if model.export_user(keys.visitor_pid(me)) == cur[2:] else None
+
+    reference = wait_for(snapshot_current)
+    stack.workers[0].kill()
+    stack.workers[0].wait()
+    stack.start_worker()
+    step = ev(me, 999, items[5])
+    assert stack.post([step]).status_code == 200
+    stack.wait_profile(me, 5)
+    touched = reference.learn_one({**step, "visitor_id": keys.visitor_pid(me)})
+    after = wait_for(lambda: (v := r.get(keys.cf_visitor(keys.visitor_pid(me)))) != user and v)
+    assert after[2:] == reference.export_user(keys.visitor_pid(me))
+    stored = r.hmget(keys.cf_items(stack.settings.group_id, part), touched)
+    assert stored == [reference.export_item(i) for i in touched]
+
+
+NEXT_RECIPE = """name: next_test
+ingredients: {next_item: 1.0}
+fallbacks: []
+"""
+
+
+def test_next_item_transitions_are_written_by_the_stream_and_served_directed(make_stack,
+                                                                            tmp_path):
+    import shutil
+
+    config = tmp_path / "config"
+    shutil.copytree(Path(__file__).resolve().parents[2] / "config", config)
+    (config / "recipes" / "next_test.yaml").write_text(NEXT_RECIPE)
+    stack = make_stack(name="next", config_dir=config)
+    tag = uuid.uuid4().hex[:8]
+    a, b = f"na-{tag}", f"nb-{tag}"
+    others = [uid("n") for _ in range(3)]
+    assert stack.post([e for v in others for e in (ev(v, 1, a, name="Lamp A"),
+                                                   ev(v, 2, b, name="Lamp B"))]
+                      ).status_code == 200
+    for v in others:
+        stack.wait_profile(v, 2)
+
+    def b_after_a():
+        items = recs(stack, item_id=a, recipe="next_test", n=5)
+        return items if items and items[0]["id"] == b else None
+
+    top = wait_for(b_after_a)[0]
+    assert top["ingredient"] == "next_item" and top["reason"] == "viewed next after Lamp A"
+    # directed: nobody viewed anything after b
+    assert recs(stack, item_id=b, recipe="next_test", n=5) == []

@@ -13,6 +13,7 @@ from models.reco import (
     Affinity,
     CoOccurrence,
     History,
+    NextItem,
     OnlineMF,
     RecoModels,
     Trending,
@@ -68,6 +69,12 @@ LEARNERS: dict[str, tuple[Callable[[int], Any], Query]] = {
             CO_BUY_TYPES, window=5, max_neighbours=8, max_items=40, max_visitors=20
         ),
         lambda m, v: m.recommend(v, 10) + m.similar({f"i{k}": 1.0 for k in range(0, 300, 7)}, 10),
+    ),
+    "next_item": (
+        lambda seed: NextItem(
+            window=3, recent_items=5, max_neighbours=8, max_items=40, max_visitors=20
+        ),
+        lambda m, v: m.recommend(v, 10) + m.neighbours("i3", 10) + m.recent(v),
     ),
     "history": (
         lambda seed: History(max_items_per_visitor=7, max_visitors=15),
@@ -155,7 +162,8 @@ def test_ensemble_round_trip(events: list[dict[str, Any]]) -> None:
     for ev in events[:600]:
         models.learn_one(ev)
     copy = RecoModels.restore(models.snapshot())
-    needed = ["history", "co_view", "co_buy", "trending", "trending_in_category", "affinity", "cf"]
+    needed = ["history", "co_view", "co_buy", "next_item", "trending", "trending_in_category",
+              "affinity", "cf"]
     ctx = {"item_id": "i3", "category": "c3/s3", "now_ms": events[599]["ts"]}
     assert copy.candidates(needed, "v1", ctx) == models.candidates(needed, "v1", ctx)
     assert copy.visitor_state("v1") == models.visitor_state("v1")

@@ -131,3 +131,33 @@ def test_cf_learns_to_rank_a_visitor_item_above_others() -> None:
         ["c", "d"],
         ["d", "c"],
     )
+
+
+def test_next_item_is_directed_windowed_and_popularity_weighted() -> None:
+    from models.reco import NextItem
+
+    model = NextItem(window=2, popularity_exponent=0.0)
+    for vid in "abc":
+        model.learn_one(ev(vid, "phone", 0))
+        model.learn_one(ev(vid, "case", 1))
+    model.learn_one(ev("d", "phone", 0))
+    model.learn_one(ev("d", "charger", 1))
+    model.learn_one(ev("d", "cable", 2))
+    model.learn_one(ev("d", "ad", 3, "page_view"))  # no item transition
+    top = model.neighbours("phone", 5)
+    assert [(c.item_id, c.score) for c in top] == [("case", 3.0), ("charger", 1.0), ("cable", 0.5)]
+    assert top[0].via == "phone"
+    assert model.neighbours("case") == []  # directed: nothing was viewed after case
+    assert [c.item_id for c in model.neighbours("charger")] == ["cable"]
+    model.learn_one(ev("d", "phone", 4, "favorite"))  # counts popularity, not a transition
+    assert model.neighbours("cable") == []
+    assert model.recent("d") == ["cable", "charger", "phone"]
+    weighted = NextItem(window=2, popularity_exponent=1.0)
+    for vid in "abc":
+        weighted.learn_one(ev(vid, "phone", 0))
+        weighted.learn_one(ev(vid, "case", 1))
+    weighted.learn_one(ev("e", "case", 0))
+    weighted.learn_one(ev("d", "phone", 0))
+    weighted.learn_one(ev("d", "charger", 1))
+    assert [c.item_id for c in weighted.neighbours("phone")] == ["charger", "case"]  # 1/1 > 3/4
+    assert weighted.recommend("d", 5)[0].item_id == "charger"

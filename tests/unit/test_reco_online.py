@@ -127,3 +127,33 @@ def test_visitor_state_from_a_profile():
     assert [i for i, _ in v["recent"]] == ["b", "a"] and v["cart"] == ["b"]
     assert list(v["categories"]) == ["shoes"] and list(v["brands"]) == ["acme"]
     assert visitor_state(None, T0, CFG)["recent"] == []
+
+
+def test_next_item_ops_are_directed_and_match_the_in_process_learner():
+    from models.reco.nextitem import NEXT_ITEM_WINDOW, NextItem
+
+    seq = ["a", "b", "c", "b", "d", "a", "e", "e", "f", "g", "c"]
+    types = ["item_view", "item_view", "add_to_cart", "item_view", "favorite", "purchase",
+             "item_view", "item_view", "item_view", "page_view", "item_view"]
+    events = []
+    for n, (iid, t) in enumerate(zip(seq, types, strict=True)):
+        e = ev(n, iid, t)
+        if t == "page_view":
+            del e["item"]
+        events.append(e)
+    _, ops = run(events)
+    online: dict[str, dict[str, float]] = {}
+    for o in (o for batch in ops for o in batch):
+        if o.command == "ZINCRBY" and o.key.startswith("kn:t:"):
+            table = online.setdefault(o.key[len("kn:t:"):], {})
+            table[o.args[1]] = table.get(o.args[1], 0.0) + o.args[0]
+    first = coalesce(ops[2])  # c after b, a
+    incr = {(o.key, o.args[1]): o.args[0] for o in first if o.command == "ZINCRBY"}
+    assert incr[(keys.neighbours("t", "b"), "c")] == 1.0
+    assert incr[(keys.neighbours("t", "a"), "c")] == 0.5
+    assert (keys.neighbours("t", "c"), "b") not in incr  # directed: no c -> b
+    model = NextItem(max_neighbours=1000)
+    for e in events:
+        model.learn_one(e)
+    assert online == model._next
+    assert model.window == NEXT_ITEM_WINDOW

@@ -1,0 +1,168 @@
+"""Hook: online collaborative filtering in the worker, one model per events partition.
+
+Each partition of the events topic has its own `models.reco.cf.OnlineMF` (BPR with river's SGD)
+in the worker that owns the partition; a visitor's events all go to one partition (the record
+key is the visitor), so the visitor's vector lives in exactly one model. Per applied event the
+model takes one learning step for the profile (`pid`: a visitor, or the known user after an
+identity merge). Once per profile per batch (`finish`) the hook writes, as ops committed with
+the profile:
+
+- the profile's vector: `keys.cf_visitor(pid)` = uint16 partition + float32 factors, with the
+  profile's TTL;
+- the vectors of the items the batch changed: `keys.cf_items(group, partition)`, item -> float32
+  factors + bias.
+
+The API scores the `cf` ingredient's candidates with them (`models.reco.cf.score_exported`):
+one key more in the read it already does, one HMGET beside the catalog read.
+
+Resuming: every `cf_snapshot_s` the worker writes each changed model's snapshot to
+`keys.cf_snapshot(group, partition)` and prunes the item hash to the model's items; when it loses
+a partition it snapshots that model and drops it; the first batch from a partition it does not
+hold restores the snapshot (`prepare`). What is learnt between the last snapshot and a crash is
+lost to this model (the events are applied once and not replayed to it); a write that conflicts
+and is planned again takes its learning step again. Both only nudge an SGD model.
+"""
+
+from __future__ import annotations
+
+import logging
+import struct
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
+
+from engine import keys
+from engine.settings import Settings
+from models.affinity import Profile
+from models.reco.cf import OnlineMF
+from streams.plan import DECISIONS_MARK_BASE, Emit, Hook, Op
+
+log = logging.getLogger("kairos.cf")
+
+_HEADER = struct.Struct("<H")
+
+
+def partition_of(event: Mapping[str, Any]) -> int | None:
+    p = event.get("_p")
+    return p if isinstance(p, int) and 0 <= p < DECISIONS_MARK_BASE else None
+
+
+class OnlineCF:
+    """The worker's CF models by partition, as a hook with `finish` and async lifecycle steps."""
+
+    def __init__(self, settings: Settings, redis: Any = None) -> None:
+        self.settings = settings
+        self.redis = redis
+        self.models: dict[int, OnlineMF] = {}
+        self.changed: set[int] = set()  # partitions learnt since their last snapshot
+        self._pending: dict[str, tuple[int, set[str]]] = {}  # pid -> (partition, items)
+        self.ttl_ms = settings.profile_ttl_ms
+
+    def new_model(self, partition: int) -> OnlineMF:
+        s = self.settings
+        return OnlineMF(n_factors=s.cf_factors, max_items=s.cf_max_items,
+                        max_visitors=s.cf_max_visitors, seed=partition)
+
+    def model(self, partition: int) -> OnlineMF:
+        m = self.models.get(partition)
+        if m is None:
+            m = self.models[partition] = self.new_model(partition)
+        return m
+
+    # -- the hook ------------------------------------------------------------------------
+    def __call__(self, event: Mapping[str, Any], profile: Profile, pid: str) -> Iterable[Op | Emit]:
+        p = partition_of(event)
+        if p is None:
+            return ()
+        model = self.model(p)
+        if event.get("type") not in model.weights:
+            return ()
+        touched = model.learn_one({**event, "visitor_id": pid})
+        if touched:
+            entry = self._pending.get(pid)
+            if entry is None or entry[0] != p:
+                entry = self._pending[pid] = (p, set())
+            entry[1].update(touched)
+            self.changed.add(p)
+        return ()
+
+    def finish(self, event: Mapping[str, Any], profile: Profile, pid: str) -> Iterable[Op | Emit]:
+        got = self._pending.pop(pid, None)
+        if got is None:
+            return ()
+        p, items = got
+        model = self.models[p]
+        ops: list[Op] = []
+        user = model.export_user(pid)
+        if user is not None:
+            ops.append(Op("SET", keys.cf_visitor(pid), (_HEADER.pack(p) + user, "PX", self.ttl_ms)))
+        fields: list[str | bytes] = []
+        for iid in sorted(items):
+            vec = model.export_item(iid)
+            if vec is not None:
+                fields += [iid, vec]
+        if fields:
+            ops.append(Op("HSET", keys.cf_items(self.settings.group_id, p), tuple(fields)))
+        return ops
+
+    # -- lifecycle (streams/app.py) --------------------------------------------------------
+    async def prepare(self, events: Sequence[Mapping[str, Any]]) -> None:
+        """Before a batch: restore the snapshot of every partition seen for the first time."""
+        new = sorted({p for e in events if (p := partition_of(e)) is not None} - set(self.models))
+        if not new or self.redis is None:
+            return
+        blobs = await self.redis.mget([keys.cf_snapshot(self.settings.group_id, p) for p in new])
+        for p, blob in zip(new, blobs, strict=True):
+            model = None
+            if blob:
+                try:
+                    model = OnlineMF.restore(blob)
+                except (ValueError, KeyError, TypeError) as exc:
+                    log.warning("online CF: partition %d snapshot unreadable (%s): starting afresh",
+                                p, exc)
+            if model is None:
+                model = self.new_model(p)
+            else:
+                log.info("online CF: partition %d resumed (%d items, %d visitors)", p,
+                         len(model.item_ids()), model.size()["max_visitors"])
+            self.models[p] = model
+
+    async def snapshot(self, partitions: Iterable[int] | None = None) -> int:
+        """Write the snapshots of the changed models (or of `partitions`); returns how many.
+        Also drops item vectors the model evicted from its Redis hash."""
+        if self.redis is None:
+            return 0
+        todo = sorted(self.changed if partitions is None else set(partitions) & set(self.models))
+        for p in todo:
+            model = self.models[p]
+            blob = model.snapshot()
+            ikey = keys.cf_items(self.settings.group_id, p)
+            stored = await self.redis.hkeys(ikey)
+            keep = set(model.item_ids())
+            gone = [k for k in stored if k.decode() not in keep]
+            pipe = self.redis.pipeline(transaction=False)
+            pipe.set(keys.cf_snapshot(self.settings.group_id, p), blob)
+            for i in range(0, len(gone), 1000):
+                pipe.hdel(ikey, *gone[i:i + 1000])
+            await pipe.execute()
+            self.changed.discard(p)
+        return len(todo)
+
+    async def revoked(self, partitions: Iterable[int]) -> None:
+        """The worker lost these partitions: snapshot their models and forget them."""
+        lost = [p for p in partitions if p in self.models]
+        if not lost:
+            return
+        await self.snapshot(lost)
+        for p in lost:
+            del self.models[p]
+            self.changed.discard(p)
+
+
+async def setup(settings: Settings, redis: Any) -> Callable[[], list[Hook]]:
+    cf = OnlineCF(settings, redis)
+
+    def hooks() -> list[Hook]:
+        return [cf]
+
+    hooks.lifecycle = cf  # type: ignore[attr-defined]
+    return hooks
