@@ -189,5 +189,15 @@ def create_app(settings: Settings, bootstrap: str, redis_url: str) -> faust.App:
             except (OSError, TimeoutError, RedisError) as exc:
                 log.warning("could not snapshot the models of revoked partitions: %s", exc)
 
+    @app.on_before_shutdown.connect
+    async def models_at_shutdown(sender: Any, **kwargs: Any) -> None:
+        """A clean stop (SIGTERM, Ctrl-C): the consumer has stopped; keep what was learnt."""
+        if "applier" in state:
+            try:
+                n = await state["applier"].hooks.snapshot()
+                log.info("snapshotted %s partition model(s) at shutdown", n)
+            except (OSError, TimeoutError, RedisError) as exc:
+                log.warning("could not snapshot the models at shutdown: %s", exc)
+
     app.conf.kairos_worker_id = worker_id  # type: ignore[attr-defined]
     return app

@@ -46,9 +46,12 @@ class Hooks:
         for lc in self.lifecycles:
             await lc.prepare(events)
 
-    async def snapshot(self) -> None:
+    async def snapshot(self) -> int:
+        """Snapshot every module's changed state; returns how many parts were written."""
+        n = 0
         for lc in self.lifecycles:
-            await lc.snapshot()
+            n += await lc.snapshot()
+        return n
 
     async def revoked(self, partitions: set[int]) -> None:
         for lc in self.lifecycles:

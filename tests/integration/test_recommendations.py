@@ -236,3 +236,30 @@ def test_next_item_transitions_are_written_by_the_stream_and_served_directed(mak
     assert top["ingredient"] == "next_item" and top["reason"] == "viewed next after Lamp A"
     # directed: nobody viewed anything after b
     assert recs(stack, item_id=b, recipe="next_test", n=5) == []
+
+
+def test_a_worker_stopped_cleanly_snapshots_what_it_learnt(make_stack, redis_server):
+    """SIGTERM: the models are written at shutdown, not only on the (here hour-long) timer."""
+    import signal
+
+    import redis as redis_sync
+
+    from engine import keys
+    from models.reco.cf import OnlineMF
+
+    stack = make_stack(name="cfstop", cf_snapshot_s=3600)
+    r = redis_sync.Redis.from_url(redis_server.url)
+    tag = uuid.uuid4().hex[:6]
+    me = f"stop{tag}"
+    assert stack.post([ev(me, k, f"s{tag}-{k % 3}") for k in range(6)]).status_code == 200
+    stack.wait_profile(me, 6)
+    pid = keys.visitor_pid(me)
+    user = wait_for(lambda: r.get(keys.cf_visitor(pid)))
+    part = int.from_bytes(user[:2], "little")
+    assert r.get(keys.cf_snapshot(stack.settings.group_id, part)) is None  # timer not due
+    w = stack.workers[0]
+    w.send_signal(signal.SIGTERM)
+    assert w.wait(30) == 0
+    blob = r.get(keys.cf_snapshot(stack.settings.group_id, part))
+    assert blob is not None
+    assert OnlineMF.restore(blob).export_user(pid) == r.get(keys.cf_visitor(pid))[2:]
