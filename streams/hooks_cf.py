@@ -16,9 +16,9 @@ The API scores the `cf` ingredient's candidates with them (`models.reco.cf.score
 one key more in the read it already does, one HMGET beside the catalog read.
 
 Resuming: every `cf_snapshot_s` the worker writes each changed model's snapshot to
-`keys.cf_snapshot(group, partition)` and prunes the item hash to the model's items; when it loses
-a partition it snapshots that model and drops it, and a clean stop snapshots them all; the first batch from a partition it does not
-hold restores the snapshot (`prepare`). What is learnt between the last snapshot and a crash is
+`keys.cf_snapshot(group, partition)` and prunes the item hash to the model's items; when it
+loses a partition it snapshots that model and drops it, and a clean stop snapshots them all;
+the first batch from a partition it does not hold restores the snapshot (`prepare`). What is learnt between the last snapshot and a crash is
 lost to this model (the events are applied once and not replayed to it); a write that conflicts
 and is planned again takes its learning step again. Both only nudge an SGD model.
 """

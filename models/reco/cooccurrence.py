@@ -24,7 +24,56 @@ CO_VIEW_TYPES = ("item_view", "favorite", "add_to_cart", "purchase")
 CO_BUY_TYPES = ("add_to_cart", "purchase")
 
 
-class CoOccurrence:
+class NeighbourTables:
+    """Bounded item -> {neighbour: weight} tables with popularity counts, read with the
+    neighbours' weights divided by popularity^`popularity_exponent` (shared by co-occurrence
+    and next_item). Subclasses set `_neigh`, `_pop`, `max_neighbours`, `max_items` and
+    `popularity_exponent`."""
+
+    _neigh: dict[str, dict[str, float]]
+    _pop: dict[str, float]
+    max_neighbours: int
+    max_items: int
+    popularity_exponent: float
+
+    def _touch_pop(self, iid: str) -> None:
+        self._pop[iid] = self._pop.pop(iid, 0.0) + 1.0
+        while len(self._pop) > self.max_items:
+            old = next(iter(self._pop))
+            del self._pop[old]
+            self._neigh.pop(old, None)
+
+    def _add(self, iid: str, jid: str, w: float) -> None:
+        table = self._neigh.pop(iid, None) or {}
+        self._neigh[iid] = table
+        table[jid] = table.get(jid, 0.0) + w
+        if len(table) > self.max_neighbours:
+            prune(table, int(self.max_neighbours * 0.8))
+        while len(self._neigh) > self.max_items:
+            del self._neigh[next(iter(self._neigh))]
+
+    def neighbours(self, item_id: str, n: int = 20, exclude: Iterable[str] = ()) -> list[Candidate]:
+        """The strongest neighbours of `item_id`, best first."""
+        return self.similar({item_id: 1.0}, n, exclude)
+
+    def similar(
+        self, seeds: Mapping[str, float], n: int = 20, exclude: Iterable[str] = ()
+    ) -> list[Candidate]:
+        """Neighbours of weighted seed items; each result comes `via` its strongest seed."""
+        scores: dict[str, float] = {}
+        best: dict[str, tuple[float, str]] = {}
+        alpha = self.popularity_exponent
+        for seed, sw in seeds.items():
+            for jid, c in self._neigh.get(seed, {}).items():
+                pop = self._pop.get(jid, 1.0)
+                s = sw * c / (pop**alpha if alpha else 1.0)
+                scores[jid] = scores.get(jid, 0.0) + s
+                if s > best.get(jid, (0.0, ""))[0]:
+                    best[jid] = (s, seed)
+        return [Candidate(j, s, best[j][1]) for j, s in top_n(scores, n, exclude)]
+
+
+class CoOccurrence(NeighbourTables):
     """Counts how often two items meet in one visitor's last `window` distinct items.
 
     A pair at distance `d` in the window adds `1/d` to both items' neighbour lists, which are
@@ -84,42 +133,6 @@ class CoOccurrence:
                 del recent[0]
         while len(self._recent) > self.max_visitors:
             del self._recent[next(iter(self._recent))]
-
-    def _touch_pop(self, iid: str) -> None:
-        self._pop[iid] = self._pop.pop(iid, 0.0) + 1.0
-        while len(self._pop) > self.max_items:
-            old = next(iter(self._pop))
-            del self._pop[old]
-            self._neigh.pop(old, None)
-
-    def _add(self, iid: str, jid: str, w: float) -> None:
-        table = self._neigh.pop(iid, None) or {}
-        self._neigh[iid] = table
-        table[jid] = table.get(jid, 0.0) + w
-        if len(table) > self.max_neighbours:
-            prune(table, int(self.max_neighbours * 0.8))
-        while len(self._neigh) > self.max_items:
-            del self._neigh[next(iter(self._neigh))]
-
-    def neighbours(self, item_id: str, n: int = 20, exclude: Iterable[str] = ()) -> list[Candidate]:
-        """Items most often met with `item_id`, best first."""
-        return self.similar({item_id: 1.0}, n, exclude)
-
-    def similar(
-        self, seeds: Mapping[str, float], n: int = 20, exclude: Iterable[str] = ()
-    ) -> list[Candidate]:
-        """Neighbours of weighted seed items; each result comes `via` its strongest seed."""
-        scores: dict[str, float] = {}
-        best: dict[str, tuple[float, str]] = {}
-        alpha = self.popularity_exponent
-        for seed, sw in seeds.items():
-            for jid, c in self._neigh.get(seed, {}).items():
-                pop = self._pop.get(jid, 1.0)
-                s = sw * c / (pop**alpha if alpha else 1.0)
-                scores[jid] = scores.get(jid, 0.0) + s
-                if s > best.get(jid, (0.0, ""))[0]:
-                    best[jid] = (s, seed)
-        return [Candidate(j, s, best[j][1]) for j, s in top_n(scores, n, exclude)]
 
     def recommend(
         self,

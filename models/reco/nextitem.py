@@ -7,7 +7,7 @@ items (1 = the item just before B). Unlike co-view it is directed: only A -> B i
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from typing import Any
 
 from models.reco.base import (
@@ -17,10 +17,9 @@ from models.reco.base import (
     iter_pairs,
     pack,
     pairs,
-    prune,
-    top_n,
     unpack,
 )
+from models.reco.cooccurrence import NeighbourTables
 
 KIND = "kairos.reco.nextitem"
 VERSION = 1
@@ -34,7 +33,7 @@ NEXT_ITEM_TYPES = ("item_view", "add_to_cart", "purchase")
 NEXT_ITEM_WINDOW = 3
 
 
-class NextItem:
+class NextItem(NeighbourTables):
     """Counts transitions from a visitor's recent distinct items to the item of each event.
 
     Per visitor the learner keeps the last `recent_items` distinct items, newest first, exactly
@@ -69,7 +68,7 @@ class NextItem:
         self._types = frozenset(self.event_types)
         self._pop_types = frozenset(self.popularity_types)
         self._recent: dict[str, list[str]] = {}  # visitor -> distinct items, newest first
-        self._next: dict[str, dict[str, float]] = {}
+        self._neigh: dict[str, dict[str, float]] = {}
         self._pop: dict[str, float] = {}
 
     def learn_one(self, event: Event) -> None:
@@ -96,42 +95,6 @@ class NextItem:
         while len(self._recent) > self.max_visitors:
             del self._recent[next(iter(self._recent))]
 
-    def _touch_pop(self, iid: str) -> None:
-        self._pop[iid] = self._pop.pop(iid, 0.0) + 1.0
-        while len(self._pop) > self.max_items:
-            old = next(iter(self._pop))
-            del self._pop[old]
-            self._next.pop(old, None)
-
-    def _add(self, src: str, dst: str, w: float) -> None:
-        table = self._next.pop(src, None) or {}
-        self._next[src] = table
-        table[dst] = table.get(dst, 0.0) + w
-        if len(table) > self.max_neighbours:
-            prune(table, int(self.max_neighbours * 0.8))
-        while len(self._next) > self.max_items:
-            del self._next[next(iter(self._next))]
-
-    def neighbours(self, item_id: str, n: int = 20, exclude: Iterable[str] = ()) -> list[Candidate]:
-        """Items most often looked at right after `item_id`, best first."""
-        return self.similar({item_id: 1.0}, n, exclude)
-
-    def similar(
-        self, seeds: Mapping[str, float], n: int = 20, exclude: Iterable[str] = ()
-    ) -> list[Candidate]:
-        """Successors of weighted seed items; each result comes `via` its strongest seed."""
-        scores: dict[str, float] = {}
-        best: dict[str, tuple[float, str]] = {}
-        alpha = self.popularity_exponent
-        for seed, sw in seeds.items():
-            for jid, c in self._next.get(seed, {}).items():
-                pop = self._pop.get(jid, 1.0)
-                s = sw * c / (pop**alpha if alpha else 1.0)
-                scores[jid] = scores.get(jid, 0.0) + s
-                if s > best.get(jid, (0.0, ""))[0]:
-                    best[jid] = (s, seed)
-        return [Candidate(j, s, best[j][1]) for j, s in top_n(scores, n, exclude)]
-
     def recommend(
         self,
         visitor_id: str,
@@ -151,9 +114,9 @@ class NextItem:
     def size(self) -> dict[str, int]:
         """Stored entries, by the cap that bounds them."""
         return {
-            "max_items": max(len(self._next), len(self._pop)),
+            "max_items": max(len(self._neigh), len(self._pop)),
             "max_visitors": len(self._recent),
-            "max_neighbours": max((len(t) for t in self._next.values()), default=0),
+            "max_neighbours": max((len(t) for t in self._neigh.values()), default=0),
             "recent_items": max((len(r) for r in self._recent.values()), default=0),
         }
 
@@ -165,7 +128,7 @@ class NextItem:
             {
                 "settings": self._settings(),
                 "recent": [[v, r] for v, r in self._recent.items()],
-                "next": [[i, pairs(t)] for i, t in self._next.items()],
+                "next": [[i, pairs(t)] for i, t in self._neigh.items()],
                 "pop": pairs(self._pop),
             },
         )
@@ -176,7 +139,7 @@ class NextItem:
         st = unpack(data, KIND, VERSION)
         model = cls(**st["settings"])
         model._recent = {v: list(r) for v, r in st["recent"]}
-        model._next = {i: dict(iter_pairs(t)) for i, t in st["next"]}
+        model._neigh = {i: dict(iter_pairs(t)) for i, t in st["next"]}
         model._pop = dict(iter_pairs(st["pop"]))
         return model
 

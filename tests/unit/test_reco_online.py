@@ -155,5 +155,5 @@ def test_next_item_ops_are_directed_and_match_the_in_process_learner():
     model = NextItem(max_neighbours=1000)
     for e in events:
         model.learn_one(e)
-    assert online == model._next
+    assert online == model._neigh
     assert model.window == NEXT_ITEM_WINDOW
