@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import Any, Self
 
 from models.reco.base import (
     Candidate,
@@ -30,11 +30,46 @@ class NeighbourTables:
     and next_item). Subclasses set `_neigh`, `_pop`, `max_neighbours`, `max_items` and
     `popularity_exponent`."""
 
+    KIND: str
+    VERSION: int
     _neigh: dict[str, dict[str, float]]
     _pop: dict[str, float]
+    _recent: dict[str, list[Any]]
     max_neighbours: int
     max_items: int
+    max_visitors: int
     popularity_exponent: float
+
+    def _settings(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    @staticmethod
+    def _recent_row(row: Any) -> Any:
+        """A stored entry of a visitor's recent list as kept in memory."""
+        return row
+
+    def snapshot(self) -> bytes:
+        """Versioned msgpack bytes of the settings and state."""
+        return pack(
+            self.KIND,
+            self.VERSION,
+            {
+                "settings": self._settings(),
+                "recent": [[v, r] for v, r in self._recent.items()],
+                "neigh": [[i, pairs(t)] for i, t in self._neigh.items()],
+                "pop": pairs(self._pop),
+            },
+        )
+
+    @classmethod
+    def restore(cls, data: bytes) -> Self:
+        """A learner equal to the one that made `data`."""
+        st = unpack(data, cls.KIND, cls.VERSION)
+        model = cls(**st["settings"])
+        model._recent = {v: [cls._recent_row(x) for x in r] for v, r in st["recent"]}
+        model._neigh = {i: dict(iter_pairs(t)) for i, t in st["neigh"]}
+        model._pop = dict(iter_pairs(st["pop"]))
+        return model
 
     def _touch_pop(self, iid: str) -> None:
         self._pop[iid] = self._pop.pop(iid, 0.0) + 1.0
@@ -82,6 +117,8 @@ class CoOccurrence(NeighbourTables):
     than `window_s` seconds do not count. Only events whose type is in `event_types` count:
     use `CO_VIEW_TYPES` for co-view, `CO_BUY_TYPES` for co-buy.
     """
+
+    KIND, VERSION = KIND, VERSION
 
     def __init__(
         self,
@@ -160,28 +197,7 @@ class CoOccurrence(NeighbourTables):
             "window": max((len(r) for r in self._recent.values()), default=0),
         }
 
-    def snapshot(self) -> bytes:
-        """Versioned msgpack bytes of the settings and state."""
-        return pack(
-            KIND,
-            VERSION,
-            {
-                "settings": self._settings(),
-                "recent": [[v, r] for v, r in self._recent.items()],
-                "neigh": [[i, pairs(t)] for i, t in self._neigh.items()],
-                "pop": pairs(self._pop),
-            },
-        )
-
-    @classmethod
-    def restore(cls, data: bytes) -> CoOccurrence:
-        """A learner equal to the one that made `data`."""
-        st = unpack(data, KIND, VERSION)
-        model = cls(**st["settings"])
-        model._recent = {v: [list(x) for x in r] for v, r in st["recent"]}
-        model._neigh = {i: dict(iter_pairs(t)) for i, t in st["neigh"]}
-        model._pop = dict(iter_pairs(st["pop"]))
-        return model
+    _recent_row = staticmethod(list)  # [item, ts] rows
 
     def _settings(self) -> dict[str, Any]:
         return {

@@ -14,10 +14,6 @@ from models.reco.base import (
     Candidate,
     Event,
     event_items,
-    iter_pairs,
-    pack,
-    pairs,
-    unpack,
 )
 from models.reco.cooccurrence import NeighbourTables
 
@@ -45,6 +41,8 @@ class NextItem(NeighbourTables):
     many events of `popularity_types` it had, co-view's count) to the power
     `popularity_exponent`, like co-view.
     """
+
+    KIND, VERSION = KIND, VERSION
 
     def __init__(
         self,
@@ -119,29 +117,6 @@ class NextItem(NeighbourTables):
             "max_neighbours": max((len(t) for t in self._neigh.values()), default=0),
             "recent_items": max((len(r) for r in self._recent.values()), default=0),
         }
-
-    def snapshot(self) -> bytes:
-        """Versioned msgpack bytes of the settings and state."""
-        return pack(
-            KIND,
-            VERSION,
-            {
-                "settings": self._settings(),
-                "recent": [[v, r] for v, r in self._recent.items()],
-                "next": [[i, pairs(t)] for i, t in self._neigh.items()],
-                "pop": pairs(self._pop),
-            },
-        )
-
-    @classmethod
-    def restore(cls, data: bytes) -> NextItem:
-        """A learner equal to the one that made `data`."""
-        st = unpack(data, KIND, VERSION)
-        model = cls(**st["settings"])
-        model._recent = {v: list(r) for v, r in st["recent"]}
-        model._neigh = {i: dict(iter_pairs(t)) for i, t in st["next"]}
-        model._pop = dict(iter_pairs(st["pop"]))
-        return model
 
     def _settings(self) -> dict[str, Any]:
         return {
