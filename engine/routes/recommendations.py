@@ -102,12 +102,14 @@ def load_recipes(config_dir: Path) -> dict[str, Recipe]:
 class Recommender:
     """Reads the online state for one request and applies a recipe."""
 
-    def __init__(self, services: Services, recipes: Callable[[], dict[str, Recipe] | None]) -> None:
+    def __init__(self, services: Services, recipes: Callable[[], dict[str, Recipe] | None],
+                 problems: Callable[[], list[str]] = list) -> None:
         self.s = services
         self.r = services.redis
         self.catalog = CatalogStore(services.redis)
         self.cached = CachedCatalog(self.catalog, ttl_s=CATALOG_CACHE_S)
         self.recipes = recipes
+        self.problems = problems  # why the recipe files did not load, if they did not
         self.decay: EpochDecay = decay(RECO_HALF_LIFE)
         self._read = services.redis.register_script(_READ)
 
@@ -228,7 +230,12 @@ async def get_recommendations(request: Request) -> Response:
     name = q.get("recipe", "default")
     recipe = recipes.get(name)
     if recipe is None:
-        return error(404, "recipe", f"is not a known recipe (known: {', '.join(sorted(recipes))})")
+        problems = rec.problems()
+        if not recipes and problems:  # nothing loaded yet: the server's config is at fault
+            return error(503, "recipe", "no recipe could be loaded: " + "; ".join(problems))
+        why = f" (recipe files not loaded: {'; '.join(problems)})" if problems else ""
+        return error(404, "recipe",
+                     f"is not a known recipe (known: {', '.join(sorted(recipes))}){why}")
     try:
         n = int(q.get("n", "10"))
     except ValueError:
@@ -254,7 +261,8 @@ async def startup(s: Services) -> None:
         s.extra["recipes_hub"] = hub
     else:
         hub.register("recipes", load_recipes, ("recipes",))
-    s.extra["recommender"] = Recommender(s, lambda: hub.get("recipes"))
+    s.extra["recommender"] = Recommender(s, lambda: hub.get("recipes"),
+                                         lambda: hub.errors.get("recipes", []))
 
 
 async def shutdown(s: Services) -> None:

@@ -263,3 +263,19 @@ def test_a_worker_stopped_cleanly_snapshots_what_it_learnt(make_stack, redis_ser
     blob = r.get(keys.cf_snapshot(stack.settings.group_id, part))
     assert blob is not None
     assert OnlineMF.restore(blob).export_user(pid) == r.get(keys.cf_visitor(pid))[2:]
+
+
+def test_a_broken_recipe_file_is_named_not_hidden(make_stack, tmp_path):
+    """Recipe files that do not load leave no recipe to serve: 503 naming the file and field,
+    not a 404 listing no recipe."""
+    import shutil
+
+    config = tmp_path / "config"
+    shutil.copytree(Path(__file__).resolve().parents[2] / "config", config)
+    (config / "recipes" / "broken.yaml").write_text("name: broken\ningredients: {cf: 1}\n"
+                                                   "normalise: score\n")
+    stack = make_stack(name="badrecipe", config_dir=config, workers=0)
+    r = stack.http.get("/v1/recommendations", params={"recipe": "default"})
+    assert r.status_code == 503, r.text
+    assert r.json()["field"] == "recipe"
+    assert "broken.yaml: normalise: must be 'max' or 'rank'" in r.json()["reason"]
