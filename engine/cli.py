@@ -46,7 +46,7 @@ def cmd_setup(args: argparse.Namespace) -> int:
 
 # -- up -------------------------------------------------------------------------------------
 def cmd_up(args: argparse.Namespace) -> int:
-    from engine.embedded import EmbeddedKafka, EmbeddedRedis, ensure_kafka_libs, stop_all
+    from engine.embedded import EmbeddedKafka, EmbeddedRedis, ensure_kafka_libs, stop_all, terminate
 
     s = _settings(args)
     children: list = []
@@ -105,14 +105,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         pass
     finally:
         _say("stopping…")
-        for p in procs:
-            if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-        for p in procs:
-            try:
-                p.wait(20)
-            except subprocess.TimeoutExpired:
-                p.kill()
+        terminate(procs, 20)
         stop_all(children)
         _say("stopped")
     return 0

@@ -15,7 +15,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 POM = Path(__file__).resolve().parent.parent / "streams" / "broker" / "pom.xml"
@@ -61,15 +61,8 @@ class _Child:
         return self.proc is not None and self.proc.poll() is None
 
     def stop(self, timeout: float = 20.0) -> None:
-        if not self.running:
-            return
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(5)
+        if self.proc is not None:
+            terminate([self.proc], timeout)
 
     def kill(self) -> None:
         """SIGKILL, as a crash would (tests use this)."""
@@ -237,6 +230,21 @@ def ensure_kafka_libs(libs_dir: Path, progress: Callable[[str], None] | None = N
          f"-DoutputDirectory={libs_dir.resolve()}", "-DincludeScope=runtime"],
         check=True, timeout=900,
     )
+
+
+def terminate(procs: Sequence[subprocess.Popen[bytes]], timeout: float = 20.0) -> None:
+    """SIGTERM every running process, wait for each (at most `timeout` s in all), SIGKILL the
+    ones still running then."""
+    running = [p for p in procs if p.poll() is None]
+    for p in running:
+        p.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    for p in running:
+        try:
+            p.wait(max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait(5)
 
 
 def stop_all(children: list[_Child]) -> None:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -21,7 +20,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from engine.embedded import EmbeddedKafka, EmbeddedRedis, free_port
+from engine.embedded import EmbeddedKafka, EmbeddedRedis, free_port, terminate
 from engine.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -110,15 +109,7 @@ class Stack:
                 raise AssertionError(f"worker{i} died with {w.returncode}:\n{log}")
 
     def stop(self) -> None:
-        procs = [p for p in [self.api, *self.workers] if p is not None]
-        for p in procs:
-            if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-        for p in procs:
-            try:
-                p.wait(15)
-            except subprocess.TimeoutExpired:
-                p.kill()
+        terminate([p for p in [self.api, *self.workers] if p is not None], 15)
         self.http.close()
 
 
