@@ -329,7 +329,7 @@ class BenchStack:
 
     def count_profiles(self, prefix: str) -> tuple[int, int]:
         """(profiles, sum of their event_count) of the visitors whose id starts with `prefix-`."""
-        from engine.store import decode
+        from engine.store.profiles import decode
 
         r = self.redis_client()
         try:
@@ -346,7 +346,7 @@ class BenchStack:
 
     def worker_reports(self) -> dict[str, dict[str, Any]]:
         """What each worker measured about itself (Redis hash kx:workers:<group>)."""
-        from engine import keys
+        from engine.store import keys
 
         r = self.redis_client()
         try:

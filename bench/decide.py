@@ -109,10 +109,10 @@ def make_config(cdir: Path) -> None:
 
 
 async def load_profiles(redis_url: str, n: int, cdir: Path, ttl_ms: int) -> None:
-    from engine import keys
-    from engine.decisions.config import load_config
-    from engine.decisions.state import rule_view
-    from engine.store import ProfileStore, new_client
+    from engine.logic.decisions.config import load_config
+    from engine.logic.decisions.state import rule_view
+    from engine.store import keys
+    from engine.store.profiles import ProfileStore, new_client
     from models.affinity import AffinityConfig, Profile, apply_event
     from streams.plan import Write
 

@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from engine import keys  # noqa: E402
+from engine.store import keys  # noqa: E402
 
 STATE: dict[str, Any] = {}
 _HEADERS = [(b"content-type", b"application/json")]

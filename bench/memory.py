@@ -6,7 +6,7 @@ BYPASSES HTTP AND KAFKA: the events go straight into `streams.applier.Applier` (
 stream worker runs, with the worker's hooks from `streams.hooks.setup_hooks` unless
 `--no-hooks`) against a real Valkey started for the run (AOF off: it does not change
 used_memory). Each event is first encoded and decoded in the topic's wire form
-(`engine.events.encode_events` / `decode_events`) and carries the worker's redelivery mark
+(`engine.logic.events.encode_events` / `decode_events`) and carries the worker's redelivery mark
 (partition, offset, record time), so the stored profiles are what the worker would store.
 
 Data: sessions sampled from the public logs (read in place, never copied):
@@ -99,9 +99,9 @@ def apply_range(redis_url: str, settings_json: str, lo: int, hi: int, mean: int,
     """Apply visitors lo..hi-1 (run in a child process when --procs > 1)."""
     import msgspec
 
-    from engine.events import Event, check_event, decode_events, encode_events
+    from engine.logic.events import Event, check_event, decode_events, encode_events
     from engine.settings import Settings
-    from engine.store import ProfileStore, new_client
+    from engine.store.profiles import ProfileStore, new_client
     from streams.applier import Applier
 
     settings = Settings.from_json(settings_json)

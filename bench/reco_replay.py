@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from engine.recipes import Recipe, apply, parse_recipe  # noqa: E402
+from engine.logic.recipes import Recipe, apply, parse_recipe  # noqa: E402
 from models.reco import CO_VIEW_TYPES, CoOccurrence, RecoModels, Trending  # noqa: E402
 from models.reco.base import event_items  # noqa: E402
 from streams.sources import load_events  # noqa: E402

@@ -3,7 +3,7 @@
     python bench/stream.py [--events 200000] [--visitors 20000] [--per-record 1,20]
 
 Starts Valkey and Apache Kafka on 127.0.0.1, pre-loads a fresh `events` topic (4 partitions)
-with N events exactly as the API writes them (validated `engine.events.Event`s, one msgpack
+with N events exactly as the API writes them (validated `engine.logic.events.Event`s, one msgpack
 array per visitor per record, keyed by visitor, as `engine.eventlog.group_by_visitor` does),
 then starts ONE `kairos worker` and polls what it reports about itself in Redis (`kx:workers`)
 until every event is applied. Then it checks that the profiles count every event.
@@ -40,7 +40,7 @@ def build_records(n: int, visitors: int, per_record: int, seed: int) -> list[tup
     """(key, value) records holding n events, as the API would produce them."""
     import msgspec
 
-    from engine.events import Event, check_event, encode_events
+    from engine.logic.events import Event, check_event, encode_events
 
     rng = random.Random(seed)
     now_ms = int(time.time() * 1000)

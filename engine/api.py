@@ -25,7 +25,7 @@ from engine.eventlog import EventLog, LogUnavailable, ensure_topics
 from engine.routes import MODULES
 from engine.services import Services
 from engine.settings import Settings
-from engine.store import ProfileStore, new_client
+from engine.store.profiles import ProfileStore, new_client
 
 
 class _Timing:

@@ -213,8 +213,8 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
 # -- preview --------------------------------------------------------------------------------
 def cmd_preview(args: argparse.Namespace) -> int:
-    from engine.decisions.config import ConfigError
-    from engine.preview import PreviewError, parse_context, preview
+    from engine.logic.decisions.config import ConfigError
+    from engine.logic.preview import PreviewError, parse_context, preview
 
     s = _settings(args)
     try:
@@ -236,8 +236,8 @@ def cmd_catalog(args: argparse.Namespace) -> int:
 
     from tqdm import tqdm
 
-    from engine.catalog import CatalogStore, count_rows, iter_feed, load_feed, rees46_records
-    from engine.store import new_client
+    from engine.logic.catalog import CatalogStore, count_rows, iter_feed, load_feed, rees46_records
+    from engine.store.profiles import new_client
 
     s = _settings(args)
     if args.action == "demo":

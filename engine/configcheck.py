@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from engine.decisions.config import ConfigError, load_config
+from engine.logic.decisions.config import ConfigError, load_config
 from engine.settings import SettingsError, load_settings
 
 

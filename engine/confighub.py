@@ -1,7 +1,7 @@
 """One holder of the configuration loaded from the config folder, hot-reloaded.
 
 Each kind of configuration is a named *loader*: a function of the config folder that returns
-the loaded object or raises (with `problems`, like `engine.decisions.config.ConfigError`,
+the loaded object or raises (with `problems`, like `engine.logic.decisions.config.ConfigError`,
 for file:line reasons). The hub loads every loader at start, then watches the folder
 (`watchfiles.awatch`, debounced) and reloads: a loader's new value replaces the old one
 atomically (one reference swap) only when it loads cleanly; otherwise its problems are
@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from engine.decisions.config import Config, load_config
+from engine.logic.decisions.config import Config, load_config
 
 log = logging.getLogger("kairos.config")
 

@@ -18,7 +18,7 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 
-from engine.events import Event, encode_events
+from engine.logic.events import Event, encode_events
 
 log = logging.getLogger("kairos.ingest")
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 from typing import Any
 
-from engine import events as spec
+from engine.logic import events as spec
 
 
 def _err(desc: str) -> dict[str, Any]:

@@ -10,7 +10,7 @@ import redis.asyncio as aioredis
 
 from engine.eventlog import EventLog
 from engine.settings import Settings
-from engine.store import ProfileStore
+from engine.store.profiles import ProfileStore
 
 
 @dataclass

@@ -19,10 +19,10 @@ import faust
 import orjson
 from redis.exceptions import RedisError
 
-from engine import keys
-from engine.events import decode_events
+from engine.logic.events import decode_events
 from engine.settings import Settings
-from engine.store import ProfileStore, new_client
+from engine.store import keys
+from engine.store.profiles import ProfileStore, new_client
 from streams.applier import Applier
 from streams.hooks import setup_hooks
 from streams.metrics import WorkerMeter

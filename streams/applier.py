@@ -11,7 +11,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from engine.store import ProfileStore
+from engine.store.profiles import ProfileStore
 from models.affinity import AffinityConfig
 from streams.plan import Emit, Hook, needed_pids, plan
 

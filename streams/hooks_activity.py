@@ -12,8 +12,8 @@ from typing import Any
 
 import msgpack
 
-from engine import keys
 from engine.settings import Settings
+from engine.store import keys
 from models.affinity import Profile
 from streams.plan import Emit, Hook, Op
 

@@ -30,8 +30,8 @@ import struct
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
-from engine import keys
 from engine.settings import Settings
+from engine.store import keys
 from models.affinity import Profile
 from models.reco.cf import OnlineMF
 from streams.plan import DECISIONS_MARK_BASE, Emit, Hook, Op

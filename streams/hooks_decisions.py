@@ -11,7 +11,7 @@ For every event applied to a profile (never a duplicate), `DecisionHook`:
 - turns `decision` records (the `decisions` topic, applied through the same `Applier`),
   `impression` / `click` / `dismiss` reactions (their `decision_id` names campaign and arm)
   and goal events (conversions) into `CAMPAIGN` ops. That op is the commit script's
-  server-side twin of `engine.decisions.caps`: first exposure, first conversion within the
+  server-side twin of `engine.logic.decisions.caps`: first exposure, first conversion within the
   goal window and the per-day roll-over depend on stored state, which a pure hook cannot
   read, so they are decided inside the same atomic commit as the profile write — exactly
   once per applied event.
@@ -29,12 +29,12 @@ from typing import Any
 
 import msgspec
 
-from engine import keys
 from engine.confighub import ConfigHub, default_hub
-from engine.decisions.caps import SESSION_TTL_MS, day_key
-from engine.decisions.config import Campaign, Config
-from engine.decisions.state import DECISION_TYPE, parse_decision_id, rule_view
+from engine.logic.decisions.caps import SESSION_TTL_MS, day_key
+from engine.logic.decisions.config import Campaign, Config
+from engine.logic.decisions.state import DECISION_TYPE, parse_decision_id, rule_view
 from engine.settings import Settings
+from engine.store import keys
 from models.affinity import AffinityConfig, Profile
 from streams.plan import Emit, Hook, Op
 

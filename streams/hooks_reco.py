@@ -25,10 +25,10 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-from engine import keys
-from engine.catalog import event_fields, from_event_item
+from engine.logic.catalog import event_fields, from_event_item
+from engine.logic.trending import HALF_LIVES, EpochDecay
 from engine.settings import Settings
-from engine.trending import HALF_LIVES, EpochDecay
+from engine.store import keys
 from models.affinity import Profile
 from models.reco.base import DEFAULT_WEIGHTS, category_prefixes, event_items
 from models.reco.cooccurrence import CO_BUY_TYPES, CO_VIEW_TYPES

@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-from engine import keys
 from engine.settings import Settings
+from engine.store import keys
 from models.affinity import Profile
 from streams.plan import Emit, Hook, Op
 

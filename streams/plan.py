@@ -12,14 +12,14 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from engine import keys
+from engine.store import keys
 from models.affinity import AffinityConfig, Profile, apply_event, merge
 
 # A Redis command the commit script runs on another key iff the profile write succeeds, so
 # every derived counter (trending, co-occurrence, campaign stats, segment sizes) changes
 # exactly once per applied event. Only these commands are allowed (see commit_profile.lua).
 # `CAMPAIGN` is not a Redis command but the commit script's campaign state machine (the
-# conditional parts of engine.decisions.caps, which depend on stored state: see
+# conditional parts of engine.logic.decisions.caps, which depend on stored state: see
 # streams/hooks_decisions.py).
 #: Events from the decisions topic carry marks of partition + this (streams/app.py), apart
 #: from the events topic's.

@@ -19,8 +19,8 @@ import httpx
 import orjson
 from tqdm import tqdm
 
-from engine import events as spec
 from engine.eventlog import EventLog, LogUnavailable, group_by_visitor
+from engine.logic import events as spec
 from engine.settings import Settings
 from streams.sources import load_events
 

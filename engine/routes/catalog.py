@@ -9,7 +9,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
-from engine.catalog import MAX_PER_REQUEST, CatalogStore, validate_items
+from engine.logic.catalog import MAX_PER_REQUEST, CatalogStore, validate_items
 from engine.routes import error, json_response, svc
 from engine.services import Services
 

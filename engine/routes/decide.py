@@ -3,7 +3,7 @@
 A decision reads everything it needs — the profile (following the visitor's alias), the
 visitor's campaign state (caps) and, at most once a second, the campaign counters — in one
 Redis round trip (engine/lua/decide_read.lua), folds the events sent with the call into the
-profile in memory, and runs the pure selection (engine.decisions.select) on the compiled
+profile in memory, and runs the pure selection (engine.logic.decisions.select) on the compiled
 campaigns the `ConfigHub` keeps. The read has a deadline (`decide_deadline_ms`): when Redis is
 slow or down the answer is an empty decision list, never an error. Every decision, control
 included, is logged as an event of type `decision` on the `decisions` topic, which the stream
@@ -27,23 +27,23 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
-from engine import events as spec
-from engine import keys
 from engine.confighub import ConfigHub, default_hub
-from engine.decisions.assign import CONTROL
-from engine.decisions.config import Campaign, Config
-from engine.decisions.select import select
-from engine.decisions.state import cap_states, decision_id, decision_record, rule_view
-from engine.decisions.stats import ArmCounts, report
+from engine.logic import events as spec
+from engine.logic.decisions.assign import CONTROL
+from engine.logic.decisions.config import Campaign, Config
+from engine.logic.decisions.select import select
+from engine.logic.decisions.state import cap_states, decision_id, decision_record, rule_view
+from engine.logic.decisions.stats import ArmCounts, report
 from engine.routes import error, json_response, svc
 from engine.routes.ingest import append, media_type, read_body, screen
 from engine.services import Services
-from engine.store import decode
+from engine.store import keys
+from engine.store.profiles import decode
 from models.affinity import Profile, apply_event
 
 log = logging.getLogger("kairos.decide")
 
-_READ_LUA = (Path(__file__).resolve().parent.parent / "lua" / "decide_read.lua").read_text()
+_READ_LUA = (Path(__file__).resolve().parent.parent / "store" / "lua" / "decide_read.lua").read_text()
 MAX_ZONES = 20
 STATS_TTL_S = 1.0
 LOG_FLUSH_S = 0.02  # decision records are produced in batches this often

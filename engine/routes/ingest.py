@@ -8,9 +8,9 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
-from engine import events as spec
 from engine import metrics
 from engine.eventlog import LogUnavailable, group_by_visitor
+from engine.logic import events as spec
 from engine.routes import error, json_response, svc
 from engine.services import Services
 

@@ -10,9 +10,10 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from engine import keys, metrics
+from engine import metrics
 from engine.openapi import DOCS_HTML, openapi
 from engine.routes import json_response, svc
+from engine.store import keys
 
 
 async def healthz(request: Request) -> Response:

@@ -3,7 +3,7 @@
 `?visitor_id=…&recipe=default&item_id=…&category=…&n=10`. Reads: the profile
 (`profiles.find`), one script call for the neighbour and trending tables with the neighbours'
 popularity, one script call for the catalog records (cached in-process for 2 s); then the pure
-`engine.recipes.apply`. Recipes come from `config/recipes/*.yaml`, validated, and are
+`engine.logic.recipes.apply`. Recipes come from `config/recipes/*.yaml`, validated, and are
 hot-reloaded through the config hub. The `cf` ingredient re-ranks the union of the other
 ingredients' candidates with the online model the worker keeps (streams/hooks_cf.py): the
 visitor's vector comes with the first script call, the candidates' vectors with one HMGET sent
@@ -23,13 +23,13 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
-from engine import keys
-from engine.catalog import CachedCatalog, CatalogStore
 from engine.confighub import ConfigHub
-from engine.recipes import Recipe, RecipeError, apply, parse_recipe
+from engine.logic.catalog import CachedCatalog, CatalogStore
+from engine.logic.recipes import Recipe, RecipeError, apply, parse_recipe
+from engine.logic.trending import EpochDecay, decay, merge
 from engine.routes import error, json_response, svc
 from engine.services import Services
-from engine.trending import EpochDecay, decay, merge
+from engine.store import keys
 from models.reco.base import Candidate
 from models.reco.cf import score_exported
 from models.reco.online import (

@@ -1,6 +1,6 @@
 """GET /sdk/kairos.js: the browser beacon with the site's compiled sitemap in front of it.
 
-The body is `engine.sitemap.beacon_bundle(sitemap, sdk_js/dist/kairos.js)`. Both inputs are
+The body is `engine.logic.sitemap.beacon_bundle(sitemap, sdk_js/dist/kairos.js)`. Both inputs are
 watched by their modification time, checked at most once a second on request (one `stat` each):
 an edited `config/sitemap.yaml` is recompiled and served at once; an invalid edit is logged with
 its file:line messages and the last good sitemap stays in service. An invalid sitemap at start-up
@@ -22,9 +22,9 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import BaseRoute, Route
 
+from engine.logic.sitemap import SitemapError, beacon_bundle, load
 from engine.routes import svc
 from engine.services import Services
-from engine.sitemap import SitemapError, beacon_bundle, load
 
 log = logging.getLogger("kairos.sdk")
 

@@ -28,10 +28,10 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import BaseRoute, Route
 
-from engine import keys
-from engine.livestats import SecondCounters, by_prefix, histogram, merge, quantile
+from engine.logic.livestats import SecondCounters, by_prefix, histogram, merge, quantile
 from engine.routes import error, json_response, svc
 from engine.services import Services
+from engine.store import keys
 
 log = logging.getLogger("kairos.stats")
 WINDOW_S = 900

@@ -14,9 +14,9 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
-from engine import keys
+from engine.logic.trending import DIMENSIONS, HALF_LIVES, EpochDecay, decay, merge
 from engine.routes import error, json_response, svc
-from engine.trending import DIMENSIONS, HALF_LIVES, EpochDecay, decay, merge
+from engine.store import keys
 
 MAX_K = 200
 

@@ -2,7 +2,7 @@
 
 This is the in-process reference for what the stream layer keeps per partition: it feeds every
 event to every learner and answers `candidates()` / `visitor_state()` in the plain shapes
-`engine.recipes.apply` takes.
+`engine.logic.recipes.apply` takes.
 """
 
 from __future__ import annotations
@@ -64,7 +64,7 @@ class RecoModels:
             learner.learn_one(event)
 
     def visitor_state(self, visitor_id: str, recent: int = 50) -> dict[str, Any]:
-        """The visitor's state in the shape `engine.recipes.apply` reads."""
+        """The visitor's state in the shape `engine.logic.recipes.apply` reads."""
         return {
             "recent": self.history.recent(visitor_id, recent),
             "cart": self.history.in_cart(visitor_id),

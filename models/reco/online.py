@@ -1,7 +1,7 @@
 """The recipe inputs built from the state the stream keeps in Redis (the online path).
 
 Pure: the route reads the profile, the neighbour and trending tables and the popularity counts,
-and these functions turn them into the `candidates` and `visitor` shapes `engine.recipes.apply`
+and these functions turn them into the `candidates` and `visitor` shapes `engine.logic.recipes.apply`
 takes, with the same scoring as the in-process learners (models/reco/cooccurrence.py,
 trending.py, ensemble.py).
 """
@@ -63,7 +63,7 @@ def history_candidates(recent: Sequence[str]) -> list[Candidate]:
 
 def visitor_state(profile: Profile | None, now_ms: int, cfg: AffinityConfig,
                   top: int = 10) -> dict[str, Any]:
-    """The visitor in the shape `engine.recipes.apply` reads (no profile: a new visitor)."""
+    """The visitor in the shape `engine.logic.recipes.apply` reads (no profile: a new visitor)."""
     if profile is None:
         return {"recent": [], "cart": [], "purchased": [], "categories": {}, "brands": {},
                 "typical_price": None}

@@ -22,7 +22,7 @@ import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from playwright.sync_api import Browser, BrowserContext, Page, Request, sync_playwright
 
-from engine.events import decode_events
+from engine.logic.events import decode_events
 from tests.conftest import ROOT, Stack
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"

@@ -238,13 +238,13 @@ def _json(doc: Any) -> bytes:
 
 
 async def test_campaign_op_matches_the_pure_caps_logic(redis_server, tmp_path: Path) -> None:
-    """The commit script's CAMPAIGN op against engine.decisions.caps on random sequences."""
+    """The commit script's CAMPAIGN op against engine.logic.decisions.caps on random sequences."""
     import random
 
-    from engine import keys
-    from engine.decisions.caps import CapState, conversion_effects, reaction_effects
-    from engine.decisions.config import load_config
-    from engine.store import ProfileStore, new_client
+    from engine.logic.decisions.caps import CapState, conversion_effects, reaction_effects
+    from engine.logic.decisions.config import load_config
+    from engine.store import keys
+    from engine.store.profiles import ProfileStore, new_client
     from models.affinity import AffinityConfig
     from streams.applier import Applier
     from streams.hooks_decisions import DecisionHook

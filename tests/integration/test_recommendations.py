@@ -145,7 +145,7 @@ def test_online_cf_learns_in_the_worker_serves_and_resumes_after_a_kill(make_sta
 
     import redis as redis_sync
 
-    from engine import keys
+    from engine.store import keys
     from models.reco.cf import OnlineMF, score_exported
 
     config = tmp_path / "config"
@@ -244,7 +244,7 @@ def test_a_worker_stopped_cleanly_snapshots_what_it_learnt(make_stack, redis_ser
 
     import redis as redis_sync
 
-    from engine import keys
+    from engine.store import keys
     from models.reco.cf import OnlineMF
 
     stack = make_stack(name="cfstop", cf_snapshot_s=3600)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import redis.exceptions
 
-from engine import keys
-from engine.store import ProfileStore, new_client
+from engine.store import keys
+from engine.store.profiles import ProfileStore, new_client
 from models.affinity import AffinityConfig, Profile
 from streams.applier import Applier
 from streams.plan import Op, Write

@@ -5,7 +5,7 @@ from collections import Counter
 import pytest
 from scipy import stats as sps
 
-from engine.decisions.assign import arm_probabilities, assign, bucket, canonical_visitor_id
+from engine.logic.decisions.assign import arm_probabilities, assign, bucket, canonical_visitor_id
 
 VARIANTS = [("a", 1.0), ("b", 2.0), ("c", 1.0)]
 

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from engine.decisions.config import ConfigError, load_config
+from engine.logic.decisions.config import ConfigError, load_config
 
 ROOT = Path(__file__).resolve().parents[2]
 

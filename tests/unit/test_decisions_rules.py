@@ -4,7 +4,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from engine.decisions.rules import RuleError, as_ms, compile_rule, parse_duration_ms
+from engine.logic.decisions.rules import RuleError, as_ms, compile_rule, parse_duration_ms
 
 NOW = datetime(2025, 3, 5, 14, 30, tzinfo=UTC)  # a Wednesday
 NOW_MS = as_ms(NOW)
@@ -146,7 +146,7 @@ def test_garbage_profile_and_context_never_raise():
         "channels": None,
     }
     weird_context = {"url": 42, "referrer": ["x"], "utm": "a", "locale": None, "device": 1}
-    from engine.decisions.rules import PREDICATES  # noqa: F401  (all predicates below)
+    from engine.logic.decisions.rules import PREDICATES  # noqa: F401  (all predicates below)
 
     specs = [
         {"affinity": {"dimension": "category", "key": "shoes", "op": ">=", "value": 1}},

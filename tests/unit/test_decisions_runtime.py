@@ -9,19 +9,19 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from engine import keys
 from engine.confighub import ConfigHub, default_hub
-from engine.decisions.caps import CapState
-from engine.decisions.config import load_config
-from engine.decisions.select import Decision
-from engine.decisions.state import (
+from engine.logic.decisions.caps import CapState
+from engine.logic.decisions.config import load_config
+from engine.logic.decisions.select import Decision
+from engine.logic.decisions.state import (
     cap_states,
     decision_id,
     decision_record,
     parse_decision_id,
     rule_view,
 )
-from engine.preview import PreviewError, render_preview
+from engine.logic.preview import PreviewError, render_preview
+from engine.store import keys
 from models.affinity import AffinityConfig, Profile, apply_event
 from streams.hooks_decisions import DecisionHook
 from streams.plan import Emit, Op
@@ -229,7 +229,7 @@ def test_decide_request_parsing() -> None:
 
 
 def test_template_memo_is_keyed_by_the_variables_used() -> None:
-    from engine.decisions.templates import compile_template
+    from engine.logic.decisions.templates import compile_template
 
     t = compile_template({"title": "Hi {{ traits.name | default('there') }}", "x": "{{ top_category }}"})
     assert t._uses == ("top_category", "traits")

@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 from markupsafe import escape
 
-from engine.decisions.config import ConfigError, load_config
-from engine.decisions.rules import compile_rule
-from engine.decisions.templates import compile_template, template_vars
+from engine.logic.decisions.config import ConfigError, load_config
+from engine.logic.decisions.rules import compile_rule
+from engine.logic.decisions.templates import compile_template, template_vars
 
 PAYLOADS = [
     "${T(java.lang.Runtime).getRuntime().exec('touch /tmp/pwned')}",

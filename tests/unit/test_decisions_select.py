@@ -5,17 +5,17 @@ from pathlib import Path
 
 import pytest
 
-from engine.decisions.assign import assign
-from engine.decisions.caps import (
+from engine.logic.decisions.assign import assign
+from engine.logic.decisions.caps import (
     CapState,
     cap_reason,
     conversion_effects,
     day_key,
     reaction_effects,
 )
-from engine.decisions.config import load_config
-from engine.decisions.rules import as_ms
-from engine.decisions.select import explain, select
+from engine.logic.decisions.config import load_config
+from engine.logic.decisions.rules import as_ms
+from engine.logic.decisions.select import explain, select
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIG = load_config(ROOT / "config")
@@ -117,7 +117,7 @@ def test_home_hero_ab_with_control():
 
 
 def test_cap_reason_order():
-    from engine.decisions.config import Caps
+    from engine.logic.decisions.config import Caps
 
     caps = Caps(per_day=2, per_session=1, stop_after=frozenset({"dismiss"}))
     assert cap_reason(caps, CapState()) is None

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from scipy import stats as sps
 
-from engine.decisions.stats import (
+from engine.logic.decisions.stats import (
     ArmCounts,
     chi2_sf,
     compare,

@@ -2,7 +2,12 @@
 
 import pytest
 
-from engine.decisions.templates import RenderError, TemplateError, compile_template, template_vars
+from engine.logic.decisions.templates import (
+    RenderError,
+    TemplateError,
+    compile_template,
+    template_vars,
+)
 
 PROFILE = {
     "profile_id": "v:abc",

@@ -3,7 +3,7 @@
 import msgspec
 import pytest
 
-from engine import events as ev
+from engine.logic import events as ev
 
 NOW = 1_764_000_000_000
 

@@ -6,8 +6,8 @@ import struct
 
 import numpy as np
 
-from engine import keys
 from engine.settings import Settings
+from engine.store import keys
 from models.affinity import AffinityConfig, Profile
 from models.reco.cf import OnlineMF, score_exported
 from streams.hooks_cf import OnlineCF

@@ -5,7 +5,7 @@ import random
 import numpy as np
 import pytest
 
-from engine.livestats import (
+from engine.logic.livestats import (
     SecondCounters,
     bucket_of,
     bucket_value,
@@ -51,7 +51,7 @@ def test_human_rate(x, s):
 
 
 def test_ops_of_one_write_are_coalesced():
-    from engine.store import coalesce
+    from engine.store.profiles import coalesce
     from streams.plan import Op
 
     ops = [Op("HINCRBY", "k", ("t:view", 1)), Op("PEXPIRE", "k", (10,)), Op("HINCRBY", "k", ("t:view", 2)),

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 import yaml
 
-from engine.recipes import RecipeError, apply, parse_recipe
+from engine.logic.recipes import RecipeError, apply, parse_recipe
 
 CATALOG: dict[str, dict[str, Any]] = {
     "a": {

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from engine import keys
-from engine.catalog import (
+from engine.logic.catalog import (
     ItemError,
     _csv_row,
     decode_hash,
@@ -14,7 +13,8 @@ from engine.catalog import (
     validate_item,
     validate_items,
 )
-from engine.store import coalesce
+from engine.store import keys
+from engine.store.profiles import coalesce
 from models.affinity import AffinityConfig, Profile, apply_event
 from models.reco.online import history_candidates, neighbour_candidates, seed_weights, visitor_state
 from streams.hooks_reco import CAPS, reco_ops
@@ -72,7 +72,7 @@ def test_event_fields_merge_and_curated_wins():
     h.update(event_fields({"id": "x", "price": 3.0}))
     got = decode_hash("x", h)
     assert got == {"id": "x", "name": "X", "brand": "acme", "categories": ["a/b"], "price": 3.0}
-    from engine.catalog import pack
+    from engine.logic.catalog import pack
 
     h[b"c"] = pack({"id": "x", "name": "Curated"})
     assert decode_hash("x", h)["name"] == "Curated"

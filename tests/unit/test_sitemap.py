@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from engine.logic.sitemap import SitemapError, beacon_bundle, compile_sitemap, load
 from engine.routes.sdk import BeaconSource
-from engine.sitemap import SitemapError, beacon_bundle, compile_sitemap, load
 
 ROOT = Path(__file__).resolve().parents[2]
 

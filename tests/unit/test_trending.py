@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from engine.trending import HALF_LIVES, EpochDecay, decay, merge
+from engine.logic.trending import HALF_LIVES, EpochDecay, decay, merge
 
 H = 3_600_000  # one hour in ms
 

@@ -17,8 +17,8 @@ from zoneinfo import ZoneInfo
 
 import yaml
 
-from engine.decisions.assign import CONTROL, arm_probabilities
-from engine.decisions.rules import (
+from engine.logic.decisions.assign import CONTROL, arm_probabilities
+from engine.logic.decisions.rules import (
     Now,
     Path,
     Rule,
@@ -29,7 +29,7 @@ from engine.decisions.rules import (
     parse_duration_ms,
     referenced_segments,
 )
-from engine.decisions.templates import CompiledTemplate, TemplateError, compile_template
+from engine.logic.decisions.templates import CompiledTemplate, TemplateError, compile_template
 
 MAX_FILE_BYTES = 1_000_000
 MAX_ARM_ID_CHARS = 52  # campaign id + variant id: a decision id is `<campaign>.<arm>.<10 chars>`

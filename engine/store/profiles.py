@@ -15,7 +15,7 @@ from typing import Any
 import msgpack
 import redis.asyncio as aioredis
 
-from engine import keys
+from engine.store import keys
 from models.affinity import Profile
 from streams.plan import Op, Stored, Write
 

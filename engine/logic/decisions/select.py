@@ -11,11 +11,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from engine.decisions.assign import assign, canonical_visitor_id
-from engine.decisions.caps import CapState, cap_reason
-from engine.decisions.config import Campaign, Config
-from engine.decisions.rules import Now
-from engine.decisions.templates import RenderError, template_vars
+from engine.logic.decisions.assign import assign, canonical_visitor_id
+from engine.logic.decisions.caps import CapState, cap_reason
+from engine.logic.decisions.config import Campaign, Config
+from engine.logic.decisions.rules import Now
+from engine.logic.decisions.templates import RenderError, template_vars
 
 CapsInput = Mapping[str, CapState | Mapping[str, Any]]
 

@@ -10,8 +10,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from engine.decisions.config import Campaign, Caps
-from engine.decisions.rules import SESSION_MS, Now, as_datetime
+from engine.logic.decisions.config import Campaign, Caps
+from engine.logic.decisions.rules import SESSION_MS, Now, as_datetime
 
 REACTIONS = ("decision", "impression", "click", "dismiss")
 STAT_COUNTERS = ("assigned", "impressions", "clicks", "dismissals", "conversions")

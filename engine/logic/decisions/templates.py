@@ -14,7 +14,7 @@ import orjson
 from jinja2 import ChainableUndefined, TemplateSyntaxError, meta, nodes
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-from engine.decisions.rules import top_keys
+from engine.logic.decisions.rules import top_keys
 
 MAX_TEMPLATE_LEN = 64_000
 MAX_OUTPUT_LEN = 256_000

@@ -15,12 +15,12 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-from engine.decisions.assign import assign
-from engine.decisions.caps import CapState
-from engine.decisions.config import Config, load_config
-from engine.decisions.select import ineligibility, with_live_segments
-from engine.decisions.state import rule_view
-from engine.decisions.templates import RenderError, template_vars
+from engine.logic.decisions.assign import assign
+from engine.logic.decisions.caps import CapState
+from engine.logic.decisions.config import Config, load_config
+from engine.logic.decisions.select import ineligibility, with_live_segments
+from engine.logic.decisions.state import rule_view
+from engine.logic.decisions.templates import RenderError, template_vars
 from engine.settings import Settings
 from models.affinity import Profile
 
@@ -59,7 +59,7 @@ def render_preview(config: Config, campaign_id: str, view: Mapping[str, Any],
 
 
 async def _profile(settings: Settings, visitor_id: str) -> tuple[str, Profile | None]:
-    from engine.store import ProfileStore, new_client
+    from engine.store.profiles import ProfileStore, new_client
 
     assert settings.redis_url
     client = new_client(settings.redis_url, timeout=3.0)

@@ -19,7 +19,7 @@ from typing import Annotated, Any
 import msgpack
 import msgspec
 
-from engine import keys
+from engine.store import keys
 
 MAX_PER_REQUEST = 1000
 CURATED, FROM_EVENTS = b"c", b"e"

@@ -14,7 +14,7 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from engine.decisions.assign import CONTROL
+from engine.logic.decisions.assign import CONTROL
 
 ALPHA = 0.05
 SRM_THRESHOLD = 0.001

@@ -15,10 +15,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from engine.decisions.caps import CapState, day_key
-from engine.decisions.config import Config
-from engine.decisions.rules import Now
-from engine.decisions.select import Decision
+from engine.logic.decisions.caps import CapState, day_key
+from engine.logic.decisions.config import Config
+from engine.logic.decisions.rules import Now
+from engine.logic.decisions.select import Decision
 from models.affinity import AffinityConfig, Profile, rules_view
 
 DECISION_TYPE = "decision"
