@@ -1,6 +1,7 @@
 """The HTTP service: the app factory that mounts the route modules of `engine.routes`.
 
-Clients (Redis pool, Kafka producer) are made in the ASGI lifespan, never at import.
+Clients (Redis pool, Kafka producer), stores and flows are made in the ASGI lifespan
+(engine/services.py `running`), never at import.
 `create_app(settings, redis_url, bootstrap)` is the factory; `app_from_env()` is what
 `kairos api` hands to uvicorn (it reads the settings the CLI serialised for its children).
 """
@@ -8,7 +9,6 @@ Clients (Redis pool, Kafka producer) are made in the ASGI lifespan, never at imp
 from __future__ import annotations
 
 import contextlib
-import importlib
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -21,11 +21,25 @@ from starlette.routing import BaseRoute
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from engine import metrics
-from engine.eventlog import EventLog, LogUnavailable, ensure_topics
-from engine.routes import MODULES
-from engine.services import Services
+from engine.routes import (
+    catalog,
+    dashboard,
+    decide,
+    demo,
+    ingest,
+    ops,
+    profiles,
+    recommendations,
+    sdk,
+    stats,
+    trending,
+)
+from engine.services import running
 from engine.settings import Settings
-from engine.store.profiles import ProfileStore, new_client
+
+#: The route modules, in the order their routes are matched.
+ROUTE_MODULES = (ingest, profiles, ops, stats, sdk, demo, decide, dashboard, catalog, trending,
+                 recommendations)
 
 
 class _Timing:
@@ -53,44 +67,20 @@ class _Timing:
             elapsed = time.perf_counter() - start
             metrics.REQUESTS.labels(path, str(status[0])).observe(elapsed)
             app = scope.get("app")
-            live = app.state.svc.extra.get("live") if app is not None and hasattr(app.state, "svc") else None
+            live = app.state.svc.live if app is not None and hasattr(app.state, "svc") else None
             if live is not None and path.startswith("/v1/"):
                 live.observe(f"route:{path}", elapsed)
 
 
 def create_app(settings: Settings, redis_url: str, bootstrap: str,
                metrics_dir: Path | None = None) -> Starlette:
-    modules = [importlib.import_module(name) for name in MODULES]
-
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        client = new_client(redis_url, timeout=2.0)
-        log = EventLog(bootstrap, settings.events_topic, linger_ms=settings.producer_linger_ms,
-                       timeout_s=settings.produce_timeout_s)
-        svc = Services(settings, client, log, ProfileStore(client, settings.profile_ttl_ms),
-                       bootstrap, metrics_dir)
-        app.state.svc = svc
-        with contextlib.suppress(Exception):
-            await ensure_topics(bootstrap, {settings.events_topic: settings.partitions,
-                                            settings.decisions_topic: settings.partitions}, 10.0)
-        with contextlib.suppress(LogUnavailable):
-            await log.producer()
-        started = []
-        try:
-            for m in modules:
-                if hasattr(m, "startup"):
-                    await m.startup(svc)
-                started.append(m)
+        async with running(settings, redis_url, bootstrap, metrics_dir) as svc:
+            app.state.svc = svc
             yield
-        finally:
-            for m in reversed(started):
-                if hasattr(m, "shutdown"):
-                    with contextlib.suppress(Exception):
-                        await m.shutdown(svc)
-            await log.close()
-            await client.aclose()
 
-    routes: list[BaseRoute] = [r for m in modules for r in m.routes()]
+    routes: list[BaseRoute] = [r for m in ROUTE_MODULES for r in m.routes()]
     middleware = [
         Middleware(_Timing),
         Middleware(CORSMiddleware, allow_origins=["*"], allow_methods=["GET", "POST", "DELETE"],

@@ -213,8 +213,9 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
 # -- preview --------------------------------------------------------------------------------
 def cmd_preview(args: argparse.Namespace) -> int:
+    from engine.flows.preview import preview
     from engine.logic.decisions.config import ConfigError
-    from engine.logic.preview import PreviewError, parse_context, preview
+    from engine.logic.preview import PreviewError, parse_context
 
     s = _settings(args)
     try:
@@ -236,7 +237,9 @@ def cmd_catalog(args: argparse.Namespace) -> int:
 
     from tqdm import tqdm
 
-    from engine.logic.catalog import CatalogStore, count_rows, iter_feed, load_feed, rees46_records
+    from engine.flows.catalog import load_feed, rees46_records
+    from engine.logic.catalog import count_rows, iter_feed
+    from engine.store.catalog import CatalogStore
     from engine.store.profiles import new_client
 
     s = _settings(args)

@@ -5,6 +5,9 @@ cannot be reached within the deadline it raises `LogUnavailable` and the API ans
 (the client may resend: the stream dedupes by `event_id`). Events of one visitor in one
 request travel as one record keyed by the visitor, which keeps them ordered on one
 partition and costs one produce per visitor instead of one per event.
+
+`DecisionLog` buffers the decision records of the API's decisions and produces them to the
+`decisions` topic every 20 ms (the stream counts them as campaign assignments).
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 from engine.logic.events import Event, encode_events
 
 log = logging.getLogger("kairos.ingest")
+decisions_log = logging.getLogger("kairos.decide")
 
 
 class LogUnavailable(Exception):
@@ -112,3 +116,49 @@ class EventLog:
         if self._producer is not None:
             await self._producer.stop()
             self._producer = None
+
+
+class DecisionLog:
+    """Decision records on the `decisions` topic, produced in batches every `flush_s`.
+
+    One produce request for many decisions: a request per decision would cost more than
+    deciding. A failed produce is logged and dropped (the decisions stand; only their counts
+    are lost); `close` sends what is still buffered.
+    """
+
+    def __init__(self, log: EventLog, topic: str, flush_s: float = 0.02) -> None:
+        self.log = log
+        self.topic = topic
+        self.flush_s = flush_s
+        self._buffer: list[tuple[bytes, bytes]] = []
+        self._pending: set[asyncio.Task[None]] = set()
+        self._flusher: asyncio.Task[None] | None = None
+
+    def add(self, key: bytes, value: bytes) -> None:
+        """Queue one record; it is produced with the others within `flush_s`."""
+        self._buffer.append((key, value))
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.create_task(self._flush(self.flush_s))
+            self._pending.add(self._flusher)
+            self._flusher.add_done_callback(self._pending.discard)
+
+    async def _flush(self, after_s: float) -> None:
+        await asyncio.sleep(after_s)
+        batch, self._buffer = self._buffer, []
+        if not batch:
+            return
+        try:
+            producer = await self.log.producer()
+            sent = [await producer.send(self.topic, value, key=key) for key, value in batch]
+            results = await asyncio.gather(*sent, return_exceptions=True)
+            failed = [r for r in results if isinstance(r, BaseException)]
+            if failed:
+                raise failed[0]
+        except Exception as exc:  # the decisions stand; only their counts are lost
+            decisions_log.warning("could not log %d decision records: %s", len(batch), exc)
+
+    async def close(self) -> None:
+        if self._buffer:
+            await self._flush(0)
+        if self._pending:
+            await asyncio.wait(list(self._pending), timeout=2.0)

@@ -1,16 +1,41 @@
-"""What every HTTP handler may use, made once in the ASGI lifespan (never at import)."""
+"""What every HTTP handler may use: one typed object, built once in the ASGI lifespan.
+
+`running(settings, redis_url, bootstrap)` makes the clients (Redis pool, Kafka producer), the
+stores on them, the flows on the stores, starts the background work (config watching, live
+counters, the dashboard feed) and stops it all in reverse order. The order is written out
+here, once; nothing is looked up by name. Handlers reach it as `request.app.state.svc`.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import redis.asyncio as aioredis
 
-from engine.eventlog import EventLog
+from engine.confighub import ConfigHub, default_hub
+from engine.demo.shop import Shop, load_shop
+from engine.eventlog import DecisionLog, EventLog, LogUnavailable, ensure_topics
+from engine.flows.beacon import BeaconSource
+from engine.flows.campaigns import Campaigns
+from engine.flows.catalog import Catalog
+from engine.flows.dashboard import DashboardFeed
+from engine.flows.decide import Decider
+from engine.flows.health import Health
+from engine.flows.ingest import Ingest
+from engine.flows.profiles import Profiles
+from engine.flows.recommend import CATALOG_CACHE_S, Recommender
+from engine.flows.stats import LiveStats, Trending
+from engine.logic.recipes import load_recipes
 from engine.settings import Settings
-from engine.store.profiles import ProfileStore
+from engine.store.activity import ActivityStore
+from engine.store.catalog import CachedCatalog, CatalogStore
+from engine.store.decide_read import DecideReader
+from engine.store.live import LiveStore
+from engine.store.profiles import ProfileStore, new_client
+from engine.store.reco_read import RecoReader
 
 
 @dataclass
@@ -18,8 +43,85 @@ class Services:
     settings: Settings
     redis: aioredis.Redis
     events: EventLog
-    profiles: ProfileStore
-    kafka_bootstrap: str
+    hub: ConfigHub  # decisions (segments, campaigns) and recipes, hot-reloaded
+    live: LiveStats
+    ingest: Ingest
+    decider: Decider
+    campaigns: Campaigns
+    profiles: Profiles
+    catalog: Catalog
+    recommender: Recommender
+    trending: Trending
+    feed: DashboardFeed
+    beacon: BeaconSource
+    shop: Shop
+    health: Health
     metrics_dir: Path | None = None
-    # capability singletons, by name (decision config, catalog, …), set by route modules' startup
-    extra: dict[str, Any] = field(default_factory=dict)
+
+
+async def _quietly(stop: Callable[[], Awaitable[None]]) -> None:
+    with contextlib.suppress(Exception):
+        await stop()
+
+
+@contextlib.asynccontextmanager
+async def running(settings: Settings, redis_url: str, bootstrap: str,
+                  metrics_dir: Path | None = None) -> AsyncIterator[Services]:
+    s = settings
+    client = new_client(redis_url, timeout=2.0)
+    log = EventLog(bootstrap, s.events_topic, linger_ms=s.producer_linger_ms,
+                   timeout_s=s.produce_timeout_s)
+    stack = contextlib.AsyncExitStack()
+    try:
+        stack.push_async_callback(client.aclose)
+        stack.push_async_callback(log.close)
+        with contextlib.suppress(Exception):
+            await ensure_topics(bootstrap, {s.events_topic: s.partitions,
+                                            s.decisions_topic: s.partitions}, 10.0)
+        with contextlib.suppress(LogUnavailable):
+            await log.producer()
+
+        # stores
+        profile_store = ProfileStore(client, s.profile_ttl_ms)
+        live_store = LiveStore(client, s.group_id)
+        decide_reader = DecideReader(client)
+        reco_reader = RecoReader(client, s.group_id)
+        catalog_store = CatalogStore(client)
+
+        # background: live counters, the configuration (watched)
+        live = LiveStats(live_store)
+        await live.start()
+        stack.push_async_callback(_quietly, live.close)
+        hub = default_hub(s.config_dir, s.config_reload_debounce_ms)
+        hub.register("recipes", load_recipes, ("recipes",))
+        await hub.start()
+        stack.push_async_callback(_quietly, hub.stop)
+        beacon = BeaconSource(Path(s.config_dir) / "sitemap.yaml")
+        beacon.load_initial()  # an invalid sitemap stops the engine with file:line messages
+
+        # flows
+        decider = Decider(decide_reader, hub, DecisionLog(log, s.decisions_topic), s.affinity,
+                          s.decide_deadline_ms)
+        stack.push_async_callback(_quietly, decider.close)
+        campaigns = Campaigns(hub, decide_reader)
+        trending = Trending(reco_reader)
+        feed = DashboardFeed(live, trending, campaigns, hub, decide_reader)
+        feed.start()
+        stack.push_async_callback(_quietly, feed.close)
+        svc = Services(
+            settings=s, redis=client, events=log, hub=hub, live=live,
+            ingest=Ingest(log, live, s.retry_after_s),
+            decider=decider,
+            campaigns=campaigns,
+            profiles=Profiles(profile_store, ActivityStore(client), s.affinity),
+            catalog=Catalog(catalog_store),
+            recommender=Recommender(profile_store, reco_reader,
+                                    CachedCatalog(catalog_store, ttl_s=CATALOG_CACHE_S),
+                                    s.affinity, lambda: hub.get("recipes"),
+                                    lambda: hub.errors.get("recipes", [])),
+            trending=trending, feed=feed, beacon=beacon, shop=load_shop(s.demo_catalog),
+            health=Health(client, log, live_store), metrics_dir=metrics_dir,
+        )
+        yield svc
+    finally:
+        await stack.aclose()

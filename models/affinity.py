@@ -22,6 +22,8 @@ from typing import Any
 
 import msgpack
 
+from engine.logic.common import category_ancestors
+
 DIMENSIONS = ("category", "brand", "tag", "item")
 _DIM_INDEX = {d: i for i, d in enumerate(DIMENSIONS)}
 
@@ -230,11 +232,6 @@ def _prune(table: dict[str, list[float]], cap: int, touched: set[str]) -> None:
         table.update(fresh)
 
 
-def _ancestors(path: str) -> list[str]:
-    parts = [s for s in path.strip("/").split("/") if s]
-    return ["/".join(parts[: i + 1]) for i in range(len(parts))]
-
-
 def _push_front(lst: list[str], value: str, cap: int) -> None:
     if value in lst:
         lst.remove(value)
@@ -301,7 +298,7 @@ def apply_event(p: Profile, event: Mapping[str, Any], cfg: AffinityConfig) -> bo
             for tag in thing.get("tags") or ():
                 _credit(tag_t, tag.lower(), code, amount * boost["tag"], touched[2])
             for path in thing.get("categories") or ():
-                chain = _ancestors(path.lower())
+                chain = category_ancestors(path.lower())
                 factor = 1.0
                 for node in reversed(chain):
                     _credit(cat_t, node, code, amount * factor * boost["category"], touched[0])
@@ -479,7 +476,7 @@ def reference_scores(
                 keys.extend((t.lower(), 1.0) for t in thing.get("tags") or ())
             elif dim == "category":
                 for path in thing.get("categories") or ():
-                    chain = _ancestors(path.lower())
+                    chain = category_ancestors(path.lower())
                     factor = 1.0
                     for node in reversed(chain):
                         keys.append((node, factor))

@@ -12,8 +12,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from engine.store.profiles import ProfileStore
+from engine.store.writes import Emit
 from models.affinity import AffinityConfig
-from streams.plan import Emit, Hook, needed_pids, plan
+from streams.plan import Hook, needed_pids, plan
 
 MAX_ATTEMPTS = 8
 

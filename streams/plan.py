@@ -9,45 +9,21 @@ it atomically (the anonymous profile deleted, the visitor's alias set).
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Any, Protocol
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol
 
 from engine.store import keys
+from engine.store.writes import Emit, Op, Stored, Write
 from models.affinity import AffinityConfig, Profile, apply_event, merge
 
-# A Redis command the commit script runs on another key iff the profile write succeeds, so
-# every derived counter (trending, co-occurrence, campaign stats, segment sizes) changes
-# exactly once per applied event. Only these commands are allowed (see commit_profile.lua).
-# `CAMPAIGN` is not a Redis command but the commit script's campaign state machine (the
-# conditional parts of engine.logic.decisions.caps, which depend on stored state: see
-# streams/hooks_decisions.py).
-#: Events from the decisions topic carry marks of partition + this (streams/app.py), apart
+if TYPE_CHECKING:
+    from engine.confighub import ConfigHub
+    from engine.settings import Settings
+    from engine.store.snapshots import ModelSnapshots
+
+#: Events from the decisions topic carry marks of partition + this (streams/batch.py), apart
 #: from the events topic's.
 DECISIONS_MARK_BASE = 1 << 20
-
-OP_COMMANDS = frozenset({"ZINCRBY", "ZADD", "ZREM", "ZREMRANGEBYRANK", "HINCRBY", "HINCRBYFLOAT",
-                         "HSET", "HDEL", "INCRBY", "PFADD", "SADD", "SREM", "PEXPIRE", "DEL", "SET", "LPUSH", "LTRIM",
-                         "CAMPAIGN"})
-
-
-@dataclass(frozen=True, slots=True)
-class Op:
-    command: str
-    key: str
-    args: tuple[str | int | float | bytes, ...] = ()
-
-    def __post_init__(self) -> None:
-        if self.command not in OP_COMMANDS:
-            raise ValueError(f"{self.command} is not an allowed op")
-
-
-@dataclass(frozen=True, slots=True)
-class Emit:
-    """A message to produce after the commit (at least once: consumers dedupe by id)."""
-
-    topic: str
-    key: bytes
-    value: bytes
 
 
 class Hook(Protocol):
@@ -61,27 +37,14 @@ class Hook(Protocol):
     def __call__(self, event: Mapping[str, Any], profile: Profile, pid: str) -> Iterable[Op | Emit]: ...
 
 
-@dataclass(slots=True)
-class Stored:
-    """A profile as read: its revision (b'' when absent) and its state."""
+@dataclass(frozen=True, slots=True)
+class HookContext:
+    """What a hook module's `setup` gets: made once by the worker (streams/hooks/__init__.py),
+    so that the hooks themselves do no I/O."""
 
-    rev: bytes = b""
-    profile: Profile | None = None
-
-
-@dataclass(slots=True)
-class Write:
-    pid: str
-    expected: bytes
-    profile: Profile
-    deletes: list[tuple[str, bytes]] = field(default_factory=list)  # (pid, expected rev)
-    aliases: list[tuple[str, str]] = field(default_factory=list)  # (visitor_id, pid)
-    events: list[int] = field(default_factory=list)  # indices into the batch
-    applied: int = 0
-    duplicates: int = 0
-    ops: list[Op] = field(default_factory=list)
-    emits: list[Emit] = field(default_factory=list)
-    last: Mapping[str, Any] | None = None  # the last event applied to this profile
+    settings: Settings
+    hub: ConfigHub | None = None  # the decision configuration, hot-reloaded
+    snapshots: ModelSnapshots | None = None  # where per-partition models are saved
 
 
 @dataclass(slots=True)

@@ -15,6 +15,8 @@ from typing import Any
 
 import orjson
 
+from engine.logic.common import Problem
+
 Event = dict[str, Any]
 
 FORMATS = ("taobao", "rees46", "jsonl")
@@ -66,7 +68,7 @@ def load_events(path: str | Path, fmt: str | None = None) -> list[Event]:
 
 
 def _bad(path: str | Path, lineno: int, why: str) -> ValueError:
-    return ValueError(f"{path}:{lineno}: {why}")
+    return ValueError(str(Problem(str(path), lineno, why)))
 
 
 def _digits(value: str, what: str) -> str:

@@ -284,7 +284,8 @@ def decode_events(value: bytes) -> list[dict[str, Any]]:
 
 
 def to_dict(ev: Event) -> dict[str, Any]:
-    return msgspec.to_builtins(ev)
+    out: dict[str, Any] = msgspec.to_builtins(ev)
+    return out
 
 
 def event_json_schema() -> dict[str, Any]:

@@ -1,7 +1,8 @@
 """Recipes: how candidate lists from the learners become one ranked list with a reason each.
 
-Pure: a recipe is parsed from a plain dict (the caller loads the YAML), and `apply` takes the
-candidates, a catalog lookup, the visitor's state and the request context as plain data.
+Pure: a recipe is parsed from a plain dict (`load_recipes` reads the YAML files of the config
+folder for the config hub), and `apply` takes the candidates, a catalog lookup, the visitor's
+state and the request context as plain data.
 
 Recipe fields (all optional but `ingredients`)::
 
@@ -27,10 +28,15 @@ affinity.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from pathlib import Path
 from typing import Any, NamedTuple
+
+import yaml
+
+from engine.logic.common import category_ancestors
 
 INGREDIENTS = (
     "trending",
@@ -421,14 +427,6 @@ def excluded_ids(
     return out
 
 
-def _prefixes(path: str) -> Iterator[str]:
-    """A category path and its ancestors: "a/b/c", "a/b", "a"."""
-    yield path
-    while (cut := path.rfind("/")) > 0:
-        path = path[:cut]
-        yield path
-
-
 class _Booster:
     """`boost` for one request: the visitor's shares are normalised once, not per candidate."""
 
@@ -455,7 +453,7 @@ class _Booster:
             # "a/b/c" is in "a/b/c", "a/b" and "a")
             best = 0.0
             for c in record.get("categories") or ():
-                for p in _prefixes(c):
+                for p in category_ancestors(c):
                     share = self.cats.get(p)
                     if share is not None and share > best:
                         best = share
@@ -599,3 +597,27 @@ def apply(
                 return picker.chosen
         floor = min((r.score for r in picker.chosen), default=1.0)
     return picker.chosen
+
+
+class RecipesError(ValueError):
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("; ".join(problems))
+        self.problems = problems
+
+
+def load_recipes(config_dir: Path) -> dict[str, Recipe]:
+    """Every `recipes/*.yaml` under the config folder, validated (errors name file and field)."""
+    out: dict[str, Recipe] = {}
+    problems = []
+    for path in sorted((Path(config_dir) / "recipes").glob("*.y*ml")):
+        try:
+            recipe = parse_recipe(yaml.safe_load(path.read_text(encoding="utf-8")), path.stem)
+        except (yaml.YAMLError, RecipeError, OSError) as exc:
+            problems.append(f"{path}: {exc}")
+            continue
+        if recipe.name in out:
+            problems.append(f"{path}: name: recipe {recipe.name!r} is defined twice")
+        out[recipe.name] = recipe
+    if problems:
+        raise RecipesError(problems)
+    return out

@@ -21,16 +21,16 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from engine.logic.common import Problem
+
 __all__ = [
     "KINDS",
     "SitemapError",
-    "SitemapIssue",
     "beacon_bundle",
     "compile_sitemap",
     "load",
@@ -65,21 +65,10 @@ NOT_JS = re.compile(r"\(\?P|\(\?#|\(\?>|\\[AZz]|\(\?[aiLmsux-]+[:)]|[*+?}]\+")
 Path_ = tuple[str | int, ...]
 
 
-@dataclass(frozen=True)
-class SitemapIssue:
-    file: str
-    line: int
-    field: str
-    message: str
-
-    def __str__(self) -> str:
-        return f"{self.file}:{self.line}: {self.field or '(top)'}: {self.message}"
-
-
 class SitemapError(ValueError):
     """The sitemap is invalid; ``issues`` lists every problem found, with its line."""
 
-    def __init__(self, issues: list[SitemapIssue]):
+    def __init__(self, issues: list[Problem]):
         self.issues = issues
         super().__init__("\n".join(str(i) for i in issues))
 
@@ -120,7 +109,7 @@ class _Checker:
     def __init__(self, file: str, lines: dict[Path_, int]):
         self.file = file
         self.lines = lines
-        self.issues: list[SitemapIssue] = []
+        self.issues: list[Problem] = []
 
     def line(self, path: Path_) -> int:
         while path not in self.lines and path:
@@ -131,7 +120,7 @@ class _Checker:
         field = ".".join(str(p) if isinstance(p, str) else f"[{p}]" for p in path).replace(
             ".[", "["
         )
-        self.issues.append(SitemapIssue(self.file, line or self.line(path), field, message))
+        self.issues.append(Problem(self.file, line or self.line(path), message, field))
 
     # typed getters: return the value or None (after recording an error)
     def mapping(self, v: Any, path: Path_, allowed: tuple[str, ...]) -> dict[str, Any] | None:
@@ -271,10 +260,10 @@ def _item(c: _Checker, v: Any, path: Path_) -> dict[str, Any] | None:
             if s.startswith("@"):
                 c.err(path + ("selectors", k), "a selector comes before @attribute")
                 continue
-            sel = c.selector(sel, path + ("selectors", k))
-            if sel is None:
+            checked = c.selector(sel, path + ("selectors", k))
+            if checked is None:
                 continue
-            f: dict[str, Any] = {"sel": sel}
+            f: dict[str, Any] = {"sel": checked}
             if attr:
                 if not re.match(r"^[A-Za-z_:][-A-Za-z0-9_:.]*$", attr.strip()):
                     c.err(path + ("selectors", k), f"not an attribute name: {attr!r}")
@@ -439,16 +428,16 @@ def compile_sitemap(text: str, file: str = "config/sitemap.yaml") -> dict[str, A
         mark = getattr(e, "problem_mark", None) or getattr(e, "context_mark", None)
         line = mark.line + 1 if mark else 1
         problem = getattr(e, "problem", None) or str(e)
-        raise SitemapError([SitemapIssue(file, line, "", f"YAML syntax: {problem}")]) from None
+        raise SitemapError([Problem(file, line, field="", message=f"YAML syntax: {problem}")]) from None
     if node is None:
-        raise SitemapError([SitemapIssue(file, 1, "", "the file is empty")])
+        raise SitemapError([Problem(file, 1, field="", message="the file is empty")])
     lines: dict[Path_, int] = {}
     raw_issues: list[tuple[Path_, int, str]] = []
     try:
         data = _plain(node, (), lines, raw_issues, yaml.SafeLoader(""))
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
-        raise SitemapError([SitemapIssue(file, mark.line + 1 if mark else 1, "", str(e))]) from None
+        raise SitemapError([Problem(file, mark.line + 1 if mark else 1, field="", message=str(e))]) from None
     c = _Checker(file, lines)
     for path, line, msg in raw_issues:
         c.err(path, msg, line)
@@ -482,7 +471,7 @@ def load(path: str | Path) -> dict[str, Any]:
     try:
         text = p.read_text(encoding="utf-8")
     except OSError as e:
-        raise SitemapError([SitemapIssue(str(p), 1, "", f"cannot read: {e.strerror}")]) from None
+        raise SitemapError([Problem(str(p), 1, f"cannot read: {e.strerror}", field="")]) from None
     return compile_sitemap(text, str(p))
 
 

@@ -20,6 +20,8 @@ from dataclasses import dataclass
 
 #: The half-lives the stream keeps, by label (the dashboard and the recipes read them).
 HALF_LIVES: Mapping[str, float] = {"1h": 3600.0, "1d": 86400.0}
+#: The half-life label whose per-category item tables the recipes read.
+RECO_HALF_LIFE = "1d"
 DIMENSIONS = ("item", "category", "brand")
 
 

@@ -1,8 +1,10 @@
-"""HTTP route modules, one per capability.
+"""HTTP adapters, one module per capability: parse, call a flow, serialise.
 
-Each module has `routes() -> list[BaseRoute]` and may have `async startup(svc)` and
-`async shutdown(svc)`; handlers reach the shared `Services` as `request.app.state.svc`.
-`engine.api.create_app` mounts the modules listed in `MODULES`, in order.
+Each module has `routes() -> list[BaseRoute]`; handlers reach the flows as fields of the typed
+`Services` (`svc(request).decider`, ...), made once in the lifespan (engine/services.py).
+`engine.api.create_app` mounts the modules it lists. A route module holds no service and
+imports no other route module: what two of them share is here (body reading, JSON answers,
+errors) or on a lower floor (engine/flows, engine/logic).
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 
+from engine.flows.ingest import Unavailable
+from engine.logic import events as spec
 from engine.services import Services
 
 JSON = "application/json"
@@ -31,16 +35,30 @@ def error(status: int, field: str, reason: str, **extra: Any) -> Response:
     return json_response(body, status)
 
 
-MODULES = [
-    "engine.routes.ingest",
-    "engine.routes.profiles",
-    "engine.routes.ops",
-    "engine.routes.stats",
-    "engine.routes.sdk",
-    "engine.routes.demo",
-    "engine.routes.decide",
-    "engine.routes.dashboard",
-    "engine.routes.catalog",
-    "engine.routes.trending",
-    "engine.routes.recommendations",
-]
+def unavailable(refused: Unavailable) -> Response:
+    """503 with Retry-After: the broker did not take the events (the client resends them)."""
+    return json_response({"error": refused.error, "accepted": 0}, 503,
+                         headers={"Retry-After": str(refused.retry_after_s)})
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    length = request.headers.get("content-length")
+    if length is not None:
+        try:
+            too_big = int(length) > limit
+        except ValueError:
+            raise spec.BodyError(400, "content-length", "must be an integer") from None
+        if too_big:
+            raise spec.BodyError(413, "body", f"must be at most {limit} bytes")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise spec.BodyError(413, "body", f"must be at most {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def media_type(request: Request) -> str:
+    return request.headers.get("content-type", "").split(";", 1)[0].strip().lower()

@@ -9,15 +9,15 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
-from engine.logic.catalog import MAX_PER_REQUEST, CatalogStore, validate_items
+from engine.flows.catalog import Catalog
+from engine.logic.catalog import MAX_PER_REQUEST
 from engine.routes import error, json_response, svc
-from engine.services import Services
 
 MAX_BODY_BYTES = 8 * 1024 * 1024
 
 
-def store(request: Request) -> CatalogStore:
-    return svc(request).extra["catalog"]  # type: ignore[no-any-return]
+def catalog(request: Request) -> Catalog:
+    return svc(request).catalog
 
 
 async def post_items(request: Request) -> Response:
@@ -34,26 +34,21 @@ async def post_items(request: Request) -> Response:
         return error(400, "body", "must be an item, a list of items or {\"items\": [...]}")
     if len(doc) > MAX_PER_REQUEST:
         return error(413, "items", f"must be at most {MAX_PER_REQUEST} per request")
-    good, rejected = validate_items(doc)
-    written = await store(request).upsert(good)
+    written, rejected = await catalog(request).upsert(doc)
     return json_response({"accepted": written, "rejected": rejected})
 
 
 async def get_item(request: Request) -> Response:
-    record = await store(request).get(request.path_params["item_id"])
+    record = await catalog(request).get(request.path_params["item_id"])
     if record is None:
         return error(404, "item_id", "is not in the catalog")
     return json_response(record)
 
 
 async def delete_item(request: Request) -> Response:
-    if not await store(request).delete(request.path_params["item_id"]):
+    if not await catalog(request).delete(request.path_params["item_id"]):
         return error(404, "item_id", "is not in the catalog")
     return Response(status_code=204)
-
-
-async def startup(s: Services) -> None:
-    s.extra["catalog"] = CatalogStore(s.redis)
 
 
 def routes() -> list[BaseRoute]:

@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
-from typing import Any
-
-import orjson
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
 from starlette.routing import BaseRoute, Route
@@ -13,7 +9,6 @@ from starlette.routing import BaseRoute, Route
 from engine import metrics
 from engine.openapi import DOCS_HTML, openapi
 from engine.routes import json_response, svc
-from engine.store import keys
 
 
 async def healthz(request: Request) -> Response:
@@ -21,24 +16,14 @@ async def healthz(request: Request) -> Response:
 
 
 async def readyz(request: Request) -> Response:
-    s = svc(request)
-    checks: dict[str, str] = {}
-    try:
-        await s.redis.ping()
-        checks["redis"] = "ok"
-    except Exception as exc:
-        checks["redis"] = f"unreachable: {exc}"
-    checks["kafka"] = "ok" if await s.events.ready() else "unreachable"
+    checks = await svc(request).health.checks()
     ok = all(v == "ok" for v in checks.values())
     return json_response({"status": "ready" if ok else "not ready", "checks": checks}, 200 if ok else 503)
 
 
 async def get_metrics(request: Request) -> Response:
     s = svc(request)
-    workers: dict[str, Any] = {}
-    with contextlib.suppress(Exception):
-        raw = await s.redis.hgetall(keys.workers(s.settings.group_id))
-        workers = {k.decode(): orjson.loads(v) for k, v in raw.items()}
+    workers = await s.health.workers()
     return Response(metrics.render(s.metrics_dir, workers), media_type="text/plain; version=0.0.4")
 
 

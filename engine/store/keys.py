@@ -23,6 +23,22 @@ def profile(pid: str) -> str:
     return f"kp:{{{pid}}}"
 
 
+def visitor_profiles(visitor_glob: str) -> str:
+    """A SCAN pattern matching the profiles of the visitors whose id matches the glob."""
+    return profile(visitor_pid(visitor_glob))
+
+
+def family(key: bytes | str) -> str:
+    """A key's family, the part before its first colon (`kp` profiles, `ka` aliases, `kx` live
+    counters, ...): what memory breakdowns group by."""
+    text = key.decode(errors="replace") if isinstance(key, bytes) else key
+    return text.split(":", 1)[0]
+
+
+def is_profile(key: bytes | str) -> bool:
+    return family(key) == "kp"
+
+
 def alias(visitor_id: str) -> str:
     """Which profile an identified visitor now belongs to (value: a pid)."""
     return f"ka:{{{visitor_pid(visitor_id)}}}"
@@ -95,7 +111,7 @@ ITEM_POPULARITY = "knp"  # hash: item id -> how many co-view events it had (inve
 
 def trending(half_life: str, dim: str, epoch: int) -> str:
     """Sorted set of forward-decayed scores of one dimension (`item`, `category`, `brand`) for
-    one half-life label and landmark epoch (see engine/trending.py), bounded."""
+    one half-life label and landmark epoch (see engine/logic/trending.py), bounded."""
     return f"ktr:{half_life}:{dim}:{epoch}"
 
 
@@ -105,7 +121,7 @@ def trending_in_category(half_life: str, category: str, epoch: int) -> str:
 
 
 def cf_visitor(pid: str) -> str:
-    """String: a profile's online-CF vector (streams/hooks_cf.py: the uint16 partition whose
+    """String: a profile's online-CF vector (streams/hooks/cf.py: the uint16 partition whose
     model learnt it, then little-endian float32 factors), same TTL as the profile."""
     return f"kcf:u:{pid}"
 

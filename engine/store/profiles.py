@@ -2,24 +2,23 @@
 
 `ProfileStore` reads aliases and profiles for a batch, commits planned writes with
 compare-and-set (one server-side script per profile, all in one pipeline), and finds a
-profile by visitor or user id for the API. Key formats live in `engine.keys`.
+profile by visitor or user id for the API. Key formats live in `engine.store.keys`, the
+write contract in `engine.store.writes`.
 """
 
 from __future__ import annotations
 
 import struct
 from collections.abc import Iterable, Sequence
-from pathlib import Path
 from typing import Any
 
 import msgpack
 import redis.asyncio as aioredis
 
-from engine.store import keys
+from engine.store import keys, script
+from engine.store.writes import Op, Stored, Write, coalesce
 from models.affinity import Profile
-from streams.plan import Op, Stored, Write
 
-_LUA = Path(__file__).with_name("lua")
 _REV = struct.Struct(">I")
 
 
@@ -33,45 +32,6 @@ def new_client(url: str, *, timeout: float | None = 5.0, max_connections: int = 
 def _next_rev(rev: bytes) -> bytes:
     n = _REV.unpack(rev)[0] if rev else 0
     return _REV.pack((n + 1) & 0xFFFFFFFF)
-
-
-_TRAILING = frozenset({"PEXPIRE", "LTRIM", "ZREMRANGEBYRANK"})
-_SUMMABLE = {"HINCRBY": 1, "HINCRBYFLOAT": 1, "INCRBY": 0, "ZINCRBY": 0}
-
-
-def coalesce(ops: Sequence[Op]) -> list[Op]:
-    """Merge increments of the same counter and repeated identical ops (a batch of events of
-    one visitor often touches the same per-second or per-campaign counters)."""
-    out: dict[tuple[Any, ...], Op] = {}
-    for op in ops:
-        pos = _SUMMABLE.get(op.command)
-        if pos is None:
-            out.setdefault((op.command, op.key, op.args), op)
-            continue
-        if op.command == "ZINCRBY":
-            ident: tuple[Any, ...] = (op.command, op.key, op.args[1])
-            amount = op.args[0]
-        elif op.command == "INCRBY":
-            ident, amount = (op.command, op.key), op.args[0]
-        else:
-            ident, amount = (op.command, op.key, op.args[0]), op.args[1]
-        prev = out.get(ident)
-        if prev is None:
-            out[ident] = op
-            continue
-        total = _num(amount) + _num(prev.args[1] if pos == 1 else prev.args[0])
-        if op.command == "HINCRBYFLOAT" or op.command == "ZINCRBY":
-            total = float(total)
-        else:
-            total = int(total)
-        args = (op.args[0], total) if pos == 1 else (total, *op.args[1:])
-        out[ident] = Op(op.command, op.key, args)
-    # trims and expiries go after every increment and push of the write
-    return sorted(out.values(), key=lambda o: o.command in _TRAILING)
-
-
-def _num(x: Any) -> Any:
-    return float(x) if isinstance(x, str | bytes) else x
 
 
 def _arg(a: Any) -> bytes | str:
@@ -99,7 +59,7 @@ class ProfileStore:
     def __init__(self, client: aioredis.Redis, ttl_ms: int) -> None:
         self.r = client
         self.ttl_ms = ttl_ms
-        self._commit = client.register_script((_LUA / "commit_profile.lua").read_text())
+        self._commit = client.register_script(script("commit_profile"))
 
     async def aliases(self, visitor_ids: Iterable[str]) -> dict[str, str | None]:
         vids = list(dict.fromkeys(visitor_ids))
@@ -143,9 +103,6 @@ class ProfileStore:
             await self._commit(keys=ks, args=args, client=pipe)
         results = await pipe.execute()
         return [bool(x) for x in results]
-
-    async def activity(self, pid: str, n: int = 30) -> list[bytes]:
-        return list(await self.r.lrange(keys.activity(pid), 0, n - 1))
 
     async def find(self, some_id: str) -> tuple[str, Stored] | None:
         """A profile by visitor id (following its alias) or by user id."""

@@ -9,6 +9,8 @@ from typing import Any, NamedTuple, Protocol
 
 import msgpack
 
+from engine.logic.common import category_ancestors
+
 Event = Mapping[str, Any]
 
 #: How much each behaviour counts, by normalised event type.
@@ -52,12 +54,6 @@ def event_items(event: Event) -> list[Mapping[str, Any]]:
     return []
 
 
-def category_prefixes(path: str) -> list[str]:
-    """`"a/b/c"` -> `["a", "a/b", "a/b/c"]`."""
-    parts = [p for p in path.split("/") if p]
-    return ["/".join(parts[: i + 1]) for i in range(len(parts))]
-
-
 def item_categories(item: Mapping[str, Any], prefixes: bool = False) -> list[str]:
     """The category paths of an item, optionally with all their ancestors (no duplicates)."""
     cats = item.get("categories") or []
@@ -65,7 +61,7 @@ def item_categories(item: Mapping[str, Any], prefixes: bool = False) -> list[str
         return [c for c in cats if c]
     out: dict[str, None] = {}
     for c in cats:
-        for p in category_prefixes(c):
+        for p in category_ancestors(c):
             out[p] = None
     return list(out)
 
@@ -167,7 +163,8 @@ def unpack(data: bytes, kind: str, version: int) -> dict[str, Any]:
         raise ValueError(
             f"{kind} snapshot version {doc.get('v')} is not supported (want {version})"
         )
-    return doc["state"]
+    state: dict[str, Any] = doc["state"]
+    return state
 
 
 def pairs(table: Mapping[str, float]) -> list[list[Any]]:

@@ -84,7 +84,8 @@ class OnlineMF:
     def _init(self, kind: str, key: str) -> np.ndarray:
         h = zlib.crc32(f"{kind}:{key}".encode())
         t = self._init_table
-        return (t[h % INIT_ROWS] + t[(h >> 12) % INIT_ROWS]) * _SQRT_HALF
+        row: np.ndarray = (t[h % INIT_ROWS] + t[(h >> 12) % INIT_ROWS]) * _SQRT_HALF
+        return row
 
     def _vec(self, table: dict[str, np.ndarray], kind: str, key: str, cap: int) -> np.ndarray:
         vec = table.pop(key, None)

@@ -197,7 +197,9 @@ class CoOccurrence(NeighbourTables):
             "window": max((len(r) for r in self._recent.values()), default=0),
         }
 
-    _recent_row = staticmethod(list)  # [item, ts] rows
+    @staticmethod
+    def _recent_row(row: Any) -> Any:
+        return list(row)  # [item, ts] rows
 
     def _settings(self) -> dict[str, Any]:
         return {

@@ -15,7 +15,7 @@ import pytest
 from playwright.sync_api import BrowserContext
 
 from engine.demo.catalog import load_catalog
-from engine.routes.demo import catalog_path
+from engine.demo.shop import catalog_path
 from engine.settings import Settings
 from tests.conftest import Stack
 from tests.e2e.conftest import Beacon, queue_len, read_events, visitor_id, wait_events

@@ -247,7 +247,7 @@ async def test_campaign_op_matches_the_pure_caps_logic(redis_server, tmp_path: P
     from engine.store.profiles import ProfileStore, new_client
     from models.affinity import AffinityConfig
     from streams.applier import Applier
-    from streams.hooks_decisions import DecisionHook
+    from streams.hooks.decisions import DecisionHook
 
     (tmp_path / "campaigns").mkdir()
     cid = f"c{uid()[2:]}".replace("-", "")[:20]

@@ -7,9 +7,9 @@ import redis.exceptions
 
 from engine.store import keys
 from engine.store.profiles import ProfileStore, new_client
+from engine.store.writes import Op, Write
 from models.affinity import AffinityConfig, Profile
 from streams.applier import Applier
-from streams.plan import Op, Write
 from tests.conftest import uid
 
 pytestmark = pytest.mark.integration

@@ -152,7 +152,8 @@ def test_cart_and_purchase_lists():
 
 def test_redelivered_records_are_skipped_by_offset_marks():
     """However many events of one visitor a crash replays, the offset mark skips them all."""
-    from streams.plan import Stored, plan
+    from engine.store.writes import Stored
+    from streams.plan import plan
 
     evs = [{**event(i, brand="b"), "_p": 2, "_o": 100 + i, "_t": T0 + i} for i in range(100)]
     first = plan(evs[:60], {}, {}, CFG)
@@ -168,7 +169,8 @@ def test_redelivered_records_are_skipped_by_offset_marks():
 
 def test_every_event_of_a_record_applies_on_an_existing_profile():
     """Events of one record share an offset; advancing the mark must not skip its siblings."""
-    from streams.plan import Stored, plan
+    from engine.store.writes import Stored
+    from streams.plan import plan
 
     first = plan([{**event(0), "_p": 0, "_o": 5, "_t": T0}], {}, {}, CFG)
     stored = {"v:v": Stored(b"\0\0\0\1", Profile.restore(first.writes[0].profile.snapshot()))}
@@ -179,7 +181,8 @@ def test_every_event_of_a_record_applies_on_an_existing_profile():
 
 
 def test_finish_hooks_run_once_per_profile_per_batch():
-    from streams.plan import Op, plan
+    from engine.store.writes import Op
+    from streams.plan import plan
 
     calls = []
 

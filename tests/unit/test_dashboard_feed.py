@@ -6,7 +6,8 @@ from collections import Counter
 
 import orjson
 
-from engine.routes.stats import ArmHistory, LiveStats, SegmentRates, sse
+from engine.flows.dashboard import sse
+from engine.logic.livestats import ArmHistory, LiveWindow, SegmentRates
 
 
 def test_segment_rates_from_size_changes() -> None:
@@ -96,7 +97,7 @@ def test_arm_history_forgets_removed_campaigns() -> None:
 
 
 def test_live_snapshot_tail_and_rates() -> None:
-    live = LiveStats(redis=None, group_id="g")
+    live = LiveWindow()
     now = 1_700_000_100.5
     live.seconds.extend(
         (s, Counter({"applied": 10, "t:item_view": 7, "t:add_to_cart": 3, "c:web": 10}))

@@ -22,9 +22,9 @@ from engine.logic.decisions.state import (
 )
 from engine.logic.preview import PreviewError, render_preview
 from engine.store import keys
+from engine.store.writes import Emit, Op
 from models.affinity import AffinityConfig, Profile, apply_event
-from streams.hooks_decisions import DecisionHook
-from streams.plan import Emit, Op
+from streams.hooks.decisions import DecisionHook
 
 CFG = AffinityConfig()
 NOW = 1_767_268_800_000  # 2026-01-01T12:00:00Z
@@ -204,7 +204,7 @@ def test_preview_renders_and_explains(cdir: Path) -> None:
 
 
 def test_decide_request_parsing() -> None:
-    from engine.routes.decide import RequestError, parse_request
+    from engine.logic.decide_request import RequestError, parse_request
 
     body = b'{"visitor_id": "v1", "user_id": "u1", "context": {"zones": ["a", "b", "a"]},' \
            b' "events": [{"event_id": "e1", "type": "page_view"}]}'

@@ -1,4 +1,4 @@
-"""The online-CF hook (streams/hooks_cf.py) and serving from its exported vectors."""
+"""The online-CF hook (streams/hooks/cf.py) and serving from its exported vectors."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from engine.settings import Settings
 from engine.store import keys
 from models.affinity import AffinityConfig, Profile
 from models.reco.cf import OnlineMF, score_exported
-from streams.hooks_cf import OnlineCF
+from streams.hooks.cf import OnlineCF
 from streams.plan import DECISIONS_MARK_BASE, plan
 
 SETTINGS = Settings(group_id="g", cf_factors=8)

@@ -51,8 +51,7 @@ def test_human_rate(x, s):
 
 
 def test_ops_of_one_write_are_coalesced():
-    from engine.store.profiles import coalesce
-    from streams.plan import Op
+    from engine.store.writes import Op, coalesce
 
     ops = [Op("HINCRBY", "k", ("t:view", 1)), Op("PEXPIRE", "k", (10,)), Op("HINCRBY", "k", ("t:view", 2)),
            Op("ZINCRBY", "z", (1.5, "a")), Op("ZINCRBY", "z", (0.5, "a")), Op("PEXPIRE", "k", (10,)),

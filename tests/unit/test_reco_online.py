@@ -7,17 +7,16 @@ import pytest
 from engine.logic.catalog import (
     ItemError,
     _csv_row,
-    decode_hash,
-    event_fields,
     from_event_item,
     validate_item,
     validate_items,
 )
 from engine.store import keys
-from engine.store.profiles import coalesce
+from engine.store.catalog import decode_hash, event_fields
+from engine.store.writes import coalesce
 from models.affinity import AffinityConfig, Profile, apply_event
 from models.reco.online import history_candidates, neighbour_candidates, seed_weights, visitor_state
-from streams.hooks_reco import CAPS, reco_ops
+from streams.hooks.reco import CAPS, reco_ops
 
 CFG = AffinityConfig()
 T0 = 1_700_000_000_000
@@ -72,7 +71,7 @@ def test_event_fields_merge_and_curated_wins():
     h.update(event_fields({"id": "x", "price": 3.0}))
     got = decode_hash("x", h)
     assert got == {"id": "x", "name": "X", "brand": "acme", "categories": ["a/b"], "price": 3.0}
-    from engine.logic.catalog import pack
+    from engine.store.catalog import pack
 
     h[b"c"] = pack({"id": "x", "name": "Curated"})
     assert decode_hash("x", h)["name"] == "Curated"

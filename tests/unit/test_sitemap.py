@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from engine.flows.beacon import BeaconSource
 from engine.logic.sitemap import SitemapError, beacon_bundle, compile_sitemap, load
-from engine.routes.sdk import BeaconSource
 
 ROOT = Path(__file__).resolve().parents[2]
 

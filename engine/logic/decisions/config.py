@@ -17,6 +17,7 @@ from zoneinfo import ZoneInfo
 
 import yaml
 
+from engine.logic.common import Problem
 from engine.logic.decisions.assign import CONTROL, arm_probabilities
 from engine.logic.decisions.rules import (
     Now,
@@ -39,18 +40,6 @@ _ID_RE = re.compile(r"^[a-z0-9][a-z0-9_\-]{0,63}$")
 _ALWAYS: Rule = lambda profile, context, now: True  # noqa: E731
 
 FieldError = RuleError  # a validation error carrying a path inside the document
-
-
-@dataclass(frozen=True, slots=True)
-class Problem:
-    """One validation problem, located by file and 1-based line."""
-
-    file: str
-    line: int
-    message: str
-
-    def __str__(self) -> str:
-        return f"{self.file}:{self.line}: {self.message}"
 
 
 class ConfigError(ValueError):
@@ -164,7 +153,7 @@ class Config:
 # --- YAML with line numbers ----------------------------------------------------------------
 
 
-def _node_lines(node: yaml.Node, path: Path, out: dict[Path, int], dups: list[tuple]) -> None:
+def _node_lines(node: yaml.Node, path: Path, out: dict[Path, int], dups: list[tuple[Path, int]]) -> None:
     out.setdefault(path, node.start_mark.line + 1)
     if isinstance(node, yaml.MappingNode):
         seen: set[Any] = set()
@@ -391,7 +380,7 @@ def parse_campaign(doc: Mapping[str, Any], source: str) -> tuple[Campaign | None
         value = _req(doc, "status")
         if value not in STATUSES:
             raise FieldError(("status",), f"must be one of {list(STATUSES)}")
-        return value
+        return str(value)
 
     def control() -> float:
         pct = _number(doc.get("control_percent", 0), ("control_percent",))

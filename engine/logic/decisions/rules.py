@@ -114,7 +114,7 @@ def load_zone(value: Any, path: Path) -> ZoneInfo:
 # --- parameter validation ----------------------------------------------------------------
 
 
-def _params(value: Any, path: Path, allowed: Iterable[str], required: Iterable[str] = ()) -> dict:
+def _params(value: Any, path: Path, allowed: Iterable[str], required: Iterable[str] = ()) -> dict[str, Any]:
     if not isinstance(value, Mapping):
         raise RuleError(path, "must be a mapping")
     allowed_set = set(allowed)
@@ -182,7 +182,7 @@ def _scalar(value: Any, path: Path) -> str | float | bool:
     raise RuleError(path, "must be a string, number or boolean")
 
 
-def _compare(params: dict, path: Path) -> Callable[[float], bool]:
+def _compare(params: dict[str, Any], path: Path) -> Callable[[float], bool]:
     op = _op(params.get("op", ">="), path + ("op",))
     if "value" not in params:
         raise RuleError(path + ("value",), "is required")

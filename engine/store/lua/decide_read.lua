@@ -1,8 +1,8 @@
--- Everything one decision reads, in one round trip (engine/routes/decide.py).
+-- Everything one decision reads, in one round trip (engine/store/decide_read.py).
 -- KEYS[1] the visitor's alias key
 -- ARGV[1] the visitor's own profile id   [2] the user's profile id ('' = anonymous call)
 --      [3] profile key format, [4] campaign state key format, [5] campaign session key format
---          (from engine/keys.py, `%s` = profile id)
+--          (from engine/store/keys.py, `%s` = profile id)
 --      [6..] campaign stats keys whose counters the caller wants refreshed
 -- Returns {profile id read, profile blob or false, state hash (flat), session hash (flat),
 --          {stats hash (flat), ...}}

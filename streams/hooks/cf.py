@@ -19,8 +19,12 @@ Resuming: every `cf_snapshot_s` the worker writes each changed model's snapshot 
 `keys.cf_snapshot(group, partition)` and prunes the item hash to the model's items; when it
 loses a partition it snapshots that model and drops it, and a clean stop snapshots them all;
 the first batch from a partition it does not hold restores the snapshot (`prepare`). What is
-learnt between the last snapshot and a crash is lost to this model (the events are applied once and not replayed to it); a write that conflicts
-and is planned again takes its learning step again. Both only nudge an SGD model.
+learnt between the last snapshot and a crash is lost to this model (the events are applied once
+and not replayed to it); a write that conflicts and is planned again takes its learning step
+again. Both only nudge an SGD model.
+
+`OnlineCF` is the pure hook (models in memory, no I/O); `CFLifecycle` restores and saves its
+models through engine/store/snapshots.py.
 """
 
 from __future__ import annotations
@@ -32,9 +36,11 @@ from typing import Any
 
 from engine.settings import Settings
 from engine.store import keys
+from engine.store.snapshots import ModelSnapshots
+from engine.store.writes import Emit, Op
 from models.affinity import Profile
 from models.reco.cf import OnlineMF
-from streams.plan import DECISIONS_MARK_BASE, Emit, Hook, Op
+from streams.plan import DECISIONS_MARK_BASE, Hook, HookContext
 
 log = logging.getLogger("kairos.cf")
 
@@ -47,11 +53,11 @@ def partition_of(event: Mapping[str, Any]) -> int | None:
 
 
 class OnlineCF:
-    """The worker's CF models by partition, as a hook with `finish` and async lifecycle steps."""
+    """The worker's CF models by partition, as a hook with `finish`. Pure: the snapshots are
+    read and written by `CFLifecycle`."""
 
-    def __init__(self, settings: Settings, redis: Any = None) -> None:
+    def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.redis = redis
         self.models: dict[int, OnlineMF] = {}
         self.changed: set[int] = set()  # partitions learnt since their last snapshot
         self._pending: dict[str, tuple[int, set[str]]] = {}  # pid -> (partition, items)
@@ -104,65 +110,83 @@ class OnlineCF:
             ops.append(Op("HSET", keys.cf_items(self.settings.group_id, p), tuple(fields)))
         return ops
 
-    # -- lifecycle (streams/app.py) --------------------------------------------------------
-    async def prepare(self, events: Sequence[Mapping[str, Any]]) -> None:
-        """Before a batch: restore the snapshot of every partition seen for the first time."""
-        new = sorted({p for e in events if (p := partition_of(e)) is not None} - set(self.models))
-        if not new or self.redis is None:
-            return
-        blobs = await self.redis.mget([keys.cf_snapshot(self.settings.group_id, p) for p in new])
-        for p, blob in zip(new, blobs, strict=True):
-            model = None
-            if blob:
-                try:
-                    model = OnlineMF.restore(blob)
-                except (ValueError, KeyError, TypeError) as exc:
-                    log.warning("online CF: partition %d snapshot unreadable (%s): starting afresh",
-                                p, exc)
-            if model is None:
-                model = self.new_model(p)
-            else:
-                log.info("online CF: partition %d resumed (%d items, %d visitors)", p,
-                         len(model.item_ids()), model.size()["max_visitors"])
-            self.models[p] = model
+    # -- the state the lifecycle saves and restores ------------------------------------------
+    def unknown_partitions(self, events: Sequence[Mapping[str, Any]]) -> list[int]:
+        """The partitions of a batch that have no model here yet."""
+        return sorted({p for e in events if (p := partition_of(e)) is not None} - set(self.models))
 
-    async def snapshot(self, partitions: Iterable[int] | None = None) -> int:
-        """Write the snapshots of the changed models (or of `partitions`); returns how many.
-        Also drops item vectors the model evicted from its Redis hash."""
-        if self.redis is None:
-            return 0
+    def restore(self, partition: int, blob: bytes | None) -> None:
+        """Resume a partition's model from its snapshot (a fresh one when there is none, or
+        when it cannot be read)."""
+        model = None
+        if blob:
+            try:
+                model = OnlineMF.restore(blob)
+            except (ValueError, KeyError, TypeError) as exc:
+                log.warning("online CF: partition %d snapshot unreadable (%s): starting afresh",
+                            partition, exc)
+        if model is None:
+            model = self.new_model(partition)
+        else:
+            log.info("online CF: partition %d resumed (%d items, %d visitors)", partition,
+                     len(model.item_ids()), model.size()["max_visitors"])
+        self.models[partition] = model
+
+    def take_due(self, partitions: Iterable[int] | None = None) -> list[int]:
+        """The partitions to snapshot now (the changed ones, or those of `partitions` held
+        here), no longer marked changed (a batch learnt meanwhile marks them again)."""
         todo = sorted(self.changed if partitions is None else set(partitions) & set(self.models))
-        self.changed -= set(todo)  # (before any await: a batch learnt meanwhile marks it again)
-        for p in todo:
-            model = self.models[p]
-            blob = model.snapshot()  # ~60-90 ms at the default caps, on the worker's loop
-            ikey = keys.cf_items(self.settings.group_id, p)
-            stored = await self.redis.hkeys(ikey)
-            keep = set(model.item_ids())
-            gone = [k for k in stored if k.decode() not in keep]
-            pipe = self.redis.pipeline(transaction=False)
-            pipe.set(keys.cf_snapshot(self.settings.group_id, p), blob)
-            for i in range(0, len(gone), 1000):
-                pipe.hdel(ikey, *gone[i:i + 1000])
-            await pipe.execute()  # (also lets the agents run between two partitions' snapshots)
-        return len(todo)
+        self.changed -= set(todo)
+        return todo
 
-    async def revoked(self, partitions: Iterable[int]) -> None:
-        """The worker lost these partitions: snapshot their models and forget them."""
-        lost = [p for p in partitions if p in self.models]
-        if not lost:
-            return
-        await self.snapshot(lost)
-        for p in lost:
+    def forget(self, partitions: Iterable[int]) -> None:
+        for p in partitions:
             del self.models[p]
             self.changed.discard(p)
 
 
-async def setup(settings: Settings, redis: Any) -> Callable[[], list[Hook]]:
-    cf = OnlineCF(settings, redis)
+class CFLifecycle:
+    """`OnlineCF`'s models to and from Redis (streams/app.py calls these steps)."""
+
+    def __init__(self, cf: OnlineCF, snapshots: ModelSnapshots | None) -> None:
+        self.cf = cf
+        self.snapshots = snapshots
+
+    async def prepare(self, events: Sequence[Mapping[str, Any]]) -> None:
+        """Before a batch: restore the snapshot of every partition seen for the first time."""
+        new = self.cf.unknown_partitions(events)
+        if not new or self.snapshots is None:
+            return
+        blobs = await self.snapshots.load(new)
+        for p, blob in zip(new, blobs, strict=True):
+            self.cf.restore(p, blob)
+
+    async def snapshot(self, partitions: Iterable[int] | None = None) -> int:
+        """Write the snapshots of the changed models (or of `partitions`); returns how many.
+        Also drops item vectors the model evicted from its Redis hash."""
+        if self.snapshots is None:
+            return 0
+        todo = self.cf.take_due(partitions)  # (before any await)
+        for p in todo:
+            model = self.cf.models[p]
+            blob = model.snapshot()  # ~60-90 ms at the default caps, on the worker's loop
+            await self.snapshots.save(p, blob, model.item_ids)
+        return len(todo)
+
+    async def revoked(self, partitions: Iterable[int]) -> None:
+        """The worker lost these partitions: snapshot their models and forget them."""
+        lost = [p for p in partitions if p in self.cf.models]
+        if not lost:
+            return
+        await self.snapshot(lost)
+        self.cf.forget(lost)
+
+
+def setup(ctx: HookContext) -> Callable[[], list[Hook]]:
+    cf = OnlineCF(ctx.settings)
 
     def hooks() -> list[Hook]:
         return [cf]
 
-    hooks.lifecycle = cf  # type: ignore[attr-defined]
+    hooks.lifecycle = CFLifecycle(cf, ctx.snapshots)  # type: ignore[attr-defined]
     return hooks

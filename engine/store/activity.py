@@ -1,21 +1,20 @@
-"""Hook: a short activity timeline per profile, for "one visitor, explained" on the dashboard.
+"""A short activity timeline per profile, for "one visitor, explained" on the dashboard.
 
-The last 30 events of a profile, as compact msgpack entries, kept 30 minutes after the
+The last `KEEP` events of a profile, as compact msgpack entries, kept `TTL_MS` after the
 visitor's last event: a live view of active visitors, so it costs memory only while a visitor
-is active (the profile blob itself keeps the long-term state).
+is active (the profile blob itself keeps the long-term state). The stream hook
+(streams/hooks/activity.py) writes the entries with the profile; the API reads them here.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import msgpack
 
-from engine.settings import Settings
 from engine.store import keys
-from models.affinity import Profile
-from streams.plan import Emit, Hook, Op
+from engine.store.writes import Op
 
 KEEP = 30
 TTL_MS = 30 * 60 * 1000
@@ -36,11 +35,19 @@ def decode_entry(raw: bytes) -> dict[str, Any]:
             "category": category, "brand": brand}
 
 
-def record_activity(event: Mapping[str, Any], profile: Profile, pid: str) -> Iterable[Op | Emit]:
+def record_ops(event: Mapping[str, Any], pid: str) -> tuple[Op, ...]:
+    """The ops that push one applied event onto the profile's timeline (bounded, expiring)."""
     key = keys.activity(pid)
     return (Op("LPUSH", key, (entry(event),)), Op("LTRIM", key, (0, KEEP - 1)),
             Op("PEXPIRE", key, (TTL_MS,)))
 
 
-async def setup(settings: Settings, redis: Any) -> Callable[[], list[Hook]]:
-    return lambda: [record_activity]
+class ActivityStore:
+    """The timelines, read side."""
+
+    def __init__(self, redis: Any) -> None:
+        self.r = redis
+
+    async def recent(self, pid: str, n: int = 30) -> list[dict[str, Any]]:
+        """The profile's last `n` events, newest first, decoded."""
+        return [decode_entry(raw) for raw in await self.r.lrange(keys.activity(pid), 0, n - 1)]

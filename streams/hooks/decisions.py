@@ -17,26 +17,25 @@ For every event applied to a profile (never a duplicate), `DecisionHook`:
   once per applied event.
 
 A decision record is bookkeeping, not behaviour: the hook takes it back out of the
-profile's `event_count`.
+profile's `event_count`. The configuration comes from the worker's config hub
+(`HookContext.hub`, started and watched by streams/hooks/__init__.py).
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import msgspec
 
-from engine.confighub import ConfigHub, default_hub
 from engine.logic.decisions.caps import SESSION_TTL_MS, day_key
 from engine.logic.decisions.config import Campaign, Config
 from engine.logic.decisions.state import DECISION_TYPE, parse_decision_id, rule_view
-from engine.settings import Settings
 from engine.store import keys
+from engine.store.writes import Emit, Op
 from models.affinity import AffinityConfig, Profile
-from streams.plan import Emit, Hook, Op
+from streams.plan import Hook, HookContext
 
 log = logging.getLogger("kairos.worker.decisions")
 
@@ -124,22 +123,13 @@ class DecisionHook:
         return out
 
 
-async def setup(settings: Settings, redis: Any, hub: ConfigHub | None = None
-                ) -> Callable[[], list[Hook]]:
-    """Load the decision config (watched for changes) and return the hooks getter."""
-    if hub is None:
-        hub = default_hub(settings.config_dir, settings.config_reload_debounce_ms)
-        await hub.start()
-    if settings.kafka_bootstrap:
-        from engine.eventlog import ensure_topics
-
-        with contextlib.suppress(Exception):
-            await ensure_topics(settings.kafka_bootstrap,
-                                {settings.segments_topic: settings.partitions}, 10.0)
+def setup(ctx: HookContext) -> Callable[[], list[Hook]]:
+    """The hooks getter: a `DecisionHook` for the hub's current configuration."""
+    hub, settings = ctx.hub, ctx.settings
     made: dict[str, Any] = {}
 
     def hooks() -> list[Hook]:
-        config = hub.decisions
+        config = hub.decisions if hub is not None else None
         if config is None:
             return []
         if made.get("config") is not config:
@@ -148,5 +138,4 @@ async def setup(settings: Settings, redis: Any, hub: ConfigHub | None = None
                                         settings.profile_ttl_ms)
         return [made["hook"]]
 
-    hooks.hub = hub  # type: ignore[attr-defined]
     return hooks

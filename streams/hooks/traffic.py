@@ -5,12 +5,11 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-from engine.settings import Settings
+from engine.logic.livestats import SECOND_TTL_MS
 from engine.store import keys
+from engine.store.writes import Emit, Op
 from models.affinity import Profile
-from streams.plan import Emit, Hook, Op
-
-SECOND_TTL_MS = 3_600_000
+from streams.plan import Hook, HookContext
 
 
 def count_traffic(event: Mapping[str, Any], profile: Profile, pid: str) -> Iterable[Op | Emit]:
@@ -24,5 +23,5 @@ def count_traffic(event: Mapping[str, Any], profile: Profile, pid: str) -> Itera
     )
 
 
-async def setup(settings: Settings, redis: Any) -> Callable[[], list[Hook]]:
+def setup(ctx: HookContext) -> Callable[[], list[Hook]]:
     return lambda: [count_traffic]

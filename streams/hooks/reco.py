@@ -3,8 +3,8 @@
 Per event, as ops committed atomically with the profile (so exactly once):
 
 - catalog: what the event says about its items (name, price, categories, brand) goes to the
-  item's `e` field (engine/catalog.py), so an item first seen in an event is recommendable;
-- trending: forward-decayed counts (engine/trending.py epochs, no rescale) of items, leaf
+  item's `e` field (engine/store/catalog.py), so an item first seen in an event is recommendable;
+- trending: forward-decayed counts (engine/logic/trending.py epochs, no rescale) of items, leaf
   categories and brands for each half-life in `HALF_LIVES`, and of items per category path
   (every ancestor) for the recipes' half-life; each table bounded with ZREMRANGEBYRANK;
 - co-view: the event's items paired with the visitor's recent items (`profile.recent`, already
@@ -25,18 +25,18 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-from engine.logic.catalog import event_fields, from_event_item
-from engine.logic.trending import HALF_LIVES, EpochDecay
-from engine.settings import Settings
+from engine.logic.catalog import from_event_item
+from engine.logic.common import category_ancestors
+from engine.logic.trending import HALF_LIVES, RECO_HALF_LIFE, EpochDecay
 from engine.store import keys
+from engine.store.catalog import event_fields
+from engine.store.writes import Emit, Op
 from models.affinity import Profile
-from models.reco.base import DEFAULT_WEIGHTS, category_prefixes, event_items
+from models.reco.base import DEFAULT_WEIGHTS, event_items
 from models.reco.cooccurrence import CO_BUY_TYPES, CO_VIEW_TYPES
 from models.reco.nextitem import NEXT_ITEM_TYPES, NEXT_ITEM_WINDOW
-from streams.plan import Emit, Hook, Op
+from streams.plan import Hook, HookContext
 
-#: The half-life label whose per-category item tables the recipes read.
-RECO_HALF_LIFE = "1d"
 CAPS = {"item": 2000, "category": 500, "brand": 500, "in_category": 300, "neighbours": 100}
 CO_VIEW_WINDOW = 7
 CO_BUY_WINDOW = 10
@@ -103,7 +103,7 @@ def reco_ops(event: Mapping[str, Any], profile: Profile) -> list[Op]:
                     ops += _bounded(keys.trending(label, "brand", epoch),
                                     str(it["brand"]).strip().lower(), amount, CAPS["brand"], ttl)
                 if label == RECO_HALF_LIFE:
-                    for path in dict.fromkeys(p for c in cats for p in category_prefixes(c)):
+                    for path in dict.fromkeys(p for c in cats for p in category_ancestors(c)):
                         ops += _bounded(keys.trending_in_category(label, path, epoch), iid, amount,
                                         CAPS["in_category"], ttl)
     if etype in _CO_VIEW:
@@ -121,5 +121,5 @@ def record_reco(event: Mapping[str, Any], profile: Profile, pid: str) -> Iterabl
     return reco_ops(event, profile)
 
 
-async def setup(settings: Settings, redis: Any) -> Callable[[], list[Hook]]:
+def setup(ctx: HookContext) -> Callable[[], list[Hook]]:
     return lambda: [record_reco]

@@ -1,0 +1,133 @@
+"""Deciding, made once per API process: `Decider`.
+
+A decision reads everything it needs — the profile (following the visitor's alias), the
+visitor's campaign state (caps) and, at most once a second, the campaign counters — in one
+Redis round trip (engine/store/decide_read.py), folds the events sent with the call into the
+profile in memory, and runs the pure selection (engine.logic.decisions.select) on the compiled
+campaigns the `ConfigHub` keeps. The read has a deadline (`decide_deadline_ms`): when Redis is
+slow or down the answer is an empty decision list, never an error. Every decision, control
+included, is logged as an event of type `decision` on the `decisions` topic
+(engine.eventlog.DecisionLog), which the stream counts as an assignment.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import msgspec
+
+from engine.confighub import ConfigHub
+from engine.eventlog import DecisionLog
+from engine.logic import events as spec
+from engine.logic.decide_request import RequestError, parse_zones
+from engine.logic.decisions.config import Config
+from engine.logic.decisions.select import select
+from engine.logic.decisions.state import cap_states, decision_id, decision_record, rule_view
+from engine.store import keys
+from engine.store.decide_read import ArmCounters, DecideReader, DecideState
+from models.affinity import AffinityConfig, Profile, apply_event
+
+log = logging.getLogger("kairos.decide")
+
+STATS_TTL_S = 1.0  # campaign counters are re-read at most this often
+_enc = msgspec.msgpack.Encoder()
+
+
+def _token() -> str:
+    return os.urandom(5).hex()
+
+
+class Decider:
+    """The decision service of one API process (made at start-up)."""
+
+    def __init__(self, reader: DecideReader, hub: ConfigHub, records: DecisionLog,
+                 cfg: AffinityConfig, deadline_ms: int,
+                 clock: Callable[[], float] = time.monotonic,
+                 token: Callable[[], str] = _token) -> None:
+        self.reader = reader
+        self.hub = hub
+        self.records = records
+        self.cfg = cfg
+        self.deadline_s = deadline_ms / 1000.0
+        self.clock = clock
+        self.token = token  # the random part of decision ids
+        self.counters: dict[str, tuple[float, ArmCounters]] = {}
+        self.failures = 0
+
+    # -- the one round trip -----------------------------------------------------------------
+    async def read(self, visitor_id: str, user_id: str | None, campaign_ids: Sequence[str]
+                   ) -> DecideState:
+        now = self.clock()
+        stale = [c for c in campaign_ids if now - self.counters.get(c, (-1e9, {}))[0] > STATS_TTL_S]
+        snap = await self.reader.read(visitor_id, user_id, stale)
+        for cid, arms in snap.counters.items():
+            self.counters[cid] = (now, arms)
+        return snap
+
+    # -- deciding ---------------------------------------------------------------------------
+    async def decide(self, visitor_id: str, user_id: str | None, context: Mapping[str, Any],
+                     zones: Sequence[str], events: Sequence[spec.Event], now_ms: int,
+                     started: float) -> tuple[list[dict[str, Any]], str | None]:
+        """(decisions as dicts, why they are empty when degraded, else None)."""
+        config: Config | None = self.hub.decisions
+        if config is None or not zones:
+            return [], None if config is not None else "no valid decision configuration"
+        candidates = list(dict.fromkeys(c.id for z in zones for c in config.by_zone.get(z, ())))
+        if not candidates:
+            return [], None
+        remaining = self.deadline_s - (time.perf_counter() - started)
+        try:
+            snap = await asyncio.wait_for(self.read(visitor_id, user_id, candidates),
+                                          max(remaining, 0.001))
+        except Exception as exc:  # slow or missing Redis: no personalization, never a 5xx
+            self.failures += 1
+            if self.failures in (1, 10, 100) or self.failures % 1000 == 0:
+                log.warning("decide degraded (%d so far): %s", self.failures,
+                            type(exc).__name__ if isinstance(exc, TimeoutError) else exc)
+            return [], "state unavailable within the deadline"
+        profile = snap.profile or Profile()
+        for ev in events:
+            if ev.visitor_id == visitor_id:
+                apply_event(profile, spec.to_dict(ev), self.cfg)
+        assign_pid = keys.user_pid(user_id) if user_id else snap.pid
+        view = rule_view(profile, assign_pid, now_ms, self.cfg)
+        caps = cap_states(snap.state, snap.session, config, now_ms)
+        chosen = select(config, view, context, now_ms, caps, zones)
+        out: list[dict[str, Any]] = []
+        records: list[dict[str, Any]] = []
+        channel = context.get("channel") if isinstance(context.get("channel"), str) else None
+        for d in chosen:
+            did = decision_id(d.campaign_id, d.arm, self.token())
+            body = d.to_dict()
+            body["decision_id"] = did
+            out.append(body)
+            records.append(decision_record(d, did, visitor_id, user_id, now_ms, channel))
+        if records:
+            self.records.add(visitor_id.encode(), _enc.encode(records))
+        return out, None
+
+    async def decide_after(self, good: Sequence[spec.Event], zones_param: str, now_ms: int,
+                           started: float) -> dict[str, Any]:
+        """`POST /v1/events?decide=zone1,zone2`: decisions for the batch's (last) visitor."""
+        try:
+            zones = parse_zones(zones_param, "decide")
+        except RequestError as exc:
+            return {"decisions": [], "decide_error": f"{exc.field} {exc.reason}"}
+        last = good[-1]
+        context = dict(last.context or {})
+        if last.channel and "channel" not in context:
+            context["channel"] = last.channel
+        out, degraded = await self.decide(last.visitor_id, last.user_id, context, zones, good,
+                                          now_ms, started)
+        body: dict[str, Any] = {"decisions": out}
+        if degraded:
+            body["degraded"] = degraded
+        return body
+
+    async def close(self) -> None:
+        await self.records.close()

@@ -1,0 +1,86 @@
+"""The decide call's request, parsed and validated. Pure.
+
+`POST /v1/decide` takes `{visitor_id, user_id?, context: {zones?, ...}, zones?, events?}` as
+JSON or msgpack; `POST /v1/events?decide=zone1,zone2` takes zones alone (`parse_zones`).
+Errors name the field (`RequestError`: status, field, reason).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import msgspec
+
+from engine.logic import events as spec
+
+MAX_ZONES = 20
+_json_any = msgspec.json.Decoder()
+_mp_any = msgspec.msgpack.Decoder()
+
+
+class RequestError(Exception):
+    def __init__(self, status: int, field: str, reason: str) -> None:
+        super().__init__(f"{field} {reason}")
+        self.status, self.field, self.reason = status, field, reason
+
+
+def _id(doc: Mapping[str, Any], name: str, required: bool) -> str | None:
+    value = doc.get(name)
+    if value is None:
+        if required:
+            raise RequestError(400, name, "is required")
+        return None
+    if not isinstance(value, str) or not 1 <= len(value) <= 128:
+        raise RequestError(400, name, "must be a string of 1 to 128 characters")
+    return value
+
+
+def parse_zones(raw: Any, field: str = "context.zones") -> list[str]:
+    if raw is None:
+        return []
+    if isinstance(raw, str):
+        raw = [z for z in raw.split(",") if z]
+    if not isinstance(raw, list) or len(raw) > MAX_ZONES:
+        raise RequestError(400, field, f"must be a list of at most {MAX_ZONES} zone names")
+    out: list[str] = []
+    for z in raw:
+        if not isinstance(z, str) or not 1 <= len(z) <= 64:
+            raise RequestError(400, field, "must contain zone names of 1 to 64 characters")
+        if z not in out:
+            out.append(z)
+    return out
+
+
+def parse_request(body: bytes, mtype: str) -> dict[str, Any]:
+    try:
+        if mtype in ("application/msgpack", "application/x-msgpack", "application/vnd.msgpack"):
+            doc = _mp_any.decode(body)
+        elif mtype in ("application/json", "text/plain", ""):
+            doc = _json_any.decode(body)
+        else:
+            raise RequestError(415, "content-type",
+                               "must be application/json, text/plain or application/msgpack")
+    except (msgspec.DecodeError, ValueError, UnicodeDecodeError) as exc:
+        raise RequestError(400, "body", f"is not valid JSON or msgpack ({exc})") from None
+    if not isinstance(doc, dict):
+        raise RequestError(400, "body", "must be an object with visitor_id and context")
+    vid = _id(doc, "visitor_id", True)
+    uid = _id(doc, "user_id", False)
+    context = doc.get("context")
+    context = {} if context is None else context
+    if not isinstance(context, dict):
+        raise RequestError(400, "context", "must be an object")
+    if len(msgspec.json.encode(context)) > spec.MAX_CONTEXT_BYTES:
+        raise RequestError(400, "context", f"must be at most {spec.MAX_CONTEXT_BYTES} bytes as JSON")
+    zones = parse_zones(context.get("zones"), "context.zones") or parse_zones(doc.get("zones"), "zones")
+    events = doc.get("events")
+    events = [] if events is None else events
+    if not isinstance(events, list) or len(events) > spec.MAX_EVENTS_PER_REQUEST:
+        raise RequestError(400, "events", f"must be a list of at most {spec.MAX_EVENTS_PER_REQUEST} events")
+    for ev in events:  # the call's visitor is the default of its events
+        if isinstance(ev, dict):
+            ev.setdefault("visitor_id", vid)
+            if uid:
+                ev.setdefault("user_id", uid)
+    return {"visitor_id": vid, "user_id": uid, "context": context, "zones": zones, "events": events}

@@ -1,0 +1,74 @@
+"""What the decision capability reads from Redis, in domain words.
+
+`DecideReader.read` is the decision's one round trip (lua/decide_read.lua): the profile
+(following the visitor's alias), the visitor's campaign state and session hashes, and the
+counters of the campaigns the caller wants refreshed. `counters` and `segment_sizes` are the
+reads of the campaign listing and stats endpoints and the dashboard.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from engine.store import keys, script
+from engine.store.profiles import decode
+from models.affinity import Profile
+
+#: arm -> counter (assigned, impressions, clicks, dismissals, conversions) -> count
+ArmCounters = dict[str, dict[str, int]]
+
+
+@dataclass(slots=True)
+class DecideState:
+    """What one round trip read."""
+
+    pid: str
+    profile: Profile | None
+    state: dict[bytes, bytes]
+    session: dict[bytes, bytes]
+    counters: dict[str, ArmCounters] = field(default_factory=dict)  # of the campaigns asked for
+
+
+def _pairs(flat: Sequence[Any]) -> dict[Any, Any]:
+    return dict(zip(flat[0::2], flat[1::2], strict=True))
+
+
+def arm_counters(fields: Mapping[bytes, Any]) -> ArmCounters:
+    """A campaign stats hash (fields `<arm>:<counter>`) as {arm: {counter: n}}."""
+    arms: ArmCounters = {}
+    for name, value in fields.items():
+        arm, _, counter = name.decode().rpartition(":")
+        arms.setdefault(arm, {})[counter] = int(value)
+    return arms
+
+
+class DecideReader:
+    def __init__(self, redis: Any) -> None:
+        self.r = redis
+        self._read = redis.register_script(script("decide_read"))
+        self._formats = (keys.template(keys.profile), keys.template(keys.campaign_state),
+                         keys.template(keys.campaign_session))
+
+    async def read(self, visitor_id: str, user_id: str | None, campaign_ids: Sequence[str]
+                   ) -> DecideState:
+        """Profile, campaign state and session of a visitor, and the counters of
+        `campaign_ids`, in one round trip."""
+        pid, blob, state, session, stats = await self._read(
+            keys=[keys.alias(visitor_id)],
+            args=[keys.visitor_pid(visitor_id), keys.user_pid(user_id) if user_id else "",
+                  *self._formats, *(keys.campaign_stats(c) for c in campaign_ids)],
+        )
+        counters = {cid: arm_counters(_pairs(flat))
+                    for cid, flat in zip(campaign_ids, stats, strict=True)}
+        return DecideState(pid.decode(), decode(blob).profile if blob else None,
+                           _pairs(state), _pairs(session), counters)
+
+    async def counters(self, campaign_id: str) -> ArmCounters:
+        return arm_counters(await self.r.hgetall(keys.campaign_stats(campaign_id)))
+
+    async def segment_sizes(self) -> dict[str, int]:
+        """Segment id -> live number of member profiles (kept by the stream)."""
+        raw = await self.r.hgetall(keys.SEGMENT_SIZES)
+        return {k.decode(): int(v) for k, v in raw.items()}

@@ -1,0 +1,102 @@
+"""What a recommendation reads from Redis, in domain words.
+
+`RecoReader.tables` is one script call (lua/reco_read.lua) for the neighbour tables of the
+seed items (co-view, co-buy, next item), the trending tables (overall and per category; two
+epochs each) with the neighbours' popularity, and the visitor's online-CF vector.
+`cf_items` reads the candidates' CF vectors from the model of the visitor's partition;
+`trending` is the read behind GET /v1/stats/trending. The tables are written by the stream
+hooks (streams/hooks/reco.py, streams/hooks/cf.py).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from engine.store import keys, script
+
+#: neighbour ingredients and the kind of their tables (keys.neighbours), in read order
+NEIGHBOUR_KINDS = (("co_view", "v"), ("co_buy", "b"), ("next_item", "t"))
+
+Rows = list[tuple[str, float]]  # (member, stored score), best first
+Epochs = list[tuple[Rows, float]]  # each epoch's rows with its decay factor to now
+
+
+@dataclass(slots=True)
+class RecoTables:
+    """What `RecoReader.tables` read."""
+
+    neighbours: dict[str, dict[str, Rows]] = field(
+        default_factory=lambda: {name: {} for name, _ in NEIGHBOUR_KINDS})  # name -> seed -> rows
+    trending: Epochs = field(default_factory=list)
+    in_category: dict[str, Epochs] = field(default_factory=dict)
+    popularity: dict[str, float] = field(default_factory=dict)  # of the neighbours read
+    cf_user: bytes | None = None
+
+
+def _rows(flat: Sequence[Any]) -> Rows:
+    return [(flat[j].decode(), float(flat[j + 1])) for j in range(0, len(flat), 2)]
+
+
+class RecoReader:
+    def __init__(self, redis: Any, group_id: str) -> None:
+        self.r = redis
+        self.group_id = group_id
+        self._read = redis.register_script(script("reco_read"))
+
+    async def tables(self, *, neighbours: Sequence[str], seeds: Sequence[str], trending: bool,
+                     categories: Sequence[str], half_life: str,
+                     factors: Sequence[tuple[int, float]], rows_per_seed: int, rows: int,
+                     cf_pid: str | None) -> RecoTables:
+        """The tables of one request in one round trip: for each neighbour ingredient named in
+        `neighbours`, each seed's table (`rows_per_seed` rows); the overall trending table when
+        `trending` and each of `categories`' tables (`rows` rows; every epoch of `factors`);
+        the popularity of the neighbours read; `cf_pid`'s CF vector when given."""
+        wanted: list[tuple[str, str, float, str]] = []  # (what, via, factor, key)
+        for name, kind in NEIGHBOUR_KINDS:
+            if name in neighbours:
+                wanted += [(name, seed, 1.0, keys.neighbours(kind, seed)) for seed in seeds]
+        n_neigh = len(wanted)
+        for epoch, f in factors:
+            if trending:
+                wanted.append(("trending", "", f, keys.trending(half_life, "item", epoch)))
+            for c in categories:
+                wanted.append(("in_category", c, f,
+                               keys.trending_in_category(half_life, c, epoch)))
+        out = RecoTables()
+        if not wanted and cf_pid is None:
+            return out
+        rkeys = [t[3] for t in wanted] + [keys.ITEM_POPULARITY]
+        if cf_pid is not None:
+            rkeys.append(keys.cf_visitor(cf_pid))
+        replies = await self._read(keys=rkeys, args=[n_neigh, rows_per_seed, rows, len(wanted)])
+        for (what, via, f, _), flat in zip(wanted, replies, strict=False):
+            pairs = _rows(flat)
+            if what in out.neighbours:
+                out.neighbours[what][via] = pairs
+            elif what == "trending":
+                out.trending.append((pairs, f))
+            else:
+                out.in_category.setdefault(via, []).append((pairs, f))
+        ids, counts = replies[len(wanted)], replies[len(wanted) + 1]
+        out.popularity = {i.decode(): float(c) for i, c in zip(ids, counts, strict=True)
+                          if c is not None}
+        out.cf_user = replies[len(wanted) + 2] or None
+        return out
+
+    async def cf_items(self, partition: int, item_ids: Sequence[str]) -> dict[str, bytes | None]:
+        """The CF vectors of items in the model of one events partition (None: not learnt)."""
+        vectors = await self.r.hmget(keys.cf_items(self.group_id, partition), item_ids)
+        return dict(zip(item_ids, vectors, strict=True))
+
+    async def trending(self, half_life: str, dim: str, factors: Sequence[tuple[int, float]],
+                       k: int) -> Epochs:
+        """The top `k` stored rows of a trending table in each epoch of `factors` (one
+        pipeline), each with its factor; engine.logic.trending.merge ranks them."""
+        pipe = self.r.pipeline(transaction=False)
+        for epoch, _ in factors:
+            pipe.zrevrange(keys.trending(half_life, dim, epoch), 0, k - 1, withscores=True)
+        replies = await pipe.execute()
+        return [([(m.decode(), s) for m, s in rows], f)
+                for rows, (_, f) in zip(replies, factors, strict=True)]
