@@ -329,18 +329,19 @@ class BenchStack:
 
     def count_profiles(self, prefix: str) -> tuple[int, int]:
         """(profiles, sum of their event_count) of the visitors whose id starts with `prefix-`."""
+        from engine.store import keys
         from engine.store.profiles import decode
 
         r = self.redis_client()
         try:
-            keys = list(r.scan_iter(match=f"kp:{{v:{prefix}-*", count=10_000))
+            found = list(r.scan_iter(match=keys.visitor_profiles(f"{prefix}-*"), count=10_000))
             total = 0
-            for i in range(0, len(keys), 2000):
-                for blob in r.mget(keys[i : i + 2000]):
+            for i in range(0, len(found), 2000):
+                for blob in r.mget(found[i : i + 2000]):
                     stored = decode(blob)
                     if stored.profile is not None:
                         total += stored.profile.event_count
-            return len(keys), total
+            return len(found), total
         finally:
             r.close()
 

@@ -113,8 +113,8 @@ async def load_profiles(redis_url: str, n: int, cdir: Path, ttl_ms: int) -> None
     from engine.logic.decisions.state import rule_view
     from engine.store import keys
     from engine.store.profiles import ProfileStore, new_client
+    from engine.store.writes import Write
     from models.affinity import AffinityConfig, Profile, apply_event
-    from streams.plan import Write
 
     config = load_config(cdir)
     live = [c for c in config.campaigns.values() if c.status == "active"]

@@ -13,7 +13,7 @@ a new visitor and, from the moment its 2xx arrives, polls GET /v1/profiles/{visi
 events count towards the rate.
 
 Figures: freshness p50/p90/p99/max, POST latency p50/p99, the rate achieved, the worker's own
-freshness (accept-to-applied, from `kx:workers`), RSS of the API, worker, Valkey and broker.
+freshness (accept-to-applied, from `kx:workers:<group>`), RSS of the API, worker, Valkey and broker.
 A warm-up (default 5 s) is not measured. Target: freshness p99 < 200 ms. Last line: JSON.
 
 `bench/soak.py` runs the same load for minutes (it imports `Load` from here).

@@ -194,12 +194,13 @@ def _worker(args: tuple[Any, ...]) -> dict[str, Any]:
 
 def key_breakdown(r: Any, sample: int = 3000) -> dict[str, Any]:
     """Keys by prefix, and the profile blobs' STRLEN and MEMORY USAGE."""
+    from engine.store import keys
+
     prefixes: Counter[str] = Counter()
     profile_keys: list[bytes] = []
     for k in r.scan_iter(count=10_000):
-        p = k.split(b":", 1)[0].decode(errors="replace")
-        prefixes[p] += 1
-        if k.startswith(b"kp:"):
+        prefixes[keys.family(k)] += 1
+        if keys.is_profile(k):
             profile_keys.append(k)
     strlen_total = 0
     for i in range(0, len(profile_keys), 5000):

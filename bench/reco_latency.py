@@ -34,7 +34,7 @@ SAMPLE = ROOT.parent / "shared" / "data" / "rees46" / "2019-Oct_head.csv"
 def replay(base: str, path: Path, limit: int) -> list[dict]:
     import httpx
 
-    from engine.logic.catalog import rees46_records
+    from engine.flows.catalog import rees46_records
     from streams.sources import iter_rees46
 
     records = rees46_records(path)

@@ -5,7 +5,7 @@
 Starts Valkey and Apache Kafka on 127.0.0.1, pre-loads a fresh `events` topic (4 partitions)
 with N events exactly as the API writes them (validated `engine.logic.events.Event`s, one msgpack
 array per visitor per record, keyed by visitor, as `engine.eventlog.group_by_visitor` does),
-then starts ONE `kairos worker` and polls what it reports about itself in Redis (`kx:workers`)
+then starts ONE `kairos worker` and polls what it reports about itself in Redis (`kx:workers:<group>`)
 until every event is applied. Then it checks that the profiles count every event.
 
 Scenarios (`--per-record`): 1 = one event per record (what mixed-visitor requests produce), 20 =
@@ -75,6 +75,8 @@ async def produce(bootstrap: str, topic: str, records: list[tuple[bytes, bytes]]
 
 def run_scenario(st: BenchStack, n: int, visitors: int, per_record: int, seed: int,
                  timeout: float) -> dict[str, Any]:
+    from engine.store import keys
+
     s = st.configure()
     st.ensure_topics()
     say(f"per-record {per_record}: building {n} events for {visitors} visitors…")
@@ -83,7 +85,7 @@ def run_scenario(st: BenchStack, n: int, visitors: int, per_record: int, seed: i
     asyncio.run(produce(s.kafka_bootstrap, s.events_topic, records))
     say(f"produced {len(records)} records ({n} events) in {time.monotonic() - t:.1f}s")
     r = st.redis_client()
-    r.delete("kx:workers")
+    r.delete(keys.workers(s.group_id))
     r.close()
     name = f"worker-{per_record}"
     t_start = time.monotonic()
