@@ -2,7 +2,7 @@
 #   make run     set everything up and run the engine on its embedded default
 #   make test    install everything the suite needs, then run the whole suite
 #   make bench   run the benchmarks (prints figures)
-#   make lint    ruff
+#   make lint    ruff on everything, mypy --strict on the pure floor (engine/logic) and models/
 
 SHELL := /bin/bash
 PY ?= python3
@@ -45,12 +45,13 @@ js-test: setup
 unit: $(STAMP)
 	$(BIN)/python -m pytest tests/unit -q
 
-test: setup
+test: setup lint
 	cd sdk_js && npm test --silent
 	$(BIN)/python -m pytest -q
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
+	$(BIN)/mypy --strict engine/logic models
 
 bench: setup
 	$(BIN)/python bench/memory.py

@@ -13,8 +13,8 @@ logged and kept in `errors[name]`, and the last good value keeps serving.
     hub.get("decisions")                          # the current value (or None if never valid)
     await hub.stop()
 
-The API (engine/routes/decide.py startup) and the stream worker (streams/hooks_decisions.py
-setup) each own one hub.
+The API (engine/services.py: decisions and recipes) and the stream worker
+(streams/hooks/__init__.py: decisions) each own one hub.
 """
 
 from __future__ import annotations

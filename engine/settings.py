@@ -60,7 +60,7 @@ class Settings:
     session_timeout_ms: int = 10_000
     heartbeat_interval_ms: int = 1_000
     profile_ttl_days: float = 90.0
-    # online collaborative filtering (streams/hooks_cf.py): one model per events partition
+    # online collaborative filtering (streams/hooks/cf.py): one model per events partition
     cf_factors: int = 16
     cf_max_items: int = 20_000  # item vectors kept per partition
     cf_max_visitors: int = 50_000  # visitor vectors kept in memory per partition

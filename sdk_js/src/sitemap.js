@@ -1,6 +1,6 @@
 // Reads the page with the compiled sitemap: which page type this URL is, which item a product page
 // shows, which zones the page has, and what the page declares itself (data-kairos-* attributes,
-// a <script type="application/kairos+json"> block). The sitemap's shape is made by engine/sitemap.py.
+// a <script type="application/kairos+json"> block). The sitemap's shape is made by engine/logic/sitemap.py.
 
 import { parseJSON } from './util.js';
 

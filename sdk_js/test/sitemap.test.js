@@ -1,4 +1,4 @@
-// Reading the page with the compiled sitemap (the shape engine/sitemap.py makes).
+// Reading the page with the compiled sitemap (the shape engine/logic/sitemap.py makes).
 import { describe, it, expect, beforeEach } from 'vitest';
 import * as S from '../src/sitemap.js';
 

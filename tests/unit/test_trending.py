@@ -1,4 +1,4 @@
-"""The forward-decay epoch scheme of the shared trending tables (engine/trending.py)."""
+"""The forward-decay epoch scheme of the shared trending tables (engine/logic/trending.py)."""
 
 from __future__ import annotations
 

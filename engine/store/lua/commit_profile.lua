@@ -11,7 +11,7 @@
 local ALLOWED = {ZINCRBY=1, ZADD=1, ZREM=1, ZREMRANGEBYRANK=1, HINCRBY=1, HINCRBYFLOAT=1,
   HSET=1, HDEL=1, INCRBY=1, PFADD=1, SADD=1, SREM=1, PEXPIRE=1, DEL=1, SET=1, CAMPAIGN=1, LPUSH=1, LTRIM=1}
 -- CAMPAIGN: one reaction to a campaign, applied to the visitor's campaign state hash (the op's
--- key) and the campaign's stats hash; the server-side twin of engine/decisions/caps.py.
+-- key) and the campaign's stats hash; the server-side twin of engine/logic/decisions/caps.py.
 -- args: kind (decision|impression|click|dismiss|conversion), campaign, arm, event ms,
 --       day (campaign time zone), goal window ms, stats key, session key, session ttl ms,
 --       state ttl ms, event id (unused here: it keeps the ops of two events distinct)
