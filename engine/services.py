@@ -13,8 +13,6 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import redis.asyncio as aioredis
-
 from engine.confighub import ConfigHub, default_hub
 from engine.demo.shop import Shop, load_shop
 from engine.eventlog import DecisionLog, EventLog, LogUnavailable, ensure_topics
@@ -40,9 +38,10 @@ from engine.store.reco_read import RecoReader
 
 @dataclass
 class Services:
+    """The flows (and the settings) a handler may use. No raw client: routes reach Redis and
+    the broker only through a flow."""
+
     settings: Settings
-    redis: aioredis.Redis
-    events: EventLog
     hub: ConfigHub  # decisions (segments, campaigns) and recipes, hot-reloaded
     live: LiveStats
     ingest: Ingest
@@ -109,7 +108,7 @@ async def running(settings: Settings, redis_url: str, bootstrap: str,
         feed.start()
         stack.push_async_callback(_quietly, feed.close)
         svc = Services(
-            settings=s, redis=client, events=log, hub=hub, live=live,
+            settings=s, hub=hub, live=live,
             ingest=Ingest(log, live, s.retry_after_s),
             decider=decider,
             campaigns=campaigns,
