@@ -253,3 +253,166 @@ def stop_all(children: list[_Child]) -> None:
             child.stop()
         except Exception as exc:  # pragma: no cover - best effort on shutdown
             print(f"kairos: could not stop {child.name}: {exc}", file=sys.stderr)
+
+
+# -- PostgreSQL ----------------------------------------------------------------------------
+def postgres_bin_dir() -> Path:
+    """Debian's server binaries (`postgresql` package): /usr/lib/postgresql/<version>/bin,
+    the newest version installed."""
+    root = Path("/usr/lib/postgresql")
+    found = sorted((p for p in root.glob("*/bin") if (p / "postgres").exists()),
+                   key=lambda p: int(p.parent.name) if p.parent.name.isdigit() else 0)
+    if not found:
+        raise RuntimeError("PostgreSQL server not found under /usr/lib/postgresql: "
+                           "install it (apt-get install postgresql)")
+    return found[-1]
+
+
+class EmbeddedPostgres(_Child):
+    """Debian's PostgreSQL server: `initdb` once into `data_dir`, then `postgres` on a free
+    127.0.0.1 port, TCP only (no Unix socket), password authentication for the `kairos` role.
+
+    The server refuses to run as root: when we are root the data folder is given to the
+    `postgres` system user (or `run_as`) and the server runs as that user. The password is
+    generated at initdb and kept in `<data_dir>/../pg.password` (mode 0600, outside the
+    server's folder)."""
+
+    name = "postgres"
+
+    def __init__(self, data_dir: Path, port: int | None = None, *, run_as: str = "postgres",
+                 database: str = "kairos", user: str = "kairos") -> None:
+        super().__init__()
+        self.data_dir = Path(data_dir).resolve()
+        self.port = port or free_port()
+        self.run_as = run_as
+        self.database = database
+        self.user = user
+        self.password_file = self.data_dir.parent / f"{self.data_dir.name}.password"
+
+    @property
+    def password(self) -> str:
+        return self.password_file.read_text().strip()
+
+    @property
+    def url(self) -> str:
+        """SQLAlchemy URL (psycopg 3 driver)."""
+        return (f"postgresql+psycopg://{self.user}:{self.password}@127.0.0.1:{self.port}/"
+                f"{self.database}")
+
+    def _user(self) -> str | None:
+        import os
+
+        return self.run_as if os.geteuid() == 0 else None
+
+    def _initdb(self, bindir: Path) -> None:
+        import os
+        import secrets
+
+        self.data_dir.parent.mkdir(parents=True, exist_ok=True)
+        if not self.password_file.exists():
+            self.password_file.write_text(secrets.token_urlsafe(24) + "\n")
+            self.password_file.chmod(0o600)
+        user = self._user()
+        self.data_dir.mkdir(mode=0o700, exist_ok=True)
+        pwfile = self.data_dir.parent / f".{self.data_dir.name}.pwfile"
+        pwfile.write_text(self.password + "\n")
+        try:
+            if user is not None:
+                import pwd
+
+                pw = pwd.getpwnam(user)
+                _check_traversable(self.data_dir.parent, user)
+                os.chown(self.data_dir, pw.pw_uid, pw.pw_gid)
+                os.chown(pwfile, pw.pw_uid, pw.pw_gid)
+            pwfile.chmod(0o600)
+            subprocess.run(
+                [str(bindir / "initdb"), "-D", str(self.data_dir), "-U", self.user,
+                 f"--pwfile={pwfile}", "--auth-host=scram-sha-256", "--auth-local=scram-sha-256",
+                 "-E", "UTF8", "--locale=C", "--no-instructions"],
+                check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=120,
+                user=user,
+            )
+        except subprocess.CalledProcessError as exc:
+            raise RuntimeError(f"initdb failed: {exc.stderr.decode(errors='replace')[-2000:]}") from None
+        finally:
+            pwfile.unlink(missing_ok=True)
+
+    def start(self, timeout: float = 30.0) -> EmbeddedPostgres:
+        bindir = postgres_bin_dir()
+        if not (self.data_dir / "PG_VERSION").exists():
+            self._initdb(bindir)
+        log = self.data_dir.parent / f"{self.data_dir.name}.log"
+        args = [str(bindir / "postgres"), "-D", str(self.data_dir), "-p", str(self.port),
+                "-c", "listen_addresses=127.0.0.1", "-c", "unix_socket_directories=",
+                "-c", "max_connections=200", "-c", "shared_buffers=64MB",
+                "-c", "fsync=on", "-c", "log_min_messages=warning"]
+        log.parent.mkdir(parents=True, exist_ok=True)
+        out = log.open("ab")
+        self.proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT,
+                                     start_new_session=True, user=self._user())
+        out.close()
+        _wait_port(self.port, self.proc, timeout, "postgres", log)
+        self._wait_ready(timeout)
+        self._ensure_database()
+        return self
+
+    def stop(self, timeout: float = 20.0) -> None:
+        """Fast shutdown (SIGINT: roll back open transactions, close sessions); SIGTERM
+        would wait for every client to disconnect."""
+        if self.running:
+            assert self.proc is not None
+            self.proc.send_signal(signal.SIGINT)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+
+    def _connect(self, dbname: str) -> object:
+        import psycopg
+
+        return psycopg.connect(host="127.0.0.1", port=self.port, user=self.user,
+                               password=self.password, dbname=dbname, connect_timeout=5,
+                               autocommit=True)
+
+    def _wait_ready(self, timeout: float) -> None:
+        import psycopg
+
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                with self._connect("postgres"):  # type: ignore[attr-defined]
+                    return
+            except psycopg.OperationalError:
+                if time.monotonic() > deadline or not self.running:
+                    raise
+                time.sleep(0.1)
+
+    def _ensure_database(self) -> None:
+        with self._connect("postgres") as conn:  # type: ignore[attr-defined]
+            row = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s",
+                               (self.database,)).fetchone()
+            if row is None:
+                conn.execute(f'CREATE DATABASE "{self.database}"')
+
+    def create_database(self, name: str) -> str:
+        """A fresh database on this server (tests: one per stack); returns its URL."""
+        with self._connect("postgres") as conn:  # type: ignore[attr-defined]
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}"')
+            conn.execute(f'CREATE DATABASE "{name}"')
+        return self.url.rsplit("/", 1)[0] + f"/{name}"
+
+
+def _check_traversable(folder: Path, user: str) -> None:
+    """The server, running as `user`, must reach its data folder: every ancestor needs the
+    execute bit for others (pytest's and mkdtemp's 0700 folders do not have it)."""
+    import pwd
+    import stat
+
+    uid = pwd.getpwnam(user).pw_uid
+    for p in [folder, *folder.parents]:
+        st = p.stat()
+        if st.st_uid != uid and not st.st_mode & stat.S_IXOTH:
+            raise RuntimeError(
+                f"PostgreSQL runs as {user!r} and cannot enter {p} (mode {oct(st.st_mode & 0o777)}); "
+                f"put the data folder elsewhere or `chmod o+x {p}`")
