@@ -285,6 +285,188 @@ def cmd_catalog(args: argparse.Namespace) -> int:
     print(f"{written} item(s) written, {len(errors)} row(s) rejected")
     return 1 if errors and not written else 0
 
+# -- control plane: keys, users -----------------------------------------------------------
+@contextlib.contextmanager
+def _control_plane(s: Settings):  # type: ignore[no-untyped-def]
+    """The control-plane database: KAIROS_DATABASE_URL, else the running `kairos up`'s
+    embedded server (var/run/stack.json), else the embedded server started for this command."""
+    from engine import stackfile
+    from engine.db import migrate
+
+    url = s.database_url
+    started = None
+    if url is None:
+        info = stackfile.read(s.var_dir)
+        url = info.get("database_url") if info else None
+    if url is None:
+        from engine.embedded import EmbeddedPostgres
+
+        _say("no running stack found; starting the embedded PostgreSQL for this command…")
+        started = EmbeddedPostgres(s.var_dir / "pg").start()
+        url = started.url
+    try:
+        migrate(url)
+        yield url
+    finally:
+        if started is not None:
+            started.stop()
+
+
+def _run_control(s: Settings, fn):  # type: ignore[no-untyped-def]
+    import asyncio
+
+    from engine.db import new_engine
+    from engine.db.control import ControlPlane
+
+    with _control_plane(s) as url:
+        async def go():  # type: ignore[no-untyped-def]
+            cp = ControlPlane(new_engine(url, pool_size=1))
+            try:
+                return await fn(cp)
+            finally:
+                await cp.close()
+
+        return asyncio.run(go())
+
+
+def cmd_keys(args: argparse.Namespace) -> int:
+    s = _settings(args)
+    actor = f"cli:{os.environ.get('USER', 'unknown')}"
+
+    if args.action == "create":
+        scopes = [x.strip() for x in (args.scope or "").split(",") if x.strip()]
+
+        async def create(cp):  # type: ignore[no-untyped-def]
+            rec, plain = await cp.create_key(args.kind, name=args.name or "", scopes=scopes,
+                                             origins=args.origin or [], partner_id=args.partner,
+                                             created_by=actor)
+            await cp.audit(actor, "key.create", rec.id,
+                           detail={"kind": rec.kind, "scopes": list(rec.scopes),
+                                   "origins": list(rec.origins), "name": rec.name},
+                           partner_id=rec.partner_id)
+            return rec, plain
+
+        try:
+            rec, plain = _run_control(s, create)
+        except ValueError as exc:
+            print(f"kairos keys create: {exc}", file=sys.stderr)
+            return 2
+        what = ", ".join(rec.origins) if rec.kind == "public" else ", ".join(rec.scopes)
+        print(f"created {rec.kind} key {rec.id}… ({what}); it is shown this once:", file=sys.stderr)
+        print(plain)
+        return 0
+    if args.action == "list":
+        recs = _run_control(s, lambda cp: cp.list_keys())
+        print(f"{'prefix':<12} {'kind':<7} {'status':<8} {'name':<16} scopes / origins")
+        for r in recs:
+            what = ",".join(r.origins) if r.kind == "public" else ",".join(r.scopes)
+            if r.partner_id:
+                what += f" (partner {r.partner_id})"
+            status = "revoked" if r.revoked_at else "active"
+            print(f"{r.id:<12} {r.kind:<7} {status:<8} {r.name[:16]:<16} {what}")
+        return 0
+    if args.action == "revoke":
+        prefix = args.prefix.strip().rstrip("…")[:11]
+
+        async def revoke(cp):  # type: ignore[no-untyped-def]
+            rec = await cp.revoke_key(prefix, by=actor)
+            if rec is not None:
+                await cp.audit(actor, "key.revoke", rec.id, partner_id=rec.partner_id)
+            return rec
+
+        rec = _run_control(s, revoke)
+        if rec is None:
+            print(f"kairos keys revoke: no key {prefix}", file=sys.stderr)
+            return 1
+        print(f"revoked {rec.id}")
+        return 0
+    if args.action == "identity-secret":
+        print(_run_control(s, lambda cp: cp.secret("identity")))
+        return 0
+    return 2
+
+
+def _read_password(confirm: bool) -> str:
+    import getpass
+
+    if sys.stdin.isatty():
+        pw = getpass.getpass("password: ")
+        if confirm and getpass.getpass("again: ") != pw:
+            raise SystemExit("kairos: the passwords differ")
+        return pw
+    return sys.stdin.readline().rstrip("\n")
+
+
+def cmd_users(args: argparse.Namespace) -> int:
+    from engine.logic.passwords import PasswordError, hash_password
+
+    s = _settings(args)
+    actor = f"cli:{os.environ.get('USER', 'unknown')}"
+    if args.action == "add":
+        try:
+            pw_hash = hash_password(_read_password(True))
+        except PasswordError as exc:
+            print(f"kairos users add: the password {exc}", file=sys.stderr)
+            return 2
+
+        async def add(cp):  # type: ignore[no-untyped-def]
+            u = await cp.add_user(args.email, args.role, pw_hash, partner_id=args.partner)
+            await cp.audit(actor, "user.add", u.email, detail={"role": u.role},
+                           partner_id=u.partner_id)
+            return u
+
+        try:
+            u = _run_control(s, add)
+        except ValueError as exc:
+            print(f"kairos users add: {exc}", file=sys.stderr)
+            return 2
+        print(f"added {u.role} {u.email} ({u.id})")
+        return 0
+    if args.action == "list":
+        for u in _run_control(s, lambda cp: cp.list_users()):
+            extra = f" partner={u.partner_id}" if u.partner_id else ""
+            state = " (disabled)" if u.disabled_at else ""
+            print(f"{u.id:<20} {u.role:<9} {u.email}{extra}{state}")
+        return 0
+    if args.action == "passwd":
+        try:
+            pw_hash = hash_password(_read_password(True))
+        except PasswordError as exc:
+            print(f"kairos users passwd: the password {exc}", file=sys.stderr)
+            return 2
+
+        async def passwd(cp):  # type: ignore[no-untyped-def]
+            u = await cp.user_by_email(args.email)
+            if u is None:
+                return None
+            await cp.set_password(u.id, pw_hash)
+            await cp.audit(actor, "user.password", u.email, partner_id=u.partner_id)
+            return u
+
+        if _run_control(s, passwd) is None:
+            print(f"kairos users passwd: no user {args.email}", file=sys.stderr)
+            return 1
+        print("password changed; the user's sessions were ended")
+        return 0
+    if args.action == "login-link":
+        from datetime import timedelta
+
+        async def link(cp):  # type: ignore[no-untyped-def]
+            u = await cp.user_by_email(args.email)
+            if u is None:
+                return None
+            token = await cp.create_login_link(u.id, timedelta(hours=24))
+            await cp.audit(actor, "user.login_link", u.email, partner_id=u.partner_id)
+            return token
+
+        token = _run_control(s, link)
+        if token is None:
+            print(f"kairos users login-link: no user {args.email}", file=sys.stderr)
+            return 1
+        print(f"{s.base_url}/login/once/{token}")
+        return 0
+    return 2
+
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="kairos", description="Kairos real-time personalization engine")
@@ -337,6 +519,33 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", help="demo: write JSON-lines here instead of loading into Redis")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(fn=cmd_catalog)
+
+    p = sub.add_parser("keys", help="API keys: create public|secret, list, revoke PREFIX, identity-secret")
+    ksub = p.add_subparsers(dest="action", required=True)
+    kc = ksub.add_parser("create", help="create a key; prints it alone on the last line")
+    kc.add_argument("kind", choices=["public", "secret"])
+    kc.add_argument("--origin", action="append", help="public key: an allowed origin (repeatable)")
+    kc.add_argument("--scope", help="secret key: comma-separated scopes, e.g. events:write,profiles:read")
+    kc.add_argument("--name", help="a name to tell the key apart")
+    kc.add_argument("--partner", help="secret key: tie it to one partner (scope dm)")
+    ksub.add_parser("list", help="every key: prefix, kind, status, scopes or origins")
+    kr = ksub.add_parser("revoke", help="revoke a key by its prefix (every API process within 5 s)")
+    kr.add_argument("prefix")
+    ksub.add_parser("identity-secret", help="print the secret for user_hash = HMAC-SHA256(secret, user_id)")
+    p.set_defaults(fn=cmd_keys)
+
+    p = sub.add_parser("users", help="users: add --role ROLE EMAIL (password on stdin), list, passwd EMAIL, login-link EMAIL")
+    usub = p.add_subparsers(dest="action", required=True)
+    ua = usub.add_parser("add", help="add a user; the password is read from standard input")
+    ua.add_argument("email")
+    ua.add_argument("--role", required=True, choices=["admin", "marketer", "analyst", "partner"])
+    ua.add_argument("--partner", help="the partner id of a partner user")
+    usub.add_parser("list", help="every user")
+    up_ = usub.add_parser("passwd", help="set a user's password (from standard input)")
+    up_.add_argument("email")
+    ul = usub.add_parser("login-link", help="print a one-time login link (valid 24 h)")
+    ul.add_argument("email")
+    p.set_defaults(fn=cmd_users)
 
     args = parser.parse_args(argv)
     try:

@@ -14,6 +14,9 @@ over the file:
 | `KAIROS_VAR_DIR` | data of the embedded servers, logs | `./var` |
 | `KAIROS_PARTITIONS` | partitions of the `events` topic | 4 |
 | `KAIROS_API_WORKERS` | API processes | 1 |
+| `KAIROS_DATABASE_URL` | external PostgreSQL 14+ (control plane; then none is started) | embedded PostgreSQL |
+| `KAIROS_METRICS_TOKEN` | bearer token for `/metrics` (unset: loopback callers only) | unset |
+| `KAIROS_PUBLIC_URL` | the engine's address as browsers see it (links, cookies' Secure flag) | `http://HOST:PORT` |
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ class Settings:
     port: int = 8000
     redis_url: str | None = None
     kafka_bootstrap: str | None = None
+    database_url: str | None = None
     config_dir: Path = Path("config")
     var_dir: Path = Path("var")
     api_workers: int = 1
@@ -71,6 +75,14 @@ class Settings:
     # demo shop (/demo): the REES46 sample CSV it builds its catalog from; a relative path is
     # relative to the project root; missing -> a small built-in catalog
     demo_catalog: str = "../shared/data/rees46/2019-Oct_head.csv"
+    # access (engine/logic/access.py, engine/flows/access.py)
+    metrics_token: str | None = None  # None: /metrics answers loopback callers only
+    public_url: str | None = None  # None: http://host:port
+    allowed_hosts: tuple[str, ...] = ()  # Host headers accepted besides the engine's own
+    key_refresh_s: float = 5.0  # key cache refresh (a NOTIFY reloads it at once)
+    rate_per_key: float = 1000.0  # requests/s per key and API process (burst 2x)
+    rate_per_visitor: float = 20.0  # requests/s per visitor per public key and process (burst 3x)
+    session_days: float = 7.0
     # model
     affinity: AffinityConfig = field(default_factory=AffinityConfig)
 
@@ -81,6 +93,14 @@ class Settings:
     @property
     def embedded_kafka(self) -> bool:
         return self.kafka_bootstrap is None
+
+    @property
+    def embedded_postgres(self) -> bool:
+        return self.database_url is None
+
+    @property
+    def base_url(self) -> str:
+        return (self.public_url or f"http://{self.host}:{self.port}").rstrip("/")
 
     @property
     def profile_ttl_ms(self) -> int:
@@ -104,6 +124,7 @@ class Settings:
         data["config_dir"] = Path(data["config_dir"])
         data["var_dir"] = Path(data["var_dir"])
         data["affinity"] = AffinityConfig(**data["affinity"])
+        data["allowed_hosts"] = tuple(data.get("allowed_hosts", ()))
         return cls(**data)
 
 
@@ -116,6 +137,9 @@ _ENV = {
     "KAIROS_VAR_DIR": ("var_dir", Path),
     "KAIROS_PARTITIONS": ("partitions", int),
     "KAIROS_API_WORKERS": ("api_workers", int),
+    "KAIROS_DATABASE_URL": ("database_url", str),
+    "KAIROS_METRICS_TOKEN": ("metrics_token", str),
+    "KAIROS_PUBLIC_URL": ("public_url", str),
 }
 
 _FILE_KEYS = {f.name for f in dataclasses.fields(Settings)} - {"affinity"}
@@ -159,6 +183,8 @@ def load_settings(env: Mapping[str, str], config_dir: Path | None = None) -> Set
     for name in ("config_dir", "var_dir"):
         if name in values:
             values[name] = Path(values[name])
+    if "allowed_hosts" in values:
+        values["allowed_hosts"] = tuple(values["allowed_hosts"])
     settings = Settings(**values)
     _check(settings)
     return settings
@@ -175,3 +201,8 @@ def _check(s: Settings) -> None:
         raise SettingsError("api_workers must be at least 1")
     if s.redis_url is not None and not s.redis_url.startswith(("redis://", "rediss://", "unix://")):
         raise SettingsError("KAIROS_REDIS_URL must start with redis://, rediss:// or unix://")
+    if s.database_url is not None and not s.database_url.startswith(
+            ("postgresql://", "postgres://", "postgresql+psycopg://")):
+        raise SettingsError("KAIROS_DATABASE_URL must start with postgresql:// (psycopg 3 driver)")
+    if s.public_url is not None and not s.public_url.startswith(("http://", "https://")):
+        raise SettingsError("KAIROS_PUBLIC_URL must start with http:// or https://")
