@@ -20,7 +20,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from engine.embedded import EmbeddedKafka, EmbeddedRedis, free_port, terminate
+from engine.embedded import EmbeddedKafka, EmbeddedPostgres, EmbeddedRedis, free_port, terminate
 from engine.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -37,6 +37,31 @@ def redis_server(tmp_root: Path) -> Iterator[EmbeddedRedis]:
     server = EmbeddedRedis(tmp_root / "redis").start()
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[EmbeddedPostgres]:
+    """Debian's PostgreSQL, initdb'd into a fresh folder that the `postgres` user can enter
+    (pytest's own temporary folders are 0700)."""
+    import shutil
+    import tempfile
+
+    base = Path(tempfile.mkdtemp(prefix="kairos-pg-"))
+    base.chmod(0o711)
+    server = EmbeddedPostgres(base / "pg").start()
+    yield server
+    server.stop()
+    shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def database_url(postgres_server: EmbeddedPostgres) -> str:
+    """A migrated database for the tests that share one."""
+    from engine.db import migrate
+
+    url = postgres_server.create_database("kairos_tests")
+    migrate(url)
+    return url
 
 
 @pytest.fixture(scope="session")
