@@ -46,12 +46,14 @@ class Access:
                  key_rate: float = 1000.0, key_burst: float = 2000.0,
                  visitor_rate: float = 20.0, visitor_burst: float = 60.0,
                  login_rate: float = 0.2, login_burst: float = 5.0,
-                 metrics_token: str | None = None,
+                 metrics_token: str | None = None, own_origins: tuple[str, ...] = (),
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.control = control
         self.secrets = secrets
         self.refresh_s = refresh_s
         self.metrics_token = metrics_token or None
+        self.own_origins = own_origins  # the engine's own pages (CSRF: same-origin changes)
+        self._origins: frozenset[str] = frozenset()
         self.clock = clock
         self._keys: dict[bytes, KeyRecord] = {}
         self._seen: KeyRecord | None = None
@@ -80,6 +82,8 @@ class Access:
     async def reload(self) -> None:
         records = await self.control.keys_changed_since(None)
         self._keys = {r.key_hash: r for r in records if r.active}
+        self._origins = frozenset(o for r in self._keys.values() if r.kind == "public"
+                                  for o in r.origins)
         self.loaded_at = self.clock()
 
     async def _refresher(self) -> None:
@@ -123,6 +127,11 @@ class Access:
             return None
         record = self._keys.get(access.key_digest(token))
         return record.principal() if record is not None else None
+
+    def origin_known(self, origin: str) -> bool:
+        """Whether some active public key allows `origin` (CORS preflights carry no key)."""
+        return access.origin_allowed(origin, self._origins) or access.origin_allowed(
+            origin, self.own_origins)
 
     def metrics(self, token: str) -> access.Principal | None:
         import hmac
