@@ -16,18 +16,23 @@ from typing import Any
 
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
-from starlette.middleware.cors import CORSMiddleware
-from starlette.routing import BaseRoute
+from starlette.routing import BaseRoute, Mount, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from engine import metrics
+from engine.gate import Shield, guard
+from engine.logic.access import METRICS, OPEN, OPEN_SIGNED_IN, SIGNED_IN, Policy, needs
+from engine.logic.access import Scope as Can
 from engine.routes import (
+    access,
+    admin,
     catalog,
     dashboard,
     decide,
     demo,
     ingest,
     ops,
+    privacy,
     profiles,
     recommendations,
     sdk,
@@ -39,7 +44,95 @@ from engine.settings import Settings
 
 #: The route modules, in the order their routes are matched.
 ROUTE_MODULES = (ingest, profiles, ops, stats, sdk, demo, decide, dashboard, catalog, trending,
-                 recommendations)
+                 recommendations, access, admin, privacy)
+
+_WRITE = needs(Can.EVENTS_WRITE, public=True, session=False)  # a page, an app or a server
+_DECIDE = needs(Can.DECIDE, public=True, session=False)
+_BEACON = needs(Can.EVENTS_WRITE, Can.DECIDE, public=True, session=False)
+_ANALYST = needs(Can.STATS_READ)
+_PROFILES = needs(Can.PROFILES_READ)
+_DASHBOARD = needs(Can.STATS_READ, page=True)
+_ADMIN_PAGE = needs(Can.ADMIN, page=True)
+
+#: Who may call each route: (method, path template) -> policy; "*" for a mounted app.
+#: Default deny: `create_app` refuses to start with a route missing here, and
+#: tests/integration/test_access_routes.py walks every route against every kind of caller.
+POLICY: dict[tuple[str, str], Policy] = {
+    ("POST", "/v1/events"): _WRITE,
+    ("POST", "/v1/decide"): _DECIDE,
+    ("GET", "/v1/recommendations"): _DECIDE,
+    ("GET", "/sdk/kairos.js"): _BEACON,
+    ("GET", "/v1/profiles/{visitor_id:path}"): _PROFILES,
+    ("GET", "/v1/stats/traffic"): _ANALYST,
+    ("GET", "/v1/stats/segments"): _ANALYST,
+    ("GET", "/v1/stats/stream"): _ANALYST,
+    ("GET", "/v1/stats/trending"): _ANALYST,
+    ("GET", "/v1/campaigns"): _ANALYST,
+    ("GET", "/v1/campaigns/{campaign_id}/stats"): _ANALYST,
+    ("POST", "/v1/catalog/items"): needs(Can.CATALOG_WRITE),
+    ("GET", "/v1/catalog/items/{item_id:path}"): needs(Can.CATALOG_WRITE, Can.STATS_READ),
+    ("DELETE", "/v1/catalog/items/{item_id:path}"): needs(Can.CATALOG_WRITE),
+    ("GET", "/v1/privacy/subjects/{subject_id:path}"): needs(Can.PRIVACY),
+    ("DELETE", "/v1/privacy/subjects/{subject_id:path}"): needs(Can.PRIVACY),
+    ("GET", "/dashboard"): _DASHBOARD,
+    ("GET", "/dashboard/"): _DASHBOARD,
+    ("GET", "/dashboard/{name}"): _DASHBOARD,
+    ("GET", "/healthz"): OPEN,
+    ("GET", "/readyz"): OPEN,
+    ("GET", "/metrics"): METRICS,
+    ("GET", "/openapi.json"): OPEN,
+    ("GET", "/docs"): OPEN,
+    # the demo shop: open, its pages carry the demo's own public key
+    ("GET", "/demo"): OPEN,
+    ("GET", "/demo/"): OPEN,
+    ("GET", "/demo/c/{path:path}"): OPEN,
+    ("GET", "/demo/p/{pid}"): OPEN,
+    ("GET", "/demo/cart"): OPEN,
+    ("GET", "/demo/checkout"): OPEN,
+    ("GET", "/demo/checkout/done"): OPEN,
+    ("GET", "/demo/search"): OPEN,
+    ("*", "/demo/static"): OPEN,
+    # signing in and the pages' stylesheets
+    ("GET", "/login"): OPEN_SIGNED_IN,
+    ("POST", "/login"): OPEN,
+    ("GET", "/login/once/{token}"): OPEN,
+    ("POST", "/logout"): SIGNED_IN,
+    ("GET", "/assets/{name}"): OPEN,
+    # admin (role admin, or a secret key with scope admin)
+    ("GET", "/admin"): _ADMIN_PAGE,
+    ("POST", "/admin/keys"): _ADMIN_PAGE,
+    ("POST", "/admin/keys/{prefix}/revoke"): _ADMIN_PAGE,
+    ("POST", "/admin/users"): _ADMIN_PAGE,
+    ("POST", "/admin/password"): Policy(signed_in=True, page=True),
+    ("GET", "/admin/audit"): _ADMIN_PAGE,
+}
+
+
+class MissingPolicy(RuntimeError):
+    """A route has no entry in POLICY (default deny: the app does not start)."""
+
+
+def route_keys(route: BaseRoute) -> list[tuple[str, str]]:
+    if isinstance(route, Mount):
+        return [("*", route.path)]
+    if isinstance(route, Route):
+        return [(m, route.path) for m in sorted(route.methods or ()) if m != "HEAD"]
+    raise MissingPolicy(f"{route!r}: only Route and Mount are gated")
+
+
+def gated(routes: list[BaseRoute], policy: dict[tuple[str, str], Policy]) -> list[BaseRoute]:
+    """Each route behind its policy; MissingPolicy names every route without one."""
+    missing = [k for r in routes for k in route_keys(r) if k not in policy]
+    if missing:
+        raise MissingPolicy("routes without a policy in engine/api.py POLICY: "
+                            + ", ".join(f"{m} {p}" for m, p in missing))
+    for r in routes:
+        pols = {policy[k] for k in route_keys(r)}
+        if len(pols) != 1:
+            raise MissingPolicy(f"{r!r}: one route object, one policy")
+        target = r.app  # type: ignore[attr-defined]
+        r.app = guard(target, pols.pop())  # type: ignore[attr-defined]
+    return routes
 
 
 class _Timing:
@@ -80,12 +173,8 @@ def create_app(settings: Settings, redis_url: str, bootstrap: str,
             app.state.svc = svc
             yield
 
-    routes: list[BaseRoute] = [r for m in ROUTE_MODULES for r in m.routes()]
-    middleware = [
-        Middleware(_Timing),
-        Middleware(CORSMiddleware, allow_origins=["*"], allow_methods=["GET", "POST", "DELETE"],
-                   allow_headers=["content-type"], expose_headers=["Retry-After"], max_age=86400),
-    ]
+    routes = gated([r for m in ROUTE_MODULES for r in m.routes()], POLICY)
+    middleware = [Middleware(Shield), Middleware(_Timing)]
     return Starlette(routes=routes, middleware=middleware, lifespan=lifespan)
 
 
@@ -95,6 +184,6 @@ def app_from_env() -> Starlette:
 
     s = Settings.from_json(os.environ["KAIROS_SETTINGS_JSON"])
     mdir = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
-    if not (s.redis_url and s.kafka_bootstrap):
-        raise RuntimeError("kairos api needs resolved Redis and Kafka addresses")
+    if not (s.redis_url and s.kafka_bootstrap and s.database_url):
+        raise RuntimeError("kairos api needs resolved Redis, Kafka and PostgreSQL addresses")
     return create_app(s, s.redis_url, s.kafka_bootstrap, Path(mdir) if mdir else None)

@@ -36,6 +36,23 @@ def cmd_setup(args: argparse.Namespace) -> int:
     s = _settings(args)
     ensure_kafka_libs(s.var_dir / "kafka" / "libs", progress=_say)
     _say("the Apache Kafka broker is installed")
+    from engine.db import migrate
+
+    if s.embedded_postgres:
+        from engine.embedded import EmbeddedPostgres
+
+        fresh = not (s.var_dir / "pg" / "PG_VERSION").exists()
+        _say("creating the embedded PostgreSQL in var/pg (initdb, once)…" if fresh else
+             "migrating the embedded PostgreSQL…")
+        pg = EmbeddedPostgres(s.var_dir / "pg").start()
+        try:
+            migrate(pg.url)
+        finally:
+            pg.stop()
+    else:
+        _say("migrating the control-plane database (KAIROS_DATABASE_URL)…")
+        migrate(s.database_url or "")
+    _say("the control-plane database is at the newest schema")
     sdk = Path(__file__).resolve().parent.parent / "sdk_js"
     if (sdk / "package.json").exists() and not args.skip_js:
         _say("building the JS beacon (npm ci && npm run build)…")
@@ -46,7 +63,15 @@ def cmd_setup(args: argparse.Namespace) -> int:
 
 # -- up -------------------------------------------------------------------------------------
 def cmd_up(args: argparse.Namespace) -> int:
-    from engine.embedded import EmbeddedKafka, EmbeddedRedis, ensure_kafka_libs, stop_all, terminate
+    from engine import stackfile
+    from engine.embedded import (
+        EmbeddedKafka,
+        EmbeddedPostgres,
+        EmbeddedRedis,
+        ensure_kafka_libs,
+        stop_all,
+        terminate,
+    )
 
     s = _settings(args)
     children: list = []
@@ -71,27 +96,43 @@ def cmd_up(args: argparse.Namespace) -> int:
                               partitions=s.partitions).start()
             children.append(k)
             s = s.with_(kafka_bootstrap=k.bootstrap)
+        if s.embedded_postgres:
+            _say("starting PostgreSQL (the control plane)…")
+            pg = EmbeddedPostgres(s.var_dir / "pg").start()
+            children.append(pg)
+            s = s.with_(database_url=pg.url)
         import asyncio
 
+        from engine.db import migrate
         from engine.eventlog import ensure_topics
 
+        migrate(s.database_url or "")
+        first = asyncio.run(_first_start(s))
         asyncio.run(ensure_topics(s.kafka_bootstrap or "", {s.events_topic: s.partitions,
                                                            s.decisions_topic: s.partitions}))
+        stackfile.write(s.var_dir, {"api_url": s.base_url, "redis_url": s.redis_url,
+                                    "kafka_bootstrap": s.kafka_bootstrap,
+                                    "database_url": s.database_url})
         env = {**os.environ, "KAIROS_SETTINGS_JSON": s.to_json()}
         me = [sys.executable, "-m", "engine.cli"]
         procs.append(subprocess.Popen([*me, "worker"], env=env))
         procs.append(subprocess.Popen([*me, "api", "--workers", str(s.api_workers)], env=env))
-        base = f"http://{s.host}:{s.port}"
-        _wait_http(base + "/healthz", 60, procs)
+        base = s.base_url
+        _wait_http(f"http://{s.host}:{s.port}/healthz", 60, procs)
+        login = (f"    sign in    {base}/login/once/{first['login_token']}\n"
+                 f"               (one-time link for {first['admin_email']}; `kairos users passwd "
+                 f"{first['admin_email']}` sets a password)\n") if first.get("login_token") else ""
         print(
             "\n  Kairos is running\n"
             f"    demo shop  {base}/demo\n"
             f"    dashboard  {base}/dashboard\n"
+            f"{login}"
             f"    API        {base}/v1/events   (docs {base}/docs)\n"
-            f"    profiles   {base}/v1/profiles/<visitor_id>\n"
+            f"    keys       kairos keys create secret --scope events:write,profiles:read\n"
             f"    health     {base}/readyz   metrics {base}/metrics\n"
             f"    Redis      {s.redis_url}\n"
             f"    Kafka      {s.kafka_bootstrap}\n"
+            f"    PostgreSQL {_hide_password(s.database_url or '')}\n"
             "  Ctrl-C stops everything.\n",
             flush=True,
         )
@@ -107,8 +148,34 @@ def cmd_up(args: argparse.Namespace) -> int:
         _say("stopping…")
         terminate(procs, 20)
         stop_all(children)
+        stackfile.remove(s.var_dir)
         _say("stopped")
     return 0
+
+
+FIRST_ADMIN = "admin@kairos.local"
+
+
+async def _first_start(s: Settings) -> dict[str, object]:
+    """The first admin and the demo shop's key on a fresh control plane; a one-time sign-in
+    link for the first admin at every start."""
+    from engine.db import new_engine
+    from engine.db.control import ControlPlane
+    from engine.flows.admin import seed_first_start
+    from engine.services import DEMO_KEY_SECRET, own_origins
+
+    cp = ControlPlane(new_engine(s.database_url or "", pool_size=1))
+    try:
+        return await seed_first_start(cp, admin_email=FIRST_ADMIN, demo_origins=own_origins(s),
+                                      demo_secret_name=DEMO_KEY_SECRET)
+    finally:
+        await cp.close()
+
+
+def _hide_password(url: str) -> str:
+    import re
+
+    return re.sub(r"://([^:/@]+):[^@]+@", r"://\1:***@", url)
 
 
 def _wait_http(url: str, timeout: float, procs: list[subprocess.Popen[bytes]]) -> None:
@@ -127,18 +194,17 @@ def _wait_http(url: str, timeout: float, procs: list[subprocess.Popen[bytes]]) -
 
 
 # -- api ------------------------------------------------------------------------------------
-def _resolved(s: Settings) -> Settings:
-    if not s.redis_url or not s.kafka_bootstrap:
-        raise SystemExit(
-            "kairos: set KAIROS_REDIS_URL and KAIROS_KAFKA_BOOTSTRAP (or use `kairos up`, which starts both)"
-        )
+def _resolved(s: Settings, *, database: bool = False) -> Settings:
+    if not s.redis_url or not s.kafka_bootstrap or (database and not s.database_url):
+        need = "KAIROS_REDIS_URL, KAIROS_KAFKA_BOOTSTRAP" + (" and KAIROS_DATABASE_URL" if database else "")
+        raise SystemExit(f"kairos: set {need} (or use `kairos up`, which starts them)")
     return s
 
 
 def cmd_api(args: argparse.Namespace) -> int:
     import uvicorn
 
-    s = _resolved(_settings(args))
+    s = _resolved(_settings(args), database=True)
     workers = args.workers or s.api_workers
     os.environ["KAIROS_SETTINGS_JSON"] = s.to_json()
     if workers > 1:
@@ -498,6 +564,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch", type=int, default=100, help="events per request or per produce batch")
     p.add_argument("--rate", type=float, default=0, help="events/s (0 = as fast as possible)")
     p.add_argument("--limit", type=int, default=0, help="stop after N events")
+    p.add_argument("--key", help="--to api: a secret key with events:write (or KAIROS_API_KEY)")
     p.add_argument("--keep-time", action="store_true",
                    help="keep the log's timestamps (default: shift them so the log ends now)")
     p.set_defaults(fn=cmd_replay)

@@ -160,11 +160,14 @@ def guard(app: ASGIApp, policy: access.Policy) -> ASGIApp:
             return
         if policy.page:
             scope["kairos_page"] = True
+        svc = scope["app"].state.svc
         if policy.open:
-            scope.setdefault("state", {})["principal"] = access.NOBODY
+            who = access.NOBODY
+            if policy.identify:
+                who, _, _ = await identify(Request(scope, receive), svc)
+            scope.setdefault("state", {})["principal"] = who
             await app(scope, receive, send)
             return
-        svc = scope["app"].state.svc
         request = Request(scope, receive)
         who, session, refused = await identify(request, svc)
         origin = request_origin(request.headers)

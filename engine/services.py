@@ -14,8 +14,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from engine.confighub import ConfigHub, default_hub
+from engine.db import new_engine
+from engine.db.control import ControlPlane
 from engine.demo.shop import Shop, load_shop
 from engine.eventlog import DecisionLog, EventLog, LogUnavailable, ensure_topics
+from engine.flows.access import SESSION_COOKIE, Access, Secrets
+from engine.flows.admin import Admin
 from engine.flows.beacon import BeaconSource
 from engine.flows.campaigns import Campaigns
 from engine.flows.catalog import Catalog
@@ -23,6 +27,7 @@ from engine.flows.dashboard import DashboardFeed
 from engine.flows.decide import Decider
 from engine.flows.health import Health
 from engine.flows.ingest import Ingest
+from engine.flows.privacy import Privacy
 from engine.flows.profiles import Profiles
 from engine.flows.recommend import CATALOG_CACHE_S, Recommender
 from engine.flows.stats import LiveStats, Trending
@@ -34,6 +39,8 @@ from engine.store.decide_read import DecideReader
 from engine.store.live import LiveStore
 from engine.store.profiles import ProfileStore, new_client
 from engine.store.reco_read import RecoReader
+
+DEMO_KEY_SECRET = "demo_write_key"  # the demo shop's public key (public keys are no secret)
 
 
 @dataclass
@@ -55,7 +62,12 @@ class Services:
     beacon: BeaconSource
     shop: Shop
     health: Health
+    access: Access  # who is calling: keys (cached), sessions, secrets, rate limits
+    admin: Admin  # keys, users and the audit log, for the admin pages
+    privacy: Privacy  # export and erase of one person's data
+    demo_key: str | None = None  # the public key the demo shop's pages carry
     metrics_dir: Path | None = None
+    session_cookie: str = SESSION_COOKIE
 
 
 async def _quietly(stop: Callable[[], Awaitable[None]]) -> None:
@@ -63,10 +75,22 @@ async def _quietly(stop: Callable[[], Awaitable[None]]) -> None:
         await stop()
 
 
+def own_origins(s: Settings) -> tuple[str, ...]:
+    """The engine's own origins: its public URL, and on loopback its local names."""
+    from engine.logic.access import normalize_origin
+
+    out = [normalize_origin(s.base_url)]
+    if s.public_url is None and s.host in ("127.0.0.1", "localhost", "::1"):
+        out += [f"http://127.0.0.1:{s.port}", f"http://localhost:{s.port}"]
+    return tuple(dict.fromkeys(out))
+
+
 @contextlib.asynccontextmanager
 async def running(settings: Settings, redis_url: str, bootstrap: str,
                   metrics_dir: Path | None = None) -> AsyncIterator[Services]:
     s = settings
+    if not s.database_url:
+        raise RuntimeError("the API needs the control-plane database (KAIROS_DATABASE_URL)")
     client = new_client(redis_url, timeout=2.0)
     log = EventLog(bootstrap, s.events_topic, linger_ms=s.producer_linger_ms,
                    timeout_s=s.produce_timeout_s)
@@ -79,6 +103,18 @@ async def running(settings: Settings, redis_url: str, bootstrap: str,
                                             s.decisions_topic: s.partitions}, 10.0)
         with contextlib.suppress(LogUnavailable):
             await log.producer()
+
+        # the control plane: keys, users, sessions (never on a hot path: keys are cached)
+        control = ControlPlane(new_engine(s.database_url))
+        stack.push_async_callback(control.close)
+        secrets = await Secrets.load(control)
+        access = Access(control, secrets, refresh_s=s.key_refresh_s, key_rate=s.rate_per_key,
+                        key_burst=2 * s.rate_per_key, visitor_rate=s.rate_per_visitor,
+                        visitor_burst=3 * s.rate_per_visitor, metrics_token=s.metrics_token,
+                        own_origins=own_origins(s))
+        await access.start()
+        stack.push_async_callback(_quietly, access.stop)
+        demo_key = await control.get_secret(DEMO_KEY_SECRET)
 
         # stores
         profile_store = ProfileStore(client, s.profile_ttl_ms)
@@ -100,7 +136,7 @@ async def running(settings: Settings, redis_url: str, bootstrap: str,
 
         # flows
         decider = Decider(decide_reader, hub, DecisionLog(log, s.decisions_topic), s.affinity,
-                          s.decide_deadline_ms)
+                          s.decide_deadline_ms, sign=access.sign_decision)
         stack.push_async_callback(_quietly, decider.close)
         campaigns = Campaigns(hub, decide_reader)
         trending = Trending(reco_reader)
@@ -109,7 +145,7 @@ async def running(settings: Settings, redis_url: str, bootstrap: str,
         stack.push_async_callback(_quietly, feed.close)
         svc = Services(
             settings=s, hub=hub, live=live,
-            ingest=Ingest(log, live, s.retry_after_s),
+            ingest=Ingest(log, live, s.retry_after_s, access),
             decider=decider,
             campaigns=campaigns,
             profiles=Profiles(profile_store, ActivityStore(client), s.affinity),
@@ -119,7 +155,10 @@ async def running(settings: Settings, redis_url: str, bootstrap: str,
                                     s.affinity, lambda: hub.get("recipes"),
                                     lambda: hub.errors.get("recipes", [])),
             trending=trending, feed=feed, beacon=beacon, shop=load_shop(s.demo_catalog),
-            health=Health(client, log, live_store), metrics_dir=metrics_dir,
+            health=Health(client, log, live_store, control), metrics_dir=metrics_dir,
+            access=access, admin=Admin(control, access),
+            privacy=Privacy(client, control, profile_store, s),
+            demo_key=demo_key,
         )
         yield svc
     finally:

@@ -16,6 +16,7 @@ over the file:
 | `KAIROS_API_WORKERS` | API processes | 1 |
 | `KAIROS_DATABASE_URL` | external PostgreSQL 14+ (control plane; then none is started) | embedded PostgreSQL |
 | `KAIROS_METRICS_TOKEN` | bearer token for `/metrics` (unset: loopback callers only) | unset |
+| `KAIROS_API_KEY` | a secret key the CLI sends to the API (`kairos replay --to api`) | unset |
 | `KAIROS_PUBLIC_URL` | the engine's address as browsers see it (links, cookies' Secure flag) | `http://HOST:PORT` |
 """
 
@@ -77,6 +78,7 @@ class Settings:
     demo_catalog: str = "../shared/data/rees46/2019-Oct_head.csv"
     # access (engine/logic/access.py, engine/flows/access.py)
     metrics_token: str | None = None  # None: /metrics answers loopback callers only
+    api_key: str | None = None  # what the CLI sends to the API (kairos replay --to api)
     public_url: str | None = None  # None: http://host:port
     allowed_hosts: tuple[str, ...] = ()  # Host headers accepted besides the engine's own
     key_refresh_s: float = 5.0  # key cache refresh (a NOTIFY reloads it at once)
@@ -139,6 +141,7 @@ _ENV = {
     "KAIROS_API_WORKERS": ("api_workers", int),
     "KAIROS_DATABASE_URL": ("database_url", str),
     "KAIROS_METRICS_TOKEN": ("metrics_token", str),
+    "KAIROS_API_KEY": ("api_key", str),
     "KAIROS_PUBLIC_URL": ("public_url", str),
 }
 

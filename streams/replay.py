@@ -53,7 +53,8 @@ class _Pacer:
 
 
 async def _to_api(url: str, chunks: list[list[dict[str, Any]]], rate: float, bar: tqdm,
-                  totals: collections.Counter[str], reasons: collections.Counter[str]) -> None:
+                  totals: collections.Counter[str], reasons: collections.Counter[str],
+                  key: str) -> None:
     pacer = _Pacer(rate)
     queue: asyncio.Queue[list[dict[str, Any]] | None] = asyncio.Queue(maxsize=8)
 
@@ -70,10 +71,13 @@ async def _to_api(url: str, chunks: list[list[dict[str, Any]]], rate: float, bar
                     if attempt == 29:
                         raise SystemExit(f"kairos replay: cannot reach {url}: {exc}") from None
                     continue
-                if r.status_code == 503:
-                    totals["retried (503)"] += 1
+                if r.status_code in (503, 429):
+                    totals[f"retried ({r.status_code})"] += 1
                     await asyncio.sleep(float(r.headers.get("retry-after", "1")))
                     continue
+                if r.status_code in (401, 403):
+                    raise SystemExit(f"kairos replay: the API refused the key: "
+                                     f"{r.json().get('error', r.text)}")
                 data = r.json()
                 totals["accepted"] += int(data.get("accepted", 0))
                 for rej in data.get("rejected", []):
@@ -82,7 +86,8 @@ async def _to_api(url: str, chunks: list[list[dict[str, Any]]], rate: float, bar
                 break
             bar.update(len(chunk))
 
-    async with httpx.AsyncClient(base_url=url, timeout=30) as client:
+    async with httpx.AsyncClient(base_url=url, timeout=30,
+                                 headers={"Authorization": f"Bearer {key}"}) as client:
         workers = [asyncio.create_task(sender(client)) for _ in range(4)]
         for chunk in chunks:
             await pacer.wait(len(chunk))
@@ -138,7 +143,12 @@ def replay(settings: Settings, args: argparse.Namespace) -> int:
     start = time.monotonic()
     with tqdm(total=len(events), unit="ev", unit_scale=True, desc="replay", file=sys.stderr) as bar:
         if args.to == "api":
-            asyncio.run(_to_api(url, chunks, args.rate, bar, totals, reasons))
+            key = args.key or settings.api_key
+            if not key:
+                raise SystemExit("kairos replay --to api needs a secret key with events:write: "
+                                 "--key ks_… or KAIROS_API_KEY (make one with `kairos keys "
+                                 "create secret --scope events:write`)")
+            asyncio.run(_to_api(url, chunks, args.rate, bar, totals, reasons, key))
         else:
             asyncio.run(_to_topic(settings, chunks, args.rate, bar, totals, reasons))
     elapsed = time.monotonic() - start

@@ -8,6 +8,7 @@ own topic and consumer group so tests can kill workers without disturbing each o
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import subprocess
@@ -15,6 +16,7 @@ import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -71,16 +73,58 @@ def kafka_server(tmp_root: Path) -> Iterator[EmbeddedKafka]:
     server.stop()
 
 
-class Stack:
-    """An API process and worker processes sharing one topic and consumer group."""
+def run_async(coro):  # type: ignore[no-untyped-def]
+    """Run a coroutine to its end from sync code, even inside a running event loop (in a thread)."""
+    import concurrent.futures
 
-    def __init__(self, settings: Settings, log_dir: Path) -> None:
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, coro).result()
+
+
+@dataclass(frozen=True)
+class StackKeys:
+    admin: str  # a secret key with scope admin: what the tests' HTTP client sends
+    public: str  # a public key for the stack's own origin (pages, the beacon)
+    identity: str  # the identity secret: user_hash = HMAC-SHA256(identity, user_id)
+    demo: str  # the demo shop's public key
+
+
+def seed_control_plane(url: str, origins: tuple[str, ...]) -> StackKeys:
+    """What `kairos up` seeds on a first start, plus the keys the tests use."""
+    from engine.db import new_engine
+    from engine.db.control import ControlPlane
+    from engine.flows.admin import seed_first_start
+    from engine.services import DEMO_KEY_SECRET
+
+    async def go() -> StackKeys:
+        cp = ControlPlane(new_engine(url, pool_size=1))
+        try:
+            await seed_first_start(cp, admin_email="admin@kairos.local", demo_origins=origins,
+                                   demo_secret_name=DEMO_KEY_SECRET)
+            _, admin = await cp.create_key("secret", scopes=["admin"], name="tests")
+            _, public = await cp.create_key("public", origins=list(origins), name="tests")
+            return StackKeys(admin, public, await cp.secret("identity"),
+                             await cp.get_secret(DEMO_KEY_SECRET) or "")
+        finally:
+            await cp.close()
+
+    return run_async(go())
+
+
+class Stack:
+    """An API process and worker processes sharing one topic and consumer group, with their
+    own control-plane database; `http` sends the stack's admin secret key."""
+
+    def __init__(self, settings: Settings, log_dir: Path, keys: StackKeys) -> None:
         self.settings = settings
         self.log_dir = log_dir
+        self.keys = keys
         self.api: subprocess.Popen[bytes] | None = None
         self.workers: list[subprocess.Popen[bytes]] = []
         self.base = f"http://127.0.0.1:{settings.port}"
-        self.http = httpx.Client(base_url=self.base, timeout=10)
+        self.http = httpx.Client(base_url=self.base, timeout=10,
+                                 headers={"Authorization": f"Bearer {keys.admin}"})
+        self.anon = httpx.Client(base_url=self.base, timeout=10)  # no credential at all
 
     def _env(self) -> dict[str, str]:
         return {**os.environ, "KAIROS_SETTINGS_JSON": self.settings.to_json()}
@@ -136,20 +180,30 @@ class Stack:
     def stop(self) -> None:
         terminate([p for p in [self.api, *self.workers] if p is not None], 15)
         self.http.close()
+        self.anon.close()
 
 
 @pytest.fixture(scope="session")
 def make_stack(
-    redis_server: EmbeddedRedis, kafka_server: EmbeddedKafka, tmp_root: Path
+    redis_server: EmbeddedRedis, kafka_server: EmbeddedKafka, postgres_server: EmbeddedPostgres,
+    tmp_root: Path
 ) -> Iterator[Callable[..., Stack]]:
+    from engine.db import migrate
+    from engine.services import own_origins
+
     stacks: list[Stack] = []
 
     def make(*, workers: int = 1, kafka: EmbeddedKafka | None = None, **overrides) -> Stack:
         name = overrides.pop("name", uuid.uuid4().hex[:8])
         broker = kafka or kafka_server
+        database_url = overrides.pop("database_url", None)
+        if database_url is None:
+            database_url = postgres_server.create_database(f"kairos_{name}")
+            migrate(database_url)
         settings = Settings(
             port=free_port(),
             redis_url=redis_server.url,
+            database_url=database_url,
             kafka_bootstrap=broker.bootstrap,
             events_topic=f"events-{name}",
             decisions_topic=f"decisions-{name}",
@@ -162,7 +216,7 @@ def make_stack(
         )
         log_dir = tmp_root / f"logs-{name}"
         log_dir.mkdir(parents=True, exist_ok=True)
-        stack = Stack(settings, log_dir)
+        stack = Stack(settings, log_dir, seed_control_plane(database_url, own_origins(settings)))
         stacks.append(stack)
         stack.start_api()
         for _ in range(workers):

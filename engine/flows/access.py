@@ -187,12 +187,16 @@ class Access:
         """None when allowed, else the seconds to wait (429 Retry-After)."""
         if not who.is_key:
             return None
-        now = self.clock()
-        ok, wait = self.per_key.take(who.id, now)
+        ok, wait = self.per_key.take(who.id, self.clock())
         if not ok:
             return wait
-        if who.kind == "public_key" and visitor_id:
-            ok, wait = self.per_visitor.take(f"{who.id}:{visitor_id}", now)
-            if not ok:
-                return wait
+        if visitor_id:
+            return self.rate_visitor(who, visitor_id)
         return None
+
+    def rate_visitor(self, who: access.Principal, visitor_id: str) -> float | None:
+        """A public key's rate per visitor (a page or an app names its visitor)."""
+        if who.kind != "public_key":
+            return None
+        ok, wait = self.per_visitor.take(f"{who.id}:{visitor_id}", self.clock())
+        return None if ok else wait

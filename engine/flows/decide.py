@@ -48,7 +48,8 @@ class Decider:
     def __init__(self, reader: DecideReader, hub: ConfigHub, records: DecisionLog,
                  cfg: AffinityConfig, deadline_ms: int,
                  clock: Callable[[], float] = time.monotonic,
-                 token: Callable[[], str] = _token) -> None:
+                 token: Callable[[], str] = _token,
+                 sign: Callable[[str], str] = lambda base: base) -> None:
         self.reader = reader
         self.hub = hub
         self.records = records
@@ -56,6 +57,7 @@ class Decider:
         self.deadline_s = deadline_ms / 1000.0
         self.clock = clock
         self.token = token  # the random part of decision ids
+        self.sign = sign  # appends the engine's MAC (engine.logic.access.signed_decision_id)
         self.counters: dict[str, tuple[float, ArmCounters]] = {}
         self.failures = 0
 
@@ -102,11 +104,14 @@ class Decider:
         records: list[dict[str, Any]] = []
         channel = context.get("channel") if isinstance(context.get("channel"), str) else None
         for d in chosen:
-            did = decision_id(d.campaign_id, d.arm, self.token())
+            base = decision_id(d.campaign_id, d.arm, self.token())
+            did = self.sign(base)
             body = d.to_dict()
             body["decision_id"] = did
             out.append(body)
-            records.append(decision_record(d, did, visitor_id, user_id, now_ms, channel))
+            rec = decision_record(d, did, visitor_id, user_id, now_ms, channel)
+            rec["event_id"] = base  # the dedupe key stays within the event id's 64 characters
+            records.append(rec)
         if records:
             self.records.add(visitor_id.encode(), _enc.encode(records))
         return out, None

@@ -14,8 +14,11 @@ from typing import Any
 
 from engine import metrics
 from engine.eventlog import EventLog, LogUnavailable, group_by_visitor
+from engine.flows.access import Access
 from engine.flows.stats import LiveStats
 from engine.logic import events as spec
+from engine.logic import trust
+from engine.logic.access import Principal
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,19 +30,37 @@ class Unavailable:
 
 
 class Ingest:
-    def __init__(self, log: EventLog, live: LiveStats, retry_after_s: int) -> None:
+    def __init__(self, log: EventLog, live: LiveStats, retry_after_s: int,
+                 access: Access) -> None:
         self.log = log
         self.live = live
         self.retry_after_s = retry_after_s
+        self.access = access
 
-    def screen(self, raw: Sequence[Any], now_ms: int) -> tuple[list[spec.Event], list[dict[str, Any]]]:
-        """Validate each event on its own and count the rejections: (good events, rejections)."""
-        good, bad = spec.validate(raw, now_ms)
+    def screen(self, raw: Sequence[Any], now_ms: int, who: Principal
+               ) -> tuple[list[spec.Event], list[dict[str, Any]]]:
+        """Validate each event on its own, then what `who` may claim in it (engine/logic/
+        trust.py), and count the rejections: (good events, rejections by index)."""
+        valid, bad, indices = spec.validate_indexed(raw, now_ms)
+        good, refused = trust.screen(valid, indices, who, self.access.identity_ok,
+                                     self.access.decision_ok)
+        if refused:
+            bad = sorted([*bad, *refused], key=lambda r: r.index)
         if bad:
             for r in bad:
                 metrics.EVENTS_REJECTED.labels(metrics.field_label(r.field)).inc()
             self.live.add("rejected", len(bad))
         return good, [r.as_dict() for r in bad]
+
+    def visitor_rate(self, who: Principal, events: Sequence[spec.Event]) -> float | None:
+        """Seconds to wait when a public key's visitor is over its rate, else None."""
+        if who.kind != "public_key":
+            return None
+        for vid in dict.fromkeys(e.visitor_id for e in events):
+            wait = self.access.rate_visitor(who, vid)
+            if wait is not None:
+                return wait
+        return None
 
     async def append(self, good: Sequence[spec.Event]) -> Unavailable | None:
         """Append validated events to the log; None once the broker acknowledged them."""

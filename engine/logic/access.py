@@ -113,17 +113,23 @@ class Policy:
     open: bool = False
     metrics: bool = False
     session: bool = True  # a signed-in user may call it (with the role's scopes)
+    signed_in: bool = False  # any signed-in user, whatever the role (sign out, own password)
+    identify: bool = False  # with `open`: anybody, but tell the route who is signed in
 
     def describe(self) -> str:
         if self.open:
             return "open"
         if self.metrics:
             return "metrics token or loopback"
+        if self.signed_in:
+            return "a signed-in user"
         who = " or ".join(sorted(self.scopes))
         return f"{'public key, ' if self.public else ''}{who}"
 
 
 OPEN = Policy(open=True)
+OPEN_SIGNED_IN = Policy(open=True, identify=True, page=True)  # e.g. the sign-in page
+SIGNED_IN = Policy(signed_in=True)
 METRICS = Policy(metrics=True)
 
 
@@ -173,6 +179,9 @@ def authorize(policy: Policy, who: Principal, origin: str | None = None,
         if policy.scopes and not (policy.scopes & PUBLIC_KEY_SCOPES):
             return Verdict(False, 403, "scope", f"needs {policy.describe()}")
         return ALLOW
+    if policy.signed_in:
+        return ALLOW if who.kind == "user" else Verdict(False, 403, "authorization",
+                                                         "needs a signed-in user")
     if who.kind == "user" and not policy.session:
         return Verdict(False, 403, "authorization", "needs a key")
     if Scope.ADMIN in who.scopes or policy.scopes & who.scopes:

@@ -67,6 +67,9 @@ def parse_request(body: bytes, mtype: str) -> dict[str, Any]:
         raise RequestError(400, "body", "must be an object with visitor_id and context")
     vid = _id(doc, "visitor_id", True)
     uid = _id(doc, "user_id", False)
+    uhash = doc.get("user_hash")
+    if uhash is not None and (not isinstance(uhash, str) or len(uhash) != 64):
+        raise RequestError(400, "user_hash", "must be 64 hex characters (HMAC-SHA256 of user_id)")
     context = doc.get("context")
     context = {} if context is None else context
     if not isinstance(context, dict):
@@ -83,4 +86,7 @@ def parse_request(body: bytes, mtype: str) -> dict[str, Any]:
             ev.setdefault("visitor_id", vid)
             if uid:
                 ev.setdefault("user_id", uid)
-    return {"visitor_id": vid, "user_id": uid, "context": context, "zones": zones, "events": events}
+                if uhash and ev.get("user_id") == uid:
+                    ev.setdefault("user_hash", uhash)
+    return {"visitor_id": vid, "user_id": uid, "user_hash": uhash, "context": context,
+            "zones": zones, "events": events}

@@ -78,7 +78,10 @@ class Event(msgspec.Struct, omit_defaults=True):
     items: Annotated[list[Line], msgspec.Meta(max_length=200)] | None = None
     context: dict[str, Any] | None = None
     props: dict[str, Any] | None = None
-    decision_id: Annotated[str, msgspec.Meta(min_length=1, max_length=64)] | None = None
+    decision_id: Annotated[str, msgspec.Meta(min_length=1, max_length=128)] | None = None
+    # HMAC-SHA256(identity secret, user_id) in hex, computed by the site's own server: what a
+    # public key needs to name a user_id (engine/logic/trust.py); never stored
+    user_hash: Annotated[str, msgspec.Meta(pattern=r"^[0-9a-fA-F]{64}$")] | None = None
     received_at: int | None = None
 
 
@@ -249,7 +252,15 @@ def decode_body(body: bytes, media_type: str) -> list[Any]:
 
 def validate(raw_events: Iterable[Any], now_ms: int) -> tuple[list[Event], list[Rejection]]:
     """Validate each raw event on its own: the good ones pass even when others fail."""
+    good, bad, _ = validate_indexed(raw_events, now_ms)
+    return good, bad
+
+
+def validate_indexed(raw_events: Iterable[Any], now_ms: int
+                     ) -> tuple[list[Event], list[Rejection], list[int]]:
+    """`validate`, plus the index in the request of each good event."""
     good: list[Event] = []
+    where: list[int] = []
     bad: list[Rejection] = []
     convert = msgspec.convert
     for i, raw in enumerate(raw_events):
@@ -267,7 +278,8 @@ def validate(raw_events: Iterable[Any], now_ms: int) -> tuple[list[Event], list[
             bad.append(Rejection(i, *err))
         else:
             good.append(ev)
-    return good, bad
+            where.append(i)
+    return good, bad, where
 
 
 def encode_events(events: list[Event]) -> bytes:

@@ -17,6 +17,7 @@ from starlette.responses import Response
 
 from engine.flows.ingest import Unavailable
 from engine.logic import events as spec
+from engine.logic.access import NOBODY, Principal
 from engine.services import Services
 
 JSON = "application/json"
@@ -26,13 +27,27 @@ def svc(request: Request) -> Services:
     return request.app.state.svc  # type: ignore[no-any-return]
 
 
+def principal(request: Request) -> Principal:
+    """Who is calling, as the gate (engine/gate.py) found it."""
+    who = getattr(request.state, "principal", None)
+    return who if isinstance(who, Principal) else NOBODY
+
+
+def too_many(wait_s: float) -> Response:
+    import math
+
+    return error(429, "rate", "too many requests for this visitor; retry later",
+                 headers={"Retry-After": str(max(1, math.ceil(wait_s)))})
+
+
 def json_response(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
     return Response(orjson.dumps(data), status_code=status, media_type=JSON, headers=headers)
 
 
-def error(status: int, field: str, reason: str, **extra: Any) -> Response:
+def error(status: int, field: str, reason: str, headers: dict[str, str] | None = None,
+          **extra: Any) -> Response:
     body = {"error": f"{field} {reason}".strip(), "field": field, "reason": reason, **extra}
-    return json_response(body, status)
+    return json_response(body, status, headers)
 
 
 def unavailable(refused: Unavailable) -> Response:
@@ -62,3 +77,38 @@ async def read_body(request: Request, limit: int) -> bytes:
 
 def media_type(request: Request) -> str:
     return request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+
+
+# -- server-rendered pages (sign-in, admin, partner portal) ----------------------------------
+def _env() -> Any:
+    global _ENV
+    if _ENV is None:
+        from pathlib import Path
+
+        from jinja2 import Environment, FileSystemLoader, select_autoescape
+
+        _ENV = Environment(loader=FileSystemLoader(Path(__file__).resolve().parent.parent / "templates"),
+                           autoescape=select_autoescape(default=True), trim_blocks=True,
+                           lstrip_blocks=True)
+    return _ENV
+
+
+_ENV: Any = None
+
+
+def page(request: Request, template: str, status: int = 200, **ctx: Any) -> Response:
+    """Render a page of engine/templates with who is signed in and their CSRF token."""
+    from starlette.responses import HTMLResponse
+
+    s = svc(request)
+    who = principal(request)
+    session = request.cookies.get(s.session_cookie)
+    ctx.setdefault("messages", [])
+    html = _env().get_template(template).render(
+        who=who if who.kind == "user" else None,
+        csrf=s.access.csrf_for(session) if session else "", **ctx)
+    return HTMLResponse(html, status_code=status, headers={"Cache-Control": "no-store"})
+
+
+def client_ip(request: Request) -> str:
+    return request.client.host if request.client else ""

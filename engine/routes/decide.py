@@ -16,8 +16,18 @@ from starlette.routing import BaseRoute, Route
 
 from engine.flows.campaigns import StatsUnavailable, UnknownCampaign
 from engine.logic import events as spec
+from engine.logic import trust
 from engine.logic.decide_request import RequestError, parse_request
-from engine.routes import error, json_response, media_type, read_body, svc, unavailable
+from engine.routes import (
+    error,
+    json_response,
+    media_type,
+    principal,
+    read_body,
+    svc,
+    too_many,
+    unavailable,
+)
 
 
 async def post_decide(request: Request) -> Response:
@@ -31,14 +41,22 @@ async def post_decide(request: Request) -> Response:
     except RequestError as exc:
         return error(exc.status, exc.field, exc.reason)
     s = svc(request)
+    who = principal(request)
+    vid = req["visitor_id"]
+    if not who.may_identify and vid.startswith(trust.RESERVED_VISITOR_PREFIX):
+        return error(400, "visitor_id", f"may not start with {trust.RESERVED_VISITOR_PREFIX!r} (reserved)")
+    if who.kind == "public_key" and (wait := s.access.rate_visitor(who, vid)) is not None:
+        return too_many(wait)
+    # a public caller naming a user without its hash is answered for the visitor alone
+    user_id = trust.trusted_user(who, req["user_id"], req["user_hash"], s.access.identity_ok)
     # the call's events are validated once, appended while the state is read, and seen by
     # the decision
-    good, rejected = s.ingest.screen(req["events"], now_ms) if req["events"] else ([], [])
+    good, rejected = s.ingest.screen(req["events"], now_ms, who) if req["events"] else ([], [])
     ingest = asyncio.create_task(s.ingest.append(good)) if good else None
     if ingest is not None:
         await asyncio.sleep(0)
     decisions, degraded = await s.decider.decide(
-        req["visitor_id"], req["user_id"], req["context"], req["zones"], good, now_ms, started)
+        vid, user_id, req["context"], req["zones"], good, now_ms, started)
     if ingest is not None and (refused := await ingest) is not None:
         # the broker did not take the events: say so (503 + Retry-After) so the client keeps
         # and resends them, rather than a 200 it would read as "delivered"

@@ -34,7 +34,8 @@ def render(request: Request, name: str, status: int = 200, **ctx: Any) -> HTMLRe
     # and later pages (a cookie remembers it; ?consent=off ends it)
     mode = request.query_params.get("consent")
     ask = mode == "ask" or (mode != "off" and request.cookies.get(CONSENT_COOKIE) == "ask")
-    html = s.page(name, cart_count=sum(q for _, q in cart), ask_consent=ask, **ctx)
+    html = s.page(name, cart_count=sum(q for _, q in cart), ask_consent=ask,
+                  demo_key=svc(request).demo_key, **ctx)
     resp = HTMLResponse(html, status_code=status)
     if mode == "ask":
         resp.set_cookie(CONSENT_COOKIE, "ask", path="/demo", samesite="lax")

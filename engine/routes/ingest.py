@@ -14,7 +14,16 @@ from starlette.routing import BaseRoute, Route
 
 from engine import metrics
 from engine.logic import events as spec
-from engine.routes import error, json_response, media_type, read_body, svc, unavailable
+from engine.routes import (
+    error,
+    json_response,
+    media_type,
+    principal,
+    read_body,
+    svc,
+    too_many,
+    unavailable,
+)
 
 
 async def post_events(request: Request) -> Response:
@@ -26,7 +35,10 @@ async def post_events(request: Request) -> Response:
         metrics.EVENTS_REJECTED.labels(metrics.field_label(exc.field)).inc()
         return error(exc.status, exc.field, exc.reason)
     s = svc(request)
-    good, rejected = s.ingest.screen(raw, now_ms)
+    who = principal(request)
+    good, rejected = s.ingest.screen(raw, now_ms, who)
+    if (wait := s.ingest.visitor_rate(who, good)) is not None:
+        return too_many(wait)
     if not good:
         first = rejected[0]
         return error(400, first["field"], first["reason"], accepted=0, rejected=rejected)

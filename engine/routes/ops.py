@@ -16,9 +16,11 @@ async def healthz(request: Request) -> Response:
 
 
 async def readyz(request: Request) -> Response:
-    checks = await svc(request).health.checks()
+    health = svc(request).health
+    checks = await health.checks()
     ok = all(v == "ok" for v in checks.values())
-    return json_response({"status": "ready" if ok else "not ready", "checks": checks}, 200 if ok else 503)
+    return json_response({"status": "ready" if ok else "not ready", "checks": checks,
+                          "control_plane": await health.control_plane()}, 200 if ok else 503)
 
 
 async def get_metrics(request: Request) -> Response:

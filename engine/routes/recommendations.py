@@ -12,7 +12,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
-from engine.routes import error, json_response, svc
+from engine.logic import trust
+from engine.routes import error, json_response, principal, svc
 
 MAX_N = 100
 
@@ -39,6 +40,9 @@ async def get_recommendations(request: Request) -> Response:
     for field in ("visitor_id", "item_id", "category"):
         if len(q.get(field, "")) > 256:
             return error(400, field, "must be at most 256 characters")
+    if (not principal(request).may_identify
+            and q.get("visitor_id", "").startswith(trust.RESERVED_VISITOR_PREFIX)):
+        return error(400, "visitor_id", f"may not start with {trust.RESERVED_VISITOR_PREFIX!r} (reserved)")
     now_ms = int(time.time() * 1000)
     items = await rec.recommend(recipe, q.get("visitor_id") or None, q.get("item_id") or None,
                                 q.get("category") or None, n, now_ms)

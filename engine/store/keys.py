@@ -136,3 +136,13 @@ def cf_snapshot(group_id: str, partition: int) -> str:
     """String: the snapshot of one partition's online-CF model (models/reco/cf.py), so that the
     worker that gets the partition next resumes from it."""
     return f"kcf:s:{group_id}:{partition}"
+
+
+# -- privacy --------------------------------------------------------------------------------
+
+
+def tombstone(pid: str) -> str:
+    """String: the epoch ms at which this profile was erased (GDPR/CCPA), kept at least as
+    long as the events topic's retention. The stream never applies a record older than it to
+    the profile, so a redelivered or replayed event of an erased person brings nothing back."""
+    return f"kt:{{{pid}}}"

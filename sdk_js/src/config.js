@@ -14,6 +14,7 @@ export function readConfig(script, win) {
   }
   return {
     site: d.site || 'default',
+    key: d.key,
     endpoint: (d.endpoint || new URL(script ? script.src : '/', win.location.href).origin).replace(/\/+$/, ''),
     storage: d.storage,
     consent: d.requireConsent == null || d.requireConsent === 'false' || null, // null: wait for consent

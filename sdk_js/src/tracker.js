@@ -41,7 +41,8 @@ export function createTracker(win, cfg, deps = {}) {
   const locks = nav.locks;
   const forever = () => new Promise(() => {});
   const device = deviceOf(nav);
-  const eventsUrl = cfg.endpoint + '/v1/events';
+  const auth = cfg.key ? '?key=' + cfg.key : '';
+  const eventsUrl = cfg.endpoint + '/v1/events' + auth;
 
   const c = ids.get('kairos_consent');
   // true: track; false: opted out; null: waiting for consent(true) (nothing stored or sent)
@@ -159,7 +160,7 @@ export function createTracker(win, cfg, deps = {}) {
   /** POST /v1/decide; resolves to the decisions, or null (engine down or slow: one warning). */
   async function decide(zones, events) {
     const body = { visitor_id: visitor(), user_id: uid, context: Object.assign({ channel: 'web', zones }, ctx), events };
-    const r = await post(fetchFn, cfg.endpoint + '/v1/decide', compact(body), cfg.timeout);
+    const r = await post(fetchFn, cfg.endpoint + '/v1/decide' + auth, compact(body), cfg.timeout);
     if (r.status === 200 && r.data.decisions) return r.data.decisions;
     warn('decide ' + r.status);
     enqueue(events); // the engine may not have them: send them the normal way (deduped by event_id)

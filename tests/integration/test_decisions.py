@@ -189,16 +189,24 @@ def test_hot_reload_keeps_last_good_config(dstack: tuple[Stack, Path]) -> None:
     path.unlink()
 
 
-def test_redis_stopped_gives_empty_decision_within_deadline(kafka_server, tmp_root: Path) -> None:
+def test_redis_stopped_gives_empty_decision_within_deadline(kafka_server, postgres_server,
+                                                            tmp_root: Path) -> None:
+    from engine.db import migrate
+    from engine.services import own_origins
+    from tests.conftest import seed_control_plane
+
     redis = EmbeddedRedis(tmp_root / "redis-decide-outage", appendonly=False).start()
     name = "decide-outage"
+    db = postgres_server.create_database("kairos_decide_outage")
+    migrate(db)
     settings = Settings(port=free_port(), redis_url=redis.url, kafka_bootstrap=kafka_server.bootstrap,
+                        database_url=db,
                         events_topic=f"events-{name}", decisions_topic=f"decisions-{name}",
                         group_id=f"kairos-{name}", var_dir=tmp_root / f"var-{name}",
                         produce_timeout_s=3.0, decide_deadline_ms=50)
     log_dir = tmp_root / f"logs-{name}"
     log_dir.mkdir(parents=True, exist_ok=True)
-    stack = Stack(settings, log_dir)  # the API alone: no worker needed
+    stack = Stack(settings, log_dir, seed_control_plane(db, own_origins(settings)))  # API alone
     try:
         stack.start_api()
         body = {"visitor_id": uid(), "context": {"zones": ["home_hero"], "page_type": "home"}}

@@ -141,7 +141,8 @@ def test_replay_a_real_log_through_the_api(stack: Stack, tmp_path):
     sample.write_text("\n".join(lines) + "\n")
     expected = Counter(e["visitor_id"] for e in load_events(sample))
     env = {**os.environ, "KAIROS_SETTINGS_JSON": stack.settings.to_json()}
-    done = subprocess.run([sys.executable, "-m", "engine.cli", "replay", str(sample), "--batch", "50"],
+    done = subprocess.run([sys.executable, "-m", "engine.cli", "replay", str(sample), "--batch", "50",
+                           "--key", stack.keys.admin],
                           env=env, cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert "400 events" in done.stdout and "400 accepted" in done.stdout

@@ -33,8 +33,14 @@ def _children_using(marker: str) -> list[int]:
     return pids
 
 
-def test_up_runs_everything_and_ctrl_c_stops_it(tmp_path):
-    var = tmp_path / "var"
+def test_up_runs_everything_and_ctrl_c_stops_it():
+    import re
+    import shutil
+    import tempfile
+
+    base_dir = Path(tempfile.mkdtemp(prefix="kairos-up-"))
+    base_dir.chmod(0o711)  # PostgreSQL runs as the postgres user: it must enter var/pg
+    var = base_dir / "var"
     (var / "kafka").mkdir(parents=True)
     (var / "kafka" / "libs").symlink_to(LIBS)
     port = free_port()
@@ -55,12 +61,29 @@ def test_up_runs_everything_and_ctrl_c_stops_it(tmp_path):
         text = out.decode()
         base = f"http://127.0.0.1:{port}"
         assert f"{base}/v1/events" in text and f"{base}/demo" in text and f"{base}/dashboard" in text
-        r = httpx.post(f"{base}/v1/events", json={"event_id": "up-1", "type": "item_view",
-                                                   "visitor_id": "up-v", "item": {"id": "i1", "brand": "acme"}})
+        # the first start made an admin and printed a one-time sign-in link
+        link = re.search(rf"{re.escape(base)}/login/once/\S+", text)
+        assert link, text
+        signed = httpx.get(link.group(0))
+        assert signed.status_code == 303 and "kairos_session" in signed.headers["set-cookie"]
+        assert httpx.get(link.group(0)).status_code == 410  # once
+        # nothing is open: a key made with the CLI (which finds the running stack) is needed
+        r = httpx.post(f"{base}/v1/events", json={"event_id": "up-0", "type": "item_view",
+                                                   "visitor_id": "up-v", "item": {"id": "i0"}})
+        assert r.status_code == 401, r.text
+        made = subprocess.run([sys.executable, "-m", "engine.cli", "keys", "create", "secret",
+                               "--scope", "events:write,profiles:read"], env=env, cwd=ROOT,
+                              capture_output=True, text=True, timeout=60)
+        assert made.returncode == 0, made.stderr
+        key = made.stdout.strip().splitlines()[-1]
+        auth = {"Authorization": f"Bearer {key}"}
+        r = httpx.post(f"{base}/v1/events", headers=auth,
+                       json={"event_id": "up-1", "type": "item_view", "visitor_id": "up-v",
+                             "item": {"id": "i1", "brand": "acme"}})
         assert r.status_code == 200, r.text
         deadline = time.monotonic() + 45
         while True:
-            r = httpx.get(f"{base}/v1/profiles/up-v")
+            r = httpx.get(f"{base}/v1/profiles/up-v", headers=auth)
             if r.status_code == 200:
                 break
             assert time.monotonic() < deadline, "the event never reached the profile"
@@ -68,7 +91,8 @@ def test_up_runs_everything_and_ctrl_c_stops_it(tmp_path):
         assert r.json()["event_count"] == 1
         assert (var / "redis" / "appendonlydir").exists(), "Valkey keeps its AOF under var/"
         assert (var / "kafka" / "node" / "log").exists(), "Kafka keeps its log under var/"
-        assert len(_children_using(str(var))) >= 4, "valkey, kafka, the worker and the API run"
+        assert (var / "pg" / "PG_VERSION").exists(), "PostgreSQL keeps its data under var/"
+        assert len(_children_using(str(var))) >= 5, "valkey, kafka, postgres, the worker, the API"
     finally:
         os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal does
         try:
@@ -79,3 +103,4 @@ def test_up_runs_everything_and_ctrl_c_stops_it(tmp_path):
     time.sleep(0.5)
     assert proc.returncode == 0
     assert _children_using(str(var)) == [], "every child process stopped"
+    shutil.rmtree(base_dir, ignore_errors=True)

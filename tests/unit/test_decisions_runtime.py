@@ -72,7 +72,8 @@ def test_decision_ids_carry_campaign_and_arm() -> None:
     did = decision_id("promo", "control", "0123456789abc")
     assert did == "promo.control.0123456789"
     assert parse_decision_id(did) == ("promo", "control")
-    for bad in (None, 3, "x", "a.b", "a..c", "a.b.c.d"):
+    assert parse_decision_id(did + ".MAC0123456xy") == ("promo", "control")  # signed
+    for bad in (None, 3, "x", "a.b", "a..c", "a.b.c.d.e", "a.b..d"):
         assert parse_decision_id(bad) is None
 
 

@@ -78,11 +78,12 @@ def decision_id(campaign_id: str, arm: str, random_chars: str) -> str:
 
 
 def parse_decision_id(did: Any) -> tuple[str, str] | None:
-    """(campaign, arm) of a decision id made by `decision_id`, else None."""
+    """(campaign, arm) of a decision id made by `decision_id` (signed by the engine's MAC as a
+    fourth part, engine.logic.access.signed_decision_id, or not), else None."""
     if not isinstance(did, str):
         return None
     parts = did.split(".")
-    if len(parts) != 3 or not all(parts):
+    if len(parts) not in (3, 4) or not all(parts):
         return None
     return parts[0], parts[1]
 
