@@ -129,7 +129,7 @@ async def identify(request: Request, svc: Any) -> tuple[access.Principal, str | 
     token = access.bearer(request.headers.get("authorization"))
     if token is not None:
         if access.key_kind(token) is not None:
-            who = acc.key(token)
+            who = await acc.resolve_key(token)
             return (who, None, None) if who else (access.NOBODY, None, "unknown or revoked key")
         who = acc.metrics(token)
         return (who, None, None) if who else (access.NOBODY, None, "is not a valid key")
@@ -138,7 +138,7 @@ async def identify(request: Request, svc: Any) -> tuple[access.Principal, str | 
         if access.key_kind(qkey) == "secret":
             return access.NOBODY, None, ("a secret key never goes in a URL: send it as "
                                          "Authorization: Bearer")
-        who = acc.key(qkey)
+        who = await acc.resolve_key(qkey)
         return (who, None, None) if who else (access.NOBODY, None, "unknown or revoked key")
     cookie = request.cookies.get(svc.session_cookie)
     if cookie:

@@ -134,6 +134,27 @@ class Stack:
         return subprocess.Popen([sys.executable, "-m", "engine.cli", *args], env=self._env(),
                                 stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
 
+    def add_user(self, email: str, role: str, password: str | None = None,
+                 partner_id: str | None = None) -> str:
+        """A user of this stack's control plane; returns a one-time sign-in URL."""
+        from datetime import timedelta
+
+        from engine.db import new_engine
+        from engine.db.control import ControlPlane
+        from engine.logic.passwords import hash_password
+
+        async def go() -> str:
+            cp = ControlPlane(new_engine(self.settings.database_url or "", pool_size=1))
+            try:
+                user = await cp.add_user(email, role, hash_password(password) if password else None,
+                                         partner_id=partner_id)
+                token = await cp.create_login_link(user.id, timedelta(hours=1))
+                return f"{self.base}/login/once/{token}"
+            finally:
+                await cp.close()
+
+        return run_async(go())
+
     def start_api(self, workers: int = 1) -> None:
         self.api = self._spawn("api", "--workers", str(workers), name="api")
         deadline = time.monotonic() + 30

@@ -154,6 +154,12 @@ class ControlPlane:
         async with self.engine.connect() as conn:
             return [_key(r) for r in (await conn.execute(q)).all()]
 
+    async def key_by_hash(self, digest: bytes) -> KeyRecord | None:
+        async with self.engine.connect() as conn:
+            row = (await conn.execute(select(t.api_keys).where(t.api_keys.c.key_hash == digest))
+                   ).one_or_none()
+        return _key(row) if row is not None else None
+
     async def revoke_key(self, prefix: str, *, by: str = "cli") -> KeyRecord | None:
         """Revoke the key whose shown prefix is `prefix` (idempotent); None if unknown."""
         async with self.engine.begin() as conn:

@@ -24,6 +24,7 @@ log = logging.getLogger("kairos.access")
 
 SESSION_COOKIE = "kairos_session"
 SESSION_CACHE_S = 2.0
+MISS_LOOKUPS_PER_S = 20.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,6 +64,7 @@ class Access:
         self.per_key = access.RateLimiter(key_rate, key_burst, max_keys=10_000)
         self.per_visitor = access.RateLimiter(visitor_rate, visitor_burst, max_keys=200_000)
         self.logins = access.RateLimiter(login_rate, login_burst, max_keys=50_000)
+        self.misses = access.RateLimiter(MISS_LOOKUPS_PER_S, MISS_LOOKUPS_PER_S, max_keys=1)
         self.loaded_at = 0.0
 
     # -- lifecycle --------------------------------------------------------------------------
@@ -127,6 +129,27 @@ class Access:
             return None
         record = self._keys.get(access.key_digest(token))
         return record.principal() if record is not None else None
+
+    async def resolve_key(self, token: str) -> access.Principal | None:
+        """`key`, and for a well-formed key the cache does not know yet (made a moment ago,
+        before its NOTIFY arrived) one indexed look-up, at most `MISS_LOOKUPS_PER_S` a
+        second in all: random keys cannot turn into a database round trip per request."""
+        who = self.key(token)
+        if who is not None or access.key_kind(token) is None:
+            return who
+        ok, _ = self.misses.take("all", self.clock())
+        if not ok:
+            return None
+        digest = access.key_digest(token)
+        try:
+            record = await self.control.key_by_hash(digest)
+        except Exception as exc:  # the control plane away: the cache alone answers
+            log.debug("key look-up failed: %s", exc)
+            return None
+        if record is None or not record.active:
+            return None
+        self._keys[digest] = record
+        return record.principal()
 
     def origin_known(self, origin: str) -> bool:
         """Whether some active public key allows `origin` (CORS preflights carry no key)."""

@@ -79,7 +79,15 @@ def dashboard(context: BrowserContext, shop: Stack) -> Iterator[tuple[Page, list
         ),
     )
     page.on("pageerror", lambda e: problems.append(f"pageerror: {e}"))
+    email = f"{uid('analyst')}@example.com"
+    shop.add_user(email, "analyst", "a long passphrase")
+    # the dashboard is behind the sign-in page: a browser without a session is sent there
     page.goto(f"{shop.base}/dashboard")
+    assert "/login?next=/dashboard" in page.url, page.url
+    page.fill("input[name=email]", email)
+    page.fill("input[name=password]", "a long passphrase")
+    page.click("button[type=submit]")
+    page.wait_for_url(f"{shop.base}/dashboard")
     page.wait_for_selector("#status[data-state=live]", timeout=15_000)
     yield page, problems
     page.close()

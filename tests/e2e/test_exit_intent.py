@@ -56,7 +56,7 @@ def open_popup(shop: Stack, context: BrowserContext, beacon: Beacon) -> tuple[Pa
     page.wait_for_function("window.kairos && window.kairos.loaded")
     page.focus("button.add-to-cart")  # where the focus must come back to
     page.wait_for_timeout(MIN_ON_PAGE_MS + 300)
-    with page.expect_response(lambda r: r.url.endswith("/v1/decide")
+    with page.expect_response(lambda r: "/v1/decide?" in r.url or r.url.endswith("/v1/decide")
                               and "exit_intent" in (r.request.post_data or "")) as info:
         leave_through_the_top(page)
     resp = info.value

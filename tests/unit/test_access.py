@@ -168,3 +168,26 @@ def test_passwords() -> None:
     with pytest.raises(passwords.PasswordError):
         passwords.hash_password("short")
     assert h.startswith("$argon2id$")
+
+
+def test_every_route_has_a_policy_and_every_policy_a_route() -> None:
+    from engine.api import POLICY, ROUTE_MODULES, route_keys
+
+    routes = {k for m in ROUTE_MODULES for r in m.routes() for k in route_keys(r)}
+    assert routes - POLICY.keys() == set(), "routes without a policy"
+    assert POLICY.keys() - routes == set(), "policies for routes that do not exist"
+
+
+def test_a_route_without_a_policy_stops_the_app_from_starting() -> None:
+    from starlette.responses import PlainTextResponse
+    from starlette.routing import Route
+
+    from engine.api import POLICY, MissingPolicy, gated
+
+    async def hello(request):  # type: ignore[no-untyped-def]
+        return PlainTextResponse("hi")
+
+    with pytest.raises(MissingPolicy, match="GET /v1/new-thing"):
+        gated([Route("/v1/new-thing", hello, methods=["GET"])], POLICY)
+    guarded = gated([Route("/healthz", hello, methods=["GET"])], POLICY)
+    assert guarded[0].app is not hello  # wrapped by its policy
