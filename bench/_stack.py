@@ -160,8 +160,11 @@ class BenchStack:
         self.name = name
         self.keep = bool(os.environ.get("KAIROS_BENCH_KEEP")) if keep is None else keep
         self.dir = Path(tempfile.mkdtemp(prefix=f"kairos-bench-{name}-"))
+        self.dir.chmod(0o711)  # PostgreSQL runs as the postgres user: it must enter the folder
         self.redis: Any = None
         self.kafka: Any = None
+        self.postgres: Any = None
+        self.key: str = ""  # a secret key with scope admin, for the load (set by configure)
         self.settings: Any = None
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         self._old_handlers: dict[int, Any] = {}
@@ -207,11 +210,43 @@ class BenchStack:
                 say("formatting the Kafka log dir failed (cluster id starting with '-'?); retrying")
         return self.kafka.bootstrap
 
+    def start_postgres(self) -> str:
+        from engine.db import migrate
+        from engine.embedded import EmbeddedPostgres
+
+        say("starting PostgreSQL (the control plane)…")
+        self.postgres = EmbeddedPostgres(self.dir / "pg").start()
+        migrate(self.postgres.url)
+        return str(self.postgres.url)
+
+    @property
+    def headers(self) -> dict[str, str]:
+        """What every request of the load sends: the run's secret key."""
+        return {"Authorization": f"Bearer {self.key}"}
+
+    def _make_key(self, url: str) -> str:
+        import asyncio
+
+        from engine.db import new_engine
+        from engine.db.control import ControlPlane
+
+        async def go() -> str:
+            cp = ControlPlane(new_engine(url, pool_size=1))
+            try:
+                return (await cp.create_key("secret", scopes=["admin"], name=f"bench {self.name}"))[1]
+            finally:
+                await cp.close()
+
+        return asyncio.run(go())
+
     def configure(self, **overrides: Any) -> Any:
-        """Settings for the children: this run's servers, topic, group and var dir."""
+        """Settings for the children: this run's servers, topic, group and var dir; the control
+        plane (started here when the run has none yet) and a secret key for the load."""
         from engine.embedded import free_port
         from engine.settings import Settings
 
+        if self.postgres is None and "database_url" not in overrides:
+            self.start_postgres()
         run = uuid.uuid4().hex[:6]
         base: dict[str, Any] = dict(
             host=HOST,
@@ -223,9 +258,12 @@ class BenchStack:
             group_id=f"kairos-bench-{run}",
             var_dir=self.dir / "var",
             config_dir=ROOT / "config",
+            database_url=self.postgres.url if self.postgres else None,
         )
         base.update(overrides)
         self.settings = Settings(**base)
+        if self.settings.database_url and not self.key:
+            self.key = self._make_key(self.settings.database_url)
         return self.settings
 
     def ensure_topics(self) -> None:
@@ -376,7 +414,7 @@ class BenchStack:
                         os.killpg(p.pid, signal.SIGTERM)
             for _, p in procs:
                 _stop_group(p, 15.0)
-            for server in (self.kafka, self.redis):
+            for server in (self.kafka, self.redis, self.postgres):
                 if server is not None:
                     try:
                         server.stop()
@@ -447,3 +485,34 @@ def _run_bare(argv: Iterable[str]) -> None:
 
 if __name__ == "__main__":
     _run_bare(sys.argv[1:])
+
+
+def gate_cost_us(database_url: str, key: str, n: int = 50_000) -> dict[str, float]:
+    """CPU µs per request that checking a key costs in the API: the gate's own work (read the
+    Authorization header, SHA-256 the key, find it in the in-process cache, check the route's
+    policy, take a rate-limit token), timed in this process on the run's real key cache."""
+    import asyncio
+
+    from engine.db import new_engine
+    from engine.db.control import ControlPlane
+    from engine.flows.access import Access, Secrets
+    from engine.logic import access as acl
+
+    async def go() -> dict[str, float]:
+        cp = ControlPlane(new_engine(database_url, pool_size=1))
+        try:
+            a = Access(cp, await Secrets.load(cp), key_rate=1e12, key_burst=1e12)
+            await a.reload()
+            policy = acl.needs(acl.Scope.EVENTS_WRITE, public=True, session=False)
+            header = f"Bearer {key}"
+            t0 = time.process_time()
+            for _ in range(n):
+                who = a.key(acl.bearer(header) or "")
+                assert who is not None
+                acl.authorize(policy, who)
+                a.rate(who, None)
+            return {"gate_us_per_request": round((time.process_time() - t0) * 1e6 / n, 2)}
+        finally:
+            await cp.close()
+
+    return asyncio.run(go())

@@ -95,7 +95,7 @@ async def phase(
     ]  # built before the clock starts
     seq = [0]
     limits = httpx.Limits(max_connections=64, max_keepalive_connections=64)
-    async with httpx.AsyncClient(base_url=base, timeout=10, limits=limits) as http:
+    async with httpx.AsyncClient(base_url=base, timeout=10, limits=limits, headers=HEADERS) as http:
 
         async def ingest(at: float) -> None:
             nonlocal accepted, failed
@@ -166,7 +166,7 @@ async def listen(base: str, n: int, seconds: float) -> dict[str, Any]:
 
     limits = httpx.Limits(max_connections=n + 4)
     async with httpx.AsyncClient(
-        base_url=base, timeout=httpx.Timeout(10, read=30), limits=limits
+        base_url=base, timeout=httpx.Timeout(10, read=30), limits=limits, headers=HEADERS
     ) as http:
         tasks = [asyncio.create_task(one(http)) for _ in range(n)]
         await asyncio.sleep(seconds)
@@ -178,6 +178,9 @@ async def listen(base: str, n: int, seconds: float) -> dict[str, Any]:
 
 def pct_change(new: float, old: float) -> float:
     return round(100.0 * (new - old) / old, 2) if old else 0.0
+
+
+HEADERS: dict[str, str] = {}
 
 
 def main() -> None:
@@ -204,6 +207,7 @@ def main() -> None:
         st.start_redis()
         st.start_kafka()
         st.configure()
+        HEADERS.update(st.headers)  # every request of the load sends the run's key
         st.ensure_topics()
         api = st.start_api(workers=1)
         st.start_worker()

@@ -32,7 +32,7 @@ BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH))
 sys.path.insert(0, str(BENCH.parent))
 
-from _stack import HOST, ROOT, BenchStack, busy_note, json_line, say  # noqa: E402
+from _stack import HOST, ROOT, BenchStack, busy_note, gate_cost_us, json_line, say  # noqa: E402
 
 ZONES = ["home_hero", "exit_intent", "pdp_banner"]
 PDP_BANNER = """\
@@ -59,6 +59,7 @@ local n = tonumber(os.getenv("BENCH_N"))
 local zones = os.getenv("BENCH_ZONES")
 wrk.method = "POST"
 wrk.headers["Content-Type"] = "application/json"
+wrk.headers["Authorization"] = os.getenv("BENCH_AUTH")
 request = function()
   local body = '{"visitor_id":"b' .. math.random(0, n - 1) ..
     '","context":{"channel":"web","page_type":"home","url":"https://shop.example/",' ..
@@ -209,7 +210,7 @@ def main() -> None:
         import orjson
 
         shown = 0
-        with httpx.Client(base_url=st.base_url) as http:
+        with httpx.Client(base_url=st.base_url, headers=st.headers) as http:
             for i in range(200):
                 r = http.post("/v1/decide", content=orjson.dumps(
                     {"visitor_id": f"b{i}", "context": {"channel": "web", "page_type": "home", "zones": ZONES}}))
@@ -219,7 +220,8 @@ def main() -> None:
         say(f"{shown / 200:.2f} decisions per call over 200 visitors")
         script = st.dir / "decide.lua"
         script.write_text(WRK_SCRIPT)
-        env = {"BENCH_N": str(a.profiles), "BENCH_ZONES": orjson.dumps(ZONES).decode()}
+        env = {"BENCH_N": str(a.profiles), "BENCH_ZONES": orjson.dumps(ZONES).decode(),
+               "BENCH_AUTH": st.headers["Authorization"]}
         targets = {"decide": st.base_url + "/v1/decide", "floor": f"http://{HOST}:{fport}/v1/decide"}
         for url in targets.values():  # warm up
             run_wrk(url, script, env, 3, a.connections)
@@ -234,6 +236,7 @@ def main() -> None:
             res[f"{name}_half"] = run_wrk(url, script, env, a.duration, a.paced_connections, half)
             say(f"  {res[f'{name}_half']}")
         st.check_alive("api", "floor")
+        gate = gate_cost_us(s.database_url, st.key)
     # degraded answers (empty because the deadline passed) do not count as decisions made
     dm = res["decide_max"]
     decided_rps = dm["rps"] * (1 - dm["degraded"] / max(dm["requests"], 1))
@@ -252,8 +255,14 @@ def main() -> None:
                   "(state not read within the decide deadline)")
     print(f"throughput ratio decide/floor  {ratio:.2f} (non-degraded decisions: {decided_rps:.0f}/s)  (target >= 0.6: {'ok' if ratio >= 0.6 else 'MISSED'})")
     print(f"p99 ratio at half floor rate   {p99_ratio:.2f}  (target <= 2: {'ok' if p99_ratio <= 2 else 'MISSED'})")
+    # one API process: each request costs at most 1/rps of a core
+    per_request_us = 1e6 / max(dm["rps"], 1e-9)
+    share = gate["gate_us_per_request"] / per_request_us
+    print(f"key check                      {gate['gate_us_per_request']} µs of ≤ {per_request_us:.0f} µs "
+          f"per decide request = {share:.1%} of throughput (target < 5 %)")
     json_line({"bench": "decide", "profiles": a.profiles, **res, "throughput_ratio": round(ratio, 3),
-               "p99_ratio_half_rate": round(p99_ratio, 3), "busy": busy_note()})
+               "p99_ratio_half_rate": round(p99_ratio, 3), "key_check": gate,
+               "key_check_share": round(share, 4), "busy": busy_note()})
 
 
 if __name__ == "__main__":

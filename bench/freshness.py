@@ -46,9 +46,11 @@ class MiniHTTP:
     times more CPU per request, which on a 2-core machine is taken from the stack under test).
     Enough for uvicorn's answers: a status line, headers, a Content-Length body."""
 
-    def __init__(self, base: str, max_conns: int = 200, timeout: float = PROBE_TIMEOUT_S) -> None:
+    def __init__(self, base: str, max_conns: int = 200, timeout: float = PROBE_TIMEOUT_S,
+                 key: str = "") -> None:
         from urllib.parse import urlsplit
 
+        self.auth = f"Authorization: Bearer {key}\r\n" if key else ""
         u = urlsplit(base)
         self.host, self.port = u.hostname or "127.0.0.1", u.port or 80
         self.timeout = timeout
@@ -76,7 +78,7 @@ class MiniHTTP:
                 conn = await asyncio.open_connection(self.host, self.port)
             reader, writer = conn
             head = (f"{method} {path} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\n"
-                    f"Content-Length: {len(body)}\r\n")
+                    f"Content-Length: {len(body)}\r\n{self.auth}")
             if content_type:
                 head += f"Content-Type: {content_type}\r\n"
             writer.write(head.encode() + b"\r\n" + body)
@@ -108,6 +110,7 @@ class Load:
 
     base: str
     rate: float = 1000.0  # events/s in total, probes included
+    key: str = ""  # the run's secret key (BenchStack.key)
     probes_per_s: float = 10.0
     batch: int = 20
     visitors: int = 50_000
@@ -207,7 +210,7 @@ class Load:
     async def run(self, seconds: float, warmup: float = 0.0,
                   every: tuple[float, Callable[[], None]] | None = None) -> None:
         """Offer the load for warmup + seconds; `every=(s, fn)` calls fn every s seconds."""
-        client = MiniHTTP(self.base)
+        client = MiniHTTP(self.base, key=self.key)
         try:
             bg_rate = max(0.0, self.rate - self.probes_per_s) / self.batch  # requests/s
             bg_iv = 1.0 / bg_rate if bg_rate else float("inf")
@@ -266,7 +269,7 @@ def wait_worker_ready(st: BenchStack, timeout: float = 90.0) -> float:
     vid = "warm-" + uuid.uuid4().hex[:8]
     ev = {"event_id": uuid.uuid4().hex, "type": "page_view", "visitor_id": vid}
     t0 = time.monotonic()
-    with httpx.Client(base_url=st.base_url, timeout=10) as c:
+    with httpx.Client(base_url=st.base_url, timeout=10, headers=st.headers) as c:
         c.post("/v1/events", json=[ev]).raise_for_status()
         while time.monotonic() - t0 < timeout:
             st.check_alive()
@@ -306,7 +309,7 @@ def main() -> int:
         took = wait_worker_ready(st)
         say(f"the worker applied a first event {took:.1f}s after start; offering {a.rate:.0f} events/s "
             f"for {a.warmup:.0f}+{a.seconds:.0f}s…")
-        load = Load(st.base_url, rate=a.rate, probes_per_s=a.probes)
+        load = Load(st.base_url, rate=a.rate, probes_per_s=a.probes, key=st.key)
         cpu0 = {n: st.cpu(n) for n in ("api", "worker", "redis", "kafka")}
         cpu0["loadgen"] = time.process_time()
         t0 = time.monotonic()

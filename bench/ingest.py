@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import re
 import shutil
@@ -33,7 +34,16 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _stack import BenchStack, busy_note, json_line, loadavg, mib, run_main, say  # noqa: E402
+from _stack import (  # noqa: E402
+    BenchStack,
+    busy_note,
+    gate_cost_us,
+    json_line,
+    loadavg,
+    mib,
+    run_main,
+    say,
+)
 
 from engine.embedded import free_port  # noqa: E402
 
@@ -52,7 +62,8 @@ function init(args)
   local n = 0
   for line in io.lines(args[1]) do
     n = n + 1
-    reqs[n] = wrk.format("POST", args[2], {["Content-Type"] = "application/json"}, line)
+    reqs[n] = wrk.format("POST", args[2], {["Content-Type"] = "application/json",
+                                           ["Authorization"] = os.getenv("BENCH_AUTH")}, line)
   end
   idx = ((tonumber(tid) or 1) * 7919) % n
 end
@@ -162,6 +173,7 @@ def main() -> int:
     if note:
         say(note)
     results: dict[str, Any] = {}
+    gate: dict[str, float] | None = None
     with BenchStack("ingest") as st:
         lua = st.dir / "post.lua"
         lua.write_text(WRK_LUA)
@@ -184,6 +196,7 @@ def main() -> int:
             st.start_redis()
             st.start_kafka()
             st.configure(api_workers=a.api_workers)
+            os.environ["BENCH_AUTH"] = st.headers["Authorization"]  # every request sends the key
             st.ensure_topics()
             st.start_api(a.api_workers)
             url = st.base_url
@@ -204,8 +217,11 @@ def main() -> int:
                 r["cpu_cores_kafka"] = round((cpu1["kafka"] - cpu0["kafka"]) / secs, 2)
                 ok_events = (r["requests"] - r["status_errors"]) * BATCH
                 r["api_cpu_us_per_event"] = round((cpu1["api"] - cpu0["api"]) * 1e6 / max(1, ok_events), 1)
+                r["api_cpu_us_per_request"] = round(r["api_cpu_us_per_event"] * BATCH, 1)
                 results[kind] = r
                 st.check_alive("api")
+                if gate is None and st.settings.database_url:
+                    gate = gate_cost_us(st.settings.database_url, st.key)
                 say(f"{kind}: {r['events_per_s']:.0f} events/s ({r['rps']:.0f} req/s), p50 {r['p50_ms']} ms, "
                     f"p99 {r['p99_ms']} ms, errors {r['errors']}, API counted {r['accepted_by_api']} events")
 
@@ -228,14 +244,22 @@ def main() -> int:
                   f"CPU cores used: API {r['cpu_cores_api']} ({r['api_cpu_us_per_event']} µs per event), "
                   f"Kafka {r['cpu_cores_kafka']}; "
                   f"RSS Kafka {r['rss_kafka_mib']} MiB")
+    if gate is not None:
+        for kind in ("single", "mixed"):
+            if kind in results:
+                per_req = results[kind]["api_cpu_us_per_request"]
+                share = gate["gate_us_per_request"] / per_req if per_req else 0.0
+                results[kind]["key_check_share"] = round(share, 4)
+                print(f"key check ({kind}): {gate['gate_us_per_request']} µs of {per_req} µs API CPU "
+                      f"per request = {share:.1%} of throughput (target < 5 %)")
     if note:
         print(f"note: {note}")
     keep = ("events_per_s", "rps", "p50_ms", "p99_ms", "errors", "accepted_by_api", "body_bytes",
             "rss_api_mib", "rss_kafka_mib", "cpu_cores_api", "cpu_cores_kafka", "api_cpu_us_per_event",
-            "ratio_vs_bare")
+            "ratio_vs_bare", "api_cpu_us_per_request", "key_check_share")
     json_line({"bench": "ingest", "target_events_per_s": TARGET, "api_workers": a.api_workers,
                "batch": BATCH, "connections": a.connections, "duration_s": a.duration,
-               "loadavg_before": load_before,
+               "loadavg_before": load_before, "key_check": gate,
                **{k: {f: v.get(f) for f in keep if f in v} for k, v in results.items()}})
     return 0
 

@@ -31,7 +31,7 @@ ROOT = Path(__file__).resolve().parent.parent
 SAMPLE = ROOT.parent / "shared" / "data" / "rees46" / "2019-Oct_head.csv"
 
 
-def replay(base: str, path: Path, limit: int) -> list[dict]:
+def replay(base: str, path: Path, limit: int, headers: dict[str, str]) -> list[dict]:
     import httpx
 
     from engine.flows.catalog import rees46_records
@@ -44,7 +44,7 @@ def replay(base: str, path: Path, limit: int) -> list[dict]:
     shift = int(time.time() * 1000) - max(e["ts"] for e in events) - 1000
     for e in events:
         e["ts"] += shift
-    with httpx.Client(base_url=base, timeout=30) as http:
+    with httpx.Client(base_url=base, timeout=30, headers=headers) as http:
         for k in range(0, len(records), 1000):
             r = http.post("/v1/catalog/items", json=records[k:k + 1000])
             r.raise_for_status()
@@ -55,7 +55,8 @@ def replay(base: str, path: Path, limit: int) -> list[dict]:
     return events
 
 
-def wait_caught_up(base: str, events: list[dict], timeout: float = 120) -> None:
+def wait_caught_up(base: str, events: list[dict], headers: dict[str, str],
+                   timeout: float = 120) -> None:
     import httpx
 
     counts: dict[str, int] = {}
@@ -64,7 +65,7 @@ def wait_caught_up(base: str, events: list[dict], timeout: float = 120) -> None:
     # the last 20 distinct visitors of the log (spread over the partitions)
     pending = list(dict.fromkeys(e["visitor_id"] for e in reversed(events)))[:20]
     deadline = time.monotonic() + timeout
-    with httpx.Client(base_url=base, timeout=5) as http:
+    with httpx.Client(base_url=base, timeout=5, headers=headers) as http:
         while time.monotonic() < deadline:
             pending = [v for v in pending
                        if (r := http.get(f"/v1/profiles/{v}")).status_code != 200
@@ -79,11 +80,14 @@ class Conn:
     """One keep-alive HTTP/1.1 connection (a tiny client: httpx's own cost per request would
     dominate the measurement on a small machine)."""
 
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                 host: str = "127.0.0.1", key: str = "") -> None:
         self.reader, self.writer = reader, writer
+        auth = f"Authorization: Bearer {key}\r\n" if key else ""
+        self.head = f"Host: {host}\r\n{auth}\r\n"
 
     async def get(self, target: str) -> tuple[int, bytes]:
-        self.writer.write(f"GET {target} HTTP/1.1\r\nHost: bench\r\n\r\n".encode())
+        self.writer.write(f"GET {target} HTTP/1.1\r\n{self.head}".encode())
         head = await self.reader.readuntil(b"\r\n\r\n")
         status = int(head.split(b" ", 2)[1])
         length = 0
@@ -94,7 +98,7 @@ class Conn:
 
 
 async def load(base: str, events: list[dict], rate: float, seconds: float, seed: int,
-               connections: int = 32) -> tuple[list[float], int, list[int]]:
+               connections: int = 32, key: str = "") -> tuple[list[float], int, list[int]]:
     """Open loop: request i is due at start + i/rate; its latency counts from when it was due
     (waiting for a free connection included), so a slow server cannot hide its queue."""
     import json
@@ -105,7 +109,8 @@ async def load(base: str, events: list[dict], rate: float, seconds: float, seed:
     url = urlsplit(base)
     pool: asyncio.Queue[Conn] = asyncio.Queue()
     for _ in range(connections):
-        pool.put_nowait(Conn(*await asyncio.open_connection(url.hostname, url.port)))
+        pool.put_nowait(Conn(*await asyncio.open_connection(url.hostname, url.port),
+                             host=url.netloc, key=key))
     lat: list[float] = []
     sizes: list[int] = []
     errors = 0
@@ -165,10 +170,11 @@ def main() -> int:
         st.start_worker()
         st.start_api(workers=1)
         base = st.base_url
-        events = replay(base, args.file, args.events)
-        wait_caught_up(base, events)
+        events = replay(base, args.file, args.events, st.headers)
+        wait_caught_up(base, events, st.headers)
         say(f"replay applied; {args.rate:.0f} req/s for {args.seconds:.0f} s")
-        lat, errors, sizes = asyncio.run(load(base, events, args.rate, args.seconds, args.seed))
+        lat, errors, sizes = asyncio.run(load(base, events, args.rate, args.seconds, args.seed,
+                                              key=st.key))
         st.check_alive()
     fig = summary_ms(lat)
     load_avg = round(os.getloadavg()[0], 2)

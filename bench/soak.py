@@ -48,7 +48,7 @@ def main() -> int:
     with BenchStack("soak") as st:
         start_default_stack(st, a.api_workers)
         wait_worker_ready(st)
-        load = Load(st.base_url, rate=a.rate, probes_per_s=a.probes)
+        load = Load(st.base_url, rate=a.rate, probes_per_s=a.probes, key=st.key)
         t_start = time.monotonic()
         last = [t_start]
         cpu_last = {n: st.cpu(n) for n in PROCS}
