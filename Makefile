@@ -18,9 +18,11 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q -e '.[test]'
 	@touch $(STAMP)
 
-# Debian packages: a JDK and Maven for the Kafka broker, Chromium for the browser tests.
+# Debian packages: a JDK and Maven for the Kafka broker, PostgreSQL for the control plane,
+# Chromium for the browser tests, wrk for the benchmarks.
 system-deps:
 	@missing=""; \
+	ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || missing="$$missing postgresql"; \
 	command -v java >/dev/null || missing="$$missing openjdk-17-jre-headless"; \
 	command -v mvn >/dev/null || missing="$$missing maven"; \
 	command -v chromium >/dev/null || missing="$$missing chromium"; \

@@ -36,6 +36,21 @@ def cmd_setup(args: argparse.Namespace) -> int:
     s = _settings(args)
     ensure_kafka_libs(s.var_dir / "kafka" / "libs", progress=_say)
     _say("the Apache Kafka broker is installed")
+    _migrate(s)
+    sdk = Path(__file__).resolve().parent.parent / "sdk_js"
+    if (sdk / "package.json").exists() and not args.skip_js:
+        _say("building the JS beacon (npm ci && npm run build)…")
+        subprocess.run(["npm", "ci", "--no-audit", "--no-fund"], cwd=sdk, check=True)
+        subprocess.run(["npm", "run", "build"], cwd=sdk, check=True)
+    return 0
+
+
+def cmd_migrate(args: argparse.Namespace) -> int:
+    return _migrate(_settings(args))
+
+
+def _migrate(s: Settings) -> int:
+    """The control plane's Alembic migrations: KAIROS_DATABASE_URL, else the embedded server."""
     from engine.db import migrate
 
     if s.embedded_postgres:
@@ -53,11 +68,6 @@ def cmd_setup(args: argparse.Namespace) -> int:
         _say("migrating the control-plane database (KAIROS_DATABASE_URL)…")
         migrate(s.database_url or "")
     _say("the control-plane database is at the newest schema")
-    sdk = Path(__file__).resolve().parent.parent / "sdk_js"
-    if (sdk / "package.json").exists() and not args.skip_js:
-        _say("building the JS beacon (npm ci && npm run build)…")
-        subprocess.run(["npm", "ci", "--no-audit", "--no-fund"], cwd=sdk, check=True)
-        subprocess.run(["npm", "run", "build"], cwd=sdk, check=True)
     return 0
 
 
@@ -542,6 +552,9 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("setup", help="fetch the Kafka broker jars and build the JS beacon")
     p.add_argument("--skip-js", action="store_true")
     p.set_defaults(fn=cmd_setup)
+
+    p = sub.add_parser("migrate", help="bring the control-plane database to the newest schema")
+    p.set_defaults(fn=cmd_migrate)
 
     p = sub.add_parser("up", help="run everything: embedded Valkey and Kafka, a worker, the API")
     p.add_argument("--port", type=int)

@@ -16,7 +16,9 @@ def compose():
 
 def test_compose_runs_kafka_redis_api_and_workers():
     services = compose()["services"]
-    assert {"kafka", "redis", "api", "worker"} <= set(services)
+    assert {"kafka", "redis", "postgres", "migrate", "api", "worker"} <= set(services)
+    assert "KAIROS_DATABASE_URL" in services["api"]["environment"]
+    assert services["api"]["depends_on"]["migrate"]["condition"] == "service_completed_successfully"
     assert services["kafka"]["environment"]["KAFKA_PROCESS_ROLES"] == "broker,controller"
     assert int(services["kafka"]["environment"]["KAFKA_NUM_PARTITIONS"]) >= 4
     assert "--appendonly" in services["redis"]["command"]
@@ -24,7 +26,7 @@ def test_compose_runs_kafka_redis_api_and_workers():
     assert services["worker"]["deploy"]["replicas"] == 2
 
 
-@pytest.mark.parametrize("name", ["api", "worker"])
+@pytest.mark.parametrize("name", ["api", "worker", "migrate"])
 def test_service_command_is_a_real_kairos_command(name, monkeypatch):
     command = compose()["services"][name]["command"]
     assert command[0] == "kairos"
