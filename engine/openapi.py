@@ -57,7 +57,7 @@ def openapi() -> dict[str, Any]:
             "linked_visitors": {"type": "array", "items": {"type": "string"}},
         },
     }
-    return {
+    doc: dict[str, Any] = {
         "openapi": "3.1.0",
         "info": {"title": "Kairos", "version": "0.1.0",
                  "description": "Real-time personalization engine: event ingest and visitor profiles."},
@@ -92,9 +92,63 @@ def openapi() -> dict[str, Any]:
             "/readyz": {"get": {"summary": "Redis and the broker are reachable",
                                 "responses": {"200": {"description": "ready"}, "503": {"description": "not ready"}}}},
             "/metrics": {"get": {"summary": "Prometheus metrics", "responses": {"200": {"description": "text"}}}},
+            "/v1/privacy/subjects/{subject_id}": {
+                "get": {"summary": "Everything held about a visitor or user, as one document (audited)",
+                        "parameters": [_subject()],
+                        "responses": {"200": {"description": "The export"},
+                                      "404": _err("Nothing is held about this id")}},
+                "delete": {"summary": "Erase a visitor or user within seconds, with tombstones so "
+                                      "events still in Kafka never bring it back (audited, idempotent)",
+                           "parameters": [_subject()],
+                           "responses": {"200": {"description": "What was erased"}}},
+            },
         },
-        "components": {"schemas": components},
+        "components": {"schemas": components, "securitySchemes": SECURITY_SCHEMES},
     }
+    _secure(doc)
+    return doc
+
+
+SECURITY_SCHEMES: dict[str, Any] = {
+    "secretKey": {"type": "http", "scheme": "bearer", "description":
+                  "A secret key (ks_…) for servers, with scopes; `kairos keys create secret --scope …`"},
+    "publicKey": {"type": "http", "scheme": "bearer", "description":
+                  "A public write key (kp_…), safe in a page or an app: events, decisions, "
+                  "recommendations and the beacon, from its allowed origins only"},
+    "publicKeyInUrl": {"type": "apiKey", "in": "query", "name": "key", "description":
+                       "The public key as ?key=kp_… where a request cannot carry headers "
+                       "(navigator.sendBeacon); secret keys are refused in URLs"},
+    "session": {"type": "apiKey", "in": "cookie", "name": "kairos_session",
+                "description": "A signed-in user's session (the dashboard, the admin pages); "
+                               "state changes also need X-CSRF-Token"},
+    "metricsToken": {"type": "http", "scheme": "bearer", "description": "KAIROS_METRICS_TOKEN"},
+}
+
+
+def _subject() -> dict[str, Any]:
+    return {"name": "subject_id", "in": "path", "required": True,
+            "schema": {"type": "string", "maxLength": 256}}
+
+
+def _secure(doc: dict[str, Any]) -> None:
+    """Each documented operation's `security` and a line saying who may call it, from the
+    route policy table (engine/api.py POLICY)."""
+    from engine.api import POLICY
+
+    by_route = {(m, path.replace(":path", "")): pol for (m, path), pol in POLICY.items()}
+    for path, ops in doc["paths"].items():
+        for method, op in ops.items():
+            pol = by_route.get((method.upper(), path))
+            if pol is None:
+                continue
+            if pol.open:
+                op["security"] = []
+            elif pol.metrics:
+                op["security"] = [{"metricsToken": []}, {}]
+            else:
+                op["security"] = ([{"publicKey": []}, {"publicKeyInUrl": []}] if pol.public else []) + \
+                    [{"secretKey": []}] + ([{"session": []}] if pol.session else [])
+            op["x-kairos-policy"] = pol.describe()
 
 
 DOCS_HTML = """<!doctype html>
