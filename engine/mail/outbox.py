@@ -203,7 +203,7 @@ def _received_at(head: Any, key: str) -> datetime:
 
 
 @dataclass(frozen=True, slots=True)
-class TestAnswer:
+class ForcedAnswer:
     """What test mode answers for one recipient."""
 
     code: int
@@ -216,14 +216,14 @@ class TestAnswer:
         return f"{self.code} {enhanced} {_TEXT.get(self.code, 'answered by the outbox test mode')} (test mode)"
 
 
-def test_answer(address: str) -> TestAnswer | None:
+def forced_answer(address: str) -> ForcedAnswer | None:
     """The answer test mode gives ``address`` (None: accept it)."""
     local = address.rpartition("@")[0]
     m = _TEST_LOCAL.match(local)
     if m is None:
         return None
     flags = m.group(2).lower()
-    return TestAnswer(int(m.group(1)), "-data" in flags, "-once" in flags)
+    return ForcedAnswer(int(m.group(1)), "-data" in flags, "-once" in flags)
 
 
 def build_dsn(
@@ -315,10 +315,10 @@ class OutboxHandler:
         self._answered_once: set[str] = set()
         self._tasks: set[asyncio.Task[None]] = set()
 
-    def _answer(self, address: str) -> TestAnswer | None:
+    def _answer(self, address: str) -> ForcedAnswer | None:
         if not self.test_mode:
             return None
-        answer = test_answer(address)
+        answer = forced_answer(address)
         if answer is None:
             return None
         if answer.once:

@@ -105,9 +105,13 @@ def load_dm(config_dir: str | FsPath) -> DmConfig:
     broken: set[str] = set()  # ids of templates that did not load (reported once, there)
     for file in template_files:
         got = _read(file, problems)
-        if got is None or brand is None:
+        if got is None:
             continue
         doc, lines, text_lines = got
+        if brand is None:  # reported once, at brand.yaml
+            if isinstance(doc.get("id"), str):
+                broken.add(doc["id"])
+            continue
         version, errors = parse_template_doc(doc, brand, str(file))
         for err in errors:
             problems.append(Problem(str(file), _error_line(err, lines, text_lines), str(err)))

@@ -379,6 +379,8 @@ def _host_allowed(host: str, domains: Iterable[str]) -> bool:
 
 def check_url(value: str, domains: Sequence[str] = ()) -> str | None:
     """Why ``value`` is not an acceptable https URL (None: it is)."""
+    if value[:8].lower() != "https://":
+        return "must be an https:// URL"
     if _URL_BAD_CHARS.search(value):
         return "must be an https URL without spaces, quotes or brackets"
     try:
@@ -387,8 +389,6 @@ def check_url(value: str, domains: Sequence[str] = ()) -> str | None:
     except ValueError:
         return "must be a valid https URL"
     del port
-    if parts.scheme.lower() != "https":
-        return "must be an https:// URL"
     host = (parts.hostname or "").lower()
     if not host or not _DOMAIN_RE.match(host):
         return "must name a host (https://host/...)"
