@@ -461,7 +461,8 @@ class SmtpServer:
 
     def _protocol(self) -> SMTP:
         return SMTP(self.handler, hostname=self.hostname, data_size_limit=self.data_size_limit,
-                    enable_SMTPUTF8=True, auth_require_tls=False, timeout=60)  # fmt: skip
+                    enable_SMTPUTF8=True, auth_require_tls=False, timeout=60,
+                    auth_exclude_mechanism=["LOGIN", "PLAIN"])  # no AUTH offered  # fmt: skip
 
     async def start(self) -> SmtpServer:
         loop = asyncio.get_running_loop()
@@ -524,6 +525,7 @@ def main(argv: list[str] | None = None) -> None:
         host, _, port = args.dsn_relay.rpartition(":")
         relay = (host or "127.0.0.1", int(port))
     logging.basicConfig(level=logging.INFO)
+    logging.getLogger("mail.log").setLevel(logging.WARNING)  # aiosmtpd logs every command at INFO
     asyncio.run(serve_outbox(args.dir, args.host, args.port, args.test_mode, relay))
 
 

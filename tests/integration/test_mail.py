@@ -90,7 +90,7 @@ async def test_quick_send_to_three_contacts_arrives_whole(mail_outbox):
         assert head["Message-ID"] == env.message_id == f"<dm.{env.send_id}@mail.northgate.example>"
         assert head["Return-Path"] == f"<{verp_address(env.send_id, 'bounces.northgate.example', VERP_KEY)}>"
         assert head["Delivered-To"] == address
-        assert head["List-Unsubscribe"] == f"<{URLS.unsubscribe(env.send_id)}>"
+        assert head["List-Unsubscribe"].strip() == f"<{URLS.unsubscribe(env.send_id)}>"
         assert head["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
         assert "Your <b>new TV</b> is ready" in msg.html and "<script" not in msg.html
         assert f"Thanks for coming in, {name}" in msg.html

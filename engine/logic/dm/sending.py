@@ -22,6 +22,7 @@ Guarantees these rules give (the storage floor gives the rest):
 from __future__ import annotations
 
 import base64
+import binascii
 import hashlib
 import hmac
 import re
@@ -30,10 +31,11 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from email import policy as email_policy
-from email.headerregistry import Address
-from email.message import EmailMessage
+from email.header import Header
+from email.message import EmailMessage, Message
+from email.mime.multipart import MIMEMultipart
 from email.parser import BytesParser
-from email.utils import format_datetime
+from email.utils import format_datetime, formataddr
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -204,6 +206,7 @@ class TrackingUrls:
 # --- the message ------------------------------------------------------------------------------
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]+")
+_SMTP_COMPAT = email_policy.compat32.clone(linesep="\r\n")
 _BODY_OPEN = re.compile(r"<body\b[^>]*>", re.IGNORECASE)
 _BODY_CLOSE = re.compile(r"</body\s*>", re.IGNORECASE)
 
@@ -262,6 +265,34 @@ class Envelope:
     data: bytes  # the RFC 5322 message, CRLF line ends
 
 
+def _mailbox(name: str, address: str) -> str | Header:
+    """``Name <address>``: an ASCII name quoted as needed, any other RFC 2047-encoded (a
+    ``Header``, which the generator folds into encoded words of at most 75 characters)."""
+    if not name:
+        return address
+    if name.isascii():
+        return formataddr((name, address))
+    header = Header()
+    header.append(name, "utf-8")
+    header.append(f"<{address}>", "us-ascii")
+    return header
+
+
+def _text_header(value: str) -> str | Header:
+    return value if value.isascii() else Header(value, "utf-8")
+
+
+def _qp_part(subtype: str, body: str) -> Message:
+    """A text part, quoted-printable (``binascii``: the email package's own encoder is pure
+    Python and several times slower on a mail-sized body)."""
+    part = Message()
+    part["Content-Type"] = f'text/{subtype}; charset="utf-8"'
+    part["Content-Transfer-Encoding"] = "quoted-printable"
+    body = body.replace("\r\n", "\n").replace("\r", "\n")
+    part.set_payload(binascii.b2a_qp(body.encode("utf-8"), istext=True).decode("ascii"))
+    return part
+
+
 def build_message(
     rendered: RenderedMessage,
     *,
@@ -273,35 +304,41 @@ def build_message(
     unsubscribe_url: str,
     message_id_domain: str,
     now: datetime,
-) -> EmailMessage:
+) -> bytes:
     """The multipart/alternative message (text, then HTML) with the headers of RFC 5322,
-    RFC 2369 and RFC 8058 (one-click unsubscribe)."""
+    RFC 2369 and RFC 8058 (one-click unsubscribe), as SMTP bytes (CRLF)."""
     if now.tzinfo is None:
         raise ValueError("now must be time-zone aware")
     to_email = normalise_email(to.email)
     if to_email is None:
         raise ValueError("the recipient's address is not a valid e-mail address")
-    msg = EmailMessage(policy=email_policy.SMTP)
-    local, _, domain = from_address.partition("@")
-    msg["From"] = Address(display_name=from_display, username=local, domain=domain)
-    tl, _, td = to_email.rpartition("@")
-    msg["To"] = Address(display_name=display_name(to.name), username=tl, domain=td)
+    if unsubscribe_url and (_CONTROL.search(unsubscribe_url) or ">" in unsubscribe_url):
+        raise ValueError("the unsubscribe URL must be one clean line")
+    msg = MIMEMultipart("alternative", boundary=f"=_kairos_{send_id}_alt")  # "=_" never occurs in QP
+    headers: list[tuple[str, str | Header]] = [
+        ("From", _mailbox(display_name(from_display), from_address)),
+        ("To", _mailbox(display_name(to.name), to_email)),
+    ]
     if reply_to is not None and (rt := normalise_email(reply_to.email)):
-        rl, _, rd = rt.rpartition("@")
-        msg["Reply-To"] = Address(display_name=display_name(reply_to.name), username=rl, domain=rd)
-    msg["Subject"] = display_name(rendered.subject, 998)
-    msg["Date"] = format_datetime(now)
-    msg["Message-ID"] = message_id(send_id, message_id_domain)
+        headers.append(("Reply-To", _mailbox(display_name(reply_to.name), rt)))
+    headers += [
+        ("Subject", _text_header(display_name(rendered.subject, 998))),
+        ("Date", format_datetime(now)),
+        ("Message-ID", message_id(send_id, message_id_domain)),
+    ]
     if unsubscribe_url:
-        if _CONTROL.search(unsubscribe_url) or ">" in unsubscribe_url:
-            raise ValueError("the unsubscribe URL must be one clean line")
-        msg["List-Unsubscribe"] = f"<{unsubscribe_url}>"
-        msg["List-Unsubscribe-Post"] = "List-Unsubscribe=One-Click"
-    msg["X-Kairos-Send"] = send_id
-    msg.set_content(rendered.text, subtype="plain", charset="utf-8")
-    msg.add_alternative(rendered.html, subtype="html", charset="utf-8")
-    msg.set_boundary(f"=_kairos_{send_id}_alt")  # "=_" never occurs in a QP or base64 body
-    return msg
+        headers += [("List-Unsubscribe", f"<{unsubscribe_url}>"),
+                    ("List-Unsubscribe-Post", "List-Unsubscribe=One-Click")]  # fmt: skip
+    headers.append(("X-Kairos-Send", send_id))
+    del msg["MIME-Version"]
+    for name, value in headers:
+        if _CONTROL.search(str(value)):  # every value above is one line; never let one through
+            raise ValueError(f"header {name} would contain a control character")
+        msg[name] = value
+    msg["MIME-Version"] = "1.0"
+    msg.attach(_qp_part("plain", rendered.text))
+    msg.attach(_qp_part("html", rendered.html))
+    return msg.as_bytes(policy=_SMTP_COMPAT)
 
 
 def compose_mail(
@@ -334,7 +371,7 @@ def compose_mail(
     )
     html = add_tracking(rendered.html, urls.open(send_id), urls.honeypot(send_id)) if track else rendered.html
     body = RenderedMessage(rendered.subject, html, rendered.text, rendered.links)
-    msg = build_message(
+    data = build_message(
         body,
         send_id=send_id,
         from_display=from_name(version.from_name, partner.name, brand.name),
@@ -352,7 +389,7 @@ def compose_mail(
         verp_address(send_id, brand.return_domain, verp_key),
         to_email,
         message_id(send_id, brand.sending_domain),
-        msg.as_bytes(policy=email_policy.SMTP),
+        data,
     )
     return envelope, rendered
 
