@@ -122,6 +122,7 @@ class SmtpSender:
         )  # fmt: skip
 
     async def _connect(self) -> aiosmtplib.SMTP:
+        await self._drop()
         client = self._new_client()
         await client.connect()
         self._client = client

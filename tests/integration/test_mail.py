@@ -18,8 +18,8 @@ from engine.logic.dm.sending import (
     HARD_BOUNCE,
     RETRY,
     SENT,
+    Partner,
     Recipient,
-    Sender,
     TokenSigner,
     TrackingUrls,
     compose_mail,
@@ -37,7 +37,7 @@ CONFIG = load_dm(ROOT / "config")
 VERP_KEY = b"v" * 32
 SIGNER = TokenSigner([b"t" * 32])
 URLS = TrackingUrls("https://kairos.example.com", SIGNER)
-PARTNER = Sender("Northgate Leeds", "leeds@stores.northgate.example", {"phone": "+44 113 496 0000"})
+PARTNER = Partner("Northgate Leeds", "leeds@stores.northgate.example", {"phone": "+44 113 496 0000"})
 
 
 def envelope(to: str, first_name: str = "Ann", template: str = "thank-you", values=None, send_id=None):

@@ -87,3 +87,21 @@ def test_yaml_errors_duplicates_and_ids(config: Path):
     assert "x.yaml:" in text and "invalid YAML" in text
     assert "copy.yaml:1: id 'welcome' is already used by" in text or "welcome.yaml:1: id 'welcome' is already used" in text
     assert "dup.yaml:2: duplicate key 'id'" in text
+
+
+def test_the_dm_logic_is_pure():
+    """No network, no clock, no environment, no global randomness in engine/logic/dm."""
+    import ast
+
+    banned = {"redis", "faust", "aiokafka", "kafka", "starlette", "httpx", "random", "os", "socket",
+              "asyncio", "aiosmtplib", "aiosmtpd", "smtplib", "time", "secrets", "uuid"}  # fmt: skip
+    for file in (ROOT / "engine" / "logic" / "dm").glob("*.py"):
+        text = file.read_text()
+        for node in ast.walk(ast.parse(text)):
+            names = []
+            if isinstance(node, ast.Import):
+                names = [a.name.split(".")[0] for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                names = [node.module.split(".")[0]]
+            assert not set(names) & banned, f"{file.name} imports {names}"
+        assert "datetime.now(" not in text and ".utcnow(" not in text and "environ" not in text, file.name

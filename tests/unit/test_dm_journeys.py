@@ -62,7 +62,7 @@ def test_a_late_report_for_an_old_step_changes_nothing():
 
 
 @pytest.mark.parametrize("outcome, reason", [("hard_bounce", "bounced"), ("suppressed", "suppressed"),
-                                             ("failed", "bounced")])  # fmt: skip
+                                             ("failed", "failed")])  # fmt: skip
 def test_bounced_and_suppressed_members_exit(outcome, reason):
     j = journey()
     m = on_send_outcome(j, enrol(j, "c1", T0), 0, outcome, T0)

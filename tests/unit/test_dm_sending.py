@@ -24,10 +24,10 @@ from engine.logic.dm.sending import (
     UNSUBSCRIBE,
     BotRules,
     Hit,
+    Partner,
     Rate,
     Recipient,
     Reply,
-    Sender,
     SendScheduler,
     TokenSigner,
     TrackingUrls,
@@ -133,7 +133,7 @@ def mail(template="thank-you", values=None, to="ann.smith@example.com", now=T0, 
     return compose_mail(
         CONFIG.templates[template], values or {}, send_id=SID,
         to=Recipient(to, "Ann Smith", {"first_name": "Ann"}),
-        partner=Sender(partner_name, "leeds@stores.northgate.example", {"phone": "+44 113 496 0000"}),
+        partner=Partner(partner_name, "leeds@stores.northgate.example", {"phone": "+44 113 496 0000"}),
         urls=URLS, verp_key=KEY, now=now, items=items, track=track,
     )  # fmt: skip
 

@@ -86,7 +86,7 @@ class CompiledTemplate:
 
 
 def parse_template(text: str) -> nodes.Template:
-    """The syntax tree of ``text`` as this environment parses it, for checks made at load time
+    """The syntax tree of ``text`` as the sandbox parses it, for checks made at load time
     (distributed-marketing templates look for links, loops and filters); raises Jinja's
     ``TemplateSyntaxError``."""
     return _ENV.parse(text)

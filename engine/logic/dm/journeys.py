@@ -38,8 +38,8 @@ from engine.logic.decisions.rules import parse_duration_ms
 from engine.logic.dm.templates import content_hash
 
 ACTIVE, DONE, EXITED = "active", "done", "exited"
-EXIT_UNSUBSCRIBED, EXIT_BOUNCED, EXIT_SUPPRESSED, EXIT_EVENT, EXIT_REMOVED = (
-    "unsubscribed", "bounced", "suppressed", "event", "removed",
+EXIT_UNSUBSCRIBED, EXIT_BOUNCED, EXIT_SUPPRESSED, EXIT_EVENT, EXIT_REMOVED, EXIT_FAILED = (
+    "unsubscribed", "bounced", "suppressed", "event", "removed", "failed",
 )  # fmt: skip
 ALWAYS_EXIT = (EXIT_UNSUBSCRIBED, EXIT_BOUNCED)
 MAX_STEPS = 20
@@ -171,7 +171,7 @@ def step_sent(journey: Journey, member: Member, step: int, sent_at: datetime) ->
 
 def exit_member(member: Member, reason: str, now: datetime) -> Member:
     """Leave the journey (``unsubscribed``, ``bounced``, ``suppressed``, ``event``,
-    ``removed``); a member already out stays as it was."""
+    ``removed``, ``failed``); a member already out stays as it was."""
     _aware(now)
     if not member.active:
         return member
@@ -193,7 +193,7 @@ def on_event(journey: Journey, member: Member, event: Mapping[str, Any], now: da
 def on_send_outcome(journey: Journey, member: Member, step: int, outcome: str, now: datetime) -> Member:
     """What a step's send ended as (``sending.SENT`` / ``HARD_BOUNCE`` / ``SUPPRESSED`` /
     ``RETRY`` / ``FAILED``) does to the member: sent advances, a hard bounce or suppression
-    exits, a retry waits, a failure (given up) exits as ``bounced``."""
+    exits, a retry waits, a send given up (retries exhausted) exits as ``failed``."""
     if outcome == "sent":
         return step_sent(journey, member, step, now)
     if outcome == "hard_bounce":
@@ -201,7 +201,7 @@ def on_send_outcome(journey: Journey, member: Member, step: int, outcome: str, n
     if outcome == "suppressed":
         return exit_member(member, EXIT_SUPPRESSED, now)
     if outcome == "failed":
-        return exit_member(member, EXIT_BOUNCED, now)
+        return exit_member(member, EXIT_FAILED, now)
     return member
 
 

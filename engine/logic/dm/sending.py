@@ -246,7 +246,7 @@ class Recipient:
 
 
 @dataclass(frozen=True, slots=True)
-class Sender:
+class Partner:
     """The partner a mail is sent for."""
 
     name: str
@@ -300,7 +300,7 @@ def build_message(
     from_display: str,
     from_address: str,
     to: Recipient,
-    reply_to: Sender | None,
+    reply_to: Partner | None,
     unsubscribe_url: str,
     message_id_domain: str,
     now: datetime,
@@ -347,7 +347,7 @@ def compose_mail(
     *,
     send_id: str,
     to: Recipient,
-    partner: Sender,
+    partner: Partner,
     urls: TrackingUrls,
     verp_key: bytes,
     now: datetime,
@@ -363,8 +363,8 @@ def compose_mail(
     unsubscribe = urls.unsubscribe(send_id)
     rendered = version.render(
         values,
-        contact={"email": to.email, **dict(to.data)},
-        partner={"name": partner.name, "email": partner.email, **dict(partner.data)},
+        contact={**dict(to.data), "email": to.email},
+        partner={**dict(partner.data), "name": partner.name, "email": partner.email},
         items=items,
         unsubscribe_url=unsubscribe,
         link_url=(lambda i: urls.click(send_id, i)) if track else None,

@@ -37,7 +37,7 @@ template document and the brand document together (canonical JSON): a send pins 
 what was approved is what goes out, even after the file changes. ``TemplateVersion.document``
 is what to store to render that version again later (:func:`version_from_document`).
 
-Rendering uses the engine's one sandboxed, autoescaping Jinja environment
+Rendering uses the engine's one sandboxed, autoescaping Jinja setup
 (``engine.logic.decisions.templates``); the text part and the subject are wrapped in
 ``{% autoescape false %}`` (they are not HTML). Partner values are data: they are never compiled,
 so ``{{7*7}}`` in a value prints as typed. The brand's sources may not use ``|safe``,
