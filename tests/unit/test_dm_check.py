@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from engine.decisions.config import ConfigError
+from engine.logic.decisions.config import ConfigError
 from engine.logic.dm.check import check_dm
 from engine.logic.dm.config import load_dm
 

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 
-from engine.events import validate
 from engine.logic.dm.config import load_dm
 from engine.logic.dm.sending import (
     CLICK,
@@ -45,6 +44,7 @@ from engine.logic.dm.sending import (
     take,
     verp_address,
 )
+from engine.logic.events import validate
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIG = load_dm(ROOT / "config")

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from engine.decisions.templates import RenderError
+from engine.logic.decisions.templates import RenderError
 from engine.logic.dm.config import load_dm
 from engine.logic.dm.templates import (
     Brand,

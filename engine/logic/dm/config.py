@@ -18,7 +18,8 @@ from typing import Any
 
 import yaml
 
-from engine.logic.decisions.config import MAX_FILE_BYTES, ConfigError, FieldError, Problem, read_yaml
+from engine.logic.common import Problem
+from engine.logic.decisions.config import MAX_FILE_BYTES, ConfigError, FieldError, read_yaml
 from engine.logic.decisions.rules import Path
 from engine.logic.dm.journeys import Journey, parse_journey_doc
 from engine.logic.dm.templates import Brand, TemplateVersion, parse_brand_doc, parse_template_doc

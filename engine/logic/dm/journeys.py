@@ -34,7 +34,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from engine.logic.decisions.config import FieldError
-from engine.logic.decisions.rules import parse_duration_ms
+from engine.logic.decisions.rules import Path, parse_duration_ms
 from engine.logic.dm.templates import content_hash
 
 ACTIVE, DONE, EXITED = "active", "done", "exited"
@@ -182,8 +182,7 @@ def on_event(journey: Journey, member: Member, event: Mapping[str, Any], now: da
     """An event of the contact (from the ``events`` topic, as a plain dict): exits the member
     when it matches an exit rule and happened after the enrolment."""
     ts = event.get("ts")
-    numeric = isinstance(ts, int | float) and not isinstance(ts, bool)
-    if numeric and ts < member.enrolled_at.timestamp() * 1000:
+    if isinstance(ts, int | float) and not isinstance(ts, bool) and ts < member.enrolled_at.timestamp() * 1000:
         return member
     if member.active and journey.exits_on(event):
         return exit_member(member, EXIT_EVENT, now)
@@ -304,20 +303,20 @@ def parse_journey_doc(
                 errors.append(FieldError(("exit", "events"), "must be a list of {type, category, channel}"))
                 continue
             for i, rule in enumerate(value):
-                path = ("exit", "events", i)
+                rule_path: Path = ("exit", "events", i)
                 if not isinstance(rule, Mapping) or set(rule) - {"type", "category", "channel"}:
-                    errors.append(FieldError(path, "must be a mapping with type (and category, channel)"))
+                    errors.append(FieldError(rule_path, "must be a mapping with type (and category, channel)"))
                     continue
                 etype = rule.get("type")
                 if not isinstance(etype, str) or not _TYPE_RE.match(etype):
-                    errors.append(FieldError(path + ("type",), "must be an event type"))
+                    errors.append(FieldError(rule_path + ("type",), "must be an event type"))
                     continue
                 cat, chan = rule.get("category"), rule.get("channel")
                 if cat is not None and (not isinstance(cat, str) or not cat or len(cat) > 256):
-                    errors.append(FieldError(path + ("category",), "must be a category path"))
+                    errors.append(FieldError(rule_path + ("category",), "must be a category path"))
                     continue
                 if chan is not None and (not isinstance(chan, str) or not chan or len(chan) > 32):
-                    errors.append(FieldError(path + ("channel",), "must be a channel name"))
+                    errors.append(FieldError(rule_path + ("channel",), "must be a channel name"))
                     continue
                 exits.append(ExitEvent(etype, cat, chan))
         else:

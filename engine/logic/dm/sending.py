@@ -334,7 +334,7 @@ def build_message(
     for name, value in headers:
         if _CONTROL.search(str(value)):  # every value above is one line; never let one through
             raise ValueError(f"header {name} would contain a control character")
-        msg[name] = value
+        msg[name] = value  # type: ignore[assignment]  # compat32 takes a Header as a value
     msg["MIME-Version"] = "1.0"
     msg.attach(_qp_part("plain", rendered.text))
     msg.attach(_qp_part("html", rendered.html))
@@ -534,7 +534,8 @@ def parse_dsn(raw: bytes) -> list[DsnResult]:
     msg = BytesParser(policy=email_policy.default).parsebytes(raw)
     if msg.get_content_type() != "multipart/report":
         return []
-    if (msg.get_param("report-type") or "").lower() != "delivery-status":
+    report_type = msg.get_param("report-type")
+    if not isinstance(report_type, str) or report_type.lower() != "delivery-status":
         return []
     out: list[DsnResult] = []
     for part in msg.iter_parts():
@@ -556,7 +557,7 @@ def _status_groups(part: EmailMessage | Any) -> list[dict[str, str]]:
     """The field groups of a message/delivery-status part, as lower-case-keyed dicts."""
     payload = part.get_payload()
     if isinstance(payload, list):  # the email package parses each group as a message
-        return [{k.lower(): str(v) for k, v in g.items()} for g in payload]
+        return [{k.lower(): str(v) for k, v in g.items()} for g in payload if not isinstance(g, str)]
     text = payload if isinstance(payload, str) else ""
     groups: list[dict[str, str]] = []
     for block in re.split(r"\r?\n\s*\r?\n", text.strip()):

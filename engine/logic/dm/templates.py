@@ -62,6 +62,7 @@ import re
 import unicodedata
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -914,22 +915,23 @@ def _check_tree(
         raise fail(node, "include, import and extends are not allowed in a template")
     for node in tree.find_all(nodes.EvalContextModifier):
         raise fail(node, "{% autoescape %} is not allowed: every value is escaped")
-    for node in tree.find_all(nodes.Filter):
-        if node.name == "safe":
-            raise fail(node, "the |safe filter is not allowed: declare a rich_text field instead")
+    for flt in tree.find_all(nodes.Filter):
+        if flt.name == "safe":
+            raise fail(flt, "the |safe filter is not allowed: declare a rich_text field instead")
     unknown = meta.find_undeclared_variables(tree) - allowed
     if unknown:
         name = sorted(unknown)[0]
         line = next((n.lineno for n in tree.find_all(nodes.Name) if n.name == name), 1)
         raise _template_error((part,), line, f"unknown variable {name!r} (known: {', '.join(sorted(allowed - {'kairos_link'}))})")
     used = 0
-    for node in tree.find_all((nodes.Getattr, nodes.Getitem)):
-        if isinstance(node.node, nodes.Name) and node.node.name == "fields":
-            key = node.attr if isinstance(node, nodes.Getattr) else getattr(node.arg, "value", None)
+    for access in tree.find_all((nodes.Getattr, nodes.Getitem)):
+        assert isinstance(access, nodes.Getattr | nodes.Getitem)
+        if isinstance(access.node, nodes.Name) and access.node.name == "fields":
+            key = access.attr if isinstance(access, nodes.Getattr) else getattr(access.arg, "value", None)
             if not isinstance(key, str):
-                raise fail(node, "fields must be used as fields.<id>")
+                raise fail(access, "fields must be used as fields.<id>")
             if key not in fields:
-                raise fail(node, f"fields.{key} is not declared in fields")
+                raise fail(access, f"fields.{key} is not declared in fields")
             used += 1
     loads = sum(1 for n in tree.find_all(nodes.Name) if n.name == "fields" and n.ctx == "load")
     if loads != used:
@@ -1021,7 +1023,7 @@ def parse_template_doc(
 
     def approval() -> str:
         value = doc.get("approval", "none")
-        if value not in APPROVAL_POLICIES:
+        if not isinstance(value, str) or value not in APPROVAL_POLICIES:
             raise FieldError(("approval",), f"must be one of {list(APPROVAL_POLICIES)}")
         return value
 
@@ -1065,7 +1067,7 @@ def parse_template_doc(
     if len(raw_fields) > MAX_FIELDS:
         errors.append(FieldError(("fields",), f"must have at most {MAX_FIELDS} fields"))
     for i, raw in enumerate(raw_fields):
-        f = run(lambda raw=raw, i=i: _field_spec(raw, ("fields", i), image_domains))
+        f = run(partial(_field_spec, raw, ("fields", i), image_domains))
         if f is None:
             continue
         if f.id in fields:
