@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -257,3 +258,39 @@ def stack(make_stack: Callable[..., Stack]) -> Stack:
 
 def uid(prefix: str = "v") -> str:
     return f"{prefix}-{uuid.uuid4().hex[:12]}"
+
+
+class MailOutbox:
+    """The local outbox as a real child process (`python -m engine.mail.outbox --test-mode`),
+    as `kairos up` runs it: a Maildir under `folder`; DSNs for `dsn-hard@`/`dsn-soft@`
+    recipients go to 127.0.0.1:`bounce_port`, where a test may run a bounce listener."""
+
+    def __init__(self, folder: Path, log: Path) -> None:
+        self.folder = folder
+        self.port = free_port()
+        self.bounce_port = free_port()
+        self.url = f"smtp://127.0.0.1:{self.port}"
+        self.log = log
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "engine.mail.outbox", "--dir", str(folder), "--port",
+             str(self.port), "--test-mode", "--dsn-relay", f"127.0.0.1:{self.bounce_port}"],
+            stdout=log.open("ab"), stderr=subprocess.STDOUT, cwd=ROOT,
+        )  # fmt: skip
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"outbox exited: {log.read_text()[-2000:]}")
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", self.port), 0.2):
+                return
+            time.sleep(0.05)
+        raise TimeoutError("the outbox did not open its port")
+
+    def stop(self) -> None:
+        terminate([self.proc], 10)
+
+
+@pytest.fixture(scope="session")
+def mail_outbox(tmp_root: Path) -> Iterator[MailOutbox]:
+    outbox = MailOutbox(tmp_root / "mail", tmp_root / "outbox.log")
+    yield outbox
+    outbox.stop()

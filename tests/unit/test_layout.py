@@ -97,6 +97,13 @@ def test_the_store_knows_nothing_above_it() -> None:
     assert not bad, "\n".join(bad)
 
 
+def test_the_mail_edge_knows_nothing_above_it() -> None:
+    bad = broken(modules("engine/mail"), ("starlette", "httpx", "faust", "redis", "aiokafka",
+                                          "engine.store", "engine.flows", "engine.routes",
+                                          "engine.services", "engine.api", "streams"))
+    assert not bad, "\n".join(bad)
+
+
 def test_flows_use_no_web_framework_and_no_route() -> None:
     bad = broken(modules("engine/flows"), ("starlette", "uvicorn", "engine.routes",
                                            "engine.services", "engine.api", "streams"))

@@ -85,8 +85,18 @@ class CompiledTemplate:
         return out
 
 
-def compile_template(fields: Mapping[str, Any]) -> CompiledTemplate:
-    """Compile every string field; non-string or oversized fields raise ``TemplateError``."""
+def parse_template(text: str) -> nodes.Template:
+    """The syntax tree of ``text`` as the sandbox parses it, for checks made at load time
+    (distributed-marketing templates look for links, loops and filters); raises Jinja's
+    ``TemplateSyntaxError``."""
+    return _ENV.parse(text)
+
+
+def compile_template(fields: Mapping[str, Any], *, memoise: bool = True) -> CompiledTemplate:
+    """Compile every string field; non-string or oversized fields raise ``TemplateError``.
+
+    ``memoise=False`` skips the per-variables output cache, for templates whose variables
+    differ on every render (a mail to each contact)."""
     compiled: dict[str, Any] = {}
     source: dict[str, str] = {}
     uses: set[str] = set()
@@ -106,7 +116,8 @@ def compile_template(fields: Mapping[str, Any]) -> CompiledTemplate:
         uses |= meta.find_undeclared_variables(tree)
         pure = pure and not any(f.name in _NOT_PURE for f in tree.find_all(nodes.Filter))
         source[name] = text
-    return CompiledTemplate(source, compiled, tuple(sorted(uses)) if pure else None)
+    memo = pure and memoise
+    return CompiledTemplate(source, compiled, tuple(sorted(uses)) if memo else None)
 
 
 def template_vars(
