@@ -14,7 +14,8 @@ I/O or reads a clock. What stays with the caller (the HTTP route):
 - the identity rule for public keys: a message naming a `userId` must carry
   `user_hash = HMAC-SHA256(identity secret, userId)`, which travels as
   `context.kairos.user_hash` or `integrations.Kairos.user_hash` (`Message.user_hash`);
-  this module returns the user id and the hash, the route checks them;
+  this module returns the user id and the hash, the route checks them and takes the
+  messages that fail out with `refuse` (the others go on);
 - decisions: a `page` / `screen` carrying `context.kairos.zones` asks for them
   (`Message.zones`); the route calls decide;
 - appending the events to the log and the answer (`answer`).
@@ -225,6 +226,18 @@ def parse(doc: Any, *, endpoint: str, now_ms: int) -> Parsed:
         except MessageError as exc:
             out.rejected.append(spec.Rejection(i, exc.field, exc.reason))
     return out
+
+
+def refuse(parsed: Parsed, refusals: Mapping[int, tuple[str, str]]) -> Parsed:
+    """`parsed` with the messages at these batch indexes moved to its rejections, each with
+    its (field, reason): how the route applies a rule of its own to single messages (a
+    `userId` without a valid `user_hash` under a public key) without dropping the others."""
+    if not refusals:
+        return parsed
+    kept = [m for m in parsed.messages if m.index not in refusals]
+    moved = [spec.Rejection(m.index, *refusals[m.index]) for m in parsed.messages if m.index in refusals]
+    rejected = sorted([*parsed.rejected, *moved], key=lambda r: r.index)
+    return Parsed(kept, rejected, parsed.write_key)
 
 
 def answer(parsed: Parsed) -> tuple[int, dict[str, Any]]:

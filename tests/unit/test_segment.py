@@ -285,6 +285,8 @@ def test_a_track_named_after_a_kairos_reaction_is_that_reaction():
         (msg(type=None), "type", "is required (track, page, screen, identify, alias or group)"),
         (msg(type="capture"), "type", "must be track, page, screen, identify, alias or group"),
         ("just a string", "message", "must be an object"),
+        (msg(type="identify", event=None, traits=["plan"]), "traits", "must be an object"),
+        (msg(type="group", event=None, groupId="g", traits="x"), "traits", "must be an object"),
     ],
 )
 def test_message_errors_name_the_field(raw, field, reason):
@@ -639,6 +641,19 @@ def test_nothing_usable_is_a_400_naming_the_field():
     status, body = sg.answer(parsed)
     assert status == 400 and body["success"] is False and body["field"] == "anonymousId"
     assert body["error"] == "anonymousId or userId is required (a message needs at least one)"
+
+
+def test_the_route_can_refuse_single_messages_and_keep_the_rest():
+    doc = {"batch": [msg(messageId="a", userId="alice"), "bad", msg(messageId="c", userId="bob")]}
+    parsed = sg.parse(doc, endpoint="batch", now_ms=NOW)
+    hashless = {m.index: ("userId", "needs a valid context.kairos.user_hash with a public key")
+                for m in parsed.messages if m.event.user_id == "alice"}
+    refused = sg.refuse(parsed, hashless)
+    assert [m.event.event_id for m in refused.messages] == ["c"]
+    assert [(r.index, r.field) for r in refused.rejected] == [(0, "userId"), (1, "message")]
+    assert sg.refuse(parsed, {}) is parsed
+    everything = sg.refuse(parsed, {0: ("userId", "x"), 2: ("userId", "x")})
+    assert sg.answer(everything)[0] == 400
 
 
 def test_batch_context_and_integrations_are_defaults_of_each_message():
