@@ -64,13 +64,15 @@ class EventLog:
         self._starting: asyncio.Task[None] | None = None
 
     async def _start(self) -> None:
+        # acks=all with idempotence: a broker failover or a retried send neither loses nor
+        # duplicates a record (the broker drops a resend by producer id and sequence)
         producer = AIOKafkaProducer(
             bootstrap_servers=self.bootstrap,
-            acks=1,
+            acks="all",
             linger_ms=self.linger_ms,
             max_batch_size=256 * 1024,
             request_timeout_ms=int(self.timeout_s * 1000),
-            enable_idempotence=False,
+            enable_idempotence=True,
         )
         try:
             await producer.start()
