@@ -115,6 +115,19 @@ class _Contextual:
             remaining.remove(arm)
         return Decision(decision_id, tuple(slots), self.kind)
 
+    def choose(
+        self,
+        arm_ids: Sequence[ArmID],
+        decision_id: str,
+        context: Context | None = None,
+        n_slots: int = 1,
+        action_features: ActionFeatures | None = None,
+        slot_features: Sequence[Mapping[str, Any]] | None = None,
+    ) -> list[ArmID]:
+        """The arms `decide` would show."""
+        d = self.decide(arm_ids, decision_id, context, n_slots, action_features, slot_features)
+        return [s.arm for s in d.slots]
+
     def pull(
         self,
         arm_ids: Sequence[ArmID],
@@ -164,8 +177,7 @@ def _explore(
     best = max(scores.values())
     winners = [a for a, v in scores.items() if v == best]
     return {
-        a: epsilon / k + ((1.0 - epsilon) / len(winners) if a in winners else 0.0)
-        for a in scores
+        a: epsilon / k + ((1.0 - epsilon) / len(winners) if a in winners else 0.0) for a in scores
     }
 
 
@@ -253,7 +265,11 @@ class LinearContextual(_Contextual):
         self, context: Context | None, arm: ArmID, action: Mapping[str, Any] | None = None
     ) -> float:
         """Predicted reward (click) probability of one action."""
-        return float(self._model.predict_proba_one(self.features(context, arm, action))[True])
+        w = self._model._weights
+        z = self._model.intercept + sum(
+            w.get(k, 0.0) * v for k, v in self.features(context, arm, action).items()
+        )
+        return 1.0 / (1.0 + math.exp(-min(max(z, -35.0), 35.0)))
 
     def pmf(
         self,
@@ -281,7 +297,9 @@ class LinearContextual(_Contextual):
         """Learn the reward of the action shown (a supervised step on its features)."""
         r = check_reward(reward)
         af = (action_features or {}).get(arm_id)
-        self._model.learn_one(self.features(context, arm_id, af), r >= 0.5 if r in (0.0, 1.0) else r)
+        self._model.learn_one(
+            self.features(context, arm_id, af), r >= 0.5 if r in (0.0, 1.0) else r
+        )
         self.n += 1
 
     learn_one = update
@@ -412,7 +430,13 @@ class VWContextual(_Contextual):
         if self.exploration == "epsilon":
             args += ["--epsilon", repr(self.epsilon)]
         elif self.exploration == "softmax":
-            args += ["--softmax", "--lambda", repr(1.0 / self.temperature), "--epsilon", repr(self.epsilon)]
+            args += [
+                "--softmax",
+                "--lambda",
+                repr(1.0 / self.temperature),
+                "--epsilon",
+                repr(self.epsilon),
+            ]
         else:
             args += ["--squarecb", "--gamma_scale", repr(self.gamma_scale)]
         return args
@@ -478,7 +502,9 @@ class VWContextual(_Contextual):
             raise ValueError("VWContextual.update needs arm_ids containing arm_id")
         if probability is None or not 0.0 < probability <= 1.0:
             raise ValueError("VWContextual.update needs the logged probability in (0, 1]")
-        self._vw.learn(self._example(list(arm_ids), context, action_features, (arm_id, -r, probability)))
+        self._vw.learn(
+            self._example(list(arm_ids), context, action_features, (arm_id, -r, probability))
+        )
         self.n += 1
 
     learn_one = update
@@ -493,7 +519,9 @@ class VWContextual(_Contextual):
                 model = fh.read()
         finally:
             os.unlink(path)
-        return pack(self.kind, self.VERSION, {"params": self._get_params(), "n": self.n, "vw": model})
+        return pack(
+            self.kind, self.VERSION, {"params": self._get_params(), "n": self.n, "vw": model}
+        )
 
     @classmethod
     def restore(cls, data: bytes) -> VWContextual:

@@ -64,7 +64,9 @@ class EpsilonGreedy(river_bandit.EpsilonGreedy):
     ) -> None:
         if not 0.0 <= epsilon <= 1.0:
             raise ValueError("epsilon must be in [0, 1]")
-        super().__init__(epsilon=epsilon, decay=decay, reward_obj=stats.Mean(), burn_in=0, seed=seed)
+        super().__init__(
+            epsilon=epsilon, decay=decay, reward_obj=stats.Mean(), burn_in=0, seed=seed
+        )
         self.drift_delta = drift_delta
         self._drift: dict[ArmID, Adwin] = {}
 
@@ -78,8 +80,17 @@ class EpsilonGreedy(river_bandit.EpsilonGreedy):
         """Per arm, how many times the drift reaction fired."""
         return {arm: d.detections for arm, d in self._drift.items() if d.detections}
 
-    def update(self, arm_id: ArmID, reward: float, context: Context | None = None) -> None:  # type: ignore[override]
-        """Learn one reward in [0, 1] for `arm_id` (context is ignored)."""
+    def update(  # type: ignore[override]
+        self,
+        arm_id: ArmID,
+        reward: float,
+        context: Context | None = None,
+        *,
+        probability: float | None = None,
+        arm_ids: Sequence[ArmID] | None = None,
+        action_features: Any = None,
+    ) -> None:
+        """Learn one reward in [0, 1] for `arm_id` (context and the rest are ignored)."""
         r = check_reward(reward)
         m = self._rewards[arm_id]
         m.update(r)
@@ -102,13 +113,18 @@ class EpsilonGreedy(river_bandit.EpsilonGreedy):
         return [by[k] for k in sorted(by, reverse=True)]
 
     def probabilities(
-        self, arm_ids: Sequence[ArmID], context: Context | None = None
+        self, arm_ids: Sequence[ArmID], context: Context | None = None, action_features: Any = None
     ) -> dict[ArmID, float]:
         """Every arm's probability in a one-slot decision."""
         return self.slot_probabilities(arm_ids, 1)[0]
 
     def slot_probabilities(
-        self, arm_ids: Sequence[ArmID], n_slots: int, context: Context | None = None
+        self,
+        arm_ids: Sequence[ArmID],
+        n_slots: int,
+        context: Context | None = None,
+        action_features: Any = None,
+        slot_features: Any = None,
     ) -> list[dict[ArmID, float]]:
         """Per slot, P(arm shown there) (see the module docstring)."""
         arms = check_arms(arm_ids, n_slots)
@@ -142,12 +158,25 @@ class EpsilonGreedy(river_bandit.EpsilonGreedy):
             out.extend(g)
         return out
 
+    def choose(
+        self,
+        arm_ids: Sequence[ArmID],
+        decision_id: str,
+        context: Context | None = None,
+        n_slots: int = 1,
+    ) -> list[ArmID]:
+        """The arms `decide` would show, without computing probabilities (cheap)."""
+        arms = check_arms(arm_ids, n_slots)
+        return self._ranking(arms, decision_rng(self.seed, decision_id))[:n_slots]
+
     def decide(
         self,
         arm_ids: Sequence[ArmID],
         decision_id: str,
         context: Context | None = None,
         n_slots: int = 1,
+        action_features: Any = None,
+        slot_features: Any = None,
     ) -> Decision:
         """Explore or exploit (seeded by the decision id) and show the first `n_slots` arms."""
         arms = check_arms(arm_ids, n_slots)

@@ -87,8 +87,17 @@ class BetaThompson(river_bandit.ThompsonSampling):
         """Per arm, how many times the drift reaction fired."""
         return {arm: d.detections for arm, d in self._drift.items() if d.detections}
 
-    def update(self, arm_id: ArmID, reward: float, context: Context | None = None) -> None:  # type: ignore[override]
-        """Learn one reward in [0, 1] for `arm_id` (context is ignored)."""
+    def update(  # type: ignore[override]
+        self,
+        arm_id: ArmID,
+        reward: float,
+        context: Context | None = None,
+        *,
+        probability: float | None = None,
+        arm_ids: Sequence[ArmID] | None = None,
+        action_features: Any = None,
+    ) -> None:
+        """Learn one reward in [0, 1] for `arm_id` (context and the rest are ignored)."""
         r = check_reward(reward)
         post = self._rewards[arm_id]
         post.alpha += r
@@ -113,13 +122,18 @@ class BetaThompson(river_bandit.ThompsonSampling):
         return np.array([x for x, _ in ab]), np.array([y for _, y in ab])
 
     def probabilities(
-        self, arm_ids: Sequence[ArmID], context: Context | None = None
+        self, arm_ids: Sequence[ArmID], context: Context | None = None, action_features: Any = None
     ) -> dict[ArmID, float]:
         """P(each arm is shown) in a one-slot decision: P(its draw is the largest)."""
         return self.slot_probabilities(arm_ids, 1)[0]
 
     def slot_probabilities(
-        self, arm_ids: Sequence[ArmID], n_slots: int, context: Context | None = None
+        self,
+        arm_ids: Sequence[ArmID],
+        n_slots: int,
+        context: Context | None = None,
+        action_features: Any = None,
+        slot_features: Any = None,
     ) -> list[dict[ArmID, float]]:
         """Per slot, P(each arm's draw ranks there) when a zone shows the top `n_slots` draws."""
         arms = check_arms(arm_ids, n_slots)
@@ -150,20 +164,31 @@ class BetaThompson(river_bandit.ThompsonSampling):
         scored.sort(reverse=True)
         return [a for _, _, a in scored]
 
+    def choose(
+        self,
+        arm_ids: Sequence[ArmID],
+        decision_id: str,
+        context: Context | None = None,
+        n_slots: int = 1,
+    ) -> list[ArmID]:
+        """The arms `decide` would show, without computing probabilities (cheap)."""
+        arms = check_arms(arm_ids, n_slots)
+        return self._draws(arms, decision_rng(self.seed, decision_id))[:n_slots]
+
     def decide(
         self,
         arm_ids: Sequence[ArmID],
         decision_id: str,
         context: Context | None = None,
         n_slots: int = 1,
+        action_features: Any = None,
+        slot_features: Any = None,
     ) -> Decision:
         """Draw every posterior once (seeded by the decision id) and show the top `n_slots`."""
         arms = check_arms(arm_ids, n_slots)
         ranked = self._draws(arms, decision_rng(self.seed, decision_id))
         probs = self.slot_probabilities(arms, n_slots)
-        slots = tuple(
-            Slot(ranked[s], probs[s][ranked[s]], probs[s]) for s in range(n_slots)
-        )
+        slots = tuple(Slot(ranked[s], probs[s][ranked[s]], probs[s]) for s in range(n_slots))
         return Decision(decision_id, slots, KIND)
 
     def pull(self, arm_ids: Sequence[ArmID], context: Context | None = None) -> ArmID:  # type: ignore[override]
