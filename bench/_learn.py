@@ -13,7 +13,9 @@ from typing import Any
 def uptime() -> str:
     """`uptime`'s line (the machine is shared: read every figure beside it)."""
     try:
-        return subprocess.run(["uptime"], capture_output=True, text=True, check=False).stdout.strip()
+        return subprocess.run(
+            ["uptime"], capture_output=True, text=True, check=False
+        ).stdout.strip()
     except OSError:
         return "load " + " ".join(os.getloadavg().__repr__().strip("()").split(", "))
 

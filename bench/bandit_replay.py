@@ -41,7 +41,7 @@ if str(ROOT) not in sys.path:
 
 from bench._learn import last_line, per_call_us, table, uptime  # noqa: E402
 from models.bandit import BetaThompson, EpsilonGreedy, LinearContextual, VWContextual  # noqa: E402
-from models.evaluation import difference, dr, effective_sample_size, ips, replay, snips  # noqa: E402
+from models.evaluation import difference, dr, ips, replay, snips  # noqa: E402
 
 N_BOOT = 1000
 
@@ -131,7 +131,10 @@ class Candidate:
 def candidates() -> dict[str, Candidate]:
     return {
         "thompson": Candidate(
-            "thompson", lambda s: BetaThompson(seed=s), False, "Beta(1,1) per item, zone ranked by draws"
+            "thompson",
+            lambda s: BetaThompson(seed=s),
+            False,
+            "Beta(1,1) per item, zone ranked by draws",
         ),
         "thompson_prior": Candidate(
             "thompson_prior",
@@ -140,7 +143,10 @@ def candidates() -> dict[str, Candidate]:
             "Beta(1,50) prior (mean 2 %) per item",
         ),
         "epsilon_greedy": Candidate(
-            "epsilon_greedy", lambda s: EpsilonGreedy(epsilon=0.1, seed=s), False, "eps 0.1, zone ranked by mean"
+            "epsilon_greedy",
+            lambda s: EpsilonGreedy(epsilon=0.1, seed=s),
+            False,
+            "eps 0.1, zone ranked by mean",
         ),
         "linear": Candidate(
             "linear",
@@ -187,8 +193,12 @@ def learn_in_order(cand: Candidate, log: Log, refresh: int) -> dict[str, np.ndar
         r = float(log.click[t])
         if cand.contextual:
             pol.update(
-                item, r, log.context(t),
-                probability=float(log.p[t]), arm_ids=log.items, action_features=log.actions(t),
+                item,
+                r,
+                log.context(t),
+                probability=float(log.p[t]),
+                arm_ids=log.items,
+                action_features=log.actions(t),
             )
         else:
             pol.update(item, r)
@@ -205,8 +215,12 @@ def frozen_half(cand: Candidate, log: Log) -> np.ndarray:
         r = float(log.click[t])
         if cand.contextual:
             pol.update(
-                log.item[t], r, log.context(t),
-                probability=float(log.p[t]), arm_ids=log.items, action_features=log.actions(t),
+                log.item[t],
+                r,
+                log.context(t),
+                probability=float(log.p[t]),
+                arm_ids=log.items,
+                action_features=log.actions(t),
             )
         else:
             pol.update(log.item[t], r)
@@ -235,8 +249,12 @@ def replay_seed(cand: Candidate, log: Log, seed: int) -> tuple[float, int]:
         if cand.contextual:
             pmf = pol.probabilities(log.items, log.context(t), log.actions(t))
             pol.update(
-                log.item[t], r, log.context(t),
-                probability=pmf[log.item[t]], arm_ids=log.items, action_features=log.actions(t),
+                log.item[t],
+                r,
+                log.context(t),
+                probability=pmf[log.item[t]],
+                arm_ids=log.items,
+                action_features=log.actions(t),
             )
         else:
             pol.update(log.item[t], r)
@@ -250,14 +268,20 @@ def replay_seed(cand: Candidate, log: Log, seed: int) -> tuple[float, int]:
 def costs(cand: Candidate, pol: Any, log: Log) -> dict[str, float]:
     """Microseconds per decision (one slot; a 3-slot zone for context-free) and learn step."""
     if cand.contextual:
-        dec = per_call_us(lambda i: pol.decide(log.items, f"b{i}", log.context(i), 1, log.actions(i)), 500)
+        dec = per_call_us(
+            lambda i: pol.decide(log.items, f"b{i}", log.context(i), 1, log.actions(i)), 500
+        )
         t0 = time.perf_counter()
         copy = type(pol).restore(pol.snapshot())
         restore_ms = (time.perf_counter() - t0) * 1e3
         learn = per_call_us(
             lambda i: copy.update(
-                log.item[i], float(log.click[i]), log.context(i),
-                probability=float(log.p[i]), arm_ids=log.items, action_features=log.actions(i),
+                log.item[i],
+                float(log.click[i]),
+                log.context(i),
+                probability=float(log.p[i]),
+                arm_ids=log.items,
+                action_features=log.actions(i),
             ),
             500,
         )
@@ -337,9 +361,13 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--only", default="", help="comma-separated candidates (default: all)")
     ap.add_argument("--refresh", type=int, default=50, help="rows between published versions")
     ap.add_argument("--seeds", type=int, default=20, help="replay seeds of the project's bandit")
-    ap.add_argument("--other-seeds", type=int, default=5, help="replay seeds of the other candidates")
+    ap.add_argument(
+        "--other-seeds", type=int, default=5, help="replay seeds of the other candidates"
+    )
     ap.add_argument("--seed", type=int, default=0, help="bootstrap seed")
-    ap.add_argument("--sim-steps", type=int, default=20_000, help="synthetic tie-break steps (0: skip)")
+    ap.add_argument(
+        "--sim-steps", type=int, default=20_000, help="synthetic tie-break steps (0: skip)"
+    )
     a = ap.parse_args(argv)
 
     print(uptime())
@@ -351,7 +379,9 @@ def main(argv: list[str] | None = None) -> None:
     uniform_target = np.full(n, 1.0 / k)
     u_ips = ips(r, uniform_target, log.p, n_bootstrap=N_BOOT, seed=a.seed)
     u_snips = snips(r, uniform_target, log.p, n_bootstrap=N_BOOT, seed=a.seed)
-    print(f"uniform: IPS {pct(u_ips.value)} {ci(u_ips.ci)}, SNIPS {pct(u_snips.value)} {ci(u_snips.ci)}")
+    print(
+        f"uniform: IPS {pct(u_ips.value)} {ci(u_ips.ci)}, SNIPS {pct(u_snips.value)} {ci(u_snips.ci)}"
+    )
     per_clicks = {p: int(r[log.pos == p].sum()) for p in (1, 2, 3)}
     print(f"clicks per position: {per_clicks}")
 
@@ -372,7 +402,15 @@ def main(argv: list[str] | None = None) -> None:
         est = {
             "ips": ips(r, arr["target"], log.p, n_bootstrap=N_BOOT, seed=a.seed),
             "snips": snips(r, arr["target"], log.p, n_bootstrap=N_BOOT, seed=a.seed),
-            "dr": dr(r, arr["target"], log.p, arr["q_logged"], arr["q_target"], n_bootstrap=N_BOOT, seed=a.seed),
+            "dr": dr(
+                r,
+                arr["target"],
+                log.p,
+                arr["q_logged"],
+                arr["q_target"],
+                n_bootstrap=N_BOOT,
+                seed=a.seed,
+            ),
         }
         diff, diff_ci = difference(
             "snips",
@@ -385,10 +423,28 @@ def main(argv: list[str] | None = None) -> None:
             m = log.pos == p
             e_i = ips(r[m], arr["target"][m], log.p[m], n_bootstrap=N_BOOT, seed=a.seed)
             e_s = snips(r[m], arr["target"][m], log.p[m], n_bootstrap=N_BOOT, seed=a.seed)
-            e_d = dr(r[m], arr["target"][m], log.p[m], arr["q_logged"][m], arr["q_target"][m],
-                     n_bootstrap=N_BOOT, seed=a.seed)
-            rows_pos.append([name, p, int(m.sum()), pct(r[m].mean()), pct(e_i.value), pct(e_s.value),
-                             ci(e_s.ci), pct(e_d.value), f"{e_s.ess:.0f}"])
+            e_d = dr(
+                r[m],
+                arr["target"][m],
+                log.p[m],
+                arr["q_logged"][m],
+                arr["q_target"][m],
+                n_bootstrap=N_BOOT,
+                seed=a.seed,
+            )
+            rows_pos.append(
+                [
+                    name,
+                    p,
+                    int(m.sum()),
+                    pct(r[m].mean()),
+                    pct(e_i.value),
+                    pct(e_s.value),
+                    ci(e_s.ci),
+                    pct(e_d.value),
+                    f"{e_s.ess:.0f}",
+                ]
+            )
         half = n // 2
         frozen = frozen_half(cand, log)
         fz = snips(r[half:], frozen, log.p[half:], n_bootstrap=N_BOOT, seed=a.seed)
@@ -399,7 +455,9 @@ def main(argv: list[str] | None = None) -> None:
             n_bootstrap=N_BOOT,
             seed=a.seed,
         )
-        rows_frozen.append([name, pct(fz.value), ci(fz.ci), f"{100 * fz_diff:+.3f} {ci(fz_ci)}", f"{fz.ess:.0f}"])
+        rows_frozen.append(
+            [name, pct(fz.value), ci(fz.ci), f"{100 * fz_diff:+.3f} {ci(fz_ci)}", f"{fz.ess:.0f}"]
+        )
         ts = time.perf_counter()
         n_seeds = a.seeds if name == a.bandit else a.other_seeds
         rep = [replay_seed(cand, log, s) for s in range(n_seeds)]
@@ -426,46 +484,103 @@ def main(argv: list[str] | None = None) -> None:
             "frozen_diff_ci": list(fz_ci),
             **cost,
         }
-        rows_overall.append([
-            name, pct(est["ips"].value), ci(est["ips"].ci), pct(est["snips"].value), ci(est["snips"].ci),
-            pct(est["dr"].value), ci(est["dr"].ci), f"{100 * diff:+.3f} {ci(diff_ci)}",
-            f"{est['snips'].ess:.0f}", f"{pct(rep_mean)} ±{100 * rep_sd:.2f} ({rep_rows:.0f}; {n_seeds} seeds)",
-        ])
-        rows_cost.append([
-            name, f"{cost['decide_us']:.0f}", f"{cost['learn_us']:.0f}", f"{cost['version_ms']:.1f}",
-            f"{cost['restore_ms']:.2f}", cost["snapshot_bytes"], f"{learn_s:.1f}+{replay_s:.1f}",
-            cand.note,
-        ])
+        rows_overall.append(
+            [
+                name,
+                pct(est["ips"].value),
+                ci(est["ips"].ci),
+                pct(est["snips"].value),
+                ci(est["snips"].ci),
+                pct(est["dr"].value),
+                ci(est["dr"].ci),
+                f"{100 * diff:+.3f} {ci(diff_ci)}",
+                f"{est['snips'].ess:.0f}",
+                f"{pct(rep_mean)} ±{100 * rep_sd:.2f} ({rep_rows:.0f}; {n_seeds} seeds)",
+            ]
+        )
+        rows_cost.append(
+            [
+                name,
+                f"{cost['decide_us']:.0f}",
+                f"{cost['learn_us']:.0f}",
+                f"{cost['version_ms']:.1f}",
+                f"{cost['restore_ms']:.2f}",
+                cost["snapshot_bytes"],
+                f"{learn_s:.1f}+{replay_s:.1f}",
+                cand.note,
+            ]
+        )
         print(f"  {name}: done in {time.perf_counter() - ts + learn_s:.1f}s", flush=True)
 
     print()
-    print("Learnt in log order, all positions (95 % bootstrap intervals, in % CTR; diff = SNIPS - uniform, paired)")
-    print(table(["policy", "IPS", "IPS ci", "SNIPS", "SNIPS ci", "DR", "DR ci", "diff vs uniform", "ESS",
-                 "replay mean ±sd (rows; seeds)"], rows_overall))
+    print(
+        "Learnt in log order, all positions (95 % bootstrap intervals, in % CTR; diff = SNIPS - uniform, paired)"
+    )
+    print(
+        table(
+            [
+                "policy",
+                "IPS",
+                "IPS ci",
+                "SNIPS",
+                "SNIPS ci",
+                "DR",
+                "DR ci",
+                "diff vs uniform",
+                "ESS",
+                "replay mean ±sd (rows; seeds)",
+            ],
+            rows_overall,
+        )
+    )
     print()
-    second = r[n // 2:]
-    print(f"Learnt on the first half, frozen, evaluated on the second half ({len(second)} rows, "
-          f"{int(second.sum())} clicks, uniform {pct(second.mean())})")
+    second = r[n // 2 :]
+    print(
+        f"Learnt on the first half, frozen, evaluated on the second half ({len(second)} rows, "
+        f"{int(second.sum())} clicks, uniform {pct(second.mean())})"
+    )
     print(table(["policy", "SNIPS", "SNIPS ci", "diff vs uniform", "ESS"], rows_frozen))
     print()
     print("Per position")
-    print(table(["policy", "pos", "rows", "logged CTR", "IPS", "SNIPS", "SNIPS ci", "DR", "ESS"], rows_pos))
+    print(
+        table(
+            ["policy", "pos", "rows", "logged CTR", "IPS", "SNIPS", "SNIPS ci", "DR", "ESS"],
+            rows_pos,
+        )
+    )
     print()
     if a.sim_steps:
         sim_rows = []
         for name in names:
             vals = [simulate(cands[name], a.sim_steps, s) for s in range(3)]
             got, uni, best = (float(np.mean([v[i] for v in vals])) for i in range(3))
-            sim_rows.append([name, pct(got), pct(uni), pct(best), f"{(got - uni) / (best - uni):.2f}"])
+            sim_rows.append(
+                [name, pct(got), pct(uni), pct(best), f"{(got - uni) / (best - uni):.2f}"]
+            )
             results[name]["sim_ctr"] = got
             results[name]["sim_share_of_oracle_gain"] = (got - uni) / (best - uni)
-        print(f"Synthetic tie-break (known truth; {a.sim_steps} on-policy steps x 3 seeds; "
-              "12 visitor types x 10 offers): mean click probability")
+        print(
+            f"Synthetic tie-break (known truth; {a.sim_steps} on-policy steps x 3 seeds; "
+            "12 visitor types x 10 offers): mean click probability"
+        )
         print(table(["policy", "CTR", "uniform", "oracle", "share of oracle gain"], sim_rows))
         print()
     print(f"Cost ({uptime()})")
-    print(table(["policy", "µs/decision", "µs/learn", "ms/version", "ms/restore", "snapshot B",
-                 "s learn+replay", "what"], rows_cost))
+    print(
+        table(
+            [
+                "policy",
+                "µs/decision",
+                "µs/learn",
+                "ms/version",
+                "ms/restore",
+                "snapshot B",
+                "s learn+replay",
+                "what",
+            ],
+            rows_cost,
+        )
+    )
     print()
     half = (u_snips.ci[1] - u_snips.ci[0]) / 2
     print(
@@ -474,22 +589,41 @@ def main(argv: list[str] | None = None) -> None:
     )
     print(f"total {time.perf_counter() - t0:.1f}s")
     b = results[a.bandit]
-    last_line({
-        "uniform": {"ips": u_ips.value, "snips": u_snips.value},
-        "bandit": {
-            "policy": a.bandit,
-            "ips": b["ips"], "snips": b["snips"], "dr": b["dr"],
-            "snips_ci": b["snips_ci"], "diff_ci": b["diff_ci"], "ess": b["ess"],
-            "replay_mean": b["replay_mean"], "replay_rows": b["replay_rows"],
-        },
-        "candidates": {
-            name: {key: res[key] for key in ("snips", "snips_ci", "diff_ci", "ess", "replay_mean",
-                                             "frozen_snips", "frozen_diff_ci",
-                                             "decide_us", "learn_us", "snapshot_bytes")}
-            for name, res in results.items()
-        },
-        "load": uptime().rsplit("load average:", 1)[-1].strip(),
-    })
+    last_line(
+        {
+            "uniform": {"ips": u_ips.value, "snips": u_snips.value},
+            "bandit": {
+                "policy": a.bandit,
+                "ips": b["ips"],
+                "snips": b["snips"],
+                "dr": b["dr"],
+                "snips_ci": b["snips_ci"],
+                "diff_ci": b["diff_ci"],
+                "ess": b["ess"],
+                "replay_mean": b["replay_mean"],
+                "replay_rows": b["replay_rows"],
+            },
+            "candidates": {
+                name: {
+                    key: res[key]
+                    for key in (
+                        "snips",
+                        "snips_ci",
+                        "diff_ci",
+                        "ess",
+                        "replay_mean",
+                        "frozen_snips",
+                        "frozen_diff_ci",
+                        "decide_us",
+                        "learn_us",
+                        "snapshot_bytes",
+                    )
+                }
+                for name, res in results.items()
+            },
+            "load": uptime().rsplit("load average:", 1)[-1].strip(),
+        }
+    )
 
 
 if __name__ == "__main__":

@@ -39,8 +39,15 @@ from models.evaluation import brier, calibration_error, roc_auc  # noqa: E402
 from models.propensity import PropensityModel  # noqa: E402
 
 NUMERIC = [
-    "Administrative", "Administrative_Duration", "Informational", "Informational_Duration",
-    "ProductRelated", "ProductRelated_Duration", "BounceRates", "ExitRates", "PageValues",
+    "Administrative",
+    "Administrative_Duration",
+    "Informational",
+    "Informational_Duration",
+    "ProductRelated",
+    "ProductRelated_Duration",
+    "BounceRates",
+    "ExitRates",
+    "PageValues",
     "SpecialDay",
 ]
 CATEGORICAL = ["Month", "OperatingSystems", "Browser", "Region", "TrafficType", "VisitorType"]
@@ -76,7 +83,9 @@ def derive(x: dict[str, Any]) -> dict[str, Any]:
     return x
 
 
-def prequential(params: dict[str, Any], rows: list[dict[str, Any]], y: np.ndarray) -> dict[str, Any]:
+def prequential(
+    params: dict[str, Any], rows: list[dict[str, Any]], y: np.ndarray
+) -> dict[str, Any]:
     params = dict(params)
     if params.pop("_derive", False):
         rows = [derive(x) for x in rows]
@@ -148,7 +157,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("path", type=Path)
     ap.add_argument("--seed", type=int, default=42, help="shuffle and CV seed")
     ap.add_argument("--quick", action="store_true", help="the default model only, no variants")
-    ap.add_argument("--forest", action="store_true", help="also river's adaptive random forest (slow)")
+    ap.add_argument(
+        "--forest", action="store_true", help="also river's adaptive random forest (slow)"
+    )
     a = ap.parse_args(argv)
     print(uptime())
     t_start = time.perf_counter()
@@ -161,8 +172,10 @@ def main(argv: list[str] | None = None) -> None:
         "shuffled": ([rows[i] for i in order], y[order]),
     }
     half = n // 2
-    print(f"{a.path}: {n} sessions, buyer rate {y.mean():.3f} "
-          f"(file order: first half {y[:half].mean():.3f}, second half {y[half:].mean():.3f})")
+    print(
+        f"{a.path}: {n} sessions, buyer rate {y.mean():.3f} "
+        f"(file order: first half {y[:half].mean():.3f}, second half {y[half:].mean():.3f})"
+    )
 
     main_rows = []
     res: dict[str, dict[str, Any]] = {}
@@ -171,15 +184,35 @@ def main(argv: list[str] | None = None) -> None:
         res[name + "_nopv"] = prequential(DEFAULT, without(rr, "PageValues"), yy)
         for key in (name, name + "_nopv"):
             r = res[key]
-            main_rows.append([
-                key.replace("_nopv", " without PageValues"), f"{r['auc']:.4f}", f"{r['auc_second_half']:.4f}",
-                f"{r['auc_raw']:.4f}", f"{r['ece_raw']:.4f} -> {r['ece']:.4f}",
-                f"{r['brier_raw']:.4f} -> {r['brier']:.4f}", r["detections"], f"{r['us_per_step']:.0f}",
-            ])
+            main_rows.append(
+                [
+                    key.replace("_nopv", " without PageValues"),
+                    f"{r['auc']:.4f}",
+                    f"{r['auc_second_half']:.4f}",
+                    f"{r['auc_raw']:.4f}",
+                    f"{r['ece_raw']:.4f} -> {r['ece']:.4f}",
+                    f"{r['brier_raw']:.4f} -> {r['brier']:.4f}",
+                    r["detections"],
+                    f"{r['us_per_step']:.0f}",
+                ]
+            )
     print()
     print("PropensityModel defaults, prequential (predict, then learn), exact ROC AUC")
-    print(table(["order", "AUC", "AUC 2nd half", "AUC raw", "ECE raw -> calibrated",
-                 "Brier raw -> calibrated", "drifts", "µs CPU/step"], main_rows))
+    print(
+        table(
+            [
+                "order",
+                "AUC",
+                "AUC 2nd half",
+                "AUC raw",
+                "ECE raw -> calibrated",
+                "Brier raw -> calibrated",
+                "drifts",
+                "µs CPU/step",
+            ],
+            main_rows,
+        )
+    )
 
     variant_rows = []
     if not a.quick:
@@ -189,48 +222,80 @@ def main(argv: list[str] | None = None) -> None:
         for vname, params in variants.items():
             rf = prequential(params, *orders["file"])
             rs = prequential(params, *orders["shuffled"])
-            variant_rows.append([
-                vname, f"{rf['auc']:.4f}", f"{rf['auc_second_half']:.4f}", f"{rs['auc']:.4f}",
-                f"{rs['auc_second_half']:.4f}", f"{rf['ece']:.4f}", f"{rs['ece']:.4f}",
-                f"{(rf['us_per_step'] + rs['us_per_step']) / 2:.0f}", rf["snapshot_bytes"],
-            ])
+            variant_rows.append(
+                [
+                    vname,
+                    f"{rf['auc']:.4f}",
+                    f"{rf['auc_second_half']:.4f}",
+                    f"{rs['auc']:.4f}",
+                    f"{rs['auc_second_half']:.4f}",
+                    f"{rf['ece']:.4f}",
+                    f"{rs['ece']:.4f}",
+                    f"{(rf['us_per_step'] + rs['us_per_step']) / 2:.0f}",
+                    rf["snapshot_bytes"],
+                ]
+            )
         print()
         print("Variants tried (file order / shuffled)")
-        print(table(["variant", "AUC file", "2nd half", "AUC shuf", "2nd half", "ECE file", "ECE shuf",
-                     "µs CPU/step", "snapshot B"], variant_rows))
+        print(
+            table(
+                [
+                    "variant",
+                    "AUC file",
+                    "2nd half",
+                    "AUC shuf",
+                    "2nd half",
+                    "ECE file",
+                    "ECE shuf",
+                    "µs CPU/step",
+                    "snapshot B",
+                ],
+                variant_rows,
+            )
+        )
 
     t0 = time.perf_counter()
     gbm = gbm_cv(rows, y, a.seed)
     gbm_nopv = gbm_cv(without(rows, "PageValues"), y, a.seed)
     print()
-    print(f"Reference: scikit-learn HistGradientBoosting, 5-fold stratified CV: AUC {gbm:.4f} "
-          f"(without PageValues {gbm_nopv:.4f}) in {time.perf_counter() - t0:.1f}s")
+    print(
+        f"Reference: scikit-learn HistGradientBoosting, 5-fold stratified CV: AUC {gbm:.4f} "
+        f"(without PageValues {gbm_nopv:.4f}) in {time.perf_counter() - t0:.1f}s"
+    )
     targets = [
         ("AUC file order >= 0.87", res["file"]["auc"] >= 0.87),
         ("AUC shuffled >= 0.87", res["shuffled"]["auc"] >= 0.87),
         ("AUC shuffled 2nd half >= 0.88", res["shuffled"]["auc_second_half"] >= 0.88),
         ("AUC file 2nd half >= 0.83", res["file"]["auc_second_half"] >= 0.83),
-        ("AUC without PageValues >= 0.72", min(res["file_nopv"]["auc"], res["shuffled_nopv"]["auc"]) >= 0.72),
-        ("stretch: within 0.03 of GBM", max(res["file"]["auc"], res["shuffled"]["auc"]) >= gbm - 0.03),
+        (
+            "AUC without PageValues >= 0.72",
+            min(res["file_nopv"]["auc"], res["shuffled_nopv"]["auc"]) >= 0.72,
+        ),
+        (
+            "stretch: within 0.03 of GBM",
+            max(res["file"]["auc"], res["shuffled"]["auc"]) >= gbm - 0.03,
+        ),
     ]
     print()
     print(table(["target", "met"], [[t, "yes" if ok else "NO"] for t, ok in targets]))
     print(f"total {time.perf_counter() - t_start:.1f}s; {uptime()}")
-    last_line({
-        "auc_file": res["file"]["auc"],
-        "auc_shuffled": res["shuffled"]["auc"],
-        "auc_file_second_half": res["file"]["auc_second_half"],
-        "auc_shuffled_second_half": res["shuffled"]["auc_second_half"],
-        "auc_no_pagevalues": min(res["file_nopv"]["auc"], res["shuffled_nopv"]["auc"]),
-        "auc_no_pagevalues_file": res["file_nopv"]["auc"],
-        "auc_no_pagevalues_shuffled": res["shuffled_nopv"]["auc"],
-        "gbm_cv": gbm,
-        "gbm_cv_no_pagevalues": gbm_nopv,
-        "ece_file": res["file"]["ece"],
-        "ece_shuffled": res["shuffled"]["ece"],
-        "us_per_step": res["shuffled"]["us_per_step"],
-        "load": uptime().rsplit("load average:", 1)[-1].strip(),
-    })
+    last_line(
+        {
+            "auc_file": res["file"]["auc"],
+            "auc_shuffled": res["shuffled"]["auc"],
+            "auc_file_second_half": res["file"]["auc_second_half"],
+            "auc_shuffled_second_half": res["shuffled"]["auc_second_half"],
+            "auc_no_pagevalues": min(res["file_nopv"]["auc"], res["shuffled_nopv"]["auc"]),
+            "auc_no_pagevalues_file": res["file_nopv"]["auc"],
+            "auc_no_pagevalues_shuffled": res["shuffled_nopv"]["auc"],
+            "gbm_cv": gbm,
+            "gbm_cv_no_pagevalues": gbm_nopv,
+            "ece_file": res["file"]["ece"],
+            "ece_shuffled": res["shuffled"]["ece"],
+            "us_per_step": res["shuffled"]["us_per_step"],
+            "load": uptime().rsplit("load average:", 1)[-1].strip(),
+        }
+    )
 
 
 if __name__ == "__main__":

@@ -77,16 +77,25 @@ class Decision:
 
 
 class Policy(Protocol):
-    """The verbs every policy of `models.bandit` offers (context is ignored by context-free ones)."""
+    """The verbs every policy of `models.bandit` offers.
+
+    Context-free policies accept and ignore `context`, `action_features`, `slot_features` and
+    the keyword arguments of `update`, so a caller can treat every policy alike.
+    """
 
     seed: int
 
     def probabilities(
-        self, arm_ids: Sequence[ArmID], context: Context | None = None
+        self, arm_ids: Sequence[ArmID], context: Context | None = None, action_features: Any = None
     ) -> dict[ArmID, float]: ...
 
     def slot_probabilities(
-        self, arm_ids: Sequence[ArmID], n_slots: int, context: Context | None = None
+        self,
+        arm_ids: Sequence[ArmID],
+        n_slots: int,
+        context: Context | None = None,
+        action_features: Any = None,
+        slot_features: Any = None,
     ) -> list[dict[ArmID, float]]: ...
 
     def decide(
@@ -95,13 +104,32 @@ class Policy(Protocol):
         decision_id: str,
         context: Context | None = None,
         n_slots: int = 1,
+        action_features: Any = None,
+        slot_features: Any = None,
     ) -> Decision: ...
 
-    def pull(self, arm_ids: Sequence[ArmID], context: Context | None = None) -> ArmID: ...
+    def choose(
+        self,
+        arm_ids: Sequence[ArmID],
+        decision_id: str,
+        context: Context | None = None,
+        n_slots: int = 1,
+    ) -> list[ArmID]: ...
 
-    def update(self, arm_id: ArmID, reward: float, context: Context | None = None) -> None: ...
+    def update(
+        self,
+        arm_id: ArmID,
+        reward: float,
+        context: Context | None = None,
+        *,
+        probability: float | None = None,
+        arm_ids: Sequence[ArmID] | None = None,
+        action_features: Any = None,
+    ) -> None: ...
 
     def snapshot(self) -> bytes: ...
+
+    def clone(self) -> Any: ...
 
 
 def check_arms(arm_ids: Sequence[ArmID], n_slots: int = 1) -> list[ArmID]:

@@ -59,12 +59,12 @@ def referrer_type(referrer: str | None, own_host: str | None = None) -> str:
         return "other"
     if own_host and (host == own_host or host.endswith("." + own_host)):
         return "internal"
+    if any(s in host for s in _MAIL):
+        return "email"
     if any(s in host for s in _SEARCH):
         return "search"
     if any(s in host for s in _SOCIAL):
         return "social"
-    if any(s in host for s in _MAIL):
-        return "email"
     return "other"
 
 

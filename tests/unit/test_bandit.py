@@ -213,17 +213,38 @@ def test_contextual_probabilities_match_the_sampler(pol) -> None:
 @pytest.mark.parametrize("pol", contextual_policies()[:3], ids=lambda p: f"{p.kind}")
 def test_contextual_policies_learn_the_context(pol) -> None:
     train_contextual(pol, 1500)
-    assert max(pol.probabilities(ARMS, {"device": "mobile", "score": 0.5}).items(), key=lambda kv: kv[1])[0] == "a"
-    assert max(pol.probabilities(ARMS, {"device": "desktop", "score": 0.5}).items(), key=lambda kv: kv[1])[0] == "b"
+    assert (
+        max(
+            pol.probabilities(ARMS, {"device": "mobile", "score": 0.5}).items(),
+            key=lambda kv: kv[1],
+        )[0]
+        == "a"
+    )
+    assert (
+        max(
+            pol.probabilities(ARMS, {"device": "desktop", "score": 0.5}).items(),
+            key=lambda kv: kv[1],
+        )[0]
+        == "b"
+    )
 
 
 def test_action_features_reach_the_models() -> None:
-    for pol in (LinearContextual(temperature=0.2, learning_rate=0.2), VWContextual(exploration="squarecb")):
+    for pol in (
+        LinearContextual(temperature=0.2, learning_rate=0.2),
+        VWContextual(exploration="squarecb"),
+    ):
         feats = {a: {"colour": "red" if a in ("a", "c") else "blue"} for a in ARMS}
         for i in range(800):
             d = pol.decide(ARMS, f"f{i}", {}, action_features=feats)
-            pol.update(d.arm, float(feats[d.arm]["colour"] == "red"), {}, probability=d.probability,
-                       arm_ids=ARMS, action_features=feats)
+            pol.update(
+                d.arm,
+                float(feats[d.arm]["colour"] == "red"),
+                {},
+                probability=d.probability,
+                arm_ids=ARMS,
+                action_features=feats,
+            )
         p = pol.probabilities(ARMS, {}, feats)
         assert p["a"] + p["c"] > 0.7
 
