@@ -150,7 +150,7 @@ def candidates() -> dict[str, Candidate]:
         ),
         "linear": Candidate(
             "linear",
-            lambda s: LinearContextual(epsilon=0.02, temperature=0.1, learning_rate=0.1, seed=s),
+            lambda s: LinearContextual(seed=s),  # the defaults: eps 0.02, T 0.1, step 0.1
             True,
             "river LR, context x action crosses, softmax T=0.1, eps 0.02",
         ),

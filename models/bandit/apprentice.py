@@ -126,6 +126,10 @@ class Apprentice:
         obj.switched = bool(state["switched"])
         return obj
 
+    def get_params(self) -> dict[str, Any]:
+        """The hyper-parameters: exactly the constructor's arguments."""
+        return {"policy": self.policy, "agreement": self.agreement, "window": self.window}
+
     def clone(self) -> Apprentice:
         """A fresh wrapper around a fresh clone of the policy."""
         return Apprentice(self.policy.clone(), self.agreement, self.window)

@@ -154,6 +154,10 @@ class _Contextual:
     def _get_params(self) -> dict[str, Any]:
         raise NotImplementedError
 
+    def get_params(self) -> dict[str, Any]:
+        """The hyper-parameters: exactly the constructor's arguments."""
+        return self._get_params()
+
     def clone(self) -> Any:
         """A fresh, untrained policy with the same hyper-parameters (river's verb)."""
         return type(self)(**self._get_params())
@@ -205,9 +209,9 @@ class LinearContextual(_Contextual):
 
     def __init__(
         self,
-        epsilon: float = 0.05,
-        temperature: float | None = 0.5,
-        learning_rate: float = 0.05,
+        epsilon: float = 0.02,
+        temperature: float | None = 0.1,
+        learning_rate: float = 0.1,
         l2: float = 0.0,
         crosses: bool = True,
         seed: int = 0,
@@ -294,12 +298,19 @@ class LinearContextual(_Contextual):
         arm_ids: Sequence[ArmID] | None = None,
         action_features: ActionFeatures | None = None,
     ) -> None:
-        """Learn the reward of the action shown (a supervised step on its features)."""
+        """Learn the reward of the action shown (a supervised step on its features).
+
+        The logged probability is not used: on a log from another policy, learning the reward
+        of what was shown is a (direct-method) regression; exploration keeps it covered.
+        """
         r = check_reward(reward)
         af = (action_features or {}).get(arm_id)
-        self._model.learn_one(
-            self.features(context, arm_id, af), r >= 0.5 if r in (0.0, 1.0) else r
-        )
+        x = self.features(context, arm_id, af)
+        if r in (0.0, 1.0):
+            self._model.learn_one(x, r == 1.0)
+        else:  # a reward in (0, 1) is a soft label: its two sides, weighted
+            self._model.learn_one(x, True, w=r)
+            self._model.learn_one(x, False, w=1.0 - r)
         self.n += 1
 
     learn_one = update

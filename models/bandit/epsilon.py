@@ -70,6 +70,10 @@ class EpsilonGreedy(river_bandit.EpsilonGreedy):
         self.drift_delta = drift_delta
         self._drift: dict[ArmID, Adwin] = {}
 
+    def get_params(self) -> dict[str, Any]:
+        """The hyper-parameters: exactly the constructor's arguments."""
+        return self._get_params()
+
     def mean(self, arm_id: ArmID) -> float:
         """Mean reward of an arm so far (0 for an arm never updated)."""
         m = self._rewards.get(arm_id)

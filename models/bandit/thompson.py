@@ -73,6 +73,10 @@ class BetaThompson(river_bandit.ThompsonSampling):
         self._drift: dict[ArmID, Adwin] = {}
         self._cache: dict[tuple[Any, ...], Any] = {}
 
+    def get_params(self) -> dict[str, Any]:
+        """The hyper-parameters: exactly the constructor's arguments."""
+        return self._get_params()
+
     # -- state -----------------------------------------------------------------------------
 
     def posterior(self, arm_id: ArmID) -> tuple[float, float]:

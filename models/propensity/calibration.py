@@ -103,9 +103,10 @@ class BinnedCalibrator:
         self.decay = decay
         self.low = low
         self.high = high
-        self.count = [0.0] * n_bins
+        self.count = [0.0] * n_bins  # sums of weights; the newest example weighs `_w`
         self.positive = [0.0] * n_bins
         self.score_sum = [0.0] * n_bins
+        self._w = 1.0  # grows by 1 / decay per example: forgetting without touching every bin
         self.n = 0
         self._fit: list[float] | None = None
 
@@ -120,9 +121,10 @@ class BinnedCalibrator:
     def _pav(self) -> list[float]:
         rates, weights = [], []
         for k in range(self.n_bins):
+            count = self.count[k] / self._w
             mean_score = self.score_sum[k] / self.count[k] if self.count[k] > 0 else self._centre(k)
-            w = self.count[k] + self.prior
-            rates.append((self.positive[k] + self.prior * mean_score) / w)
+            w = count + self.prior
+            rates.append((self.positive[k] / self._w + self.prior * mean_score) / w)
             weights.append(w)
         # pool adjacent violators (non-decreasing)
         blocks: list[list[float]] = []  # [value, weight, size]
@@ -143,15 +145,17 @@ class BinnedCalibrator:
         return self._fit[self._bin(score)]
 
     def learn_one(self, score: float, y: bool | float) -> None:
-        if self.decay < 1.0:
-            d = self.decay
-            self.count = [c * d for c in self.count]
-            self.positive = [c * d for c in self.positive]
-            self.score_sum = [c * d for c in self.score_sum]
+        if self.n:
+            self._w /= self.decay
+        if self._w > 1e100:  # rescale before the weights overflow
+            self.count = [c / self._w for c in self.count]
+            self.positive = [c / self._w for c in self.positive]
+            self.score_sum = [c / self._w for c in self.score_sum]
+            self._w = 1.0
         k = self._bin(score)
-        self.count[k] += 1.0
-        self.positive[k] += float(y)
-        self.score_sum[k] += score
+        self.count[k] += self._w
+        self.positive[k] += self._w * float(y)
+        self.score_sum[k] += self._w * score
         self.n += 1
         self._fit = None
 
@@ -159,6 +163,7 @@ class BinnedCalibrator:
         self.count = [0.0] * self.n_bins
         self.positive = [0.0] * self.n_bins
         self.score_sum = [0.0] * self.n_bins
+        self._w = 1.0
         self.n = 0
         self._fit = None
 
@@ -173,6 +178,7 @@ class BinnedCalibrator:
             "count": self.count,
             "positive": self.positive,
             "score_sum": self.score_sum,
+            "w": self._w,
             "n": self.n,
         }
 
@@ -184,6 +190,7 @@ class BinnedCalibrator:
             list(s["positive"]),
             list(s["score_sum"]),
         )
+        obj._w = s["w"]
         obj.n = s["n"]
         return obj
 

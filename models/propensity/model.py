@@ -87,7 +87,7 @@ class PropensityModel:
         learning_rate: float = 0.02,
         l2: float = 0.0,
         log_transform: bool = True,
-        calibration: str | None = "platt",
+        calibration: str | None = "bins",
         calibration_rate: float = 0.002,
         drift_delta: float | None = 0.002,
         drift_reaction: str | None = "boost",

@@ -347,3 +347,21 @@ def test_bad_arguments_are_refused() -> None:
         VWContextual(exploration="greedy")
     with pytest.raises(ValueError):
         VWContextual().update("a", 1.0, {}, arm_ids=["a", "b"])  # no probability
+
+
+def test_contextual_policies_learn_fractional_rewards() -> None:
+    for pol in (
+        LinearContextual(temperature=0.2, learning_rate=0.2),
+        VWContextual(exploration="squarecb"),
+    ):
+        for i in range(600):
+            d = pol.decide(ARMS, f"r{i}", {"x": "y"})
+            pol.update(
+                d.arm,
+                0.8 if d.arm == "c" else 0.2,
+                {"x": "y"},
+                probability=d.probability,
+                arm_ids=ARMS,
+            )
+        p = pol.probabilities(ARMS, {"x": "y"})
+        assert max(p, key=p.get) == "c"

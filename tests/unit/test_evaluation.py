@@ -170,7 +170,7 @@ def test_replay_estimates_a_fixed_policy_on_a_uniform_log() -> None:
 def test_events_needed() -> None:
     # 2.8^2 * 2 * .005 * .995 / (.005 * .2)^2
     assert events_needed(0.005, 0.2) == pytest.approx(78_008, abs=1)
-    assert events_needed(0.005, 0.2, ess_ratio=0.5) == pytest.approx(156_016, abs=1)
+    assert events_needed(0.005, 0.2, ess_ratio=0.5) == pytest.approx(117_012, abs=1)  # (1 + 2) / 2
     with pytest.raises(ValueError):
         events_needed(0.0, 0.1)
 

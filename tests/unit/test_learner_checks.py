@@ -8,6 +8,7 @@ hyper-parameters; a snapshot of another kind is refused.
 
 from __future__ import annotations
 
+import inspect
 import pickle
 import random
 from collections.abc import Callable
@@ -219,6 +220,8 @@ def test_clone_is_fresh_with_the_same_hyper_parameters(name: str) -> None:
     model = spec.make(5)
     teach(spec, model, 0, 300)
     fresh = model.clone()
+    params = fresh.get_params()
+    assert set(params) == set(inspect.signature(type(fresh)).parameters)
     assert spec.ask(fresh) == spec.ask(spec.make(5))
     if spec.stable_bytes:
         assert fresh.snapshot() == spec.make(5).snapshot()
