@@ -162,16 +162,8 @@ def test_ensemble_round_trip(events: list[dict[str, Any]]) -> None:
     for ev in events[:600]:
         models.learn_one(ev)
     copy = RecoModels.restore(models.snapshot())
-    needed = [
-        "history",
-        "co_view",
-        "co_buy",
-        "next_item",
-        "trending",
-        "trending_in_category",
-        "affinity",
-        "cf",
-    ]
+    needed = ["history", "co_view", "co_buy", "next_item", "trending", "trending_in_category",
+              "affinity", "cf"]
     ctx = {"item_id": "i3", "category": "c3/s3", "now_ms": events[599]["ts"]}
     assert copy.candidates(needed, "v1", ctx) == models.candidates(needed, "v1", ctx)
     assert copy.visitor_state("v1") == models.visitor_state("v1")
