@@ -155,43 +155,10 @@ class Profile:
         data = msgpack.unpackb(blob, raw=False, strict_map_key=False)
         if not data or data[0] != SCHEMA_VERSION:
             raise ValueError(f"unknown profile schema {data[0] if data else None!r}")
-        (
-            _,
-            lm,
-            n,
-            first,
-            last,
-            uid,
-            aff,
-            recent,
-            cart,
-            purchased,
-            types,
-            traits,
-            segs,
-            chans,
-            aliases,
-            seen,
-            marks,
-        ) = data
-        return cls(
-            lm,
-            n,
-            first,
-            last,
-            uid,
-            aff,
-            recent,
-            cart,
-            purchased,
-            types,
-            traits,
-            segs,
-            chans,
-            aliases,
-            seen,
-            marks,
-        )
+        (_, lm, n, first, last, uid, aff, recent, cart, purchased, types, traits, segs, chans,
+         aliases, seen, marks) = data
+        return cls(lm, n, first, last, uid, aff, recent, cart, purchased, types, traits, segs,
+                   chans, aliases, seen, marks)
 
     # -- redelivery marks --------------------------------------------------------------
     def covers(self, partition: int, offset: int, record_ms: int) -> bool:
@@ -254,10 +221,8 @@ def _prune(table: dict[str, list[float]], cap: int, touched: set[str]) -> None:
     a new interest must be able to enter a full table (the forward-decay boost of later
     events then decides whether it stays)."""
     if len(table) > cap:
-        old = sorted(
-            (kv for kv in table.items() if kv[0] not in touched),
-            key=lambda kv: (-_total(kv[1]), kv[0]),
-        )
+        old = sorted((kv for kv in table.items() if kv[0] not in touched),
+                     key=lambda kv: (-_total(kv[1]), kv[0]))
         keep = old[: max(0, cap - len(touched))]
         fresh = [(k, table[k]) for k in touched if k in table]
         table.clear()
@@ -349,11 +314,7 @@ def apply_event(p: Profile, event: Mapping[str, Any], cfg: AffinityConfig) -> bo
 
 
 def _update_lists(
-    p: Profile,
-    etype: str,
-    event: Mapping[str, Any],
-    things: list[Mapping[str, Any]],
-    cfg: AffinityConfig,
+    p: Profile, etype: str, event: Mapping[str, Any], things: list[Mapping[str, Any]], cfg: AffinityConfig
 ) -> None:
     ids = [th["id"] for th in things if th.get("id")]
     if etype in ("item_view", "add_to_cart", "purchase", "click"):
@@ -367,9 +328,7 @@ def _update_lists(
     elif etype == "remove_from_cart":
         p.cart = [i for i in p.cart if i not in ids]
     elif etype == "purchase":
-        p.cart = (
-            [i for i in p.cart if i not in ids] if event.get("items") or event.get("item") else []
-        )
+        p.cart = [i for i in p.cart if i not in ids] if event.get("items") or event.get("item") else []
         for iid in ids:
             _push_front(p.purchased, iid, cfg.max_purchased)
 
@@ -480,10 +439,8 @@ def rules_view(p: Profile, now_ms: int, cfg: AffinityConfig) -> dict[str, Any]:
         "recent_items": p.recent,
         "cart": p.cart,
         "purchased": p.purchased,
-        "types": {
-            (CODE_NAMES[k] if isinstance(k, int) else k): {"count": c, "last": last * 1000}
-            for k, (c, last) in p.types.items()
-        },
+        "types": {(CODE_NAMES[k] if isinstance(k, int) else k): {"count": c, "last": last * 1000}
+                  for k, (c, last) in p.types.items()},
         "segments": p.segments,
         "traits": p.traits,
         "channels": {k: v * 1000 for k, v in p.channels.items()},

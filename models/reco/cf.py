@@ -73,8 +73,7 @@ class OnlineMF:
         self.seed = seed
         self._opt = optim.SGD(lr)
         self._init_table = np.random.default_rng(seed & 0xFFFFFFFF).normal(
-            0.0, init_scale, (INIT_ROWS, n_factors)
-        )
+            0.0, init_scale, (INIT_ROWS, n_factors))
         self._rng = seed & MASK64
         self._users: dict[str, np.ndarray] = {}
         self._items: dict[str, np.ndarray] = {}
@@ -247,9 +246,7 @@ _SQRT_HALF = math.sqrt(0.5)
 def _pack_table(table: Mapping[str, np.ndarray], width: int) -> list[Any]:
     """[ids, one little-endian f8 matrix]: one copy instead of one object per vector."""
     ids = list(table)
-    mat = (
-        np.array([table[k] for k in ids]) if ids else np.zeros((0, width))
-    )  # (np.stack: 15x slower)
+    mat = np.array([table[k] for k in ids]) if ids else np.zeros((0, width))  # (np.stack: 15x slower)
     return [ids, mat.astype("<f8").tobytes()]
 
 

@@ -19,9 +19,8 @@ RECENCY_DECAY = 0.7
 POPULARITY_EXPONENT = 0.5
 
 
-def seed_weights(
-    item_id: str | None, recent: Sequence[str], seeds: int = SEEDS, decay: float = RECENCY_DECAY
-) -> dict[str, float]:
+def seed_weights(item_id: str | None, recent: Sequence[str], seeds: int = SEEDS,
+                 decay: float = RECENCY_DECAY) -> dict[str, float]:
     """The page's item (weight 1) and the visitor's `seeds` most recent items (decaying)."""
     out: dict[str, float] = {}
     if item_id:
@@ -62,19 +61,12 @@ def history_candidates(recent: Sequence[str]) -> list[Candidate]:
     return [Candidate(iid, 1.0 / (1 + k)) for k, iid in enumerate(dict.fromkeys(recent))]
 
 
-def visitor_state(
-    profile: Profile | None, now_ms: int, cfg: AffinityConfig, top: int = 10
-) -> dict[str, Any]:
+def visitor_state(profile: Profile | None, now_ms: int, cfg: AffinityConfig,
+                  top: int = 10) -> dict[str, Any]:
     """The visitor in the shape `engine.recipes.apply` reads (no profile: a new visitor)."""
     if profile is None:
-        return {
-            "recent": [],
-            "cart": [],
-            "purchased": [],
-            "categories": {},
-            "brands": {},
-            "typical_price": None,
-        }
+        return {"recent": [], "cart": [], "purchased": [], "categories": {}, "brands": {},
+                "typical_price": None}
 
     def best(dim: str) -> dict[str, float]:
         scores = current_scores(profile, dim, now_ms, cfg)
