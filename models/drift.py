@@ -26,12 +26,14 @@ class Adwin:
         self.delta = delta
         self.clock = clock
         self.grace_period = grace_period
-        self._adwin = drift.ADWIN(delta=delta, clock=clock, grace_period=grace_period)
+        self._adwin = drift.ADWIN(  # type: ignore[no-untyped-call]
+            delta=delta, clock=clock, grace_period=grace_period
+        )
         self.detections = 0
 
     def update(self, x: float) -> bool:
         """Add one value; True when ADWIN dropped the older part of its window."""
-        self._adwin.update(float(x))
+        self._adwin.update(float(x))  # type: ignore[no-untyped-call]
         if self._adwin.drift_detected:
             self.detections += 1
             return True

@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import io
 import pickle
+from importlib.metadata import version
 from typing import Any
 
-import river
+RIVER = version("river")
 
 _ALLOWED_PREFIXES = ("river.", "models.")
 _ALLOWED = {
@@ -53,15 +54,13 @@ class _Unpickler(pickle.Unpickler):
 
 def dumps(obj: Any) -> dict[str, Any]:
     """`{"river": version, "pickle": bytes}` for a model made of river pieces."""
-    return {"river": river.__version__, "pickle": pickle.dumps(obj, protocol=5)}
+    return {"river": RIVER, "pickle": pickle.dumps(obj, protocol=5)}
 
 
 def loads(doc: dict[str, Any]) -> Any:
     """Inverse of `dumps`; ValueError for another river version or a refused global."""
-    if doc.get("river") != river.__version__:
-        raise ValueError(
-            f"snapshot made with river {doc.get('river')}, this is river {river.__version__}"
-        )
+    if doc.get("river") != RIVER:
+        raise ValueError(f"snapshot made with river {doc.get('river')}, this is river {RIVER}")
     try:
         return _Unpickler(io.BytesIO(doc["pickle"])).load()
     except (pickle.UnpicklingError, AttributeError, EOFError, TypeError) as exc:

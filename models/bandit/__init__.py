@@ -7,6 +7,8 @@ version, versioned bytes through `snapshot()` / `restore()`.
 
 from __future__ import annotations
 
+from typing import Any
+
 import msgpack
 
 from models.bandit.apprentice import Apprentice
@@ -15,7 +17,7 @@ from models.bandit.contextual import LinearContextual, VWContextual
 from models.bandit.epsilon import EpsilonGreedy
 from models.bandit.thompson import BetaThompson
 
-KINDS = {
+KINDS: dict[str, Any] = {
     "bandit.thompson": BetaThompson,
     "bandit.epsilon_greedy": EpsilonGreedy,
     "bandit.linear": LinearContextual,
@@ -24,14 +26,14 @@ KINDS = {
 }
 
 
-def restore(data: bytes):
+def restore(data: bytes) -> Any:
     """Any policy's snapshot back into its class, chosen by the kind written in the bytes."""
     try:
         doc = msgpack.unpackb(data, raw=False, strict_map_key=False)
     except Exception as exc:  # msgpack raises several types
         raise ValueError("not a policy snapshot") from exc
     kind = doc.get("kind") if isinstance(doc, dict) else None
-    cls = KINDS.get(kind)  # type: ignore[arg-type]
+    cls = KINDS.get(kind) if isinstance(kind, str) else None
     if cls is None:
         raise ValueError(f"unknown policy kind {kind!r}")
     return cls.restore(data)

@@ -22,6 +22,15 @@ KIND = "bandit.apprentice"
 VERSION = 1
 
 
+def _top(probs: dict[ArmID, float], arms: list[ArmID]) -> ArmID:
+    """The most probable arm (the first of the list among ties)."""
+    best = arms[0]
+    for a in arms:
+        if probs.get(a, 0.0) > probs.get(best, 0.0):
+            best = a
+    return best
+
+
 class Apprentice:
     """Wrap any policy of `models.bandit` in apprentice mode.
 
@@ -48,7 +57,7 @@ class Apprentice:
 
     @property
     def seed(self) -> int:
-        return self.policy.seed
+        return int(self.policy.seed)
 
     @property
     def mode(self) -> str:
@@ -79,12 +88,10 @@ class Apprentice:
         if len(base) != n_slots or any(b not in arms for b in base):
             raise ValueError("baseline must name one of the arms per slot")
         if self.switched:
-            return self.policy.decide(arms, decision_id, context, n_slots, **kwargs)
+            out: Decision = self.policy.decide(arms, decision_id, context, n_slots, **kwargs)
+            return out
         probs = self.policy.slot_probabilities(arms, n_slots, context, **kwargs)
-        agreed = all(
-            max(arms, key=lambda a, p=p: (p.get(a, 0.0), -arms.index(a))) == b
-            for p, b in zip(probs, base, strict=True)
-        )
+        agreed = all(_top(p, arms) == b for p, b in zip(probs, base, strict=True))
         self._recent.append(agreed)
         if len(self._recent) >= self.window and sum(self._recent) >= self.agreement * len(
             self._recent

@@ -21,14 +21,16 @@ of any probability when the grid is doubled. Against a 4,096-point reference the
 from __future__ import annotations
 
 import numpy as np
-from scipy import special
+from scipy import special  # type: ignore[import-untyped]
 
 _TAILS = np.array([1e-13, 1e-10, 1e-8, 1e-6, 1e-5, 1e-4, 3e-4, 1e-3])
 _XI = np.array([-np.sqrt(0.6), 0.0, np.sqrt(0.6)])
 _W = np.array([5.0 / 9.0, 8.0 / 9.0, 5.0 / 9.0])
 
 
-def _check(alphas: np.ndarray | list[float], betas: np.ndarray | list[float]) -> tuple:
+def _check(
+    alphas: np.ndarray | list[float], betas: np.ndarray | list[float]
+) -> tuple[np.ndarray, np.ndarray]:
     a = np.asarray(alphas, dtype=float)
     b = np.asarray(betas, dtype=float)
     if a.shape != b.shape or a.ndim != 1 or len(a) == 0:
@@ -69,13 +71,13 @@ def _others_product(f: np.ndarray) -> np.ndarray:
     ones = np.ones((1, f.shape[1]))
     prefix = np.vstack([ones, np.cumprod(f, axis=0)[:-1]])
     suffix = np.vstack([np.cumprod(f[::-1], axis=0)[::-1][1:], ones])
-    return prefix * suffix
+    return np.asarray(prefix * suffix)
 
 
 def _first(a: np.ndarray, b: np.ndarray, points_per_arm: int) -> np.ndarray:
     x, w = _nodes(a, b, points_per_arm)
     cdf, pdf = _densities(a, b, x)
-    return (pdf * _others_product(cdf)) @ w
+    return np.asarray((pdf * _others_product(cdf)) @ w)
 
 
 def max_probabilities(
@@ -127,4 +129,4 @@ def rank_probabilities(
         new[:, 1:, :] += cur[:, :-1, :] * (1.0 - cdf[j])
         dp[mask] = new
     out = np.einsum("kn,ksn,n->ks", pdf, dp, w)
-    return out / out.sum(axis=0, keepdims=True)
+    return np.asarray(out / out.sum(axis=0, keepdims=True))

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import math
 import os
+import random
 import re
 import tempfile
 from collections.abc import Mapping, Sequence
@@ -58,6 +59,7 @@ class _Contextual:
 
     kind = ""
     seed = 0
+    _rng: random.Random
 
     def pmf(
         self,
@@ -453,7 +455,7 @@ class VWContextual(_Contextual):
         return args
 
     def _workspace(self, model_file: str | None = None) -> Any:
-        from vowpalwabbit import Workspace
+        from vowpalwabbit import Workspace  # type: ignore[import-untyped]
 
         args = self._args() + (["-i", model_file] if model_file else [])
         return Workspace(arg_list=args)

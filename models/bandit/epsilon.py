@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
 from river import bandit as river_bandit
 from river import stats
@@ -74,9 +74,12 @@ class EpsilonGreedy(river_bandit.EpsilonGreedy):
         """The hyper-parameters: exactly the constructor's arguments."""
         return self._get_params()
 
+    def _stat(self, arm_id: ArmID) -> stats.Mean:
+        return cast(stats.Mean, self._rewards[arm_id])
+
     def mean(self, arm_id: ArmID) -> float:
         """Mean reward of an arm so far (0 for an arm never updated)."""
-        m = self._rewards.get(arm_id)
+        m = cast("stats.Mean | None", self._rewards.get(arm_id))
         return float(m.get()) if m is not None else 0.0
 
     @property
@@ -84,7 +87,7 @@ class EpsilonGreedy(river_bandit.EpsilonGreedy):
         """Per arm, how many times the drift reaction fired."""
         return {arm: d.detections for arm, d in self._drift.items() if d.detections}
 
-    def update(  # type: ignore[override]
+    def update(
         self,
         arm_id: ArmID,
         reward: float,
@@ -96,7 +99,7 @@ class EpsilonGreedy(river_bandit.EpsilonGreedy):
     ) -> None:
         """Learn one reward in [0, 1] for `arm_id` (context and the rest are ignored)."""
         r = check_reward(reward)
-        m = self._rewards[arm_id]
+        m = self._stat(arm_id)
         m.update(r)
         self._counts[arm_id] += 1
         self._n += 1
@@ -171,7 +174,7 @@ class EpsilonGreedy(river_bandit.EpsilonGreedy):
     ) -> list[ArmID]:
         """The arms `decide` would show, without computing probabilities (cheap)."""
         arms = check_arms(arm_ids, n_slots)
-        return self._ranking(arms, decision_rng(self.seed, decision_id))[:n_slots]
+        return self._ranking(arms, decision_rng(int(self.seed or 0), decision_id))[:n_slots]
 
     def decide(
         self,
@@ -184,7 +187,7 @@ class EpsilonGreedy(river_bandit.EpsilonGreedy):
     ) -> Decision:
         """Explore or exploit (seeded by the decision id) and show the first `n_slots` arms."""
         arms = check_arms(arm_ids, n_slots)
-        ranked = self._ranking(arms, decision_rng(self.seed, decision_id))
+        ranked = self._ranking(arms, decision_rng(int(self.seed or 0), decision_id))
         probs = self.slot_probabilities(arms, n_slots)
         return Decision(
             decision_id,
@@ -196,8 +199,8 @@ class EpsilonGreedy(river_bandit.EpsilonGreedy):
         """river's verb: one decision from the policy's own random source."""
         return self._ranking(check_arms(arm_ids), self._rng)[0]
 
-    def _pull(self, arm_ids):  # pragma: no cover - river's hook, replaced by pull
-        return self.pull(arm_ids)
+    def _pull(self, arm_ids: list[ArmID]) -> ArmID:  # type: ignore[override]
+        return self.pull(arm_ids)  # river's hook, replaced by pull
 
     def snapshot(self) -> bytes:
         """Versioned msgpack bytes: hyper-parameters, each arm's mean and count, drift windows."""
@@ -208,8 +211,8 @@ class EpsilonGreedy(river_bandit.EpsilonGreedy):
                 "params": self._get_params(),
                 "n": self._n,
                 "arms": [
-                    [arm, float(m.n), float(m._mean), self._counts[arm]]
-                    for arm, m in self._rewards.items()
+                    [arm, float(self._stat(arm).n), float(self._stat(arm)._mean), self._counts[arm]]
+                    for arm in map(str, self._rewards)
                 ],
                 "drift": [[arm, d.state()] for arm, d in self._drift.items()],
             },
@@ -221,7 +224,7 @@ class EpsilonGreedy(river_bandit.EpsilonGreedy):
         state = unpack(data, KIND, VERSION)
         obj = cls(**state["params"])
         for arm, n, mean, count in state["arms"]:
-            m = obj._rewards[arm]
+            m = obj._stat(arm)
             m.n, m._mean = n, mean
             obj._counts[arm] = count
         obj._n = state["n"]

@@ -18,7 +18,7 @@ decisions:
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 from river import bandit as river_bandit
@@ -65,7 +65,7 @@ class BetaThompson(river_bandit.ThompsonSampling):
     ) -> None:
         if alpha <= 0 or beta <= 0:
             raise ValueError("alpha and beta must be > 0")
-        super().__init__(reward_obj=proba.Beta(alpha, beta), burn_in=0, seed=seed)
+        super().__init__(reward_obj=proba.Beta(alpha, beta), burn_in=0, seed=seed)  # type: ignore[arg-type]
         self.alpha = alpha
         self.beta = beta
         self.drift_delta = drift_delta
@@ -79,9 +79,12 @@ class BetaThompson(river_bandit.ThompsonSampling):
 
     # -- state -----------------------------------------------------------------------------
 
+    def _post(self, arm_id: ArmID) -> proba.Beta:
+        return cast(proba.Beta, self._rewards[arm_id])
+
     def posterior(self, arm_id: ArmID) -> tuple[float, float]:
         """(alpha, beta) of an arm's posterior (the prior for an arm never updated)."""
-        post = self._rewards.get(arm_id)
+        post = cast("proba.Beta | None", self._rewards.get(arm_id))
         if post is None:
             return float(self.alpha), float(self.beta)
         return float(post.alpha), float(post.beta)
@@ -91,7 +94,7 @@ class BetaThompson(river_bandit.ThompsonSampling):
         """Per arm, how many times the drift reaction fired."""
         return {arm: d.detections for arm, d in self._drift.items() if d.detections}
 
-    def update(  # type: ignore[override]
+    def update(
         self,
         arm_id: ArmID,
         reward: float,
@@ -103,9 +106,9 @@ class BetaThompson(river_bandit.ThompsonSampling):
     ) -> None:
         """Learn one reward in [0, 1] for `arm_id` (context and the rest are ignored)."""
         r = check_reward(reward)
-        post = self._rewards[arm_id]
-        post.alpha += r
-        post.beta += 1.0 - r
+        post = self._post(arm_id)
+        post.alpha += r  # type: ignore[assignment]  # river types Beta's counts as int
+        post.beta += 1.0 - r  # type: ignore[assignment]
         self._counts[arm_id] += 1
         self._n += 1
         self._cache.clear()
@@ -114,8 +117,8 @@ class BetaThompson(river_bandit.ThompsonSampling):
             if det is None:
                 det = self._drift[arm_id] = Adwin(self.drift_delta)
             if det.update(r):
-                post.alpha = self.alpha + det.mean * det.width
-                post.beta = self.beta + (1.0 - det.mean) * det.width
+                post.alpha = self.alpha + det.mean * det.width  # type: ignore[assignment]
+                post.beta = self.beta + (1.0 - det.mean) * det.width  # type: ignore[assignment]
 
     learn_one = update
 
@@ -144,7 +147,7 @@ class BetaThompson(river_bandit.ThompsonSampling):
         key = (tuple(arms), n_slots)
         hit = self._cache.get(key)
         if hit is not None:
-            return hit
+            return cast(list[dict[ArmID, float]], hit)
         a, b = self._params(arms)
         if n_slots == 1:
             from models.bandit.betamax import max_probabilities
@@ -177,7 +180,7 @@ class BetaThompson(river_bandit.ThompsonSampling):
     ) -> list[ArmID]:
         """The arms `decide` would show, without computing probabilities (cheap)."""
         arms = check_arms(arm_ids, n_slots)
-        return self._draws(arms, decision_rng(self.seed, decision_id))[:n_slots]
+        return self._draws(arms, decision_rng(int(self.seed or 0), decision_id))[:n_slots]
 
     def decide(
         self,
@@ -190,7 +193,7 @@ class BetaThompson(river_bandit.ThompsonSampling):
     ) -> Decision:
         """Draw every posterior once (seeded by the decision id) and show the top `n_slots`."""
         arms = check_arms(arm_ids, n_slots)
-        ranked = self._draws(arms, decision_rng(self.seed, decision_id))
+        ranked = self._draws(arms, decision_rng(int(self.seed or 0), decision_id))
         probs = self.slot_probabilities(arms, n_slots)
         slots = tuple(Slot(ranked[s], probs[s][ranked[s]], probs[s]) for s in range(n_slots))
         return Decision(decision_id, slots, KIND)
@@ -200,8 +203,8 @@ class BetaThompson(river_bandit.ThompsonSampling):
         arms = check_arms(arm_ids)
         return self._draws(arms, self._rng)[0]
 
-    def _pull(self, arm_ids):  # pragma: no cover - river's hook, replaced by pull
-        return self.pull(arm_ids)
+    def _pull(self, arm_ids: list[ArmID]) -> ArmID:  # type: ignore[override]
+        return self.pull(arm_ids)  # river's hook, replaced by pull
 
     # -- snapshots -------------------------------------------------------------------------
 
@@ -214,8 +217,8 @@ class BetaThompson(river_bandit.ThompsonSampling):
                 "params": self._get_params(),
                 "n": self._n,
                 "arms": [
-                    [arm, float(p.alpha), float(p.beta), self._counts[arm]]
-                    for arm, p in self._rewards.items()
+                    [arm, *self.posterior(arm), self._counts[arm]]
+                    for arm in map(str, self._rewards)
                 ],
                 "drift": [[arm, d.state()] for arm, d in self._drift.items()],
             },
@@ -227,7 +230,7 @@ class BetaThompson(river_bandit.ThompsonSampling):
         state = unpack(data, KIND, VERSION)
         obj = cls(**state["params"])
         for arm, a, b, count in state["arms"]:
-            post = obj._rewards[arm]
+            post = obj._post(arm)
             post.alpha, post.beta = a, b
             obj._counts[arm] = count
         obj._n = state["n"]

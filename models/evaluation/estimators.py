@@ -20,7 +20,7 @@ the effective sample size (sum w)^2 / sum(w^2) (Kish): how many rows the estimat
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -65,7 +65,7 @@ def _arrays(**kw: object) -> dict[str, np.ndarray]:
 
 def importance_weights(target: np.ndarray, logging: np.ndarray) -> np.ndarray:
     """w = target / logging."""
-    return np.asarray(target, dtype=float) / np.asarray(logging, dtype=float)
+    return np.asarray(np.asarray(target, dtype=float) / np.asarray(logging, dtype=float))
 
 
 def effective_sample_size(weights: np.ndarray) -> float:
@@ -77,24 +77,26 @@ def effective_sample_size(weights: np.ndarray) -> float:
 
 def _ips(a: Arrays) -> np.ndarray:
     w = a["target"] / a["logging"]
-    return np.mean(w * a["rewards"], axis=-1)
+    return np.asarray(np.mean(w * a["rewards"], axis=-1))
 
 
 def _snips(a: Arrays) -> np.ndarray:
     w = a["target"] / a["logging"]
     den = np.sum(w, axis=-1)
-    return np.where(den > 0, np.sum(w * a["rewards"], axis=-1) / np.where(den > 0, den, 1.0), 0.0)
+    return np.asarray(
+        np.where(den > 0, np.sum(w * a["rewards"], axis=-1) / np.where(den > 0, den, 1.0), 0.0)
+    )
 
 
 def _dr(a: Arrays) -> np.ndarray:
     w = a["target"] / a["logging"]
-    return np.mean(a["q_target"] + w * (a["rewards"] - a["q_logged"]), axis=-1)
+    return np.asarray(np.mean(a["q_target"] + w * (a["rewards"] - a["q_logged"]), axis=-1))
 
 
 STATISTICS: dict[str, Callable[[Arrays], np.ndarray]] = {"ips": _ips, "snips": _snips, "dr": _dr}
 
 
-def _resamples(n: int, n_bootstrap: int, seed: int):
+def _resamples(n: int, n_bootstrap: int, seed: int) -> Iterator[np.ndarray]:
     rng = np.random.default_rng(seed)
     done = 0
     while done < n_bootstrap:
@@ -191,8 +193,8 @@ def difference(
     same for both; `target`, and for DR `q_logged` / `q_target`, their own).
     """
     stat = STATISTICS[name]
-    aa = _arrays(**a)  # type: ignore[arg-type]
-    bb = _arrays(**b)  # type: ignore[arg-type]
+    aa = _arrays(**a)
+    bb = _arrays(**b)
     n = len(aa["rewards"])
     if len(bb["rewards"]) != n:
         raise ValueError("the two policies must be evaluated on the same log")

@@ -76,7 +76,7 @@ def _ctx(ev: Mapping[str, Any]) -> Mapping[str, Any]:
 def _utm_medium(ctx: Mapping[str, Any]) -> str | None:
     utm = ctx.get("utm")
     if isinstance(utm, Mapping) and isinstance(utm.get("medium"), str):
-        return utm["medium"].lower()
+        return str(utm["medium"]).lower()
     return None
 
 

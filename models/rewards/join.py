@@ -253,11 +253,11 @@ class RewardJoin:
 
     def _unindex(self, key: tuple[str, int], d: LoggedDecision) -> None:
         for index, name in ((self._by_decision, d.decision_id), (self._by_visitor, d.visitor_id)):
-            keys = index.get(name) if name else None
-            if keys is not None:
-                keys.discard(key)
-                if not keys:
-                    del index[name]
+            if name is None or name not in index:
+                continue
+            index[name].discard(key)
+            if not index[name]:
+                del index[name]
 
     def decision(self, d: LoggedDecision) -> None:
         """Open the window of a logged decision (a repeated delivery changes nothing)."""
