@@ -272,6 +272,12 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument(
         "--forest", action="store_true", help="also river's adaptive random forest (slow)"
     )
+    ap.add_argument(
+        "--events",
+        type=Path,
+        default=None,
+        help="also a Taobao or REES46 event log: purchase and exit propensity per event",
+    )
     a = ap.parse_args(argv)
     print(uptime())
     t_start = time.perf_counter()
@@ -380,7 +386,7 @@ def main(argv: list[str] | None = None) -> None:
         print()
         print(
             f"Per event on {a.events} ({ev_res['events']} events; session features -> two models, "
-            f"labels learnt when the session closes; {ev_res['us_per_event']:.0f} µs CPU per event)"
+            f"each example learnt 30 minutes after its event; {ev_res['us_per_event']:.0f} µs CPU per event)"
         )
         print(
             table(

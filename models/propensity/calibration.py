@@ -7,7 +7,8 @@ see out-of-sample scores, as live traffic gives.
   log loss with a constant step, so it follows a drifting base rate.
 * `BinnedCalibrator`: isotonic regression by bins: scores fall into bins cut evenly in log-odds;
   each bin keeps (exponentially forgotten) counts of outcomes, shrunk toward the bin's own score;
-  the answer is the pool-adjacent-violators fit over the bins, so it is monotone in the score.
+  the answer is the pool-adjacent-violators fit over the bins, interpolated between bin
+  centres, so it is monotone in the score.
 """
 
 from __future__ import annotations
@@ -140,9 +141,18 @@ class BinnedCalibrator:
         return out
 
     def predict_one(self, score: float) -> float:
+        """The fit at the score, interpolated linearly between bin centres (in log-odds), so it
+        stays monotone without turning every score of a bin into a tie."""
         if self._fit is None:
             self._fit = self._pav()
-        return self._fit[self._bin(score)]
+        t = (_logit(score) - self.low) / (self.high - self.low) * self.n_bins - 0.5
+        if t <= 0.0:
+            return self._fit[0]
+        if t >= self.n_bins - 1:
+            return self._fit[-1]
+        k = int(t)
+        frac = t - k
+        return self._fit[k] * (1.0 - frac) + self._fit[k + 1] * frac
 
     def learn_one(self, score: float, y: bool | float) -> None:
         if self.n:

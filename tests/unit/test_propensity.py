@@ -149,12 +149,14 @@ def test_calibrators_fix_miscalibrated_scores(cal) -> None:
 
 
 def test_binned_calibrator_forgets_with_decay() -> None:
-    cal = BinnedCalibrator(decay=0.99)
-    for _ in range(2000):
-        cal.learn_one(0.3, False)
-    for _ in range(500):
-        cal.learn_one(0.3, True)
-    assert cal.predict_one(0.3) > 0.9  # the recent outcomes dominate
+    forgetful, steady = BinnedCalibrator(decay=0.99), BinnedCalibrator(decay=1.0)
+    for cal in (forgetful, steady):
+        for _ in range(2000):
+            cal.learn_one(0.3, False)
+        for _ in range(500):
+            cal.learn_one(0.3, True)
+    assert forgetful.predict_one(0.3) > 0.6  # the recent outcomes dominate
+    assert steady.predict_one(0.3) < 0.3  # 500 of 2,500
 
 
 def synthetic_sessions(n: int, seed: int, flip_at: int | None = None):
