@@ -105,6 +105,58 @@ def cdf(bins: Sequence[tuple[float, float]], t_s: float) -> float:
     return min(1.0, total)
 
 
+def levels_of(categories: Sequence[str]) -> list[str]:
+    """The category levels a purchase counts in: the root, then every path of the item's first
+    category from the top down (`["*", "a", "a/b"]`)."""
+    paths = item_categories({"categories": list(categories)[:1]}, prefixes=True)
+    return [ROOT, *paths]
+
+
+def row_increments(delay_s: float | None) -> dict[int, float]:
+    """What one purchase adds to a level's counter row (index -> amount): `n`, and for a rebuy
+    `r` and the delay's bin (count and log delay). The online hook turns these into HINCRBYs."""
+    out = {0: 1.0}
+    if delay_s is not None:
+        b = delay_bin(delay_s)
+        out[1] = 1.0
+        out[2 + 2 * b] = 1.0
+        out[3 + 2 * b] = math.log(max(delay_s, FIRST_EDGE_S))
+    return out
+
+
+def shrunk_estimate(
+    chain: Sequence[tuple[Sequence[float] | None, float]], prior_rate: float
+) -> tuple[float, list[tuple[float, float]]]:
+    """(p, delay bins as (mass, mean log delay)) from counter rows, most general first, each
+    with its shrinkage strength (None: no row, skipped). Pure: the learner and a reader of the
+    same counters kept in Redis both call it."""
+    p = prior_rate
+    bins = list(UNIFORM)
+    for row, k in chain:
+        if row is None:
+            continue
+        n, r = row[0], row[1]
+        p = (r + k * p) / (n + k)
+        mixed = []
+        for b, (mass, mu) in enumerate(bins):
+            count, sum_log = row[2 + 2 * b], row[3 + 2 * b]
+            prior = k * mass
+            weight = count + prior
+            mixed.append((weight / (r + k), (sum_log + prior * mu) / weight if weight > 0 else mu))
+        bins = mixed
+    return p, bins
+
+
+def rebuy_chance(p: float, bins: Sequence[tuple[float, float]], elapsed_s: float,
+                 horizon_s: float) -> float:
+    """P(a rebuy within `horizon_s` from now | bought `elapsed_s` ago, none since)."""
+    e = max(0.0, elapsed_s)
+    f_e = cdf(bins, e)
+    f_eh = cdf(bins, e + horizon_s)
+    still = 1.0 - p * f_e
+    return 0.0 if still <= 0 else max(0.0, min(1.0, p * (f_eh - f_e) / still))
+
+
 class Repurchase:
     """Learnt repurchase rates and delays; decides whether a bought item stays recommendable."""
 
@@ -176,7 +228,7 @@ class Repurchase:
         """Count one purchase of `item_id`; `delay_s` is the time since the same visitor's
         previous purchase of it (None: the first). What `learn_one` calls; the online hook calls
         the same with the profile's purchase times."""
-        levels = self._levels(categories)
+        levels = levels_of(categories)
         row = self._items.pop(item_id, None) or [0.0] * ROW
         self._items[item_id] = row
         if categories:
@@ -186,14 +238,10 @@ class Repurchase:
             crow = self._cats.pop(level, None) or [0.0] * ROW
             self._cats[level] = crow
             rows.append(crow)
-        b = None if delay_s is None else delay_bin(delay_s)
-        log_d = math.log(max(delay_s or 0.0, FIRST_EDGE_S))
+        inc = row_increments(delay_s)
         for r in rows:
-            r[0] += 1.0
-            if b is not None:
-                r[1] += 1.0
-                r[2 + 2 * b] += 1.0
-                r[3 + 2 * b] += log_d
+            for idx, amount in inc.items():
+                r[idx] += amount
         while len(self._items) > self.max_items:
             old = next(iter(self._items))
             del self._items[old]
@@ -202,40 +250,19 @@ class Repurchase:
             old = next(k for k in self._cats if k != ROOT) if len(self._cats) > 1 else ROOT
             del self._cats[old]
 
-    @staticmethod
-    def _levels(categories: Sequence[str]) -> list[str]:
-        """Root first, then every category path from the top down (first category's chain)."""
-        paths = item_categories({"categories": list(categories)[:1]}, prefixes=True)
-        return [ROOT, *paths]
-
     # ------------------------------------------------------------------ estimates
     def estimate(self, item_id: str, categories: Sequence[str] | None = None
                  ) -> tuple[float, list[tuple[float, float]], float]:
         """(p: share of purchases followed by a rebuy, delay bins as (mass, mean log delay),
         purchases seen at the item's own level), shrunk from the root down to the item."""
         cats = list(categories) if categories else self._item_cats.get(item_id, [])
-        p = self.prior_rate
-        bins = list(UNIFORM)
-        k0 = self.prior_strength
-        chain: list[tuple[list[float] | None, float]] = [
-            (self._cats.get(level), k0 if level == ROOT else self.shrinkage)
-            for level in self._levels(cats)
+        chain: list[tuple[Sequence[float] | None, float]] = [
+            (self._cats.get(level), self.prior_strength if level == ROOT else self.shrinkage)
+            for level in levels_of(cats)
         ]
-        chain.append((self._items.get(item_id), self.shrinkage))
-        for row, k in chain:
-            if row is None:
-                continue
-            n, r = row[0], row[1]
-            p = (r + k * p) / (n + k)
-            mixed = []
-            for b, (mass, mu) in enumerate(bins):
-                count, sum_log = row[2 + 2 * b], row[3 + 2 * b]
-                prior = k * mass
-                weight = count + prior
-                mixed.append((weight / (r + k),
-                              (sum_log + prior * mu) / weight if weight > 0 else mu))
-            bins = mixed
-        own = chain[-1][0]
+        own = self._items.get(item_id)
+        chain.append((own, self.shrinkage))
+        p, bins = shrunk_estimate(chain, self.prior_rate)
         return p, bins, own[0] if own else 0.0
 
     def chance(self, item_id: str, bought_ms: int, now_ms: int,
@@ -244,11 +271,7 @@ class Repurchase:
         bought it at `bought_ms` and not since."""
         p, bins, _ = self.estimate(item_id, categories)
         h = (self.horizon_s * 1000.0 if horizon_ms is None else float(horizon_ms)) / 1000.0
-        e = max(0.0, (now_ms - bought_ms) / 1000.0)
-        f_e = cdf(bins, e)
-        f_eh = cdf(bins, e + h)
-        still = 1.0 - p * f_e
-        return 0.0 if still <= 0 else max(0.0, min(1.0, p * (f_eh - f_e) / still))
+        return rebuy_chance(p, bins, (now_ms - bought_ms) / 1000.0, h)
 
     def decide(self, item_id: str, bought_ms: int, now_ms: int,
                horizon_ms: float | None = None,

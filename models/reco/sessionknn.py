@@ -105,6 +105,8 @@ def score_sessions(
             w = sim
             if lambda_neigh > 0:
                 w *= math.exp(-abs(idx - anchor) / lambda_neigh)
+            if w <= 0:
+                continue
             scores[iid] = scores.get(iid, 0.0) + w
             if w > best.get(iid, (0.0, ""))[0]:
                 best[iid] = (w, via)

@@ -11,9 +11,14 @@ from models.reco import RecoModels, Repurchase
 from models.reco.repurchase import (
     N_BINS,
     REASON_KEEP,
+    ROW,
     UNIFORM,
     cdf,
     delay_bin,
+    levels_of,
+    rebuy_chance,
+    row_increments,
+    shrunk_estimate,
     visitor_horizon_ms,
 )
 
@@ -131,3 +136,32 @@ def test_memory_stays_bounded() -> None:
         many.learn_one(buy("v", f"i{k}", k, "c"))
     assert many.bought("v") == [("i4", T0 + 4 * DAY), ("i3", T0 + 3 * DAY)]
     assert "*" in model._cats  # the root is never evicted
+
+
+def test_counters_kept_elsewhere_give_the_same_decision() -> None:
+    """What the online path does: add `row_increments` to per-level counters (Redis hashes),
+    then `shrunk_estimate` + `rebuy_chance` on what it reads back."""
+    model = Repurchase()
+    shop(model)
+    counters: dict[str, list[float]] = {}
+    last: dict[tuple[str, str], int] = {}
+    events = []
+    shop(type("Sink", (), {"learn_one": lambda self, e: events.append(e)})())
+    for e in events:
+        item = e["items"][0]
+        key = (e["visitor_id"], item["id"])
+        delay = None if key not in last else (e["ts"] - last[key]) / 1000.0
+        last[key] = e["ts"]
+        for level in [*levels_of(item["categories"]), "i:" + item["id"]]:
+            row = counters.setdefault(level, [0.0] * ROW)
+            for idx, amount in row_increments(delay).items():
+                row[idx] += amount
+    now = T0 + 400 * DAY
+    for iid, cats in (("milk", ["grocery/dairy"]), ("cartridge", ["office/ink"]),
+                      ("sofa1", ["furniture/sofas"])):
+        chain = [(counters.get(level), 2.0 if level == "*" else 5.0)
+                 for level in [*levels_of(cats), "i:" + iid]]
+        p, bins = shrunk_estimate(chain, 0.05)
+        for days in (1, 4, 28):
+            online = rebuy_chance(p, bins, days * 86400.0, 7 * 86400.0)
+            assert online == pytest.approx(model.chance(iid, now - days * DAY, now))
