@@ -114,7 +114,7 @@ class Session:
 def session_key(event: Mapping[str, Any]) -> str:
     """The beacon's session id of an event (`context.session_id`), or "" if it carries none."""
     ctx = event.get("context")
-    if not isinstance(ctx, Mapping):
+    if not ctx or not isinstance(ctx, Mapping):
         return ""
     key = ctx.get("session_id")
     if isinstance(key, int) and not isinstance(key, bool):
@@ -124,11 +124,14 @@ def session_key(event: Mapping[str, Any]) -> str:
     return key.strip()[:MAX_KEY_CHARS]
 
 
-def starts_new(session: Session | None, event: Mapping[str, Any], cfg: SessionConfig) -> bool:
-    """Whether `event` opens a new session after `session` (the visitor's current one)."""
+def starts_new(session: Session | None, event: Mapping[str, Any], cfg: SessionConfig,
+               key: str | None = None) -> bool:
+    """Whether `event` opens a new session after `session` (the visitor's current one); `key`:
+    the event's `session_key`, if the caller has it already."""
     if session is None or session.seq == 0:
         return True
-    key = session_key(event)
+    if key is None:
+        key = session_key(event)
     if key and session.key:
         return key != session.key
     return int(event["ts"]) - session.last_ms > cfg.gap_ms
@@ -161,7 +164,7 @@ def advance(session: Session | None, event: Mapping[str, Any],
     """
     ts = int(event["ts"])
     key = session_key(event)
-    if starts_new(session, event, cfg):
+    if starts_new(session, event, cfg, key):
         prev = session if session is not None and session.seq else None
         gap = 0.0
         if prev is not None:

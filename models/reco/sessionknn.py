@@ -40,7 +40,7 @@ from typing import Any, NamedTuple
 
 from models.reco.base import Candidate, Event, event_items, pack, top_n, unpack
 from models.reco.cooccurrence import CO_VIEW_TYPES
-from models.session import SESSION_GAP_MS, Session, SessionConfig, advance
+from models.session import SESSION_GAP_MS, Session, SessionConfig, session_key, starts_new
 
 KIND = "kairos.reco.sessionknn"
 VERSION = 1
@@ -169,9 +169,16 @@ class SessionKNN:
             return None
         vid = str(event["visitor_id"])
         ts = int(event["ts"])
-        prev = self._visitors.pop(vid, None)
-        session = advance(prev, {"ts": ts, "context": event.get("context"), "type": "other"},
-                          self._cfg)
+        session = self._visitors.pop(vid, None)
+        key = session_key(event)
+        if session is None or starts_new(session, event, self._cfg, key):
+            session = Session(seq=session.seq + 1 if session else 1, key=key, start_ms=ts,
+                              last_ms=ts)
+        else:
+            if not session.key:
+                session.key = key
+            if ts > session.last_ms:
+                session.last_ms = ts
         self._visitors[vid] = session
         uid = f"{vid}#{session.seq}"
         self.add(uid, ids, ts)
