@@ -56,3 +56,20 @@ def test_the_replay_loads_the_staged_recipe_and_apply_blends_session_knn() -> No
     assert [c.item_id for c in cands["session_knn"]][:2] == ["a", "b"]
     recs = apply(recipe, cands, lambda _i: None, models.visitor_state("me"), context, 5)
     assert recs[0].item_id == "b"
+
+
+def test_derived_session_log_keeps_views_only_without_categories(tmp_path: Path) -> None:
+    csv = tmp_path / "tb.csv"
+    rows = [(1, 10, 5, "pv", 1000), (1, 11, 5, "cart", 1010), (1, 12, 6, "pv", 1020),
+            (1, 13, 6, "pv", 1020 + 3600), (2, 10, 5, "buy", 1030), (2, 14, 7, "pv", 1040)]
+    csv.write_text("".join(f"{u},{i},{c},{b},{t}\n" for u, i, c, b, t in rows))
+    bench = _bench()
+    out = bench.derive_session_log(str(csv), str(tmp_path))
+    from streams.sources import load_events
+
+    events = load_events(out)
+    assert [(e["visitor_id"], e["item"]) for e in events] == [
+        ("tb1#1", {"id": "10"}), ("tb1#1", {"id": "12"}), ("tb2#1", {"id": "14"}),
+        ("tb1#2", {"id": "13"})]
+    assert {e["type"] for e in events} == {"item_view"}
+    assert bench.blend([["a", "b"], ["b", "c"]], [1.0, 1.0], 2, {"c"}) == ["b", "a"]
