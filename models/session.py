@@ -111,6 +111,29 @@ class Session:
         }
 
 
+def features(session: Session | None, now_ms: int, cfg: SessionConfig = SessionConfig()
+             ) -> dict[str, float]:
+    """"This session" as numbers for a propensity learner (exit intent, purchase): plain floats,
+    every key always present (a visitor without a session gets zeros)."""
+    if session is None or session.seq == 0:
+        return dict.fromkeys(FEATURES, 0.0)
+    return {
+        "session_events": float(session.events),
+        "session_age_s": session.age_ms(now_ms) / 1000.0,
+        "session_viewed": float(len(session.viewed)),
+        "session_carted": float(len(session.carted)),
+        "session_bought": float(len(session.bought)),
+        "session_open": 1.0 if session.is_open(now_ms, cfg) else 0.0,
+        "session_idle_s": max(0, now_ms - session.last_ms) / 1000.0,
+        "returning": 1.0 if session.seq > 1 else 0.0,
+        "return_gap_h": session.return_gap_ms / 3_600_000.0,
+    }
+
+
+FEATURES = ("session_events", "session_age_s", "session_viewed", "session_carted",
+            "session_bought", "session_open", "session_idle_s", "returning", "return_gap_h")
+
+
 def session_key(event: Mapping[str, Any]) -> str:
     """The beacon's session id of an event (`context.session_id`), or "" if it carries none."""
     ctx = event.get("context")

@@ -119,7 +119,7 @@ class SessionKNN:
     def __init__(
         self,
         k: int = 100,
-        sample_size: int = 500,
+        sample_size: int = 200,
         lambda_pos: float = 2.0,
         lambda_time_s: float = 0.0,
         lambda_neigh: float = 2.0,
@@ -127,7 +127,7 @@ class SessionKNN:
         event_types: Iterable[str] = CO_VIEW_TYPES,
         gap_ms: int = SESSION_GAP_MS,
         max_session_items: int = 20,
-        sessions_per_item: int = 100,
+        sessions_per_item: int = 50,
         max_sessions: int = 50_000,
         max_items: int = 50_000,
         max_visitors: int = 100_000,

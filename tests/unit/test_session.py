@@ -13,6 +13,7 @@ from models.session import (
     SessionConfig,
     SessionTracker,
     advance,
+    features,
     session_key,
     session_uid,
     split_sessions,
@@ -136,3 +137,12 @@ def test_config_is_validated() -> None:
         SessionConfig(gap_ms=0)
     with pytest.raises(ValueError):
         SessionConfig(max_items=0)
+
+
+def test_features_for_propensity_learners() -> None:
+    got = run([ev(0, "a"), ev(60 * 24, "b"), ev(60 * 24 + 1, "c", "add_to_cart")])
+    f = features(got[-1], T0 + int((60 * 24 + 11) * MIN))
+    assert f == {"session_events": 2.0, "session_age_s": 660.0, "session_viewed": 2.0,
+                 "session_carted": 1.0, "session_bought": 0.0, "session_open": 1.0,
+                 "session_idle_s": 600.0, "returning": 1.0, "return_gap_h": 24.0}
+    assert set(features(None, T0)) == set(f) and not any(features(None, T0).values())
