@@ -2,9 +2,8 @@
 
 import ast
 import builtins
-from pathlib import Path
-
 import html
+from pathlib import Path
 
 import pytest
 from markupsafe import escape
