@@ -14,8 +14,10 @@ from typing import Any
 
 from engine import metrics
 from engine.eventlog import EventLog, LogUnavailable, group_by_visitor
+from engine.flows.health import WriteGate
 from engine.flows.stats import LiveStats
 from engine.logic import events as spec
+from engine.logic.memory import describe
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,10 +29,12 @@ class Unavailable:
 
 
 class Ingest:
-    def __init__(self, log: EventLog, live: LiveStats, retry_after_s: int) -> None:
+    def __init__(self, log: EventLog, live: LiveStats, retry_after_s: int,
+                 gate: WriteGate | None = None) -> None:
         self.log = log
         self.live = live
         self.retry_after_s = retry_after_s
+        self.gate = gate
 
     def screen(self, raw: Sequence[Any], now_ms: int) -> tuple[list[spec.Event], list[dict[str, Any]]]:
         """Validate each event on its own and count the rejections: (good events, rejections)."""
@@ -42,7 +46,12 @@ class Ingest:
         return good, [r.as_dict() for r in bad]
 
     async def append(self, good: Sequence[spec.Event]) -> Unavailable | None:
-        """Append validated events to the log; None once the broker acknowledged them."""
+        """Append validated events to the log; None once the broker acknowledged them.
+        Nothing is appended while Redis is too full for the stream to apply it."""
+        if self.gate is not None and self.gate.full:
+            metrics.STORE_FULL_REFUSALS.inc()
+            state = f" ({describe(self.gate.state)})" if self.gate.state else ""
+            return Unavailable(f"the state store is full{state}; retry later", self.retry_after_s)
         start = time.perf_counter()
         try:
             await self.log.append(group_by_visitor(good))

@@ -282,6 +282,7 @@ def decode_any(body: bytes, media_type: str) -> Any:
     msgspec raises RecursionError (not a decode error) on very deep input (~1,000 levels):
     that is a 400 too. Below it, only the free-form fields (`props`, `context`) may nest, and
     `check_event` bounds them; unknown fields are dropped by the typed conversion."""
+    decoder: msgspec.msgpack.Decoder[Any] | msgspec.json.Decoder[Any]
     if media_type in MSGPACK_TYPES:
         kind, decoder = "msgpack", _mp_any
     elif media_type in JSON_TYPES:

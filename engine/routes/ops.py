@@ -18,13 +18,16 @@ async def healthz(request: Request) -> Response:
 async def readyz(request: Request) -> Response:
     checks = await svc(request).health.checks()
     ok = all(v == "ok" for v in checks.values())
-    return json_response({"status": "ready" if ok else "not ready", "checks": checks}, 200 if ok else 503)
+    retry = None if ok else {"Retry-After": str(svc(request).settings.retry_after_s)}
+    return json_response({"status": "ready" if ok else "not ready", "checks": checks},
+                         200 if ok else 503, headers=retry)
 
 
 async def get_metrics(request: Request) -> Response:
     s = svc(request)
     workers = await s.health.workers()
-    return Response(metrics.render(s.metrics_dir, workers), media_type="text/plain; version=0.0.4")
+    return Response(metrics.render(s.metrics_dir, workers) + s.health.store_lines(),
+                    media_type="text/plain; version=0.0.4")
 
 
 async def get_openapi(request: Request) -> Response:

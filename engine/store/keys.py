@@ -136,3 +136,6 @@ def cf_snapshot(group_id: str, partition: int) -> str:
     """String: the snapshot of one partition's online-CF model (models/reco/cf.py), so that the
     worker that gets the partition next resumes from it."""
     return f"kcf:s:{group_id}:{partition}"
+
+
+WRITE_PROBE = "kx:probe"  # string with a short TTL: each API process's "can Redis still write?"
