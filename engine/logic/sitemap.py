@@ -33,6 +33,7 @@ __all__ = [
     "SitemapError",
     "beacon_bundle",
     "compile_sitemap",
+    "served_sitemap",
     "load",
 ]
 
@@ -475,13 +476,27 @@ def load(path: str | Path) -> dict[str, Any]:
     return compile_sitemap(text, str(p))
 
 
+def served_sitemap(sitemap: dict[str, Any]) -> dict[str, Any]:
+    """What the beacon reads of a compiled sitemap: without what it never looks at (`version`,
+    each page type's `kind`, empty `zones`, `exit_intent.enabled` when true, its default), so
+    that every site downloads fewer bytes."""
+    out = {k: v for k, v in sitemap.items() if k != "version"}
+    out["page_types"] = [{k: v for k, v in pt.items() if k != "kind" and (k != "zones" or v)}
+                         for pt in sitemap.get("page_types", [])]
+    if isinstance(ex := sitemap.get("exit_intent"), dict) and ex.get("enabled") is True:
+        out["exit_intent"] = {k: v for k, v in ex.items() if k != "enabled"}
+    return out
+
+
 def beacon_bundle(sitemap: dict[str, Any], beacon_js: bytes) -> tuple[bytes, str]:
     """The body the engine serves at ``GET /sdk/kairos.js``, and its strong ETag.
 
-    ``window.__kairosSitemap=<json>;`` followed by the static beacon bytes. The JSON is ASCII-only
-    and has ``<`` escaped, so it is safe as JavaScript source in any context.
+    ``window.__kairosSitemap=<json>;`` (the `served_sitemap`) followed by the static beacon
+    bytes. The JSON is ASCII-only and has ``<`` escaped, so it is safe as JavaScript source in
+    any context.
     """
-    js = json.dumps(sitemap, separators=(",", ":"), ensure_ascii=True, sort_keys=False)
+    js = json.dumps(served_sitemap(sitemap), separators=(",", ":"), ensure_ascii=True,
+                    sort_keys=False)
     head = ("window.__kairosSitemap=" + js.replace("<", "\\u003c") + ";\n").encode("ascii")
     body = head + beacon_js
     return body, '"' + hashlib.sha256(body).hexdigest()[:32] + '"'

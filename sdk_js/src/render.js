@@ -1,21 +1,29 @@
 // Rendering of decisions inside Shadow DOM, so page styles don't reach in and ours don't leak out.
-// The server's templates already sanitise content.html; clean() is a second line of defence that
-// removes active content (scripts, frames, on* handlers, javascript: URLs). Titles are text.
+// The server's templates already sanitise content.html (nh3, engine/logic/decisions/templates.py);
+// clean() is a second line of defence with the same allow-list: tags and attributes it knows, URLs
+// http(s), mailto or on this host (never //host); anything else is dropped. Titles are text.
 
-// Only what the popup needs to be a modal; the look comes with the server's template html.
+// Only what the popup needs to be a modal, scoped to our own top-level elements (content can't
+// borrow them); the look comes with the server's template html.
 const CSS =
-  '<style>:host{all:initial;display:block}a{color:inherit}[role=dialog]{position:fixed;z-index:2147483647;top:50%;left:50%;' +
-  'transform:translate(-50%,-50%);background:#fff;padding:1em}.bg{position:fixed;inset:0;z-index:2147483646;background:#0008}.x{float:right}</style>';
+  '<style>:host{all:initial;display:block}a{color:inherit}img{max-width:100%}:host>.bg,:host>[role]{position:fixed;z-index:2147483647}' +
+  ':host>[role]{top:50%;left:50%;transform:translate(-50%,-50%);background:#fff;padding:1em}:host>.bg{inset:0;background:#0008}.x{float:right}</style>';
 const FOCUSABLE = 'a[href],button,input,select,textarea,[tabindex="0"]';
+// the allow-list (engine/logic/decisions/templates.py TAGS, ATTRIBUTES, url_allowed)
+const TAGS = /^(a|b|i|em|strong|u|s|small|[bh]r|p|div|span|h[1-6]|[uo]l|li|img|button|form|input|label)$/;
+const ATTRS = /^(class|title|href|src|alt|type|name|placeholder|required|value|(data|aria)-.+)$/;
+// what a URL may start with, once stripped of the control characters browsers ignore
+const URL_OK = /^(https?:|mailto:|[#?]|\/(?![/\\])|[^:/\\][^:]*$)/i;
 
 export function clean(doc, html) {
   const t = doc.createElement('template');
-  t.innerHTML = html == null ? '' : html;
-  for (const n of t.content.querySelectorAll('*')) {
-    if (/^(script|i?frame|object|embed|meta)$/i.test(n.tagName)) n.remove();
-    for (const a of [...n.attributes])
-      if (/^on|=\W*(javascript|vbscript|data):/i.test(a.name + '=' + a.value.replace(/\s/g, ''))) n.removeAttribute(a.name);
-  }
+  t.innerHTML = html ?? '';
+  for (const n of t.content.querySelectorAll('*'))
+    if (!TAGS.test(n.localName)) n.remove();
+    else
+      for (const { name, value } of [...n.attributes])
+        if (!ATTRS.test(name) || (/^(href|src)$/.test(name) && !URL_OK.test(value.replace(/[\0- ]/g, ''))))
+          n.removeAttribute(name);
   return t.content;
 }
 

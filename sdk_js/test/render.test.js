@@ -23,19 +23,24 @@ const html = (frag) => {
 };
 
 describe('clean', () => {
-  it('removes scripts, frames, handlers and javascript: URLs, keeps the rest', () => {
+  it('keeps only the tags and attributes it knows, and safe URLs', () => {
     const out = html(
       clean(
         document,
-        '<p onclick="x()" class="a">hi<script>alert(1)</script></p>' +
+        '<p onclick="x()" class="a" style="position:fixed">hi<script>alert(1)</script></p>' +
           '<iframe src="https://x"></iframe><img src=x onerror="alert(1)">' +
           '<a href=" java\tscript:alert(1)">j</a><a href="/ok" title="t">ok</a>' +
-          '<form action="javascript:x()"><input type=email></form><style>p{color:red}</style>',
+          '<form action="https://evil.example" data-kairos-form="email"><input type=email name=e formaction=/x></form>' +
+          '<style>p{color:red}</style><link rel=stylesheet href=/x.css><meta http-equiv=refresh content=0>' +
+          '<svg><animate attributeName=href to=javascript:alert(1) /><a href=javascript:alert(2)>s</a></svg>' +
+          '<a href="//evil.example">p</a><a href="/\\evil.example">q</a><a href="/\t/evil.example">r</a>' +
+          '<a href="https://ok.example/x" target=_top>h</a><a href="mailto:a@b.c">m</a><a href="data:text/html,x">d</a>',
       ),
     );
     expect(out).toBe(
       '<p class="a">hi</p><img src="x"><a>j</a><a href="/ok" title="t">ok</a>' +
-        '<form><input type="email"></form><style>p{color:red}</style>',
+        '<form data-kairos-form="email"><input type="email" name="e"></form>' +
+        '<a>p</a><a>q</a><a>r</a><a href="https://ok.example/x">h</a><a href="mailto:a@b.c">m</a><a>d</a>',
     );
   });
   it('accepts missing html', () => {
