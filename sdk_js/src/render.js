@@ -34,8 +34,10 @@ function shadow(host, html) {
   return r;
 }
 
-/** Report clicks on links and buttons inside `root` (not the close button). */
+/** Report clicks on links and buttons inside `root` (not the close button). A form never
+ * submits the page (its action was stripped: it would reload the page with its fields). */
 function onClicks(root, report) {
+  root.addEventListener('submit', (e) => e.preventDefault());
   root.addEventListener('click', (e) => {
     const el = e.target.closest('a,button');
     if (el && el.className !== 'x') report('click', { href: el.getAttribute('href') || undefined });
