@@ -3,12 +3,12 @@
 // clean() is a second line of defence with the same allow-list: tags and attributes it knows, URLs
 // http(s), mailto or on this host (never //host); anything else is dropped. Titles are text.
 
-// Only what the popup needs to be a modal, scoped to our own top-level elements (content can't
-// borrow them); the look comes with the server's template html.
+// The popup is a native modal <dialog> (top layer, the page behind it inert, Esc); the look comes
+// with the server's template html. Nothing here is borrowed by content: no class or role styles.
 const CSS =
-  '<style>:host{all:initial;display:block}a{color:inherit}img{max-width:100%}:host>.bg,:host>[role]{position:fixed;z-index:2147483647}' +
-  ':host>[role]{top:50%;left:50%;transform:translate(-50%,-50%);background:#fff;padding:1em}:host>.bg{inset:0;background:#0008}.x{float:right}</style>';
-const FOCUSABLE = 'a[href],button,input,select,textarea,[tabindex="0"]';
+  '<style>:host{all:initial;display:block}a{color:inherit}img{max-width:100%}dialog{padding:0;border:0}dialog>div{padding:1em}' +
+  'dialog::backdrop{background:#0008}.x{float:right}</style>';
+const FOCUSABLE = 'a[href],button,input';
 // the allow-list (engine/logic/decisions/templates.py TAGS, ATTRIBUTES, url_allowed)
 const TAGS = /^(a|b|i|em|strong|u|s|small|[bh]r|p|div|span|h[1-6]|[uo]l|li|img|button|form|input|label)$/;
 const ATTRS = /^(class|title|href|src|alt|type|name|placeholder|required|value|(data|aria)-.+)$/;
@@ -61,9 +61,9 @@ export function renderZone(host, d, report) {
 }
 
 /**
- * Show an accessible modal popup: role=dialog, aria-modal, labelled by its title, focus moved in
- * and trapped, Esc / close button / backdrop dismiss, focus returned. An email form inside calls
- * onEmail(email). Returns {close, root}.
+ * Show an accessible modal popup: a native modal <dialog> (the page behind it inert, focus kept
+ * inside), labelled by its title, focus moved in; Esc / close button / backdrop dismiss, focus
+ * returned. An email form inside calls onEmail(email). Returns {close, root}.
  */
 export function showPopup(doc, d, report, onEmail) {
   const prev = doc.activeElement;
@@ -71,44 +71,32 @@ export function showPopup(doc, d, report, onEmail) {
   host.setAttribute('data-kairos-popup', d.zone);
   const root = shadow(
     host,
-    '<div class=bg></div><div role=dialog part=dialog aria-modal=true aria-labelledby=t tabindex=-1>' +
-      '<button class=x part=close type=button aria-label=Close>\u00d7</button><h2 id=t></h2></div>',
+    '<dialog part=dialog aria-labelledby=t><div><button class=x part=close type=button aria-label=Close>\u00d7</button><h2 id=t></h2></div></dialog>',
   );
   const dlg = root.lastChild;
-  const x = dlg.firstChild;
-  fill(dlg, d, 'Offer');
+  const box = dlg.firstChild;
+  const x = box.firstChild;
+  fill(box, d, 'Offer');
   onClicks(root, report);
 
   const close = (why) => {
     if (!host.parentNode) return;
     host.remove();
-    doc.removeEventListener('keydown', key, true);
     report('dismiss', { via: why });
     if (prev) prev.focus();
   };
-  const key = (e) => {
-    if (e.key === 'Escape') close('esc');
-    if (e.key !== 'Tab') return;
-    const f = dlg.querySelectorAll(FOCUSABLE);
-    const a = root.activeElement;
-    const edge = e.shiftKey ? f[0] : f[f.length - 1];
-    if (!a || a === edge) {
-      e.preventDefault();
-      (e.shiftKey ? f[f.length - 1] : f[0]).focus();
-    }
-  };
-  doc.addEventListener('keydown', key, true);
+  dlg.onclose = () => close('esc'); // only Esc (a close request) closes it natively
+  dlg.onclick = (e) => e.target == dlg && close('backdrop'); // the ::backdrop: the dialog itself
   x.onclick = () => close('close');
-  root.querySelector('.bg').onclick = () => close('backdrop');
   dlg.addEventListener('submit', (e) => {
     const form = e.target;
     const email = form.querySelector('input[type=email]');
     if (!email) return;
-    e.preventDefault();
     if (!/^[^\s@]+@[^\s@]+$/.test(email.value.trim())) return;
     onEmail(email.value.trim());
     form.replaceWith(form.getAttribute('data-kairos-thanks') || 'Thank you!');
   });
-  (dlg.querySelectorAll(FOCUSABLE)[1] || x).focus();
+  dlg.showModal();
+  (box.querySelectorAll(FOCUSABLE)[1] || x).focus();
   return { close, root };
 }

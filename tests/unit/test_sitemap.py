@@ -396,13 +396,13 @@ def test_served_sitemap_drops_what_the_beacon_never_reads():
         page_types:
           home: {url: /, zones: {hero: "#hero"}}
           checkout: {url: /checkout}
-        exit_intent: {enabled: true, scope: page}
+        exit_intent: {enabled: true, scope: page, min_seconds: 5, idle_seconds: 12}
         """
     )
     out = served_sitemap(sm)
     assert "version" not in out and all("kind" not in pt for pt in out["page_types"])
     assert out["page_types"][0]["zones"] == {"hero": "#hero"} and "zones" not in out["page_types"][1]
-    assert out["exit_intent"] == {k: v for k, v in sm["exit_intent"].items() if k != "enabled"}
+    assert out["exit_intent"] == {"scope": "page", "idle_ms": 12000}  # the beacon's defaults left out
     off = compile_("page_types:\n  home: {url: /}\nexit_intent: {enabled: false}\n")
     assert served_sitemap(off)["exit_intent"]["enabled"] is False
 
