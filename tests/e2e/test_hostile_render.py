@@ -81,7 +81,8 @@ def test_a_hostile_campaign_renders_inert_inside_its_zone(
 
     page.route("**/v1/decide*", hostile_decide)
     page.goto(f"{shop.base}/demo")
-    page.wait_for_function("() => !!(document.querySelector('#hero') || {}).shadowRoot")
+    page.wait_for_function("() => !!(document.querySelector('#hero') || {}).shadowRoot",
+                           timeout=45_000)
     for sel in ("#j", "#k", "#p", "#h", "button"):  # what a visitor would click
         loc = page.locator(f"#hero {sel}")
         if loc.count():
