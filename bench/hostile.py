@@ -1,6 +1,7 @@
 """Hostile input, the heavy runs (issue 16): what each bound costs and holds under abuse.
 
-    python bench/hostile.py [--sse 2000] [--rate 50] [--seconds 15] [--ids 100000] [--body-mb 100]
+    python bench/hostile.py [--sse 2000] [--sse-spread 0] [--rate 50] [--seconds 15] [--ids 100000]
+                            [--body-mb 100]
 
 Starts Valkey, Apache Kafka, the API (1 process, `sse_max_listeners` at its default) and a stream
 worker, with the shipped config plus one campaign whose targeting is the regex `/(a|a)*$`, then:
@@ -102,36 +103,51 @@ async def _ingest(base: str, rate: float, seconds: float) -> list[float]:
     return lat
 
 
-async def _storm(base: str, n: int, hold_s: float) -> dict[str, int]:
-    """n clients open /v1/stats/stream at once and hold what they got for hold_s."""
-    import httpx
+async def _storm(base: str, n: int, hold_s: float, spread_s: float = 0.0) -> dict[str, int]:
+    """n clients open /v1/stats/stream (at once, or spread evenly over spread_s) and hold what
+    they got for hold_s. Raw sockets, so that the storm costs this process little CPU (on a
+    2-core machine a heavy client would slow the API by competing for the cores)."""
+    from urllib.parse import urlsplit
 
+    u = urlsplit(base)
+    host, port = u.hostname or "127.0.0.1", u.port or 80
+    request = (f"GET /v1/stats/stream HTTP/1.1\r\nHost: {host}:{port}\r\n"
+               "Accept: text/event-stream\r\n\r\n").encode()
     got: Counter[str] = Counter()
-    limits = httpx.Limits(max_connections=n + 10, max_keepalive_connections=0)
-    async with httpx.AsyncClient(base_url=base, timeout=30, limits=limits) as client:
-        async def one() -> None:
-            try:
-                async with client.stream("GET", "/v1/stats/stream") as r:
-                    got[str(r.status_code)] += 1
-                    if r.status_code == 200:
-                        end = time.monotonic() + hold_s
-                        async for _ in r.aiter_bytes():
-                            if time.monotonic() > end:
-                                break
-            except Exception as exc:  # noqa: BLE001 - counted, not fatal
-                got[type(exc).__name__] += 1
 
-        await asyncio.gather(*(one() for _ in range(n)))
+    async def one(k: int) -> None:
+        if spread_s:
+            await asyncio.sleep(spread_s * k / n)
+        writer = None
+        try:
+            reader, writer = await asyncio.open_connection(host, port)
+            writer.write(request)
+            status = (await asyncio.wait_for(reader.readline(), 30)).split(b" ")[1].decode()
+            got[status] += 1
+            if status == "200":
+                end = time.monotonic() + hold_s
+                while time.monotonic() < end and await reader.read(65536):
+                    pass
+        except Exception as exc:  # noqa: BLE001 - counted, not fatal
+            got[type(exc).__name__] += 1
+        finally:
+            if writer is not None:
+                writer.close()
+
+    await asyncio.gather(*(one(k) for k in range(n)))
     return dict(got)
 
 
-def ingest_with_storm(st: BenchStack, rate: float, seconds: float, sse: int) -> dict[str, Any]:
+def ingest_with_storm(st: BenchStack, rate: float, seconds: float, sse: int,
+                      spread_s: float = 0.0) -> dict[str, Any]:
     base = st.base_url
     say(f"ingest alone: {rate:.0f} req/s x 20 events for {seconds:.0f}s…")
     alone = asyncio.run(_ingest(base, rate, seconds))
-    say(f"ingest while {sse} SSE clients try to connect…")
+    how = f"over {spread_s:.0f}s" if spread_s else "at once"
+    say(f"ingest while {sse} SSE clients try to connect {how}…")
     storm = subprocess.Popen([sys.executable, __file__, "--storm", base, "--sse", str(sse),
-                              "--seconds", str(seconds)], stdout=subprocess.PIPE, text=True)
+                              "--seconds", str(seconds), "--sse-spread", str(spread_s)],
+                             stdout=subprocess.PIPE, text=True)
     time.sleep(1.0)  # the storm is connecting
     rss0 = rss_bytes(st.pid("api"))
     during = asyncio.run(_ingest(base, rate, seconds))
@@ -139,6 +155,7 @@ def ingest_with_storm(st: BenchStack, rate: float, seconds: float, sse: int) -> 
     out, _ = storm.communicate(timeout=seconds + 60)
     counts = json.loads(out.strip().splitlines()[-1])
     return {"alone": summary_ms(alone), "with_storm": summary_ms(during), "sse_attempts": sse,
+            "sse_spread_s": spread_s,
             "sse_answers": counts, "api_rss_mib_during_storm": mib(rss1), "api_rss_mib_before": mib(rss0),
             "cap": st.settings.sse_max_listeners}
 
@@ -307,10 +324,13 @@ def main() -> int:
     ap.add_argument("--seconds", type=float, default=15.0)
     ap.add_argument("--ids", type=int, default=100_000)
     ap.add_argument("--body-mb", type=int, default=100)
+    ap.add_argument("--sse-spread", type=float, default=0.0,
+                    help="spread the SSE attempts over this many seconds (0: all at once)")
     ap.add_argument("--storm", metavar="URL", help=argparse.SUPPRESS)  # the SSE client process
     args = ap.parse_args()
     if args.storm:
-        print(json.dumps(asyncio.run(_storm(args.storm, args.sse, args.seconds + 2))), flush=True)
+        print(json.dumps(asyncio.run(_storm(args.storm, args.sse, args.seconds + 2,
+                                            args.sse_spread))), flush=True)
         return 0
 
     import resource
@@ -333,7 +353,7 @@ def main() -> int:
         st.start_worker()
         time.sleep(3)
         figures["amplifiers"] = amplifiers()
-        figures["ingest"] = ingest_with_storm(st, args.rate, args.seconds, args.sse)
+        figures["ingest"] = ingest_with_storm(st, args.rate, args.seconds, args.sse, args.sse_spread)
         i = figures["ingest"]
         say(f"/v1/events p99 alone {i['alone']['p99_ms']} ms, with {args.sse} SSE attempts "
             f"{i['with_storm']['p99_ms']} ms; SSE answers {i['sse_answers']} (cap {i['cap']})")
