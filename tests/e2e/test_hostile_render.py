@@ -14,7 +14,7 @@ import json
 import time
 
 import pytest
-from playwright.sync_api import BrowserContext, Route
+from playwright.sync_api import BrowserContext
 
 from tests.conftest import Stack
 
@@ -71,15 +71,20 @@ def test_a_hostile_campaign_renders_inert_inside_its_zone(
     requests: list[str] = []
     page.on("request", lambda req: requests.append(req.url))
 
-    def hostile_decide(route: Route) -> None:
-        body = json.loads(route.request.post_data or "{}")
-        decisions = [{"zone": "home_hero", "decision_id": "d-hostile", "campaign": "evil",
-                      "variant": "a", "control": False,
-                      "content": {"title": "<img src=x onerror=alert(0)>", "html": PAYLOADS[name]}}]
-        route.fulfill(status=200, content_type="application/json",
-                      body=json.dumps({"visitor_id": body.get("visitor_id"), "decisions": decisions}))
-
-    page.route("**/v1/decide*", hostile_decide)
+    # the page's own fetch answers /v1/decide with the hostile decision, in the browser (a route
+    # handler in this process could answer after the beacon's 300 ms decide timeout on a busy
+    # machine); every other request goes to the engine
+    decision = {"zone": "home_hero", "decision_id": "d-hostile", "campaign": "evil", "variant": "a",
+                "control": False,
+                "content": {"title": "<img src=x onerror=alert(0)>", "html": PAYLOADS[name]}}
+    page.add_init_script(f"""(() => {{
+      const real = window.fetch.bind(window);
+      const decision = {json.dumps(decision)};
+      window.fetch = (url, init) => String(url).includes('/v1/decide')
+        ? Promise.resolve(new Response(JSON.stringify({{visitor_id: 'v', decisions: [decision]}}),
+            {{status: 200, headers: {{'content-type': 'application/json'}}}}))
+        : real(url, init);
+    }})();""")
     page.goto(f"{shop.base}/demo")
     page.wait_for_function("() => !!(document.querySelector('#hero') || {}).shadowRoot",
                            timeout=45_000)

@@ -22,7 +22,7 @@ import msgspec
 import pytest
 import redis as redis_sync
 
-from engine.embedded import EmbeddedRedis, free_port
+from engine.embedded import EmbeddedRedis, free_port, terminate
 from engine.logic import events as spec
 from engine.settings import Settings
 from models.affinity import MAX_TRAITS
@@ -309,25 +309,37 @@ def _first_snapshot(base: str, timeout: float = 20.0) -> bytes:
     raise AssertionError("no snapshot")
 
 
-def test_ten_thousand_channels_in_a_second_keep_the_snapshot_small(stack: Stack) -> None:
-    tag = uuid.uuid4().hex[:6]
-    events = [ev(uid(), n, "page_view", channel=f"ch{tag}{n}") for n in range(10_000)]
-    with httpx.Client(base_url=stack.base, timeout=30) as client:
-        for i in range(0, 10_000, 500):
-            assert client.post("/v1/events", json=events[i:i + 500]).json()["accepted"] == 500
-
-    def applied() -> bool:  # a sample of the flood's visitors have their profiles
-        return all(stack.profile(events[k]["visitor_id"]).status_code == 200
-                   for k in (0, 1, 2_500, 5_000, 7_500, 9_998, 9_999))
-
-    wait_for(applied, timeout=180, what="the 10,000 events applied")
-    time.sleep(2.5)  # the API's window re-reads the last seconds once a second
-    frame = _first_snapshot(stack.base)
-    assert len(frame) < 256 * 1024, len(frame)
-    snap = msgspec.json.decode(frame.split(b"data: ", 1)[1])
-    by_channel = snap["rates"]["by_channel"]
-    assert "other" in by_channel and len(by_channel) <= 17, sorted(by_channel)[:20]
-    assert all(len(s["by_channel"]) <= 9 for s in snap["series"])
+def test_ten_thousand_channels_in_a_second_keep_the_snapshot_small(
+        make_stack: Callable[..., Stack]) -> None:
+    stack = make_stack(name="hostile-channels")
+    try:
+        tag = uuid.uuid4().hex[:6]
+        vids = [uid() for _ in range(50)]
+        events = [ev(vids[n % 50], n, "page_view", channel=f"ch{tag}{n}") for n in range(10_000)]
+        with httpx.Client(base_url=stack.base, timeout=30) as client:
+            for i in range(0, 10_000, 500):
+                assert client.post("/v1/events", json=events[i:i + 500]).json()["accepted"] == 500
+        for v in vids:
+            stack.wait_profile(v, 200, timeout=180)
+        # an API process re-reads only the last seconds (late writers); a worker slower than
+        # that on a busy machine would leave the flood out of this one's window: a fresh
+        # process reads the whole window
+        terminate([stack.api], 15)
+        stack.start_api()
+        frame = _first_snapshot(stack.base)
+        assert len(frame) < 256 * 1024, len(frame)
+        snap = msgspec.json.decode(frame.split(b"data: ", 1)[1])
+        # the flood is in the 5-minute series, folded: 8 names and "other" per second at most
+        flooded = [s["by_channel"] for s in snap["series"] if s["by_channel"].get("other", 0) > 1000]
+        assert flooded, [s["by_channel"] for s in snap["series"]][-20:]
+        assert sum(c.get("other", 0) + sum(v for k, v in c.items() if k != "other")
+                   for c in (s["by_channel"] for s in snap["series"])) >= 10_000
+        assert all(len(s["by_channel"]) <= 9 for s in snap["series"])
+        assert len(snap["rates"]["by_channel"]) <= 17  # the last 10 s: 16 names and "other"
+        for v in vids[:3]:
+            assert len(stack.profile(v).json()["channels"]) == 32  # the profile keeps 32
+    finally:
+        stack.stop()
 
 
 def test_sse_listeners_are_capped_per_process(make_stack: Callable[..., Stack]) -> None:
