@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import orjson
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.routing import BaseRoute, Mount, Route
@@ -24,6 +25,7 @@ from engine.gate import Shield, guard
 from engine.logic.access import METRICS, OPEN, OPEN_SIGNED_IN, SIGNED_IN, Policy, needs
 from engine.logic.access import Scope as Can
 from engine.routes import (
+    MAX_REQUEST_BYTES,
     access,
     admin,
     catalog,
@@ -165,6 +167,60 @@ class _Timing:
                 live.observe(f"route:{path}", elapsed)
 
 
+class _TooLarge(Exception):
+    pass
+
+
+class _BodyLimit:
+    """Every request body is measured while it streams in, whatever the route: past `limit`
+    bytes (or a Content-Length above it) the answer is 413 and nothing more is buffered.
+    Routes keep their own, smaller limits (`engine.routes.read_body`)."""
+
+    def __init__(self, app: ASGIApp, limit: int = MAX_REQUEST_BYTES) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def _refuse(self, send: Send) -> None:
+        reason = f"must be at most {self.limit} bytes"
+        body = orjson.dumps({"error": f"body {reason}", "field": "body", "reason": reason})
+        await send({"type": "http.response.start", "status": 413,
+                    "headers": [(b"content-type", b"application/json"),
+                                (b"content-length", str(len(body)).encode()),
+                                (b"connection", b"close")]})
+        await send({"type": "http.response.body", "body": body})
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        for name, value in scope["headers"]:
+            if name == b"content-length" and value.isdigit() and int(value) > self.limit:
+                await self._refuse(send)
+                return
+        seen = 0
+        started = False
+
+        async def receive_() -> Any:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.limit:
+                    raise _TooLarge
+            return message
+
+        async def send_(message: Any) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive_, send_)
+        except _TooLarge:
+            if not started:
+                await self._refuse(send)
+
+
 def create_app(settings: Settings, redis_url: str, bootstrap: str,
                metrics_dir: Path | None = None) -> Starlette:
     @contextlib.asynccontextmanager
@@ -174,7 +230,7 @@ def create_app(settings: Settings, redis_url: str, bootstrap: str,
             yield
 
     routes = gated([r for m in ROUTE_MODULES for r in m.routes()], POLICY)
-    middleware = [Middleware(Shield), Middleware(_Timing)]
+    middleware = [Middleware(Shield), Middleware(_Timing), Middleware(_BodyLimit)]
     return Starlette(routes=routes, middleware=middleware, lifespan=lifespan)
 
 

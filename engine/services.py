@@ -25,7 +25,7 @@ from engine.flows.campaigns import Campaigns
 from engine.flows.catalog import Catalog
 from engine.flows.dashboard import DashboardFeed
 from engine.flows.decide import Decider
-from engine.flows.health import Health
+from engine.flows.health import Health, WriteGate
 from engine.flows.ingest import Ingest
 from engine.flows.privacy import Privacy
 from engine.flows.profiles import Profiles
@@ -37,6 +37,7 @@ from engine.store.activity import ActivityStore
 from engine.store.catalog import CachedCatalog, CatalogStore
 from engine.store.decide_read import DecideReader
 from engine.store.live import LiveStore
+from engine.store.memory import MemoryProbe
 from engine.store.profiles import ProfileStore, new_client
 from engine.store.reco_read import RecoReader
 
@@ -134,18 +135,24 @@ async def running(settings: Settings, redis_url: str, bootstrap: str,
         beacon = BeaconSource(Path(s.config_dir) / "sitemap.yaml")
         beacon.load_initial()  # an invalid sitemap stops the engine with file:line messages
 
+        # is Redis full? (ingest stops acknowledging while the stream could not apply)
+        gate = WriteGate(MemoryProbe(client), s.store_full_ratio)
+        await gate.start()
+        stack.push_async_callback(_quietly, gate.close)
+
         # flows
         decider = Decider(decide_reader, hub, DecisionLog(log, s.decisions_topic), s.affinity,
                           s.decide_deadline_ms, sign=access.sign_decision)
         stack.push_async_callback(_quietly, decider.close)
         campaigns = Campaigns(hub, decide_reader)
         trending = Trending(reco_reader)
-        feed = DashboardFeed(live, trending, campaigns, hub, decide_reader)
+        feed = DashboardFeed(live, trending, campaigns, hub, decide_reader,
+                             max_listeners=s.sse_max_listeners)
         feed.start()
         stack.push_async_callback(_quietly, feed.close)
         svc = Services(
             settings=s, hub=hub, live=live,
-            ingest=Ingest(log, live, s.retry_after_s, access),
+            ingest=Ingest(log, live, s.retry_after_s, access, gate),
             decider=decider,
             campaigns=campaigns,
             profiles=Profiles(profile_store, ActivityStore(client), s.affinity),
@@ -155,7 +162,7 @@ async def running(settings: Settings, redis_url: str, bootstrap: str,
                                     s.affinity, lambda: hub.get("recipes"),
                                     lambda: hub.errors.get("recipes", [])),
             trending=trending, feed=feed, beacon=beacon, shop=load_shop(s.demo_catalog),
-            health=Health(client, log, live_store, control), metrics_dir=metrics_dir,
+            health=Health(client, log, live_store, gate, control), metrics_dir=metrics_dir,
             access=access, admin=Admin(control, access),
             privacy=Privacy(client, control, profile_store, s),
             demo_key=demo_key,

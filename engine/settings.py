@@ -18,6 +18,7 @@ over the file:
 | `KAIROS_METRICS_TOKEN` | bearer token for `/metrics` (unset: loopback callers only) | unset |
 | `KAIROS_API_KEY` | a secret key the CLI sends to the API (`kairos replay --to api`) | unset |
 | `KAIROS_PUBLIC_URL` | the engine's address as browsers see it (links, cookies' Secure flag) | `http://HOST:PORT` |
+| `KAIROS_REDIS_MAXMEMORY` | the embedded Valkey's maxmemory (`0`: none) | 1gb |
 """
 
 from __future__ import annotations
@@ -58,6 +59,12 @@ class Settings:
     produce_timeout_s: float = 5.0
     producer_linger_ms: int = 1
     retry_after_s: int = 5
+    # Redis full: the embedded Valkey's maxmemory ("0": no limit) and policy (noeviction:
+    # a full Redis refuses writes rather than dropping state); ingest answers 503 from this
+    # share of maxmemory on (any Redis that sets maxmemory), leaving the rest for the backlog
+    redis_maxmemory: str = "1gb"
+    redis_maxmemory_policy: str = "noeviction"
+    store_full_ratio: float = 0.95
     # worker
     batch_max: int = 1000
     batch_within_s: float = 0.01
@@ -70,6 +77,8 @@ class Settings:
     cf_max_items: int = 20_000  # item vectors kept per partition
     cf_max_visitors: int = 50_000  # visitor vectors kept in memory per partition
     cf_snapshot_s: float = 30.0  # how often a worker snapshots its models to Redis
+    # dashboards: Server-Sent Events streams (GET /v1/stats/stream) per API process; 503 beyond
+    sse_max_listeners: int = 100
     # decisions
     decide_deadline_ms: int = 50
     config_reload_debounce_ms: int = 300
@@ -143,6 +152,7 @@ _ENV = {
     "KAIROS_METRICS_TOKEN": ("metrics_token", str),
     "KAIROS_API_KEY": ("api_key", str),
     "KAIROS_PUBLIC_URL": ("public_url", str),
+    "KAIROS_REDIS_MAXMEMORY": ("redis_maxmemory", str),
 }
 
 _FILE_KEYS = {f.name for f in dataclasses.fields(Settings)} - {"affinity"}
@@ -202,6 +212,10 @@ def _check(s: Settings) -> None:
         raise SettingsError("decide_deadline_ms must be at least 1")
     if s.api_workers < 1:
         raise SettingsError("api_workers must be at least 1")
+    if not 0 < s.store_full_ratio <= 1:
+        raise SettingsError("store_full_ratio must be in (0, 1]")
+    if s.sse_max_listeners < 0:
+        raise SettingsError("sse_max_listeners must be at least 0")
     if s.redis_url is not None and not s.redis_url.startswith(("redis://", "rediss://", "unix://")):
         raise SettingsError("KAIROS_REDIS_URL must start with redis://, rediss:// or unix://")
     if s.database_url is not None and not s.database_url.startswith(

@@ -44,6 +44,14 @@ TYPE_CODES = {
 CODE_NAMES = {v: k for k, v in TYPE_CODES.items()} | {0: "other"}
 
 SCHEMA_VERSION = 1
+# What a profile keeps of what clients name freely, so that every decide reads a bounded blob:
+# the traits most recently set, the event types and channels most recently seen (custom types
+# beyond the cap are folded into "other", code 0). Older blobs are trimmed when next written.
+MAX_TRAITS = 64
+MAX_TYPES = 32
+MAX_CHANNELS = 32
+MAX_TRAIT_KEY = 64
+MAX_TRAITS_BYTES = 4096  # all traits together, packed
 FINGERPRINT_BYTES = 5  # 40-bit: a false duplicate needs ~7e10 events per profile at window 16
 RESCALE_EXPONENT = 40.0  # rescale once e^{λ(t−L)} would pass e^40 ≈ 2.4e17
 DAY_MS = 86_400_000
@@ -232,6 +240,53 @@ def _prune(table: dict[str, list[float]], cap: int, touched: set[str]) -> None:
         table.update(fresh)
 
 
+def set_traits(traits: dict[str, Any], new: Mapping[Any, Any]) -> None:
+    """Set at most 32 traits of one identify; the profile keeps the `MAX_TRAITS` most recently
+    set (a trait set again counts as new), within `MAX_TRAITS_BYTES` packed."""
+    for k, v in list(new.items())[:32]:
+        key = str(k)[:MAX_TRAIT_KEY]
+        traits.pop(key, None)
+        traits[key] = v
+    for key in list(traits)[: max(0, len(traits) - MAX_TRAITS)]:
+        del traits[key]
+    while len(traits) > 1 and len(msgpack.packb(traits, use_bin_type=True)) > MAX_TRAITS_BYTES:
+        del traits[next(iter(traits))]
+
+
+def bound_types(types: dict[Any, list[int]]) -> None:
+    """At most `MAX_TYPES` entries: the custom types (name keys) seen longest ago are folded
+    into "other" (code 0) with their counts; the standard types (int codes) are always kept."""
+    while len(types) > MAX_TYPES:
+        custom = [k for k in types if not isinstance(k, int)]
+        if not custom:
+            return
+        oldest = min(custom, key=lambda k: (types[k][1], types[k][0], str(k)))
+        cnt, last = types.pop(oldest)
+        other = types.setdefault(0, [0, 0])
+        other[0] += cnt
+        other[1] = max(other[1], last)
+
+
+def bound_channels(channels: dict[str, int]) -> None:
+    """At most `MAX_CHANNELS` channels: the ones seen longest ago go."""
+    if len(channels) > MAX_CHANNELS:
+        keep = sorted(channels.items(), key=lambda kv: (-kv[1], kv[0]))[:MAX_CHANNELS]
+        channels.clear()
+        channels.update(keep)
+
+
+def _type_view(types: Mapping[Any, list[int]]) -> dict[str, dict[str, int]]:
+    out: dict[str, dict[str, int]] = {}
+    for k, (c, last) in types.items():
+        name = CODE_NAMES.get(k, "other") if isinstance(k, int) else str(k)
+        if (seen := out.get(name)) is not None:  # a custom type named "other", and code 0
+            seen["count"] += c
+            seen["last"] = max(seen["last"], last * 1000)
+        else:
+            out[name] = {"count": c, "last": last * 1000}
+    return out
+
+
 def _push_front(lst: list[str], value: str, cap: int) -> None:
     if value in lst:
         lst.remove(value)
@@ -267,14 +322,16 @@ def apply_event(p: Profile, event: Mapping[str, Any], cfg: AffinityConfig) -> bo
     stat = p.types.get(tkey)
     if stat is None:
         p.types[tkey] = [1, t]
+        bound_types(p.types)
     else:
         stat[0] += 1
         stat[1] = max(stat[1], t)
     if ch := event.get("channel"):
         p.channels[ch] = max(p.channels.get(ch, 0), t)
+        bound_channels(p.channels)
     traits = (event.get("props") or {}).get("traits") if etype == "identify" else None
     if isinstance(traits, dict):
-        p.traits.update({str(k)[:64]: v for k, v in list(traits.items())[:32]})
+        set_traits(p.traits, traits)
 
     things = _item_credits(event)
     _update_lists(p, etype, event, things, cfg)
@@ -357,9 +414,13 @@ def merge(into: Profile, other: Profile, cfg: AffinityConfig) -> None:
         mine = into.types.setdefault(k, [0, 0])
         mine[0] += cnt
         mine[1] = max(mine[1], last)
+    bound_types(into.types)
     for ch, last in other.channels.items():
         into.channels[ch] = max(into.channels.get(ch, 0), last)
-    into.traits = {**other.traits, **into.traits}
+    bound_channels(into.channels)
+    into.traits = {**other.traits, **into.traits}  # the known user's win, and are kept first
+    for key in list(into.traits)[: max(0, len(into.traits) - MAX_TRAITS)]:
+        del into.traits[key]
     into.segments = sorted(set(into.segments) | set(other.segments))
     into.aliases = list(dict.fromkeys(into.aliases + other.aliases))[:32]
     for part, (off, ms) in other.marks.items():
@@ -395,10 +456,7 @@ def view(
                 }
             rows.append(row)
         affinities[dim] = rows
-    types = {
-        (CODE_NAMES[k] if isinstance(k, int) else k): {"count": c, "last": last * 1000}
-        for k, (c, last) in p.types.items()
-    }
+    types = _type_view(p.types)
     return {
         "user_id": p.user_id,
         "event_count": p.event_count,
@@ -436,8 +494,7 @@ def rules_view(p: Profile, now_ms: int, cfg: AffinityConfig) -> dict[str, Any]:
         "recent_items": p.recent,
         "cart": p.cart,
         "purchased": p.purchased,
-        "types": {(CODE_NAMES[k] if isinstance(k, int) else k): {"count": c, "last": last * 1000}
-                  for k, (c, last) in p.types.items()},
+        "types": _type_view(p.types),
         "segments": p.segments,
         "traits": p.traits,
         "channels": {k: v * 1000 for k, v in p.channels.items()},

@@ -5,7 +5,9 @@
 redelivery mark (`_p` partition, `_o` offset, `_t` record time in ms); an unreadable record is
 counted and skipped, so it never stalls its partition. `apply_until_done` applies and, while
 Redis is unreachable, waits and retries the same batch: faust acks the offsets only after it
-returns, so nothing is acked that was not applied.
+returns, so nothing is acked that was not applied. A Redis out of memory (maxmemory with
+`noeviction`) is retried the same way: it is logged as such once per episode, and counted
+(`WorkerMeter.store_full_retries_total`, `kairos_worker_store_full*` in /metrics).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from typing import Any, TypeVar
 from redis.exceptions import RedisError
 
 from engine.logic.events import decode_events
+from engine.store.memory import is_oom
 from streams.metrics import WorkerMeter
 
 log = logging.getLogger("kairos.worker")
@@ -51,13 +54,30 @@ def decode_batch(batch: Iterable[Any], partition_base: int, meter: WorkerMeter
 
 async def apply_until_done(apply: Callable[[Sequence[dict[str, Any]]], Awaitable[T]],
                            events: Sequence[dict[str, Any]], what: str,
-                           sleep: Callable[[float], Awaitable[None]] = asyncio.sleep) -> T:
-    """Apply; while Redis is unreachable, wait (50 ms, doubling up to 2 s) and retry."""
+                           sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+                           meter: WorkerMeter | None = None) -> T:
+    """Apply; while Redis is unreachable or out of memory, wait (50 ms, doubling up to 2 s)
+    and retry."""
     delay = 0.05
     while True:
         try:
-            return await apply(events)
+            result = await apply(events)
         except UNAVAILABLE as exc:
-            log.warning("redis unavailable (%s); retrying the %s in %.2fs", exc, what, delay)
+            if is_oom(exc):
+                if meter is not None:
+                    meter.store_full_retries_total += 1
+                    if not meter.store_full:
+                        log.error("Redis is out of memory (maxmemory reached): the %s waits and "
+                                  "is retried, nothing is lost; free memory or raise maxmemory "
+                                  "(%s)", what, exc)
+                    meter.store_full = True
+                log.warning("redis out of memory; retrying the %s in %.2fs", what, delay)
+            else:
+                log.warning("redis unavailable (%s); retrying the %s in %.2fs", exc, what, delay)
             await sleep(delay)
             delay = min(delay * 2, 2.0)
+            continue
+        if meter is not None and meter.store_full:
+            meter.store_full = False
+            log.warning("Redis takes the worker's writes again")
+        return result

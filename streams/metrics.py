@@ -22,6 +22,8 @@ class WorkerMeter:
     applied_total: int = 0
     duplicates_total: int = 0
     bad_records: int = 0
+    store_full: bool = False  # Redis refused the last attempt for lack of memory
+    store_full_retries_total: int = 0
     offsets: dict[tuple[str, int], int] = field(default_factory=dict)
     _applied: deque[tuple[float, int]] = field(default_factory=deque)
     _fresh: deque[tuple[float, float]] = field(default_factory=lambda: deque(maxlen=20_000))
@@ -50,6 +52,8 @@ class WorkerMeter:
             "applied_total": self.applied_total,
             "duplicates_total": self.duplicates_total,
             "bad_records": self.bad_records,
+            "store_full": int(self.store_full),
+            "store_full_retries_total": self.store_full_retries_total,
             "freshness_p50_ms": round(quantile(ages, 0.5) * 1000, 2),
             "freshness_p99_ms": round(quantile(ages, 0.99) * 1000, 2),
         }

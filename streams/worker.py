@@ -53,7 +53,7 @@ class Worker:
         """Decode and apply one batch of faust events, retrying while Redis is away."""
         ap = self._applier or await self.applier()
         return await apply_until_done(ap.apply, decode_batch(batch, partition_base, self.meter),
-                                      what)
+                                      what, meter=self.meter)
 
     async def report(self, lag: int) -> None:
         """This worker's measurements, for /metrics and the dashboard (best effort)."""

@@ -158,7 +158,7 @@ class Stack:
 
     def start_api(self, workers: int = 1) -> None:
         self.api = self._spawn("api", "--workers", str(workers), name="api")
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + 90  # a loaded machine takes a while to import everything
         while time.monotonic() < deadline:
             if self.api.poll() is not None:
                 raise RuntimeError(f"api exited: {(self.log_dir / 'api.log').read_text()[-2000:]}")

@@ -21,6 +21,9 @@ from engine.logic.access import NOBODY, Principal
 from engine.services import Services
 
 JSON = "application/json"
+#: The largest body any route takes (the catalog's bulk upsert); engine/api.py `_BodyLimit`
+#: answers 413 past it on every route, while the body streams in.
+MAX_REQUEST_BYTES = 8 * 1024 * 1024
 
 
 def svc(request: Request) -> Services:

@@ -138,6 +138,9 @@ def cf_snapshot(group_id: str, partition: int) -> str:
     return f"kcf:s:{group_id}:{partition}"
 
 
+WRITE_PROBE = "kx:probe"  # string with a short TTL: each API process's "can Redis still write?"
+
+
 # -- privacy --------------------------------------------------------------------------------
 
 

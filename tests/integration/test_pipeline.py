@@ -108,7 +108,8 @@ def test_identity_merge_across_devices(stack: Stack):
 def test_health_ready_metrics_openapi(stack: Stack):
     assert stack.http.get("/healthz").json() == {"status": "ok"}
     r = stack.http.get("/readyz")
-    assert r.status_code == 200 and r.json()["checks"] == {"redis": "ok", "kafka": "ok"}
+    assert r.status_code == 200 and r.json()["checks"] == {"redis": "ok", "kafka": "ok",
+                                                         "redis_memory": "ok"}
     stack.post([ev(uid(), 1)])
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:

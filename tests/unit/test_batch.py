@@ -86,3 +86,43 @@ async def test_apply_lets_a_bug_through() -> None:
 
     with pytest.raises(KeyError):
         await apply_until_done(apply, [], "batch")
+
+
+async def test_out_of_memory_is_retried_counted_and_cleared() -> None:
+    from redis.exceptions import OutOfMemoryError, ResponseError
+
+    meter = WorkerMeter()
+    errors = [OutOfMemoryError("OOM command not allowed when used memory > 'maxmemory'."),
+              ResponseError("OOM command not allowed when used memory > 'maxmemory'. script: x")]
+    seen: list[bool] = []
+
+    async def apply(events):
+        seen.append(meter.store_full)
+        if errors:
+            raise errors.pop(0)
+        return len(events)
+
+    async def no_sleep(_: float) -> None:
+        return None
+
+    assert await apply_until_done(apply, [{"e": 1}], "batch", no_sleep, meter=meter) == 1
+    assert seen == [False, True, True]  # full while refused, the same batch retried
+    assert meter.store_full is False and meter.store_full_retries_total == 2
+    assert meter.snapshot(0)["store_full_retries_total"] == 2
+
+
+def test_memory_state_refuses_with_hysteresis() -> None:
+    from engine.logic.memory import MemoryState, describe, refuse_writes
+
+    mb = 1_000_000
+
+    def st(used: int, writable: bool = True) -> MemoryState:
+        return MemoryState(used * mb, 50 * mb, "noeviction", writable)
+
+    assert refuse_writes(st(40), 0.95, False) is False
+    assert refuse_writes(st(48), 0.95, False) is True  # 96 %
+    assert refuse_writes(st(47), 0.95, True) is True  # still above 93 % once refusing
+    assert refuse_writes(st(46), 0.95, True) is False
+    assert refuse_writes(st(10, writable=False), 0.95, False) is True
+    assert refuse_writes(MemoryState(10**12, 0, "noeviction", True), 0.95, False) is False
+    assert describe(st(48, False)) == "writes refused: used 48.0 MB of 50.0 MB (noeviction)"
