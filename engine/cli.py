@@ -127,6 +127,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         env = {**os.environ, "KAIROS_SETTINGS_JSON": s.to_json()}
         me = [sys.executable, "-m", "engine.cli"]
         procs.append(subprocess.Popen([*me, "worker"], env=env))
+        procs.append(subprocess.Popen([*me, "learner"], env=env))  # the campaigns' bandits
         procs.append(subprocess.Popen([*me, "api", "--workers", str(s.api_workers)], env=env))
         base = s.base_url
         _wait_http(f"http://{s.host}:{s.port}/healthz", 60, procs)
@@ -259,6 +260,21 @@ def cmd_worker(args: argparse.Namespace) -> int:
     worker = Worker(app, loglevel=args.loglevel, quiet=True, redirect_stdouts=False)
     worker.execute_from_commandline()
     return 0
+
+
+# -- learner --------------------------------------------------------------------------------
+def cmd_learner(args: argparse.Namespace) -> int:
+    """The one process that learns the campaigns' bandits (streams/learner.py)."""
+    import logging
+
+    from streams.learner import run
+
+    s = _resolved(_settings(args))
+    assert s.kafka_bootstrap and s.redis_url
+    logging.basicConfig(level=getattr(logging, args.loglevel.upper(), logging.INFO),
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    _wait_for_broker(s.kafka_bootstrap)
+    return run(s, s.redis_url, s.kafka_bootstrap)
 
 
 # -- replay ---------------------------------------------------------------------------------
@@ -569,6 +585,10 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("worker", help="run a stream worker (faust)")
     p.add_argument("--loglevel", default="warning")
     p.set_defaults(fn=cmd_worker)
+
+    p = sub.add_parser("learner", help="run the learner: the campaigns' bandits, from decisions and rewards")
+    p.add_argument("--loglevel", default="info")
+    p.set_defaults(fn=cmd_learner)
 
     p = sub.add_parser("replay", help="feed a log of events into the API or the topic")
     p.add_argument("file", help="JSON-lines in the event spec, or a Taobao / REES46 CSV")

@@ -27,6 +27,7 @@ from engine.flows.dashboard import DashboardFeed
 from engine.flows.decide import Decider
 from engine.flows.health import Health, WriteGate
 from engine.flows.ingest import Ingest
+from engine.flows.models import PublishedModels
 from engine.flows.privacy import Privacy
 from engine.flows.profiles import Profiles
 from engine.flows.recommend import CATALOG_CACHE_S, Recommender
@@ -36,6 +37,7 @@ from engine.settings import Settings
 from engine.store.activity import ActivityStore
 from engine.store.catalog import CachedCatalog, CatalogStore
 from engine.store.decide_read import DecideReader
+from engine.store.learning import ModelStore
 from engine.store.live import LiveStore
 from engine.store.memory import MemoryProbe
 from engine.store.profiles import ProfileStore, new_client
@@ -66,6 +68,7 @@ class Services:
     access: Access  # who is calling: keys (cached), sessions, secrets, rate limits
     admin: Admin  # keys, users and the audit log, for the admin pages
     privacy: Privacy  # export and erase of one person's data
+    models: PublishedModels | None = None  # the learner's published bandits, reloaded
     demo_key: str | None = None  # the public key the demo shop's pages carry
     metrics_dir: Path | None = None
     session_cookie: str = SESSION_COOKIE
@@ -141,8 +144,13 @@ async def running(settings: Settings, redis_url: str, bootstrap: str,
         stack.push_async_callback(_quietly, gate.close)
 
         # flows
+        models = PublishedModels(ModelStore(client, s.group_id), hub, s.model_reload_s)
+        with contextlib.suppress(Exception):
+            await models.refresh()
+        models.start()
+        stack.push_async_callback(_quietly, models.close)
         decider = Decider(decide_reader, hub, DecisionLog(log, s.decisions_topic), s.affinity,
-                          s.decide_deadline_ms, sign=access.sign_decision)
+                          s.decide_deadline_ms, sign=access.sign_decision, models=models)
         stack.push_async_callback(_quietly, decider.close)
         campaigns = Campaigns(hub, decide_reader)
         trending = Trending(reco_reader)
@@ -165,7 +173,7 @@ async def running(settings: Settings, redis_url: str, bootstrap: str,
             health=Health(client, log, live_store, gate, control), metrics_dir=metrics_dir,
             access=access, admin=Admin(control, access),
             privacy=Privacy(client, control, profile_store, s),
-            demo_key=demo_key,
+            demo_key=demo_key, models=models,
         )
         yield svc
     finally:

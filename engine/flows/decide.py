@@ -23,6 +23,7 @@ import msgspec
 
 from engine.confighub import ConfigHub
 from engine.eventlog import DecisionLog
+from engine.flows.models import PublishedModels
 from engine.logic import events as spec
 from engine.logic.decide_request import RequestError, parse_zones
 from engine.logic.decisions.config import Config
@@ -49,7 +50,8 @@ class Decider:
                  cfg: AffinityConfig, deadline_ms: int,
                  clock: Callable[[], float] = time.monotonic,
                  token: Callable[[], str] = _token,
-                 sign: Callable[[str], str] = lambda base: base) -> None:
+                 sign: Callable[[str], str] = lambda base: base,
+                 models: PublishedModels | None = None) -> None:
         self.reader = reader
         self.hub = hub
         self.records = records
@@ -58,6 +60,7 @@ class Decider:
         self.clock = clock
         self.token = token  # the random part of decision ids
         self.sign = sign  # appends the engine's MAC (engine.logic.access.signed_decision_id)
+        self.models = models  # the learning campaigns' bandits (engine/flows/models.py)
         self.counters: dict[str, tuple[float, ArmCounters]] = {}
         self.failures = 0
 
@@ -99,18 +102,21 @@ class Decider:
         assign_pid = keys.user_pid(user_id) if user_id else snap.pid
         view = rule_view(profile, assign_pid, now_ms, self.cfg)
         caps = cap_states(snap.state, snap.session, config, now_ms)
-        chosen = select(config, view, context, now_ms, caps, zones)
+        chosen = select(config, view, context, now_ms, caps, zones,
+                        models=self.models.current() if self.models else None, token=self.token)
         out: list[dict[str, Any]] = []
         records: list[dict[str, Any]] = []
         channel = context.get("channel") if isinstance(context.get("channel"), str) else None
         for d in chosen:
-            base = decision_id(d.campaign_id, d.arm, self.token())
+            base = decision_id(d.campaign_id, d.arm, d.token or self.token())
             did = self.sign(base)
             body = d.to_dict()
             body["decision_id"] = did
             out.append(body)
             rec = decision_record(d, did, visitor_id, user_id, now_ms, channel)
             rec["event_id"] = base  # the dedupe key stays within the event id's 64 characters
+            if d.token is not None and self.models is not None:  # which model version chose
+                rec["props"]["model_version"] = self.models.version(d.campaign_id)
             records.append(rec)
         if records:
             self.records.add(visitor_id.encode(), _enc.encode(records))
