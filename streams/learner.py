@@ -106,10 +106,10 @@ class Learner:
                                         fetch_max_wait_ms=s.fetch_max_wait_ms,
                                         max_partition_fetch_bytes=4 * 1024 * 1024)
             await consumer.start()
-            await consumer.topics()  # metadata of every topic
-            tps = [TopicPartition(t, p) for t in self.topics
-                   for p in sorted(consumer.partitions_for_topic(t) or ())]
+            tps = await self._partitions(consumer, stop)
             consumer.assign(tps)
+            log.info("reading %s", ", ".join(f"{t} ({sum(tp.topic == t for tp in tps)} "
+                                             "partitions)" for t in self.topics))
             for tp in tps:
                 off = learner.offsets.get(f"{tp.topic}:{tp.partition}")
                 if off is None:
@@ -131,6 +131,18 @@ class Learner:
             with contextlib.suppress(Exception):
                 await hub.stop()
             await redis.aclose()
+
+    async def _partitions(self, consumer: AIOKafkaConsumer, stop: asyncio.Event
+                          ) -> list[TopicPartition]:
+        """Every partition of both topics (waiting for topics not created yet)."""
+        while True:
+            cluster = await consumer._client.fetch_all_metadata()  # aiokafka's metadata call
+            parts = {t: sorted(cluster.partitions_for_topic(t) or ()) for t in self.topics}
+            if all(parts.values()) or stop.is_set():
+                return [TopicPartition(t, p) for t, ps in parts.items() for p in ps]
+            log.info("waiting for the topics %s", [t for t, ps in parts.items() if not ps])
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), 1.0)
 
     async def _loop(self, consumer: AIOKafkaConsumer, store: LearnerStore,
                     learner: OfferLearner, hub: ConfigHub, backlog: dict[TopicPartition, int],

@@ -122,6 +122,7 @@ class Stack:
         self.keys = keys
         self.api: subprocess.Popen[bytes] | None = None
         self.workers: list[subprocess.Popen[bytes]] = []
+        self.learners: list[subprocess.Popen[bytes]] = []
         self.base = f"http://127.0.0.1:{settings.port}"
         self.http = httpx.Client(base_url=self.base, timeout=10,
                                  headers={"Authorization": f"Bearer {keys.admin}"})
@@ -173,6 +174,12 @@ class Stack:
         self.workers.append(w)
         return w
 
+    def start_learner(self) -> subprocess.Popen[bytes]:
+        """The learning loop's process (`kairos learner`, streams/learner.py)."""
+        p = self._spawn("learner", "--loglevel", "info", name=f"learner{len(self.learners)}")
+        self.learners.append(p)
+        return p
+
     def post(self, events: list[dict] | dict, **kw) -> httpx.Response:
         return self.http.post("/v1/events", json=events, **kw)
 
@@ -200,7 +207,7 @@ class Stack:
                 raise AssertionError(f"worker{i} died with {w.returncode}:\n{log}")
 
     def stop(self) -> None:
-        terminate([p for p in [self.api, *self.workers] if p is not None], 15)
+        terminate([p for p in [self.api, *self.workers, *self.learners] if p is not None], 15)
         self.http.close()
         self.anon.close()
 
