@@ -36,6 +36,7 @@ from engine.routes import (
     ops,
     privacy,
     profiles,
+    rank,
     recommendations,
     sdk,
     stats,
@@ -46,7 +47,7 @@ from engine.settings import Settings
 
 #: The route modules, in the order their routes are matched.
 ROUTE_MODULES = (ingest, profiles, ops, stats, sdk, demo, decide, dashboard, catalog, trending,
-                 recommendations, access, admin, privacy)
+                 recommendations, access, admin, privacy, rank)
 
 _WRITE = needs(Can.EVENTS_WRITE, public=True, session=False)  # a page, an app or a server
 _DECIDE = needs(Can.DECIDE, public=True, session=False)
@@ -71,6 +72,10 @@ POLICY: dict[tuple[str, str], Policy] = {
     ("GET", "/v1/stats/trending"): _ANALYST,
     ("GET", "/v1/campaigns"): _ANALYST,
     ("GET", "/v1/campaigns/{campaign_id}/stats"): _ANALYST,
+    # the Rank/Reward API: servers only (a secret key with scope decide)
+    ("POST", "/v1/rank"): needs(Can.DECIDE, session=False),
+    ("POST", "/v1/rank/{event_id}/reward"): needs(Can.DECIDE, session=False),
+    ("POST", "/v1/rank/{event_id}/activate"): needs(Can.DECIDE, session=False),
     ("POST", "/v1/catalog/items"): needs(Can.CATALOG_WRITE),
     ("GET", "/v1/catalog/items/{item_id:path}"): needs(Can.CATALOG_WRITE, Can.STATS_READ),
     ("DELETE", "/v1/catalog/items/{item_id:path}"): needs(Can.CATALOG_WRITE),

@@ -93,11 +93,14 @@ class EventLog:
         assert self._producer is not None
         return self._producer
 
-    async def append(self, records: Sequence[tuple[bytes, bytes]]) -> None:
+    async def append(self, records: Sequence[tuple[bytes, bytes]], topic: str | None = None
+                     ) -> None:
+        """Produce to the events topic (or `topic`) and wait for every acknowledgement."""
         producer = await self.producer()
 
         async def send_all() -> None:
-            futures = [await producer.send(self.topic, value, key=key) for key, value in records]
+            futures = [await producer.send(topic or self.topic, value, key=key)
+                       for key, value in records]
             await asyncio.gather(*futures)
 
         try:

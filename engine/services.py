@@ -30,8 +30,10 @@ from engine.flows.ingest import Ingest
 from engine.flows.models import PublishedModels
 from engine.flows.privacy import Privacy
 from engine.flows.profiles import Profiles
+from engine.flows.rank import Ranker
 from engine.flows.recommend import CATALOG_CACHE_S, Recommender
 from engine.flows.stats import LiveStats, Trending
+from engine.logic.rank import restore_rank_model
 from engine.logic.recipes import load_recipes
 from engine.settings import Settings
 from engine.store.activity import ActivityStore
@@ -69,6 +71,7 @@ class Services:
     admin: Admin  # keys, users and the audit log, for the admin pages
     privacy: Privacy  # export and erase of one person's data
     models: PublishedModels | None = None  # the learner's published bandits, reloaded
+    ranker: Ranker | None = None  # the Rank/Reward API
     demo_key: str | None = None  # the public key the demo shop's pages carry
     metrics_dir: Path | None = None
     session_cookie: str = SESSION_COOKIE
@@ -104,7 +107,8 @@ async def running(settings: Settings, redis_url: str, bootstrap: str,
         stack.push_async_callback(log.close)
         with contextlib.suppress(Exception):
             await ensure_topics(bootstrap, {s.events_topic: s.partitions,
-                                            s.decisions_topic: s.partitions}, 10.0)
+                                            s.decisions_topic: s.partitions,
+                                            s.rank_topic: s.partitions}, 10.0)
         with contextlib.suppress(LogUnavailable):
             await log.producer()
 
@@ -144,7 +148,10 @@ async def running(settings: Settings, redis_url: str, bootstrap: str,
         stack.push_async_callback(_quietly, gate.close)
 
         # flows
-        models = PublishedModels(ModelStore(client, s.group_id), hub, s.model_reload_s)
+        models = PublishedModels(
+            ModelStore(client, s.group_id), hub, s.model_reload_s,
+            lambda blob: restore_rank_model(blob, s.rank_apprentice, s.rank_agreement,
+                                            s.rank_agreement_window))
         with contextlib.suppress(Exception):
             await models.refresh()
         models.start()
@@ -174,6 +181,7 @@ async def running(settings: Settings, redis_url: str, bootstrap: str,
             access=access, admin=Admin(control, access),
             privacy=Privacy(client, control, profile_store, s),
             demo_key=demo_key, models=models,
+            ranker=Ranker(models, log, s.rank_topic),
         )
         yield svc
     finally:

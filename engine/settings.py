@@ -94,6 +94,13 @@ class Settings:
     model_reload_s: float = 1.0
     learner_lease_ms: int = 10_000
     learning_log_max: int = 100_000  # joined (decision, reward) rows kept per campaign
+    # the Rank/Reward API (POST /v1/rank): its decisions and rewards travel on `rank_topic`;
+    # in apprentice mode the caller's baseline is served until the policy agrees with it
+    # `rank_agreement` of the last `rank_agreement_window` decisions
+    rank_topic: str = "rank"
+    rank_apprentice: bool = False
+    rank_agreement: float = 0.9
+    rank_agreement_window: int = 500
     # demo shop (/demo): the REES46 sample CSV it builds its catalog from; a relative path is
     # relative to the project root; missing -> a small built-in catalog
     demo_catalog: str = "../shared/data/rees46/2019-Oct_head.csv"
@@ -233,6 +240,10 @@ def _check(s: Settings) -> None:
     for name in ("model_publish_s", "learner_snapshot_s", "model_reload_s"):
         if getattr(s, name) <= 0:
             raise SettingsError(f"{name} must be > 0")
+    if not 0 < s.rank_agreement <= 1:
+        raise SettingsError("rank_agreement must be in (0, 1]")
+    if s.rank_agreement_window < 1:
+        raise SettingsError("rank_agreement_window must be at least 1")
     if s.learner_lease_ms < 1000:
         raise SettingsError("learner_lease_ms must be at least 1000")
     if s.sse_max_listeners < 0:

@@ -1,7 +1,8 @@
 """The learner: the one process that owns every learning campaign's model (`kairos learner`).
 
-It reads the `decisions` topic (what the API decided, with the probability of what it showed)
-and the `events` topic (clicks, conversions, explicit rewards, goal events) from every
+It reads the `decisions` topic (what the API decided, with the probability of what it showed),
+the `events` topic (clicks, conversions, explicit rewards, goal events) and the `rank` topic
+(the Rank/Reward API's decisions, rewards and activations) from every
 partition, by manual assignment — not as a member of the stream workers' consumer group, so
 the stream worker stays as it is — and hands the records to the pure
 `engine.logic.decisions.learning.OfferLearner`, which joins each decision to its rewards within
@@ -42,6 +43,7 @@ from engine.confighub import ConfigHub, default_hub
 from engine.eventlog import ensure_topics
 from engine.logic.decisions.learning import OfferLearner
 from engine.logic.events import decode_events
+from engine.logic.rank import restore_rank_model
 from engine.settings import Settings
 from engine.store.learning import LearnerStore, LeaseLost
 from engine.store.profiles import new_client
@@ -66,7 +68,7 @@ class Learner:
         self.bootstrap = bootstrap
         self.wall = wall
         self.token = f"{socket.gethostname()}:{os.getpid()}:{os.urandom(4).hex()}"
-        self.topics = (settings.decisions_topic, settings.events_topic)
+        self.topics = (settings.decisions_topic, settings.events_topic, settings.rank_topic)
         self.lost = False  # the lease went to another learner: write nothing more
 
     def clock(self) -> datetime:
@@ -95,9 +97,11 @@ class Learner:
             if not await self._take_lease(store, stop):
                 return
             await hub.start()
-            learner = OfferLearner.restore(await store.load(), self.clock,
-                                           timedelta(seconds=s.reward_window_s),
-                                           s.default_reward)
+            learner = OfferLearner.restore(
+                await store.load(), self.clock, timedelta(seconds=s.reward_window_s),
+                s.default_reward,
+                lambda blob: restore_rank_model(blob, s.rank_apprentice, s.rank_agreement,
+                                                s.rank_agreement_window))
             log.info("learner %s resumes at %s", self.token, learner.offsets or "the beginning")
             with contextlib.suppress(Exception):
                 await ensure_topics(self.bootstrap, {t: s.partitions for t in self.topics}, 10.0)
@@ -159,7 +163,8 @@ class Learner:
                 learner.configure(hub.decisions)
             batch = await consumer.getmany(timeout_ms=200, max_records=FETCH_MAX)
             for tp, messages in batch.items():
-                decisions = tp.topic == s.decisions_topic
+                take = learner.decision if tp.topic == s.decisions_topic else \
+                    learner.rank if tp.topic == s.rank_topic else learner.event
                 for m in messages:
                     try:
                         records = decode_events(m.value) if m.value is not None else []
@@ -167,10 +172,7 @@ class Learner:
                         log.error("skipping unreadable record at %s@%s: %s", tp, m.offset, exc)
                         records = []
                     for rec in records:
-                        if decisions:
-                            learner.decision(rec)
-                        else:
-                            learner.event(rec)
+                        take(rec)
                     learner.seen(tp.topic, tp.partition, m.offset)
             if not caught_up:
                 caught_up = all(learner.offsets.get(f"{tp.topic}:{tp.partition}", 0) >= end

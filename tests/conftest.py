@@ -236,6 +236,7 @@ def make_stack(
             kafka_bootstrap=broker.bootstrap,
             events_topic=f"events-{name}",
             decisions_topic=f"decisions-{name}",
+            rank_topic=f"rank-{name}",
             group_id=f"kairos-{name}",
             var_dir=tmp_root / f"var-{name}",
             session_timeout_ms=6000,

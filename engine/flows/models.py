@@ -12,23 +12,28 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 from engine.confighub import ConfigHub
 from engine.logic.decisions.policy import Bandit, restore_model
+from engine.logic.rank import RANK_MODEL
 from engine.store.learning import ModelStore
 
 log = logging.getLogger("kairos.models")
 
 
 class PublishedModels:
-    def __init__(self, store: ModelStore, hub: ConfigHub, reload_s: float = 1.0) -> None:
+    def __init__(self, store: ModelStore, hub: ConfigHub, reload_s: float = 1.0,
+                 rank_model: Callable[[bytes | None], Any] | None = None) -> None:
         self.store = store
         self.hub = hub
         self.reload_s = reload_s
         self.versions: dict[str, int] = {}
         self._blobs: dict[str, bytes] = {}
         self._models: Mapping[str, Bandit] = {}
+        self._rank_factory = rank_model
+        self._rank: Any = rank_model(None) if rank_model else None
         self._config_version = -1
         self._task: asyncio.Task[None] | None = None
         self.failures = 0
@@ -36,6 +41,10 @@ class PublishedModels:
     def current(self) -> Mapping[str, Bandit]:
         """campaign id -> the bandit to decide with (the newest loaded version)."""
         return self._models
+
+    def rank_model(self) -> Any:
+        """The Rank/Reward API's model (engine/logic/rank.py), the newest loaded version."""
+        return self._rank
 
     def version(self, campaign_id: str) -> int:
         """The published version being served (0: none published yet, the prior)."""
@@ -57,6 +66,8 @@ class PublishedModels:
                 if c.learns:
                     models[cid] = restore_model(c.policy, self._blobs.get(cid))
         self._models = models
+        if self._rank_factory is not None and (RANK_MODEL in changed or self._rank is None):
+            self._rank = self._rank_factory(self._blobs.get(RANK_MODEL))
         self.versions = {n: versions[n] for n in versions if n in self._blobs}
         return True
 

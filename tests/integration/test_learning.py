@@ -168,3 +168,54 @@ def test_rewards_advance_the_model_the_api_serves_it_and_a_killed_learner_counts
     for r in rows:
         assert 0 < r["probability"] <= 0.9
         assert r["reward"] == (1.0 if r["arm"] == "b" else 0.0)
+
+
+def test_rank_reward_activation_through_the_learner(make_stack: Callable[..., Stack]) -> None:
+    stack = make_stack(name="rank", workers=0, reward_window_s=3.0, model_publish_s=0.2,
+                       learner_snapshot_s=0.5, model_reload_s=0.2, learner_lease_ms=2000)
+    stack.start_learner()
+    r = redis.Redis.from_url(stack.settings.redis_url or "")
+    group = stack.settings.group_id
+    actions = [{"id": "a", "features": {"kind": "x"}}, {"id": "b", "features": {"kind": "y"}}]
+
+    # servers only, and a bad request names its field
+    pub = stack.anon.post("/v1/rank", json={"actions": actions},
+                          headers={"Authorization": f"Bearer {stack.keys.public}"})
+    assert pub.status_code in (401, 403), pub.text
+    bad = stack.http.post("/v1/rank", json={"actions": [{"id": str(i)} for i in range(51)]})
+    assert bad.status_code == 400 and bad.json()["field"] == "actions"
+    bad = stack.http.post("/v1/rank/e1/reward", json={"value": 3})
+    assert bad.status_code == 400 and bad.json()["field"] == "value"
+
+    first = stack.http.post("/v1/rank", json={"actions": actions, "context": {"d": "m"}})
+    assert first.status_code == 200, first.text
+    assert first.json()["model_version"] == 0
+    ids = []
+    for i in range(12):
+        body = stack.http.post("/v1/rank", json={"event_id": f"ev-{i}", "actions": actions,
+                                                 "context": {"d": "m"}}).json()
+        assert abs(sum(x["probability"] for x in body["ranking"]) - 1) < 1e-6
+        value = 1.0 if body["reward_action_id"] == "b" else 0.0
+        assert stack.http.post(f"/v1/rank/ev-{i}/reward", json={"value": value}).status_code == 202
+        ids.append(f"ev-{i}")
+    deferred = {"actions": actions, "deferred_activation": True}
+    assert stack.http.post("/v1/rank", json={**deferred, "event_id": "shown"}).status_code == 200
+    assert stack.http.post("/v1/rank", json={**deferred, "event_id": "unseen"}).status_code == 200
+    assert stack.http.post("/v1/rank/shown/activate").status_code == 202
+
+    def logged() -> list[str]:
+        import msgspec
+
+        rows = [msgspec.msgpack.decode(x) for x in
+                r.lrange(keys.learning_log(group, "_rank"), 0, -1)]
+        got = sorted(x["decision_id"] for x in rows)
+        return got if len(got) >= 14 else []
+
+    got = wait_for(logged, timeout=60, what="the rank rewards learnt")
+    assert "unseen" not in got and "shown" in got
+    assert sorted(set(got) - {first.json()["event_id"]}) == sorted([*ids, "shown"])
+    # the API ranks with the published version within seconds
+    version = int(r.hget(keys.model_versions(group), "_rank") or 0)
+    assert version >= 1
+    wait_for(lambda: stack.http.post("/v1/rank", json={"actions": actions}).json()
+             ["model_version"] >= version, timeout=10, what="the API on the new rank model")

@@ -30,6 +30,8 @@ import msgpack
 from engine.logic.decisions.config import Config, PolicySpec
 from engine.logic.decisions.policy import Bandit, new_model, restore_model
 from engine.logic.decisions.state import DECISION_TYPE, parse_decision_id
+from engine.logic.rank import ACTIVATE_TYPE, RANK_MODEL, RANK_TYPE, REWARD_TYPE
+from models.bandit.apprentice import Apprentice
 from models.rewards.join import REWARD, JoinState, LoggedDecision, Reaction, RewardJoin
 
 KIND = "learner.offers"
@@ -56,6 +58,8 @@ class OfferLearner:
     specs: dict[str, PolicySpec] = field(default_factory=dict)
     offsets: dict[str, int] = field(default_factory=dict)  # "topic:partition" -> next offset
     join_state: JoinState | None = None
+    rank_model: Any = None  # the Rank/Reward API's model (engine/logic/rank.py)
+    rank_slots: dict[str, tuple[int, tuple[str, ...]]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.join = RewardJoin(self.clock, self.window, self.default_reward,
@@ -141,11 +145,79 @@ class OfferLearner:
             return True
         return False
 
+    # -- the Rank/Reward API -----------------------------------------------------------------
+
+    def rank(self, rec: Mapping[str, Any]) -> bool:
+        """A record of the `rank` topic: a decision (one window per slot), a reward or an
+        activation; True when it was given to the join."""
+        kind = rec.get("type")
+        try:
+            if kind == RANK_TYPE:
+                return self._rank_decision(rec)
+            eid = str(rec["decision_id"])
+            ts = _ts(rec["ts"])
+            if kind == ACTIVATE_TYPE:
+                self.join.reaction(Reaction(str(rec["event_id"]), "activate", ts, decision_id=eid))
+                return True
+            if kind == REWARD_TYPE:
+                slot = None
+                if rec.get("slot") is not None:
+                    ids = self.rank_slots.get(eid, (0, ()))[1]
+                    if rec["slot"] not in ids:
+                        return False
+                    slot = ids.index(rec["slot"])
+                self.join.reaction(Reaction(str(rec["event_id"]), REWARD, ts, decision_id=eid,
+                                            slot=slot, value=float(rec["value"])))
+                return True
+        except (KeyError, TypeError, ValueError):
+            return False
+        return False
+
+    def _rank_decision(self, rec: Mapping[str, Any]) -> bool:
+        if self.rank_model is None:
+            return False
+        eid = str(rec["event_id"])
+        ts = _ts(rec["ts"])
+        slots = list(rec["slots"])
+        actions = [str(a) for a in rec["actions"]]
+        features = dict(rec.get("features") or {})
+        context = dict(rec.get("context") or {})
+        if isinstance(self.rank_model, Apprentice) and not self.rank_model.switched \
+                and rec.get("mode") == "apprentice":
+            # the owner keeps the agreement count: would the policy have shown the baseline?
+            self.rank_model.decide(actions, eid, [str(s["baseline"]) for s in slots], context,
+                                   len(slots), action_features=features,
+                                   slot_features=[s.get("features") or {} for s in slots])
+            self.changed.add(RANK_MODEL)
+        self.rank_slots[eid] = (_ms(ts), tuple(str(s["id"]) for s in slots))
+        for i, s in enumerate(slots):
+            self.join.decision(LoggedDecision(
+                decision_id=eid, campaign=RANK_MODEL, arm=str(s["arm"]),
+                probability=float(s["probability"]), ts=ts, slot=i,
+                active=bool(rec.get("active", True)),
+                context={"context": {**context, **(s.get("features") or {})},
+                         "features": features},
+            ))
+        return True
+
     def advance(self) -> int:
         """Close the windows that ended; update each model once per closed decision."""
         n = 0
         for r in self.join.advance():
             cid = r.decision.campaign
+            if cid == RANK_MODEL:
+                if self.rank_model is not None:
+                    ctx = r.decision.context or {}
+                    self.rank_model.update(r.decision.arm, r.reward, ctx.get("context"),
+                                           action_features=ctx.get("features"))
+                    self.changed.add(RANK_MODEL)
+                    self.rows.setdefault(cid, []).append({
+                        "decision_id": r.decision.decision_id, "slot": r.decision.slot,
+                        "arm": r.decision.arm, "probability": r.decision.probability,
+                        "reward": r.reward, "ts": _ms(r.decision.ts), "defaulted": r.defaulted,
+                    })
+                    n += 1
+                continue
             model = self.models.get(cid)
             if model is None or cid not in self.active:
                 continue
@@ -157,6 +229,9 @@ class OfferLearner:
                 "ts": _ms(r.decision.ts), "defaulted": r.defaulted,
             })
             n += 1
+        horizon = _ms(self.clock() - 2 * self.window)
+        for eid in [e for e, (t, _) in self.rank_slots.items() if t < horizon]:
+            del self.rank_slots[eid]
         return n
 
     # -- state -----------------------------------------------------------------------------
@@ -166,11 +241,14 @@ class OfferLearner:
         return dict(self.join.counters)
 
     def model_bytes(self, cid: str) -> bytes:
+        if cid == RANK_MODEL:
+            return bytes(self.rank_model.snapshot())
         return self.models[cid].snapshot()
 
     def take_changed(self) -> dict[str, bytes]:
         """The bytes of every model changed since the last call (to publish)."""
-        out = {cid: self.model_bytes(cid) for cid in sorted(self.changed) if cid in self.models}
+        out = {cid: self.model_bytes(cid) for cid in sorted(self.changed)
+               if cid in self.models or (cid == RANK_MODEL and self.rank_model is not None)}
         self.changed.clear()
         return out
 
@@ -187,14 +265,19 @@ class OfferLearner:
             "models": {cid: [spec.kind, [list(p) for p in spec.params], self.model_bytes(cid)]
                        for cid, spec in self.specs.items() if cid in self.models},
             "offsets": dict(self.offsets),
+            "rank": self.rank_model.snapshot() if self.rank_model is not None else None,
+            "rank_slots": {e: [t, list(ids)] for e, (t, ids) in self.rank_slots.items()},
         }, use_bin_type=True)
 
     @classmethod
     def restore(cls, data: bytes | None, clock: Callable[[], datetime],
-                window: timedelta, default_reward: float) -> OfferLearner:
-        """A learner from `snapshot()` bytes (a fresh one for None); ValueError if unreadable."""
+                window: timedelta, default_reward: float,
+                rank_model: Callable[[bytes | None], Any] | None = None) -> OfferLearner:
+        """A learner from `snapshot()` bytes (a fresh one for None); ValueError if unreadable.
+        `rank_model(bytes or None)` makes the Rank/Reward model (None: no rank model)."""
         if not data:
-            return cls(clock, window, default_reward)
+            return cls(clock, window, default_reward,
+                       rank_model=rank_model(None) if rank_model else None)
         doc = msgpack.unpackb(data, raw=False)
         if not isinstance(doc, dict) or doc.get("kind") != KIND or doc.get("v") != VERSION:
             raise ValueError("not a learner snapshot of this version")
@@ -206,6 +289,9 @@ class OfferLearner:
             models[cid] = restore_model(spec, blob)
         learner = cls(clock, window, default_reward, models=models, specs=specs,
                       offsets={str(k): int(v) for k, v in doc["offsets"].items()},
-                      join_state=JoinState.from_bytes(doc["join"]))
+                      join_state=JoinState.from_bytes(doc["join"]),
+                      rank_model=rank_model(doc.get("rank")) if rank_model else None,
+                      rank_slots={str(e): (int(t), tuple(ids))
+                                  for e, (t, ids) in (doc.get("rank_slots") or {}).items()})
         learner.changed.clear()
         return learner
