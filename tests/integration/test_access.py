@@ -88,7 +88,7 @@ def gate_stack(make_stack: Callable[..., Stack]) -> Stack:
 # -- the whole route table against every kind of caller ----------------------------------------
 SAMPLE = {"visitor_id": "v-walk", "campaign_id": "cart_reminder", "item_id": "i1", "path": "shoes",
           "pid": "1", "name": "dashboard.js", "token": "x" * 43, "prefix": "ks_nothing0",
-          "subject_id": "v-nobody"}
+          "subject_id": "v-nobody", "event_id": "e-walk"}
 
 
 def concrete(path: str) -> str:
