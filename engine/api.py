@@ -32,6 +32,7 @@ from engine.routes import (
     dashboard,
     decide,
     demo,
+    evaluation,
     ingest,
     ops,
     privacy,
@@ -47,7 +48,7 @@ from engine.settings import Settings
 
 #: The route modules, in the order their routes are matched.
 ROUTE_MODULES = (ingest, profiles, ops, stats, sdk, demo, decide, dashboard, catalog, trending,
-                 recommendations, access, admin, privacy, rank)
+                 recommendations, access, admin, privacy, rank, evaluation)
 
 _WRITE = needs(Can.EVENTS_WRITE, public=True, session=False)  # a page, an app or a server
 _DECIDE = needs(Can.DECIDE, public=True, session=False)
@@ -72,6 +73,7 @@ POLICY: dict[tuple[str, str], Policy] = {
     ("GET", "/v1/stats/trending"): _ANALYST,
     ("GET", "/v1/campaigns"): _ANALYST,
     ("GET", "/v1/campaigns/{campaign_id}/stats"): _ANALYST,
+    ("GET", "/v1/campaigns/{campaign_id}/evaluation"): _ANALYST,
     # the Rank/Reward API: servers only (a secret key with scope decide)
     ("POST", "/v1/rank"): needs(Can.DECIDE, session=False),
     ("POST", "/v1/rank/{event_id}/reward"): needs(Can.DECIDE, session=False),

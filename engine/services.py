@@ -25,6 +25,7 @@ from engine.flows.campaigns import Campaigns
 from engine.flows.catalog import Catalog
 from engine.flows.dashboard import DashboardFeed
 from engine.flows.decide import Decider
+from engine.flows.evaluation import Evaluations
 from engine.flows.health import Health, WriteGate
 from engine.flows.ingest import Ingest
 from engine.flows.models import PublishedModels
@@ -72,6 +73,7 @@ class Services:
     privacy: Privacy  # export and erase of one person's data
     models: PublishedModels | None = None  # the learner's published bandits, reloaded
     ranker: Ranker | None = None  # the Rank/Reward API
+    evaluations: Evaluations | None = None  # off-policy evaluation of learning campaigns
     demo_key: str | None = None  # the public key the demo shop's pages carry
     metrics_dir: Path | None = None
     session_cookie: str = SESSION_COOKIE
@@ -182,6 +184,7 @@ async def running(settings: Settings, redis_url: str, bootstrap: str,
             privacy=Privacy(client, control, profile_store, s),
             demo_key=demo_key, models=models,
             ranker=Ranker(models, log, s.rank_topic),
+            evaluations=Evaluations(ModelStore(client, s.group_id), hub, models),
         )
         yield svc
     finally:

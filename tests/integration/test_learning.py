@@ -4,6 +4,7 @@ restarted counts no reward twice."""
 
 from __future__ import annotations
 
+import os
 import signal
 import time
 from collections.abc import Callable
@@ -169,6 +170,29 @@ def test_rewards_advance_the_model_the_api_serves_it_and_a_killed_learner_counts
         assert 0 < r["probability"] <= 0.9
         assert r["reward"] == (1.0 if r["arm"] == "b" else 0.0)
 
+    # off-policy evaluation of what was logged, by the API and by `kairos evaluate`
+    r = stack.http.get("/v1/campaigns/offer/evaluation", params={"bootstrap": 50})
+    assert r.status_code == 200, r.text
+    ev = r.json()
+    assert ev["rows"] == len(loop.decision_ids) and ev["policy"] == "thompson"
+    assert set(ev["policies"]) >= {"logged", "uniform", "fixed_split", "bandit", "greedy"}
+    assert ev["policies"]["logged"]["snips"]["value"] == pytest.approx(
+        loop.shown["b"] / len(loop.decision_ids))
+    assert ev["policies"]["greedy"]["distribution"] == {"a": 0.0, "b": 1.0}
+    assert stack.http.get("/v1/campaigns/nope/evaluation").status_code == 404
+    assert stack.http.get("/v1/campaigns/offer/evaluation",
+                          params={"last": "0"}).json()["field"] == "last"
+    import json
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-m", "engine.cli", "evaluate", "--campaign", "offer",
+                          "--bootstrap", "20"], capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "KAIROS_SETTINGS_JSON": stack.settings.to_json()})
+    assert out.returncode == 0, out.stderr
+    doc = json.loads(out.stdout.strip().splitlines()[-1])
+    assert doc["rows"] == len(loop.decision_ids)
+
 
 def test_rank_reward_activation_through_the_learner(make_stack: Callable[..., Stack]) -> None:
     stack = make_stack(name="rank", workers=0, reward_window_s=3.0, model_publish_s=0.2,
@@ -219,3 +243,4 @@ def test_rank_reward_activation_through_the_learner(make_stack: Callable[..., St
     assert version >= 1
     wait_for(lambda: stack.http.post("/v1/rank", json={"actions": actions}).json()
              ["model_version"] >= version, timeout=10, what="the API on the new rank model")
+
