@@ -40,7 +40,7 @@ from engine.settings import Settings
 from engine.store.activity import ActivityStore
 from engine.store.catalog import CachedCatalog, CatalogStore
 from engine.store.decide_read import DecideReader
-from engine.store.learning import ModelStore
+from engine.store.learning import ModelStore, PropensityStore
 from engine.store.live import LiveStore
 from engine.store.memory import MemoryProbe
 from engine.store.profiles import ProfileStore, new_client
@@ -159,7 +159,8 @@ async def running(settings: Settings, redis_url: str, bootstrap: str,
         models.start()
         stack.push_async_callback(_quietly, models.close)
         decider = Decider(decide_reader, hub, DecisionLog(log, s.decisions_topic), s.affinity,
-                          s.decide_deadline_ms, sign=access.sign_decision, models=models)
+                          s.decide_deadline_ms, sign=access.sign_decision, models=models,
+                          propensity=PropensityStore(client))
         stack.push_async_callback(_quietly, decider.close)
         campaigns = Campaigns(hub, decide_reader)
         trending = Trending(reco_reader)
@@ -172,7 +173,8 @@ async def running(settings: Settings, redis_url: str, bootstrap: str,
             ingest=Ingest(log, live, s.retry_after_s, access, gate),
             decider=decider,
             campaigns=campaigns,
-            profiles=Profiles(profile_store, ActivityStore(client), s.affinity),
+            profiles=Profiles(profile_store, ActivityStore(client), s.affinity,
+                              PropensityStore(client)),
             catalog=Catalog(catalog_store),
             recommender=Recommender(profile_store, reco_reader,
                                     CachedCatalog(catalog_store, ttl_s=CATALOG_CACHE_S),

@@ -97,6 +97,12 @@ class Settings:
     # the Rank/Reward API (POST /v1/rank): its decisions and rewards travel on `rank_topic`;
     # in apprentice mode the caller's baseline is served until the policy agrees with it
     # `rank_agreement` of the last `rank_agreement_window` decisions
+    # purchase and exit propensity, learnt per event by the learner (models/propensity/online.py)
+    # and kept per visitor for `propensity_ttl_s`; a session ends after
+    # `propensity_session_gap_s` without an event
+    propensity: bool = True
+    propensity_session_gap_s: float = 1800.0
+    propensity_ttl_s: float = 7200.0
     rank_topic: str = "rank"
     rank_apprentice: bool = False
     rank_agreement: float = 0.9
@@ -244,6 +250,8 @@ def _check(s: Settings) -> None:
         raise SettingsError("rank_agreement must be in (0, 1]")
     if s.rank_agreement_window < 1:
         raise SettingsError("rank_agreement_window must be at least 1")
+    if s.propensity_session_gap_s <= 0 or s.propensity_ttl_s <= 0:
+        raise SettingsError("propensity_session_gap_s and propensity_ttl_s must be > 0")
     if s.learner_lease_ms < 1000:
         raise SettingsError("learner_lease_ms must be at least 1000")
     if s.sse_max_listeners < 0:

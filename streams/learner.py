@@ -45,8 +45,9 @@ from engine.logic.decisions.learning import OfferLearner
 from engine.logic.events import decode_events
 from engine.logic.rank import restore_rank_model
 from engine.settings import Settings
-from engine.store.learning import LearnerStore, LeaseLost
+from engine.store.learning import LearnerStore, LeaseLost, PropensityStore
 from engine.store.profiles import new_client
+from models.propensity.online import SessionPropensity
 
 log = logging.getLogger("kairos.learner")
 
@@ -74,6 +75,17 @@ class Learner:
     def clock(self) -> datetime:
         return self.wall() - timedelta(seconds=CLOSE_LAG_S)
 
+    def _propensity(self, blob: bytes | None) -> SessionPropensity:
+        gap = int(self.s.propensity_session_gap_s * 1000)
+        if blob:
+            try:
+                sp = SessionPropensity.restore(blob)
+                sp.gap_ms = gap
+                return sp
+            except ValueError as exc:
+                log.warning("propensity snapshot not readable (%s); starting afresh", exc)
+        return SessionPropensity(gap_ms=gap)
+
     async def _take_lease(self, store: LearnerStore, stop: asyncio.Event) -> bool:
         said = False
         while not stop.is_set():
@@ -90,6 +102,7 @@ class Learner:
         s = self.s
         redis = new_client(self.redis_url, timeout=5.0, max_connections=4)
         store = LearnerStore(redis, s.group_id)
+        self.scores = PropensityStore(redis)
         hub = default_hub(s.config_dir, s.config_reload_debounce_ms)
         consumer: AIOKafkaConsumer | None = None
         learner: OfferLearner | None = None
@@ -101,7 +114,8 @@ class Learner:
                 await store.load(), self.clock, timedelta(seconds=s.reward_window_s),
                 s.default_reward,
                 lambda blob: restore_rank_model(blob, s.rank_apprentice, s.rank_agreement,
-                                                s.rank_agreement_window))
+                                                s.rank_agreement_window),
+                self._propensity if s.propensity else None)
             log.info("learner %s resumes at %s", self.token, learner.offsets or "the beginning")
             with contextlib.suppress(Exception):
                 await ensure_topics(self.bootstrap, {t: s.partitions for t in self.topics}, 10.0)
@@ -183,6 +197,13 @@ class Learner:
                 learner.advance()
             now = time.monotonic()
             try:
+                scores = learner.take_scores()
+                if scores:
+                    try:
+                        await self.scores.put_many(scores, int(s.propensity_ttl_s * 1000))
+                    except BaseException:
+                        learner.scores = {**scores, **learner.scores}
+                        raise
                 if now - last_lease >= s.learner_lease_ms / 3000:
                     if not await store.hold(self.token, s.learner_lease_ms):
                         raise LeaseLost("the lease expired and another learner took it")
@@ -206,7 +227,9 @@ class Learner:
         rows = learner.take_rows() if snapshot else {}
         blob = learner.snapshot() if snapshot else None
         try:
-            versions = await store.commit(self.token, models, rows, blob, learner.counters,
+            stats = {**learner.counters,
+                     **{f"drift:{k}": v for k, v in learner.drift_detections.items()}}
+            versions = await store.commit(self.token, models, rows, blob, stats,
                                           self.s.learning_log_max)
         except BaseException:
             learner.changed.update(models)  # publish them next time

@@ -31,6 +31,7 @@ from engine.logic.decisions.select import select
 from engine.logic.decisions.state import cap_states, decision_id, decision_record, rule_view
 from engine.store import keys
 from engine.store.decide_read import ArmCounters, DecideReader, DecideState
+from engine.store.learning import PropensityStore
 from models.affinity import AffinityConfig, Profile, apply_event
 
 log = logging.getLogger("kairos.decide")
@@ -51,7 +52,8 @@ class Decider:
                  clock: Callable[[], float] = time.monotonic,
                  token: Callable[[], str] = _token,
                  sign: Callable[[str], str] = lambda base: base,
-                 models: PublishedModels | None = None) -> None:
+                 models: PublishedModels | None = None,
+                 propensity: PropensityStore | None = None) -> None:
         self.reader = reader
         self.hub = hub
         self.records = records
@@ -61,6 +63,7 @@ class Decider:
         self.token = token  # the random part of decision ids
         self.sign = sign  # appends the engine's MAC (engine.logic.access.signed_decision_id)
         self.models = models  # the learning campaigns' bandits (engine/flows/models.py)
+        self.propensity = propensity  # read only when a rule targets a propensity
         self.counters: dict[str, tuple[float, ArmCounters]] = {}
         self.failures = 0
 
@@ -86,9 +89,15 @@ class Decider:
         if not candidates:
             return [], None
         remaining = self.deadline_s - (time.perf_counter() - started)
+        scores: dict[str, Any] | None = None
         try:
-            snap = await asyncio.wait_for(self.read(visitor_id, user_id, candidates),
-                                          max(remaining, 0.001))
+            if config.needs_propensity and self.propensity is not None:
+                snap, scores = await asyncio.wait_for(asyncio.gather(
+                    self.read(visitor_id, user_id, candidates),
+                    self.propensity.get(visitor_id)), max(remaining, 0.001))
+            else:
+                snap = await asyncio.wait_for(self.read(visitor_id, user_id, candidates),
+                                              max(remaining, 0.001))
         except Exception as exc:  # slow or missing Redis: no personalization, never a 5xx
             self.failures += 1
             if self.failures in (1, 10, 100) or self.failures % 1000 == 0:
@@ -101,6 +110,8 @@ class Decider:
                 apply_event(profile, spec.to_dict(ev), self.cfg)
         assign_pid = keys.user_pid(user_id) if user_id else snap.pid
         view = rule_view(profile, assign_pid, now_ms, self.cfg)
+        if scores:
+            view["propensity"] = scores
         caps = cap_states(snap.state, snap.session, config, now_ms)
         chosen = select(config, view, context, now_ms, caps, zones,
                         models=self.models.current() if self.models else None, token=self.token)

@@ -188,3 +188,9 @@ def learning_log(group_id: str, name: str) -> str:
 def learner_stats(group_id: str) -> str:
     """Hash: the learner's counters (decisions, rewards, defaulted, …) as of its last commit."""
     return f"{_learning(group_id)}:stats"
+
+
+def propensity(visitor_id: str) -> str:
+    """String with a TTL: a visitor's latest purchase and exit propensity (msgpack
+    `{purchase, exit, at}`), written by the learner; the visitor's own hash tag."""
+    return f"kpr:{{{visitor_pid(visitor_id)}}}"

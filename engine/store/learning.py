@@ -104,3 +104,25 @@ class ModelStore:
     async def learner_stats(self) -> dict[str, int]:
         raw = await self.r.hgetall(keys.learner_stats(self.group))
         return {_s(k): int(v) for k, v in raw.items()}
+
+
+class PropensityStore:
+    """The visitors' learnt purchase and exit propensity (written by the learner)."""
+
+    def __init__(self, redis: Any) -> None:
+        self.r = redis
+
+    async def put_many(self, scores: Mapping[str, tuple[float, float, int]], ttl_ms: int) -> None:
+        """visitor -> (purchase, exit, epoch ms of the event scored)."""
+        if not scores:
+            return
+        pipe = self.r.pipeline(transaction=False)
+        for vid, (buy, leave, at) in scores.items():
+            pipe.set(keys.propensity(vid), _enc.encode({"purchase": round(buy, 6),
+                                                        "exit": round(leave, 6), "at": at}),
+                     px=ttl_ms)
+        await pipe.execute()
+
+    async def get(self, visitor_id: str) -> dict[str, Any] | None:
+        raw = await self.r.get(keys.propensity(visitor_id))
+        return _dec.decode(raw) if raw is not None else None  # type: ignore[no-any-return]

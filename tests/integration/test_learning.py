@@ -37,6 +37,18 @@ goal:
   window: 1d
 """
 
+EXIT_OFFER = """\
+id: exit_offer
+name: Exit offer for visitors likely to leave
+status: active
+zones: [exit_intent]
+targeting:
+  exit_probability: {op: ">=", value: 0.0}
+variants:
+  - id: only
+    template: {title: "Before you go"}
+"""
+
 
 def wait_for(fn: Callable[[], Any], timeout: float = 60.0, what: str = "condition") -> Any:
     deadline = time.monotonic() + timeout
@@ -101,13 +113,14 @@ class Loop:
             (1.0, 1.0 + self.shown["a"]), (1.0 + self.shown["b"], 1.0))
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def learning_stack(make_stack: Callable[..., Stack], tmp_path_factory: pytest.TempPathFactory
                    ) -> Stack:
     cdir = tmp_path_factory.mktemp("learn-config")
     (cdir / "campaigns").mkdir()
     (cdir / "campaigns" / "offer.yaml").write_text(OFFER)
-    return make_stack(name="learn", config_dir=cdir, workers=0, reward_window_s=4.0,
+    (cdir / "campaigns" / "exit_offer.yaml").write_text(EXIT_OFFER)
+    return make_stack(name="learn", config_dir=cdir, workers=1, reward_window_s=4.0,
                       model_publish_s=0.2, learner_snapshot_s=3.0, model_reload_s=0.2,
                       learner_lease_ms=2000)
 
@@ -192,6 +205,34 @@ def test_rewards_advance_the_model_the_api_serves_it_and_a_killed_learner_counts
     assert out.returncode == 0, out.stderr
     doc = json.loads(out.stdout.strip().splitlines()[-1])
     assert doc["rows"] == len(loop.decision_ids)
+
+
+def test_propensity_learnt_per_event_in_the_profile_and_the_rules(learning_stack: Stack) -> None:
+    stack = learning_stack
+    if not any(p.poll() is None for p in stack.learners):
+        stack.start_learner()
+    vid = uid()
+
+    def exit_offer() -> list[dict[str, Any]]:
+        r = stack.http.post("/v1/decide", json={"visitor_id": vid,
+                                                 "context": {"zones": ["exit_intent"]}})
+        assert r.status_code == 200, r.text
+        return r.json()["decisions"]  # type: ignore[no-any-return]
+
+    assert exit_offer() == []  # no score yet: a rule on a propensity is false
+    now = int(time.time() * 1000)
+    events = [{"event_id": f"{vid}-{i}", "type": "item_view", "visitor_id": vid, "ts": now + i,
+               "item": {"id": f"i{i}", "price": 10}} for i in range(3)]
+    assert stack.post(events).status_code == 200
+
+    def scored() -> dict[str, Any] | None:
+        r = stack.profile(vid)
+        return r.json().get("propensity") if r.status_code == 200 else None
+
+    p = wait_for(scored, what="the propensity in the profile")
+    assert 0 <= p["purchase"] <= 1 and 0 <= p["exit"] <= 1 and p["at"] == now + 2
+    (d,) = wait_for(exit_offer, timeout=10, what="the campaign targeting exit_probability")
+    assert d["campaign"] == "exit_offer"
 
 
 def test_rank_reward_activation_through_the_learner(make_stack: Callable[..., Stack]) -> None:

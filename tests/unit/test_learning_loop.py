@@ -195,3 +195,48 @@ def test_learner_default_reward_and_explicit_reward(tmp_path: Path) -> None:
     assert learner.advance() == 2
     assert learner.models["hero"].mean("a") == pytest.approx(0.25)
     assert learner.models["hero"].mean("b") == pytest.approx(0.7)
+
+
+def test_session_propensity_is_prequential_and_learns_each_example_once() -> None:
+    from models.propensity.online import SessionPropensity
+
+    sp = SessionPropensity(gap_ms=1000)
+    seen = []
+    t = 0
+    for v in range(40):
+        buys = v % 3 == 0
+        for i in range(3):
+            t += 10
+            seen.append(sp.event({"visitor_id": f"v{v}", "ts": t, "type": "item_view",
+                                  "item": {"id": str(i)}}))
+        if buys:
+            t += 10
+            assert sp.event({"visitor_id": f"v{v}", "ts": t, "type": "purchase"})[1] == 1.0
+        t += 5000
+        sp.advance(t)
+    assert all(s is not None and 0 <= s[1] <= 1 and 0 <= s[2] <= 1 for s in seen)
+    # per session of 3 views: 3 exit examples (one per event, the purchase event's too when
+    # there is one) and 3 purchase examples
+    buyers = len(range(0, 40, 3))
+    assert sp.learnt == 40 * 3 + buyers + 40 * 3
+    assert not sp.sessions
+    again = SessionPropensity.restore(sp.snapshot())
+    x = {"visitor_id": "z", "ts": t + 1, "type": "page_view"}
+    assert again.event(x) == sp.event(x)
+
+
+def test_rules_target_propensity(tmp_path: Path) -> None:
+    from engine.logic.decisions.rules import RuleError, compile_rule
+
+    rule = compile_rule({"exit_probability": {"op": ">", "value": 0.6}})
+    assert rule({"propensity": {"exit": 0.7}}, {}, 0)
+    assert not rule({"propensity": {"exit": 0.5}}, {}, 0)
+    assert not rule({}, {}, 0)  # no score yet
+    assert compile_rule({"purchase_probability": {"op": "<", "value": 0.1}})(
+        {"propensity": {"purchase": 0.05}}, {}, 0)
+    with pytest.raises(RuleError, match="must be a probability"):
+        compile_rule({"exit_probability": {"op": ">", "value": 2}})
+    text = CAMPAIGN.format(policy="targeting:\n  exit_probability: {op: '>', value: 0.6}")
+    (tmp_path / "campaigns").mkdir()
+    (tmp_path / "campaigns" / "hero.yaml").write_text(text)
+    assert load_config(tmp_path).needs_propensity

@@ -29,6 +29,7 @@ from engine.logic.decisions.rules import (
     load_zone,
     parse_duration_ms,
     referenced_segments,
+    uses_propensity,
 )
 from engine.logic.decisions.templates import CompiledTemplate, TemplateError, compile_template
 
@@ -149,6 +150,7 @@ class Config:
     segments: Mapping[str, Segment]  # in dependency order
     campaigns: Mapping[str, Campaign]
     by_zone: Mapping[str, tuple[Campaign, ...]] = field(default_factory=dict)
+    needs_propensity: bool = False  # a rule targets exit_probability / purchase_probability
 
     def campaigns_with_goal(self, event_type: str) -> list[Campaign]:
         """Campaigns whose goal is ``event_type`` (the stream checks these for conversions)."""
@@ -579,4 +581,6 @@ def load_config(directory: str | FsPath) -> Config:
         by_zone={
             z: tuple(sorted(cs, key=lambda c: (-c.priority, c.id))) for z, cs in by_zone.items()
         },
+        needs_propensity=any(uses_propensity(c.targeting_spec) for c in campaigns.values())
+        or any(uses_propensity(s.spec) for s in segments.values()),
     )

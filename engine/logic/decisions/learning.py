@@ -32,6 +32,7 @@ from engine.logic.decisions.policy import Bandit, new_model, restore_model
 from engine.logic.decisions.state import DECISION_TYPE, parse_decision_id
 from engine.logic.rank import ACTIVATE_TYPE, RANK_MODEL, RANK_TYPE, REWARD_TYPE
 from models.bandit.apprentice import Apprentice
+from models.propensity.online import SessionPropensity
 from models.rewards.join import REWARD, JoinState, LoggedDecision, Reaction, RewardJoin
 
 KIND = "learner.offers"
@@ -60,6 +61,7 @@ class OfferLearner:
     join_state: JoinState | None = None
     rank_model: Any = None  # the Rank/Reward API's model (engine/logic/rank.py)
     rank_slots: dict[str, tuple[int, tuple[str, ...]]] = field(default_factory=dict)
+    propensity: SessionPropensity | None = None  # purchase and exit, per event
 
     def __post_init__(self) -> None:
         self.join = RewardJoin(self.clock, self.window, self.default_reward,
@@ -70,6 +72,7 @@ class OfferLearner:
         self.goal_types: frozenset[str] = frozenset()
         self.changed: set[str] = set(self.models)  # published at the next commit
         self.rows: dict[str, list[dict[str, Any]]] = {}  # joined rows since the last snapshot
+        self.scores: dict[str, tuple[float, float, int]] = {}  # visitor -> (buy, exit, ts)
 
     # -- configuration ---------------------------------------------------------------------
 
@@ -117,7 +120,12 @@ class OfferLearner:
         return True
 
     def event(self, ev: Mapping[str, Any]) -> bool:
-        """An event that may reward an open decision; True when it was given to the join."""
+        """An event of the `events` topic: scored (then learnt) by the propensity models, and
+        given to the join when it may reward an open decision (then True)."""
+        if self.propensity is not None:
+            scored = self.propensity.event(ev)
+            if scored is not None:
+                self.scores[scored[0]] = (scored[1], scored[2], int(ev["ts"]))
         etype = ev.get("type")
         did = ev.get("decision_id")
         if etype in REACTION_TYPES and isinstance(did, str):
@@ -229,6 +237,8 @@ class OfferLearner:
                 "ts": _ms(r.decision.ts), "defaulted": r.defaulted,
             })
             n += 1
+        if self.propensity is not None:
+            self.propensity.advance(_ms(self.clock()))
         horizon = _ms(self.clock() - 2 * self.window)
         for eid in [e for e, (t, _) in self.rank_slots.items() if t < horizon]:
             del self.rank_slots[eid]
@@ -252,6 +262,24 @@ class OfferLearner:
         self.changed.clear()
         return out
 
+    def take_scores(self) -> dict[str, tuple[float, float, int]]:
+        """The visitors' new propensity scores since the last call (to write)."""
+        scores, self.scores = self.scores, {}
+        return scores
+
+    @property
+    def drift_detections(self) -> dict[str, int]:
+        """Detected drifts per watched model: each bandit arm's reward rate, each propensity
+        model's error."""
+        out: dict[str, int] = {}
+        for cid, m in self.models.items():
+            for arm, n in m.drift_detections.items():
+                out[f"{cid}:{arm}"] = n
+        if self.propensity is not None:
+            for name, n in self.propensity.drift_detections.items():
+                out[f"propensity:{name}"] = n
+        return out
+
     def take_rows(self) -> dict[str, list[dict[str, Any]]]:
         """The joined rows since the last call (they go out with the snapshot)."""
         rows, self.rows = self.rows, {}
@@ -267,17 +295,22 @@ class OfferLearner:
             "offsets": dict(self.offsets),
             "rank": self.rank_model.snapshot() if self.rank_model is not None else None,
             "rank_slots": {e: [t, list(ids)] for e, (t, ids) in self.rank_slots.items()},
+            "propensity": self.propensity.snapshot() if self.propensity is not None else None,
         }, use_bin_type=True)
 
     @classmethod
     def restore(cls, data: bytes | None, clock: Callable[[], datetime],
                 window: timedelta, default_reward: float,
-                rank_model: Callable[[bytes | None], Any] | None = None) -> OfferLearner:
+                rank_model: Callable[[bytes | None], Any] | None = None,
+                propensity: Callable[[bytes | None], SessionPropensity] | None = None
+                ) -> OfferLearner:
         """A learner from `snapshot()` bytes (a fresh one for None); ValueError if unreadable.
-        `rank_model(bytes or None)` makes the Rank/Reward model (None: no rank model)."""
+        `rank_model(bytes or None)` makes the Rank/Reward model, `propensity(bytes or None)`
+        the propensity models (None: none)."""
         if not data:
             return cls(clock, window, default_reward,
-                       rank_model=rank_model(None) if rank_model else None)
+                       rank_model=rank_model(None) if rank_model else None,
+                       propensity=propensity(None) if propensity else None)
         doc = msgpack.unpackb(data, raw=False)
         if not isinstance(doc, dict) or doc.get("kind") != KIND or doc.get("v") != VERSION:
             raise ValueError("not a learner snapshot of this version")
@@ -292,6 +325,7 @@ class OfferLearner:
                       join_state=JoinState.from_bytes(doc["join"]),
                       rank_model=rank_model(doc.get("rank")) if rank_model else None,
                       rank_slots={str(e): (int(t), tuple(ids))
-                                  for e, (t, ids) in (doc.get("rank_slots") or {}).items()})
+                                  for e, (t, ids) in (doc.get("rank_slots") or {}).items()},
+                      propensity=propensity(doc.get("propensity")) if propensity else None)
         learner.changed.clear()
         return learner

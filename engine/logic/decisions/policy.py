@@ -23,6 +23,7 @@ from models.bandit.thompson import BetaThompson
 
 Bandit = BetaThompson | EpsilonGreedy
 SEED = 0  # mixed with each decision's key; the key carries the randomness
+DRIFT_DELTA = 0.002  # ADWIN on each arm's rewards: on a change, the arm forgets the old evidence
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,9 +40,9 @@ def new_model(spec: PolicySpec) -> Bandit:
     """A fresh bandit of the campaign's policy (every arm at its prior: uniform choice)."""
     params: dict[str, Any] = dict(spec.params)
     if spec.kind == "thompson":
-        return BetaThompson(seed=SEED, **params)
+        return BetaThompson(seed=SEED, drift_delta=DRIFT_DELTA, **params)
     if spec.kind == "epsilon_greedy":
-        return EpsilonGreedy(seed=SEED, **params)
+        return EpsilonGreedy(seed=SEED, drift_delta=DRIFT_DELTA, **params)
     raise ValueError(f"{spec.kind!r} is not a learning policy")
 
 
