@@ -50,6 +50,16 @@ class PublishedModels:
         """The published version being served (0: none published yet, the prior)."""
         return self.versions.get(campaign_id, 0)
 
+    async def metrics_lines(self) -> bytes:
+        """The learner's counters and drift detections, and the versions served (/metrics)."""
+        from engine import metrics
+
+        try:
+            stats = await self.store.learner_stats()
+        except Exception:  # Redis away: the versions this process serves still show
+            stats = {}
+        return metrics.learner_lines(stats, self.versions)
+
     async def refresh(self) -> bool:
         """Load what changed; True when the served mapping was replaced."""
         versions = await self.store.versions()

@@ -233,6 +233,12 @@ def test_propensity_learnt_per_event_in_the_profile_and_the_rules(learning_stack
     assert 0 <= p["purchase"] <= 1 and 0 <= p["exit"] <= 1 and p["at"] == now + 2
     (d,) = wait_for(exit_offer, timeout=10, what="the campaign targeting exit_probability")
     assert d["campaign"] == "exit_offer"
+    # the learner's counters and the versions served, in /metrics
+    text = stack.http.get("/metrics").text
+    assert "kairos_learner_decisions_total" in text
+    assert "kairos_learner_drift_detections_total" in text
+    wait_for(lambda: 'kairos_model_version{model="offer"}' in stack.http.get("/metrics").text,
+             timeout=10, what="the served version in /metrics")
 
 
 def test_rank_reward_activation_through_the_learner(make_stack: Callable[..., Stack]) -> None:

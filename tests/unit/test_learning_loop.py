@@ -240,3 +240,27 @@ def test_rules_target_propensity(tmp_path: Path) -> None:
     (tmp_path / "campaigns").mkdir()
     (tmp_path / "campaigns" / "hero.yaml").write_text(text)
     assert load_config(tmp_path).needs_propensity
+
+
+def test_a_change_in_an_arms_reward_rate_is_detected_and_the_arm_forgets(tmp_path: Path) -> None:
+    from engine import metrics
+
+    config = config_with(tmp_path, "policy: thompson")
+    clock = Clock()
+    learner = OfferLearner(clock, timedelta(seconds=1), 0.0)
+    learner.configure(config)
+    for i in range(1200):
+        t = clock.now
+        learner.decision(_decision(i, "a", t))
+        if i < 600:  # a was always clicked, then never
+            learner.event({"event_id": f"c{i}", "type": "click",
+                           "decision_id": f"hero.a.{i:010d}", "ts": ms(t)})
+        clock.now += timedelta(seconds=2)
+        learner.advance()
+    assert learner.drift_detections.get("hero:a", 0) >= 1
+    alpha, beta = learner.models["hero"].posterior("a")
+    assert alpha < 100 < beta  # the 600 early successes are forgotten
+    lines = metrics.learner_lines({"drift:hero:a": learner.drift_detections["hero:a"]},
+                                  {"hero": 3}).decode()
+    assert 'kairos_learner_drift_detections_total{model="hero:a"}' in lines
+    assert 'kairos_model_version{model="hero"} 3' in lines
