@@ -131,7 +131,7 @@ def _rank_schemas() -> dict[str, Any]:
                     "id": {"type": "string"}, "features": feats,
                     "baseline": {"type": "string", "description": "The action shown in "
                                  "apprentice mode (default: the actions in request order)"}}}},
-            "deferred_activation": {"type": "boolean", "description": "Learn from this "
+            "defer_activation": {"type": "boolean", "description": "Learn from this "
                                     "decision only once POST /v1/rank/{event_id}/activate says "
                                     "its content was really shown"},
         }},
@@ -145,14 +145,18 @@ def _rank_schemas() -> dict[str, Any]:
             "slots": {"type": "array", "items": {"type": "object", "properties": {
                 "id": {"type": "string"}, "reward_action_id": {"type": "string"},
                 "probability": {"type": "number", "description": "of the action shown, "
-                                "given the earlier slots' choices"}}}},
-            "deferred_activation": {"type": "boolean"},
+                                "given the earlier slots' choices"},
+                "probabilities": {"type": "object", "additionalProperties": {"type": "number"},
+                                  "description": "every action's, in this slot"}}}},
+            "defer_activation": {"type": "boolean"},
             "model_version": {"type": "integer", "description": "0: the prior"},
         }},
         "Reward": {"type": "object", "required": ["value"], "properties": {
             "value": {"type": "number", "minimum": 0, "maximum": 1},
             "slot": {"type": "string", "description": "multi-slot: the slot rewarded "
-                     "(absent: every slot of the event)"}}},
+                     "(absent: every slot of the event)"},
+            "reward_id": {"type": "string", "description": "a retried call with the same "
+                          "reward_id counts once"}}},
     }
 
 

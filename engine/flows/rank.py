@@ -67,9 +67,9 @@ class Ranker:
 
     async def reward(self, event_id: str, doc: Any) -> None:
         self._check(event_id)
-        value, slot = parse_reward(doc)
+        value, slot, rid = parse_reward(doc)
         await self._append(event_id, reward_record(event_id, value, slot,
-                                                   int(self.clock() * 1000), self.token()))
+                                                   int(self.clock() * 1000), rid or self.token()))
 
     async def activate(self, event_id: str) -> None:
         self._check(event_id)

@@ -2,12 +2,12 @@
 
 `POST /v1/rank` — context features, up to `MAX_ACTIONS` actions each with its own features,
 excluded actions, an optional event id, optional slots (each with its own features and
-baseline), `deferred_activation`:
+baseline), `defer_activation`:
 
     {"event_id": "e-1", "context": {"device": "mobile"},
      "actions": [{"id": "news", "features": {"topic": "news"}}, {"id": "sport"}],
      "excluded_actions": ["sport"], "slots": [{"id": "top", "baseline": "news"}],
-     "deferred_activation": false}
+     "defer_activation": false}
 
 answers the chosen action per slot with its probability and every action's, and the ranking
 (`rank`): the chosen actions, then the others by probability. The policy is the learner's
@@ -80,7 +80,7 @@ def parse_rank(doc: Any) -> RankRequest:
     if not isinstance(doc, dict):
         raise RankError("body", "must be an object with actions")
     unknown = set(doc) - {"event_id", "context", "context_features", "actions",
-                          "excluded_actions", "slots", "deferred_activation"}
+                          "excluded_actions", "slots", "defer_activation"}
     if unknown:
         raise RankError(sorted(unknown)[0], "is not a known field")
     eid = doc.get("event_id")
@@ -136,9 +136,9 @@ def parse_rank(doc: Any) -> RankRequest:
             s["baseline"] = defaults.pop(0)
     if len({s["baseline"] for s in slots}) != len(slots):
         raise RankError("slots", "baselines must be distinct actions")
-    deferred = doc.get("deferred_activation", False)
+    deferred = doc.get("defer_activation", False)
     if not isinstance(deferred, bool):
-        raise RankError("deferred_activation", "must be true or false")
+        raise RankError("defer_activation", "must be true or false")
     return RankRequest(eid, context, left, features, tuple(slots), deferred)
 
 
@@ -172,9 +172,10 @@ def rank(model: Any, req: RankRequest, event_id: str) -> tuple[dict[str, Any], l
         "reward_action_id": chosen[0],
         "ranking": ranking,
         "slots": [{"id": s["id"], "reward_action_id": c["arm"],
-                   "probability": round(c["probability"], 9)}
+                   "probability": round(c["probability"], 9),
+                   "probabilities": {a: round(p, 9) for a, p in c["probabilities"].items()}}
                   for s, c in zip(req.slots, slots, strict=True)],
-        "deferred_activation": req.deferred,
+        "defer_activation": req.deferred,
     }
     return answer, slots
 
@@ -194,8 +195,9 @@ def record(req: RankRequest, event_id: str, slots: Sequence[Mapping[str, Any]], 
     }
 
 
-def parse_reward(doc: Any) -> tuple[float, str | None]:
-    """`{"value": 0..1, "slot": "top"?}` -> (value, slot id or None)."""
+def parse_reward(doc: Any) -> tuple[float, str | None, str | None]:
+    """`{"value": 0..1, "slot": "top"?, "reward_id": "r1"?}` -> (value, slot id, reward id):
+    a retried call with the same `reward_id` counts once."""
     if isinstance(doc, int | float) and not isinstance(doc, bool):
         doc = {"value": doc}
     if not isinstance(doc, dict):
@@ -206,12 +208,16 @@ def parse_reward(doc: Any) -> tuple[float, str | None]:
     slot = doc.get("slot", doc.get("slot_id"))
     if slot is not None and not isinstance(slot, str):
         raise RankError("slot", "must be a slot id (a string)")
-    return float(value), slot
+    rid = doc.get("reward_id")
+    if rid is not None and not event_id_ok(rid):
+        raise RankError("reward_id", "must be 1-64 characters of A-Z, a-z, 0-9, '_', '-', ':'")
+    return float(value), slot, rid
 
 
 def reward_record(event_id: str, value: float, slot: str | None, now_ms: int,
                   token: str) -> dict[str, Any]:
-    """An explicit reward on the `rank` topic (`token` makes its own event id unique)."""
+    """An explicit reward on the `rank` topic (`token`, the caller's reward id or a random
+    one, makes its own event id: the join counts one event id once)."""
     return {"type": REWARD_TYPE, "event_id": f"{event_id}/r/{token}", "decision_id": event_id,
             "ts": now_ms, "value": value, "slot": slot}
 

@@ -269,7 +269,7 @@ def test_rank_reward_activation_through_the_learner(make_stack: Callable[..., St
         value = 1.0 if body["reward_action_id"] == "b" else 0.0
         assert stack.http.post(f"/v1/rank/ev-{i}/reward", json={"value": value}).status_code == 202
         ids.append(f"ev-{i}")
-    deferred = {"actions": actions, "deferred_activation": True}
+    deferred = {"actions": actions, "defer_activation": True}
     assert stack.http.post("/v1/rank", json={**deferred, "event_id": "shown"}).status_code == 200
     assert stack.http.post("/v1/rank", json={**deferred, "event_id": "unseen"}).status_code == 200
     assert stack.http.post("/v1/rank/shown/activate").status_code == 202

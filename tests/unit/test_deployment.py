@@ -24,9 +24,10 @@ def test_compose_runs_kafka_redis_api_and_workers():
     assert "--appendonly" in services["redis"]["command"]
     assert services["api"]["deploy"]["replicas"] == 2
     assert services["worker"]["deploy"]["replicas"] == 2
+    assert services["learner"]["deploy"]["replicas"] == 1  # one owner of the learning models
 
 
-@pytest.mark.parametrize("name", ["api", "worker", "migrate"])
+@pytest.mark.parametrize("name", ["api", "worker", "migrate", "learner"])
 def test_service_command_is_a_real_kairos_command(name, monkeypatch):
     command = compose()["services"][name]["command"]
     assert command[0] == "kairos"

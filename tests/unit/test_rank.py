@@ -36,7 +36,7 @@ ACTIONS = [{"id": "news", "features": {"topic": "news"}}, {"id": "sport"}, {"id"
     ({"actions": ACTIONS, "slots": [{"id": "a"}, {"id": "a"}]}, "slots"),
     ({"actions": ACTIONS, "slots": [{"id": "a", "baseline": "zzz"}]}, "slots[0].baseline"),
     ({"actions": ACTIONS[:1], "slots": [{"id": "a"}, {"id": "b"}]}, "actions"),
-    ({"actions": ACTIONS, "deferred_activation": "yes"}, "deferred_activation"),
+    ({"actions": ACTIONS, "defer_activation": "yes"}, "defer_activation"),
     ({"actions": ACTIONS, "colour": 1}, "colour"),
 ])
 def test_bad_requests_name_the_field(doc: object, field: str) -> None:
@@ -69,10 +69,10 @@ def test_apprentice_serves_the_baseline_with_probability_one() -> None:
 
 
 def test_reward_body() -> None:
-    assert parse_reward({"value": 1}) == (1.0, None)
-    assert parse_reward(0.5) == (0.5, None)
-    assert parse_reward({"value": 0.2, "slot": "top"}) == (0.2, "top")
-    for bad in ({"value": 2}, {"value": True}, {}, "x"):
+    assert parse_reward({"value": 1}) == (1.0, None, None)
+    assert parse_reward(0.5) == (0.5, None, None)
+    assert parse_reward({"value": 0.2, "slot": "top", "reward_id": "r1"}) == (0.2, "top", "r1")
+    for bad in ({"value": 2}, {"value": True}, {}, "x", {"value": 1, "reward_id": "a b"}):
         with pytest.raises(RankError):
             parse_reward(bad)
 
@@ -94,11 +94,11 @@ def test_learner_learns_rank_rewards_per_slot_and_waits_for_activation() -> None
     assert learner.rank(record(req, "e-1", slots, ms, answer["mode"]))
     assert learner.rank(reward_record("e-1", 1.0, "side", ms + 1, "t1"))
     assert not learner.rank(reward_record("e-1", 1.0, "nope", ms + 1, "t2"))
-    deferred = parse_rank({"actions": ACTIONS, "deferred_activation": True})
+    deferred = parse_rank({"actions": ACTIONS, "defer_activation": True})
     answer2, slots2 = rank(learner.rank_model, deferred, "e-2")
     learner.rank(record(deferred, "e-2", slots2, ms, answer2["mode"]))
     learner.rank(reward_record("e-2", 1.0, None, ms + 1, "t3"))  # before activation: waits
-    never = parse_rank({"actions": ACTIONS, "deferred_activation": True})
+    never = parse_rank({"actions": ACTIONS, "defer_activation": True})
     learner.rank(record(never, "e-3", rank(learner.rank_model, never, "e-3")[1], ms, "online"))
     learner.rank(activation_record("e-2", ms + 2))
     clock.now += timedelta(seconds=11)
