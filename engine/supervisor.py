@@ -50,16 +50,17 @@ from engine.logic.restarts import (
 _PR_SET_PDEATHSIG = 1
 
 
-def parent_death(sig: int) -> Callable[[], None] | None:
+def parent_death(sig: int, parent: int | None = None) -> Callable[[], None] | None:
     """A `preexec_fn` for Popen: the child gets `sig` when this process (its parent) dies.
 
     Runs in the child after fork, after the credential change of `Popen(user=...)` and
-    before exec, so the setting survives into the server. If the parent died before the
-    setting took, the child signals itself. None where there is no prctl (not Linux)."""
+    before exec, so the setting survives into the server. If the parent (`parent`, this
+    process by default) died before the setting took, the child signals itself. None where
+    there is no prctl (not Linux)."""
     if not sys.platform.startswith("linux"):
         return None
     prctl = ctypes.CDLL(None, use_errno=True).prctl  # looked up here: the child only calls it
-    parent = os.getpid()
+    parent = os.getpid() if parent is None else parent
 
     def tie() -> None:
         if prctl(_PR_SET_PDEATHSIG, int(sig), 0, 0, 0) != 0:
@@ -73,10 +74,8 @@ def parent_death(sig: int) -> Callable[[], None] | None:
 def die_with_parent(sig: int, parent: int) -> None:
     """This process gets `sig` when `parent` (its parent now) dies: for processes that a
     child starts itself, such as uvicorn's worker processes under `kairos api --workers N`."""
-    tie = parent_death(sig)
+    tie = parent_death(sig, parent)
     if tie is not None:
-        if os.getppid() != parent:  # already orphaned
-            os.kill(os.getpid(), int(sig))
         tie()
 
 

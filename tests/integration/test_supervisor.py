@@ -231,11 +231,11 @@ def _alive(procs: dict[tuple[int, int], str]) -> list[str]:
 
 
 class Up(Run):
-    def __init__(self, var: Path) -> None:
+    def __init__(self, var: Path, **env: str) -> None:
         self.var = var
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
-        self.env = {**os.environ, "KAIROS_VAR_DIR": str(var), "KAIROS_PORT": str(self.port)}
+        self.env = {**os.environ, "KAIROS_VAR_DIR": str(var), "KAIROS_PORT": str(self.port), **env}
         self.env.pop("KAIROS_SETTINGS_JSON", None)
         super().__init__([sys.executable, "-m", "engine.cli", "up"], self.env)
         self.wait_for("Ctrl-C stops everything", 120)
@@ -293,7 +293,7 @@ def up_var() -> Iterator[Path]:
 
 @pytest.fixture(scope="module")
 def up(up_var: Path) -> Iterator[Up]:
-    stack = Up(up_var)
+    stack = Up(up_var, KAIROS_API_WORKERS="2")  # uvicorn's worker processes must die with it too
     yield stack
     stack.http.close()
     stack.kill()
@@ -310,8 +310,12 @@ def test_up_restarts_a_sigkilled_worker_and_events_still_flow(up: Up) -> None:
 
 def test_up_restarts_a_sigkilled_api(up: Up) -> None:
     (api,) = up.pids("-m engine.cli api")
+    workers = {k: cmd for k, cmd in up.children().items() if "multiprocessing" in cmd}
+    assert len(workers) >= 2, "uvicorn's two worker processes"
     os.kill(api, signal.SIGKILL)
     up.wait_for(rf"api \(pid {api}\) exited \(killed by SIGKILL\); restarting it in", 5)
+    # its worker processes do not hold the port: they died with it, and the new API serves
+    _wait(lambda: not _alive(workers), 5, f"uvicorn workers outlived the API: {_alive(workers)}")
     _wait(lambda: up.pids("-m engine.cli api") not in ([], [api]), 10, "a new API")
     assert up.flows("sup-a")["event_count"] == 1
 
