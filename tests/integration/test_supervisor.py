@@ -45,8 +45,12 @@ with Supervisor(stop_within_s=spec.get("stop_within_s", 25.0),
                 process_grace_s=spec.get("grace_s", 12.0), poll_s=0.05) as sup:
     try:
         for c in spec["children"]:
-            sup.start(Command(c["name"], c["argv"], user=c.get("user")),
-                      RestartPolicy(**c.get("policy", {})))
+            if c.get("valkey"):  # a real embedded server
+                from engine.embedded import EmbeddedRedis
+                child = EmbeddedRedis(c["valkey"]["dir"], c["valkey"]["port"])
+            else:
+                child = Command(c["name"], c["argv"], user=c.get("user"))
+            sup.start(child, RestartPolicy(**c.get("policy", {})))
         print("started", flush=True)
         sup.watch()
     except KeyboardInterrupt:
@@ -143,6 +147,32 @@ def test_a_crash_loop_is_given_up_with_exit_code_1_and_stops_the_others() -> Non
         assert ("gave up: crasher exited (code 3): 3 times within 60 s, more than the 2 restarts "
                 "allowed; giving up") in out
         assert _wait(lambda: not _children_using(marker), 3, "the sleeper was stopped too")
+    finally:
+        run.kill()
+
+
+def test_a_server_that_cannot_come_back_is_reported_by_name_with_exit_code_1(tmp_path: Path) -> None:
+    import socket
+
+    port = free_port()
+    run = supervise([{"name": "valkey", "valkey": {"dir": str(tmp_path / "redis"), "port": port},
+                      "policy": {"max_restarts": 1, "window_s": 60, "backoff_s": 0.5}}])
+    try:
+        (valkey,) = [pid for (pid, _), cmd in _tree(run.proc.pid).items() if "valkey" in cmd]
+        with socket.socket() as squatter:
+            os.kill(valkey, signal.SIGKILL)
+            _wait(lambda: _stat(valkey) is None or _stat(valkey)[1] == "Z", 5, "valkey died")
+            squatter.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            squatter.bind(("127.0.0.1", port))  # its port is taken: it cannot come back
+            squatter.listen()
+            assert run.proc.wait(20) == 1, run.read()
+        out = run.read()
+        assert f"valkey (pid {valkey}) exited (killed by SIGKILL); restarting it in 0.5 s on port {port}" in out
+        # it fails to bind and exits with code 1 (seen by the start, or right after it when
+        # the squatter's port answered the start's check first): the second exit gives up
+        assert re.search(r"gave up: valkey (could not start: RuntimeError: valkey )?exited "
+                         r"(with code 1|\(code 1\)): 2 times within 60 s, more than the 1 "
+                         r"restarts allowed; giving up", out), out
     finally:
         run.kill()
 
