@@ -11,12 +11,8 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from engine.settings import Settings, SettingsError, load_settings
-
-if TYPE_CHECKING:
-    from engine.supervisor import Supervisor
 
 
 def _settings(args: argparse.Namespace) -> Settings:
@@ -81,79 +77,82 @@ def cmd_up(args: argparse.Namespace) -> int:
     restarted with a backoff; one that keeps dying ends the run with code 1, naming it;
     SIGTERM or Ctrl-C stops everything; no child outlives this process, even a SIGKILLed one."""
     from engine import stackfile
-    from engine.supervisor import GaveUp, Supervisor
+    from engine.embedded import (
+        EmbeddedKafka,
+        EmbeddedPostgres,
+        EmbeddedRedis,
+        ensure_kafka_libs,
+    )
+    from engine.logic.restarts import PROCESS, SERVER
+    from engine.supervisor import Command, GaveUp, Supervisor
 
     s = _settings(args)
-    with Supervisor(_say) as sup:
-        try:
-            _up(s, sup)
-        except KeyboardInterrupt:  # Ctrl-C, or SIGTERM (the supervisor turns it into this)
-            return 0
-        except GaveUp as exc:
-            _say(f"{exc}; stopping everything")
-            return 1
-        finally:
-            stackfile.remove(s.var_dir)
-    return 0
+    sup = Supervisor(_say)
+    code = 0
 
+    sup.catch_signals()  # SIGTERM raises KeyboardInterrupt, as Ctrl-C does
+    try:
+        if s.embedded_redis:
+            _say("starting Valkey…")
+            r = sup.start(EmbeddedRedis(s.var_dir / "redis"), SERVER)
+            s = s.with_(redis_url=r.url)
+        if s.embedded_kafka:
+            ensure_kafka_libs(s.var_dir / "kafka" / "libs", progress=_say)
+            _say("starting Apache Kafka (KRaft, one node)…")
+            k = sup.start(EmbeddedKafka(s.var_dir / "kafka" / "node", s.var_dir / "kafka" / "libs",
+                                        partitions=s.partitions), SERVER)
+            s = s.with_(kafka_bootstrap=k.bootstrap)
+        if s.embedded_postgres:
+            _say("starting PostgreSQL (the control plane)…")
+            pg = sup.start(EmbeddedPostgres(s.var_dir / "pg"), SERVER)
+            s = s.with_(database_url=pg.url)
+        import asyncio
 
-def _up(s: Settings, sup: Supervisor) -> None:
-    import asyncio
+        from engine.db import migrate
+        from engine.eventlog import ensure_topics
 
-    from engine import stackfile
-    from engine.db import migrate
-    from engine.embedded import EmbeddedKafka, EmbeddedPostgres, EmbeddedRedis, ensure_kafka_libs
-    from engine.eventlog import ensure_topics
-    from engine.logic.restarts import PROCESS, SERVER
-    from engine.supervisor import Command
-
-    if s.embedded_redis:
-        _say("starting Valkey…")
-        s = s.with_(redis_url=sup.start(EmbeddedRedis(s.var_dir / "redis"), SERVER).url)
-    if s.embedded_kafka:
-        ensure_kafka_libs(s.var_dir / "kafka" / "libs", progress=_say)
-        _say("starting Apache Kafka (KRaft, one node)…")
-        k = sup.start(EmbeddedKafka(s.var_dir / "kafka" / "node", s.var_dir / "kafka" / "libs",
-                                    partitions=s.partitions), SERVER)
-        s = s.with_(kafka_bootstrap=k.bootstrap)
-    if s.embedded_postgres:
-        _say("starting PostgreSQL (the control plane)…")
-        s = s.with_(database_url=sup.start(EmbeddedPostgres(s.var_dir / "pg"), SERVER).url)
-
-    migrate(s.database_url or "")
-    first = asyncio.run(_first_start(s))
-    asyncio.run(ensure_topics(s.kafka_bootstrap or "", {s.events_topic: s.partitions,
-                                                       s.decisions_topic: s.partitions}))
-    stackfile.write(s.var_dir, {"api_url": s.base_url, "redis_url": s.redis_url,
-                                "kafka_bootstrap": s.kafka_bootstrap,
-                                "database_url": s.database_url})
-    env = {**os.environ, "KAIROS_SETTINGS_JSON": s.to_json()}
-    me = [sys.executable, "-m", "engine.cli"]
-    # the processes of `kairos up`, one line each: name, command, restart policy
-    sup.start(Command("worker", [*me, "worker"], env), PROCESS)
-    sup.start(Command("api", [*me, "api", "--workers", str(s.api_workers)], env), PROCESS)
-
-    base = s.base_url
-    _wait_http(f"http://{s.host}:{s.port}/healthz", 60, sup.poll)
-    login = (f"    sign in    {base}/login/once/{first['login_token']}\n"
-             f"               (one-time link for {first['admin_email']}; `kairos users passwd "
-             f"{first['admin_email']}` sets a password)\n") if first.get("login_token") else ""
-    print(
-        "\n  Kairos is running\n"
-        f"    demo shop  {base}/demo\n"
-        f"    dashboard  {base}/dashboard\n"
-        f"{login}"
-        f"    API        {base}/v1/events   (docs {base}/docs)\n"
-        f"    keys       kairos keys create secret --scope events:write,profiles:read\n"
-        f"    health     {base}/readyz   metrics {base}/metrics\n"
-        f"    Redis      {s.redis_url}\n"
-        f"    Kafka      {s.kafka_bootstrap}\n"
-        f"    PostgreSQL {_hide_password(s.database_url or '')}\n"
-        f"    supervised {', '.join(sup.names())}: restarted when they die\n"
-        "  Ctrl-C stops everything.\n",
-        flush=True,
-    )
-    sup.watch()
+        migrate(s.database_url or "")
+        first = asyncio.run(_first_start(s))
+        asyncio.run(ensure_topics(s.kafka_bootstrap or "", {s.events_topic: s.partitions,
+                                                           s.decisions_topic: s.partitions}))
+        stackfile.write(s.var_dir, {"api_url": s.base_url, "redis_url": s.redis_url,
+                                    "kafka_bootstrap": s.kafka_bootstrap,
+                                    "database_url": s.database_url})
+        env = {**os.environ, "KAIROS_SETTINGS_JSON": s.to_json()}
+        me = [sys.executable, "-m", "engine.cli"]
+        # the processes of `kairos up`, one line each: name, command, restart policy
+        sup.start(Command("worker", [*me, "worker"], env), PROCESS)
+        sup.start(Command("api", [*me, "api", "--workers", str(s.api_workers)], env), PROCESS)
+        base = s.base_url
+        _wait_http(f"http://{s.host}:{s.port}/healthz", 60, sup.poll)
+        login = (f"    sign in    {base}/login/once/{first['login_token']}\n"
+                 f"               (one-time link for {first['admin_email']}; `kairos users passwd "
+                 f"{first['admin_email']}` sets a password)\n") if first.get("login_token") else ""
+        print(
+            "\n  Kairos is running\n"
+            f"    demo shop  {base}/demo\n"
+            f"    dashboard  {base}/dashboard\n"
+            f"{login}"
+            f"    API        {base}/v1/events   (docs {base}/docs)\n"
+            f"    keys       kairos keys create secret --scope events:write,profiles:read\n"
+            f"    health     {base}/readyz   metrics {base}/metrics\n"
+            f"    Redis      {s.redis_url}\n"
+            f"    Kafka      {s.kafka_bootstrap}\n"
+            f"    PostgreSQL {_hide_password(s.database_url or '')}\n"
+            f"    supervised {', '.join(sup.names())}: restarted when they die\n"
+            "  Ctrl-C stops everything.\n",
+            flush=True,
+        )
+        sup.watch()
+    except KeyboardInterrupt:
+        pass
+    except GaveUp as exc:
+        _say(f"{exc}; stopping everything")
+        code = 1
+    finally:
+        sup.shutdown()  # "stopping…": the processes, then the servers; within 30 s
+        stackfile.remove(s.var_dir)
+    return code
 
 
 FIRST_ADMIN = "admin@kairos.local"

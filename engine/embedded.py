@@ -12,7 +12,6 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Callable, Sequence
@@ -269,14 +268,6 @@ def terminate(procs: Sequence[subprocess.Popen[bytes]], timeout: float = 20.0) -
         except subprocess.TimeoutExpired:
             p.kill()
             p.wait(5)
-
-
-def stop_all(children: list[_Child]) -> None:
-    for child in reversed(children):
-        try:
-            child.stop()
-        except Exception as exc:  # pragma: no cover - best effort on shutdown
-            print(f"kairos: could not stop {child.name}: {exc}", file=sys.stderr)
 
 
 # -- PostgreSQL ----------------------------------------------------------------------------

@@ -169,8 +169,8 @@ T = TypeVar("T", bound=Supervised)
 
 class Supervisor:
     """Starts children, watches them with `poll()` (or `watch()`), stops them with `stop()`.
-    As a context manager it turns SIGTERM into KeyboardInterrupt (what Ctrl-C raises) and
-    stops everything on the way out."""
+    As a context manager it does `catch_signals()` on the way in and `shutdown()` on the way
+    out."""
 
     def __init__(self, say: Callable[[str], None] | None = None, *,
                  clock: Callable[[], float] = time.monotonic, stop_within_s: float = 25.0,
@@ -269,26 +269,35 @@ class Supervisor:
                 self.say(f"could not stop {server.name}: {_one_line(exc)}")
         self._entries.clear()
 
-    def __enter__(self) -> Supervisor:
-        """SIGTERM raises KeyboardInterrupt from now on, as Ctrl-C does; on the way out a
-        second signal is noted, not obeyed (the stop is bounded anyway)."""
+    def catch_signals(self) -> None:
+        """From now on SIGTERM raises KeyboardInterrupt, as Ctrl-C does, wherever the main
+        thread is (starting a server, waiting, watching): the caller's `finally` then calls
+        `shutdown()`."""
         self._old_term = signal.signal(signal.SIGTERM, signal.default_int_handler)
-        return self
 
-    def __exit__(self, *exc: object) -> None:
+    def shutdown(self) -> None:
+        """`stop()`, saying so; a SIGTERM or Ctrl-C meanwhile is noted, not obeyed (the stop is
+        bounded anyway)."""
         def noted(signum: int, _frame: object) -> None:
             self.say(f"{signal.Signals(signum).name} while stopping: stopping already "
                      f"(within {self.stop_within_s:g} s)")
 
         old_int = signal.signal(signal.SIGINT, noted)
-        signal.signal(signal.SIGTERM, noted)
+        old_term = signal.signal(signal.SIGTERM, noted)
         try:
             self.say("stopping…")
             self.stop()
             self.say("stopped")
         finally:
             signal.signal(signal.SIGINT, old_int)
-            signal.signal(signal.SIGTERM, self._old_term)
+            signal.signal(signal.SIGTERM, getattr(self, "_old_term", old_term))
+
+    def __enter__(self) -> Supervisor:
+        self.catch_signals()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.shutdown()
 
 
 def _pid(child: Supervised) -> int | None:
