@@ -234,11 +234,26 @@ def create_app(settings: Settings, redis_url: str, bootstrap: str,
     return Starlette(routes=routes, middleware=middleware, lifespan=lifespan)
 
 
+def _die_with_the_api_process() -> None:
+    """Under `kairos api --workers N` this runs in each of uvicorn's worker processes (spawned
+    by multiprocessing): tie it to the `kairos api` process, so that a SIGKILLed API leaves no
+    worker holding its port (the supervisor of `kairos up` starts it again on that port)."""
+    import multiprocessing
+    import signal
+
+    from engine.supervisor import die_with_parent
+
+    parent = multiprocessing.parent_process()
+    if parent is not None and parent.pid is not None:
+        die_with_parent(signal.SIGTERM, parent.pid)
+
+
 def app_from_env() -> Starlette:
     """uvicorn factory for `kairos api`: the CLI passes resolved settings in KAIROS_SETTINGS_JSON."""
     import os
 
     s = Settings.from_json(os.environ["KAIROS_SETTINGS_JSON"])
+    _die_with_the_api_process()
     mdir = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
     if not (s.redis_url and s.kafka_bootstrap and s.database_url):
         raise RuntimeError("kairos api needs resolved Redis, Kafka and PostgreSQL addresses")

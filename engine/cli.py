@@ -5,11 +5,11 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
-import signal
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from engine.settings import Settings, SettingsError, load_settings
@@ -73,44 +73,39 @@ def _migrate(s: Settings) -> int:
 
 # -- up -------------------------------------------------------------------------------------
 def cmd_up(args: argparse.Namespace) -> int:
+    """Everything embedded, under the supervisor (engine/supervisor.py): a child that dies is
+    restarted with a backoff; one that keeps dying ends the run with code 1, naming it;
+    SIGTERM or Ctrl-C stops everything; no child outlives this process, even a SIGKILLed one."""
     from engine import stackfile
     from engine.embedded import (
         EmbeddedKafka,
         EmbeddedPostgres,
         EmbeddedRedis,
         ensure_kafka_libs,
-        stop_all,
-        terminate,
     )
+    from engine.logic.restarts import PROCESS, SERVER
+    from engine.supervisor import Command, GaveUp, Supervisor
 
     s = _settings(args)
-    children: list = []
-    procs: list[subprocess.Popen[bytes]] = []
-    stopping = False
+    sup = Supervisor(_say)
+    code = 0
 
-    def stop(*_: object) -> None:
-        nonlocal stopping
-        stopping = True
-
-    signal.signal(signal.SIGTERM, stop)
+    sup.catch_signals()  # SIGTERM raises KeyboardInterrupt, as Ctrl-C does
     try:
         if s.embedded_redis:
             _say("starting Valkey…")
-            r = EmbeddedRedis(s.var_dir / "redis", maxmemory=s.redis_maxmemory,
-                              maxmemory_policy=s.redis_maxmemory_policy).start()
-            children.append(r)
+            r = sup.start(EmbeddedRedis(s.var_dir / "redis", maxmemory=s.redis_maxmemory,
+                                        maxmemory_policy=s.redis_maxmemory_policy), SERVER)
             s = s.with_(redis_url=r.url)
         if s.embedded_kafka:
             ensure_kafka_libs(s.var_dir / "kafka" / "libs", progress=_say)
             _say("starting Apache Kafka (KRaft, one node)…")
-            k = EmbeddedKafka(s.var_dir / "kafka" / "node", s.var_dir / "kafka" / "libs",
-                              partitions=s.partitions).start()
-            children.append(k)
+            k = sup.start(EmbeddedKafka(s.var_dir / "kafka" / "node", s.var_dir / "kafka" / "libs",
+                                        partitions=s.partitions), SERVER)
             s = s.with_(kafka_bootstrap=k.bootstrap)
         if s.embedded_postgres:
             _say("starting PostgreSQL (the control plane)…")
-            pg = EmbeddedPostgres(s.var_dir / "pg").start()
-            children.append(pg)
+            pg = sup.start(EmbeddedPostgres(s.var_dir / "pg"), SERVER)
             s = s.with_(database_url=pg.url)
         import asyncio
 
@@ -126,10 +121,11 @@ def cmd_up(args: argparse.Namespace) -> int:
                                     "database_url": s.database_url})
         env = {**os.environ, "KAIROS_SETTINGS_JSON": s.to_json()}
         me = [sys.executable, "-m", "engine.cli"]
-        procs.append(subprocess.Popen([*me, "worker"], env=env))
-        procs.append(subprocess.Popen([*me, "api", "--workers", str(s.api_workers)], env=env))
+        # the processes of `kairos up`, one line each: name, command, restart policy
+        sup.start(Command("worker", [*me, "worker"], env), PROCESS)
+        sup.start(Command("api", [*me, "api", "--workers", str(s.api_workers)], env), PROCESS)
         base = s.base_url
-        _wait_http(f"http://{s.host}:{s.port}/healthz", 60, procs)
+        _wait_http(f"http://{s.host}:{s.port}/healthz", 60, sup.poll)
         login = (f"    sign in    {base}/login/once/{first['login_token']}\n"
                  f"               (one-time link for {first['admin_email']}; `kairos users passwd "
                  f"{first['admin_email']}` sets a password)\n") if first.get("login_token") else ""
@@ -144,24 +140,20 @@ def cmd_up(args: argparse.Namespace) -> int:
             f"    Redis      {s.redis_url}\n"
             f"    Kafka      {s.kafka_bootstrap}\n"
             f"    PostgreSQL {_hide_password(s.database_url or '')}\n"
+            f"    supervised {', '.join(sup.names())}: restarted when they die\n"
             "  Ctrl-C stops everything.\n",
             flush=True,
         )
-        while not stopping:
-            for p in procs:
-                if p.poll() is not None:
-                    _say(f"a child process exited with code {p.returncode}; stopping")
-                    stopping = True
-            time.sleep(0.3)
+        sup.watch()
     except KeyboardInterrupt:
         pass
+    except GaveUp as exc:
+        _say(f"{exc}; stopping everything")
+        code = 1
     finally:
-        _say("stopping…")
-        terminate(procs, 20)
-        stop_all(children)
+        sup.shutdown()  # "stopping…": the processes, then the servers; within 30 s
         stackfile.remove(s.var_dir)
-        _say("stopped")
-    return 0
+    return code
 
 
 FIRST_ADMIN = "admin@kairos.local"
@@ -189,14 +181,14 @@ def _hide_password(url: str) -> str:
     return re.sub(r"://([^:/@]+):[^@]+@", r"://\1:***@", url)
 
 
-def _wait_http(url: str, timeout: float, procs: list[subprocess.Popen[bytes]]) -> None:
+def _wait_http(url: str, timeout: float, poll: Callable[[], None]) -> None:
+    """Until `url` answers 200; `poll` meanwhile (the supervisor's: it restarts a child that
+    died, or raises when one is given up)."""
     import httpx
 
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        for p in procs:
-            if p.poll() is not None:
-                raise SystemExit(f"kairos: a child process exited with code {p.returncode}")
+        poll()
         with contextlib.suppress(httpx.HTTPError):
             if httpx.get(url, timeout=1).status_code == 200:
                 return

@@ -12,7 +12,6 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Callable, Sequence
@@ -40,19 +39,43 @@ def _wait_port(port: int, proc: subprocess.Popen[bytes], timeout: float, what: s
 
 
 class _Child:
-    """A child process started in its own process group and stopped cleanly."""
+    """A child process started in its own process group and stopped cleanly.
+
+    `start()` may be called again after the process died (the supervisor of `kairos up`
+    does): it comes back on the same port with the same data folder."""
 
     name = "child"
+    #: what the server gets when its parent dies, once `tie_to_parent()` was called: its
+    #: clean-stop signal, so it stops as it would on `stop()`
+    death_signal: int = signal.SIGTERM
 
     def __init__(self) -> None:
         self.proc: subprocess.Popen[bytes] | None = None
         self.port = 0
+        self._tied = False
+
+    def tie_to_parent(self) -> None:
+        """From now on the server dies with this process, even if this one is SIGKILLed
+        (Linux parent-death signal; see engine/supervisor.py)."""
+        self._tied = True
+
+    def _preexec(self):  # type: ignore[no-untyped-def]
+        from engine.supervisor import parent_death
+
+        return parent_death(self.death_signal) if self._tied else None
+
+    @property
+    def where(self) -> str:
+        """Where it comes back when restarted (the supervisor's log line says it)."""
+        data = getattr(self, "data_dir", None)
+        return f"on port {self.port}" + (f" with its data in {data}" if data else "")
 
     def _spawn(self, args: list[str], log: Path, cwd: Path | None = None) -> None:
         log.parent.mkdir(parents=True, exist_ok=True)
         out = log.open("ab")
         self.proc = subprocess.Popen(
-            args, stdout=out, stderr=subprocess.STDOUT, cwd=cwd, start_new_session=True
+            args, stdout=out, stderr=subprocess.STDOUT, cwd=cwd, start_new_session=True,
+            preexec_fn=self._preexec(),
         )
         out.close()
 
@@ -249,14 +272,6 @@ def terminate(procs: Sequence[subprocess.Popen[bytes]], timeout: float = 20.0) -
             p.wait(5)
 
 
-def stop_all(children: list[_Child]) -> None:
-    for child in reversed(children):
-        try:
-            child.stop()
-        except Exception as exc:  # pragma: no cover - best effort on shutdown
-            print(f"kairos: could not stop {child.name}: {exc}", file=sys.stderr)
-
-
 # -- PostgreSQL ----------------------------------------------------------------------------
 def postgres_bin_dir() -> Path:
     """Debian's server binaries (`postgresql` package): /usr/lib/postgresql/<version>/bin,
@@ -280,6 +295,7 @@ class EmbeddedPostgres(_Child):
     server's folder)."""
 
     name = "postgres"
+    death_signal = signal.SIGINT  # fast shutdown: SIGTERM would wait for every client
 
     def __init__(self, data_dir: Path, port: int | None = None, *, run_as: str = "postgres",
                  database: str = "kairos", user: str = "kairos") -> None:
@@ -350,8 +366,11 @@ class EmbeddedPostgres(_Child):
                 "-c", "fsync=on", "-c", "log_min_messages=warning"]
         log.parent.mkdir(parents=True, exist_ok=True)
         out = log.open("ab")
+        # the parent-death signal is set after Popen(user=...) changed the credentials
+        # (which would clear it): CPython runs preexec_fn after setuid
         self.proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT,
-                                     start_new_session=True, user=self._user())
+                                     start_new_session=True, user=self._user(),
+                                     preexec_fn=self._preexec())
         out.close()
         _wait_port(self.port, self.proc, timeout, "postgres", log)
         self._wait_ready(timeout)

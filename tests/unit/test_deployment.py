@@ -26,6 +26,20 @@ def test_compose_runs_kafka_redis_api_and_workers():
     assert services["worker"]["deploy"]["replicas"] == 2
 
 
+def test_every_service_has_a_restart_policy():
+    """A process that dies is started again: the long-running ones always (until stopped),
+    a one-shot step only when it failed."""
+    services = compose()["services"]
+    missing = [name for name, svc in services.items() if "restart" not in svc]
+    assert not missing, f"services without a restart policy: {missing}"
+    for name, svc in services.items():
+        policy = str(svc["restart"])
+        assert policy in ("always", "unless-stopped") or policy.startswith("on-failure"), name
+    assert services["migrate"]["restart"].startswith("on-failure")
+    for name in ("kafka", "redis", "postgres", "api", "worker"):
+        assert services[name]["restart"] == "unless-stopped", name
+
+
 @pytest.mark.parametrize("name", ["api", "worker", "migrate"])
 def test_service_command_is_a_real_kairos_command(name, monkeypatch):
     command = compose()["services"][name]["command"]
