@@ -72,6 +72,7 @@ class OutboxEntry:
     subject: str
     message_id: str
     size: int
+    send_id: str = ""  # X-Kairos-Send: the distributed-marketing send it is
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,6 +93,21 @@ class Outbox:
         for sub in ("tmp", "new", "cur"):
             (self.folder / sub).mkdir(parents=True, exist_ok=True)
         self._box = mailbox.Maildir(str(self.folder), factory=None, create=False)
+        self._delivered: set[tuple[str, str]] | None = None  # (Message-ID, recipient) stored
+
+    def delivered(self, message_id: str, rcpt_to: str) -> bool:
+        """Whether a message with this Message-ID was stored for this recipient already (read
+        from the Maildir once, then kept up to date by `store`)."""
+        if not message_id:
+            return False
+        if self._delivered is None:
+            seen: set[tuple[str, str]] = set()
+            for key in list(self._box.iterkeys()):
+                entry = self._entry(key)
+                if entry is not None and entry.message_id:
+                    seen.add((entry.message_id, entry.to.lower()))
+            self._delivered = seen
+        return (message_id, rcpt_to.lower()) in self._delivered
 
     def store(self, data: bytes, *, mail_from: str, rcpt_to: str, received_at: datetime) -> str:
         """Store one message as delivered to ``rcpt_to``: the final MTA's trace headers
@@ -101,7 +117,12 @@ class Outbox:
             f"Delivered-To: {_clean(rcpt_to)}\r\n"
             f"Received: by kairos-outbox; {format_datetime(received_at)}\r\n"
         ).encode("ascii", "replace")
-        return self._box.add(trace + data)
+        key = self._box.add(trace + data)
+        if self._delivered is not None:
+            mid = _message_id_of(data)
+            if mid:
+                self._delivered.add((mid, _clean(rcpt_to).lower()))
+        return key
 
     def __len__(self) -> int:
         return len(self._box)
@@ -142,6 +163,7 @@ class Outbox:
             subject=str(head.get("Subject", "")),
             message_id=str(head.get("Message-ID", "")),
             size=len(raw),
+            send_id=str(head.get("X-Kairos-Send", "")),
         )
 
     def read(self, key: str) -> OutboxMessage | None:
@@ -179,6 +201,11 @@ class Outbox:
             if msg is not None:
                 out.append(msg)
         return out
+
+
+def _message_id_of(data: bytes) -> str:
+    head = data.split(b"\r\n\r\n", 1)[0]
+    return str(BytesHeaderParser(policy=email_policy.default).parsebytes(head + b"\r\n\r\n").get("Message-ID", "")).strip()
 
 
 def _clean(value: str) -> str:
@@ -314,6 +341,7 @@ class OutboxHandler:
         self.clock = clock
         self._answered_once: set[str] = set()
         self._tasks: set[asyncio.Task[None]] = set()
+        self.duplicates = 0  # messages dropped because their Message-ID was stored already
 
     def _answer(self, address: str) -> ForcedAnswer | None:
         if not self.test_mode:
@@ -348,7 +376,14 @@ class OutboxHandler:
         now = self.clock()
         mail_from = envelope.mail_from or ""
         stored: list[tuple[str, str]] = []
+        mid = _message_id_of(data)
         for rcpt in envelope.rcpt_tos:
+            # A message whose Message-ID this recipient has already is the same message again
+            # (a sender that retried after losing our answer): accepted, and not stored twice,
+            # as mailbox providers collapse duplicate Message-IDs.
+            if mid and await asyncio.to_thread(self.outbox.delivered, mid, rcpt):
+                self.duplicates += 1
+                continue
             try:
                 key = await asyncio.to_thread(
                     self.outbox.store, data, mail_from=mail_from, rcpt_to=rcpt, received_at=now
