@@ -159,3 +159,11 @@ def campaign_status(*, launched: bool, approval_needed: bool, approval_state: st
     if approval_state is None or not approval_current or approval_state == "superseded":
         return DRAFT
     return {"pending": PENDING, "approved": APPROVED, "rejected": REJECTED}.get(approval_state, DRAFT)
+
+
+def mask_email(address: str) -> str:
+    """``j***@example.com``: what the brand sees of an address without dm:contacts."""
+    local, at, domain = address.rpartition("@")
+    if not at:
+        return "***"
+    return f"{local[:1]}***@{domain}"
