@@ -119,7 +119,8 @@ def cmd_up(args: argparse.Namespace) -> int:
         migrate(s.database_url or "")
         first = asyncio.run(_first_start(s))
         asyncio.run(ensure_topics(s.kafka_bootstrap or "", {s.events_topic: s.partitions,
-                                                           s.decisions_topic: s.partitions}))
+                                                           s.decisions_topic: s.partitions,
+                                                           s.dm_sends_topic: s.partitions}))
         stackfile.write(s.var_dir, {"api_url": s.base_url, "redis_url": s.redis_url,
                                     "kafka_bootstrap": s.kafka_bootstrap,
                                     "database_url": s.database_url})
@@ -127,6 +128,10 @@ def cmd_up(args: argparse.Namespace) -> int:
         me = [sys.executable, "-m", "engine.cli"]
         procs.append(subprocess.Popen([*me, "worker"], env=env))
         procs.append(subprocess.Popen([*me, "api", "--workers", str(s.api_workers)], env=env))
+        if s.embedded_outbox:  # distributed-marketing mail stops in var/mail (the Outbox page)
+            procs.append(subprocess.Popen([sys.executable, "-m", "engine.mail.outbox", "--dir",
+                                           str(s.outbox_dir), "--port", str(s.outbox_port)], env=env))
+        procs.append(subprocess.Popen([*me, "mailer"], env=env))
         base = s.base_url
         _wait_http(f"http://{s.host}:{s.port}/healthz", 60, procs)
         login = (f"    sign in    {base}/login/once/{first['login_token']}\n"
@@ -137,12 +142,14 @@ def cmd_up(args: argparse.Namespace) -> int:
             f"    demo shop  {base}/demo\n"
             f"    dashboard  {base}/dashboard\n"
             f"{login}"
+            f"{_dm_logins(base, first)}"
             f"    API        {base}/v1/events   (docs {base}/docs)\n"
             f"    keys       kairos keys create secret --scope events:write,profiles:read\n"
             f"    health     {base}/readyz   metrics {base}/metrics\n"
             f"    Redis      {s.redis_url}\n"
             f"    Kafka      {s.kafka_bootstrap}\n"
             f"    PostgreSQL {_hide_password(s.database_url or '')}\n"
+            f"    mail       {'outbox ' + s.relay_url + ' -> ' + str(s.outbox_dir) if s.embedded_outbox else _hide_password(s.relay_url)}\n"
             "  Ctrl-C stops everything.\n",
             flush=True,
         )
@@ -172,14 +179,29 @@ async def _first_start(s: Settings) -> dict[str, object]:
     from engine.db import new_engine
     from engine.db.control import ControlPlane
     from engine.flows.admin import seed_first_start
+    from engine.flows.dm.seed import seed_demo
     from engine.services import DEMO_KEY_SECRET, own_origins
 
     cp = ControlPlane(new_engine(s.database_url or "", pool_size=1))
     try:
-        return await seed_first_start(cp, admin_email=FIRST_ADMIN, demo_origins=own_origins(s),
+        made = await seed_first_start(cp, admin_email=FIRST_ADMIN, demo_origins=own_origins(s),
                                       demo_secret_name=DEMO_KEY_SECRET)
+        made.update(await seed_demo(cp))
+        return made
     finally:
         await cp.close()
+
+
+def _dm_logins(base: str, first: dict[str, object]) -> str:
+    """The demo brand's one-time sign-in links (distributed marketing)."""
+    logins = first.get("logins") or []
+    if not logins:
+        return ""
+    lines = ["    portal     distributed marketing, one-time sign-in links (24 h):\n"]
+    for who, email, token in logins:  # type: ignore[attr-defined]
+        lines.append(f"      {who:<22} {base}/login/once/{token}  ({email})\n")
+    lines.append(f"               send a mail at {base}/portal/quick, read it at {base}/portal/outbox\n")
+    return "".join(lines)
 
 
 def _hide_password(url: str) -> str:
@@ -257,6 +279,31 @@ def cmd_worker(args: argparse.Namespace) -> int:
     app = create_app(s, s.kafka_bootstrap, s.redis_url)
     worker = Worker(app, loglevel=args.loglevel, quiet=True, redirect_stdouts=False)
     worker.execute_from_commandline()
+    return 0
+
+
+# -- mailer ---------------------------------------------------------------------------------
+def cmd_mailer(args: argparse.Namespace) -> int:
+    import asyncio
+    import logging
+
+    from engine.flows.dm.mailer import serve
+
+    s = _resolved(_settings(args), database=True)
+    assert s.kafka_bootstrap
+    _wait_for_broker(s.kafka_bootstrap)
+    logging.basicConfig(level=args.loglevel.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    logging.getLogger("mail.log").setLevel(logging.WARNING)  # aiosmtpd logs every command
+    logging.getLogger("aiokafka").setLevel(logging.WARNING)
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await serve(s, stop)
+
+    asyncio.run(main())
     return 0
 
 
@@ -568,6 +615,10 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("worker", help="run a stream worker (faust)")
     p.add_argument("--loglevel", default="warning")
     p.set_defaults(fn=cmd_worker)
+
+    p = sub.add_parser("mailer", help="run a mail worker (distributed marketing: dm.sends -> SMTP)")
+    p.add_argument("--loglevel", default="warning")
+    p.set_defaults(fn=cmd_mailer)
 
     p = sub.add_parser("replay", help="feed a log of events into the API or the topic")
     p.add_argument("file", help="JSON-lines in the event spec, or a Taobao / REES46 CSV")
