@@ -191,7 +191,7 @@ async def running(settings: Settings, redis_url: str, bootstrap: str,
             dm_portal=Portal(dm_store, control, library, sends_log, personaliser),
             dm_brand=Brand(dm_store, control, library),
             dm_tracking=tracking,
-            mail_outbox=Outbox(s.outbox_dir) if s.embedded_outbox else None,
+            mail_outbox=Outbox(s.outbox_dir) if s.embedded_outbox or s.mail_dir else None,
         )
         yield svc
     finally:

@@ -89,7 +89,7 @@ class Settings:
     # distributed marketing (engine/flows/dm, `kairos mailer`, the local outbox)
     smtp_url: str | None = None  # None: the embedded outbox on 127.0.0.1:outbox_port
     outbox_port: int = 2525
-    mail_dir: str | None = None  # the outbox's Maildir (None: <var_dir>/mail)
+    mail_dir: str | None = None  # the outbox's Maildir, read by the Outbox page (None: <var_dir>/mail)
     bounce_port: int = 2526  # the mailer's bounce listener (DSNs to the VERP addresses)
     dm_sends_topic: str = "dm.sends"
     dm_partner_rate: float = 60.0  # sends per rate window per partner (paced: burst 1)

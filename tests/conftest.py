@@ -122,6 +122,7 @@ class Stack:
         self.keys = keys
         self.api: subprocess.Popen[bytes] | None = None
         self.workers: list[subprocess.Popen[bytes]] = []
+        self.mailers: list[subprocess.Popen[bytes]] = []
         self.base = f"http://127.0.0.1:{settings.port}"
         self.http = httpx.Client(base_url=self.base, timeout=10,
                                  headers={"Authorization": f"Bearer {keys.admin}"})
@@ -173,6 +174,22 @@ class Stack:
         self.workers.append(w)
         return w
 
+    def start_mailer(self, timeout: float = 30.0) -> subprocess.Popen[bytes]:
+        """A `kairos mailer` (distributed marketing), once it has started its loops."""
+        name = f"mailer{len(self.mailers)}"
+        log = self.log_dir / f"{name}.log"
+        start = log.stat().st_size if log.exists() else 0
+        m = self._spawn("mailer", "--loglevel", "info", name=name)
+        self.mailers.append(m)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if m.poll() is not None:
+                raise RuntimeError(f"mailer exited: {log.read_text()[-3000:]}")
+            if log.exists() and b"mailer: relay" in log.read_bytes()[start:]:
+                return m
+            time.sleep(0.05)
+        raise TimeoutError("the mailer did not start")
+
     def post(self, events: list[dict] | dict, **kw) -> httpx.Response:
         return self.http.post("/v1/events", json=events, **kw)
 
@@ -200,7 +217,7 @@ class Stack:
                 raise AssertionError(f"worker{i} died with {w.returncode}:\n{log}")
 
     def stop(self) -> None:
-        terminate([p for p in [self.api, *self.workers] if p is not None], 15)
+        terminate([p for p in [self.api, *self.workers, *self.mailers] if p is not None and p.poll() is None], 15)
         self.http.close()
         self.anon.close()
 

@@ -38,12 +38,16 @@ def send_id() -> str:
     return new_send_id(_secrets.token_bytes(16))
 
 
+def _row(row: Any) -> dict[str, Any]:
+    return {str(k): v for k, v in row._mapping.items()}  # plain str keys (JSON answers)
+
+
 def _d(row: Any) -> dict[str, Any] | None:
-    return dict(row._mapping) if row is not None else None
+    return _row(row) if row is not None else None
 
 
 def _ds(rows: Iterable[Any]) -> list[dict[str, Any]]:
-    return [dict(r._mapping) for r in rows]
+    return [_row(r) for r in rows]
 
 
 class DuplicateContact(ValueError):
@@ -234,10 +238,10 @@ class DmStore:
             got = (await c.execute(pg_insert(cm).values(row).on_conflict_do_nothing(
                 constraint="dm_campaigns_idempotency").returning(*cm.c))).one_or_none()
             if got is not None:
-                return dict(got._mapping), True
+                return _row(got), True
             old = (await c.execute(select(cm).where(and_(
                 cm.c.partner_id == partner_id, cm.c.idempotency_key == idempotency_key)))).one()
-        return dict(old._mapping), False
+        return _row(old), False
 
     async def campaign(self, partner_id: str, campaign_id: str) -> dict[str, Any] | None:
         async with self.engine.connect() as c:
@@ -467,10 +471,10 @@ class DmStore:
                 return []
             msg, cm, ct = t.dm_messages, t.dm_campaigns, t.dm_contacts
             q = (select(s, msg.c.step, msg.c.template_id, msg.c.template_version,
-                        cm.c.values.label("campaign_values"), cm.c.kind.label("campaign_kind"),
+                        cm.c["values"].label("campaign_values"), cm.c.kind.label("campaign_kind"),
                         cm.c.subject.label("campaign_subject"), cm.c.version.label("campaign_version"),
                         ct.c.first_name, ct.c.last_name, ct.c.attributes, ct.c.visitor_id, ct.c.user_id,
-                        t.dm_campaign_members.c.values.label("member_values"),
+                        t.dm_campaign_members.c["values"].label("member_values"),
                         t.partners.c.name.label("partner_name"))
                  .join(msg, msg.c.id == s.c.message_id).join(cm, cm.c.id == s.c.campaign_id)
                  .join(t.partners, t.partners.c.id == s.c.partner_id)

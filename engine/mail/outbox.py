@@ -8,7 +8,11 @@
   time and is accepted after, ``smtp-554-data@x.test`` is refused after the data
   (``-data`` and ``-once`` combine; ``+tag`` is ignored); ``dsn-hard@`` / ``dsn-soft@`` are
   accepted and then bounced with a delivery status notification sent to the envelope sender
-  through ``dsn_relay`` (the bounce listener), as a real relay does hours later.
+  through ``dsn_relay`` (the bounce listener), as a real relay does hours later;
+  ``slow-<ms>@`` is stored at once and answered ``<ms>`` later (a sender that dies meanwhile
+  does not know the message was taken: the in-doubt case).
+  A message whose Message-ID was stored for a recipient already is accepted and not stored
+  again, as mailbox providers collapse duplicate Message-IDs.
 - :class:`BounceHandler` is the listener for bounces sent to VERP addresses: it accepts mail
   only for signed ``bounce+<send>.<mac>@`` addresses, parses DSNs (RFC 3464) and reports
   ``(send id, hard | soft)`` to a callback.
@@ -50,6 +54,7 @@ _KEY_RE = re.compile(r"^[A-Za-z0-9._\\-]{1,255}$")
 _KEY_TIME = re.compile(r"^(\d+)\.M(\d+)")
 _TEST_LOCAL = re.compile(r"^smtp-([45]\d\d)((?:-(?:once|data))*)(?:\+.*)?$", re.IGNORECASE)
 _DSN_LOCAL = re.compile(r"^dsn-(hard|soft)(?:\+.*)?$", re.IGNORECASE)
+_SLOW_LOCAL = re.compile(r"^slow-(\d{1,5})(?:\+.*)?$", re.IGNORECASE)
 _ENHANCED = {550: "5.1.1", 551: "5.1.6", 552: "5.2.2", 553: "5.1.3", 554: "5.7.1",
              450: "4.2.1", 451: "4.3.0", 452: "4.2.2", 421: "4.3.2"}  # fmt: skip
 _TEXT = {550: "mailbox unavailable", 551: "user not local", 552: "mailbox full",
@@ -404,6 +409,10 @@ class OutboxHandler:
                 )
                 self._tasks.add(task)
                 task.add_done_callback(self._tasks.discard)
+        if self.test_mode:
+            delays = [int(m.group(1)) for r in envelope.rcpt_tos if (m := _SLOW_LOCAL.match(r.rpartition("@")[0]))]
+            if delays:
+                await asyncio.sleep(max(delays) / 1000)
         return "250 2.0.0 OK: stored in the outbox"
 
     async def _bounce(self, mail_from: str, rcpt: str, kind: str, data: bytes, now: datetime) -> None:

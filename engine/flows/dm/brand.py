@@ -53,7 +53,7 @@ class Brand:
         tvs = await self.library.templates_of(c["kind"], c["version"]) or []
         values = a["values"]
         fields = []
-        for tv in dict.fromkeys(tvs):
+        for tv in {x.version: x for x in tvs}.values():
             given = (values.get("campaign") or {}).get(tv.id) or {}
             flagged = tv.flagged_hits(given)
             for f in tv.fields.values():
@@ -63,7 +63,7 @@ class Brand:
         members = {m: v for m, v in (values.get("members") or {}).items()}
         partner = await self.store.partner(a["partner_id"])
         return {"approval": a, "campaign": c, "fields": fields, "member_values": members,
-                "audience": len(a["audience"]), "partner": partner, "templates": list(dict.fromkeys(tvs))}
+                "audience": len(a["audience"]), "partner": partner, "templates": list({tv.version: tv for tv in tvs}.values())}
 
     async def decide(self, actor: str, approver_id: str, approval_id: str, approve: bool,
                      reason: str = "", ip: str = "") -> dict[str, Any]:

@@ -29,7 +29,7 @@ import os
 import random
 import secrets
 import socket
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -76,6 +76,7 @@ class Mailer:
     def __init__(self, settings: Settings, store: DmStore, control: ControlPlane, library: Library,
                  tracking: Tracking, personaliser: Personaliser, urls: TrackingUrls, verp_key: bytes,
                  sends_log: EventLog, relay: Relay, *, worker_id: str | None = None,
+                 catalog: Callable[[list[str]], Awaitable[Mapping[str, Mapping[str, Any]]]] | None = None,
                  clock: Callable[[], datetime] = _now) -> None:
         s = settings
         self.settings = s
@@ -88,6 +89,7 @@ class Mailer:
         self.verp_key = verp_key
         self.sends_log = sends_log
         self.relay = relay
+        self.catalog = catalog  # item id -> catalog record: what a data-item link is about
         self.clock = clock
         self.worker_id = worker_id or f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
         scale = 60.0 / s.dm_rate_window_s
@@ -263,7 +265,8 @@ class Mailer:
         now = self.clock()
         reply = delivery.reply
         if delivery.outcome == SENT:
-            await self._finish(row, SENT, now, code=reply.code, reply=reply.message, links=link_rows(rendered.links))
+            await self._finish(row, SENT, now, code=reply.code, reply=reply.message,
+                               links=await self._links(rendered.links))
             self.sent += 1
             return SENT
         if delivery.outcome == HARD_BOUNCE:
@@ -281,6 +284,24 @@ class Mailer:
         await self._finish(row, "retry", now, code=reply.code, reply=reply.message, attempts=attempts, next_at=at)
         self._wake.set()
         return "retry"
+
+    async def _links(self, links: Any) -> list[dict[str, Any]]:
+        """The send's links as rendered, a data-item link's item with its categories and
+        brand from the catalog (so a click on it moves those affinities)."""
+        rows = link_rows(links)
+        bare = [r["item"]["id"] for r in rows if r["item"] and "categories" not in r["item"]]
+        if bare and self.catalog is not None:
+            try:
+                found = await self.catalog(bare)
+            except Exception as exc:
+                log.warning("catalog look-up for a mail's links failed: %s", exc)
+                found = {}
+            for r in rows:
+                rec = found.get(r["item"]["id"]) if r["item"] else None
+                if rec is not None:
+                    r["item"] = {"id": r["item"]["id"], "categories": list(rec.get("categories") or []),
+                                 "brand": rec.get("brand")}
+        return rows
 
     async def _finish(self, row: Mapping[str, Any], outcome: str, now: datetime, **kw: Any) -> None:
         state = {SENT: "sent", HARD_BOUNCE: "bounced", SUPPRESSED: "suppressed", FAILED: "failed"}.get(outcome, outcome)
@@ -411,7 +432,8 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
                             soft_limit=s.dm_soft_bounce_limit, soft_days=s.dm_soft_bounce_days)
         mailer = Mailer(s, store, control, library, tracking,
                         Personaliser(recommender, lambda: hub.get("recipes"), s.base_url),
-                        TrackingUrls(s.base_url, signer), verp_key, sends_log, Relay.from_url(s.relay_url))
+                        TrackingUrls(s.base_url, signer), verp_key, sends_log, Relay.from_url(s.relay_url),
+                        catalog=catalog.get_many)
 
         async def on_bounce(b: Any) -> None:
             await tracking.bounce(b.send_id, b.kind, b.status, b.diagnostic)

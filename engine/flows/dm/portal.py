@@ -104,7 +104,7 @@ class Portal:
             raise NotFound("journey")
         tvs = [cfg.templates[s.template] for s in j.steps]
         policy = "required" if any(tv.approval == "required" for tv in tvs) else "none"
-        return Library.pinned(cfg, j), policy, list(dict.fromkeys(tvs)), j.name
+        return Library.pinned(cfg, j), policy, list({tv.version: tv for tv in tvs}.values()), j.name
 
     # -- contacts ---------------------------------------------------------------------------
     async def add_contact(self, who: Caller, raw: Mapping[str, Any]) -> dict[str, Any]:
@@ -212,7 +212,7 @@ class Portal:
         tvs = await self.library.templates_of(c["kind"], c["version"])
         if tvs is None:
             raise Refused(409, "version", "the pinned version is no longer stored")
-        return list(dict.fromkeys(tvs))
+        return list({tv.version: tv for tv in tvs}.values())
 
     @staticmethod
     def _content(c: Mapping[str, Any], members: Sequence[Mapping[str, Any]]) -> str:
