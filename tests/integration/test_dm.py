@@ -150,8 +150,9 @@ def quick(p: Partner, template: str, contacts: list[str], values: dict | None = 
                                                   "values": values or {}, **kw}, headers=headers)
 
 
-def token_of(url: str) -> str:
-    return url.rsplit("/", 1)[1]
+def unsubscribe_url(m: Any) -> str:
+    """The List-Unsubscribe URL of a stored message (the header may be folded)."""
+    return str(BytesParser(policy=policy.default).parsebytes(m.raw)["List-Unsubscribe"]).strip().strip("<>")
 
 
 # -- who sees what --------------------------------------------------------------------------------
@@ -342,7 +343,7 @@ def test_quick_send_to_three_contacts_and_a_replayed_idempotency_key(dm: Stack, 
         assert msg["Reply-To"].addresses[0].addr_spec == p.email
         assert msg["To"].addresses[0].addr_spec == c["email"]
         assert msg["Message-ID"] == f"<dm.{s['id']}@{BRAND_DOMAIN}>"
-        assert msg["List-Unsubscribe"].startswith(f"<{dm.base}/m/u/u.{s['id']}.")
+        assert msg["List-Unsubscribe"].strip().startswith(f"<{dm.base}/m/u/u.{s['id']}.")
         assert msg["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
         assert m.entry.mail_from.startswith(f"bounce+{s['id']}.")
         assert msg.get_content_type() == "multipart/alternative"
@@ -375,18 +376,21 @@ def test_sigkill_of_the_mailer_mid_batch_sends_each_contact_exactly_once(dm: Sta
     p = new_partner(dm)
     # every recipient's message is stored by the outbox at once and answered 400 ms later,
     # so a kill lands while the mailer waits for answers (the in-doubt case)
-    people = [p.contact(f"slow-400+{uid('k')}@x.test") for _ in range(12)]
+    people = [p.contact(f"slow-400+{uid('k')}@x.test") for _ in range(20)]
     r = quick(p, "test-item", [c["id"] for c in people])
     assert r.status_code == 201
     cid = r.json()["campaign"]["id"]
-    wait(lambda: sum(1 for c in people if mails_to(mail_outbox, c["email"])) >= 3, what="some mail")
     victim = dm.mailers[-1]
-    os.kill(victim.pid, signal.SIGKILL)
-    victim.wait(10)
-    states = [s["state"] for s in sends(p, cid)]
-    assert states.count("sent") < 12, "the kill came too late to be mid-batch"
-    dm.start_mailer()
-    done = settled(p, cid, 12)
+    try:
+        wait(lambda: sum(1 for s in sends(p, cid) if s["state"] == "sent") >= 2, what="some sends")
+        os.kill(victim.pid, signal.SIGKILL)
+        victim.wait(10)
+        states = [s["state"] for s in sends(p, cid)]
+    finally:
+        dm.start_mailer()
+    assert states.count("sent") < 20, "the kill came too late to be mid-batch"
+    assert "claimed" in states, states  # in doubt: taken by the server, not recorded as sent
+    done = settled(p, cid, 20)
     assert {s["state"] for s in done} == {"sent"}
     for c in people:
         assert len(mails_to(mail_outbox, c["email"])) == 1, c["email"]
@@ -417,15 +421,14 @@ def test_rate_limit_spans_windows_and_another_partner_is_unaffected(dm: Stack) -
     ca = quick(a, "test-item", many).json()["campaign"]["id"]
     cb = quick(b, "test-item", few).json()["campaign"]["id"]
     done_b = settled(b, cb, 3)
-    still = sum(1 for s in sends(a, ca) if s["state"] != "sent")
     done_a = settled(a, ca, 12)
     times = sorted(datetime.fromisoformat(s["sent_at"]).timestamp() for s in done_a)
     t0 = times[0]
     assert {int(t - t0) for t in times} >= {0, 1, 2}, times  # 5/s paced: three one-second windows
     assert sum(1 for t in times if t - t0 < 1.0) <= 6
-    assert still > 0, "partner A was done before partner B: the limit did not hold A back"
-    b_end = max(datetime.fromisoformat(s["sent_at"]).timestamp() for s in done_b)
-    assert b_end < times[-1]
+    b_times = sorted(datetime.fromisoformat(s["sent_at"]).timestamp() for s in done_b)
+    assert b_times[-1] - b_times[0] < 1.5, b_times  # B's own pace, not queued behind A's twelve
+    assert b_times[-1] < times[-1] - 0.5, (b_times, times)
 
 
 def test_journey_step_two_follows_the_wait_and_members_exit(dm: Stack, mail_outbox: MailOutbox) -> None:
@@ -441,7 +444,7 @@ def test_journey_step_two_follows_the_wait_and_members_exit(dm: Stack, mail_outb
     assert p.api.post(f"/v1/dm/campaigns/{cid}/send").status_code == 200
     first = wait(lambda: mails_to(mail_outbox, leaves["email"]), what="step 1")[0]
     wait(lambda: mails_to(mail_outbox, stays["email"]), what="step 1")
-    unsub = first.raw.split(b"List-Unsubscribe: <", 1)[1].split(b">", 1)[0].decode()
+    unsub = unsubscribe_url(first)
     assert dm.anon.post(unsub.replace(dm.base, ""), content=b"List-Unsubscribe=One-Click",
                         headers={"content-type": "application/x-www-form-urlencoded"}).status_code == 200
     dm.post({"event_id": uid("e"), "type": "purchase", "visitor_id": uid(), "user_id": buyer["user_id"],
@@ -510,7 +513,7 @@ def test_one_click_unsubscribe_suppresses_for_every_partner(dm: Stack, mail_outb
     cid = quick(a, "test-item", [ca["id"]]).json()["campaign"]["id"]
     [s] = settled(a, cid, 1)
     [m] = mails_to(mail_outbox, address)
-    url = m.raw.split(b"List-Unsubscribe: <", 1)[1].split(b">", 1)[0].decode().replace(dm.base, "")
+    url = unsubscribe_url(m).replace(dm.base, "")
     page = dm.anon.get(url)
     assert page.status_code == 200 and "data-unsubscribe" in page.text  # a GET only asks
     assert address.lower() not in {r["email"] for r in dm.http.get("/v1/dm/brand/suppressions").json()["suppressions"]}
