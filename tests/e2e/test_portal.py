@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import BrowserContext, Page
 
+from engine.embedded import free_port
 from tests.conftest import ROOT, MailOutbox, Stack, run_async, uid
 
 pytestmark = pytest.mark.e2e
@@ -25,7 +26,7 @@ def portal_stack(make_stack: Callable[..., Stack], mail_outbox: MailOutbox,
     config = tmp_path_factory.mktemp("portalcfg") / "config"
     shutil.copytree(ROOT / "config", config)
     stack = make_stack(name="e2e-portal", workers=0, config_dir=config, smtp_url=mail_outbox.url,
-                       bounce_port=mail_outbox.bounce_port, mail_dir=str(mail_outbox.folder),
+                       bounce_port=free_port(), mail_dir=str(mail_outbox.folder),
                        dm_sweep_s=0.2, dm_bot_click_delay_s=0.0)
     stack.start_mailer()
     return stack

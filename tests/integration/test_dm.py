@@ -524,7 +524,7 @@ def test_one_click_unsubscribe_suppresses_for_every_partner(dm: Stack, mail_outb
     later = quick(b, "test-item", [cb["id"]]).json()["campaign"]["id"]
     assert [x["state"] for x in settled(b, later, 1)] == ["suppressed"]
     time.sleep(0.5)
-    assert len(mails_to(mail_outbox, address)) == 1 and not mails_to(mail_outbox, cb["email"])
+    assert len(mails_to(mail_outbox, address)) == 1  # A's, before the unsubscribe; none from B
     assert b.api.get(f"/v1/dm/campaigns/{later}/preview").json()["suppressed"] is True
 
 

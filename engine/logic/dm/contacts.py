@@ -125,7 +125,7 @@ def plan_import(data: bytes) -> ImportPlan:
                 raise ContactError("file", f"must have at most {MAX_IMPORT_ROWS} rows")
             row = {c: v.strip() for c, v in zip(columns, values, strict=False) if c}
             email = row.get("email", "")
-            raw = {k: row.get(k) for k in KNOWN}
+            raw: dict[str, Any] = {k: row.get(k) for k in KNOWN}
             raw["attributes"] = {k: v for k, v in row.items() if k not in KNOWN and v}
             try:
                 contact = check_contact(raw)
