@@ -19,6 +19,7 @@ over the file:
 | `KAIROS_API_KEY` | a secret key the CLI sends to the API (`kairos replay --to api`) | unset |
 | `KAIROS_PUBLIC_URL` | the engine's address as browsers see it (links, cookies' Secure flag) | `http://HOST:PORT` |
 | `KAIROS_SMTP_URL` | the SMTP relay distributed-marketing mail goes to (`smtp://`, `smtps://`) | the embedded outbox |
+| `KAIROS_OUTBOX_PORT` / `KAIROS_BOUNCE_PORT` | the embedded outbox's SMTP port / the mailer's bounce listener | 2525 / 2526 |
 """
 
 from __future__ import annotations
@@ -174,6 +175,8 @@ _ENV = {
     "KAIROS_API_KEY": ("api_key", str),
     "KAIROS_PUBLIC_URL": ("public_url", str),
     "KAIROS_SMTP_URL": ("smtp_url", str),
+    "KAIROS_OUTBOX_PORT": ("outbox_port", int),
+    "KAIROS_BOUNCE_PORT": ("bounce_port", int),
 }
 
 _FILE_KEYS = {f.name for f in dataclasses.fields(Settings)} - {"affinity"}

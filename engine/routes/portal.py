@@ -178,9 +178,16 @@ async def _campaign(request: Request, who: Caller, cid: str, status: int = 200, 
     return resp
 
 
+DONE = {"saved": "Saved. Any earlier approval no longer covers this content.",
+        "members": "Members added.", "submitted": "Submitted for the brand's approval.",
+        "enrolled": "Enrolled in the journey: step 1 goes now.", "sent": "Sent."}
+
+
 @partner_page
 async def campaign(request: Request, who: Caller) -> Response:
-    return await _campaign(request, who, request.path_params["campaign_id"])
+    done = DONE.get(request.query_params.get("done", ""))
+    return await _campaign(request, who, request.path_params["campaign_id"],
+                           messages=flash("good", done) if done else [])
 
 
 def _campaign_action(action: Callable[[Request, Caller, str, FormData], Awaitable[str]]) -> Callable[[Request], Awaitable[Response]]:
@@ -195,7 +202,7 @@ def _campaign_action(action: Callable[[Request, Caller, str, FormData], Awaitabl
                                    messages=flash("bad", f"Not saved: {exc}"))
         except Refused as exc:
             return await _campaign(request, who, cid, exc.status, messages=flash("bad", exc.reason))
-        return await _campaign(request, who, cid, messages=flash("good", done))
+        return RedirectResponse(f"/portal/campaigns/{cid}?done={done}", 303)  # reload-safe
 
     handler.__name__ = action.__name__
     return handler
@@ -208,23 +215,23 @@ async def save_values(request: Request, who: Caller, cid: str, f: FormData) -> s
     if v["campaign"]["kind"] == "quick":
         values = values.get(v["templates"][0].id, {})  # type: ignore[assignment]
     await svc(request).dm_portal.set_values(who, cid, values, contact)
-    return "Saved." + (" The earlier approval no longer covers this content." if v["approval"] else "")
+    return "saved"
 
 
 async def add_members(request: Request, who: Caller, cid: str, f: FormData) -> str:
     ids = [str(x) for x in f.getlist("contact")]
     await svc(request).dm_portal.add_members(who, cid, ids)
-    return f"Added {len(ids)} member(s)."
+    return "members"
 
 
 async def submit(request: Request, who: Caller, cid: str, f: FormData) -> str:
     await svc(request).dm_portal.submit(who, cid)
-    return "Submitted for the brand's approval."
+    return "submitted"
 
 
 async def send(request: Request, who: Caller, cid: str, f: FormData) -> str:
     v = await svc(request).dm_portal.send(who, cid)
-    return "Enrolled in the journey." if v["campaign"]["kind"] == "journey" else "Sent."
+    return "enrolled" if v["campaign"]["kind"] == "journey" else "sent"
 
 
 # -- partner: quick send, outbox -----------------------------------------------------------------------

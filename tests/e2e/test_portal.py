@@ -71,9 +71,9 @@ def test_partner_sends_a_quick_send_with_script_in_its_fields_and_reads_it(
     page.screenshot(path=str(artifacts / "portal-home.png"), full_page=True)
     page.click("nav >> text=Contacts")
     address = f"{uid('kim')}@example.com"
-    page.fill("form[action='/portal/contacts'] input[name=email]", address)
-    page.fill("form[action='/portal/contacts'] input[name=first_name]", "Kim<script>alert('name')</script>")
-    page.click("form[action='/portal/contacts'] button[type=submit]")
+    page.fill("form[data-add-contact] input[name=email]", address)
+    page.fill("form[data-add-contact] input[name=first_name]", "Kim<script>alert('name')</script>")
+    page.click("form[data-add-contact] button[type=submit]")
     assert address in page.inner_text("table[data-contacts]")
     page.goto(f"{portal_stack.base}/portal/quick?template=thank-you")
     page.fill("input[name='v.thank-you.greeting']", "Thanks <script>alert(1)</script> {{7*7}}")
@@ -109,8 +109,8 @@ def test_brand_rejects_with_a_reason_the_partner_sees(
     partner.goto(link)
     partner.wait_for_url(f"{portal_stack.base}/portal")
     partner.goto(f"{portal_stack.base}/portal/contacts")
-    partner.fill("form[action='/portal/contacts'] input[name=email]", f"{uid('lee')}@example.com")
-    partner.click("form[action='/portal/contacts'] button[type=submit]")
+    partner.fill("form[data-add-contact] input[name=email]", f"{uid('lee')}@example.com")
+    partner.click("form[data-add-contact] button[type=submit]")
     partner.goto(f"{portal_stack.base}/portal/quick?template=seasonal-picks")
     partner.fill("input[name='v.seasonal-picks.headline']", "Autumn deals at our store")
     partner.check("form[data-quick] fieldset input[name=contact]")
@@ -118,7 +118,8 @@ def test_brand_rejects_with_a_reason_the_partner_sees(
     partner.wait_for_url(re.compile(r".*/portal/campaigns/cp_\w+"))
     assert partner.locator("button[data-send]").is_disabled()
     partner.click("button[data-submit]")
-    assert "pending approval" in partner.inner_text("[data-approval]")
+    assert "pending" in partner.inner_text("[data-approval]")
+    assert "Submitted for the brand's approval" in partner.inner_text("main")
     campaign_url = partner.url
 
     brand_ctx = context.browser.new_context(viewport={"width": 1280, "height": 860})  # type: ignore[union-attr]
