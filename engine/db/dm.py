@@ -309,6 +309,14 @@ class DmStore:
         async with self.engine.connect() as c:
             return _ds((await c.execute(q)).all())
 
+    async def members_sent(self, partner_id: str, campaign_id: str, now: datetime) -> None:
+        """A quick send went out: its members are done (a quick send has one step)."""
+        m = t.dm_campaign_members
+        async with self.engine.begin() as c:
+            await c.execute(update(m).where(and_(m.c.partner_id == partner_id, m.c.campaign_id == campaign_id,
+                                                 m.c.status == "pending"))
+                            .values(status="done", step=1, enrolled_at=now, updated_at=now))
+
     async def enrol(self, partner_id: str, campaign_id: str, now: datetime) -> int:
         m = t.dm_campaign_members
         async with self.engine.begin() as c:

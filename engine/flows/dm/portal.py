@@ -355,6 +355,7 @@ class Portal:
             tv = v["templates"][0]
             contacts = await self.store.contacts_by_ids(who.partner_id, [m["contact_id"] for m in v["members"]])
             made = await self._enqueue(who.partner_id, campaign_id, 0, tv, contacts)
+            await self.store.members_sent(who.partner_id, campaign_id, self.clock())
             await self._audit(who, "dm.campaign.send", campaign_id, {"sends": made})
         return await self.view(who.partner_id, campaign_id)
 
