@@ -311,3 +311,24 @@ def mail_outbox(tmp_root: Path) -> Iterator[MailOutbox]:
     outbox = MailOutbox(tmp_root / "mail", tmp_root / "outbox.log")
     yield outbox
     outbox.stop()
+
+
+@pytest.fixture(scope="session")
+def dm_stack(make_stack: Callable[..., Stack], mail_outbox: MailOutbox,
+             tmp_path_factory: pytest.TempPathFactory) -> Stack:
+    """A stack for distributed marketing (integration and browser tests): API, a stream
+    worker and `kairos mailer` on the session's outbox (test mode), with the example config
+    plus the test templates and journeys of tests/integration/dm_extra. Short waits by
+    settings: a 1 s rate window (5 per partner), retries at 1 % of the schedule, a 3 s claim
+    lease, a 0.2 s sweep, no click delay."""
+    import shutil
+
+    config = tmp_path_factory.mktemp("dmconfig") / "config"
+    shutil.copytree(ROOT / "config", config)
+    shutil.copytree(ROOT / "tests" / "integration" / "dm_extra", config / "dm", dirs_exist_ok=True)
+    stack = make_stack(name="dm", workers=1, config_dir=config, smtp_url=mail_outbox.url,
+                       bounce_port=mail_outbox.bounce_port, mail_dir=str(mail_outbox.folder),
+                       dm_partner_rate=5.0, dm_rate_window_s=1.0, dm_claim_lease_s=3.0,
+                       dm_sweep_s=0.2, dm_retry_scale=0.01, dm_bot_click_delay_s=0.0)
+    stack.start_mailer()
+    return stack

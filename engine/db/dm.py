@@ -465,7 +465,8 @@ class DmStore:
     async def claim(self, ids: Sequence[str], worker: str, lease: timedelta, now: datetime) -> list[dict[str, Any]]:
         """Compare-and-set: the sends among `ids` still queued (or due for a retry, or whose
         claim expired) become claimed by `worker` until now + lease. Returns the claimed
-        sends with what composing them needs."""
+        sends with what composing them needs, and whether the address is suppressed now
+        (checked in the same query, right before the send)."""
         if not ids:
             return []
         s = t.dm_sends
@@ -483,10 +484,12 @@ class DmStore:
                         cm.c.subject.label("campaign_subject"), cm.c.version.label("campaign_version"),
                         ct.c.first_name, ct.c.last_name, ct.c.attributes, ct.c.visitor_id, ct.c.user_id,
                         t.dm_campaign_members.c["values"].label("member_values"),
-                        t.partners.c.name.label("partner_name"))
+                        t.partners.c.name.label("partner_name"),
+                        t.dm_suppressions.c.email_key.is_not(None).label("suppressed"))
                  .join(msg, msg.c.id == s.c.message_id).join(cm, cm.c.id == s.c.campaign_id)
                  .join(t.partners, t.partners.c.id == s.c.partner_id)
                  .outerjoin(ct, ct.c.id == s.c.contact_id)
+                 .outerjoin(t.dm_suppressions, t.dm_suppressions.c.email_key == s.c.email_key)
                  .outerjoin(t.dm_campaign_members, and_(t.dm_campaign_members.c.campaign_id == s.c.campaign_id,
                                                         t.dm_campaign_members.c.contact_id == s.c.contact_id))
                  .where(s.c.id.in_(list(claimed))))

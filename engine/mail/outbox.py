@@ -208,9 +208,14 @@ class Outbox:
         return out
 
 
+_MESSAGE_ID = re.compile(rb"^Message-ID:[ \t]*(<[^>\r\n]{1,500}>)", re.IGNORECASE | re.MULTILINE)
+
+
 def _message_id_of(data: bytes) -> str:
-    head = data.split(b"\r\n\r\n", 1)[0]
-    return str(BytesHeaderParser(policy=email_policy.default).parsebytes(head + b"\r\n\r\n").get("Message-ID", "")).strip()
+    """The Message-ID of a raw message (a regular expression on the header block: the email
+    package's header parsing costs milliseconds a message)."""
+    m = _MESSAGE_ID.search(data.split(b"\r\n\r\n", 1)[0])
+    return m.group(1).decode("ascii", "replace") if m else ""
 
 
 def _clean(value: str) -> str:

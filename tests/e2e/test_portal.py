@@ -7,29 +7,19 @@ test-artifacts/ (the docs' pictures are taken from there)."""
 from __future__ import annotations
 
 import re
-import shutil
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from playwright.sync_api import BrowserContext, Page
 
-from engine.embedded import free_port
-from tests.conftest import ROOT, MailOutbox, Stack, run_async, uid
+from tests.conftest import MailOutbox, Stack, run_async, uid
 
 pytestmark = pytest.mark.e2e
 
 
 @pytest.fixture(scope="module")
-def portal_stack(make_stack: Callable[..., Stack], mail_outbox: MailOutbox,
-                 tmp_path_factory: pytest.TempPathFactory) -> Stack:
-    config = tmp_path_factory.mktemp("portalcfg") / "config"
-    shutil.copytree(ROOT / "config", config)
-    stack = make_stack(name="e2e-portal", workers=0, config_dir=config, smtp_url=mail_outbox.url,
-                       bounce_port=free_port(), mail_dir=str(mail_outbox.folder),
-                       dm_sweep_s=0.2, dm_bot_click_delay_s=0.0)
-    stack.start_mailer()
-    return stack
+def portal_stack(dm_stack: Stack) -> Stack:
+    return dm_stack  # the distributed-marketing stack of tests/conftest.py
 
 
 def partner_link(stack: Stack) -> tuple[str, str]:

@@ -8,7 +8,6 @@ of the schedule, a 3 s claim lease, a 0.2 s sweep), never because of sleeps in t
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import time
 import uuid
@@ -24,27 +23,19 @@ import httpx
 import pytest
 
 from engine.mail.outbox import Outbox
-from tests.conftest import ROOT, MailOutbox, Stack, run_async, uid
+from tests.conftest import MailOutbox, Stack, run_async, uid
 
 BRAND_DOMAIN = "mail.northgate.example"
 
 
 @pytest.fixture(scope="module")
-def dm_config(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("dmconfig") / "config"
-    shutil.copytree(ROOT / "config", root)
-    shutil.copytree(Path(__file__).with_name("dm_extra"), root / "dm", dirs_exist_ok=True)
-    return root
+def dm(dm_stack: Stack) -> Stack:
+    return dm_stack
 
 
 @pytest.fixture(scope="module")
-def dm(make_stack: Callable[..., Stack], mail_outbox: MailOutbox, dm_config: Path) -> Stack:
-    stack = make_stack(name="dm", workers=1, config_dir=dm_config, smtp_url=mail_outbox.url,
-                       bounce_port=mail_outbox.bounce_port, mail_dir=str(mail_outbox.folder),
-                       dm_partner_rate=5.0, dm_rate_window_s=1.0, dm_claim_lease_s=3.0,
-                       dm_sweep_s=0.2, dm_retry_scale=0.01, dm_bot_click_delay_s=0.0)
-    stack.start_mailer()
-    return stack
+def dm_config(dm_stack: Stack) -> Path:
+    return Path(dm_stack.settings.config_dir)
 
 
 # -- helpers ---------------------------------------------------------------------------------
@@ -227,6 +218,10 @@ def test_undeclared_field_is_refused_and_locked_regions_hold(dm: Stack, dm_confi
     assert r.json()["field"] == "fields.footer" and "not an editable field" in r.json()["reason"]
     r = quick(p, "test-item", [c["id"]], {"headline": "x" * 81})
     assert r.status_code == 422 and r.json()["field"] == "fields.headline"
+    r = quick(p, "test-item", [c["id"]], {"headline": "Guaranteed the best"})  # a restricted word
+    assert r.status_code == 422 and r.json()["field"] == "fields.headline", r.text
+    r = quick(p, "seasonal-picks", [c["id"]], {"hero_image": "https://images.elsewhere.example/x.png"})
+    assert r.status_code == 422 and r.json()["field"] == "fields.hero_image", r.text
     # a campaign's preview without the partner's values is the brand's own render
     made = p.api.post("/v1/dm/campaigns", json={"journey": "quick-welcome", "contact_ids": [c["id"]]}).json()
     cid = made["campaign"]["id"]
@@ -578,3 +573,23 @@ def test_config_hot_reload_stores_each_version(dm: Stack, dm_config: Path) -> No
         assert "test-item" in {t["id"] for t in lib["templates"]}  # the last good keeps serving
     finally:
         new.unlink()
+
+
+def test_the_outbox_keeps_one_copy_of_a_message_id_per_recipient(mail_outbox: MailOutbox) -> None:
+    """What makes a retried in-doubt send harmless at the local outbox (mailbox providers do
+    the same): the same Message-ID to the same recipient is accepted and stored once."""
+    from engine.logic.dm.sending import Envelope
+    from engine.mail.sender import Relay, send_one
+
+    to = f"{uid('dup')}@example.com"
+    other = f"{uid('dup')}@example.com"
+    mid = f"<dm.{uuid.uuid4().hex[:20]}@{BRAND_DOMAIN}>"
+
+    def envelope(rcpt: str) -> Envelope:
+        data = (f"From: a@{BRAND_DOMAIN}\r\nTo: {rcpt}\r\nSubject: once\r\nMessage-ID: {mid}\r\n\r\nhello\r\n").encode()
+        return Envelope("dupsend01", f"bounce@{BRAND_DOMAIN}", rcpt, mid, data)
+
+    relay = Relay.from_url(mail_outbox.url + "?starttls=off")
+    for rcpt in (to, to, other):
+        assert run_async(send_one(relay, envelope(rcpt))).outcome == "sent"
+    assert len(mails_to(mail_outbox, to)) == 1 and len(mails_to(mail_outbox, other)) == 1

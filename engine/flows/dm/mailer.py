@@ -240,7 +240,7 @@ class Mailer:
     async def deliver(self, row: Mapping[str, Any], sender: SmtpSender) -> str:
         """One claimed send to its outcome; returns it."""
         sid, now = row["id"], self.clock()
-        if not row["test"] and await self.store.suppressed([row["email_key"]]):
+        if not row["test"] and row["suppressed"]:
             await self._finish(row, SUPPRESSED, now)
             return SUPPRESSED
         tv = await self.library.template(row["template_version"])

@@ -30,7 +30,7 @@ from engine.logic.dm.templates import FieldProblem, RenderedMessage, TemplateVer
 log = logging.getLogger("kairos.dm")
 
 MAX_MEMBERS = 5000
-MAX_QUICK = 500
+MAX_QUICK = MAX_MEMBERS  # a promotion to every contact of a store
 
 
 class NotFound(LookupError):
