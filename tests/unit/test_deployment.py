@@ -26,7 +26,7 @@ def test_compose_runs_kafka_redis_api_and_workers():
     assert services["worker"]["deploy"]["replicas"] == 2
 
 
-@pytest.mark.parametrize("name", ["api", "worker", "migrate"])
+@pytest.mark.parametrize("name", ["api", "worker", "migrate", "mailer"])
 def test_service_command_is_a_real_kairos_command(name, monkeypatch):
     command = compose()["services"][name]["command"]
     assert command[0] == "kairos"
