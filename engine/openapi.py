@@ -105,8 +105,71 @@ def openapi() -> dict[str, Any]:
         },
         "components": {"schemas": components, "securitySchemes": SECURITY_SCHEMES},
     }
+    doc["paths"].update(dm_paths())
     _secure(doc)
     return doc
+
+
+#: The distributed-marketing API (engine/routes/dm_api.py): (method, path, summary, body).
+DM_OPERATIONS: list[tuple[str, str, str, str | None]] = [
+    ("get", "/v1/dm/releases", "The journeys and templates released to the caller's partner", None),
+    ("get", "/v1/dm/contacts", "The partner's contacts (?q= searches name and e-mail; limit, offset)", None),
+    ("post", "/v1/dm/contacts", "Add a contact {email, first_name, last_name, user_id, visitor_id, attributes}", "object"),
+    ("post", "/v1/dm/contacts/import", "Import a CSV (text/csv): a report per row (added, duplicate, bad email)", "csv"),
+    ("get", "/v1/dm/contacts/{contact_id}", "One contact (another partner's id answers 404)", None),
+    ("get", "/v1/dm/campaigns", "The partner's campaigns", None),
+    ("post", "/v1/dm/campaigns", "A campaign from a released journey {journey, name, values, contact_ids}", "object"),
+    ("get", "/v1/dm/campaigns/{campaign_id}", "A campaign: members, approval, status, sends", None),
+    ("put", "/v1/dm/campaigns/{campaign_id}/values", "Personalise the allowed fields {values, contact_id?}; "
+     "an undeclared field answers 422; an edit supersedes an approval", "object"),
+    ("post", "/v1/dm/campaigns/{campaign_id}/members", "Add the partner's contacts {contact_ids}", "object"),
+    ("get", "/v1/dm/campaigns/{campaign_id}/preview", "The rendered message for a member (?contact_id=, ?template=)", None),
+    ("post", "/v1/dm/campaigns/{campaign_id}/submit", "Submit for the brand's approval", None),
+    ("post", "/v1/dm/campaigns/{campaign_id}/send", "Send (a quick send) or enrol the members (a journey); once", None),
+    ("get", "/v1/dm/campaigns/{campaign_id}/engagement", "Per member and message: delivered, opened, clicked, bounced, unsubscribed", None),
+    ("get", "/v1/dm/engagement", "The partner's engagement per message", None),
+    ("post", "/v1/dm/quick-sends", "One message from a released template to contacts now {template, contact_ids, "
+     "values, test}; Idempotency-Key makes a repeat send nothing", "object"),
+    ("get", "/v1/dm/brand/library", "The brand's templates and journeys (config/dm) and their problems", None),
+    ("get", "/v1/dm/brand/approvals", "The approval queue (?state=pending|approved|rejected|superseded|all)", None),
+    ("get", "/v1/dm/brand/approvals/{approval_id}", "One approval: the partner's values beside the defaults, flagged words", None),
+    ("post", "/v1/dm/brand/approvals/{approval_id}/approve", "Approve (never one's own submission: 403)", None),
+    ("post", "/v1/dm/brand/approvals/{approval_id}/reject", "Reject {reason} (a reason is required)", "object"),
+    ("get", "/v1/dm/brand/releases", "Every release", None),
+    ("post", "/v1/dm/brand/releases", "Release {kind: journey|template, subject, group_id | partner_id}", "object"),
+    ("post", "/v1/dm/brand/releases/{release_id}/retire", "Retire a release", None),
+    ("get", "/v1/dm/brand/results", "Results per journey, step, message and partner, and the totals", None),
+    ("get", "/v1/dm/brand/partners", "Partners and partner groups", None),
+    ("post", "/v1/dm/brand/groups", "Make or extend a partner group {name, partner_ids}", "object"),
+    ("get", "/v1/dm/brand/suppressions", "The brand-wide suppression list (addresses masked without dm:contacts)", None),
+    ("get", "/v1/dm/brand/contacts", "Every partner's contacts with their addresses (scope dm:contacts)", None),
+]
+
+
+def dm_paths() -> dict[str, Any]:
+    paths: dict[str, Any] = {}
+    for method, path, summary, body in DM_OPERATIONS:
+        op: dict[str, Any] = {"summary": summary, "tags": ["distributed marketing"], "responses": {
+            "200": {"description": "OK", "content": {"application/json": {"schema": {"type": "object"}}}},
+            "403": _err("Not the caller's to do (a partner route without a partner; a brand route)"),
+            "404": _err("Not found, or not this partner's"),
+        }}
+        if method in ("post", "put"):
+            op["responses"]["409"] = _err("Not now: pending approval, sent already")
+            op["responses"]["422"] = _err("A field is wrong: problems name each one")
+        if body == "object":
+            op["requestBody"] = {"content": {"application/json": {"schema": {"type": "object"}}}}
+        elif body == "csv":
+            op["requestBody"] = {"required": True, "content": {"text/csv": {"schema": {"type": "string"}}}}
+        params = [seg[1:-1] for seg in path.split("/") if seg.startswith("{")]
+        if params:
+            op["parameters"] = [{"name": n, "in": "path", "required": True, "schema": {"type": "string"}}
+                                for n in params]
+        if path == "/v1/dm/quick-sends" or path == "/v1/dm/campaigns":
+            op.setdefault("parameters", []).append({"name": "Idempotency-Key", "in": "header",
+                                                    "schema": {"type": "string", "maxLength": 200}})
+        paths.setdefault(path, {})[method] = op
+    return paths
 
 
 SECURITY_SCHEMES: dict[str, Any] = {

@@ -40,6 +40,8 @@ TYPE_CODES = {
     "impression": 9,
     "dismiss": 10,
     "identify": 11,
+    "email_open": 12,
+    "email_click": 13,
 }
 CODE_NAMES = {v: k for k, v in TYPE_CODES.items()} | {0: "other"}
 
@@ -70,6 +72,8 @@ class AffinityConfig:
             "add_to_cart": 3.0,
             "purchase": 5.0,
             "conversion": 2.0,
+            "email_open": 0.0,  # opens are unreliable (image proxies, privacy protection)
+            "email_click": 1.5,  # a click in a partner's mail: like a click on the site
         }
     )
     default_weight: float = 0.0  # custom event types unless listed in `weights`

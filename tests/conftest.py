@@ -122,6 +122,7 @@ class Stack:
         self.keys = keys
         self.api: subprocess.Popen[bytes] | None = None
         self.workers: list[subprocess.Popen[bytes]] = []
+        self.mailers: list[subprocess.Popen[bytes]] = []
         self.base = f"http://127.0.0.1:{settings.port}"
         self.http = httpx.Client(base_url=self.base, timeout=10,
                                  headers={"Authorization": f"Bearer {keys.admin}"})
@@ -173,6 +174,22 @@ class Stack:
         self.workers.append(w)
         return w
 
+    def start_mailer(self, timeout: float = 30.0) -> subprocess.Popen[bytes]:
+        """A `kairos mailer` (distributed marketing), once it has started its loops."""
+        name = f"mailer{len(self.mailers)}"
+        log = self.log_dir / f"{name}.log"
+        start = log.stat().st_size if log.exists() else 0
+        m = self._spawn("mailer", "--loglevel", "info", name=name)
+        self.mailers.append(m)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if m.poll() is not None:
+                raise RuntimeError(f"mailer exited: {log.read_text()[-3000:]}")
+            if log.exists() and b"mailer: relay" in log.read_bytes()[start:]:
+                return m
+            time.sleep(0.05)
+        raise TimeoutError("the mailer did not start")
+
     def post(self, events: list[dict] | dict, **kw) -> httpx.Response:
         return self.http.post("/v1/events", json=events, **kw)
 
@@ -200,7 +217,7 @@ class Stack:
                 raise AssertionError(f"worker{i} died with {w.returncode}:\n{log}")
 
     def stop(self) -> None:
-        terminate([p for p in [self.api, *self.workers] if p is not None], 15)
+        terminate([p for p in [self.api, *self.workers, *self.mailers] if p is not None and p.poll() is None], 15)
         self.http.close()
         self.anon.close()
 
@@ -294,3 +311,24 @@ def mail_outbox(tmp_root: Path) -> Iterator[MailOutbox]:
     outbox = MailOutbox(tmp_root / "mail", tmp_root / "outbox.log")
     yield outbox
     outbox.stop()
+
+
+@pytest.fixture(scope="session")
+def dm_stack(make_stack: Callable[..., Stack], mail_outbox: MailOutbox,
+             tmp_path_factory: pytest.TempPathFactory) -> Stack:
+    """A stack for distributed marketing (integration and browser tests): API, a stream
+    worker and `kairos mailer` on the session's outbox (test mode), with the example config
+    plus the test templates and journeys of tests/integration/dm_extra. Short waits by
+    settings: a 1 s rate window (5 per partner), retries at 1 % of the schedule, a 3 s claim
+    lease, a 0.2 s sweep, no click delay."""
+    import shutil
+
+    config = tmp_path_factory.mktemp("dmconfig") / "config"
+    shutil.copytree(ROOT / "config", config)
+    shutil.copytree(ROOT / "tests" / "integration" / "dm_extra", config / "dm", dirs_exist_ok=True)
+    stack = make_stack(name="dm", workers=1, config_dir=config, smtp_url=mail_outbox.url,
+                       bounce_port=mail_outbox.bounce_port, mail_dir=str(mail_outbox.folder),
+                       dm_partner_rate=5.0, dm_rate_window_s=1.0, dm_claim_lease_s=3.0,
+                       dm_sweep_s=0.2, dm_retry_scale=0.01, dm_bot_click_delay_s=0.0)
+    stack.start_mailer()
+    return stack

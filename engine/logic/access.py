@@ -38,6 +38,7 @@ class Scope(StrEnum):
     CAMPAIGNS_WRITE = "campaigns:write"
     DM = "dm"  # a partner's distributed-marketing API (scoped to one partner)
     DM_BRAND = "dm:brand"  # the brand's side: templates, releases, approvals, results
+    DM_CONTACTS = "dm:contacts"  # the partners' contacts' e-mail addresses, for the brand
     METRICS = "metrics"
 
 

@@ -88,7 +88,8 @@ def gate_stack(make_stack: Callable[..., Stack]) -> Stack:
 # -- the whole route table against every kind of caller ----------------------------------------
 SAMPLE = {"visitor_id": "v-walk", "campaign_id": "cart_reminder", "item_id": "i1", "path": "shoes",
           "pid": "1", "name": "dashboard.js", "token": "x" * 43, "prefix": "ks_nothing0",
-          "subject_id": "v-nobody"}
+          "subject_id": "v-nobody", "contact_id": "ct_nobody", "approval_id": "ap_nobody",
+          "release_id": "rl_nobody", "key": "1.M1P1.nobody"}
 
 
 def concrete(path: str) -> str:

@@ -40,7 +40,7 @@ def test_every_service_has_a_restart_policy():
         assert services[name]["restart"] == "unless-stopped", name
 
 
-@pytest.mark.parametrize("name", ["api", "worker", "migrate"])
+@pytest.mark.parametrize("name", ["api", "worker", "migrate", "mailer"])
 def test_service_command_is_a_real_kairos_command(name, monkeypatch):
     command = compose()["services"][name]["command"]
     assert command[0] == "kairos"
