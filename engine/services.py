@@ -30,6 +30,7 @@ from engine.flows.ingest import Ingest
 from engine.flows.privacy import Privacy
 from engine.flows.profiles import Profiles
 from engine.flows.recommend import CATALOG_CACHE_S, Recommender
+from engine.flows.segment import Tracking
 from engine.flows.stats import LiveStats, Trending
 from engine.logic.recipes import load_recipes
 from engine.settings import Settings
@@ -65,6 +66,7 @@ class Services:
     access: Access  # who is calling: keys (cached), sessions, secrets, rate limits
     admin: Admin  # keys, users and the audit log, for the admin pages
     privacy: Privacy  # export and erase of one person's data
+    tracking: Tracking  # Segment's tracking API (the Segment / RudderStack SDKs)
     demo_key: str | None = None  # the public key the demo shop's pages carry
     metrics_dir: Path | None = None
     session_cookie: str = SESSION_COOKIE
@@ -143,9 +145,10 @@ async def running(settings: Settings, redis_url: str, bootstrap: str,
         feed = DashboardFeed(live, trending, campaigns, hub, decide_reader)
         feed.start()
         stack.push_async_callback(_quietly, feed.close)
+        ingest = Ingest(log, live, s.retry_after_s, access)
         svc = Services(
             settings=s, hub=hub, live=live,
-            ingest=Ingest(log, live, s.retry_after_s, access),
+            ingest=ingest,
             decider=decider,
             campaigns=campaigns,
             profiles=Profiles(profile_store, ActivityStore(client), s.affinity),
@@ -158,6 +161,7 @@ async def running(settings: Settings, redis_url: str, bootstrap: str,
             health=Health(client, log, live_store, control), metrics_dir=metrics_dir,
             access=access, admin=Admin(control, access),
             privacy=Privacy(client, control, profile_store, s),
+            tracking=Tracking(ingest, decider, live, access),
             demo_key=demo_key,
         )
         yield svc

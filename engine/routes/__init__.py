@@ -112,3 +112,14 @@ def page(request: Request, template: str, status: int = 200, **ctx: Any) -> Resp
 
 def client_ip(request: Request) -> str:
     return request.client.host if request.client else ""
+
+
+async def body_key(request: Request, key: str | None) -> Principal | Response:
+    """Who calls a route whose policy takes the key in the body (`Policy.body_key`): the
+    gate's principal when the request carried a key in its headers or URL, else `key` (read
+    from the body by the route), checked by the gate (engine/gate.py `PendingKey`): the
+    principal, or the refusal to answer."""
+    pending = getattr(request.state, "pending_key", None)
+    if pending is None:
+        return principal(request)
+    return await pending.settle(key)  # type: ignore[no-any-return]
