@@ -842,3 +842,15 @@ def hmac_hex(secret: str, user: str) -> str:
     import hmac
 
     return hmac.new(secret.encode(), user.encode(), hashlib.sha256).hexdigest()
+
+
+def test_the_openapi_document_has_the_tracking_api_and_its_key():
+    from engine.openapi import openapi
+
+    doc = openapi()
+    for name in ("batch", "track", "page", "screen", "identify", "alias", "group"):
+        op = doc["paths"][f"/v1/{name}"]["post"]
+        assert {"writeKey": []} in op["security"] and "body" in op["x-kairos-policy"]
+        assert f"/segment/v1/{name}" in op["description"]
+    assert "/v1/t" in doc["paths"]["/v1/track"]["post"]["description"]
+    assert doc["components"]["securitySchemes"]["writeKey"]["scheme"] == "basic"
