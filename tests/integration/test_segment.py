@@ -473,10 +473,20 @@ def test_analytics_next_in_chromium_from_another_origin(seg: Stack) -> None:
                                                  price: 40})
                 await a.track('Product Added', {product_id: 'b-1', quantity: 1, price: 40})
                 await a.identify(user, {plan: 'bronze'})   // no user_hash: refused, no merge
-                await a.identify(user, {plan: 'silver'}, {context: {kairos: {user_hash: userHash}}})
+                // the plugin of docs/segment.md: the hash on every call naming the user
+                const withHash = (ctx) => {
+                  if (ctx.event.userId) ctx.updateEvent('context.kairos.user_hash', userHash)
+                  return ctx
+                }
+                await a.register({
+                  name: 'Kairos user_hash', type: 'enrichment', version: '1.0.0',
+                  isLoaded: () => true, load: () => Promise.resolve(),
+                  track: withHash, page: withHash, screen: withHash, identify: withHash,
+                  alias: withHash, group: withHash,
+                })
+                await a.identify(user, {plan: 'silver'})
                 await a.track('Order Completed', {order_id: 'b-o1',
-                    products: [{product_id: 'b-1', quantity: 1, price: 40}]},
-                    {context: {kairos: {user_hash: userHash}}})
+                    products: [{product_id: 'b-1', quantity: 1, price: 40}]})
                 return a.user().anonymousId()
             }""", [pub, api_host, user, user_hash])
             prof = seg.wait_profile(user, 5)
