@@ -8,16 +8,18 @@ message is rejected with the field that is wrong and the others go on. The table
 becomes what is in docs/segment.md.
 
 Plain data in, plain data out: the receipt time (`now_ms`) is passed in, nothing here does
-I/O or reads a clock. What stays with the caller (the HTTP route):
+I/O or reads a clock. What stays with the callers (engine/routes/segment.py and the tracking
+flow engine/flows/segment.py):
 
-- which key sent the request (`basic_auth_key`, `Parsed.write_key`) and what it may do;
+- which key sent the request (the gate reads HTTP Basic; `write_key` is the body's) and what
+  it may do;
 - the identity rule for public keys: a message naming a `userId` must carry
   `user_hash = HMAC-SHA256(identity secret, userId)`, which travels as
   `context.kairos.user_hash` or `integrations.Kairos.user_hash` (`Message.user_hash`);
-  this module returns the user id and the hash, the route checks them and takes the
-  messages that fail out with `refuse` (the others go on);
+  `with_user_hash` hands it to the trust rules (engine/logic/trust.py), `trust_refusal` names
+  their refusals in Segment's words, and `refuse` takes those messages out (the others go on);
 - decisions: a `page` / `screen` carrying `context.kairos.zones` asks for them
-  (`Message.zones`); the route calls decide;
+  (`Message.zones`); the flow calls decide;
 - appending the events to the log and the answer (`answer`).
 """
 
