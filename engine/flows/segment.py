@@ -11,6 +11,7 @@ the decisions a `page` / `screen` asks for in `context.kairos.zones`.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any
@@ -62,8 +63,9 @@ class Tracking:
         self._count(parsed.rejected)
         events = [m.event for m in parsed.messages]
         if (wait := self.ingest.visitor_rate(who, events)) is not None:
-            return Outcome(429, {"success": False, "error": "rate too many requests for this "
-                                 "visitor; retry later", "field": "rate"}, max(1, int(wait + 0.999)))
+            reason = "too many requests for this visitor; retry later"
+            return Outcome(429, {"success": False, "error": f"rate {reason}", "field": "rate",
+                                 "reason": reason}, max(1, math.ceil(wait)))
         status, body = seg.answer(parsed)
         if not events:
             return Outcome(status, body)

@@ -20,7 +20,15 @@ from starlette.routing import BaseRoute, Route
 from engine import metrics
 from engine.logic import events as spec
 from engine.logic import segment as seg
-from engine.routes import body_key, error, json_response, media_type, read_body, svc
+from engine.routes import (
+    body_key,
+    error,
+    json_response,
+    media_type,
+    principal,
+    read_body,
+    svc,
+)
 
 
 def _endpoint(name: str) -> Callable[[Request], Awaitable[Response]]:
@@ -36,7 +44,8 @@ def _endpoint(name: str) -> Callable[[Request], Awaitable[Response]]:
                 return who
             out = await svc(request).tracking.take(doc, name, who, now_ms, started)
         except spec.BodyError as exc:
-            metrics.EVENTS_REJECTED.labels(metrics.field_label(exc.field)).inc()
+            if principal(request).authenticated:  # a caller with no key counts nothing
+                metrics.EVENTS_REJECTED.labels(metrics.field_label(exc.field)).inc()
             return error(exc.status, exc.field, exc.reason, success=False)
         headers = {"Retry-After": str(out.retry_after_s)} if out.retry_after_s else None
         return json_response(out.body, out.status, headers)

@@ -271,6 +271,21 @@ def test_a_public_key_needs_the_user_hash_and_its_origin(seg: Stack) -> None:
     assert r.status_code == 403 and r.json()["field"] == "origin"
 
 
+def test_a_public_keys_visitor_over_its_rate_gets_429(seg: Stack) -> None:
+    origin = "https://busy.example"
+    pub = make_key(seg, "public", origins=[origin])
+    vid = uid()
+    for i in range(200):
+        r = seg.anon.post("/v1/t", headers={**basic(pub), "Origin": origin},
+                          content=json.dumps({"anonymousId": vid, "event": "Tick", "messageId": f"{vid}-{i}"}))
+        if r.status_code == 429:
+            break
+        assert r.status_code == 200, r.text
+    assert r.status_code == 429 and r.json()["field"] == "rate" and i > 10
+    assert int(r.headers["retry-after"]) >= 1
+    assert r.headers["access-control-allow-origin"] == origin  # the page can read it
+
+
 def test_cors_preflights_allow_the_retry_header(seg: Stack) -> None:
     origin = "https://retry.example"
     make_key(seg, "public", origins=[origin])
