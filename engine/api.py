@@ -22,6 +22,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from engine import metrics
 from engine.gate import Shield, guard
+from engine.logic import segment as seg
 from engine.logic.access import METRICS, OPEN, OPEN_SIGNED_IN, SIGNED_IN, Policy, needs
 from engine.logic.access import Scope as Can
 from engine.routes import (
@@ -41,6 +42,7 @@ from engine.routes import (
     profiles,
     recommendations,
     sdk,
+    segment,
     stats,
     trending,
 )
@@ -49,9 +51,13 @@ from engine.settings import Settings
 
 #: The route modules, in the order their routes are matched.
 ROUTE_MODULES = (ingest, profiles, ops, stats, sdk, demo, decide, dashboard, catalog, trending,
-                 recommendations, access, admin, privacy, portal, dm_api, mailtrack)
+                 recommendations, access, admin, privacy, portal, dm_api, mailtrack,
+                 segment)
 
 _WRITE = needs(Can.EVENTS_WRITE, public=True, session=False)  # a page, an app or a server
+# Segment's tracking API: the same callers, and the key may come as `writeKey` in the body
+# (analytics-swift / -kotlin send no Authorization header); see engine/gate.py PendingKey
+_SEGMENT = needs(Can.EVENTS_WRITE, public=True, session=False, body_key=True)
 _DECIDE = needs(Can.DECIDE, public=True, session=False)
 _BEACON = needs(Can.EVENTS_WRITE, Can.DECIDE, public=True, session=False)
 _ANALYST = needs(Can.STATS_READ)
@@ -174,6 +180,10 @@ POLICY: dict[tuple[str, str], Policy] = {
     ("GET", "/m/c/{token}"): OPEN,
     ("GET", "/m/u/{token}"): OPEN,
     ("POST", "/m/u/{token}"): OPEN,
+    # Segment's tracking API under /v1 and /segment/v1 (engine/routes/segment.py)
+    **{("POST", path): _SEGMENT for path, _ in seg.api_paths()},
+    # analytics-next's counters about itself: taken and dropped, nothing stored
+    **{("POST", f"{prefix}/{seg.METRICS_ENDPOINT}"): OPEN for prefix in seg.PREFIXES},
 }
 
 

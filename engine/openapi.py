@@ -6,6 +6,7 @@ import functools
 from typing import Any
 
 from engine.logic import events as spec
+from engine.logic import segment as seg
 
 
 def _err(desc: str) -> dict[str, Any]:
@@ -57,6 +58,7 @@ def openapi() -> dict[str, Any]:
             "linked_visitors": {"type": "array", "items": {"type": "string"}},
         },
     }
+    components.update(_segment_schemas())
     doc: dict[str, Any] = {
         "openapi": "3.1.0",
         "info": {"title": "Kairos", "version": "0.1.0",
@@ -106,6 +108,7 @@ def openapi() -> dict[str, Any]:
         "components": {"schemas": components, "securitySchemes": SECURITY_SCHEMES},
     }
     doc["paths"].update(dm_paths())
+    doc["paths"].update(_segment_paths())
     _secure(doc)
     return doc
 
@@ -185,7 +188,92 @@ SECURITY_SCHEMES: dict[str, Any] = {
                 "description": "A signed-in user's session (the dashboard, the admin pages); "
                                "state changes also need X-CSRF-Token"},
     "metricsToken": {"type": "http", "scheme": "bearer", "description": "KAIROS_METRICS_TOKEN"},
+    "writeKey": {"type": "http", "scheme": "basic", "description":
+                 "Segment's tracking API: a Kairos key (kp_… or ks_…) as the HTTP Basic user name "
+                 "with an empty password, as every Segment client sends it; or, with no "
+                 "Authorization header, as `writeKey` in the JSON body (analytics-swift, "
+                 "analytics-kotlin). No key anywhere: 401"},
 }
+
+
+def _segment_schemas() -> dict[str, Any]:
+    obj = {"type": "object"}
+    message = {
+        "type": "object",
+        "description": "One Segment message (docs/segment.md has the mapping onto the event "
+                       f"spec); at most {seg.MAX_MESSAGE_BYTES} bytes as JSON",
+        "properties": {
+            "type": {"enum": sorted(seg.MESSAGE_TYPES), "description": "required in a batch"},
+            "messageId": {"type": "string", "description": "the dedupe key"},
+            "anonymousId": {"type": "string", "maxLength": 128},
+            "userId": {"type": "string", "maxLength": 128},
+            "previousId": {"type": "string", "description": "alias"},
+            "groupId": {"type": "string", "description": "group"},
+            "event": {"type": "string", "maxLength": 256, "description": "track: the event's name"},
+            "name": {"type": "string"}, "category": {"type": "string"},
+            "timestamp": {"type": "string", "format": "date-time"},
+            "originalTimestamp": {"type": "string", "format": "date-time"},
+            "sentAt": {"type": "string", "format": "date-time"},
+            "properties": obj, "traits": obj,
+            "context": {"type": "object", "description":
+                        "page, device, os, app, library, locale, timezone, campaign, location; "
+                        "`context.kairos`: {user_hash, zones, channel}"},
+            "integrations": {"type": "object", "description": "`integrations.Kairos`: as context.kairos"},
+        },
+    }
+    return {
+        "SegmentMessage": message,
+        "SegmentBatch": {"type": "object", "required": ["batch"], "properties": {
+            "batch": {"type": "array", "items": {"$ref": "#/components/schemas/SegmentMessage"},
+                      "minItems": 1, "maxItems": seg.MAX_BATCH_MESSAGES},
+            "sentAt": {"type": "string", "format": "date-time"},
+            "writeKey": {"type": "string"}, "context": obj, "integrations": obj}},
+        "SegmentResult": {"type": "object", "properties": {
+            "success": {"type": "boolean"}, "accepted": {"type": "integer"},
+            "rejected": {"type": "array", "items": {"type": "object", "properties": {
+                "index": {"type": "integer"}, "field": {"type": "string"},
+                "reason": {"type": "string"}}}},
+            "decisions": {"type": "array", "items": obj,
+                          "description": "when a page or screen asked for context.kairos.zones"}}},
+    }
+
+
+def _segment_paths() -> dict[str, Any]:
+    """Segment's tracking API: the long names documented, their aliases said."""
+    aliases: dict[str, list[str]] = {}
+    for name, kind in seg.ENDPOINTS.items():
+        aliases.setdefault(kind or "batch", []).append(name)
+    out: dict[str, Any] = {}
+    for kind, names in aliases.items():
+        others = [f"/v1/{n}" for n in names if n != kind] + [f"/segment/v1/{n}" for n in names]
+        limit = seg.body_limit(kind)
+        ref = "SegmentBatch" if kind == "batch" else "SegmentMessage"
+        body = {"schema": {"$ref": f"#/components/schemas/{ref}"}}
+        out[f"/v1/{kind}"] = {"post": {
+            "summary": ("Segment batch: many messages" if kind == "batch" else
+                        f"Segment {kind} call (one message; `type` may be left out)"),
+            "description": (f"Segment's HTTP Tracking API (docs/segment.md). Also at "
+                            f"{', '.join(others)}. Body: JSON, `text/plain` or gzip "
+                            f"(Content-Encoding), at most {limit} bytes once decompressed. "
+                            "Each message is checked on its own: a bad one is reported by "
+                            "index and field, the others are accepted."),
+            "requestBody": {"required": True, "content": {"application/json": body,
+                                                          "text/plain": body}},
+            "responses": {
+                "200": {"description": "At least one message accepted (`success: true`)",
+                        "content": {"application/json": {"schema": {
+                            "$ref": "#/components/schemas/SegmentResult"}}}},
+                "400": _err("Nothing usable: names the first bad field (the clients drop a 400)"),
+                "401": _err("No key in the Authorization header or the body, or an unknown one"),
+                "403": _err("The key's origin or scope refuses it"),
+                "413": _err(f"Over {limit} bytes, or a single message over {seg.MAX_MESSAGE_BYTES}"),
+                "415": _err("Another content type or encoding"),
+                "429": _err("Over the key's or the visitor's rate (Retry-After)"),
+                "503": _err("Broker unavailable; resend after Retry-After (messageId dedupes)"),
+            }}}
+    out["/v1/m"] = {"post": {"summary": "analytics-next's own counters: answered 200, dropped",
+                             "responses": {"200": {"description": "ok"}}}}
+    return out
 
 
 def _subject() -> dict[str, Any]:
@@ -206,6 +294,8 @@ def _secure(doc: dict[str, Any]) -> None:
                 continue
             if pol.open:
                 op["security"] = []
+            elif pol.body_key:
+                op["security"] = [{"writeKey": []}, {"publicKey": []}, {"secretKey": []}]
             elif pol.metrics:
                 op["security"] = [{"metricsToken": []}, {}]
             else:

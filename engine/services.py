@@ -38,6 +38,7 @@ from engine.flows.ingest import Ingest
 from engine.flows.privacy import Privacy
 from engine.flows.profiles import Profiles
 from engine.flows.recommend import CATALOG_CACHE_S, Recommender
+from engine.flows.segment import Tracking as SegmentTracking
 from engine.flows.stats import LiveStats, Trending
 from engine.logic.dm.sending import BotRules, TokenSigner
 from engine.logic.recipes import load_recipes
@@ -79,6 +80,7 @@ class Services:
     dm_portal: Portal  # distributed marketing, the partner's side
     dm_brand: Brand  # distributed marketing, the brand's side
     dm_tracking: Tracking  # opens, clicks, unsubscribes of the mail
+    tracking: SegmentTracking  # Segment's tracking API (the Segment / RudderStack SDKs)
     mail_outbox: Outbox | None = None  # the embedded outbox's Maildir (None: a real relay)
     demo_key: str | None = None  # the public key the demo shop's pages carry
     metrics_dir: Path | None = None
@@ -182,9 +184,10 @@ async def running(settings: Settings, redis_url: str, bootstrap: str,
                             bot_rules=BotRules(min_click_delay=timedelta(seconds=s.dm_bot_click_delay_s)),
                             soft_limit=s.dm_soft_bounce_limit, soft_days=s.dm_soft_bounce_days)
         personaliser = Personaliser(recommender, lambda: hub.get("recipes"), s.base_url)
+        ingest = Ingest(log, live, s.retry_after_s, access, gate)
         svc = Services(
             settings=s, hub=hub, live=live,
-            ingest=Ingest(log, live, s.retry_after_s, access, gate),
+            ingest=ingest,
             decider=decider,
             campaigns=campaigns,
             profiles=Profiles(profile_store, ActivityStore(client), s.affinity),
@@ -194,6 +197,7 @@ async def running(settings: Settings, redis_url: str, bootstrap: str,
             health=Health(client, log, live_store, gate, control), metrics_dir=metrics_dir,
             access=access, admin=Admin(control, access),
             privacy=Privacy(client, control, profile_store, s),
+            tracking=SegmentTracking(ingest, decider, live, access),
             demo_key=demo_key,
             dm_portal=Portal(dm_store, control, library, sends_log, personaliser),
             dm_brand=Brand(dm_store, control, library),

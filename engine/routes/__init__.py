@@ -135,3 +135,14 @@ def dm_actor(request: Request) -> tuple[str, str]:
     """(audit actor, approver id) of a brand-side caller."""
     who = principal(request)
     return (f"user:{who.email}" if who.kind == "user" else f"key:{who.id}"), who.id
+
+
+async def body_key(request: Request, key: str | None) -> Principal | Response:
+    """Who calls a route whose policy takes the key in the body (`Policy.body_key`): the
+    gate's principal when the request carried a key in its headers or URL, else `key` (read
+    from the body by the route), checked by the gate (engine/gate.py `PendingKey`): the
+    principal, or the refusal to answer."""
+    pending = getattr(request.state, "pending_key", None)
+    if pending is None:
+        return principal(request)
+    return await pending.settle(key)  # type: ignore[no-any-return]

@@ -108,6 +108,12 @@ def test_broker_stopped_gives_503_and_loses_nothing_acknowledged(make_stack, tmp
         r = stack.http.post("/v1/decide", json={"visitor_id": lost[0]["visitor_id"], "events": lost,
                                                 "context": {"zones": ["home_hero"]}})
         assert r.status_code == 503 and r.headers["retry-after"].isdigit()
+        # Segment's API too (analytics-python waits Retry-After; the others back off and resend)
+        r = stack.http.post("/v1/batch", json={"batch": [{
+            "type": "track", "anonymousId": "outage-segment", "messageId": "outage-segment-1",
+            "event": "Product Viewed", "properties": {"product_id": "p1"}}]})
+        assert r.status_code == 503 and r.headers["retry-after"].isdigit()
+        assert r.json()["success"] is False and r.json()["accepted"] == 0
         assert stack.http.get("/readyz").status_code == 503
         kafka.start()  # same port, same log directory
         after = make_events(5, 20, seed=4, prefix="outage-b")
