@@ -56,6 +56,15 @@ _WORKER_GAUGES = (
     ("duplicates_total", "kairos_worker_duplicates_total", "Redelivered or resent events ignored"),
     ("freshness_p50_ms", "kairos_worker_freshness_p50_ms", "Accept-to-applied time, median"),
     ("freshness_p99_ms", "kairos_worker_freshness_p99_ms", "Accept-to-applied time, 99th percentile"),
+    ("bad_records", "kairos_worker_bad_records_total",
+     "Records skipped: unreadable, or failing to apply on their own"),
+    ("bad_events", "kairos_worker_bad_events_total", "Events skipped: they do not fit the event spec"),
+    ("unstored_total", "kairos_worker_unstored_total",
+     "Events counted in the traffic only (consent declined, erased profiles)"),
+    ("dropped_ops_total", "kairos_worker_dropped_ops_total",
+     "Table changes dropped past an event's op budget"),
+    ("fenced_total", "kairos_worker_fenced_total",
+     "Batches a fence refused (a newer owner of the partition, or Redis rolled back)"),
 )
 
 

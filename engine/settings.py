@@ -8,7 +8,7 @@ over the file:
 |---|---|---|
 | `KAIROS_PORT` | HTTP port of the API | 8000 |
 | `KAIROS_HOST` | bind address of the API | 127.0.0.1 |
-| `KAIROS_REDIS_URL` | external Redis/Valkey (then none is started) | embedded Valkey |
+| `KAIROS_REDIS_URL` | external Redis/Valkey (then none is started); `redis+cluster://h:p,h:p` a Redis Cluster | embedded Valkey |
 | `KAIROS_KAFKA_BOOTSTRAP` | external Kafka `host:port[,…]` (then none is started) | embedded Kafka |
 | `KAIROS_CONFIG_DIR` | the config folder | `./config` |
 | `KAIROS_VAR_DIR` | data of the embedded servers, logs | `./var` |
@@ -173,5 +173,7 @@ def _check(s: Settings) -> None:
         raise SettingsError("decide_deadline_ms must be at least 1")
     if s.api_workers < 1:
         raise SettingsError("api_workers must be at least 1")
-    if s.redis_url is not None and not s.redis_url.startswith(("redis://", "rediss://", "unix://")):
-        raise SettingsError("KAIROS_REDIS_URL must start with redis://, rediss:// or unix://")
+    if s.redis_url is not None and not s.redis_url.startswith(
+            ("redis://", "rediss://", "unix://", "redis+cluster://")):
+        raise SettingsError("KAIROS_REDIS_URL must start with redis://, rediss://, unix:// or "
+                            "redis+cluster:// (a Redis Cluster: redis+cluster://host:port,host:port)")

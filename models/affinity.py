@@ -125,6 +125,9 @@ class Profile:
     # partition -> [offset, record time ms] of the last record applied from it: a record
     # redelivered after a crash is at or below its mark and is skipped, however many there are
     marks: dict[int, list[int]] = field(default_factory=dict)
+    # identity merges this profile took in, [visitor id, the anonymous profile's revision],
+    # newest last (streams/plan.py: a merge redone after a crash is not folded in twice)
+    merged: list[list[Any]] = field(default_factory=list)
 
     # -- persistence -------------------------------------------------------------------
     def snapshot(self) -> bytes:
@@ -147,6 +150,7 @@ class Profile:
                 self.aliases,
                 self.seen,
                 self.marks,
+                self.merged,
             ],
             use_bin_type=True,
             use_single_float=True,
@@ -158,9 +162,9 @@ class Profile:
         if not data or data[0] != SCHEMA_VERSION:
             raise ValueError(f"unknown profile schema {data[0] if data else None!r}")
         (_, lm, n, first, last, uid, aff, recent, cart, purchased, types, traits, segs, chans,
-         aliases, seen, marks) = data
+         aliases, seen, marks, *rest) = data
         return cls(lm, n, first, last, uid, aff, recent, cart, purchased, types, traits, segs,
-                   chans, aliases, seen, marks)
+                   chans, aliases, seen, marks, rest[0] if rest else [])
 
     # -- redelivery marks --------------------------------------------------------------
     def covers(self, partition: int, offset: int, record_ms: int) -> bool:

@@ -238,7 +238,8 @@ def _json(doc: Any) -> bytes:
 
 
 async def test_campaign_op_matches_the_pure_caps_logic(redis_server, tmp_path: Path) -> None:
-    """The commit script's CAMPAIGN op against engine.logic.decisions.caps on random sequences."""
+    """The stream's campaign state and counters, through the Applier on real Redis, against
+    engine.logic.decisions.caps run on its own over random sequences."""
     import random
 
     from engine.logic.decisions.caps import CapState, conversion_effects, reaction_effects
