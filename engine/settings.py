@@ -54,7 +54,8 @@ class Settings:
     producer_linger_ms: int = 1
     retry_after_s: int = 5
     # worker
-    batch_max: int = 1000
+    batch_max: int = 1000  # records the consumer takes at most per batch
+    commit_max_events: int = 2000  # events planned and committed (one script call) at most
     batch_within_s: float = 0.01
     fetch_max_wait_ms: int = 100  # how long an idle fetch waits at the broker (faust's is 1500)
     session_timeout_ms: int = 10_000

@@ -173,7 +173,7 @@ def plan(
             s = stored.get(pid) or Stored()
             prof = state.get(pid) or s.profile or Profile()
             w = writes[pid] = Write(pid, s.rev, prof, tables=tables,
-                                    side={k: dict(v) for k, v in s.side.items()})
+                                    side={k: dict(v) for k, v in s.side.items()} if s.side else {})
         return w
 
     def erased(pid: str) -> bool:
@@ -182,17 +182,20 @@ def plan(
 
     # the offset marks as read: this batch advances the profiles' own marks as it goes, and
     # every event of one record shares its offset, so checks must not see those advances
-    read_marks = {pid: Profile(marks={p: list(m) for p, m in s.profile.marks.items()})
+    read_marks = {pid: {p: (m[0], m[1]) for p, m in s.profile.marks.items()}
                   for pid, s in stored.items() if s.profile is not None and s.profile.marks}
 
     def redelivered(ev: Mapping[str, Any], pid: str) -> bool:
-        if "_p" not in ev:
+        part = ev.get("_p")
+        if part is None or not read_marks:
             return False
-        part, off, ms = ev["_p"], ev["_o"], ev["_t"]
+        off, ms = ev["_o"], ev["_t"]
         for candidate in (pid, keys.visitor_pid(ev["visitor_id"])):
             marks = read_marks.get(candidate)
-            if marks is not None and marks.covers(part, off, ms):
-                return True
+            if marks is not None:
+                m = marks.get(part)
+                if m is not None and off <= m[0] and ms <= m[1]:
+                    return True
         return False
 
     for i, ev in enumerate(events):

@@ -23,12 +23,35 @@ from engine.store.live import LiveStore
 from engine.store.profiles import ProfileStore
 from engine.store.writes import Emit
 from streams.applier import Applier, BatchResult, Lost, Rewind
-from streams.batch import apply_isolating, decode_batch, transient
+from streams.batch import apply_isolating, by_record, decode_batch, transient
 from streams.hooks import Hooks, setup_hooks
 from streams.metrics import WorkerMeter
 from streams.plan import DECISIONS_MARK_BASE
 
 log = logging.getLogger("kairos.worker")
+
+#: Records skipped one after the other without any applying in between: past this it is not a
+#: bad record but something wrong with every record (a bug, a Redis that refuses every write),
+#: and the worker stops rather than skip the whole stream.
+MAX_SKIPS_IN_A_ROW = 20
+
+
+class TooManySkips(RuntimeError):
+    pass
+
+
+def chunks(events: Sequence[dict[str, Any]], limit: int) -> list[list[dict[str, Any]]]:
+    """The events in parts of at most `limit` (whole records; a bigger record is one part)."""
+    out: list[list[dict[str, Any]]] = []
+    cur: list[dict[str, Any]] = []
+    for rec in by_record(events):
+        if cur and len(cur) + len(rec) > limit:
+            out.append(cur)
+            cur = []
+        cur.extend(rec)
+    if cur:
+        out.append(cur)
+    return out
 
 
 class Worker:
@@ -44,6 +67,7 @@ class Worker:
         self.store: ProfileStore | None = None
         self._applier: Applier | None = None
         self._lock = asyncio.Lock()
+        self._skips_in_a_row = 0
 
     async def applier(self) -> Applier:
         async with self._lock:
@@ -74,12 +98,14 @@ class Worker:
         for topic, recs in by_topic.items():
             events += decode_batch(recs, base[topic], self.meter)
         total = BatchResult()
-        for res in await apply_isolating(ap.apply, events, "batch", self._skipped,
-                                         passthrough=(Lost, Rewind)):
-            total.applied += res.applied
-            total.duplicates += res.duplicates
-            total.unstored += res.unstored + res.erased
-            total.dropped_ops += res.dropped_ops
+        for part in chunks(events, self.settings.commit_max_events):
+            for res in await apply_isolating(ap.apply, part, "batch", self._skipped,
+                                             passthrough=(Lost, Rewind, TooManySkips)):
+                self._skips_in_a_row = 0
+                total.applied += res.applied
+                total.duplicates += res.duplicates
+                total.unstored += res.unstored + res.erased
+                total.dropped_ops += res.dropped_ops
         now = time.time()
         self.meter.unstored_total += total.unstored
         self.meter.dropped_ops_total += total.dropped_ops
@@ -88,8 +114,12 @@ class Worker:
         return total
 
     def _skipped(self, events: Sequence[Any], exc: BaseException) -> None:
-        self.meter.bad_records += 1
         mark = (events[0].get("_p"), events[0].get("_o")) if events else None
+        self._skips_in_a_row += 1
+        if self._skips_in_a_row > MAX_SKIPS_IN_A_ROW:
+            raise TooManySkips(f"{self._skips_in_a_row} records in a row failed on their own, "
+                               f"the last at (partition, offset) {mark}: {exc!r}") from exc
+        self.meter.bad_records += 1
         log.error("skipping a record that cannot be applied (partition, offset %s): %r", mark, exc)
 
     async def assigned(self, partitions: set[int]) -> dict[int, int]:

@@ -79,7 +79,7 @@ class Tables:
     changes of those records to those shards no-ops (`marks`: shard -> partition -> offset)."""
 
     __slots__ = ("z", "zcfg", "h", "hcfg", "s", "scfg", "marks", "budget", "spent",
-                 "dropped", "_part", "_off", "_gated", "ops")
+                 "dropped", "_part", "_off", "_gated", "ops", "_top")
 
     def __init__(self, marks: Mapping[int, Mapping[int, int]] | None = None,
                  budget: int = MAX_OPS_PER_EVENT) -> None:
@@ -90,6 +90,11 @@ class Tables:
         self.s: dict[str, dict[str, bytes]] = {}
         self.scfg: dict[str, tuple[int, str]] = {}  # key -> (ttl ms, field that keeps it)
         self.marks = {s: dict(m) for s, m in (marks or {}).items() if m}
+        self._top: dict[int, int] = {}  # partition -> its highest mark in any shard
+        for m in self.marks.values():
+            for p, o in m.items():
+                if o > self._top.get(p, -1):
+                    self._top[p] = o
         self.budget = budget
         self.spent = 0  # ops of the current event
         self.dropped = 0  # ops past some event's budget
@@ -104,7 +109,7 @@ class Tables:
             self._gated = False
             return
         self._part, self._off = partition, offset
-        self._gated = any(m.get(partition, -1) >= offset for m in self.marks.values())
+        self._gated = self._top.get(partition, -1) >= offset
 
     def take(self, n: int = 1) -> bool:
         """Spend `n` of the current event's op budget; False (and counted) when it is gone."""
@@ -121,7 +126,12 @@ class Tables:
         return m is not None and m.get(self._part, -1) >= self._off
 
     def zincr(self, key: str, member: str, amount: float, cap: int = 0, ttl_ms: int = 0) -> None:
-        if not self.take() or (self._gated and self._skip(key)):
+        if self.spent >= self.budget:
+            self.dropped += 1
+            return
+        self.spent += 1
+        self.ops += 1
+        if self._gated and self._skip(key):
             return
         t = self.z.get(key)
         if t is None:
@@ -130,7 +140,12 @@ class Tables:
         t[member] = t.get(member, 0.0) + amount
 
     def hincr(self, key: str, fld: str, n: int = 1, ttl_ms: int = 0) -> None:
-        if not self.take() or (self._gated and self._skip(key)):
+        if self.spent >= self.budget:
+            self.dropped += 1
+            return
+        self.spent += 1
+        self.ops += 1
+        if self._gated and self._skip(key):
             return
         t = self.h.get(key)
         if t is None:

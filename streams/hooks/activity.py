@@ -7,15 +7,20 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from engine.store.activity import record_ops
+from engine.store import keys
+from engine.store.activity import KEEP, TTL_MS, entry
 from engine.store.writes import Write
 from models.affinity import Profile
 from streams.plan import Hook, HookContext
 
 
 def record_activity(event: Mapping[str, Any], profile: Profile, pid: str, out: Write) -> None:
-    for op in record_ops(event, pid):
-        out.op(op.command, op.key, *op.args)
+    """The event pushed onto the profile's timeline (bounded, expiring: engine/store/activity.py
+    `record_ops`, as ops of the profile's write)."""
+    key = keys.activity(pid)
+    out.op("LPUSH", key, entry(event))
+    out.op("LTRIM", key, 0, KEEP - 1)
+    out.op("PEXPIRE", key, TTL_MS)
 
 
 def setup(ctx: HookContext) -> Callable[[], list[Hook]]:

@@ -82,14 +82,42 @@ class _TrendKeys:
 _trend_key = _TrendKeys()
 
 
+class _ItemKeys:
+    """An item's table keys (its shard costs a CRC-32): kept for the items seen lately."""
+
+    __slots__ = ("_k",)
+
+    def __init__(self) -> None:
+        self._k: dict[str, tuple[str, str, str, str, str]] = {}
+
+    def __call__(self, iid: str) -> tuple[str, str, str, str, str]:
+        """(co-view, co-buy, next-item, catalog, popularity) keys of one item."""
+        k = self._k.get(iid)
+        if k is None:
+            if len(self._k) >= 200_000:
+                self._k.clear()
+            k = self._k[iid] = (keys.neighbours("v", iid), keys.neighbours("b", iid),
+                                keys.neighbours("t", iid), keys.catalog_item(iid),
+                                keys.popularity(keys.shard(iid)))
+        return k
+
+
+_item_keys = _ItemKeys()
+_KIND = {"v": 0, "b": 1, "t": 2}
+
+
 def _pairs(t: Tables, kind: str, ids: list[str], others: Iterable[str], window: int) -> None:
     others = [o for o in dict.fromkeys(others) if o not in ids][:window]
+    if not others:
+        return
     cap = CAPS["neighbours"]
+    k = _KIND[kind]
+    zincr = t.zincr
     for iid in ids[:MAX_PAIRED]:
-        ki = keys.neighbours(kind, iid)
+        ki = _item_keys(iid)[k]
         for d, jid in enumerate(others, start=1):
-            t.zincr(ki, jid, 1.0 / d, cap, ITEM_TTL_MS)
-            t.zincr(keys.neighbours(kind, jid), iid, 1.0 / d, cap, ITEM_TTL_MS)
+            zincr(ki, jid, 1.0 / d, cap, ITEM_TTL_MS)
+            zincr(_item_keys(jid)[k], iid, 1.0 / d, cap, ITEM_TTL_MS)
 
 
 def _transitions(t: Tables, ids: list[str], recent: Iterable[str], window: int) -> None:
@@ -98,7 +126,7 @@ def _transitions(t: Tables, ids: list[str], recent: Iterable[str], window: int) 
     cap = CAPS["neighbours"]
     for iid in ids[:MAX_PAIRED]:
         for d, jid in enumerate(before, start=1):
-            t.zincr(keys.neighbours("t", jid), iid, 1.0 / d, cap, ITEM_TTL_MS)
+            t.zincr(_item_keys(jid)[2], iid, 1.0 / d, cap, ITEM_TTL_MS)
 
 
 def _categories(item: Mapping[str, Any]) -> list[str]:
@@ -110,6 +138,56 @@ def record_reco(event: Mapping[str, Any], profile: Profile, pid: str, out: Write
     reco_changes(event, profile, out.tables)
 
 
+class _ItemFacts:
+    """What the tables need of an event's item, worked out once per distinct item description
+    (the same item is described the same way by most events): its leaf categories, their
+    ancestor paths, its brand, and its catalog fields packed."""
+
+    __slots__ = ("_k",)
+
+    def __init__(self) -> None:
+        self._k: dict[Any, tuple[list[str], list[str], str | None, list[tuple[str, bytes]]]] = {}
+
+    def __call__(self, it: Mapping[str, Any]
+                 ) -> tuple[list[str], list[str], str | None, list[tuple[str, bytes]]]:
+        cats_raw = it.get("categories")
+        tags = it.get("tags")
+        sig = (it.get("id"), it.get("name"), it.get("price"), it.get("brand"),
+               tuple(cats_raw) if cats_raw else None, tuple(tags) if tags else None)
+        got = self._k.get(sig)
+        if got is None:
+            if len(self._k) >= 100_000:
+                self._k.clear()
+            cats = _categories(it)
+            paths = list(dict.fromkeys(p for c in cats for p in category_ancestors(c)[:MAX_DEPTH]))
+            brand = str(it["brand"]).strip().lower() if it.get("brand") else None
+            record = from_event_item(it)
+            fields = [(f.decode(), v) for f, v in event_fields(record)] if record else []
+            got = self._k[sig] = (cats, paths, brand, fields)
+        return got
+
+
+_item_facts = _ItemFacts()
+
+
+class _CategoryKeys:
+    """`keys.trending_in_category` by (label, path, epoch), kept for the current epochs."""
+
+    def __init__(self) -> None:
+        self._k: dict[tuple[str, str, int], str] = {}
+
+    def __call__(self, label: str, path: str, epoch: int) -> str:
+        k = self._k.get((label, path, epoch))
+        if k is None:
+            if len(self._k) >= 100_000:
+                self._k.clear()
+            k = self._k[(label, path, epoch)] = keys.trending_in_category(label, path, epoch)
+        return k
+
+
+_category_key = _CategoryKeys()
+
+
 def reco_changes(event: Mapping[str, Any], profile: Profile, t: Tables) -> None:
     """The table changes of one applied event (pure: into `t`)."""
     items = event_items(event)[:MAX_ITEMS]
@@ -118,35 +196,37 @@ def reco_changes(event: Mapping[str, Any], profile: Profile, t: Tables) -> None:
     etype = event.get("type", "")
     ts = int(event["ts"])
     ids = [str(it["id"]) for it in items]
-    for it in items:
-        record = from_event_item(it)
-        if record is not None:
-            key = keys.catalog_item(record["id"])
-            for f, v in event_fields(record):
-                t.hset(key, f.decode(), v, ITEM_TTL_MS, _KEEP)
+    facts = [_item_facts(it) for it in items]
+    hset, zincr = t.hset, t.zincr
+    for iid, (_, _, _, fields) in zip(ids, facts, strict=True):
+        if fields:
+            key = _item_keys(iid)[3]
+            for f, v in fields:
+                hset(key, f, v, ITEM_TTL_MS, _KEEP)
     weight = DEFAULT_WEIGHTS.get(etype, 0.0)
     if weight > 0:
+        c_item, c_cat, c_brand, c_in = (CAPS["item"], CAPS["category"], CAPS["brand"],
+                                        CAPS["in_category"])
         for label, dec in _DECAYS.items():
             epoch, amount = dec.increment(weight, ts)
             ttl = dec.ttl_ms
             k_item = _trend_key(label, "item", epoch)
             k_cat = _trend_key(label, "category", epoch)
             k_brand = _trend_key(label, "brand", epoch)
-            for it, iid in zip(items, ids, strict=True):
-                cats = _categories(it)
-                t.zincr(k_item, iid, amount, CAPS["item"], ttl)
+            in_category = label == RECO_HALF_LIFE
+            for iid, (cats, paths, brand, _) in zip(ids, facts, strict=True):
+                zincr(k_item, iid, amount, c_item, ttl)
                 for c in cats:
-                    t.zincr(k_cat, c, amount, CAPS["category"], ttl)
-                if it.get("brand"):
-                    t.zincr(k_brand, str(it["brand"]).strip().lower(), amount, CAPS["brand"], ttl)
-                if label == RECO_HALF_LIFE:
-                    paths = dict.fromkeys(p for c in cats for p in category_ancestors(c)[:MAX_DEPTH])
+                    zincr(k_cat, c, amount, c_cat, ttl)
+                if brand:
+                    zincr(k_brand, brand, amount, c_brand, ttl)
+                if in_category:
                     for path in paths:
-                        t.zincr(keys.trending_in_category(label, path, epoch), iid, amount,
-                                CAPS["in_category"], ttl)
+                        zincr(_category_key(label, path, epoch), iid, amount, c_in, ttl)
     if etype in _CO_VIEW:
+        cap = CAPS["popularity"]
         for iid in ids:
-            t.zincr(keys.popularity(keys.shard(iid)), iid, 1.0, CAPS["popularity"])
+            zincr(_item_keys(iid)[4], iid, 1.0, cap)
         _pairs(t, "v", ids, profile.recent, CO_VIEW_WINDOW)
     if etype in _CO_BUY:
         _pairs(t, "b", ids, [*reversed(profile.cart), *profile.purchased], CO_BUY_WINDOW)

@@ -28,6 +28,15 @@ local K = KEYS
 local plan = cmsgpack.unpack(ARGV[1])
 local fences, writes, tables = plan[1], plan[2], plan[3]
 
+-- a variadic command over many arguments, in slices (Lua's unpack takes a few thousand at most)
+local function chunked(cmd, key, args, from, step)
+  for i = from, #args, step do
+    local slice = {}
+    for j = i, math.min(#args, i + step - 1) do slice[#slice + 1] = args[j] end
+    redis.call(cmd, key, unpack(slice))
+  end
+end
+
 local function rev(key)
   local cur = redis.call('GET', key)
   if cur then return string.sub(cur, 1, 4) end
@@ -81,9 +90,7 @@ for i = 1, #tables do
     for j = 5, #t, 2 do redis.call('HINCRBY', key, t[j], t[j + 1]) end
     if ttl > 0 then redis.call('PEXPIRE', key, ttl) end
   elseif kind == 's' then
-    local args = {}
-    for j = 5, #t do args[#args + 1] = t[j] end
-    redis.call('HSET', key, unpack(args))
+    chunked('HSET', key, t, 5, 1000)
     if ttl > 0 and (t[3] == '' or redis.call('HEXISTS', key, t[3]) == 0) then
       redis.call('PEXPIRE', key, ttl)
     end
@@ -101,9 +108,13 @@ for i = 1, #writes do
   for j = 1, #aliases do redis.call('SET', K[aliases[j][1]], aliases[j][2], 'PX', w[4]) end
   for j = 1, #ops do
     local op = ops[j]
-    local args = {}
-    for k = 3, #op do args[k - 2] = op[k] end
-    redis.call(op[1], K[op[2]], unpack(args))
+    if op[1] == 'LPUSH' or op[1] == 'HSET' then
+      chunked(op[1], K[op[2]], op, 3, 1000)
+    else
+      local args = {}
+      for k = 3, #op do args[k - 2] = op[k] end
+      redis.call(op[1], K[op[2]], unpack(args))
+    end
   end
 end
 
