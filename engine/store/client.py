@@ -14,6 +14,7 @@ it goes through redis-py (routed by its keys' slot).
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -117,9 +118,19 @@ class Script:
             return await self._registered(keys=list(keys), args=list(args))
         return await self._packed(keys, args)
 
-    def on(self, pipe: Any, keys: Sequence[Any], args: Sequence[Any]) -> None:
-        """Queue a call on a pipeline (a cluster pipeline routes it by the keys' slot)."""
-        self._registered(keys=list(keys), args=list(args), client=pipe)
+    async def load(self) -> None:
+        """Load the script on every primary (before calls queued on a pipeline with `on`)."""
+        await self.client.script_load(self.text)
+
+    async def run_all(self, calls: Sequence[tuple[Sequence[Any], Sequence[Any]]],
+                      concurrency: int = 256) -> list[Any]:
+        """Many calls at once (on a cluster each goes to its slot's node: redis-py's cluster
+        pipelines refuse scripts), their answers in order."""
+        out: list[Any] = []
+        for i in range(0, len(calls), concurrency):
+            part = calls[i:i + concurrency]
+            out += await asyncio.gather(*(self(keys, args) for keys, args in part))
+        return out
 
     async def _packed(self, keys: Sequence[Any], args: Sequence[Any]) -> Any:
         pool = self.client.connection_pool

@@ -156,6 +156,11 @@ class ProfileStore:
         """A write as the script takes it. `merge_step`: on one server the whole write; on a
         cluster the profile step (False) — the merge's second step is `_finish_row`."""
         ops = coalesce(w.ops)
+        tag = "{" + w.pid + "}"
+        for op in ops:
+            if tag not in op.key:
+                raise ValueError(f"op {op.command} {op.key!r} of profile {w.pid} lacks its hash tag "
+                                 f"{tag}: a per-visitor key commits with the profile, in its slot")
         dels = [[call.k(keys.profile(pid)), rev] for pid, rev in w.deletes] if merge_step else []
         alias_rows = [[call.k(keys.alias(vid)), target] for vid, target in w.aliases] \
             if merge_step else []
@@ -289,12 +294,7 @@ class ProfileStore:
         return res
 
     async def _run(self, calls: Sequence[_Call]) -> list[Any]:
-        if not calls:
-            return []
-        pipe = self.r.pipeline(transaction=False)
-        for call in calls:
-            self._commit.on(pipe, call.keys, call.args())
-        return list(await pipe.execute())
+        return await self._commit.run_all([(call.keys, call.args()) for call in calls])
 
     # -- the API's reads --------------------------------------------------------------------
     async def find(self, some_id: str) -> tuple[str, Stored] | None:
