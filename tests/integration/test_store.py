@@ -217,3 +217,24 @@ async def test_item_keys_expire_unless_curated(client):
     assert await client.pttl(keys.catalog_item(curated)) == -1
     assert 0 < await client.pttl(keys.catalog_item(seen)) <= reco.ITEM_TTL_MS
     assert 0 < await client.pttl(keys.neighbours("v", seen)) <= reco.ITEM_TTL_MS
+
+
+async def test_the_reco_read_finds_each_neighbours_popularity_in_its_shard(client):
+    """lua/reco_read.lua computes an item's shard (CRC-32) itself: it must agree with
+    keys.shard for any id (on a cluster the reader does the same in Python)."""
+    import random
+
+    from engine.store.reco_read import RecoReader
+
+    tag = uuid.uuid4().hex[:6]
+    rng = random.Random(3)
+    ids = [f"{tag}-{rng.getrandbits(40):x}-é{n}" for n in range(60)]
+    seed = f"{tag}-seed"
+    for n, iid in enumerate(ids):
+        await client.zadd(keys.popularity(keys.shard(iid)), {iid: n + 1})
+        await client.zadd(keys.neighbours("v", seed), {iid: 1.0})
+    got = await RecoReader(client, "g").tables(
+        neighbours=["co_view"], seeds=[seed], trending=False, categories=[], half_life="1d",
+        factors=[], rows_per_seed=100, rows=10, cf_pid=None)
+    assert got.popularity == {iid: float(n + 1) for n, iid in enumerate(ids)}
+    assert {m for m, _ in got.neighbours["co_view"][seed]} == set(ids)
