@@ -17,7 +17,8 @@ from engine.store import keys
 def is_oom(exc: BaseException) -> bool:
     """Redis refused a write because it is out of memory (maxmemory reached)."""
     return isinstance(exc, OutOfMemoryError) or (
-        isinstance(exc, ResponseError) and "OOM" in str(exc).split(" ", 1)[0])
+        isinstance(exc, ResponseError) and ("OOM" in str(exc).split(" ", 1)[0]
+                                            or " OOM " in f" {exc} "))  # inside a script
 
 
 class MemoryProbe:

@@ -181,18 +181,17 @@ def test_every_event_of_a_record_applies_on_an_existing_profile():
 
 
 def test_finish_hooks_run_once_per_profile_per_batch():
-    from engine.store.writes import Op
     from streams.plan import plan
 
     calls = []
 
     class Hook:
-        def __call__(self, event, profile, pid):
-            return [Op("INCRBY", "per-event", (1,))]
+        def __call__(self, event, profile, pid, out):
+            out.op("INCRBY", "per-event", 1)
 
-        def finish(self, event, profile, pid):
+        def finish(self, event, profile, pid, out):
             calls.append((pid, event["event_id"], profile.event_count))
-            return [Op("INCRBY", "per-profile", (1,))]
+            out.op("INCRBY", "per-profile", 1)
 
     evs = [event(i) for i in range(5)] + [{**event(9), "visitor_id": "w"}]
     out = plan(evs, {}, {}, CFG, [Hook()])
