@@ -154,7 +154,7 @@ def test_a_reaction_before_its_decision_waits_for_it() -> None:
     assert j.waiting_reactions == 0
 
 
-def test_defer_activation() -> None:
+def test_deferred_activation() -> None:
     clock = Clock()
     j = make(clock)
     j.decision(dec("d1", active=False))
