@@ -32,10 +32,12 @@ unless `--session-timeout-ms`) is the bulk of it: the broker waits that long for
 member before it rebalances.
 
 This machine has 2 cores, shared with other engineers: with more worker processes than free
-cores, the figures show what coordination costs (a rebalance per joining member, more and
-smaller batches and Redis round trips per event, k processes' fixed overhead) rather than
-more capacity; read the µs CPU per event column with that in mind. Adding workers pays on
-machines with cores to give them (and with Redis shards: README, "Running at scale").
+cores, the rates show what coordination costs (a rebalance per joining member, more and smaller
+batches and Redis round trips per event, k processes' fixed overhead) and how much of the
+contended CPU k processes win from the other work, rather than more capacity; the µs CPU per
+event column, which the load moves much less, is the measure of coordination overhead here.
+Adding workers pays on machines with cores to give them (and with Redis shards: README,
+"Running at scale").
 Prints `uptime`'s load averages before each run, a table, and ends with one JSON line.
 """
 
@@ -478,10 +480,12 @@ def main() -> int:
               f"({kill['counted_in_profiles']} / {kill['produced']})")
     print()
     print(f"note: {os.cpu_count()} cores shared with other work (load average {loads[0]:.1f} at the start, "
-          f"{loads[-1]:.1f} at the end): more worker processes than free cores show the cost of "
-          f"coordination (rebalances, more and smaller batches, more Redis round trips, each "
-          f"process's fixed overhead), not more capacity. On a machine with a core per worker "
-          f"the rate grows with the workers until Redis or the broker limits it.")
+          f"{loads[-1]:.1f} at the end). More worker processes than free cores add no capacity: "
+          f"the events/s ratio shows the cost of coordination (a rebalance per joining member, "
+          f"more and smaller batches, each process's fixed overhead) and, on a busy machine, how "
+          f"much of the contended CPU k processes win from the others ('workers' column). The "
+          f"µs CPU/ev column moves much less with the load: it is the measure of coordination "
+          f"overhead here. The rate grows with workers only on a machine with a core per worker.")
     json_line({"bench": "scale", "cores": os.cpu_count(), "partitions": a.partitions,
                "per_record": a.per_record, "events_per_run": n, "loadavg_before": loads[0],
                "loadavg_after": loads[-1], "session_timeout_s": session_ms / 1000,
