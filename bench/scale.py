@@ -2,8 +2,10 @@
 SIGKILL to its partitions being applied again.
 
     python bench/scale.py [--workers 1,2,4] [--events 60000] [--partitions 12] [--quick]
+                          [--redis cluster]
 
-Starts Valkey and Apache Kafka on 127.0.0.1 (no API, no control plane: the workers read the
+Starts Valkey (`--redis cluster`: a Redis Cluster of three Valkey primaries, as the tests'
+fixture makes it) and Apache Kafka on 127.0.0.1 (no API, no control plane: the workers read the
 topic and write Redis only).
 
 **Throughput.** For each worker count k: a fresh topic of `--partitions` partitions and a
@@ -62,6 +64,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _stack import BenchStack, cpu_seconds, json_line, loadavg, mib, run_main, say  # noqa: E402
 from stream import build_records, produce  # noqa: E402
 
+REDIS = {"single": "one Valkey", "cluster": "a Redis Cluster of 3 Valkey primaries"}
+
 
 def uptime() -> str:
     """The load averages as `uptime` prints them (1, 5, 15 minutes)."""
@@ -75,6 +79,51 @@ def print_load(what: str) -> float:
     print(f"[{time.strftime('%H:%M:%S')}] before {what}: {uptime()} ({os.cpu_count()} cores)",
           flush=True)
     return loadavg()
+
+
+# -- the stack, on one Valkey or on a Redis Cluster -------------------------------------------
+class ScaleStack(BenchStack):
+    """BenchStack with `--redis cluster`: three Valkey primaries (engine.embedded's
+    EmbeddedRedisCluster, as the tests use), the workers given `redis+cluster://…`."""
+
+    cluster = False
+
+    def start_redis_cluster(self, primaries: int = 3) -> str:
+        from engine.embedded import EmbeddedRedisCluster
+
+        say(f"starting a Redis Cluster of {primaries} Valkey primaries…")
+        self.redis = EmbeddedRedisCluster(self.dir / "redis-cluster", primaries,
+                                          appendonly=True).start()
+        self.cluster = True
+        return str(self.redis.url)
+
+    def redis_client(self) -> Any:
+        from engine.store.client import new_sync_client
+
+        return new_sync_client(self.redis.url)
+
+    def redis_pids(self) -> list[int]:
+        nodes = self.redis.nodes if self.cluster else [self.redis]
+        return [n.proc.pid for n in nodes if n.proc is not None]
+
+    def count_profiles(self, prefix: str) -> tuple[int, int]:
+        if not self.cluster:
+            return super().count_profiles(prefix)
+        from engine.store import keys
+        from engine.store.profiles import decode
+
+        r = self.redis_client()
+        try:
+            found = list(r.scan_iter(match=keys.visitor_profiles(f"{prefix}-*"), count=10_000))
+            total = 0
+            for i in range(0, len(found), 2000):
+                for blob in r.mget_nonatomic(found[i : i + 2000]):
+                    stored = decode(blob)
+                    if stored.profile is not None:
+                        total += stored.profile.event_count
+            return len(found), total
+        finally:
+            r.close()
 
 
 # -- the group as the broker describes it ---------------------------------------------------
@@ -169,7 +218,7 @@ def at(series: list[tuple[float, int]], t: float) -> float:
     return a0 + (a1 - a0) * (t - t0) / max(1e-9, t1 - t0)
 
 
-def run_throughput(st: BenchStack, k: int, n: int, visitors: int, per_record: int, partitions: int,
+def run_throughput(st: ScaleStack, k: int, n: int, visitors: int, per_record: int, partitions: int,
                    seed: int, timeout: float, session_ms: int) -> dict[str, Any]:
     from engine.store import keys
 
@@ -203,7 +252,7 @@ def run_throughput(st: BenchStack, k: int, n: int, visitors: int, per_record: in
                 dups[wid] = rep["duplicates_total"]
         # the workers and Valkey have no child processes: read their own /proc entries only
         cpu_marks.append((time.time(), sum(cpu_seconds(st.pid(x), descendants=False) for x in names),
-                          cpu_seconds(st.pid("redis"), descendants=False)))
+                          sum(cpu_seconds(p, descendants=False) for p in st.redis_pids())))
         total = sum(ser[-1][1] for ser in series.values()) + sum(dups.values())
         if total >= n:
             done_at = time.time()
@@ -309,7 +358,7 @@ def read_fences(r: Any, group: str, partitions: int) -> dict[int, tuple[int, int
     return out
 
 
-def run_kill(st: BenchStack, k: int, partitions: int, rate: float, warm_s: float, session_ms: int,
+def run_kill(st: ScaleStack, k: int, partitions: int, rate: float, warm_s: float, session_ms: int,
              seed: int) -> dict[str, Any]:
     load = print_load(f"the SIGKILL run ({k} workers)")
     s = st.configure(partitions=partitions, database_url=None, session_timeout_ms=session_ms)
@@ -419,6 +468,8 @@ def main() -> int:
     ap.add_argument("--session-timeout-ms", type=int, default=None,
                     help="the workers' session_timeout_ms (default: the setting's default)")
     ap.add_argument("--timeout", type=float, default=600.0, help="seconds per throughput run at most")
+    ap.add_argument("--redis", choices=["single", "cluster"], default="single",
+                    help="one Valkey, or a Redis Cluster of three Valkey primaries")
     ap.add_argument("--quick", action="store_true", help="20,000 events per run, a shorter warm-up")
     a = ap.parse_args()
     from engine.settings import Settings
@@ -429,8 +480,11 @@ def main() -> int:
     loads = [print_load("the run")]
     results: list[dict[str, Any]] = []
     kill: dict[str, Any] | None = None
-    with BenchStack("scale") as st:
-        st.start_redis()
+    with ScaleStack("scale") as st:
+        if a.redis == "cluster":
+            st.start_redis_cluster()
+        else:
+            st.start_redis()
         st.start_kafka(partitions=a.partitions)
         for i, k in enumerate(counts):
             res = run_throughput(st, k, n, a.visitors, a.per_record, a.partitions, 40 + i,
@@ -446,7 +500,8 @@ def main() -> int:
     base = results[0]["events_per_s"] if results else 0.0
     print()
     print(f"scale: {n} pre-loaded events ({a.visitors} visitors, {a.per_record} per record) on "
-          f"{a.partitions} partitions, one topic and group per row; {os.cpu_count()} cores, shared")
+          f"{a.partitions} partitions, one topic and group per row; {REDIS[a.redis]}; "
+          f"{os.cpu_count()} cores, shared")
     print(f"{'workers':>7} {'events/s':>9} {'vs 1':>5} {'group s':>7} {'drain s':>7} {'workers':>8} "
           f"{'valkey':>7} {'µs CPU/ev':>9} {'RSS wkrs':>9} {'counted':>8} {'load':>5}")
     for r in results:
@@ -486,7 +541,7 @@ def main() -> int:
           f"much of the contended CPU k processes win from the others ('workers' column). The "
           f"µs CPU/ev column moves much less with the load: it is the measure of coordination "
           f"overhead here. The rate grows with workers only on a machine with a core per worker.")
-    json_line({"bench": "scale", "cores": os.cpu_count(), "partitions": a.partitions,
+    json_line({"bench": "scale", "redis": a.redis, "cores": os.cpu_count(), "partitions": a.partitions,
                "per_record": a.per_record, "events_per_run": n, "loadavg_before": loads[0],
                "loadavg_after": loads[-1], "session_timeout_s": session_ms / 1000,
                "runs": results, "kill": kill})
