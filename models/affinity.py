@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import math
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -416,17 +416,45 @@ def view(
     }
 
 
+class DecayedAffinities(Mapping[str, Mapping[str, float]]):
+    """`{dimension: {key: current score}}` of one profile, each dimension computed when it is
+    first read: a decision's rules and templates usually read one or two of the four."""
+
+    __slots__ = ("_p", "_t", "_cfg", "_done")
+
+    def __init__(self, p: Profile, now_ms: int, cfg: AffinityConfig) -> None:
+        self._p = p
+        self._t = now_ms / 1000.0 - p.landmark
+        self._cfg = cfg
+        self._done: dict[str, dict[str, float]] = {}
+
+    def __getitem__(self, dim: str) -> dict[str, float]:
+        hit = self._done.get(dim)
+        if hit is not None:
+            return hit
+        if dim not in DIMENSIONS:
+            raise KeyError(dim)
+        table = self._p.aff[DIMENSIONS.index(dim)]
+        if table:
+            f = math.exp(-self._cfg.rate(dim) * self._t)
+            out = {k: sum(v[1::2]) * f for k, v in table.items()}
+        else:
+            out = {}
+        self._done[dim] = out
+        return out
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(DIMENSIONS)
+
+    def __len__(self) -> int:
+        return len(DIMENSIONS)
+
+
 def rules_view(p: Profile, now_ms: int, cfg: AffinityConfig) -> dict[str, Any]:
     """The profile as rules see it, cheaply: affinities as `{dim: {key: current score}}`
-    (no sorting, no rounding), the rest as in `view`. Evaluated for every applied event."""
-    affinities = {}
-    t = now_ms / 1000.0 - p.landmark
-    for dim, table in zip(DIMENSIONS, p.aff, strict=True):
-        if table:
-            f = math.exp(-cfg.rate(dim) * t)
-            affinities[dim] = {k: sum(v[1::2]) * f for k, v in table.items()}
-        else:
-            affinities[dim] = {}
+    (no sorting, no rounding; each dimension computed when first read), the rest as in
+    `view`. Evaluated for every applied event and every decision."""
+    affinities = DecayedAffinities(p, now_ms, cfg)
     return {
         "user_id": p.user_id,
         "event_count": p.event_count,
