@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from engine.store import keys, script
+from engine.store.direct import script_caller
 from engine.store.profiles import decode
 from models.affinity import Profile
 
@@ -47,7 +48,7 @@ def arm_counters(fields: Mapping[bytes, Any]) -> ArmCounters:
 class DecideReader:
     def __init__(self, redis: Any) -> None:
         self.r = redis
-        self._read = redis.register_script(script("decide_read"))
+        self._read = script_caller(redis, script("decide_read"))
         self._formats = (keys.template(keys.profile), keys.template(keys.campaign_state),
                          keys.template(keys.campaign_session))
 
@@ -64,6 +65,13 @@ class DecideReader:
                     for cid, flat in zip(campaign_ids, stats, strict=True)}
         return DecideState(pid.decode(), decode(blob).profile if blob else None,
                            _pairs(state), _pairs(session), counters)
+
+    async def start(self) -> None:
+        """Ready the read before the first decision (best effort: Redis may be away)."""
+        await self._read.warm()
+
+    async def close(self) -> None:
+        await self._read.close()
 
     async def counters(self, campaign_id: str) -> ArmCounters:
         return arm_counters(await self.r.hgetall(keys.campaign_stats(campaign_id)))
