@@ -10,9 +10,10 @@ profiles), then, in this process and without HTTP, calls with the bench's reques
 2. the decision flow alone (`Decider.decide`, the Redis read included);
 3. the whole app (`engine.api.create_app` with its lifespan: the gate, the route, the flow);
 
-16 requests at a time, and prints the CPU per request of each (process time, so the load of
-other work on the machine moves it much less than wall time), the differences (the HTTP
-adapter and gate = 3 - 2), then the functions that take the most of (3) under cProfile.
+16 requests at a time, in interleaved rounds, and prints the median CPU per request of each
+(process time, so the load of other work on the machine moves it less than wall time), the
+difference (the HTTP adapter and gate = 3 - 2), the flow's stages each run alone, then the
+functions that take the most of (3) under cProfile.
 uvicorn's own parsing and writing are not in these figures; they are the same for the
 floor and the app (bench/decide.py measures the whole). The last line is one JSON object.
 """
@@ -96,6 +97,84 @@ async def run_many(fn: Any, items: list[Any]) -> float:
     return (time.process_time() - t0) / len(items)
 
 
+async def stages(svc: Any, reqs: list[bytes]) -> dict[str, float]:
+    """CPU per request of the flow's stages, each run alone on the same requests: the Redis
+    read, then the pure part (profile view, caps, selection with rendering), then making the
+    decision records and ids."""
+    import orjson
+
+    from engine.logic.decisions.select import select
+    from engine.logic.decisions.state import cap_states, decision_id, decision_record, rule_view
+    from engine.store import keys
+    from models.affinity import Profile
+
+    d = svc.decider
+    config = svc.hub.decisions
+    docs = [orjson.loads(b) for b in reqs]
+    cands = list(dict.fromkeys(c.id for z in ZONES for c in config.by_zone.get(z, ())))
+    snaps: list[Any] = []
+
+    async def read(doc: dict[str, Any]) -> None:
+        snaps.append(await d.read(doc["visitor_id"], None, cands))
+
+    out = {"stage_read_us": round(1e6 * await run_many(read, docs), 1)}
+    now = int(time.time() * 1000)
+    t0 = time.process_time()
+    chosen = []
+    for snap, doc in zip(snaps, docs, strict=False):
+        view = rule_view(snap.profile or Profile(), snap.pid, now, d.cfg)
+        caps = cap_states(snap.state, snap.session, config, now)
+        chosen.append((doc, select(config, view, doc["context"], now, caps, ZONES)))
+    out["stage_select_us"] = round(1e6 * (time.process_time() - t0) / len(snaps), 1)
+    t0 = time.process_time()
+    for doc, ds in chosen:
+        for dd in ds:
+            base = decision_id(dd.campaign_id, dd.arm, d.token())
+            rec = decision_record(dd, d.sign(base), doc["visitor_id"], None, now, "web")
+            rec["event_id"] = base
+            keys.visitor_pid(doc["visitor_id"])
+    out["stage_records_us"] = round(1e6 * (time.process_time() - t0) / len(chosen), 1)
+    # the decision log: what `Decider.decide` hands it per request, and its batched produce
+    import msgspec
+
+    enc = msgspec.msgpack.Encoder()
+    recs = [[decision_record(dd, d.sign(decision_id(dd.campaign_id, dd.arm, d.token())),
+                             doc["visitor_id"], None, now, "web") for dd in ds] for doc, ds in chosen]
+    await asyncio.sleep(0.1)
+    t0 = time.process_time()
+    for (doc, _), rs in zip(chosen, recs, strict=True):
+        if rs:
+            d.records.add(doc["visitor_id"].encode(), enc.encode(rs))
+            await asyncio.sleep(0)
+    await asyncio.sleep(0.1)
+    out["stage_log_us"] = round(1e6 * (time.process_time() - t0) / len(chosen), 1)
+    return out
+
+
+class gc_watch:  # noqa: N801 - used like a function
+    """Time spent in the cyclic garbage collector from now until `stop()`."""
+
+    def __init__(self) -> None:
+        import gc
+
+        self.total = 0.0
+        self.collections = 0
+        self._t = 0.0
+        self._gc = gc
+        gc.callbacks.append(self._cb)
+
+    def _cb(self, phase: str, info: dict[str, Any]) -> None:
+        if phase == "start":
+            self._t = time.process_time()
+        else:
+            self.total += time.process_time() - self._t
+            self.collections += 1
+
+    def stop(self) -> float:
+        self._gc.callbacks.remove(self._cb)
+        return self.total
+
+
 class Lifespan:
     """Run an ASGI app's lifespan around a block."""
 
@@ -129,26 +208,31 @@ class Lifespan:
         await self.task
 
 
-async def measure(s: Any, key: str, n_profiles: int, n: int, top: int) -> dict[str, Any]:
-    import orjson
+async def measure(s: Any, key: str, n_profiles: int, n: int, top: int, rounds: int
+                  ) -> dict[str, Any]:
+    """Interleaved rounds (floor, flow, whole app, each on `n` requests), so that a change of
+    the machine's load touches all three alike; the medians over the rounds."""
+    import statistics
 
     import floor_app
+    import orjson
+
     from engine.api import create_app
 
     reqs = bodies(n_profiles, n)
-    out: dict[str, Any] = {}
-    # 1. the floor
     os.environ["FLOOR_REDIS_URL"] = s.redis_url
-    async with Lifespan(floor_app.app) as floor:
-        scope = scope_for(b"", s.port, key)
-        await run_many(lambda b: call(floor, scope, b), reqs[:500])
-        out["floor_us"] = round(1e6 * await run_many(lambda b: call(floor, scope, b), reqs), 1)
-    say(f"floor: {out['floor_us']} µs CPU per request (load {loadavg():.1f})")
-
     app = create_app(s, s.redis_url, s.kafka_bootstrap)
-    async with Lifespan(app):
+    per: dict[str, list[float]] = {"floor_us": [], "flow_us": [], "app_us": [], "gc_us": [],
+                                   "empty_us": []}
+    # the same call naming no zone: the gate, the route, parsing and answering, no read
+    empty = [orjson.dumps({**orjson.loads(b), "context": {"channel": "web"}}) for b in reqs]
+    async with Lifespan(floor_app.app) as floor, Lifespan(app):
         svc = app.state.svc
+        fscope = scope_for(b"", s.port, key)
         statuses: list[int] = []
+
+        async def on_floor(b: bytes) -> None:
+            await call(floor, fscope, b)
 
         async def whole(b: bytes) -> None:
             statuses.append(await call(app, scope_for(b, s.port, key), b))
@@ -158,16 +242,30 @@ async def measure(s: Any, key: str, n_profiles: int, n: int, top: int) -> dict[s
             await svc.decider.decide(doc["visitor_id"], None, doc["context"], ZONES, [],
                                      int(time.time() * 1000), time.perf_counter())
 
-        await run_many(whole, reqs[:500])
-        await run_many(flow, reqs[:500])
-        out["flow_us"] = round(1e6 * await run_many(flow, reqs), 1)
-        say(f"decision flow alone: {out['flow_us']} µs CPU per request (load {loadavg():.1f})")
-        statuses.clear()
-        out["app_us"] = round(1e6 * await run_many(whole, reqs), 1)
-        bad = [st for st in statuses if st != 200]
-        if bad:
-            raise SystemExit(f"{len(bad)} answers were not 200: {bad[:5]}")
-        say(f"whole app: {out['app_us']} µs CPU per request (load {loadavg():.1f})")
+        for fn in (on_floor, flow, whole):  # warm up
+            await run_many(fn, reqs[:300])
+        for r in range(rounds):
+            per["floor_us"].append(1e6 * await run_many(on_floor, reqs))
+            per["flow_us"].append(1e6 * await run_many(flow, reqs))
+            statuses.clear()
+            gc_time = gc_watch()
+            per["app_us"].append(1e6 * await run_many(whole, reqs))
+            per["gc_us"].append(1e6 * gc_time.stop() / len(reqs))
+            per["empty_us"].append(1e6 * await run_many(whole, empty))
+            bad = [st for st in statuses if st != 200]
+            if bad:
+                raise SystemExit(f"{len(bad)} answers were not 200: {bad[:5]}")
+            if svc.decider.failures:
+                raise SystemExit(f"{svc.decider.failures} decisions were degraded")
+            say(f"round {r + 1}: floor {per['floor_us'][-1]:.0f}, flow {per['flow_us'][-1]:.0f}, "
+                f"app {per['app_us'][-1]:.0f}, app with no zone {per['empty_us'][-1]:.0f} µs CPU "
+                f"per request (load {loadavg():.1f})")
+        out: dict[str, Any] = {k: round(statistics.median(v), 1) for k, v in per.items()}
+        out["app_floor_ratios"] = [round(a / f, 2) for a, f in zip(per["app_us"], per["floor_us"],
+                                                                   strict=True)]
+        out.update(await stages(svc, reqs))
+        say("stages of the flow: " + ", ".join(f"{k[6:-3]} {v} µs" for k, v in out.items()
+                                              if k.startswith("stage_")))
         prof = cProfile.Profile()
         prof.enable()
         await run_many(whole, reqs)
@@ -185,8 +283,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--profiles", type=int, default=20_000)
-    ap.add_argument("--requests", type=int, default=4000)
+    ap.add_argument("--requests", type=int, default=2000, help="requests per round")
     ap.add_argument("--top", type=int, default=30)
+    ap.add_argument("--rounds", type=int, default=5)
     a = ap.parse_args()
     if note := busy_note():
         say(note)
@@ -195,16 +294,19 @@ def main() -> None:
         make_config(cdir)
         redis_url = st.start_redis(appendonly=False)
         st.start_kafka(partitions=4)
-        s = st.configure(config_dir=cdir)
+        # a generous deadline: every request here is measured deciding, none answered empty
+        s = st.configure(config_dir=cdir, decide_deadline_ms=5000)
         st.ensure_topics()
         asyncio.run(load_profiles(redis_url, a.profiles, cdir, s.profile_ttl_ms))
-        res = asyncio.run(measure(s, st.key, a.profiles, a.requests, a.top))
+        res = asyncio.run(measure(s, st.key, a.profiles, a.requests, a.top, a.rounds))
     print(res.pop("profile"))
     print(f"{'CPU per request (in process, no HTTP)':40}{'µs':>8}")
     for k, label in [("floor_us", "floor: parse + one pipeline"), ("flow_us", "decision flow (read + decide + log)"),
-                     ("adapter_us", "gate + route + framework"), ("app_us", "whole app")]:
+                     ("adapter_us", "gate + route + framework"), ("app_us", "whole app"),
+                     ("empty_us", "whole app, no zone asked")]:
         print(f"{label:40}{res[k]:>8.1f}")
-    print(f"app / floor = {res['app_us'] / res['floor_us']:.2f} (load {loadavg():.1f})")
+    print(f"app / floor = {res['app_us'] / res['floor_us']:.2f} (medians of {a.rounds} interleaved "
+          f"rounds; per round {res['app_floor_ratios']}; load {loadavg():.1f})")
     json_line({"bench": "decide_profile", "profiles": a.profiles, "requests": a.requests, **res,
                "load": loadavg(), "busy": busy_note()})
 
