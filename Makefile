@@ -60,6 +60,7 @@ bench: setup
 	$(BIN)/python bench/stream.py
 	$(BIN)/python bench/freshness.py
 	$(BIN)/python bench/ingest.py
+	$(BIN)/python bench/mail.py
 	$(BIN)/python bench/reco_replay.py ../shared/data/taobao/user_behavior.csv ../shared/data/rees46/2019-Oct_head.csv
 
 clean:

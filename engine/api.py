@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import orjson
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.routing import BaseRoute, Mount, Route
@@ -21,21 +22,27 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from engine import metrics
 from engine.gate import Shield, guard
+from engine.logic import segment as seg
 from engine.logic.access import METRICS, OPEN, OPEN_SIGNED_IN, SIGNED_IN, Policy, needs
 from engine.logic.access import Scope as Can
 from engine.routes import (
+    MAX_REQUEST_BYTES,
     access,
     admin,
     catalog,
     dashboard,
     decide,
     demo,
+    dm_api,
     ingest,
+    mailtrack,
     ops,
+    portal,
     privacy,
     profiles,
     recommendations,
     sdk,
+    segment,
     stats,
     trending,
 )
@@ -45,15 +52,23 @@ from engine.settings import Settings
 #: The route modules, in the order their routes are matched (the hot ones first: Starlette
 #: tries each route's pattern in turn, and no two modules' patterns overlap).
 ROUTE_MODULES = (ingest, decide, profiles, ops, stats, sdk, demo, dashboard, catalog, trending,
-                 recommendations, access, admin, privacy)
+                 recommendations, access, admin, privacy, portal, dm_api, mailtrack,
+                 segment)
 
 _WRITE = needs(Can.EVENTS_WRITE, public=True, session=False)  # a page, an app or a server
+# Segment's tracking API: the same callers, and the key may come as `writeKey` in the body
+# (analytics-swift / -kotlin send no Authorization header); see engine/gate.py PendingKey
+_SEGMENT = needs(Can.EVENTS_WRITE, public=True, session=False, body_key=True)
 _DECIDE = needs(Can.DECIDE, public=True, session=False)
 _BEACON = needs(Can.EVENTS_WRITE, Can.DECIDE, public=True, session=False)
 _ANALYST = needs(Can.STATS_READ)
 _PROFILES = needs(Can.PROFILES_READ)
 _DASHBOARD = needs(Can.STATS_READ, page=True)
 _ADMIN_PAGE = needs(Can.ADMIN, page=True)
+_PARTNER = needs(Can.DM)  # a partner user, or a secret key tied to one partner
+_PARTNER_PAGE = needs(Can.DM, page=True)
+_BRAND = needs(Can.DM_BRAND)  # marketers and admins
+_BRAND_PAGE = needs(Can.DM_BRAND, page=True)
 
 #: Who may call each route: (method, path template) -> policy; "*" for a mounted app.
 #: Default deny: `create_app` refuses to start with a route missing here, and
@@ -106,6 +121,70 @@ POLICY: dict[tuple[str, str], Policy] = {
     ("POST", "/admin/users"): _ADMIN_PAGE,
     ("POST", "/admin/password"): Policy(signed_in=True, page=True),
     ("GET", "/admin/audit"): _ADMIN_PAGE,
+    # distributed marketing: the portal (partners), its brand pages, the API, the mail's links
+    ("GET", "/portal"): _PARTNER_PAGE,
+    ("GET", "/portal/contacts"): _PARTNER_PAGE,
+    ("POST", "/portal/contacts"): _PARTNER_PAGE,
+    ("POST", "/portal/contacts/import"): _PARTNER_PAGE,
+    ("POST", "/portal/campaigns"): _PARTNER_PAGE,
+    ("GET", "/portal/campaigns/{campaign_id}"): _PARTNER_PAGE,
+    ("POST", "/portal/campaigns/{campaign_id}/values"): _PARTNER_PAGE,
+    ("POST", "/portal/campaigns/{campaign_id}/members"): _PARTNER_PAGE,
+    ("POST", "/portal/campaigns/{campaign_id}/submit"): _PARTNER_PAGE,
+    ("POST", "/portal/campaigns/{campaign_id}/send"): _PARTNER_PAGE,
+    ("GET", "/portal/quick"): _PARTNER_PAGE,
+    ("POST", "/portal/quick"): _PARTNER_PAGE,
+    ("GET", "/portal/outbox"): needs(Can.DM, Can.DM_BRAND, page=True),
+    ("GET", "/portal/outbox/{key}"): needs(Can.DM, Can.DM_BRAND, page=True),
+    ("GET", "/portal/brand"): _BRAND_PAGE,
+    ("GET", "/portal/brand/approvals/{approval_id}"): _BRAND_PAGE,
+    ("POST", "/portal/brand/approvals/{approval_id}"): _BRAND_PAGE,
+    ("GET", "/portal/brand/results"): _BRAND_PAGE,
+    ("GET", "/portal/brand/releases"): _BRAND_PAGE,
+    ("POST", "/portal/brand/releases"): _BRAND_PAGE,
+    ("POST", "/portal/brand/releases/{release_id}/retire"): _BRAND_PAGE,
+    ("GET", "/portal/brand/partners"): _BRAND_PAGE,
+    ("POST", "/portal/brand/partners"): _BRAND_PAGE,
+    ("GET", "/portal/brand/suppressions"): _BRAND_PAGE,
+    ("GET", "/portal/brand/audit"): _BRAND_PAGE,
+    ("GET", "/v1/dm/releases"): _PARTNER,
+    ("GET", "/v1/dm/contacts"): _PARTNER,
+    ("POST", "/v1/dm/contacts"): _PARTNER,
+    ("POST", "/v1/dm/contacts/import"): _PARTNER,
+    ("GET", "/v1/dm/contacts/{contact_id}"): _PARTNER,
+    ("GET", "/v1/dm/campaigns"): _PARTNER,
+    ("POST", "/v1/dm/campaigns"): _PARTNER,
+    ("GET", "/v1/dm/campaigns/{campaign_id}"): _PARTNER,
+    ("PUT", "/v1/dm/campaigns/{campaign_id}/values"): _PARTNER,
+    ("POST", "/v1/dm/campaigns/{campaign_id}/members"): _PARTNER,
+    ("GET", "/v1/dm/campaigns/{campaign_id}/preview"): _PARTNER,
+    ("POST", "/v1/dm/campaigns/{campaign_id}/submit"): _PARTNER,
+    ("POST", "/v1/dm/campaigns/{campaign_id}/send"): _PARTNER,
+    ("GET", "/v1/dm/campaigns/{campaign_id}/engagement"): _PARTNER,
+    ("GET", "/v1/dm/engagement"): _PARTNER,
+    ("POST", "/v1/dm/quick-sends"): _PARTNER,
+    ("GET", "/v1/dm/brand/library"): _BRAND,
+    ("GET", "/v1/dm/brand/approvals"): _BRAND,
+    ("GET", "/v1/dm/brand/approvals/{approval_id}"): _BRAND,
+    ("POST", "/v1/dm/brand/approvals/{approval_id}/approve"): _BRAND,
+    ("POST", "/v1/dm/brand/approvals/{approval_id}/reject"): _BRAND,
+    ("GET", "/v1/dm/brand/releases"): _BRAND,
+    ("POST", "/v1/dm/brand/releases"): _BRAND,
+    ("POST", "/v1/dm/brand/releases/{release_id}/retire"): _BRAND,
+    ("GET", "/v1/dm/brand/results"): _BRAND,
+    ("GET", "/v1/dm/brand/partners"): _BRAND,
+    ("POST", "/v1/dm/brand/groups"): _BRAND,
+    ("GET", "/v1/dm/brand/suppressions"): _BRAND,
+    ("GET", "/v1/dm/brand/contacts"): needs(Can.DM_CONTACTS),  # addresses: an explicit permission
+    # the mail's links: open, the signed token is the credential (a bad one answers 404)
+    ("GET", "/m/o/{token}"): OPEN,
+    ("GET", "/m/c/{token}"): OPEN,
+    ("GET", "/m/u/{token}"): OPEN,
+    ("POST", "/m/u/{token}"): OPEN,
+    # Segment's tracking API under /v1 and /segment/v1 (engine/routes/segment.py)
+    **{("POST", path): _SEGMENT for path, _ in seg.api_paths()},
+    # analytics-next's counters about itself: taken and dropped, nothing stored
+    **{("POST", f"{prefix}/{seg.METRICS_ENDPOINT}"): OPEN for prefix in seg.PREFIXES},
 }
 
 
@@ -171,6 +250,60 @@ class _Timing:
                 live.observe(f"route:{path}", elapsed)
 
 
+class _TooLarge(Exception):
+    pass
+
+
+class _BodyLimit:
+    """Every request body is measured while it streams in, whatever the route: past `limit`
+    bytes (or a Content-Length above it) the answer is 413 and nothing more is buffered.
+    Routes keep their own, smaller limits (`engine.routes.read_body`)."""
+
+    def __init__(self, app: ASGIApp, limit: int = MAX_REQUEST_BYTES) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def _refuse(self, send: Send) -> None:
+        reason = f"must be at most {self.limit} bytes"
+        body = orjson.dumps({"error": f"body {reason}", "field": "body", "reason": reason})
+        await send({"type": "http.response.start", "status": 413,
+                    "headers": [(b"content-type", b"application/json"),
+                                (b"content-length", str(len(body)).encode()),
+                                (b"connection", b"close")]})
+        await send({"type": "http.response.body", "body": body})
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        for name, value in scope["headers"]:
+            if name == b"content-length" and value.isdigit() and int(value) > self.limit:
+                await self._refuse(send)
+                return
+        seen = 0
+        started = False
+
+        async def receive_() -> Any:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.limit:
+                    raise _TooLarge
+            return message
+
+        async def send_(message: Any) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive_, send_)
+        except _TooLarge:
+            if not started:
+                await self._refuse(send)
+
+
 def create_app(settings: Settings, redis_url: str, bootstrap: str,
                metrics_dir: Path | None = None) -> Starlette:
     @contextlib.asynccontextmanager
@@ -180,8 +313,22 @@ def create_app(settings: Settings, redis_url: str, bootstrap: str,
             yield
 
     routes = gated([r for m in ROUTE_MODULES for r in m.routes()], POLICY)
-    middleware = [Middleware(Shield), Middleware(_Timing)]
+    middleware = [Middleware(Shield), Middleware(_Timing), Middleware(_BodyLimit)]
     return Starlette(routes=routes, middleware=middleware, lifespan=lifespan)
+
+
+def _die_with_the_api_process() -> None:
+    """Under `kairos api --workers N` this runs in each of uvicorn's worker processes (spawned
+    by multiprocessing): tie it to the `kairos api` process, so that a SIGKILLed API leaves no
+    worker holding its port (the supervisor of `kairos up` starts it again on that port)."""
+    import multiprocessing
+    import signal
+
+    from engine.supervisor import die_with_parent
+
+    parent = multiprocessing.parent_process()
+    if parent is not None and parent.pid is not None:
+        die_with_parent(signal.SIGTERM, parent.pid)
 
 
 def app_from_env() -> Starlette:
@@ -189,6 +336,7 @@ def app_from_env() -> Starlette:
     import os
 
     s = Settings.from_json(os.environ["KAIROS_SETTINGS_JSON"])
+    _die_with_the_api_process()
     mdir = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
     if not (s.redis_url and s.kafka_bootstrap and s.database_url):
         raise RuntimeError("kairos api needs resolved Redis, Kafka and PostgreSQL addresses")

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from engine.settings import Settings, SettingsError, load_settings
@@ -73,43 +74,39 @@ def _migrate(s: Settings) -> int:
 
 # -- up -------------------------------------------------------------------------------------
 def cmd_up(args: argparse.Namespace) -> int:
+    """Everything embedded, under the supervisor (engine/supervisor.py): a child that dies is
+    restarted with a backoff; one that keeps dying ends the run with code 1, naming it;
+    SIGTERM or Ctrl-C stops everything; no child outlives this process, even a SIGKILLed one."""
     from engine import stackfile
     from engine.embedded import (
         EmbeddedKafka,
         EmbeddedPostgres,
         EmbeddedRedis,
         ensure_kafka_libs,
-        stop_all,
-        terminate,
     )
+    from engine.logic.restarts import PROCESS, SERVER
+    from engine.supervisor import Command, GaveUp, Supervisor
 
     s = _settings(args)
-    children: list = []
-    procs: list[subprocess.Popen[bytes]] = []
-    stopping = False
+    sup = Supervisor(_say)
+    code = 0
 
-    def stop(*_: object) -> None:
-        nonlocal stopping
-        stopping = True
-
-    signal.signal(signal.SIGTERM, stop)
+    sup.catch_signals()  # SIGTERM raises KeyboardInterrupt, as Ctrl-C does
     try:
         if s.embedded_redis:
             _say("starting Valkey…")
-            r = EmbeddedRedis(s.var_dir / "redis").start()
-            children.append(r)
+            r = sup.start(EmbeddedRedis(s.var_dir / "redis", maxmemory=s.redis_maxmemory,
+                                        maxmemory_policy=s.redis_maxmemory_policy), SERVER)
             s = s.with_(redis_url=r.url)
         if s.embedded_kafka:
             ensure_kafka_libs(s.var_dir / "kafka" / "libs", progress=_say)
             _say("starting Apache Kafka (KRaft, one node)…")
-            k = EmbeddedKafka(s.var_dir / "kafka" / "node", s.var_dir / "kafka" / "libs",
-                              partitions=s.partitions).start()
-            children.append(k)
+            k = sup.start(EmbeddedKafka(s.var_dir / "kafka" / "node", s.var_dir / "kafka" / "libs",
+                                        partitions=s.partitions), SERVER)
             s = s.with_(kafka_bootstrap=k.bootstrap)
         if s.embedded_postgres:
             _say("starting PostgreSQL (the control plane)…")
-            pg = EmbeddedPostgres(s.var_dir / "pg").start()
-            children.append(pg)
+            pg = sup.start(EmbeddedPostgres(s.var_dir / "pg"), SERVER)
             s = s.with_(database_url=pg.url)
         import asyncio
 
@@ -119,16 +116,23 @@ def cmd_up(args: argparse.Namespace) -> int:
         migrate(s.database_url or "")
         first = asyncio.run(_first_start(s))
         asyncio.run(ensure_topics(s.kafka_bootstrap or "", {s.events_topic: s.partitions,
-                                                           s.decisions_topic: s.partitions}))
+                                                           s.decisions_topic: s.partitions,
+                                                           s.dm_sends_topic: s.partitions}))
         stackfile.write(s.var_dir, {"api_url": s.base_url, "redis_url": s.redis_url,
                                     "kafka_bootstrap": s.kafka_bootstrap,
                                     "database_url": s.database_url})
         env = {**os.environ, "KAIROS_SETTINGS_JSON": s.to_json()}
         me = [sys.executable, "-m", "engine.cli"]
-        procs.append(subprocess.Popen([*me, "worker"], env=env))
-        procs.append(subprocess.Popen([*me, "api", "--workers", str(s.api_workers)], env=env))
+        # the processes of `kairos up`, one line each: name, command, restart policy
+        sup.start(Command("worker", [*me, "worker"], env), PROCESS)
+        sup.start(Command("api", [*me, "api", "--workers", str(s.api_workers)], env), PROCESS)
+        if s.embedded_outbox:  # distributed-marketing mail stops in var/mail (the Outbox page)
+            sup.start(Command("outbox", [sys.executable, "-m", "engine.mail.outbox", "--dir",
+                                         str(s.outbox_dir), "--port", str(s.outbox_port)], env),
+                      PROCESS)
+        sup.start(Command("mailer", [*me, "mailer"], env), PROCESS)
         base = s.base_url
-        _wait_http(f"http://{s.host}:{s.port}/healthz", 60, procs)
+        _wait_http(f"http://{s.host}:{s.port}/healthz", 60, sup.poll)
         login = (f"    sign in    {base}/login/once/{first['login_token']}\n"
                  f"               (one-time link for {first['admin_email']}; `kairos users passwd "
                  f"{first['admin_email']}` sets a password)\n") if first.get("login_token") else ""
@@ -137,30 +141,28 @@ def cmd_up(args: argparse.Namespace) -> int:
             f"    demo shop  {base}/demo\n"
             f"    dashboard  {base}/dashboard\n"
             f"{login}"
+            f"{_dm_logins(base, first)}"
             f"    API        {base}/v1/events   (docs {base}/docs)\n"
             f"    keys       kairos keys create secret --scope events:write,profiles:read\n"
             f"    health     {base}/readyz   metrics {base}/metrics\n"
             f"    Redis      {s.redis_url}\n"
             f"    Kafka      {s.kafka_bootstrap}\n"
             f"    PostgreSQL {_hide_password(s.database_url or '')}\n"
+            f"    supervised {', '.join(sup.names())}: restarted when they die\n"
+            f"    mail       {'outbox ' + s.relay_url + ' -> ' + str(s.outbox_dir) if s.embedded_outbox else _hide_password(s.relay_url)}\n"
             "  Ctrl-C stops everything.\n",
             flush=True,
         )
-        while not stopping:
-            for p in procs:
-                if p.poll() is not None:
-                    _say(f"a child process exited with code {p.returncode}; stopping")
-                    stopping = True
-            time.sleep(0.3)
+        sup.watch()
     except KeyboardInterrupt:
         pass
+    except GaveUp as exc:
+        _say(f"{exc}; stopping everything")
+        code = 1
     finally:
-        _say("stopping…")
-        terminate(procs, 20)
-        stop_all(children)
+        sup.shutdown()  # "stopping…": the processes, then the servers; within 30 s
         stackfile.remove(s.var_dir)
-        _say("stopped")
-    return 0
+    return code
 
 
 FIRST_ADMIN = "admin@kairos.local"
@@ -172,14 +174,29 @@ async def _first_start(s: Settings) -> dict[str, object]:
     from engine.db import new_engine
     from engine.db.control import ControlPlane
     from engine.flows.admin import seed_first_start
+    from engine.flows.dm.seed import seed_demo
     from engine.services import DEMO_KEY_SECRET, own_origins
 
     cp = ControlPlane(new_engine(s.database_url or "", pool_size=1))
     try:
-        return await seed_first_start(cp, admin_email=FIRST_ADMIN, demo_origins=own_origins(s),
+        made = await seed_first_start(cp, admin_email=FIRST_ADMIN, demo_origins=own_origins(s),
                                       demo_secret_name=DEMO_KEY_SECRET)
+        made.update(await seed_demo(cp))
+        return made
     finally:
         await cp.close()
+
+
+def _dm_logins(base: str, first: dict[str, object]) -> str:
+    """The demo brand's one-time sign-in links (distributed marketing)."""
+    logins = first.get("logins") or []
+    if not logins:
+        return ""
+    lines = ["    portal     distributed marketing, one-time sign-in links (24 h):\n"]
+    for who, email, token in logins:  # type: ignore[attr-defined]
+        lines.append(f"      {who:<22} {base}/login/once/{token}  ({email})\n")
+    lines.append(f"               send a mail at {base}/portal/quick, read it at {base}/portal/outbox\n")
+    return "".join(lines)
 
 
 def _hide_password(url: str) -> str:
@@ -188,14 +205,14 @@ def _hide_password(url: str) -> str:
     return re.sub(r"://([^:/@]+):[^@]+@", r"://\1:***@", url)
 
 
-def _wait_http(url: str, timeout: float, procs: list[subprocess.Popen[bytes]]) -> None:
+def _wait_http(url: str, timeout: float, poll: Callable[[], None]) -> None:
+    """Until `url` answers 200; `poll` meanwhile (the supervisor's: it restarts a child that
+    died, or raises when one is given up)."""
     import httpx
 
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        for p in procs:
-            if p.poll() is not None:
-                raise SystemExit(f"kairos: a child process exited with code {p.returncode}")
+        poll()
         with contextlib.suppress(httpx.HTTPError):
             if httpx.get(url, timeout=1).status_code == 200:
                 return
@@ -257,6 +274,31 @@ def cmd_worker(args: argparse.Namespace) -> int:
     app = create_app(s, s.kafka_bootstrap, s.redis_url)
     worker = Worker(app, loglevel=args.loglevel, quiet=True, redirect_stdouts=False)
     worker.execute_from_commandline()
+    return 0
+
+
+# -- mailer ---------------------------------------------------------------------------------
+def cmd_mailer(args: argparse.Namespace) -> int:
+    import asyncio
+    import logging
+
+    from engine.flows.dm.mailer import serve
+
+    s = _resolved(_settings(args), database=True)
+    assert s.kafka_bootstrap
+    _wait_for_broker(s.kafka_bootstrap)
+    logging.basicConfig(level=args.loglevel.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    logging.getLogger("mail.log").setLevel(logging.WARNING)  # aiosmtpd logs every command
+    logging.getLogger("aiokafka").setLevel(logging.WARNING)
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await serve(s, stop)
+
+    asyncio.run(main())
     return 0
 
 
@@ -568,6 +610,10 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("worker", help="run a stream worker (faust)")
     p.add_argument("--loglevel", default="warning")
     p.set_defaults(fn=cmd_worker)
+
+    p = sub.add_parser("mailer", help="run a mail worker (distributed marketing: dm.sends -> SMTP)")
+    p.add_argument("--loglevel", default="warning")
+    p.set_defaults(fn=cmd_mailer)
 
     p = sub.add_parser("replay", help="feed a log of events into the API or the topic")
     p.add_argument("file", help="JSON-lines in the event spec, or a Taobao / REES46 CSV")

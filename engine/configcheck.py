@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from engine.logic.decisions.config import ConfigError, load_config
+from engine.logic.dm.check import check_dm
 from engine.settings import SettingsError, load_settings
 
 
@@ -18,4 +19,5 @@ def check_all(config_dir: Path) -> list[str]:
         load_config(config_dir)
     except ConfigError as exc:
         problems.extend(str(p) for p in exc.problems)
+    problems.extend(check_dm(config_dir))  # config/dm: brand, templates, journeys
     return problems

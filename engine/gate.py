@@ -11,6 +11,14 @@
   changes (same-origin `Origin` and a token in `X-CSRF-Token` or a `csrf` form field), and
   the CORS answer headers for the key's origin. The principal is left in
   `request.state.principal` for the route.
+- A route whose policy has `body_key` (Segment's tracking API: iOS and Android send the
+  write key as `writeKey` in the body, never in a header) and a request with no credential
+  in its headers or URL: the gate cannot read a body, so it lets the request on as
+  *pending* (`request.state.pending_key`, a `PendingKey`). The route reads the key from the
+  body and calls `settle(key)`, which makes exactly the checks above (401 without a key or
+  with an unknown one, 403 for the origin or scope, 429 over the rate) and sets the
+  principal. Default deny still holds: until a key is settled the gate turns any answer
+  below 400 into a 401, so a route that forgot to settle cannot accept anything.
 """
 
 from __future__ import annotations
@@ -29,6 +37,7 @@ from starlette.responses import RedirectResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from engine.logic import access
+from engine.logic import segment as segment_api
 
 JSON = "application/json"
 UNSAFE = frozenset({"POST", "PUT", "PATCH", "DELETE"})
@@ -95,7 +104,7 @@ class Shield:
                         "(set allowed_hosts or KAIROS_PUBLIC_URL)")(scope, receive, send)
             return
         if scope["method"] == "OPTIONS" and headers.get("access-control-request-method"):
-            await _preflight(svc, headers)(scope, receive, send)
+            await _preflight(svc, headers, scope["path"])(scope, receive, send)
             return
 
         async def send_(message: Message) -> None:
@@ -129,14 +138,21 @@ def _host_ok(host: str, settings: Any) -> bool:
     return not allowed
 
 
-def _preflight(svc: Any, headers: Headers) -> Response:
+PREFLIGHT_HEADERS = "authorization, content-type, content-encoding"
+# the Segment clients add X-Retry-Count to every retry: without it in the preflight's answer
+# every retry of analytics-next fails in the browser before it reaches the engine
+SEGMENT_PREFLIGHT_HEADERS = PREFLIGHT_HEADERS + ", x-retry-count"
+
+
+def _preflight(svc: Any, headers: Headers, path: str) -> Response:
     origin = headers.get("origin", "")
     if not origin or not svc.access.origin_known(origin):
         return _json(403, "origin", f"{origin or 'no origin'} is not allowed by any key")
+    allowed = SEGMENT_PREFLIGHT_HEADERS if segment_api.is_api_path(path) else PREFLIGHT_HEADERS
     return Response(status_code=204, headers={
         "Access-Control-Allow-Origin": origin,
         "Access-Control-Allow-Methods": "GET, POST",
-        "Access-Control-Allow-Headers": "authorization, content-type, content-encoding",
+        "Access-Control-Allow-Headers": allowed,
         "Access-Control-Max-Age": "600",
         "Vary": "Origin",
     })
@@ -168,6 +184,86 @@ async def identify(request: Request, svc: Any) -> tuple[access.Principal, str | 
 
 
 Endpoint = Callable[[Scope, Receive, Send], Awaitable[None]]
+NEEDS_KEY = ("needs a key: Authorization: Basic base64(<key>:) or Bearer <key>, "
+             "or writeKey in the body")
+
+
+def _with_cors(send: Send, origin: str) -> Send:
+    """`send` adding the CORS answer headers for a public key's own origin."""
+
+    async def send_cors(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            h = MutableHeaders(scope=message)
+            h["Access-Control-Allow-Origin"] = origin
+            h.add_vary_header("Origin")
+            h["Access-Control-Expose-Headers"] = "Retry-After"
+        await send(message)
+
+    return send_cors
+
+
+class PendingKey:
+    """A `body_key` route's request that came with no credential in its headers or URL (see
+    the module docstring): `settle(key)` checks the key the route found in the body."""
+
+    def __init__(self, scope: Scope, svc: Any, policy: access.Policy) -> None:
+        self.scope = scope
+        self.svc = svc
+        self.policy = policy
+        self.settled: access.Principal | None = None
+
+    async def settle(self, key: str | None) -> access.Principal | Response:
+        """The principal of `key` when it may call the route, else the refusal to answer."""
+        if not key:
+            return _json(401, "authorization", NEEDS_KEY)
+        if access.key_kind(key) is None:
+            return _json(401, "authorization", "writeKey is not a Kairos key (kp_… or ks_…)")
+        acc = self.svc.access
+        who = await acc.resolve_key(key)
+        if who is None:
+            return _json(401, "authorization", "unknown or revoked key")
+        headers = Headers(scope=self.scope)
+        client = self.scope.get("client")
+        verdict = access.authorize(
+            self.policy, who, origin=request_origin(headers) if who.kind == "public_key" else None,
+            loopback=_is_loopback(client[0] if client else None),
+            metrics_token_set=acc.metrics_token is not None)
+        if not verdict.ok:
+            return _json(verdict.status, verdict.field, verdict.reason)
+        wait = acc.rate(who, None)
+        if wait is not None:
+            return _json(429, "rate", "too many requests for this key; retry later",
+                         {"Retry-After": str(max(1, math.ceil(wait)))})
+        self.settled = who
+        self.scope.setdefault("state", {})["principal"] = who
+        return who
+
+    def guarded(self, send: Send) -> Send:
+        """`send` that refuses success until a key is settled, and adds the CORS headers
+        for a public key settled from the body."""
+        blocked = False
+        origin = Headers(scope=self.scope).get("origin")
+
+        async def send_(message: Message) -> None:
+            nonlocal blocked
+            if blocked:
+                return
+            if message["type"] == "http.response.start":
+                who = self.settled
+                if who is None and message["status"] < 400:
+                    blocked = True
+                    await _json(401, "authorization", NEEDS_KEY)(self.scope, _no_body, send)
+                    return
+                if who is not None and who.kind == "public_key" and origin:
+                    await _with_cors(send, origin)(message)
+                    return
+            await send(message)
+
+        return send_
+
+
+async def _no_body() -> Message:
+    return {"type": "http.request", "body": b"", "more_body": False}
 
 
 def guard(app: ASGIApp, policy: access.Policy) -> ASGIApp:
@@ -189,6 +285,13 @@ def guard(app: ASGIApp, policy: access.Policy) -> ASGIApp:
             return
         request = Request(scope, receive)
         who, session, refused = await identify(request, svc)
+        if policy.body_key and refused is None and not who.authenticated:
+            pending = PendingKey(scope, svc, policy)
+            state = scope.setdefault("state", {})
+            state["principal"] = access.NOBODY
+            state["pending_key"] = pending
+            await app(scope, receive, pending.guarded(send))
+            return
         origin = request_origin(request.headers)
         client = scope.get("client")
         verdict = (access.Verdict(False, 401, "authorization", refused) if refused else
@@ -216,17 +319,7 @@ def guard(app: ASGIApp, policy: access.Policy) -> ASGIApp:
             receive = checked
         scope.setdefault("state", {})["principal"] = who
         if who.kind == "public_key" and request.headers.get("origin"):
-            allow = request.headers["origin"]
-
-            async def send_cors(message: Message) -> None:
-                if message["type"] == "http.response.start":
-                    h = MutableHeaders(scope=message)
-                    h["Access-Control-Allow-Origin"] = allow
-                    h.add_vary_header("Origin")
-                    h["Access-Control-Expose-Headers"] = "Retry-After"
-                await send(message)
-
-            await app(scope, receive, send_cors)
+            await app(scope, receive, _with_cors(send, request.headers["origin"]))
             return
         await app(scope, receive, send)
 

@@ -25,6 +25,8 @@ REQUESTS = Histogram("kairos_http_request_seconds", "HTTP request latency", ["ro
 PRODUCE = Histogram("kairos_produce_seconds", "Time for the broker to acknowledge a request's events",
                     buckets=_BUCKETS)
 PRODUCE_FAILURES = Counter("kairos_produce_failures_total", "Requests answered 503: broker unavailable")
+STORE_FULL_REFUSALS = Counter("kairos_store_full_refusals_total",
+                              "Requests answered 503 because Redis is (nearly) full")
 
 _KNOWN_FIELDS = frozenset(
     {"event_id", "type", "visitor_id", "user_id", "channel", "ts", "item", "items", "context",
@@ -56,7 +58,35 @@ _WORKER_GAUGES = (
     ("duplicates_total", "kairos_worker_duplicates_total", "Redelivered or resent events ignored"),
     ("freshness_p50_ms", "kairos_worker_freshness_p50_ms", "Accept-to-applied time, median"),
     ("freshness_p99_ms", "kairos_worker_freshness_p99_ms", "Accept-to-applied time, 99th percentile"),
+    ("bad_records", "kairos_worker_bad_records_total",
+     "Records skipped: unreadable, or failing to apply on their own"),
+    ("bad_events", "kairos_worker_bad_events_total", "Events skipped: they do not fit the event spec"),
+    ("unstored_total", "kairos_worker_unstored_total",
+     "Events counted in the traffic only (consent declined, erased profiles)"),
+    ("dropped_ops_total", "kairos_worker_dropped_ops_total",
+     "Table changes dropped past an event's op budget"),
+    ("fenced_total", "kairos_worker_fenced_total",
+     "Batches a fence refused (a newer owner of the partition, or Redis rolled back)"),
+    ("store_full", "kairos_worker_store_full", "1 while Redis refuses the worker's writes (out of memory)"),
+    ("store_full_retries_total", "kairos_worker_store_full_retries_total",
+     "Batch attempts refused by Redis for lack of memory (each retried until it applies)"),
 )
+
+
+def store_lines(state: Any, full: bool) -> bytes:
+    """This process's last look at Redis's memory (`engine.logic.memory.MemoryState` or None)."""
+    out = ["# HELP kairos_store_full 1 while ingest refuses events because Redis is (nearly) full\n"
+           f"# TYPE kairos_store_full gauge\nkairos_store_full {int(full)}\n"]
+    if state is not None:
+        out.append("# HELP kairos_redis_used_memory_bytes Redis used_memory\n"
+                   "# TYPE kairos_redis_used_memory_bytes gauge\n"
+                   f"kairos_redis_used_memory_bytes {state.used}\n"
+                   "# HELP kairos_redis_maxmemory_bytes Redis maxmemory (0: no limit)\n"
+                   "# TYPE kairos_redis_maxmemory_bytes gauge\n"
+                   f"kairos_redis_maxmemory_bytes {state.maxmemory}\n"
+                   "# HELP kairos_redis_writable 1 when Redis took the last probe write\n"
+                   f"# TYPE kairos_redis_writable gauge\nkairos_redis_writable {int(state.writable)}\n")
+    return "".join(out).encode()
 
 
 def worker_lines(workers: Mapping[str, Mapping[str, Any]], now: float | None = None) -> bytes:

@@ -6,6 +6,7 @@ import functools
 from typing import Any
 
 from engine.logic import events as spec
+from engine.logic import segment as seg
 
 
 def _err(desc: str) -> dict[str, Any]:
@@ -57,6 +58,7 @@ def openapi() -> dict[str, Any]:
             "linked_visitors": {"type": "array", "items": {"type": "string"}},
         },
     }
+    components.update(_segment_schemas())
     doc: dict[str, Any] = {
         "openapi": "3.1.0",
         "info": {"title": "Kairos", "version": "0.1.0",
@@ -105,8 +107,72 @@ def openapi() -> dict[str, Any]:
         },
         "components": {"schemas": components, "securitySchemes": SECURITY_SCHEMES},
     }
+    doc["paths"].update(dm_paths())
+    doc["paths"].update(_segment_paths())
     _secure(doc)
     return doc
+
+
+#: The distributed-marketing API (engine/routes/dm_api.py): (method, path, summary, body).
+DM_OPERATIONS: list[tuple[str, str, str, str | None]] = [
+    ("get", "/v1/dm/releases", "The journeys and templates released to the caller's partner", None),
+    ("get", "/v1/dm/contacts", "The partner's contacts (?q= searches name and e-mail; limit, offset)", None),
+    ("post", "/v1/dm/contacts", "Add a contact {email, first_name, last_name, user_id, visitor_id, attributes}", "object"),
+    ("post", "/v1/dm/contacts/import", "Import a CSV (text/csv): a report per row (added, duplicate, bad email)", "csv"),
+    ("get", "/v1/dm/contacts/{contact_id}", "One contact (another partner's id answers 404)", None),
+    ("get", "/v1/dm/campaigns", "The partner's campaigns", None),
+    ("post", "/v1/dm/campaigns", "A campaign from a released journey {journey, name, values, contact_ids}", "object"),
+    ("get", "/v1/dm/campaigns/{campaign_id}", "A campaign: members, approval, status, sends", None),
+    ("put", "/v1/dm/campaigns/{campaign_id}/values", "Personalise the allowed fields {values, contact_id?}; "
+     "an undeclared field answers 422; an edit supersedes an approval", "object"),
+    ("post", "/v1/dm/campaigns/{campaign_id}/members", "Add the partner's contacts {contact_ids}", "object"),
+    ("get", "/v1/dm/campaigns/{campaign_id}/preview", "The rendered message for a member (?contact_id=, ?template=)", None),
+    ("post", "/v1/dm/campaigns/{campaign_id}/submit", "Submit for the brand's approval", None),
+    ("post", "/v1/dm/campaigns/{campaign_id}/send", "Send (a quick send) or enrol the members (a journey); once", None),
+    ("get", "/v1/dm/campaigns/{campaign_id}/engagement", "Per member and message: delivered, opened, clicked, bounced, unsubscribed", None),
+    ("get", "/v1/dm/engagement", "The partner's engagement per message", None),
+    ("post", "/v1/dm/quick-sends", "One message from a released template to contacts now {template, contact_ids, "
+     "values, test}; Idempotency-Key makes a repeat send nothing", "object"),
+    ("get", "/v1/dm/brand/library", "The brand's templates and journeys (config/dm) and their problems", None),
+    ("get", "/v1/dm/brand/approvals", "The approval queue (?state=pending|approved|rejected|superseded|all)", None),
+    ("get", "/v1/dm/brand/approvals/{approval_id}", "One approval: the partner's values beside the defaults, flagged words", None),
+    ("post", "/v1/dm/brand/approvals/{approval_id}/approve", "Approve (never one's own submission: 403)", None),
+    ("post", "/v1/dm/brand/approvals/{approval_id}/reject", "Reject {reason} (a reason is required)", "object"),
+    ("get", "/v1/dm/brand/releases", "Every release", None),
+    ("post", "/v1/dm/brand/releases", "Release {kind: journey|template, subject, group_id | partner_id}", "object"),
+    ("post", "/v1/dm/brand/releases/{release_id}/retire", "Retire a release", None),
+    ("get", "/v1/dm/brand/results", "Results per journey, step, message and partner, and the totals", None),
+    ("get", "/v1/dm/brand/partners", "Partners and partner groups", None),
+    ("post", "/v1/dm/brand/groups", "Make or extend a partner group {name, partner_ids}", "object"),
+    ("get", "/v1/dm/brand/suppressions", "The brand-wide suppression list (addresses masked without dm:contacts)", None),
+    ("get", "/v1/dm/brand/contacts", "Every partner's contacts with their addresses (scope dm:contacts)", None),
+]
+
+
+def dm_paths() -> dict[str, Any]:
+    paths: dict[str, Any] = {}
+    for method, path, summary, body in DM_OPERATIONS:
+        op: dict[str, Any] = {"summary": summary, "tags": ["distributed marketing"], "responses": {
+            "200": {"description": "OK", "content": {"application/json": {"schema": {"type": "object"}}}},
+            "403": _err("Not the caller's to do (a partner route without a partner; a brand route)"),
+            "404": _err("Not found, or not this partner's"),
+        }}
+        if method in ("post", "put"):
+            op["responses"]["409"] = _err("Not now: pending approval, sent already")
+            op["responses"]["422"] = _err("A field is wrong: problems name each one")
+        if body == "object":
+            op["requestBody"] = {"content": {"application/json": {"schema": {"type": "object"}}}}
+        elif body == "csv":
+            op["requestBody"] = {"required": True, "content": {"text/csv": {"schema": {"type": "string"}}}}
+        params = [seg[1:-1] for seg in path.split("/") if seg.startswith("{")]
+        if params:
+            op["parameters"] = [{"name": n, "in": "path", "required": True, "schema": {"type": "string"}}
+                                for n in params]
+        if path == "/v1/dm/quick-sends" or path == "/v1/dm/campaigns":
+            op.setdefault("parameters", []).append({"name": "Idempotency-Key", "in": "header",
+                                                    "schema": {"type": "string", "maxLength": 200}})
+        paths.setdefault(path, {})[method] = op
+    return paths
 
 
 SECURITY_SCHEMES: dict[str, Any] = {
@@ -122,7 +188,92 @@ SECURITY_SCHEMES: dict[str, Any] = {
                 "description": "A signed-in user's session (the dashboard, the admin pages); "
                                "state changes also need X-CSRF-Token"},
     "metricsToken": {"type": "http", "scheme": "bearer", "description": "KAIROS_METRICS_TOKEN"},
+    "writeKey": {"type": "http", "scheme": "basic", "description":
+                 "Segment's tracking API: a Kairos key (kp_… or ks_…) as the HTTP Basic user name "
+                 "with an empty password, as every Segment client sends it; or, with no "
+                 "Authorization header, as `writeKey` in the JSON body (analytics-swift, "
+                 "analytics-kotlin). No key anywhere: 401"},
 }
+
+
+def _segment_schemas() -> dict[str, Any]:
+    obj = {"type": "object"}
+    message = {
+        "type": "object",
+        "description": "One Segment message (docs/segment.md has the mapping onto the event "
+                       f"spec); at most {seg.MAX_MESSAGE_BYTES} bytes as JSON",
+        "properties": {
+            "type": {"enum": sorted(seg.MESSAGE_TYPES), "description": "required in a batch"},
+            "messageId": {"type": "string", "description": "the dedupe key"},
+            "anonymousId": {"type": "string", "maxLength": 128},
+            "userId": {"type": "string", "maxLength": 128},
+            "previousId": {"type": "string", "description": "alias"},
+            "groupId": {"type": "string", "description": "group"},
+            "event": {"type": "string", "maxLength": 256, "description": "track: the event's name"},
+            "name": {"type": "string"}, "category": {"type": "string"},
+            "timestamp": {"type": "string", "format": "date-time"},
+            "originalTimestamp": {"type": "string", "format": "date-time"},
+            "sentAt": {"type": "string", "format": "date-time"},
+            "properties": obj, "traits": obj,
+            "context": {"type": "object", "description":
+                        "page, device, os, app, library, locale, timezone, campaign, location; "
+                        "`context.kairos`: {user_hash, zones, channel}"},
+            "integrations": {"type": "object", "description": "`integrations.Kairos`: as context.kairos"},
+        },
+    }
+    return {
+        "SegmentMessage": message,
+        "SegmentBatch": {"type": "object", "required": ["batch"], "properties": {
+            "batch": {"type": "array", "items": {"$ref": "#/components/schemas/SegmentMessage"},
+                      "minItems": 1, "maxItems": seg.MAX_BATCH_MESSAGES},
+            "sentAt": {"type": "string", "format": "date-time"},
+            "writeKey": {"type": "string"}, "context": obj, "integrations": obj}},
+        "SegmentResult": {"type": "object", "properties": {
+            "success": {"type": "boolean"}, "accepted": {"type": "integer"},
+            "rejected": {"type": "array", "items": {"type": "object", "properties": {
+                "index": {"type": "integer"}, "field": {"type": "string"},
+                "reason": {"type": "string"}}}},
+            "decisions": {"type": "array", "items": obj,
+                          "description": "when a page or screen asked for context.kairos.zones"}}},
+    }
+
+
+def _segment_paths() -> dict[str, Any]:
+    """Segment's tracking API: the long names documented, their aliases said."""
+    aliases: dict[str, list[str]] = {}
+    for name, kind in seg.ENDPOINTS.items():
+        aliases.setdefault(kind or "batch", []).append(name)
+    out: dict[str, Any] = {}
+    for kind, names in aliases.items():
+        others = [f"/v1/{n}" for n in names if n != kind] + [f"/segment/v1/{n}" for n in names]
+        limit = seg.body_limit(kind)
+        ref = "SegmentBatch" if kind == "batch" else "SegmentMessage"
+        body = {"schema": {"$ref": f"#/components/schemas/{ref}"}}
+        out[f"/v1/{kind}"] = {"post": {
+            "summary": ("Segment batch: many messages" if kind == "batch" else
+                        f"Segment {kind} call (one message; `type` may be left out)"),
+            "description": (f"Segment's HTTP Tracking API (docs/segment.md). Also at "
+                            f"{', '.join(others)}. Body: JSON, `text/plain` or gzip "
+                            f"(Content-Encoding), at most {limit} bytes once decompressed. "
+                            "Each message is checked on its own: a bad one is reported by "
+                            "index and field, the others are accepted."),
+            "requestBody": {"required": True, "content": {"application/json": body,
+                                                          "text/plain": body}},
+            "responses": {
+                "200": {"description": "At least one message accepted (`success: true`)",
+                        "content": {"application/json": {"schema": {
+                            "$ref": "#/components/schemas/SegmentResult"}}}},
+                "400": _err("Nothing usable: names the first bad field (the clients drop a 400)"),
+                "401": _err("No key in the Authorization header or the body, or an unknown one"),
+                "403": _err("The key's origin or scope refuses it"),
+                "413": _err(f"Over {limit} bytes, or a single message over {seg.MAX_MESSAGE_BYTES}"),
+                "415": _err("Another content type or encoding"),
+                "429": _err("Over the key's or the visitor's rate (Retry-After)"),
+                "503": _err("Broker unavailable; resend after Retry-After (messageId dedupes)"),
+            }}}
+    out["/v1/m"] = {"post": {"summary": "analytics-next's own counters: answered 200, dropped",
+                             "responses": {"200": {"description": "ok"}}}}
+    return out
 
 
 def _subject() -> dict[str, Any]:
@@ -143,6 +294,8 @@ def _secure(doc: dict[str, Any]) -> None:
                 continue
             if pol.open:
                 op["security"] = []
+            elif pol.body_key:
+                op["security"] = [{"writeKey": []}, {"publicKey": []}, {"secretKey": []}]
             elif pol.metrics:
                 op["security"] = [{"metricsToken": []}, {}]
             else:

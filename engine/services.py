@@ -11,11 +11,13 @@ from __future__ import annotations
 import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 
 from engine.confighub import ConfigHub, default_hub
 from engine.db import new_engine
 from engine.db.control import ControlPlane
+from engine.db.dm import DmStore
 from engine.demo.shop import Shop, load_shop
 from engine.eventlog import DecisionLog, EventLog, LogUnavailable, ensure_topics
 from engine.flows.access import SESSION_COOKIE, Access, Secrets
@@ -25,18 +27,28 @@ from engine.flows.campaigns import Campaigns
 from engine.flows.catalog import Catalog
 from engine.flows.dashboard import DashboardFeed
 from engine.flows.decide import Decider
-from engine.flows.health import Health
+from engine.flows.dm.brand import Brand
+from engine.flows.dm.library import Library
+from engine.flows.dm.library import register as register_dm
+from engine.flows.dm.personalise import Personaliser
+from engine.flows.dm.portal import Portal
+from engine.flows.dm.tracking import Tracking
+from engine.flows.health import Health, WriteGate
 from engine.flows.ingest import Ingest
 from engine.flows.privacy import Privacy
 from engine.flows.profiles import Profiles
 from engine.flows.recommend import CATALOG_CACHE_S, Recommender
+from engine.flows.segment import Tracking as SegmentTracking
 from engine.flows.stats import LiveStats, Trending
+from engine.logic.dm.sending import BotRules, TokenSigner
 from engine.logic.recipes import load_recipes
+from engine.mail.outbox import Outbox
 from engine.settings import Settings
 from engine.store.activity import ActivityStore
 from engine.store.catalog import CachedCatalog, CatalogStore
 from engine.store.decide_read import DecideReader
 from engine.store.live import LiveStore
+from engine.store.memory import MemoryProbe
 from engine.store.profiles import ProfileStore, new_client
 from engine.store.reco_read import RecoReader
 
@@ -65,6 +77,11 @@ class Services:
     access: Access  # who is calling: keys (cached), sessions, secrets, rate limits
     admin: Admin  # keys, users and the audit log, for the admin pages
     privacy: Privacy  # export and erase of one person's data
+    dm_portal: Portal  # distributed marketing, the partner's side
+    dm_brand: Brand  # distributed marketing, the brand's side
+    dm_tracking: Tracking  # opens, clicks, unsubscribes of the mail
+    tracking: SegmentTracking  # Segment's tracking API (the Segment / RudderStack SDKs)
+    mail_outbox: Outbox | None = None  # the embedded outbox's Maildir (None: a real relay)
     demo_key: str | None = None  # the public key the demo shop's pages carry
     metrics_dir: Path | None = None
     session_cookie: str = SESSION_COOKIE
@@ -100,7 +117,8 @@ async def running(settings: Settings, redis_url: str, bootstrap: str,
         stack.push_async_callback(log.close)
         with contextlib.suppress(Exception):
             await ensure_topics(bootstrap, {s.events_topic: s.partitions,
-                                            s.decisions_topic: s.partitions}, 10.0)
+                                            s.decisions_topic: s.partitions,
+                                            s.dm_sends_topic: s.partitions}, 10.0)
         with contextlib.suppress(LogUnavailable):
             await log.producer()
 
@@ -132,10 +150,16 @@ async def running(settings: Settings, redis_url: str, bootstrap: str,
         stack.push_async_callback(_quietly, live.close)
         hub = default_hub(s.config_dir, s.config_reload_debounce_ms)
         hub.register("recipes", load_recipes, ("recipes",))
+        register_dm(hub)
         await hub.start()
         stack.push_async_callback(_quietly, hub.stop)
         beacon = BeaconSource(Path(s.config_dir) / "sitemap.yaml")
         beacon.load_initial()  # an invalid sitemap stops the engine with file:line messages
+
+        # is Redis full? (ingest stops acknowledging while the stream could not apply)
+        gate = WriteGate(MemoryProbe(client), s.store_full_ratio)
+        await gate.start()
+        stack.push_async_callback(_quietly, gate.close)
 
         # flows
         decider = Decider(decide_reader, hub, DecisionLog(log, s.decisions_topic), s.affinity,
@@ -143,25 +167,45 @@ async def running(settings: Settings, redis_url: str, bootstrap: str,
         stack.push_async_callback(_quietly, decider.close)
         campaigns = Campaigns(hub, decide_reader)
         trending = Trending(reco_reader)
-        feed = DashboardFeed(live, trending, campaigns, hub, decide_reader)
+        feed = DashboardFeed(live, trending, campaigns, hub, decide_reader,
+                             max_listeners=s.sse_max_listeners)
         feed.start()
         stack.push_async_callback(_quietly, feed.close)
+        recommender = Recommender(profile_store, reco_reader,
+                                  CachedCatalog(catalog_store, ttl_s=CATALOG_CACHE_S),
+                                  s.affinity, lambda: hub.get("recipes"),
+                                  lambda: hub.errors.get("recipes", []))
+
+        # distributed marketing: the store, the versions, the dm.sends topic, tracking
+        dm_store = DmStore(control.engine)
+        library = Library(hub, dm_store)
+        sends_log = EventLog(bootstrap, s.dm_sends_topic, linger_ms=s.producer_linger_ms,
+                             timeout_s=s.produce_timeout_s)
+        stack.push_async_callback(sends_log.close)
+        signer = TokenSigner([secrets.tracking.encode()])
+        tracking = Tracking(dm_store, control, library, signer, log,
+                            bot_rules=BotRules(min_click_delay=timedelta(seconds=s.dm_bot_click_delay_s)),
+                            soft_limit=s.dm_soft_bounce_limit, soft_days=s.dm_soft_bounce_days)
+        personaliser = Personaliser(recommender, lambda: hub.get("recipes"), s.base_url)
+        ingest = Ingest(log, live, s.retry_after_s, access, gate)
         svc = Services(
             settings=s, hub=hub, live=live,
-            ingest=Ingest(log, live, s.retry_after_s, access),
+            ingest=ingest,
             decider=decider,
             campaigns=campaigns,
             profiles=Profiles(profile_store, ActivityStore(client), s.affinity),
             catalog=Catalog(catalog_store),
-            recommender=Recommender(profile_store, reco_reader,
-                                    CachedCatalog(catalog_store, ttl_s=CATALOG_CACHE_S),
-                                    s.affinity, lambda: hub.get("recipes"),
-                                    lambda: hub.errors.get("recipes", [])),
+            recommender=recommender,
             trending=trending, feed=feed, beacon=beacon, shop=load_shop(s.demo_catalog),
-            health=Health(client, log, live_store, control), metrics_dir=metrics_dir,
+            health=Health(client, log, live_store, gate, control), metrics_dir=metrics_dir,
             access=access, admin=Admin(control, access),
             privacy=Privacy(client, control, profile_store, s),
+            tracking=SegmentTracking(ingest, decider, live, access),
             demo_key=demo_key,
+            dm_portal=Portal(dm_store, control, library, sends_log, personaliser),
+            dm_brand=Brand(dm_store, control, library),
+            dm_tracking=tracking,
+            mail_outbox=Outbox(s.outbox_dir) if s.embedded_outbox or s.mail_dir else None,
         )
         yield svc
     finally:

@@ -8,7 +8,7 @@ over the file:
 |---|---|---|
 | `KAIROS_PORT` | HTTP port of the API | 8000 |
 | `KAIROS_HOST` | bind address of the API | 127.0.0.1 |
-| `KAIROS_REDIS_URL` | external Redis/Valkey (then none is started) | embedded Valkey |
+| `KAIROS_REDIS_URL` | external Redis/Valkey (then none is started); `redis+cluster://h:p,h:p` a Redis Cluster | embedded Valkey |
 | `KAIROS_KAFKA_BOOTSTRAP` | external Kafka `host:port[,…]` (then none is started) | embedded Kafka |
 | `KAIROS_CONFIG_DIR` | the config folder | `./config` |
 | `KAIROS_VAR_DIR` | data of the embedded servers, logs | `./var` |
@@ -18,6 +18,9 @@ over the file:
 | `KAIROS_METRICS_TOKEN` | bearer token for `/metrics` (unset: loopback callers only) | unset |
 | `KAIROS_API_KEY` | a secret key the CLI sends to the API (`kairos replay --to api`) | unset |
 | `KAIROS_PUBLIC_URL` | the engine's address as browsers see it (links, cookies' Secure flag) | `http://HOST:PORT` |
+| `KAIROS_REDIS_MAXMEMORY` | the embedded Valkey's maxmemory (`0`: none) | 1gb |
+| `KAIROS_SMTP_URL` | the SMTP relay distributed-marketing mail goes to (`smtp://`, `smtps://`) | the embedded outbox |
+| `KAIROS_OUTBOX_PORT` / `KAIROS_BOUNCE_PORT` | the embedded outbox's SMTP port / the mailer's bounce listener | 2525 / 2526 |
 """
 
 from __future__ import annotations
@@ -58,8 +61,15 @@ class Settings:
     produce_timeout_s: float = 5.0
     producer_linger_ms: int = 1
     retry_after_s: int = 5
+    # Redis full: the embedded Valkey's maxmemory ("0": no limit) and policy (noeviction:
+    # a full Redis refuses writes rather than dropping state); ingest answers 503 from this
+    # share of maxmemory on (any Redis that sets maxmemory), leaving the rest for the backlog
+    redis_maxmemory: str = "1gb"
+    redis_maxmemory_policy: str = "noeviction"
+    store_full_ratio: float = 0.95
     # worker
-    batch_max: int = 1000
+    batch_max: int = 1000  # records the consumer takes at most per batch
+    commit_max_events: int = 2000  # events planned and committed (one script call) at most
     batch_within_s: float = 0.01
     fetch_max_wait_ms: int = 100  # how long an idle fetch waits at the broker (faust's is 1500)
     session_timeout_ms: int = 10_000
@@ -70,6 +80,8 @@ class Settings:
     cf_max_items: int = 20_000  # item vectors kept per partition
     cf_max_visitors: int = 50_000  # visitor vectors kept in memory per partition
     cf_snapshot_s: float = 30.0  # how often a worker snapshots its models to Redis
+    # dashboards: Server-Sent Events streams (GET /v1/stats/stream) per API process; 503 beyond
+    sse_max_listeners: int = 100
     # decisions
     decide_deadline_ms: int = 50
     config_reload_debounce_ms: int = 300
@@ -85,6 +97,22 @@ class Settings:
     rate_per_key: float = 1000.0  # requests/s per key and API process (burst 2x)
     rate_per_visitor: float = 20.0  # requests/s per visitor per public key and process (burst 3x)
     session_days: float = 7.0
+    # distributed marketing (engine/flows/dm, `kairos mailer`, the local outbox)
+    smtp_url: str | None = None  # None: the embedded outbox on 127.0.0.1:outbox_port
+    outbox_port: int = 2525
+    mail_dir: str | None = None  # the outbox's Maildir, read by the Outbox page (None: <var_dir>/mail)
+    bounce_port: int = 2526  # the mailer's bounce listener (DSNs to the VERP addresses)
+    dm_sends_topic: str = "dm.sends"
+    dm_partner_rate: float = 60.0  # sends per rate window per partner (paced: burst 1)
+    dm_global_rate: float = 6000.0  # sends per rate window in all, per mailer process
+    dm_rate_window_s: float = 60.0  # the rate window (a minute; tests shorten it)
+    dm_claim_lease_s: float = 60.0  # a claimed send not finished by then is retried (same Message-ID)
+    dm_sweep_s: float = 1.0  # how often the mailer looks for due retries, journey steps, lost records
+    dm_retry_scale: float = 1.0  # multiplies the retry schedule (1 min, 5 min, ...); tests shorten it
+    dm_bot_click_delay_s: float = 2.0  # clicks sooner after delivery are a scanner's
+    dm_soft_bounce_limit: int = 3  # soft bounces within dm_soft_bounce_days suppress an address
+    dm_soft_bounce_days: float = 14.0
+    dm_senders: int = 4  # SMTP connections a mailer process keeps open
     # model
     affinity: AffinityConfig = field(default_factory=AffinityConfig)
 
@@ -103,6 +131,19 @@ class Settings:
     @property
     def base_url(self) -> str:
         return (self.public_url or f"http://{self.host}:{self.port}").rstrip("/")
+
+    @property
+    def outbox_dir(self) -> Path:
+        return Path(self.mail_dir) if self.mail_dir else self.var_dir / "mail"
+
+    @property
+    def embedded_outbox(self) -> bool:
+        return self.smtp_url is None
+
+    @property
+    def relay_url(self) -> str:
+        """Where the mailer hands mail: KAIROS_SMTP_URL, else the embedded outbox."""
+        return self.smtp_url or f"smtp://127.0.0.1:{self.outbox_port}?starttls=off"
 
     @property
     def profile_ttl_ms(self) -> int:
@@ -143,6 +184,10 @@ _ENV = {
     "KAIROS_METRICS_TOKEN": ("metrics_token", str),
     "KAIROS_API_KEY": ("api_key", str),
     "KAIROS_PUBLIC_URL": ("public_url", str),
+    "KAIROS_REDIS_MAXMEMORY": ("redis_maxmemory", str),
+    "KAIROS_SMTP_URL": ("smtp_url", str),
+    "KAIROS_OUTBOX_PORT": ("outbox_port", int),
+    "KAIROS_BOUNCE_PORT": ("bounce_port", int),
 }
 
 _FILE_KEYS = {f.name for f in dataclasses.fields(Settings)} - {"affinity"}
@@ -202,10 +247,24 @@ def _check(s: Settings) -> None:
         raise SettingsError("decide_deadline_ms must be at least 1")
     if s.api_workers < 1:
         raise SettingsError("api_workers must be at least 1")
-    if s.redis_url is not None and not s.redis_url.startswith(("redis://", "rediss://", "unix://")):
-        raise SettingsError("KAIROS_REDIS_URL must start with redis://, rediss:// or unix://")
+    if not 0 < s.store_full_ratio <= 1:
+        raise SettingsError("store_full_ratio must be in (0, 1]")
+    if s.sse_max_listeners < 0:
+        raise SettingsError("sse_max_listeners must be at least 0")
+    if s.redis_url is not None and not s.redis_url.startswith(
+            ("redis://", "rediss://", "unix://", "redis+cluster://")):
+        raise SettingsError("KAIROS_REDIS_URL must start with redis://, rediss://, unix:// or "
+                            "redis+cluster:// (a Redis Cluster: redis+cluster://host:port,host:port)")
     if s.database_url is not None and not s.database_url.startswith(
             ("postgresql://", "postgres://", "postgresql+psycopg://")):
         raise SettingsError("KAIROS_DATABASE_URL must start with postgresql:// (psycopg 3 driver)")
+    if s.smtp_url is not None and not s.smtp_url.startswith(("smtp://", "smtps://")):
+        raise SettingsError("KAIROS_SMTP_URL must start with smtp:// or smtps://")
+    for name in ("dm_partner_rate", "dm_global_rate", "dm_rate_window_s", "dm_claim_lease_s",
+                 "dm_sweep_s", "dm_retry_scale"):
+        if getattr(s, name) <= 0:
+            raise SettingsError(f"{name} must be a positive number")
+    if s.dm_senders < 1:
+        raise SettingsError("dm_senders must be at least 1")
     if s.public_url is not None and not s.public_url.startswith(("http://", "https://")):
         raise SettingsError("KAIROS_PUBLIC_URL must start with http:// or https://")

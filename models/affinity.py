@@ -18,6 +18,7 @@ import hashlib
 import math
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 import msgpack
@@ -40,10 +41,20 @@ TYPE_CODES = {
     "impression": 9,
     "dismiss": 10,
     "identify": 11,
+    "email_open": 12,
+    "email_click": 13,
 }
 CODE_NAMES = {v: k for k, v in TYPE_CODES.items()} | {0: "other"}
 
 SCHEMA_VERSION = 1
+# What a profile keeps of what clients name freely, so that every decide reads a bounded blob:
+# the traits most recently set, the event types and channels most recently seen (custom types
+# beyond the cap are folded into "other", code 0). Older blobs are trimmed when next written.
+MAX_TRAITS = 64
+MAX_TYPES = 32
+MAX_CHANNELS = 32
+MAX_TRAIT_KEY = 64
+MAX_TRAITS_BYTES = 4096  # all traits together, packed
 FINGERPRINT_BYTES = 5  # 40-bit: a false duplicate needs ~7e10 events per profile at window 16
 RESCALE_EXPONENT = 40.0  # rescale once e^{λ(t−L)} would pass e^40 ≈ 2.4e17
 DAY_MS = 86_400_000
@@ -62,6 +73,8 @@ class AffinityConfig:
             "add_to_cart": 3.0,
             "purchase": 5.0,
             "conversion": 2.0,
+            "email_open": 0.0,  # opens are unreliable (image proxies, privacy protection)
+            "email_click": 1.5,  # a click in a partner's mail: like a click on the site
         }
     )
     default_weight: float = 0.0  # custom event types unless listed in `weights`
@@ -94,6 +107,19 @@ class AffinityConfig:
         """λ per second for a dimension."""
         return math.log(2) / (self.half_life_days[dim] * 86_400.0)
 
+    @cached_property
+    def rates(self) -> tuple[float, ...]:
+        """λ per second of each dimension, in `DIMENSIONS` order (computed once)."""
+        return tuple(self.rate(d) for d in DIMENSIONS)
+
+    @cached_property
+    def max_rate(self) -> float:
+        return max(self.rates)
+
+    @cached_property
+    def caps(self) -> tuple[int, ...]:
+        return tuple(int(self.max_keys[d]) for d in DIMENSIONS)
+
     def weight(self, event_type: str) -> float:
         return float(self.weights.get(event_type, self.default_weight))
 
@@ -125,6 +151,9 @@ class Profile:
     # partition -> [offset, record time ms] of the last record applied from it: a record
     # redelivered after a crash is at or below its mark and is skipped, however many there are
     marks: dict[int, list[int]] = field(default_factory=dict)
+    # identity merges this profile took in, [visitor id, the anonymous profile's revision],
+    # newest last (streams/plan.py: a merge redone after a crash is not folded in twice)
+    merged: list[list[Any]] = field(default_factory=list)
 
     # -- persistence -------------------------------------------------------------------
     def snapshot(self) -> bytes:
@@ -147,6 +176,7 @@ class Profile:
                 self.aliases,
                 self.seen,
                 self.marks,
+                self.merged,
             ],
             use_bin_type=True,
             use_single_float=True,
@@ -158,9 +188,9 @@ class Profile:
         if not data or data[0] != SCHEMA_VERSION:
             raise ValueError(f"unknown profile schema {data[0] if data else None!r}")
         (_, lm, n, first, last, uid, aff, recent, cart, purchased, types, traits, segs, chans,
-         aliases, seen, marks) = data
+         aliases, seen, marks, *rest) = data
         return cls(lm, n, first, last, uid, aff, recent, cart, purchased, types, traits, segs,
-                   chans, aliases, seen, marks)
+                   chans, aliases, seen, marks, rest[0] if rest else [])
 
     # -- redelivery marks --------------------------------------------------------------
     def covers(self, partition: int, offset: int, record_ms: int) -> bool:
@@ -218,18 +248,94 @@ def _total(pairs: list[float]) -> float:
     return sum(pairs[1::2])
 
 
+def _rank(kv: tuple[float, str]) -> tuple[float, str]:
+    return (-kv[0], kv[1])
+
+
 def _prune(table: dict[str, list[float]], cap: int, touched: set[str]) -> None:
     """Drop the lowest keys beyond `cap`, never one the current event just credited:
     a new interest must be able to enter a full table (the forward-decay boost of later
-    events then decides whether it stays)."""
-    if len(table) > cap:
-        old = sorted((kv for kv in table.items() if kv[0] not in touched),
-                     key=lambda kv: (-_total(kv[1]), kv[0]))
-        keep = old[: max(0, cap - len(touched))]
-        fresh = [(k, table[k]) for k in touched if k in table]
-        table.clear()
-        table.update(keep)
-        table.update(fresh)
+    events then decides whether it stays). The lowest: by total, ties by key (the last of the
+    ranking `view` shows)."""
+    excess = len(table) - cap
+    if excess <= 0:
+        return
+    old = [(sum(v[1::2]), k) for k, v in table.items() if k not in touched]
+    if excess == 1 and old:
+        del table[max(old, key=_rank)[1]]
+        return
+    old.sort(key=_rank)
+    for _, k in old[max(0, len(old) - excess):]:
+        del table[k]
+
+
+#: What one event credits at most (a hostile event cannot make the profile's work unbounded):
+#: its first `MAX_THINGS` items, an item's first `MAX_TAGS` tags and `MAX_CATEGORIES` category
+#: paths, and of a path its leaf and the ancestors whose factor is still above
+#: `MIN_ANCESTOR_FACTOR` (at most `MAX_DEPTH` levels).
+MAX_THINGS = 50
+MAX_TAGS = 16
+MAX_CATEGORIES = 8
+MAX_DEPTH = 12
+MIN_ANCESTOR_FACTOR = 1e-4
+_CHAINS: dict[str, list[str]] = {}
+
+
+def _chain(path: str) -> list[str]:
+    """The category path's nodes from the leaf up (lower case; at most `MAX_DEPTH`)."""
+    chain = _CHAINS.get(path)
+    if chain is None:
+        if len(_CHAINS) > 50_000:
+            _CHAINS.clear()
+        chain = _CHAINS[path] = list(reversed(category_ancestors(path.lower())))[:MAX_DEPTH]
+    return chain
+
+
+def set_traits(traits: dict[str, Any], new: Mapping[Any, Any]) -> None:
+    """Set at most 32 traits of one identify; the profile keeps the `MAX_TRAITS` most recently
+    set (a trait set again counts as new), within `MAX_TRAITS_BYTES` packed."""
+    for k, v in list(new.items())[:32]:
+        key = str(k)[:MAX_TRAIT_KEY]
+        traits.pop(key, None)
+        traits[key] = v
+    for key in list(traits)[: max(0, len(traits) - MAX_TRAITS)]:
+        del traits[key]
+    while len(traits) > 1 and len(msgpack.packb(traits, use_bin_type=True)) > MAX_TRAITS_BYTES:
+        del traits[next(iter(traits))]
+
+
+def bound_types(types: dict[Any, list[int]]) -> None:
+    """At most `MAX_TYPES` entries: the custom types (name keys) seen longest ago are folded
+    into "other" (code 0) with their counts; the standard types (int codes) are always kept."""
+    while len(types) > MAX_TYPES:
+        custom = [k for k in types if not isinstance(k, int)]
+        if not custom:
+            return
+        oldest = min(custom, key=lambda k: (types[k][1], types[k][0], str(k)))
+        cnt, last = types.pop(oldest)
+        other = types.setdefault(0, [0, 0])
+        other[0] += cnt
+        other[1] = max(other[1], last)
+
+
+def bound_channels(channels: dict[str, int]) -> None:
+    """At most `MAX_CHANNELS` channels: the ones seen longest ago go."""
+    if len(channels) > MAX_CHANNELS:
+        keep = sorted(channels.items(), key=lambda kv: (-kv[1], kv[0]))[:MAX_CHANNELS]
+        channels.clear()
+        channels.update(keep)
+
+
+def _type_view(types: Mapping[Any, list[int]]) -> dict[str, dict[str, int]]:
+    out: dict[str, dict[str, int]] = {}
+    for k, (c, last) in types.items():
+        name = CODE_NAMES.get(k, "other") if isinstance(k, int) else str(k)
+        if (seen := out.get(name)) is not None:  # a custom type named "other", and code 0
+            seen["count"] += c
+            seen["last"] = max(seen["last"], last * 1000)
+        else:
+            out[name] = {"count": c, "last": last * 1000}
+    return out
 
 
 def _push_front(lst: list[str], value: str, cap: int) -> None:
@@ -267,14 +373,16 @@ def apply_event(p: Profile, event: Mapping[str, Any], cfg: AffinityConfig) -> bo
     stat = p.types.get(tkey)
     if stat is None:
         p.types[tkey] = [1, t]
+        bound_types(p.types)
     else:
         stat[0] += 1
         stat[1] = max(stat[1], t)
     if ch := event.get("channel"):
         p.channels[ch] = max(p.channels.get(ch, 0), t)
+        bound_channels(p.channels)
     traits = (event.get("props") or {}).get("traits") if etype == "identify" else None
     if isinstance(traits, dict):
-        p.traits.update({str(k)[:64]: v for k, v in list(traits.items())[:32]})
+        set_traits(p.traits, traits)
 
     things = _item_credits(event)
     _update_lists(p, etype, event, things, cfg)
@@ -283,30 +391,33 @@ def apply_event(p: Profile, event: Mapping[str, Any], cfg: AffinityConfig) -> bo
     if w and things:
         if not p.landmark:
             p.landmark = t
-        if max(cfg.rate(d) for d in DIMENSIONS) * (t - p.landmark) > RESCALE_EXPONENT:
+        if cfg.max_rate * (t - p.landmark) > RESCALE_EXPONENT:
             _rescale(p, t, cfg)
         touched: tuple[set[str], ...] = (set(), set(), set(), set())
-        boost = {d: math.exp(cfg.rate(d) * (t - p.landmark)) for d in DIMENSIONS}
+        dt = t - p.landmark
+        r_cat, r_brand, r_tag, r_item = cfg.rates
+        b_cat, b_brand, b_tag, b_item = (w * math.exp(r_cat * dt), w * math.exp(r_brand * dt),
+                                         w * math.exp(r_tag * dt), w * math.exp(r_item * dt))
         cat_t, brand_t, tag_t, item_t = p.aff
-        for thing in things:
-            amount = w
+        af = cfg.ancestor_factor
+        for thing in things[:MAX_THINGS]:
             item_t_key = thing.get("id")
             if item_t_key:
-                _credit(item_t, item_t_key, code, amount * boost["item"], touched[3])
+                _credit(item_t, item_t_key, code, b_item, touched[3])
             if brand := thing.get("brand"):
-                _credit(brand_t, brand.lower(), code, amount * boost["brand"], touched[1])
-            for tag in thing.get("tags") or ():
-                _credit(tag_t, tag.lower(), code, amount * boost["tag"], touched[2])
-            for path in thing.get("categories") or ():
-                chain = category_ancestors(path.lower())
+                _credit(brand_t, brand.lower(), code, b_brand, touched[1])
+            for tag in (thing.get("tags") or ())[:MAX_TAGS]:
+                _credit(tag_t, tag.lower(), code, b_tag, touched[2])
+            for path in (thing.get("categories") or ())[:MAX_CATEGORIES]:
                 factor = 1.0
-                for node in reversed(chain):
-                    _credit(cat_t, node, code, amount * factor * boost["category"], touched[0])
-                    factor *= cfg.ancestor_factor
-                    if factor == 0:
+                for node in _chain(path):
+                    _credit(cat_t, node, code, b_cat * factor, touched[0])
+                    factor *= af
+                    if factor < MIN_ANCESTOR_FACTOR:
                         break
-        for dim, table, keys in zip(DIMENSIONS, p.aff, touched, strict=True):
-            _prune(table, cfg.max_keys[dim], keys)
+        for table, cap, keys in zip(p.aff, cfg.caps, touched, strict=True):
+            if len(table) > cap:
+                _prune(table, cap, keys)
     return True
 
 
@@ -357,9 +468,13 @@ def merge(into: Profile, other: Profile, cfg: AffinityConfig) -> None:
         mine = into.types.setdefault(k, [0, 0])
         mine[0] += cnt
         mine[1] = max(mine[1], last)
+    bound_types(into.types)
     for ch, last in other.channels.items():
         into.channels[ch] = max(into.channels.get(ch, 0), last)
-    into.traits = {**other.traits, **into.traits}
+    bound_channels(into.channels)
+    into.traits = {**other.traits, **into.traits}  # the known user's win, and are kept first
+    for key in list(into.traits)[: max(0, len(into.traits) - MAX_TRAITS)]:
+        del into.traits[key]
     into.segments = sorted(set(into.segments) | set(other.segments))
     into.aliases = list(dict.fromkeys(into.aliases + other.aliases))[:32]
     for part, (off, ms) in other.marks.items():
@@ -395,10 +510,7 @@ def view(
                 }
             rows.append(row)
         affinities[dim] = rows
-    types = {
-        (CODE_NAMES[k] if isinstance(k, int) else k): {"count": c, "last": last * 1000}
-        for k, (c, last) in p.types.items()
-    }
+    types = _type_view(p.types)
     return {
         "user_id": p.user_id,
         "event_count": p.event_count,
@@ -416,32 +528,23 @@ def view(
     }
 
 
-class DecayedAffinities(Mapping[str, Mapping[str, float]]):
-    """`{dimension: {key: current score}}` of one profile, each dimension computed when it is
-    first read: a decision's rules and templates usually read one or two of the four."""
+class _Affinities(Mapping[str, dict[str, float]]):
+    """`{dim: {key: current score}}`, each dimension computed on first read."""
 
     __slots__ = ("_p", "_t", "_cfg", "_done")
 
-    def __init__(self, p: Profile, now_ms: int, cfg: AffinityConfig) -> None:
-        self._p = p
-        self._t = now_ms / 1000.0 - p.landmark
-        self._cfg = cfg
+    def __init__(self, p: Profile, t: float, cfg: AffinityConfig) -> None:
+        self._p, self._t, self._cfg = p, t, cfg
         self._done: dict[str, dict[str, float]] = {}
 
     def __getitem__(self, dim: str) -> dict[str, float]:
-        hit = self._done.get(dim)
-        if hit is not None:
-            return hit
-        if dim not in DIMENSIONS:
-            raise KeyError(dim)
-        table = self._p.aff[DIMENSIONS.index(dim)]
-        if table:
-            f = math.exp(-self._cfg.rate(dim) * self._t)
-            out = {k: sum(v[1::2]) * f for k, v in table.items()}
-        else:
-            out = {}
-        self._done[dim] = out
-        return out
+        got = self._done.get(dim)
+        if got is None:
+            i = _DIM_INDEX[dim]  # KeyError for an unknown dimension, as a dict would
+            table = self._p.aff[i]
+            f = math.exp(-self._cfg.rates[i] * self._t) if table else 0.0
+            got = self._done[dim] = {k: sum(v[1::2]) * f for k, v in table.items()}
+        return got
 
     def __iter__(self) -> Iterator[str]:
         return iter(DIMENSIONS)
@@ -452,9 +555,9 @@ class DecayedAffinities(Mapping[str, Mapping[str, float]]):
 
 def rules_view(p: Profile, now_ms: int, cfg: AffinityConfig) -> dict[str, Any]:
     """The profile as rules see it, cheaply: affinities as `{dim: {key: current score}}`
-    (no sorting, no rounding; each dimension computed when first read), the rest as in
-    `view`. Evaluated for every applied event and every decision."""
-    affinities = DecayedAffinities(p, now_ms, cfg)
+    (no sorting, no rounding; a dimension is computed when a rule or template first reads it),
+    the rest as in `view`. Evaluated for every profile a batch changes."""
+    affinities = _Affinities(p, now_ms / 1000.0 - p.landmark, cfg)
     return {
         "user_id": p.user_id,
         "event_count": p.event_count,
@@ -464,8 +567,7 @@ def rules_view(p: Profile, now_ms: int, cfg: AffinityConfig) -> dict[str, Any]:
         "recent_items": p.recent,
         "cart": p.cart,
         "purchased": p.purchased,
-        "types": {(CODE_NAMES[k] if isinstance(k, int) else k): {"count": c, "last": last * 1000}
-                  for k, (c, last) in p.types.items()},
+        "types": _type_view(p.types),
         "segments": p.segments,
         "traits": p.traits,
         "channels": {k: v * 1000 for k, v in p.channels.items()},
@@ -494,21 +596,23 @@ def reference_scores(
         if not w:
             continue
         decay = math.exp(-lam * (now_ms - ev["ts"] // 1000 * 1000) / 1000.0)
-        for thing in _item_credits(ev):
+        for thing in _item_credits(ev)[:MAX_THINGS]:
             keys: list[tuple[str, float]] = []
             if dim == "item" and thing.get("id"):
                 keys.append((thing["id"], 1.0))
             elif dim == "brand" and thing.get("brand"):
                 keys.append((thing["brand"].lower(), 1.0))
             elif dim == "tag":
-                keys.extend((t.lower(), 1.0) for t in thing.get("tags") or ())
+                keys.extend((t.lower(), 1.0) for t in (thing.get("tags") or ())[:MAX_TAGS])
             elif dim == "category":
-                for path in thing.get("categories") or ():
-                    chain = category_ancestors(path.lower())
+                for path in (thing.get("categories") or ())[:MAX_CATEGORIES]:
+                    chain = list(reversed(category_ancestors(path.lower())))[:MAX_DEPTH]
                     factor = 1.0
-                    for node in reversed(chain):
+                    for node in chain:
                         keys.append((node, factor))
                         factor *= cfg.ancestor_factor
+                        if factor < MIN_ANCESTOR_FACTOR:
+                            break
             for key, factor in keys:
                 out[key] = out.get(key, 0.0) + w * factor * decay
     return out

@@ -21,7 +21,13 @@ class WorkerMeter:
     window_s: float = 10.0
     applied_total: int = 0
     duplicates_total: int = 0
-    bad_records: int = 0
+    bad_records: int = 0  # records skipped: unreadable, or failing to apply on their own
+    bad_events: int = 0  # events skipped inside readable records: they do not fit the spec
+    unstored_total: int = 0  # counted in the traffic only (consent declined, erased profiles)
+    dropped_ops_total: int = 0  # table changes past some event's op budget
+    fenced_total: int = 0  # batches a fence refused (a newer owner, a Redis that rolled back)
+    store_full: bool = False  # Redis refused the last attempt for lack of memory
+    store_full_retries_total: int = 0
     offsets: dict[tuple[str, int], int] = field(default_factory=dict)
     _applied: deque[tuple[float, int]] = field(default_factory=deque)
     _fresh: deque[tuple[float, float]] = field(default_factory=lambda: deque(maxlen=20_000))
@@ -50,6 +56,12 @@ class WorkerMeter:
             "applied_total": self.applied_total,
             "duplicates_total": self.duplicates_total,
             "bad_records": self.bad_records,
+            "bad_events": self.bad_events,
+            "unstored_total": self.unstored_total,
+            "dropped_ops_total": self.dropped_ops_total,
+            "fenced_total": self.fenced_total,
+            "store_full": int(self.store_full),
+            "store_full_retries_total": self.store_full_retries_total,
             "freshness_p50_ms": round(quantile(ages, 0.5) * 1000, 2),
             "freshness_p99_ms": round(quantile(ages, 0.99) * 1000, 2),
         }

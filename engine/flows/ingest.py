@@ -15,10 +15,12 @@ from typing import Any
 from engine import metrics
 from engine.eventlog import EventLog, LogUnavailable, group_by_visitor
 from engine.flows.access import Access
+from engine.flows.health import WriteGate
 from engine.flows.stats import LiveStats
 from engine.logic import events as spec
 from engine.logic import trust
 from engine.logic.access import Principal
+from engine.logic.memory import describe
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,11 +33,12 @@ class Unavailable:
 
 class Ingest:
     def __init__(self, log: EventLog, live: LiveStats, retry_after_s: int,
-                 access: Access) -> None:
+                 access: Access, gate: WriteGate | None = None) -> None:
         self.log = log
         self.live = live
         self.retry_after_s = retry_after_s
         self.access = access
+        self.gate = gate
 
     def screen(self, raw: Sequence[Any], now_ms: int, who: Principal
                ) -> tuple[list[spec.Event], list[dict[str, Any]]]:
@@ -63,7 +66,12 @@ class Ingest:
         return None
 
     async def append(self, good: Sequence[spec.Event]) -> Unavailable | None:
-        """Append validated events to the log; None once the broker acknowledged them."""
+        """Append validated events to the log; None once the broker acknowledged them.
+        Nothing is appended while Redis is too full for the stream to apply it."""
+        if self.gate is not None and self.gate.full:
+            metrics.STORE_FULL_REFUSALS.inc()
+            state = f" ({describe(self.gate.state)})" if self.gate.state else ""
+            return Unavailable(f"the state store is full{state}; retry later", self.retry_after_s)
         start = time.perf_counter()
         try:
             await self.log.append(group_by_visitor(good))

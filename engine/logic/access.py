@@ -38,6 +38,7 @@ class Scope(StrEnum):
     CAMPAIGNS_WRITE = "campaigns:write"
     DM = "dm"  # a partner's distributed-marketing API (scoped to one partner)
     DM_BRAND = "dm:brand"  # the brand's side: templates, releases, approvals, results
+    DM_CONTACTS = "dm:contacts"  # the partners' contacts' e-mail addresses, for the brand
     METRICS = "metrics"
 
 
@@ -115,6 +116,11 @@ class Policy:
     session: bool = True  # a signed-in user may call it (with the role's scopes)
     signed_in: bool = False  # any signed-in user, whatever the role (sign out, own password)
     identify: bool = False  # with `open`: anybody, but tell the route who is signed in
+    # the key may also travel in the request's body (Segment's `writeKey`: iOS and Android
+    # send no Authorization header). With no credential in the headers or the URL the gate
+    # lets the request on as *pending*: the route reads the key from the body and has the
+    # gate check it (same checks, same answers); until it does, the route cannot answer 2xx
+    body_key: bool = False
 
     def describe(self) -> str:
         if self.open:
@@ -124,7 +130,8 @@ class Policy:
         if self.signed_in:
             return "a signed-in user"
         who = " or ".join(sorted(self.scopes))
-        return f"{'public key, ' if self.public else ''}{who}"
+        body = " (the key in the header or the body)" if self.body_key else ""
+        return f"{'public key, ' if self.public else ''}{who}{body}"
 
 
 OPEN = Policy(open=True)
@@ -133,8 +140,9 @@ SIGNED_IN = Policy(signed_in=True)
 METRICS = Policy(metrics=True)
 
 
-def needs(*scopes: str, public: bool = False, page: bool = False, session: bool = True) -> Policy:
-    return Policy(frozenset(scopes), public=public, page=page, session=session)
+def needs(*scopes: str, public: bool = False, page: bool = False, session: bool = True,
+          body_key: bool = False) -> Policy:
+    return Policy(frozenset(scopes), public=public, page=page, session=session, body_key=body_key)
 
 
 @dataclass(frozen=True, slots=True)

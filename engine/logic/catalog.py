@@ -21,7 +21,9 @@ MAX_PER_REQUEST = 1000
 _Id = Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
 _Name = Annotated[str, msgspec.Meta(min_length=1, max_length=256)]
 _Paths = Annotated[list[_Name], msgspec.Meta(max_length=32)]
-_Url = Annotated[str, msgspec.Meta(max_length=2048, pattern=r"^(https?://|/)")]
+# http(s) or a path on the shop's own host; never protocol-relative (`//evil.example`, or
+# `/\evil.example`, which browsers read the same way)
+_Url = Annotated[str, msgspec.Meta(max_length=2048, pattern=r"^(https?://|/(?![/\\]))")]
 
 
 class CatalogItem(msgspec.Struct, omit_defaults=True, forbid_unknown_fields=True):
@@ -52,7 +54,10 @@ def _humanise(exc: msgspec.ValidationError) -> tuple[str, str]:
     text = str(exc)
     if " - at `$." in text:
         reason, _, where = text.partition(" - at `$.")
-        return where.rstrip("`"), reason
+        field = where.rstrip("`")
+        if field in ("url", "image") and "matching regex" in reason:
+            reason = "must be an http(s) URL or a path on this site (/…, never //host)"
+        return field, reason
     if "missing required field" in text and "`" in text:
         return text.split("`")[1], "is required"
     if "unknown field" in text.lower():

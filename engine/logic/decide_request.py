@@ -15,8 +15,6 @@ import msgspec
 from engine.logic import events as spec
 
 MAX_ZONES = 20
-_json_any = msgspec.json.Decoder()
-_mp_any = msgspec.msgpack.Decoder()
 
 
 class RequestError(Exception):
@@ -54,15 +52,9 @@ def parse_zones(raw: Any, field: str = "context.zones") -> list[str]:
 
 def parse_request(body: bytes, mtype: str) -> dict[str, Any]:
     try:
-        if mtype in ("application/msgpack", "application/x-msgpack", "application/vnd.msgpack"):
-            doc = _mp_any.decode(body)
-        elif mtype in ("application/json", "text/plain", ""):
-            doc = _json_any.decode(body)
-        else:
-            raise RequestError(415, "content-type",
-                               "must be application/json, text/plain or application/msgpack")
-    except (msgspec.DecodeError, ValueError, UnicodeDecodeError) as exc:
-        raise RequestError(400, "body", f"is not valid JSON or msgpack ({exc})") from None
+        doc = spec.decode_any(body, mtype)
+    except spec.BodyError as exc:
+        raise RequestError(exc.status, exc.field, exc.reason) from None
     if not isinstance(doc, dict):
         raise RequestError(400, "body", "must be an object with visitor_id and context")
     vid = _id(doc, "visitor_id", True)
@@ -74,6 +66,8 @@ def parse_request(body: bytes, mtype: str) -> dict[str, Any]:
     context = {} if context is None else context
     if not isinstance(context, dict):
         raise RequestError(400, "context", "must be an object")
+    if spec.nesting_depth(context, spec.MAX_DEPTH) > spec.MAX_DEPTH:
+        raise RequestError(400, "context", f"must not nest more than {spec.MAX_DEPTH} levels deep")
     try:
         size = len(msgspec.json.encode(context))
     except TypeError:  # msgpack can carry what JSON cannot: a nil or array key, an ext value

@@ -19,6 +19,13 @@ MAX_EVENTS_PER_REQUEST = 500
 MAX_BODY_BYTES = 1 << 20
 MAX_PROPS_BYTES = 4096
 MAX_CONTEXT_BYTES = 4096
+# Amplifiers: what one event may carry, so that the work it causes downstream (profile
+# credits, reco tables, live counters) is bounded per event (docs/security-bounds.md).
+MAX_LINES = 100  # cart or order lines in `items`
+MAX_CATEGORIES = 8  # category paths per item or line
+MAX_PATH_DEPTH = 8  # levels of one category path ("a/b/c" has 3)
+MAX_TAGS = 32
+MAX_DEPTH = 8  # nesting of `props` and `context` (an object holding only scalars is 1)
 FUTURE_TOLERANCE_MS = 24 * 3600 * 1000
 MIN_TS_MS = 946_684_800_000  # 2000-01-01: anything older is a unit mistake, not a real event
 
@@ -39,8 +46,12 @@ REACTION_TYPES = frozenset({"impression", "click", "dismiss", "conversion"})
 
 _Id = Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
 _Name = Annotated[str, msgspec.Meta(min_length=1, max_length=256)]
-_Type = Annotated[str, msgspec.Meta(min_length=1, max_length=64, pattern=r"^[A-Za-z][A-Za-z0-9_.:-]*$")]
-_Paths = Annotated[list[_Name], msgspec.Meta(max_length=32)]
+_NAME_PATTERN = r"^[A-Za-z][A-Za-z0-9_.:-]*$"
+_Type = Annotated[str, msgspec.Meta(min_length=1, max_length=64, pattern=_NAME_PATTERN)]
+_Channel = Annotated[str, msgspec.Meta(min_length=1, max_length=32, pattern=_NAME_PATTERN)]
+_Categories = Annotated[list[_Name], msgspec.Meta(max_length=MAX_CATEGORIES)]
+_Paths = Annotated[list[_Name], msgspec.Meta(max_length=MAX_TAGS)]
+_UserHash = Annotated[str, msgspec.Meta(pattern=r"^[0-9a-fA-F]{64}$")]
 _Price = Annotated[float, msgspec.Meta(ge=0, le=1e12)]
 
 
@@ -48,7 +59,7 @@ class Item(msgspec.Struct, omit_defaults=True):
     """An item the event is about: a product, an article, an offer."""
 
     id: _Id
-    categories: _Paths | None = None
+    categories: _Categories | None = None
     brand: _Name | None = None
     tags: _Paths | None = None
     price: _Price | None = None
@@ -61,7 +72,7 @@ class Line(msgspec.Struct, omit_defaults=True):
     id: _Id
     quantity: Annotated[int, msgspec.Meta(ge=1, le=100_000)] = 1
     price: _Price | None = None
-    categories: _Paths | None = None
+    categories: _Categories | None = None
     brand: _Name | None = None
 
 
@@ -72,16 +83,16 @@ class Event(msgspec.Struct, omit_defaults=True):
     type: _Type
     visitor_id: _Id
     user_id: _Id | None = None
-    channel: Annotated[str, msgspec.Meta(min_length=1, max_length=32)] | None = None
+    # HMAC-SHA256(identity secret, user_id) as hex, computed by the site's own server: what a
+    # public key needs to name a user_id (engine/logic/trust.py verifies it); never stored
+    user_hash: _UserHash | None = None
+    channel: _Channel | None = None
     ts: int | str | None = None
     item: Item | None = None
-    items: Annotated[list[Line], msgspec.Meta(max_length=200)] | None = None
+    items: Annotated[list[Line], msgspec.Meta(max_length=MAX_LINES)] | None = None
     context: dict[str, Any] | None = None
     props: dict[str, Any] | None = None
     decision_id: Annotated[str, msgspec.Meta(min_length=1, max_length=128)] | None = None
-    # HMAC-SHA256(identity secret, user_id) in hex, computed by the site's own server: what a
-    # public key needs to name a user_id (engine/logic/trust.py); never stored
-    user_hash: Annotated[str, msgspec.Meta(pattern=r"^[0-9a-fA-F]{64}$")] | None = None
     received_at: int | None = None
 
 
@@ -142,6 +153,8 @@ def _humanise(exc: msgspec.ValidationError | msgspec.DecodeError) -> tuple[str, 
             return path, f"must have at most {rest.rsplit(' ', 1)[-1]} {unit}" if unit == "entries" else f"must be at most {rest.rsplit(' ', 1)[-1]} {unit}"
         if rest.startswith("of length >= "):
             return path, "must not be empty"
+        if rest.startswith("matching regex") and path == "user_hash":
+            return path, "must be 64 hexadecimal characters (HMAC-SHA256 of the user_id)"
         if rest.startswith("matching regex"):
             return path, "must start with a letter and use only letters, digits and _ . : -"
         if rest.startswith((">", "<")):
@@ -179,6 +192,36 @@ def _json_size(value: Any) -> int:
     return len(msgspec.json.encode(value))
 
 
+def nesting_depth(value: Any, limit: int) -> int:
+    """How deep arrays and objects nest in `value` (a scalar is 0, `{"a": 1}` is 1), without
+    recursion; stops counting once past `limit` (the answer is then `limit + 1`)."""
+    depth = 0
+    stack = [(value, 1)]
+    while stack:
+        v, d = stack.pop()
+        children = v.values() if isinstance(v, dict) else v if isinstance(v, list | tuple) else None
+        if children is None:
+            continue
+        if d > limit:
+            return limit + 1
+        depth = max(depth, d)
+        stack.extend((c, d + 1) for c in children if isinstance(c, dict | list | tuple))
+    return depth
+
+
+def _deep_path(ev: Event) -> tuple[str, str] | None:
+    """The first category path with more than MAX_PATH_DEPTH levels, as an error."""
+    things: list[Item | Line] = ([ev.item] if ev.item is not None else []) + list(ev.items or ())
+    for n, thing in enumerate(things):
+        for j, path in enumerate(thing.categories or ()):
+            if sum(1 for part in path.split("/") if part) > MAX_PATH_DEPTH:
+                where = "item" if ev.item is not None and n == 0 else \
+                    f"items[{n - (1 if ev.item is not None else 0)}]"
+                return (f"{where}.categories[{j}]",
+                        f"must have at most {MAX_PATH_DEPTH} levels (a/b/c has 3)")
+    return None
+
+
 def check_event(ev: Event, now_ms: int) -> tuple[str, str] | None:
     """Checks msgspec's types cannot express. Normalises `ts` in place; returns an error or None."""
     if ev.ts is None:
@@ -189,13 +232,16 @@ def check_event(ev: Event, now_ms: int) -> tuple[str, str] | None:
         except ValueError as exc:
             return "ts", str(exc)
     ev.received_at = now_ms
+    for name, value in (("props", ev.props), ("context", ev.context)):
+        if value is not None and nesting_depth(value, MAX_DEPTH) > MAX_DEPTH:
+            return name, f"must not nest more than {MAX_DEPTH} levels deep"
     if ev.props is not None and _json_size(ev.props) > MAX_PROPS_BYTES:
         return "props", f"must be at most {MAX_PROPS_BYTES} bytes as JSON"
     if ev.context is not None and _json_size(ev.context) > MAX_CONTEXT_BYTES:
         return "context", f"must be at most {MAX_CONTEXT_BYTES} bytes as JSON"
     if ev.type in REACTION_TYPES and ev.type != "conversion" and ev.decision_id is None:
         return "decision_id", f"is required for {ev.type} events"
-    return None
+    return _deep_path(ev)
 
 
 _json_event = msgspec.json.Decoder(Event)
@@ -225,29 +271,44 @@ def _unwrap(doc: Any) -> list[Any]:
     return events
 
 
-def decode_body(body: bytes, media_type: str) -> list[Any]:
-    """Parse a request body into a list of raw (unvalidated) events."""
-    if len(body) > MAX_BODY_BYTES:
-        raise BodyError(413, "body", f"must be at most {MAX_BODY_BYTES} bytes")
-    if media_type in ("application/msgpack", "application/x-msgpack", "application/vnd.msgpack"):
-        try:
-            doc = _mp_any.decode(body)
-        except (msgspec.DecodeError, ValueError) as exc:
-            raise BodyError(400, "body", f"is not valid msgpack ({exc})") from None
-    elif media_type in ("application/json", "text/plain", ""):
+MSGPACK_TYPES = ("application/msgpack", "application/x-msgpack", "application/vnd.msgpack")
+JSON_TYPES = ("application/json", "text/plain", "")
+TOO_DEEP = "nests too deeply"
+
+
+def decode_any(body: bytes, media_type: str) -> Any:
+    """A JSON or msgpack body as plain objects; BodyError (400, 415) names what is wrong.
+
+    msgspec raises RecursionError (not a decode error) on very deep input (~1,000 levels):
+    that is a 400 too. Below it, only the free-form fields (`props`, `context`) may nest, and
+    `check_event` bounds them; unknown fields are dropped by the typed conversion."""
+    decoder: msgspec.msgpack.Decoder[Any] | msgspec.json.Decoder[Any]
+    if media_type in MSGPACK_TYPES:
+        kind, decoder = "msgpack", _mp_any
+    elif media_type in JSON_TYPES:
+        kind, decoder = "JSON", _json_any
         try:
             body.decode("utf-8")
         except UnicodeDecodeError as exc:
             raise BodyError(400, "body", f"is not valid UTF-8 (byte {exc.start})") from None
-        try:
-            doc = _json_any.decode(body)
-        except msgspec.DecodeError as exc:
-            raise BodyError(400, "body", f"is not valid JSON ({exc})") from None
     else:
         raise BodyError(
             415, "content-type", "must be application/json, text/plain or application/msgpack"
         )
-    return _unwrap(doc)
+    try:
+        doc = decoder.decode(body)
+    except RecursionError:
+        raise BodyError(400, "body", TOO_DEEP) from None
+    except (msgspec.DecodeError, ValueError) as exc:
+        raise BodyError(400, "body", f"is not valid {kind} ({exc})") from None
+    return doc
+
+
+def decode_body(body: bytes, media_type: str) -> list[Any]:
+    """Parse a request body into a list of raw (unvalidated) events."""
+    if len(body) > MAX_BODY_BYTES:
+        raise BodyError(413, "body", f"must be at most {MAX_BODY_BYTES} bytes")
+    return _unwrap(decode_any(body, media_type))
 
 
 def validate(raw_events: Iterable[Any], now_ms: int) -> tuple[list[Event], list[Rejection]]:
@@ -272,6 +333,9 @@ def validate_indexed(raw_events: Iterable[Any], now_ms: int
         except msgspec.ValidationError as exc:
             field, reason = _humanise(exc)
             bad.append(Rejection(i, field, reason))
+            continue
+        except RecursionError:
+            bad.append(Rejection(i, "event", f"must not nest more than {MAX_DEPTH} levels deep"))
             continue
         err = check_event(ev, now_ms)
         if err is not None:

@@ -22,6 +22,15 @@ from typing import Any
 
 WINDOW_S = 900  # seconds of merged counters each API process keeps
 SECOND_TTL_MS = 3_600_000  # how long a second's counters live in Redis
+# Types and channels are named by clients: each second keeps its `KEEP_PER_SECOND` biggest per
+# dimension (the rest summed as "other"), and a snapshot names the window's `TOP_N` biggest in
+# its rates and `TOP_SERIES` in its series, so neither memory nor a snapshot grows with the
+# names sent (the dashboard draws 7 and "other").
+NAMED = ("t:", "c:")
+OTHER = "other"
+KEEP_PER_SECOND = 32
+TOP_N = 16
+TOP_SERIES = 8
 
 # bucket i covers [BASE·R^i, BASE·R^(i+1)) seconds; 0.02 ms .. ~100 s in 180 buckets
 _BASE = 2e-5
@@ -97,6 +106,31 @@ def by_prefix(counts: Mapping[str, int], prefix: str) -> dict[str, int]:
     return {k[len(prefix):]: int(v) for k, v in counts.items() if k.startswith(prefix)}
 
 
+def fold(counts: Mapping[str, int], prefix: str, keep: int | set[str]) -> dict[str, int]:
+    """The `prefix` counters of `counts` (names without the prefix), only the `keep` biggest
+    (or the names in the set `keep`) by name, the rest summed as "other"."""
+    named = by_prefix(counts, prefix)
+    if isinstance(keep, int):
+        if len(named) <= keep:
+            return named
+        top = sorted(named.items(), key=lambda kv: (-kv[1], kv[0]))
+        kept, rest = dict(top[:keep]), top[keep:]
+    else:
+        kept = {k: v for k, v in named.items() if k in keep}
+        rest = [(k, v) for k, v in named.items() if k not in keep]
+    if rest:
+        kept[OTHER] = kept.get(OTHER, 0) + sum(v for _, v in rest)
+    return kept
+
+
+def bounded(counts: Mapping[str, int], keep: int = KEEP_PER_SECOND) -> Counter[str]:
+    """One second's counters with at most `keep` names (+ "other") per client-named dimension."""
+    out: Counter[str] = Counter({k: v for k, v in counts.items() if not k.startswith(NAMED)})
+    for prefix in NAMED:
+        out.update({prefix + k: v for k, v in fold(counts, prefix, keep).items()})
+    return out
+
+
 def human_rate(per_s: float) -> str:
     """1234 -> '1.2k/s' (what the dashboard shows)."""
     for unit, div in (("M", 1e6), ("k", 1e3)):
@@ -123,7 +157,7 @@ class LiveWindow:
     def update(self, read: Sequence[int], counters: Sequence[Counter[str]],
                workers: Mapping[str, Any]) -> None:
         """Replace the seconds `read` (consecutive, as `to_read` gave them) with what was read."""
-        fresh = dict(zip(read, counters, strict=True))
+        fresh = dict(zip(read, (bounded(c) for c in counters), strict=True))
         kept = [(s, c) for s, c in self.seconds if s < read[0]]
         merged = kept + sorted(fresh.items())
         self.seconds = deque(merged[-self.keep_s:], maxlen=self.keep_s)
@@ -135,6 +169,8 @@ class LiveWindow:
         series = [(s, c) for s, c in self.seconds if last - window < s <= last]
         total = merge(c for _, c in series)
         per_s = max(1, len(series)) if series else 1
+        top = {p: set(fold(total, p, TOP_N)) - {OTHER} for p in NAMED}
+        shown = {p: set(fold(total, p, TOP_SERIES)) - {OTHER} for p in NAMED}
         decide = histogram(total, "route:/v1/decide")
         ingest = histogram(total, "route:/v1/events")
         live = {w: s for w, s in self.workers.items() if now - float(s.get("ts", 0)) < 15}
@@ -142,14 +178,14 @@ class LiveWindow:
             "window_s": window,
             "now": int(now * 1000),
             "series": [{"t": s * 1000, "applied": c.get("applied", 0), "accepted": c.get("accepted", 0),
-                        "rejected": c.get("rejected", 0), "by_type": by_prefix(c, "t:"),
-                        "by_channel": by_prefix(c, "c:")} for s, c in series],
+                        "rejected": c.get("rejected", 0), "by_type": fold(c, "t:", shown["t:"]),
+                        "by_channel": fold(c, "c:", shown["c:"])} for s, c in series],
             "rates": {
                 "applied_per_s": total.get("applied", 0) / per_s,
                 "accepted_per_s": total.get("accepted", 0) / per_s,
                 "rejected_per_s": total.get("rejected", 0) / per_s,
-                "by_type": {k: v / per_s for k, v in by_prefix(total, "t:").items()},
-                "by_channel": {k: v / per_s for k, v in by_prefix(total, "c:").items()},
+                "by_type": {k: v / per_s for k, v in fold(total, "t:", top["t:"]).items()},
+                "by_channel": {k: v / per_s for k, v in fold(total, "c:", top["c:"]).items()},
             },
             "latency_ms": {
                 "decide": {"p50": _ms(quantile(decide, 0.5)), "p99": _ms(quantile(decide, 0.99))},

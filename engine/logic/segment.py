@@ -8,16 +8,18 @@ message is rejected with the field that is wrong and the others go on. The table
 becomes what is in docs/segment.md.
 
 Plain data in, plain data out: the receipt time (`now_ms`) is passed in, nothing here does
-I/O or reads a clock. What stays with the caller (the HTTP route):
+I/O or reads a clock. What stays with the callers (engine/routes/segment.py and the tracking
+flow engine/flows/segment.py):
 
-- which key sent the request (`basic_auth_key`, `Parsed.write_key`) and what it may do;
+- which key sent the request (the gate reads HTTP Basic; `write_key` is the body's) and what
+  it may do;
 - the identity rule for public keys: a message naming a `userId` must carry
   `user_hash = HMAC-SHA256(identity secret, userId)`, which travels as
   `context.kairos.user_hash` or `integrations.Kairos.user_hash` (`Message.user_hash`);
-  this module returns the user id and the hash, the route checks them and takes the
-  messages that fail out with `refuse` (the others go on);
+  `with_user_hash` hands it to the trust rules (engine/logic/trust.py), `trust_refusal` names
+  their refusals in Segment's words, and `refuse` takes those messages out (the others go on);
 - decisions: a `page` / `screen` carrying `context.kairos.zones` asks for them
-  (`Message.zones`); the route calls decide;
+  (`Message.zones`); the flow calls decide;
 - appending the events to the log and the answer (`answer`).
 """
 
@@ -57,6 +59,21 @@ ENDPOINTS: Mapping[str, str | None] = {
     "group": "group", "g": "group",
 }
 MESSAGE_TYPES = frozenset({"track", "page", "screen", "identify", "alias", "group"})
+# Where the endpoints are mounted: /v1/<endpoint> as Segment's own host has them, and the same
+# under /segment/v1 for SDKs that take a host and a path (analytics-swift, analytics-kotlin)
+PREFIXES = ("/v1", "/segment/v1")
+METRICS_ENDPOINT = "m"  # analytics-next's own counters (<apiHost>/m): taken and dropped
+
+
+def api_paths() -> list[tuple[str, str]]:
+    """(path, endpoint) of every tracking endpoint under every prefix."""
+    return [(f"{prefix}/{name}", name) for prefix in PREFIXES for name in ENDPOINTS]
+
+
+def is_api_path(path: str) -> bool:
+    """Whether `path` is one of the Segment endpoints (their metrics one included)."""
+    prefix, _, name = path.rpartition("/")
+    return prefix in PREFIXES and (name in ENDPOINTS or name == METRICS_ENDPOINT)
 
 # A message with a userId and no anonymousId (what server libraries send) still needs a
 # visitor id in Kairos: it gets "u:<userId>". No client-made anonymousId may take that form
@@ -196,13 +213,13 @@ def parse(doc: Any, *, endpoint: str, now_ms: int) -> Parsed:
         raise spec.BodyError(404, "path", f"/{endpoint} is not a Segment endpoint")
     if not isinstance(doc, dict):
         raise spec.BodyError(400, "body", "must be a JSON object")
-    write_key = _write_key(doc)
+    key = write_key(doc)
     if kind is not None:
         try:
             msg = parse_message(doc, now_ms=now_ms, kind=kind)
         except MessageError as exc:
-            return Parsed([], [spec.Rejection(0, exc.field, exc.reason)], write_key)
-        return Parsed([msg], [], write_key)
+            return Parsed([], [spec.Rejection(0, exc.field, exc.reason)], key)
+        return Parsed([msg], [], key)
     batch = doc.get("batch")
     if not isinstance(batch, list):
         raise spec.BodyError(400, "batch", "is required and must be an array of messages")
@@ -217,7 +234,7 @@ def parse(doc: Any, *, endpoint: str, now_ms: int) -> Parsed:
     if shared_integrations is not None and not isinstance(shared_integrations, dict):
         raise spec.BodyError(400, "integrations", "must be an object")
     sent_at = doc.get("sentAt")
-    out = Parsed(write_key=write_key)
+    out = Parsed(write_key=key)
     for i, raw in enumerate(batch):
         try:
             out.messages.append(parse_message(
@@ -238,6 +255,28 @@ def refuse(parsed: Parsed, refusals: Mapping[int, tuple[str, str]]) -> Parsed:
     moved = [spec.Rejection(m.index, *refusals[m.index]) for m in parsed.messages if m.index in refusals]
     rejected = sorted([*parsed.rejected, *moved], key=lambda r: r.index)
     return Parsed(kept, rejected, parsed.write_key)
+
+
+def with_user_hash(msg: Message) -> spec.Event:
+    """The message's event carrying its `user_hash` (if any), as the trust rules of
+    engine/logic/trust.py read it; they drop it again from every event they let through."""
+    if msg.user_hash is None:
+        return msg.event
+    return msgspec.structs.replace(msg.event, user_hash=msg.user_hash)
+
+
+def trust_refusal(msg: Message, field: str, reason: str) -> tuple[str, str]:
+    """A refusal of the trust rules (named in the event spec's fields) in Segment's words."""
+    if field == "user_hash":
+        return ("context.kairos.user_hash",
+                "must be HMAC-SHA256(identity secret, userId) in hex, computed by your server, "
+                "to send a userId with a public key (or integrations.Kairos.user_hash)")
+    if field == "visitor_id":
+        if msg.event.visitor_id.startswith(USER_VISITOR_PREFIX):
+            return ("anonymousId", "is required with a public key (a message with only a userId "
+                                   "writes to the user's own profile: a secret key's right)")
+        return "anonymousId", reason
+    return _SPEC_TO_SEGMENT.get(field, field), reason
 
 
 def answer(parsed: Parsed) -> tuple[int, dict[str, Any]]:
@@ -773,7 +812,11 @@ def _ident(raw: Mapping[str, Any], name: str) -> str | None:
     return value
 
 
-def _write_key(doc: Mapping[str, Any]) -> str | None:
+def write_key(doc: Any) -> str | None:
+    """The body's `writeKey` (what analytics-swift and analytics-kotlin send instead of an
+    Authorization header), or None."""
+    if not isinstance(doc, dict):
+        return None
     value = doc.get("writeKey")
     return value if isinstance(value, str) and value else None
 

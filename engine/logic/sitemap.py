@@ -33,6 +33,7 @@ __all__ = [
     "SitemapError",
     "beacon_bundle",
     "compile_sitemap",
+    "served_sitemap",
     "load",
 ]
 
@@ -58,6 +59,9 @@ EVENT_TYPES = (
     "click",
 )
 NAME = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
+#: The exit-intent settings the beacon assumes when the served sitemap leaves them out
+#: (sdk_js/src/exit.js EXIT_DEFAULTS, sdk_js/src/config.js).
+EXIT_DEFAULTS: dict[str, Any] = {"enabled": True, "scope": "session", "min_ms": 5000, "idle_ms": 30000}
 SCOPES = ("session", "page")
 #: Python-only regex syntax that JavaScript's RegExp would misread.
 NOT_JS = re.compile(r"\(\?P|\(\?#|\(\?>|\\[AZz]|\(\?[aiLmsux-]+[:)]|[*+?}]\+")
@@ -392,7 +396,7 @@ def _data_layer(c: _Checker, v: Any) -> dict[str, Any] | None:
 def _exit_intent(c: _Checker, v: Any, page_types: set[str]) -> dict[str, Any]:
     path: Path_ = ("exit_intent",)
     m = c.mapping(v, path, ("enabled", "scope", "min_seconds", "idle_seconds", "page_types"))
-    out: dict[str, Any] = {"enabled": True, "scope": "session", "min_ms": 5000, "idle_ms": 30000}
+    out: dict[str, Any] = dict(EXIT_DEFAULTS)
     if m is None:
         return out
     if "enabled" in m:
@@ -475,13 +479,28 @@ def load(path: str | Path) -> dict[str, Any]:
     return compile_sitemap(text, str(p))
 
 
+def served_sitemap(sitemap: dict[str, Any]) -> dict[str, Any]:
+    """What the beacon reads of a compiled sitemap: without what it never looks at (`version`,
+    each page type's `kind`, empty `zones`) nor the exit-intent settings equal to the beacon's
+    own defaults (`EXIT_DEFAULTS`), so that every site downloads fewer bytes."""
+    out = {k: v for k, v in sitemap.items() if k != "version"}
+    out["page_types"] = [{k: v for k, v in pt.items() if k != "kind" and (k != "zones" or v)}
+                         for pt in sitemap.get("page_types", [])]
+    if isinstance(ex := sitemap.get("exit_intent"), dict):
+        out["exit_intent"] = {k: v for k, v in ex.items()
+                              if k not in EXIT_DEFAULTS or EXIT_DEFAULTS[k] != v}
+    return out
+
+
 def beacon_bundle(sitemap: dict[str, Any], beacon_js: bytes) -> tuple[bytes, str]:
     """The body the engine serves at ``GET /sdk/kairos.js``, and its strong ETag.
 
-    ``window.__kairosSitemap=<json>;`` followed by the static beacon bytes. The JSON is ASCII-only
-    and has ``<`` escaped, so it is safe as JavaScript source in any context.
+    ``window.__kairosSitemap=<json>;`` (the `served_sitemap`) followed by the static beacon
+    bytes. The JSON is ASCII-only and has ``<`` escaped, so it is safe as JavaScript source in
+    any context.
     """
-    js = json.dumps(sitemap, separators=(",", ":"), ensure_ascii=True, sort_keys=False)
+    js = json.dumps(served_sitemap(sitemap), separators=(",", ":"), ensure_ascii=True,
+                    sort_keys=False)
     head = ("window.__kairosSitemap=" + js.replace("<", "\\u003c") + ";\n").encode("ascii")
     body = head + beacon_js
     return body, '"' + hashlib.sha256(body).hexdigest()[:32] + '"'

@@ -8,7 +8,11 @@
   time and is accepted after, ``smtp-554-data@x.test`` is refused after the data
   (``-data`` and ``-once`` combine; ``+tag`` is ignored); ``dsn-hard@`` / ``dsn-soft@`` are
   accepted and then bounced with a delivery status notification sent to the envelope sender
-  through ``dsn_relay`` (the bounce listener), as a real relay does hours later.
+  through ``dsn_relay`` (the bounce listener), as a real relay does hours later;
+  ``slow-<ms>@`` is stored at once and answered ``<ms>`` later (a sender that dies meanwhile
+  does not know the message was taken: the in-doubt case).
+  A message whose Message-ID was stored for a recipient already is accepted and not stored
+  again, as mailbox providers collapse duplicate Message-IDs.
 - :class:`BounceHandler` is the listener for bounces sent to VERP addresses: it accepts mail
   only for signed ``bounce+<send>.<mac>@`` addresses, parses DSNs (RFC 3464) and reports
   ``(send id, hard | soft)`` to a callback.
@@ -50,6 +54,7 @@ _KEY_RE = re.compile(r"^[A-Za-z0-9._\\-]{1,255}$")
 _KEY_TIME = re.compile(r"^(\d+)\.M(\d+)")
 _TEST_LOCAL = re.compile(r"^smtp-([45]\d\d)((?:-(?:once|data))*)(?:\+.*)?$", re.IGNORECASE)
 _DSN_LOCAL = re.compile(r"^dsn-(hard|soft)(?:\+.*)?$", re.IGNORECASE)
+_SLOW_LOCAL = re.compile(r"^slow-(\d{1,5})(?:\+.*)?$", re.IGNORECASE)
 _ENHANCED = {550: "5.1.1", 551: "5.1.6", 552: "5.2.2", 553: "5.1.3", 554: "5.7.1",
              450: "4.2.1", 451: "4.3.0", 452: "4.2.2", 421: "4.3.2"}  # fmt: skip
 _TEXT = {550: "mailbox unavailable", 551: "user not local", 552: "mailbox full",
@@ -72,6 +77,7 @@ class OutboxEntry:
     subject: str
     message_id: str
     size: int
+    send_id: str = ""  # X-Kairos-Send: the distributed-marketing send it is
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,6 +98,21 @@ class Outbox:
         for sub in ("tmp", "new", "cur"):
             (self.folder / sub).mkdir(parents=True, exist_ok=True)
         self._box = mailbox.Maildir(str(self.folder), factory=None, create=False)
+        self._delivered: set[tuple[str, str]] | None = None  # (Message-ID, recipient) stored
+
+    def delivered(self, message_id: str, rcpt_to: str) -> bool:
+        """Whether a message with this Message-ID was stored for this recipient already (read
+        from the Maildir once, then kept up to date by `store`)."""
+        if not message_id:
+            return False
+        if self._delivered is None:
+            seen: set[tuple[str, str]] = set()
+            for key in list(self._box.iterkeys()):
+                entry = self._entry(key)
+                if entry is not None and entry.message_id:
+                    seen.add((entry.message_id, entry.to.lower()))
+            self._delivered = seen
+        return (message_id, rcpt_to.lower()) in self._delivered
 
     def store(self, data: bytes, *, mail_from: str, rcpt_to: str, received_at: datetime) -> str:
         """Store one message as delivered to ``rcpt_to``: the final MTA's trace headers
@@ -101,7 +122,12 @@ class Outbox:
             f"Delivered-To: {_clean(rcpt_to)}\r\n"
             f"Received: by kairos-outbox; {format_datetime(received_at)}\r\n"
         ).encode("ascii", "replace")
-        return self._box.add(trace + data)
+        key = self._box.add(trace + data)
+        if self._delivered is not None:
+            mid = _message_id_of(data)
+            if mid:
+                self._delivered.add((mid, _clean(rcpt_to).lower()))
+        return key
 
     def __len__(self) -> int:
         return len(self._box)
@@ -142,6 +168,7 @@ class Outbox:
             subject=str(head.get("Subject", "")),
             message_id=str(head.get("Message-ID", "")),
             size=len(raw),
+            send_id=str(head.get("X-Kairos-Send", "")),
         )
 
     def read(self, key: str) -> OutboxMessage | None:
@@ -179,6 +206,16 @@ class Outbox:
             if msg is not None:
                 out.append(msg)
         return out
+
+
+_MESSAGE_ID = re.compile(rb"^Message-ID:[ \t]*(<[^>\r\n]{1,500}>)", re.IGNORECASE | re.MULTILINE)
+
+
+def _message_id_of(data: bytes) -> str:
+    """The Message-ID of a raw message (a regular expression on the header block: the email
+    package's header parsing costs milliseconds a message)."""
+    m = _MESSAGE_ID.search(data.split(b"\r\n\r\n", 1)[0])
+    return m.group(1).decode("ascii", "replace") if m else ""
 
 
 def _clean(value: str) -> str:
@@ -314,6 +351,7 @@ class OutboxHandler:
         self.clock = clock
         self._answered_once: set[str] = set()
         self._tasks: set[asyncio.Task[None]] = set()
+        self.duplicates = 0  # messages dropped because their Message-ID was stored already
 
     def _answer(self, address: str) -> ForcedAnswer | None:
         if not self.test_mode:
@@ -348,7 +386,14 @@ class OutboxHandler:
         now = self.clock()
         mail_from = envelope.mail_from or ""
         stored: list[tuple[str, str]] = []
+        mid = _message_id_of(data)
         for rcpt in envelope.rcpt_tos:
+            # A message whose Message-ID this recipient has already is the same message again
+            # (a sender that retried after losing our answer): accepted, and not stored twice,
+            # as mailbox providers collapse duplicate Message-IDs.
+            if mid and await asyncio.to_thread(self.outbox.delivered, mid, rcpt):
+                self.duplicates += 1
+                continue
             try:
                 key = await asyncio.to_thread(
                     self.outbox.store, data, mail_from=mail_from, rcpt_to=rcpt, received_at=now
@@ -369,6 +414,10 @@ class OutboxHandler:
                 )
                 self._tasks.add(task)
                 task.add_done_callback(self._tasks.discard)
+        if self.test_mode:
+            delays = [int(m.group(1)) for r in envelope.rcpt_tos if (m := _SLOW_LOCAL.match(r.rpartition("@")[0]))]
+            if delays:
+                await asyncio.sleep(max(delays) / 1000)
         return "250 2.0.0 OK: stored in the outbox"
 
     async def _bounce(self, mail_from: str, rcpt: str, kind: str, data: bytes, now: datetime) -> None:

@@ -23,6 +23,9 @@ from engine.logic.access import NOBODY, Principal
 from engine.services import Services
 
 JSON = "application/json"
+#: The largest body any route takes (the catalog's bulk upsert); engine/api.py `_BodyLimit`
+#: answers 413 past it on every route, while the body streams in.
+MAX_REQUEST_BYTES = 8 * 1024 * 1024
 
 
 def svc(request: Request) -> Services:
@@ -199,3 +202,34 @@ def page(request: Request, template: str, status: int = 200, **ctx: Any) -> Resp
 
 def client_ip(request: Request) -> str:
     return request.client.host if request.client else ""
+
+
+# -- distributed marketing: who acts for which partner -----------------------------------------
+def dm_caller(request: Request) -> Any:
+    """The partner the caller acts for (a partner user, or a secret key tied to a partner) as
+    an `engine.flows.dm.portal.Caller`, or None."""
+    from engine.flows.dm.portal import Caller
+
+    who = principal(request)
+    if not who.partner_id:
+        return None
+    actor = f"user:{who.email}" if who.kind == "user" else f"key:{who.id}"
+    return Caller(who.partner_id, actor, who.id, who.email if who.kind == "user" else None,
+                  client_ip(request))
+
+
+def dm_actor(request: Request) -> tuple[str, str]:
+    """(audit actor, approver id) of a brand-side caller."""
+    who = principal(request)
+    return (f"user:{who.email}" if who.kind == "user" else f"key:{who.id}"), who.id
+
+
+async def body_key(request: Request, key: str | None) -> Principal | Response:
+    """Who calls a route whose policy takes the key in the body (`Policy.body_key`): the
+    gate's principal when the request carried a key in its headers or URL, else `key` (read
+    from the body by the route), checked by the gate (engine/gate.py `PendingKey`): the
+    principal, or the refusal to answer."""
+    pending = getattr(request.state, "pending_key", None)
+    if pending is None:
+        return principal(request)
+    return await pending.settle(key)  # type: ignore[no-any-return]

@@ -11,9 +11,10 @@ from starlette.routing import BaseRoute, Route
 
 from engine.flows.catalog import Catalog
 from engine.logic.catalog import MAX_PER_REQUEST
-from engine.routes import error, json_response, svc
+from engine.logic.events import BodyError
+from engine.routes import MAX_REQUEST_BYTES, error, json_response, read_body, svc
 
-MAX_BODY_BYTES = 8 * 1024 * 1024
+MAX_BODY_BYTES = MAX_REQUEST_BYTES
 
 
 def catalog(request: Request) -> Catalog:
@@ -21,9 +22,10 @@ def catalog(request: Request) -> Catalog:
 
 
 async def post_items(request: Request) -> Response:
-    body = await request.body()
-    if len(body) > MAX_BODY_BYTES:
-        return error(413, "body", f"must be at most {MAX_BODY_BYTES} bytes")
+    try:
+        body = await read_body(request, MAX_BODY_BYTES)  # measured while it streams in
+    except BodyError as exc:
+        return error(exc.status, exc.field, exc.reason)
     try:
         doc: Any = orjson.loads(body)
     except orjson.JSONDecodeError as exc:

@@ -19,14 +19,17 @@ async def readyz(request: Request) -> Response:
     health = svc(request).health
     checks = await health.checks()
     ok = all(v == "ok" for v in checks.values())
+    retry = None if ok else {"Retry-After": str(svc(request).settings.retry_after_s)}
     return json_response({"status": "ready" if ok else "not ready", "checks": checks,
-                          "control_plane": await health.control_plane()}, 200 if ok else 503)
+                          "control_plane": await health.control_plane()},
+                         200 if ok else 503, headers=retry)
 
 
 async def get_metrics(request: Request) -> Response:
     s = svc(request)
     workers = await s.health.workers()
-    return Response(metrics.render(s.metrics_dir, workers), media_type="text/plain; version=0.0.4")
+    return Response(metrics.render(s.metrics_dir, workers) + s.health.store_lines(),
+                    media_type="text/plain; version=0.0.4")
 
 
 async def get_openapi(request: Request) -> Response:

@@ -1,7 +1,7 @@
 """GET /sdk/kairos.js: the browser beacon with the site's compiled sitemap in front of it.
 
 The bundle and its reloading are engine/flows/beacon.py; this adapter adds the caching
-headers and answers If-None-Match.
+headers, answers If-None-Match, and sends the pre-compressed body to browsers that accept gzip.
 """
 
 from __future__ import annotations
@@ -30,16 +30,22 @@ async def get_beacon(request: Request) -> Response:
             status_code=503,
             headers={"Retry-After": "60", "Cache-Control": "no-store"},
         )
+    gz = "gzip" in request.headers.get("accept-encoding", "").lower() and bool(bundle.gzipped)
+    etag = bundle.gzip_etag if gz else bundle.etag
     headers = {
-        "ETag": bundle.etag,
+        "ETag": etag,
         "Cache-Control": CACHE_CONTROL,
         "X-Content-Type-Options": "nosniff",
         "Access-Control-Allow-Origin": "*",
+        "Vary": "Accept-Encoding",
     }
     inm = request.headers.get("if-none-match")
-    if inm and _etag_matches(inm, bundle.etag):
+    if inm and _etag_matches(inm, etag):
         return Response(status_code=304, headers=headers)
-    return Response(bundle.body, media_type="text/javascript; charset=utf-8", headers=headers)
+    if gz:
+        headers["Content-Encoding"] = "gzip"
+    return Response(bundle.gzipped if gz else bundle.body,
+                    media_type="text/javascript; charset=utf-8", headers=headers)
 
 
 def routes() -> list[BaseRoute]:

@@ -8,10 +8,13 @@ numbers are kept by engine/flows/stats.py and engine/flows/dashboard.py.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
+from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import BaseRoute, Route
+from starlette.types import Receive, Scope, Send
 
 from engine.logic.livestats import WINDOW_S
 from engine.routes import error, json_response, svc
@@ -32,9 +35,29 @@ async def get_segments(request: Request) -> Response:
     return json_response({"window_s": feed.segments.window_s, "segments": feed.segment_rows(time.time())})
 
 
+class _Held(StreamingResponse):
+    """A stream that gives its listener place back however it ends (even unstarted)."""
+
+    def __init__(self, release: Callable[[], None], *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._release = release
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self._release()
+
+
 async def get_stream(request: Request) -> Response:
-    return StreamingResponse(svc(request).feed.listen(), media_type="text/event-stream",
-                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+    feed = svc(request).feed
+    if not feed.admit():  # at most settings.sse_max_listeners per process
+        return json_response({"error": f"this process serves at most {feed.max_listeners} "
+                                       "dashboard streams; retry later",
+                              "field": "stream", "reason": "too many listeners"},
+                             503, headers={"Retry-After": "5"})
+    return _Held(feed.release, feed.listen(), media_type="text/event-stream",
+                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
 
 def routes() -> list[BaseRoute]:

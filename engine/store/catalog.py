@@ -15,7 +15,8 @@ from typing import Any
 
 import msgpack
 
-from engine.store import keys, script
+from engine.store import keys
+from engine.store.client import Script, is_cluster
 
 CURATED, FROM_EVENTS = b"c", b"e"
 
@@ -55,14 +56,18 @@ class CatalogStore:
 
     def __init__(self, redis: Any) -> None:
         self.r = redis
-        self._get_many = redis.register_script(script("catalog_get_many"))
+        self._get_many = Script(redis, "catalog_get_many")
+        self.cluster = is_cluster(redis)
 
     async def upsert(self, records: Iterable[Mapping[str, Any]]) -> int:
-        """Write curated records (replacing the previous curated record of each id)."""
+        """Write curated records (replacing the previous curated record of each id). A curated
+        item never expires (an item only events mention does: streams/hooks/reco.py)."""
         pipe = self.r.pipeline(transaction=False)
         n = 0
         for rec in records:
-            pipe.hset(keys.catalog_item(str(rec["id"])), CURATED, pack(dict(rec)))
+            key = keys.catalog_item(str(rec["id"]))
+            pipe.hset(key, CURATED, pack(dict(rec)))
+            pipe.persist(key)
             n += 1
         if n:
             await pipe.execute()
@@ -72,7 +77,14 @@ class CatalogStore:
         """id -> record, for the ids that exist."""
         if not item_ids:
             return {}
-        replies = await self._get_many(keys=[keys.catalog_item(i) for i in item_ids])
+        ks = [keys.catalog_item(i) for i in item_ids]
+        if self.cluster:
+            pipe = self.r.pipeline(transaction=False)
+            for k in ks:
+                pipe.hgetall(k)
+            replies = [[x for kv in h.items() for x in kv] for h in await pipe.execute()]
+        else:
+            replies = await self._get_many(ks, [])
         out = {}
         for iid, flat in zip(item_ids, replies, strict=True):
             rec = decode_hash(iid, dict(zip(flat[::2], flat[1::2], strict=True)))

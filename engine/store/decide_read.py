@@ -13,7 +13,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from engine.store import keys, script
-from engine.store.direct import script_caller
+from engine.store.client import is_cluster
+from engine.store.direct import ScriptCaller
 from engine.store.profiles import decode
 from models.affinity import Profile
 
@@ -48,19 +49,28 @@ def arm_counters(fields: Mapping[bytes, Any]) -> ArmCounters:
 class DecideReader:
     def __init__(self, redis: Any) -> None:
         self.r = redis
-        self._read = script_caller(redis, script("decide_read"))
+        self.cluster = is_cluster(redis)
+        # a single server: the script on the reader's own connections (engine/store/direct.py);
+        # a cluster: pipelines the cluster client routes by slot (`_read_cluster`)
+        self._read = None if self.cluster else ScriptCaller(redis, script("decide_read"))
         self._formats = (keys.template(keys.profile), keys.template(keys.campaign_state),
                          keys.template(keys.campaign_session))
 
     async def read(self, visitor_id: str, user_id: str | None, campaign_ids: Sequence[str]
                    ) -> DecideState:
         """Profile, campaign state and session of a visitor, and the counters of
-        `campaign_ids`, in one round trip."""
-        pid, blob, state, session, stats = await self._read(
-            keys=[keys.alias(visitor_id)],
-            args=[keys.visitor_pid(visitor_id), keys.user_pid(user_id) if user_id else "",
-                  *self._formats, *(keys.campaign_stats(c) for c in campaign_ids)],
-        )
+        `campaign_ids`, in one round trip (on a Redis Cluster, whose keys here span several
+        slots, in two or three)."""
+        if self.cluster:
+            pid, blob, state, session, stats = await self._read_cluster(
+                visitor_id, user_id, campaign_ids)
+        else:
+            assert self._read is not None
+            pid, blob, state, session, stats = await self._read(
+                [keys.alias(visitor_id)],
+                [keys.visitor_pid(visitor_id), keys.user_pid(user_id) if user_id else "",
+                 *self._formats, *(keys.campaign_stats(c) for c in campaign_ids)],
+            )
         counters = {cid: arm_counters(_pairs(flat))
                     for cid, flat in zip(campaign_ids, stats, strict=True)}
         return DecideState(pid.decode(), decode(blob).profile if blob else None,
@@ -68,10 +78,41 @@ class DecideReader:
 
     async def start(self) -> None:
         """Ready the read before the first decision (best effort: Redis may be away)."""
-        await self._read.warm()
+        if self._read is not None:
+            await self._read.warm()
 
     async def close(self) -> None:
-        await self._read.close()
+        if self._read is not None:
+            await self._read.close()
+
+    async def _read_cluster(self, visitor_id: str, user_id: str | None,
+                            campaign_ids: Sequence[str]) -> list[Any]:
+        """What lua/decide_read.lua answers, in pipelines (the cluster routes each command)."""
+        upid = keys.user_pid(user_id) if user_id else ""
+        pipe = self.r.pipeline(transaction=False)
+        pipe.get(keys.alias(visitor_id))
+        pipe.get(keys.profile(keys.visitor_pid(visitor_id)))
+        if upid:
+            pipe.get(keys.profile(upid))
+        got = await pipe.execute()
+        alias, own = got[0], got[1]
+        pid, blob = upid, (got[2] if upid else None)
+        if not blob:
+            p = alias.decode() if alias else keys.visitor_pid(visitor_id)
+            b = own if p == keys.visitor_pid(visitor_id) else await self.r.get(keys.profile(p))
+            if b or not upid:
+                pid, blob = p, b
+        pipe = self.r.pipeline(transaction=False)
+        pipe.hgetall(keys.campaign_state(pid))
+        pipe.hgetall(keys.campaign_session(pid))
+        for c in campaign_ids:
+            pipe.hgetall(keys.campaign_stats(c))
+        state, session, *stats = await pipe.execute()
+
+        def flat(h: dict[Any, Any]) -> list[Any]:
+            return [x for kv in h.items() for x in kv]
+
+        return [pid.encode(), blob or None, flat(state), flat(session), [flat(h) for h in stats]]
 
     async def counters(self, campaign_id: str) -> ArmCounters:
         return arm_counters(await self.r.hgetall(keys.campaign_stats(campaign_id)))

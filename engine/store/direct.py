@@ -1,9 +1,9 @@
 """One read-only Lua script called on a few dedicated Redis connections: the hot path's read.
 
-redis-py's general path (the pool's lock and connection accounting, its metrics and event
-hooks, retries, argument packing per call) costs more than the round trip itself at the rates
-a decision endpoint serves (bench/decide_profile.py measured it: an EVALSHA through
-`Script.__call__` took half again the CPU of the same call made here). `ScriptCaller` keeps
+redis-py's pool (its lock, connection accounting, metrics and event hooks on every get and
+release) costs more than the round trip itself at the rates a decision endpoint serves
+(bench/decide_profile.py measured it: an EVALSHA through redis-py's `Script` took half again
+the CPU of the same call made here). `ScriptCaller` keeps
 its own connections (made by the client's pool, so with its address, timeouts, TLS and
 credentials; at most `max_open`, on top of the pool's own bound) and calls the script by its
 SHA.
@@ -13,23 +13,24 @@ SHA.
   closed, never reused, so a reply can never be read by another caller.
 - An idle connection the server closed (a restart, an idle timeout) fails on its next use:
   the call is made once more on a fresh connection. That is only safe because the script
-  only reads (`script_caller` is for read-only scripts).
+  only reads (`ScriptCaller` is for read-only scripts).
 - NOSCRIPT (a restarted or flushed server) loads the script and calls it once more.
 
-`script_caller(client, source)` gives a `ScriptCaller` for a single-node client
-(`redis.asyncio.Redis`) and, for any other client (a cluster), the client's own registered
-script behind the same call: there the client routes each call by its keys.
+For a single server only (`redis.asyncio.Redis`): on a Redis Cluster the client routes each
+command by its keys' slot, and the decide read is made of pipelines there
+(engine/store/decide_read.py).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 from collections import deque
 from collections.abc import Sequence
 from typing import Any
 
-from redis.asyncio import Redis
+import hiredis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, ResponseError
 
@@ -39,7 +40,7 @@ class ScriptCaller:
         self.redis = redis
         self.pool = redis.connection_pool
         self.source = source
-        self.script = redis.register_script(source)  # computes the SHA
+        self.sha = hashlib.sha1(source.encode()).hexdigest()
         self.max_open = max_open
         self.max_idle = max_idle
         self._idle: deque[Any] = deque()
@@ -106,7 +107,7 @@ class ScriptCaller:
     async def _on(self, conn: Any, keys: Sequence[Any], args: Sequence[Any]) -> Any:
         try:
             await conn.send_packed_command(
-                conn.pack_command("EVALSHA", self.script.sha, len(keys), *keys, *args), False)
+                hiredis.pack_command(("EVALSHA", self.sha, len(keys), *keys, *args)), False)
             reply = await conn.read_response()
         except ResponseError:
             self._give_back(conn)  # an error reply (NOSCRIPT, ...) was read whole: in step
@@ -132,30 +133,6 @@ class ScriptCaller:
             await _disconnect(self._idle.pop())
         if self._closing:
             await asyncio.gather(*self._closing, return_exceptions=True)
-
-
-class ClientScript:
-    """The client's own registered script behind `ScriptCaller`'s call (a cluster client:
-    it routes each call to the node of its keys)."""
-
-    def __init__(self, redis: Any, source: str) -> None:
-        self.script = redis.register_script(source)
-
-    async def __call__(self, keys: Sequence[Any], args: Sequence[Any]) -> Any:
-        return await self.script(keys=keys, args=args)
-
-    async def warm(self, connections: int = 2) -> None:
-        return None
-
-    async def close(self) -> None:
-        return None
-
-
-def script_caller(redis: Any, source: str) -> ScriptCaller | ClientScript:
-    """The fast caller on a single-node client, the client's own script on any other."""
-    if isinstance(redis, Redis) and not getattr(redis, "single_connection_client", False):
-        return ScriptCaller(redis, source)
-    return ClientScript(redis, source)
 
 
 async def _disconnect(conn: Any) -> None:

@@ -1,13 +1,61 @@
 """Every Redis key Kairos writes, in one place.
 
-A profile and everything about one visitor carry the profile id as a hash tag
-(`{v:abc}` / `{u:42}`), so each per-event script touches one Redis Cluster slot. The
-identity merge is the one step that touches two profiles (see README, "Scaling").
+Two kinds of keys, told apart by their hash tag (the part in braces, which alone decides a
+key's Redis Cluster slot):
+
+- **per visitor**: a profile and everything about one visitor carry the profile id as their
+  tag (`kp:{v:abc}`, `kr:{v:abc}`, `kt:{u:42}`), so one profile's commit touches one slot. The
+  identity merge touches two profiles and runs as separate, idempotent steps (streams/plan.py).
+- **shared** (tables that many visitors' events change: trending, neighbours, catalog items,
+  campaign counters, segment sizes, per-second traffic): their tag is one of `SHARDS` shard
+  names, `{k0}` … `{k15}`, chosen by `shard()` of the table's identity. A batch's writes to
+  shared tables thus group into at most `SHARDS` slots, and each shard has a fence hash
+  (`fence(shard, group)`) in the same slot, holding every partition's applied offset and owner
+  epoch, which the stream commits in the same script as the shard's tables (exactly once,
+  and a stale worker is refused).
 """
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Callable
+
+#: How many shard tags the shared tables are spread over (part of every shared key's name:
+#: changing it moves every shared table). On a Redis Cluster the shared tables spread over at
+#: most this many slots.
+SHARDS = 16
+_TAGS = tuple(f"{{k{n}}}" for n in range(SHARDS))
+
+
+def shard(identity: str) -> int:
+    """The shard of a shared table (or of an item's tables), from its identity: CRC-32 of the
+    UTF-8 bytes modulo `SHARDS` (engine/store/lua/reco_read.lua has the Lua twin)."""
+    return zlib.crc32(identity.encode()) % SHARDS
+
+
+def shard_tag(n: int) -> str:
+    return _TAGS[n]
+
+
+def tag_of(key: str) -> str:
+    """A key's hash tag (with its braces), or the whole key when it has none: two keys with the
+    same answer share a Redis Cluster slot."""
+    i = key.find("{")
+    if i >= 0:
+        j = key.find("}", i + 1)
+        if j > i + 1:
+            return key[i : j + 1]
+    return key
+
+
+def shard_of_key(key: str) -> int | None:
+    """The shard number of a shared key (None for a per-visitor key)."""
+    i = key.find("{k")
+    if i < 0:
+        return None
+    j = key.find("}", i)
+    digits = key[i + 2 : j]
+    return int(digits) if digits.isdigit() else None
 
 
 def visitor_pid(visitor_id: str) -> str:
@@ -44,6 +92,13 @@ def alias(visitor_id: str) -> str:
     return f"ka:{{{visitor_pid(visitor_id)}}}"
 
 
+def tombstone(pid: str) -> str:
+    """Set by the privacy erase flow for an erased profile, with a TTL at least the events
+    topic's retention: while it exists the stream writes nothing for that profile (nor its
+    per-visitor keys) and learns nothing from its events (checked inside the commit)."""
+    return f"kt:{{{pid}}}"
+
+
 def workers(group_id: str) -> str:
     """Hash: worker id -> JSON of its own measurements, per consumer group (one deployment)."""
     return f"kx:workers:{group_id}"
@@ -51,7 +106,21 @@ def workers(group_id: str) -> str:
 
 def live_second(second: int) -> str:
     """Counters of one second (hash: t:<type>, c:<channel>, accepted, rejected, h:<hist>:<bucket>)."""
-    return f"kx:s:{second}"
+    return f"kx:s:{_TAGS[second % SHARDS]}:{second}"
+
+
+def fence(n: int, group_id: str) -> str:
+    """Hash of shard `n`'s stream bookkeeping for one consumer group: per partition `p`, field
+    `o<p>` = the offset of the last record whose changes to this shard's tables are applied,
+    `e<p>` = the epoch of the worker that owns the partition (bumped by each new owner: a
+    commit from an older epoch is refused), and in the partition's home shard
+    (`home_shard(p)`) `a<p>` = the offset of the last record applied in full (where a worker
+    resumes when Redis is behind the broker's committed offset)."""
+    return f"km:{_TAGS[n]}:{group_id}"
+
+
+def home_shard(partition: int) -> int:
+    return partition % SHARDS
 
 
 # -- decisions ------------------------------------------------------------------------------
@@ -74,10 +143,10 @@ def campaign_session(pid: str) -> str:
 
 def campaign_stats(campaign_id: str) -> str:
     """Hash of a campaign's counters: fields `<arm>:<counter>` (assigned, impressions, …)."""
-    return f"kst:{campaign_id}"
+    return f"kst:{_TAGS[shard(campaign_id)]}:{campaign_id}"
 
 
-SEGMENT_SIZES = "ksg:sizes"  # hash: segment id -> live number of member profiles
+SEGMENT_SIZES = f"ksg:{_TAGS[0]}:sizes"  # hash: segment id -> live number of member profiles
 
 
 def template(fn: Callable[[str], str]) -> str:
@@ -91,58 +160,59 @@ def activity(pid: str) -> str:
 
 
 # -- catalog and recommendations ------------------------------------------------------------
-# Global (not per visitor): item records, item-to-item neighbours and trending tables.
+# Global (not per visitor): item records, item-to-item neighbours and trending tables. An
+# item's keys share the item's shard.
 
 
 def catalog_item(item_id: str) -> str:
     """Hash of one catalog item: field `c` = the curated record (msgpack, from the catalog API
-    or a feed), fields `e.<name>` = what events said about it (msgpack each; curated wins)."""
-    return f"kci:{item_id}"
+    or a feed), fields `e.<name>` = what events said about it (msgpack each; curated wins).
+    An item only events mention expires `ITEM_TTL_MS` after the last one; a curated one stays."""
+    return f"kci:{_TAGS[shard(item_id)]}:{item_id}"
 
 
 def neighbours(kind: str, item_id: str) -> str:
-    """Sorted set of an item's co-occurring items (`kind`: `v` co-view, `b` co-buy), bounded.
-    Kind `t` (next_item) is directed: the items visitors interacted with right after this one."""
-    return f"kn:{kind}:{item_id}"
+    """Sorted set of an item's co-occurring items (`kind`: `v` co-view, `b` co-buy), bounded,
+    expiring `ITEM_TTL_MS` after its last change. Kind `t` (next_item) is directed: the items
+    visitors interacted with right after this one."""
+    return f"kn:{_TAGS[shard(item_id)]}:{kind}:{item_id}"
 
 
-ITEM_POPULARITY = "knp"  # hash: item id -> how many co-view events it had (inverse weighting)
+def popularity(n: int) -> str:
+    """Sorted set of shard `n`'s items by how many co-view events they had (the neighbours'
+    inverse weighting at read time), bounded: an item's counter is in `popularity(shard(id))`."""
+    return f"knp:{_TAGS[n]}"
 
 
 def trending(half_life: str, dim: str, epoch: int) -> str:
     """Sorted set of forward-decayed scores of one dimension (`item`, `category`, `brand`) for
     one half-life label and landmark epoch (see engine/logic/trending.py), bounded."""
-    return f"ktr:{half_life}:{dim}:{epoch}"
+    return f"ktr:{_TAGS[shard(f'{half_life}:{dim}:{epoch}')]}:{half_life}:{dim}:{epoch}"
 
 
 def trending_in_category(half_life: str, category: str, epoch: int) -> str:
     """Sorted set of forward-decayed item scores within one category path (and its subtree)."""
-    return f"ktc:{half_life}:{epoch}:{category}"
+    return f"ktc:{_TAGS[shard(category)]}:{half_life}:{epoch}:{category}"
 
 
 def cf_visitor(pid: str) -> str:
     """String: a profile's online-CF vector (streams/hooks/cf.py: the uint16 partition whose
     model learnt it, then little-endian float32 factors), same TTL as the profile."""
-    return f"kcf:u:{pid}"
+    return f"kcf:u:{{{pid}}}"
 
 
 def cf_items(group_id: str, partition: int) -> str:
     """Hash of one events partition's online-CF item vectors: item id -> float32 factors + bias
-    (per consumer group: the models of two deployments sharing a Redis are apart)."""
-    return f"kcf:i:{group_id}:{partition}"
+    (per consumer group: the models of two deployments sharing a Redis are apart). In the
+    partition's home shard; bounded by the model's item cap."""
+    return f"kcf:i:{_TAGS[home_shard(partition)]}:{group_id}:{partition}"
 
 
 def cf_snapshot(group_id: str, partition: int) -> str:
     """String: the snapshot of one partition's online-CF model (models/reco/cf.py), so that the
-    worker that gets the partition next resumes from it."""
-    return f"kcf:s:{group_id}:{partition}"
+    worker that gets the partition next resumes from it (home shard, written under its fence)."""
+    return f"kcf:s:{_TAGS[home_shard(partition)]}:{group_id}:{partition}"
 
 
-# -- privacy --------------------------------------------------------------------------------
+WRITE_PROBE = "kx:probe"  # string with a short TTL: each API process's "can Redis still write?"
 
-
-def tombstone(pid: str) -> str:
-    """String: the epoch ms at which this profile was erased (GDPR/CCPA), kept at least as
-    long as the events topic's retention. The stream never applies a record older than it to
-    the profile, so a redelivered or replayed event of an erased person brings nothing back."""
-    return f"kt:{{{pid}}}"

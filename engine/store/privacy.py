@@ -6,8 +6,9 @@ vector, and each linked visitor's alias and own per-visitor keys. Aggregates tha
 person (campaign counters, segment sizes, trending and co-occurrence tables) stay.
 
 Erasing deletes those keys and writes a tombstone per profile id (engine/store/keys.py
-`tombstone`): the stream compares each record's time with it in the commit script, so a
-redelivered or replayed event of the erased person never brings the profile back. Every step
+`tombstone`, value: the erase time in ms): while it exists the commit script writes nothing
+for that profile, so a redelivered or replayed event of the erased person never brings the
+profile back; new events of the same id are counted in the traffic only until it expires. Every step
 is idempotent and touches one key a command, so the erase is one pipeline that a Cluster
 client splits by slot."""
 

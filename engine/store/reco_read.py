@@ -2,7 +2,8 @@
 
 `RecoReader.tables` is one script call (lua/reco_read.lua) for the neighbour tables of the
 seed items (co-view, co-buy, next item), the trending tables (overall and per category; two
-epochs each) with the neighbours' popularity, and the visitor's online-CF vector.
+epochs each) with the neighbours' popularity, and the visitor's online-CF vector. On a Redis
+Cluster (whose keys span many slots) the same reads are two pipelines instead.
 `cf_items` reads the candidates' CF vectors from the model of the visitor's partition;
 `trending` is the read behind GET /v1/stats/trending. The tables are written by the stream
 hooks (streams/hooks/reco.py, streams/hooks/cf.py).
@@ -14,7 +15,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from engine.store import keys, script
+from engine.store import keys
+from engine.store.client import Script, is_cluster
 
 #: neighbour ingredients and the kind of their tables (keys.neighbours), in read order
 NEIGHBOUR_KINDS = (("co_view", "v"), ("co_buy", "b"), ("next_item", "t"))
@@ -43,7 +45,9 @@ class RecoReader:
     def __init__(self, redis: Any, group_id: str) -> None:
         self.r = redis
         self.group_id = group_id
-        self._read = redis.register_script(script("reco_read"))
+        self._read = Script(redis, "reco_read")
+        self.cluster = is_cluster(redis)
+        self._popularity = [keys.popularity(n) for n in range(keys.SHARDS)]
 
     async def tables(self, *, neighbours: Sequence[str], seeds: Sequence[str], trending: bool,
                      categories: Sequence[str], half_life: str,
@@ -67,10 +71,14 @@ class RecoReader:
         out = RecoTables()
         if not wanted and cf_pid is None:
             return out
-        rkeys = [t[3] for t in wanted] + [keys.ITEM_POPULARITY]
-        if cf_pid is not None:
-            rkeys.append(keys.cf_visitor(cf_pid))
-        replies = await self._read(keys=rkeys, args=[n_neigh, rows_per_seed, rows, len(wanted)])
+        if self.cluster:
+            replies = await self._cluster_read(wanted, n_neigh, rows_per_seed, rows, cf_pid)
+        else:
+            rkeys = [t[3] for t in wanted] + self._popularity
+            if cf_pid is not None:
+                rkeys.append(keys.cf_visitor(cf_pid))
+            replies = await self._read(rkeys, [n_neigh, rows_per_seed, rows, len(wanted),
+                                               keys.SHARDS])
         for (what, via, f, _), flat in zip(wanted, replies, strict=False):
             pairs = _rows(flat)
             if what in out.neighbours:
@@ -84,6 +92,23 @@ class RecoReader:
                           if c is not None}
         out.cf_user = replies[len(wanted) + 2] or None
         return out
+
+    async def _cluster_read(self, wanted: Sequence[tuple[str, str, float, str]], n_neigh: int,
+                            rows_per_seed: int, rows: int, cf_pid: str | None) -> list[Any]:
+        """The script's answer, read with two pipelines (a cluster routes each command)."""
+        pipe = self.r.pipeline(transaction=False)
+        for i, (_, _, _, key) in enumerate(wanted):
+            pipe.zrevrange(key, 0, (rows_per_seed if i < n_neigh else rows) - 1, withscores=True)
+        if cf_pid is not None:
+            pipe.get(keys.cf_visitor(cf_pid))
+        got = await pipe.execute()
+        tables = [[x for m, sc in rows_ for x in (m, sc)] for rows_ in got[:len(wanted)]]
+        ids = list(dict.fromkeys(m for flat in tables[:n_neigh] for m in flat[0::2]))
+        pipe = self.r.pipeline(transaction=False)
+        for m in ids:
+            pipe.zscore(self._popularity[keys.shard(m.decode())], m)
+        pops = await pipe.execute() if ids else []
+        return [*tables, ids, pops, got[len(wanted)] if cf_pid is not None else None]
 
     async def cf_items(self, partition: int, item_ids: Sequence[str]) -> dict[str, bytes | None]:
         """The CF vectors of items in the model of one events partition (None: not learnt)."""

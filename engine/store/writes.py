@@ -1,32 +1,45 @@
 """What the stream commits to the store: the store's own contract, plain data, no I/O.
 
-A `Write` is one profile's new state with what must land atomically with it (the anonymous
-profile deleted after a merge, the visitor's alias set, derived-state `Op`s); `Emit`s are
-produced after the commit. `engine.store.profiles.ProfileStore.commit` runs each write as
-one compare-and-set script (`lua/commit_profile.lua`).
+One batch of events becomes:
+
+- a `Write` per profile: its new state, the per-visitor `Op`s that must land with it (the
+  activity timeline, campaign state, the CF vector: keys that carry the profile's hash tag),
+  and for an identity merge the anonymous profile to delete and the visitor's alias to set;
+- one `Tables`: the batch's changes to the tables shared between visitors (trending,
+  neighbours, catalog fields, popularity, campaign counters, segment sizes, per-second traffic),
+  aggregated in Python — one increment per key and member, not one command per event;
+- `Emit`s, produced after the commit (at least once: consumers dedupe by id).
+
+`engine.store.profiles.ProfileStore.commit` commits the `Tables` with each partition's offset
+mark in the fence hash of their shard (engine/store/keys.py `fence`), so a redelivered batch
+is recognised and skipped, and each profile with compare-and-set; on one server all of it is
+one script call (lua/commit.lua), on a cluster one call per slot.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from engine.store.keys import shard_of_key
 from models.affinity import Profile
 
-# A Redis command the commit script runs on another key iff the profile write succeeds, so
-# every derived counter (trending, co-occurrence, campaign stats, segment sizes) changes
-# exactly once per applied event. Only these commands are allowed (see lua/commit_profile.lua).
-# `CAMPAIGN` is not a Redis command but the commit script's campaign state machine (the
-# conditional parts of engine.logic.decisions.caps, which depend on stored state: see
-# streams/hooks/decisions.py).
+#: The commands a per-profile `Op` may run (lua/commit.lua refuses any other).
 OP_COMMANDS = frozenset({"ZINCRBY", "ZADD", "ZREM", "ZREMRANGEBYRANK", "HINCRBY", "HINCRBYFLOAT",
-                         "HSET", "HDEL", "INCRBY", "PFADD", "SADD", "SREM", "PEXPIRE", "DEL", "SET", "LPUSH", "LTRIM",
-                         "CAMPAIGN"})
+                         "HSET", "HDEL", "INCRBY", "SADD", "SREM", "PEXPIRE", "DEL", "SET",
+                         "LPUSH", "LTRIM"})
+
+#: The most table changes and ops one event may make (streams/plan.py counts them; what is past
+#: the budget is dropped and counted, so one hostile event cannot become a script that blocks
+#: Redis for everyone).
+MAX_OPS_PER_EVENT = 2000
 
 
 @dataclass(frozen=True, slots=True)
 class Op:
+    """A Redis command on a per-visitor key, run with the profile's write (same hash tag)."""
+
     command: str
     key: str
     args: tuple[str | int | float | bytes, ...] = ()
@@ -47,14 +60,153 @@ class Emit:
 
 @dataclass(slots=True)
 class Stored:
-    """A profile as read: its revision (b'' when absent) and its state."""
+    """A profile as read: its revision (b'' when absent), its state, whether the privacy erase
+    flow left a tombstone for it, and the per-visitor hashes hooks asked to read first."""
 
     rev: bytes = b""
     profile: Profile | None = None
+    erased: bool = False
+    side: dict[str, dict[bytes, bytes]] = field(default_factory=dict)
+
+
+class Tables:
+    """Changes to shared tables over one batch, aggregated: sorted-set increments (`zincr`,
+    bounded by a cap the commit trims to once a table passes it by a margin), hash counters
+    (`hincr`), hash fields (`hset`, the last write wins), each with an optional TTL.
+
+    `begin(partition, offset)` (the planner calls it before each event) starts the event's
+    op budget and, when the batch redelivers records some shards already applied, makes the
+    changes of those records to those shards no-ops (`marks`: shard -> partition -> offset)."""
+
+    __slots__ = ("z", "zcfg", "h", "hcfg", "s", "scfg", "marks", "budget", "spent",
+                 "dropped", "_part", "_off", "_gated", "ops", "_top")
+
+    def __init__(self, marks: Mapping[int, Mapping[int, int]] | None = None,
+                 budget: int = MAX_OPS_PER_EVENT) -> None:
+        self.z: dict[str, dict[str, float]] = {}
+        self.zcfg: dict[str, tuple[int, int]] = {}  # key -> (cap, ttl ms)
+        self.h: dict[str, dict[str, int]] = {}
+        self.hcfg: dict[str, int] = {}  # key -> ttl ms
+        self.s: dict[str, dict[str, bytes]] = {}
+        self.scfg: dict[str, tuple[int, str]] = {}  # key -> (ttl ms, field that keeps it)
+        self.marks = {s: dict(m) for s, m in (marks or {}).items() if m}
+        self._top: dict[int, int] = {}  # partition -> its highest mark in any shard
+        for m in self.marks.values():
+            for p, o in m.items():
+                if o > self._top.get(p, -1):
+                    self._top[p] = o
+        self.budget = budget
+        self.spent = 0  # ops of the current event
+        self.dropped = 0  # ops past some event's budget
+        self.ops = 0  # ops of the batch
+        self._part = -1
+        self._off = -1
+        self._gated = False
+
+    def begin(self, partition: int | None, offset: int | None) -> None:
+        self.spent = 0
+        if partition is None or offset is None or not self.marks:
+            self._gated = False
+            return
+        self._part, self._off = partition, offset
+        self._gated = self._top.get(partition, -1) >= offset
+
+    def take(self, n: int = 1) -> bool:
+        """Spend `n` of the current event's op budget; False (and counted) when it is gone."""
+        if self.spent + n > self.budget:
+            self.dropped += n
+            return False
+        self.spent += n
+        self.ops += n
+        return True
+
+    def _skip(self, key: str) -> bool:
+        s = shard_of_key(key)
+        m = self.marks.get(s) if s is not None else None
+        return m is not None and m.get(self._part, -1) >= self._off
+
+    def zincr(self, key: str, member: str, amount: float, cap: int = 0, ttl_ms: int = 0) -> None:
+        if self.spent >= self.budget:
+            self.dropped += 1
+            return
+        self.spent += 1
+        self.ops += 1
+        if self._gated and self._skip(key):
+            return
+        t = self.z.get(key)
+        if t is None:
+            t = self.z[key] = {}
+            self.zcfg[key] = (cap, ttl_ms)
+        t[member] = t.get(member, 0.0) + amount
+
+    def hincr(self, key: str, fld: str, n: int = 1, ttl_ms: int = 0) -> None:
+        if self.spent >= self.budget:
+            self.dropped += 1
+            return
+        self.spent += 1
+        self.ops += 1
+        if self._gated and self._skip(key):
+            return
+        t = self.h.get(key)
+        if t is None:
+            t = self.h[key] = {}
+            self.hcfg[key] = ttl_ms
+        t[fld] = t.get(fld, 0) + n
+
+    def hset(self, key: str, fld: str, value: bytes, ttl_ms: int = 0, keep: str = "") -> None:
+        """Set a hash field; with `ttl_ms` the hash expires that long after its last change,
+        unless it holds the field `keep` (a curated catalog record never expires)."""
+        if not self.take() or (self._gated and self._skip(key)):
+            return
+        t = self.s.get(key)
+        if t is None:
+            t = self.s[key] = {}
+            self.scfg[key] = (ttl_ms, keep)
+        t[fld] = value
+
+    def touched(self) -> set[str]:
+        return set(self.z) | set(self.h) | set(self.s)
+
+    def __len__(self) -> int:
+        return sum(map(len, self.z.values())) + sum(map(len, self.h.values())) + \
+            sum(map(len, self.s.values()))
+
+    def rows(self, only: Callable[[str], bool] | None = None) -> list[list[Any]]:
+        """The changes as the commit script takes them: per key [key, kind, cap or keep, ttl,
+        field, value, ...] (kind `z` sorted set, `h` hash counters, `s` hash fields)."""
+        out: list[list[Any]] = []
+        for key, t in self.z.items():
+            if only is None or only(key):
+                cap, ttl = self.zcfg[key]
+                row: list[Any] = [key, "z", cap, ttl]
+                for m, v in t.items():
+                    row += (m, v)
+                out.append(row)
+        for key, c in self.h.items():
+            if only is None or only(key):
+                row = [key, "h", 0, self.hcfg[key]]
+                for f, n in c.items():
+                    if n:
+                        row += (f, n)
+                if len(row) > 4:
+                    out.append(row)
+        for key, fv in self.s.items():
+            if only is None or only(key):
+                ttl, keep = self.scfg[key]
+                row = [key, "s", keep, ttl]
+                for f, v in fv.items():
+                    row += (f, v)
+                out.append(row)
+        return out
 
 
 @dataclass(slots=True)
 class Write:
+    """One profile's new state and what must land atomically with it. Hooks add their
+    per-visitor ops with `op` (counted in the event's budget), read `side` (the hashes they
+    asked for, as read, which they may update for the batch's later events) and keep what
+    they need until `finish` in `scratch` (one dict per profile and batch)."""
+
     pid: str
     expected: bytes
     profile: Profile
@@ -66,6 +218,16 @@ class Write:
     ops: list[Op] = field(default_factory=list)
     emits: list[Emit] = field(default_factory=list)
     last: Mapping[str, Any] | None = None  # the last event applied to this profile
+    side: dict[str, dict[bytes, bytes]] = field(default_factory=dict)
+    tables: Tables = field(default_factory=Tables)
+    scratch: dict[str, Any] = field(default_factory=dict)  # hooks' state for this batch
+
+    def op(self, command: str, key: str, *args: str | int | float | bytes) -> None:
+        if self.tables.take():
+            self.ops.append(Op(command, key, args))
+
+    def emit(self, item: Emit) -> None:
+        self.emits.append(item)
 
 
 _TRAILING = frozenset({"PEXPIRE", "LTRIM", "ZREMRANGEBYRANK"})
@@ -73,16 +235,22 @@ _SUMMABLE = {"HINCRBY": 1, "HINCRBYFLOAT": 1, "INCRBY": 0, "ZINCRBY": 0}
 
 
 def coalesce(ops: Sequence[Op]) -> list[Op]:
-    """Merge increments of the same counter and repeated identical ops (a batch of events of
-    one visitor often touches the same per-second or per-campaign counters)."""
+    """Merge increments of the same counter, pushes onto the same list and repeated identical
+    ops (a batch of one visitor's events often touches the same keys)."""
     out: dict[tuple[Any, ...], Op] = {}
     for op in ops:
+        if op.command == "LPUSH":
+            ident: tuple[Any, ...] = ("LPUSH", op.key)
+            prev = out.get(ident)
+            out[ident] = op if prev is None else Op("LPUSH", op.key, (*prev.args, *op.args))
+            continue
         pos = _SUMMABLE.get(op.command)
         if pos is None:
-            out.setdefault((op.command, op.key, op.args), op)
+            out.pop((op.command, op.key, op.args), None)  # a repeated op moves to the end
+            out[(op.command, op.key, op.args)] = op
             continue
         if op.command == "ZINCRBY":
-            ident: tuple[Any, ...] = (op.command, op.key, op.args[1])
+            ident = (op.command, op.key, op.args[1])
             amount = op.args[0]
         elif op.command == "INCRBY":
             ident, amount = (op.command, op.key), op.args[0]

@@ -7,6 +7,8 @@ from models.reco.cooccurrence import CO_BUY_TYPES, CO_VIEW_TYPES, CoOccurrence
 from models.reco.ensemble import RecoModels
 from models.reco.history import History
 from models.reco.nextitem import NEXT_ITEM_TYPES, NextItem
+from models.reco.repurchase import Decision, Repurchase
+from models.reco.sessionknn import SessionKNN, score_sessions
 from models.reco.trending import Trending
 
 __all__ = [
@@ -16,10 +18,14 @@ __all__ = [
     "Affinity",
     "Candidate",
     "CoOccurrence",
+    "Decision",
     "History",
     "NextItem",
     "OnlineMF",
     "RecoModels",
     "Recommender",
+    "Repurchase",
+    "SessionKNN",
     "Trending",
+    "score_sessions",
 ]

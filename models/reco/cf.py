@@ -121,17 +121,22 @@ class OnlineMF:
                         negs.append(neg)
             u = self._vec(self._users, "u", vid, self.max_visitors)
             vi = self._vec(self._items, "i", pos, self.max_items)
+            lr, reg = self.lr, self.reg
             for neg in negs:
                 vj = self._vec(self._items, "i", neg, self.max_items)
                 bi, bj = self._bias.get(pos, 0.0), self._bias.get(neg, 0.0)
-                x = float(u @ (vi - vj)) + bi - bj
+                d = vi - vj
+                x = float(u @ d) + bi - bj
                 g = w / (1.0 + math.exp(min(x, 30.0)))  # w * sigmoid(-x)
-                gu = -g * (vi - vj) + self.reg * u
-                gi = -g * u + self.reg * vi
-                gj = g * u + self.reg * vj
-                self._opt.step(u, gu)
-                self._opt.step(vi, gi)
-                self._opt.step(vj, gj)
+                # every gradient from the values before the step, then optim.SGD(lr)'s step
+                # (w -= lr * g) in place, without its per-call dispatch
+                gu = -g * d + reg * u
+                gi = -g * u + reg * vi
+                gj = g * u + reg * vj
+                u -= lr * gu
+                vi -= lr * gi
+                vj -= lr * gj
+                self._opt.n_iterations += 3
                 self._bias[pos] = bi + self.lr * (g - self.reg * bi)
                 self._bias[neg] = bj + self.lr * (-g - self.reg * bj)
                 touched.append(neg)

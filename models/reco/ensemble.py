@@ -3,6 +3,12 @@
 This is the in-process reference for what the stream layer keeps per partition: it feeds every
 event to every learner and answers `candidates()` / `visitor_state()` in the plain shapes
 `engine.logic.recipes.apply` takes.
+
+Bought items go through the repurchase rule (models/reco/repurchase.py): the visitor state's
+`purchased` is what a recipe's `exclusions.purchased` excludes, i.e. the bought items the rule
+does not keep at that moment, and `rebuy` maps each kept one to its reason ("often bought
+again"); `bought` lists every remembered purchase. The `session` entry is the visitor's current
+session (models/session.py), apart from `recent` (their history).
 """
 
 from __future__ import annotations
@@ -18,10 +24,17 @@ from models.reco.cf import OnlineMF
 from models.reco.cooccurrence import CO_BUY_TYPES, CO_VIEW_TYPES, CoOccurrence
 from models.reco.history import History
 from models.reco.nextitem import NextItem
+from models.reco.repurchase import Repurchase, visitor_horizon_ms
+from models.reco.sessionknn import SessionKNN
 from models.reco.trending import Trending
+from models.session import SessionTracker
 
 KIND = "kairos.reco.ensemble"
-VERSION = 1
+VERSION = 2  # 2: session_knn, repurchase and sessions
+
+#: The candidate lists `candidates()` can build (recipe ingredient names).
+INGREDIENTS = ("trending", "trending_in_category", "co_view", "co_buy", "next_item", "affinity",
+               "history", "cf", "session_knn")
 
 
 class RecoModels:
@@ -36,6 +49,9 @@ class RecoModels:
         affinity: Affinity | None = None,
         cf: OnlineMF | None = None,
         next_item: NextItem | None = None,
+        session_knn: SessionKNN | None = None,
+        repurchase: Repurchase | None = None,
+        sessions: SessionTracker | None = None,
         seed: int = 0,
     ) -> None:
         self.trending = trending or Trending()
@@ -45,6 +61,9 @@ class RecoModels:
         self.affinity = affinity or Affinity()
         self.cf = cf or OnlineMF(seed=seed)
         self.next_item = next_item or NextItem()
+        self.session_knn = session_knn or SessionKNN(seed=seed)
+        self.repurchase = repurchase or Repurchase()
+        self.sessions = sessions or SessionTracker()
 
     def learners(self) -> dict[str, Any]:
         """Name -> learner."""
@@ -56,6 +75,9 @@ class RecoModels:
             "affinity": self.affinity,
             "cf": self.cf,
             "next_item": self.next_item,
+            "session_knn": self.session_knn,
+            "repurchase": self.repurchase,
+            "sessions": self.sessions,
         }
 
     def learn_one(self, event: Event) -> None:
@@ -63,12 +85,27 @@ class RecoModels:
         for learner in self.learners().values():
             learner.learn_one(event)
 
-    def visitor_state(self, visitor_id: str, recent: int = 50) -> dict[str, Any]:
-        """The visitor's state in the shape `engine.logic.recipes.apply` reads."""
+    def visitor_state(self, visitor_id: str, recent: int = 50, now_ms: int | None = None
+                      ) -> dict[str, Any]:
+        """The visitor's state in the shape `engine.logic.recipes.apply` reads (`purchased`: the
+        bought items the repurchase rule excludes at `now_ms`)."""
+        session = self.sessions.get(visitor_id)
+        now = self.history.last_ms if now_ms is None else now_ms
+        default_h = self.repurchase.horizon_s * 1000.0
+        horizon = visitor_horizon_ms(session.return_gap_ms if session else 0.0, default_h)
+        decisions = self.repurchase.for_visitor(visitor_id, now, horizon)
+        ruled = {d.item_id for d in decisions}
+        excluded = [d.item_id for d in decisions if not d.keep]
+        # bought items the rule has no time for (older than it remembers) are excluded
+        excluded += [i for i in self.history.purchased(visitor_id) if i not in ruled
+                     and self.repurchase.mode != "keep"]
         return {
             "recent": self.history.recent(visitor_id, recent),
             "cart": self.history.in_cart(visitor_id),
-            "purchased": self.history.purchased(visitor_id),
+            "purchased": excluded,
+            "bought": list(dict.fromkeys([*ruled, *self.history.purchased(visitor_id)])),
+            "rebuy": {d.item_id: d.reason for d in decisions if d.keep},
+            "session": session.view(now, self.sessions.cfg) if session else None,
             "categories": dict(self.affinity.top_categories(visitor_id, 10)),
             "brands": dict(self.affinity.top_brands(visitor_id, 10)),
             "typical_price": self.affinity.typical_price(visitor_id),
@@ -117,6 +154,10 @@ class RecoModels:
             )
         if "affinity" in wanted:
             out["affinity"] = self.affinity.recommend(vid, k)
+        if "session_knn" in wanted:
+            out["session_knn"] = self.session_knn.recommend(
+                vid, int(now if now is not None else self.history.last_ms), k,
+                item_id=str(context["item_id"]) if context.get("item_id") else None)
         if "cf" in wanted:
             pool = {c.item_id for lst in out.values() for c in lst}
             out["cf"] = self.cf.recommend(vid, len(pool), candidates=sorted(pool))
@@ -142,4 +183,7 @@ class RecoModels:
             affinity=Affinity.restore(p["affinity"]),
             cf=OnlineMF.restore(p["cf"]),
             next_item=NextItem.restore(p["next_item"]),
+            session_knn=SessionKNN.restore(p["session_knn"]),
+            repurchase=Repurchase.restore(p["repurchase"]),
+            sessions=SessionTracker.restore(p["sessions"]),
         )

@@ -97,6 +97,11 @@ class History:
         table = {iid: row[1] for iid, row in seen.items()}
         return [Candidate(i, self._decay.current(s, now), i) for i, s in top_n(table, n, exclude)]
 
+    @property
+    def last_ms(self) -> int:
+        """The time of the latest event learnt (0 before any)."""
+        return self._last_ms
+
     def recent(self, visitor_id: str, n: int | None = None) -> list[tuple[str, int]]:
         """(item, last ts) of the visitor's most recent distinct items, newest first."""
         seen = self._v.get(visitor_id, {}).get("i", {})

@@ -1,27 +1,20 @@
-// Build dist/kairos.js (one minified IIFE) and fail if it is over the gzip size budget.
+// Build dist/kairos.js (one minified IIFE) and fail if it is over the gzip size budget. The engine
+// serves it with the site's compiled sitemap in front (GET /sdk/kairos.js); that served file is
+// what the budget is about, measured by tests/integration/test_beacon_size.py against the engine.
 import { build } from 'esbuild';
-import { readFileSync } from 'node:fs';
+import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { gzipSync } from 'node:zlib';
 import { fileURLToPath } from 'node:url';
+import { BUDGET, bundle } from './bundle.mjs';
 
-export const BUDGET = 6 * 1024; // bytes, gzip
 const root = fileURLToPath(new URL('..', import.meta.url));
 const out = root + 'dist/kairos.js';
 
-await build({
-  entryPoints: [root + 'src/main.js'],
-  outfile: out,
-  bundle: true,
-  minify: true,
-  format: 'iife',
-  target: ['es2020'],
-  legalComments: 'none',
-  logLevel: 'warning',
-});
-
+mkdirSync(root + 'dist', { recursive: true });
+writeFileSync(out, await bundle());
 const raw = readFileSync(out);
 const gz = gzipSync(raw, { level: 9 }).length;
-console.log(`dist/kairos.js: ${raw.length} bytes, ${gz} bytes gzip (budget ${BUDGET})`);
+console.log(`dist/kairos.js: ${raw.length} bytes, ${gz} bytes gzip (budget ${BUDGET} with the sitemap)`);
 if (gz > BUDGET) {
   console.error(`over the size budget by ${gz - BUDGET} bytes`);
   process.exit(1);

@@ -1,6 +1,7 @@
 // Configuration, read once from the <script> tag's data-* attributes and the compiled sitemap that
 // the engine serves in front of the beacon (window.__kairosSitemap).
-//   data-site, data-endpoint, data-storage (local | cookie | none), data-require-consent,
+//   data-key (the site's public key kp_…, or ?key= in the script's own src), data-site,
+//   data-endpoint, data-storage (local | cookie | none), data-require-consent,
 //   data-queue-cap, data-batch, data-flush-ms, data-decide-timeout, data-exit-intent
 //   (off | page | session), data-auto-page="false"
 
@@ -12,10 +13,11 @@ export function readConfig(script, win) {
     ex.enabled = d.exitIntent !== 'off';
     ex.scope = d.exitIntent;
   }
+  const src = new URL(script ? script.src : '/', win.location.href);
   return {
+    key: d.key || src.searchParams.get('key'),
     site: d.site || 'default',
-    key: d.key,
-    endpoint: (d.endpoint || new URL(script ? script.src : '/', win.location.href).origin).replace(/\/+$/, ''),
+    endpoint: (d.endpoint || src.origin).replace(/\/+$/, ''),
     storage: d.storage,
     consent: d.requireConsent == null || d.requireConsent === 'false' || null, // null: wait for consent
     cap: +d.queueCap || 500,

@@ -1,21 +1,29 @@
 // Rendering of decisions inside Shadow DOM, so page styles don't reach in and ours don't leak out.
-// The server's templates already sanitise content.html; clean() is a second line of defence that
-// removes active content (scripts, frames, on* handlers, javascript: URLs). Titles are text.
+// The server's templates already sanitise content.html (nh3, engine/logic/decisions/templates.py);
+// clean() is a second line of defence with the same allow-list: tags and attributes it knows, URLs
+// http(s), mailto or on this host (never //host); anything else is dropped. Titles are text.
 
-// Only what the popup needs to be a modal; the look comes with the server's template html.
+// The popup is a native modal <dialog> (top layer, the page behind it inert, Esc); the look comes
+// with the server's template html. Nothing here is borrowed by content: no class or role styles.
 const CSS =
-  '<style>:host{all:initial;display:block}a{color:inherit}[role=dialog]{position:fixed;z-index:2147483647;top:50%;left:50%;' +
-  'transform:translate(-50%,-50%);background:#fff;padding:1em}.bg{position:fixed;inset:0;z-index:2147483646;background:#0008}.x{float:right}</style>';
-const FOCUSABLE = 'a[href],button,input,select,textarea,[tabindex="0"]';
+  '<style>:host{all:initial;display:block}a{color:inherit}img{max-width:100%}dialog{padding:0;border:0}dialog>div{padding:1em}' +
+  'dialog::backdrop{background:#0008}.x{float:right}</style>';
+const FOCUSABLE = 'a[href],button,input';
+// the allow-list (engine/logic/decisions/templates.py TAGS, ATTRIBUTES, url_allowed)
+const TAGS = /^(a|b|i|em|strong|u|s|small|[bh]r|p|div|span|h[1-6]|[uo]l|li|img|button|form|input|label)$/;
+const ATTRS = /^(class|title|href|src|alt|type|name|placeholder|required|value|(data|aria)-.+)$/;
+// what a URL may start with, once stripped of the control characters browsers ignore
+const URL_OK = /^(https?:|mailto:|[#?]|\/(?![/\\])|[^:/\\][^:]*$)/i;
 
 export function clean(doc, html) {
   const t = doc.createElement('template');
-  t.innerHTML = html == null ? '' : html;
-  for (const n of t.content.querySelectorAll('*')) {
-    if (/^(script|i?frame|object|embed|meta)$/i.test(n.tagName)) n.remove();
-    for (const a of [...n.attributes])
-      if (/^on|=\W*(javascript|vbscript|data):/i.test(a.name + '=' + a.value.replace(/\s/g, ''))) n.removeAttribute(a.name);
-  }
+  t.innerHTML = html ?? '';
+  for (const n of t.content.querySelectorAll('*'))
+    if (!TAGS.test(n.localName)) n.remove();
+    else
+      for (const { name, value } of [...n.attributes])
+        if (!ATTRS.test(name) || (/^(href|src)$/.test(name) && !URL_OK.test(value.replace(/[\0- ]/g, ''))))
+          n.removeAttribute(name);
   return t.content;
 }
 
@@ -26,8 +34,10 @@ function shadow(host, html) {
   return r;
 }
 
-/** Report clicks on links and buttons inside `root` (not the close button). */
+/** Report clicks on links and buttons inside `root` (not the close button). A form never
+ * submits the page (its action was stripped: it would reload the page with its fields). */
 function onClicks(root, report) {
+  root.addEventListener('submit', (e) => e.preventDefault());
   root.addEventListener('click', (e) => {
     const el = e.target.closest('a,button');
     if (el && el.className !== 'x') report('click', { href: el.getAttribute('href') || undefined });
@@ -51,9 +61,9 @@ export function renderZone(host, d, report) {
 }
 
 /**
- * Show an accessible modal popup: role=dialog, aria-modal, labelled by its title, focus moved in
- * and trapped, Esc / close button / backdrop dismiss, focus returned. An email form inside calls
- * onEmail(email). Returns {close, root}.
+ * Show an accessible modal popup: a native modal <dialog> (the page behind it inert, focus kept
+ * inside), labelled by its title, focus moved in; Esc / close button / backdrop dismiss, focus
+ * returned. An email form inside calls onEmail(email). Returns {close, root}.
  */
 export function showPopup(doc, d, report, onEmail) {
   const prev = doc.activeElement;
@@ -61,44 +71,32 @@ export function showPopup(doc, d, report, onEmail) {
   host.setAttribute('data-kairos-popup', d.zone);
   const root = shadow(
     host,
-    '<div class=bg></div><div role=dialog part=dialog aria-modal=true aria-labelledby=t tabindex=-1>' +
-      '<button class=x part=close type=button aria-label=Close>\u00d7</button><h2 id=t></h2></div>',
+    '<dialog part=dialog aria-labelledby=t><div><button class=x part=close type=button aria-label=Close>\u00d7</button><h2 id=t></h2></div></dialog>',
   );
   const dlg = root.lastChild;
-  const x = dlg.firstChild;
-  fill(dlg, d, 'Offer');
+  const box = dlg.firstChild;
+  const x = box.firstChild;
+  fill(box, d, 'Offer');
   onClicks(root, report);
 
   const close = (why) => {
     if (!host.parentNode) return;
     host.remove();
-    doc.removeEventListener('keydown', key, true);
     report('dismiss', { via: why });
     if (prev) prev.focus();
   };
-  const key = (e) => {
-    if (e.key === 'Escape') close('esc');
-    if (e.key !== 'Tab') return;
-    const f = dlg.querySelectorAll(FOCUSABLE);
-    const a = root.activeElement;
-    const edge = e.shiftKey ? f[0] : f[f.length - 1];
-    if (!a || a === edge) {
-      e.preventDefault();
-      (e.shiftKey ? f[f.length - 1] : f[0]).focus();
-    }
-  };
-  doc.addEventListener('keydown', key, true);
+  dlg.onclose = () => close('esc'); // only Esc (a close request) closes it natively
+  dlg.onclick = (e) => e.target == dlg && close('backdrop'); // the ::backdrop: the dialog itself
   x.onclick = () => close('close');
-  root.querySelector('.bg').onclick = () => close('backdrop');
   dlg.addEventListener('submit', (e) => {
     const form = e.target;
     const email = form.querySelector('input[type=email]');
     if (!email) return;
-    e.preventDefault();
     if (!/^[^\s@]+@[^\s@]+$/.test(email.value.trim())) return;
     onEmail(email.value.trim());
     form.replaceWith(form.getAttribute('data-kairos-thanks') || 'Thank you!');
   });
-  (dlg.querySelectorAll(FOCUSABLE)[1] || x).focus();
+  dlg.showModal();
+  (box.querySelectorAll(FOCUSABLE)[1] || x).focus();
   return { close, root };
 }

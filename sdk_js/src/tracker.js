@@ -41,14 +41,16 @@ export function createTracker(win, cfg, deps = {}) {
   const locks = nav.locks;
   const forever = () => new Promise(() => {});
   const device = deviceOf(nav);
-  const auth = cfg.key ? '?key=' + cfg.key : '';
-  const eventsUrl = cfg.endpoint + '/v1/events' + auth;
+  // the public key rides in the URL: text/plain bodies and sendBeacon carry no header
+  const url = (path) => cfg.endpoint + path + (cfg.key ? '?key=' + encodeURIComponent(cfg.key) : '');
+  const eventsUrl = url('/v1/events');
 
   const c = ids.get('kairos_consent');
   // true: track; false: opted out; null: waiting for consent(true) (nothing stored or sent)
   let consent = c === '1' || (c !== '0' && cfg.consent);
   let vid = consent && ids.get('kairos_vid');
   let uid = consent && ids.get('kairos_uid');
+  let uh = consent && ids.get('kairos_uh'); // user_hash: the site's server signs uid with it
   let waiting; // a page view waiting for consent: [explicit]
   let ctx = { url: win.location.href };
   let item;
@@ -67,11 +69,21 @@ export function createTracker(win, cfg, deps = {}) {
     return vid;
   };
 
-  /** One event, in the spec's shape; `fields` adds item, items, props, decision_id. */
+  /** One event, in the spec's shape; `fields` adds item, items, props, decision_id. Where the
+   * site requires consent, context.consent says it was given. */
   const make = (type, fields) =>
     compact(
       Object.assign(
-        { event_id: uuid(), type, visitor_id: visitor(), user_id: uid, channel: 'web', ts: now(), context: ctx },
+        {
+          event_id: uuid(),
+          type,
+          visitor_id: visitor(),
+          user_id: uid,
+          user_hash: uid && uh,
+          channel: 'web',
+          ts: now(),
+          context: cfg.consent === true ? ctx : Object.assign({ consent: !!consent }, ctx),
+        },
         fields,
       ),
     );
@@ -159,8 +171,8 @@ export function createTracker(win, cfg, deps = {}) {
 
   /** POST /v1/decide; resolves to the decisions, or null (engine down or slow: one warning). */
   async function decide(zones, events) {
-    const body = { visitor_id: visitor(), user_id: uid, context: Object.assign({ channel: 'web', zones }, ctx), events };
-    const r = await post(fetchFn, cfg.endpoint + '/v1/decide' + auth, compact(body), cfg.timeout);
+    const body = { visitor_id: visitor(), user_id: uid, user_hash: uid && uh, context: Object.assign({ channel: 'web', zones }, ctx), events };
+    const r = await post(fetchFn, url('/v1/decide'), compact(body), cfg.timeout);
     if (r.status === 200 && r.data.decisions) return r.data.decisions;
     warn('decide ' + r.status);
     enqueue(events); // the engine may not have them: send them the normal way (deduped by event_id)
@@ -242,12 +254,20 @@ export function createTracker(win, cfg, deps = {}) {
     enqueue([make(type, { item: i, items, decision_id, props: Object.keys(rest).length ? rest : undefined })]);
   }
 
+  /** identify(userId, traits): traits.user_hash (computed by the site's server) goes to the
+   * events' user_hash, never into traits; the traits travel as props.traits. */
   function identify(userId, traits) {
-    if (userId) {
-      uid = '' + userId;
-      if (consent) ids.set('kairos_uid', uid);
-    }
-    enqueue([make('identify', { props: traits })]);
+    const { user_hash: h, ...rest } = traits || {};
+    if (userId) uh = (uid = '' + userId) && h;
+    else if (h) uh = h;
+    remember();
+    enqueue([make('identify', { props: traits && { traits: rest } })]);
+  }
+
+  function remember() {
+    if (!consent) return;
+    uid && ids.set('kairos_uid', uid);
+    uh ? ids.set('kairos_uh', uh) : ids.del('kairos_uh');
   }
 
   function setConsent(yes) {
@@ -257,14 +277,15 @@ export function createTracker(win, cfg, deps = {}) {
     if (yes) {
       own();
       ids.set('kairos_vid', visitor());
-      if (uid) ids.set('kairos_uid', uid);
+      remember();
       if (waiting || was === false) page((waiting || [])[0]);
     } else {
       for (const k of local.keys()) k.indexOf(QK) || local.del(k); // every tab's queue
       ids.del('kairos_vid');
       ids.del('kairos_uid');
+      ids.del('kairos_uh');
       sess.del(EXIT);
-      vid = uid = null;
+      vid = uid = uh = null;
     }
     waiting = 0;
   }

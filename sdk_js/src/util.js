@@ -1,14 +1,12 @@
 // Small helpers shared by every module. Nothing here touches the page.
 
-/** A fresh UUID v4: crypto.randomUUID (secure contexts), else crypto.getRandomValues. */
+/** A fresh UUID v4: crypto.randomUUID (secure contexts), else the one a blob URL ends with
+ * (browsers make those random v4 UUIDs, in any context). */
 export function uuid(c = globalThis.crypto) {
   if (c.randomUUID) return c.randomUUID();
-  const b = c.getRandomValues(new Uint8Array(32));
-  let i = 0;
-  // x: random hex digit, y: RFC 4122 variant (8, 9, a or b)
-  return 'xxxxxxxx-xxxx-4xxx-yxxx-xxxxxxxxxxxx'.replace(/[xy]/g, (ch) =>
-    (ch === 'x' ? b[i++] & 15 : (b[i++] & 3) | 8).toString(16),
-  );
+  const u = URL.createObjectURL(new Blob());
+  URL.revokeObjectURL(u);
+  return u.slice(-36);
 }
 
 let warned = false;

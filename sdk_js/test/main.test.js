@@ -31,6 +31,7 @@ const tag = (attrs) => {
 describe('readConfig', () => {
   it('defaults: the engine is the origin of the script src', () => {
     expect(readConfig(tag({ site: 'shop1' }), window)).toEqual({
+      key: null,
       site: 'shop1',
       endpoint: 'https://engine.example.com',
       storage: undefined,
@@ -43,6 +44,14 @@ describe('readConfig', () => {
       exit: { enabled: true },
       sitemap: {},
     });
+  });
+
+  it('takes the public key from data-key, else from ?key= in its own src', () => {
+    expect(readConfig(tag({ key: 'kp_a' }), window).key).toBe('kp_a');
+    const t = tag({});
+    t.src = 'https://engine.example.com/sdk/kairos.js?key=kp_b';
+    expect(readConfig(t, window).key).toBe('kp_b');
+    expect(readConfig(t, window).endpoint).toBe('https://engine.example.com');
   });
 
   it('reads every data-* setting and the served sitemap', () => {

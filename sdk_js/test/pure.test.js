@@ -12,13 +12,18 @@ describe('uuid', () => {
   it('uses crypto.randomUUID when present', () => {
     expect(uuid({ randomUUID: () => 'x' })).toBe('x');
   });
-  it('falls back to getRandomValues with version and variant bits set', () => {
-    const c = { getRandomValues: (a) => a.fill(255) };
-    expect(uuid(c)).toBe('ffffffff-ffff-4fff-bfff-ffffffffffff');
-    const zero = { getRandomValues: (a) => a.fill(0) };
-    expect(uuid(zero)).toBe('00000000-0000-4000-8000-000000000000');
-    const real = { getRandomValues: (a) => globalThis.crypto.getRandomValues(a) };
-    for (let i = 0; i < 50; i++) expect(uuid(real)).toMatch(V4);
+  it('falls back to the UUID a blob URL ends with (insecure contexts), and revokes it', () => {
+    const id = '0f8fad5b-d9cb-469f-a165-70867728950e';
+    const saved = [URL.createObjectURL, URL.revokeObjectURL]; // jsdom has neither
+    URL.createObjectURL = vi.fn(() => 'blob:http://shop.test/' + id);
+    URL.revokeObjectURL = vi.fn();
+    try {
+      expect(uuid({})).toBe(id);
+      expect(uuid({})).toMatch(V4);
+      expect(URL.revokeObjectURL).toHaveBeenCalledWith('blob:http://shop.test/' + id);
+    } finally {
+      [URL.createObjectURL, URL.revokeObjectURL] = saved;
+    }
   });
 });
 

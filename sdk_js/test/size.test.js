@@ -1,27 +1,18 @@
 // @vitest-environment node
-// The size budget: the built beacon stays under 6 KB gzip (scripts/build.mjs checks it too).
+// The size budget, on the bundle exactly as it ships (scripts/bundle.mjs: esbuild + terser). The
+// budget is about the file a site downloads, /sdk/kairos.js as the engine serves it with the
+// shipped sitemap compiled in: tests/integration/test_beacon_size.py measures that one, against
+// a running engine. Here: the beacon alone must leave room for a sitemap.
 import { describe, it, expect } from 'vitest';
-import { build } from 'esbuild';
 import { gzipSync } from 'node:zlib';
-import { fileURLToPath } from 'node:url';
-
-const BUDGET = 6 * 1024;
+import { BUDGET, bundle } from '../scripts/bundle.mjs';
 
 describe('dist/kairos.js', () => {
   it(`is under ${BUDGET} bytes gzip and one self-contained script`, async () => {
-    const out = await build({
-      entryPoints: [fileURLToPath(new URL('../src/main.js', import.meta.url))],
-      bundle: true,
-      minify: true,
-      format: 'iife',
-      target: ['es2020'],
-      legalComments: 'none',
-      write: false,
-    });
-    const js = out.outputFiles[0].text;
+    const js = await bundle();
     const gz = gzipSync(js, { level: 9 }).length;
     expect(gz).toBeLessThan(BUDGET);
     expect(js).not.toMatch(/\bimport\b|\bexport\b|require\(/);
     expect(js.startsWith('(()=>{')).toBe(true);
-  });
+  }, 60_000); // terser on a busy machine
 });

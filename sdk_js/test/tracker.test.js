@@ -21,6 +21,10 @@ beforeEach(() => {
   resetWarn();
   now = clock(T0);
   delete navigator.sendBeacon;
+  // jsdom has no <dialog> behaviour: showModal opens it
+  HTMLDialogElement.prototype.showModal = function () {
+    this.setAttribute('open', '');
+  };
 });
 afterEach(() => {
   vi.restoreAllMocks();
@@ -119,7 +123,7 @@ describe('page views and batching', () => {
     t.track('x');
     await t.flush();
     const [i, x] = fetch.requests[0].body.events;
-    expect([i.type, i.user_id, i.props, x.user_id]).toEqual(['identify', 'u-42', { plan: 'gold' }, 'u-42']);
+    expect([i.type, i.user_id, i.props, x.user_id]).toEqual(['identify', 'u-42', { traits: { plan: 'gold' } }, 'u-42']);
     expect(localStorage.getItem('kairos_uid')).toBe('u-42');
   });
 });
@@ -573,7 +577,7 @@ describe('exit intent', () => {
     });
     const host = document.querySelector('[data-kairos-popup="exit_intent"]');
     const root = host.shadowRoot;
-    expect(root.querySelector('[role=dialog]').getAttribute('aria-modal')).toBe('true');
+    expect(root.querySelector('dialog').hasAttribute('open')).toBe(true);
     root.querySelector('input').value = 'ada@example.com';
     root.querySelector('form').dispatchEvent(new Event('submit', { bubbles: true, cancelable: true }));
     root.querySelector('.x').click();
@@ -581,7 +585,7 @@ describe('exit intent', () => {
     const sent = fetch.to('/v1/events').flatMap((r) => r.body.events);
     expect(sent.map((e) => [e.type, e.decision_id, e.props])).toEqual([
       ['impression', 'dx', { zone: 'exit_intent' }],
-      ['identify', undefined, { email: 'ada@example.com', source: 'popup' }],
+      ['identify', undefined, { traits: { email: 'ada@example.com', source: 'popup' } }],
       ['conversion', 'dx', { zone: 'exit_intent', goal: 'email_capture' }],
       ['dismiss', 'dx', { zone: 'exit_intent', via: 'close' }],
     ]);
@@ -682,5 +686,77 @@ describe('robustness', () => {
     } finally {
       delete navigator.locks;
     }
+  });
+});
+
+describe('access: the public key, the signed user id, consent', () => {
+  it('sends the key as ?key= on every request, events, decide and sendBeacon alike', async () => {
+    const beacons = [];
+    navigator.sendBeacon = (url, body) => (beacons.push([url, JSON.parse(body)]), true);
+    document.body.innerHTML = '<div data-kairos-zone="hero"></div>';
+    const fetch = fetchStub((url) => (url.includes('/v1/decide') ? res(200, { decisions: [] }) : res(200, { accepted: 1 })));
+    const { t } = make({ key: 'kp_live_4f2a' }, fetch);
+    await t.page();
+    t.track('x');
+    await t.flush();
+    t.track('y');
+    window.dispatchEvent(new Event('pagehide'));
+    expect(fetch.requests.map((r) => r.url)).toEqual([
+      'https://engine.test/v1/decide?key=kp_live_4f2a',
+      'https://engine.test/v1/events?key=kp_live_4f2a',
+    ]);
+    expect(beacons.map((b) => b[0])).toEqual(['https://engine.test/v1/events?key=kp_live_4f2a']);
+    // a string body: text/plain, no Authorization header, so no CORS preflight
+    expect(typeof fetch.requests[0].init.body).toBe('string');
+    expect(fetch.requests[0].init.headers).toBe(undefined);
+  });
+
+  it('lifts user_hash out of the traits to every event of the user, and into decide', async () => {
+    document.body.innerHTML = '<div data-kairos-zone="hero"></div>';
+    const fetch = fetchStub((url) => (url.includes('/v1/decide') ? res(200, { decisions: [] }) : res(200, { accepted: 1 })));
+    const { t } = make({}, fetch);
+    const h = 'a'.repeat(64);
+    t.identify('u-42', { plan: 'gold', user_hash: h });
+    t.track('x');
+    await t.flush();
+    const [i, x] = fetch.to('/v1/events')[0].body.events;
+    expect([i.user_id, i.user_hash, i.props]).toEqual(['u-42', h, { traits: { plan: 'gold' } }]);
+    expect([x.user_id, x.user_hash]).toEqual(['u-42', h]);
+    expect(JSON.stringify(fetch.requests)).not.toContain('"traits":{"plan":"gold","user_hash"');
+    expect(localStorage.getItem('kairos_uh')).toBe(h);
+    await t.page();
+    const d = fetch.to('/v1/decide?key=undefined').concat(fetch.requests.filter((r) => r.url.includes('/v1/decide')))[0];
+    expect([d.body.user_id, d.body.user_hash]).toEqual(['u-42', h]);
+    // another user without a hash: the old hash is not reused for them
+    t.identify('u-7', { plan: 'free' });
+    t.track('z');
+    await t.flush();
+    const sent = fetch.to('/v1/events').flatMap((r) => r.body.events).filter((e) => e.user_id === 'u-7');
+    expect(sent.length).toBe(2);
+    expect(sent.every((e) => e.user_hash === undefined)).toBe(true);
+    expect(localStorage.getItem('kairos_uh')).toBe(null);
+  });
+
+  it('puts the consent state in every event when the site requires consent', async () => {
+    const { t, fetch } = make({ consent: null });
+    await t.page(); // waits for consent
+    t.track('before'); // no consent yet: nothing is kept or sent
+    t.consent(true);
+    await settle();
+    t.track('x');
+    await t.flush();
+    const events = fetch.to('/v1/events').flatMap((r) => r.body.events);
+    expect(events.map((e) => [e.type, e.context.consent])).toEqual([['page_view', true], ['x', true]]);
+    t.consent(false);
+    t.track('y');
+    await t.flush();
+    expect(fetch.requests.length).toBe(1); // withdrawn: nothing more is sent
+  });
+
+  it('sends no consent flag when the site does not ask for consent', async () => {
+    const { t, fetch } = make();
+    t.track('x');
+    await t.flush();
+    expect('consent' in fetch.to('/v1/events')[0].body.events[0].context).toBe(false);
   });
 });

@@ -1,10 +1,17 @@
 """Stream hooks: what else changes when an event is applied to a profile.
 
-A hook is a pure function (see `streams.plan.Hook`): it may update the profile and returns
-`Op`s (committed atomically with the profile, so exactly once) and `Emit`s (produced after the
-commit, at least once). Each module in `MODULES` has `setup(ctx) -> getter`, plain wiring with
-no I/O: `ctx` is the `streams.plan.HookContext`, and `getter()` returns the hooks to run for
-the next batch (so hooks follow hot-reloaded configuration).
+A hook is a pure callable (see `streams.plan`, "Hooks"): `hook(event, profile, pid, out)` may
+update the profile, add per-visitor ops (`out.op`, committed with the profile), emits
+(`out.emit`, produced after the commit, at least once) and changes to shared tables
+(`out.tables.zincr / hincr / hset`, aggregated over the batch and committed once per batch with
+the offset marks: exactly once). Each module in `MODULES` has `setup(ctx) -> getter`, plain
+wiring with no I/O: `ctx` is the `streams.plan.HookContext`, and `getter()` returns the hooks to
+run for the next batch (so hooks follow hot-reloaded configuration).
+
+A new learner plugs in as one more module here: a hook object with `__call__` (per applied
+event) and, as it needs, `finish` (once per profile per batch), `reads` (per-visitor hashes to
+read before planning) and `unstored` (events counted but not stored); a getter with a
+`lifecycle` if it keeps per-partition state in memory (below). It never does I/O itself.
 
 A getter may carry `lifecycle`: an object with async `prepare(events)` (before each batch is
 planned), `snapshot()` (periodically) and `revoked(partitions)` (the worker lost partitions),
@@ -63,9 +70,11 @@ class Hooks:
 
 
 async def setup_hooks(settings: Settings, redis: Any, modules: Sequence[ModuleType] | None = None,
-                      hub: ConfigHub | None = None) -> Hooks:
+                      hub: ConfigHub | None = None,
+                      epoch_of: Callable[[int], int | None] = lambda p: None) -> Hooks:
     """Start what the hooks need (the decision configuration, loaded and watched; the
-    segments topic) and set up every module's hooks."""
+    segments topic) and set up every module's hooks. `epoch_of(partition)`: the epoch this
+    worker holds a partition at (engine/store/fences.py), so that model snapshots are fenced."""
     if hub is None:
         hub = default_hub(settings.config_dir, settings.config_reload_debounce_ms)
         await hub.start()
@@ -73,6 +82,6 @@ async def setup_hooks(settings: Settings, redis: Any, modules: Sequence[ModuleTy
         with contextlib.suppress(Exception):
             await ensure_topics(settings.kafka_bootstrap,
                                 {settings.segments_topic: settings.partitions}, 10.0)
-    ctx = HookContext(settings, hub,
-                      ModelSnapshots(redis, settings.group_id) if redis is not None else None)
+    ctx = HookContext(settings, hub, ModelSnapshots(redis, settings.group_id, epoch_of)
+                      if redis is not None else None)
     return Hooks([m.setup(ctx) for m in (MODULES if modules is None else modules)])

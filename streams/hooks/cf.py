@@ -4,13 +4,13 @@ Each partition of the events topic has its own `models.reco.cf.OnlineMF` (BPR wi
 in the worker that owns the partition; a visitor's events all go to one partition (the record
 key is the visitor), so the visitor's vector lives in exactly one model. Per applied event the
 model takes one learning step for the profile (`pid`: a visitor, or the known user after an
-identity merge). Once per profile per batch (`finish`) the hook writes, as ops committed with
-the profile:
+identity merge). Once per profile per batch (`finish`) the hook writes:
 
 - the profile's vector: `keys.cf_visitor(pid)` = uint16 partition + float32 factors, with the
-  profile's TTL;
+  profile's TTL (a per-visitor op, committed with the profile);
 - the vectors of the items the batch changed: `keys.cf_items(group, partition)`, item -> float32
-  factors + bias.
+  factors + bias (a shared table in the partition's home shard, committed under its fence: a
+  worker that lost the partition cannot overwrite them with its stale model).
 
 The API scores the `cf` ingredient's candidates with them (`models.reco.cf.score_exported`):
 one key more in the read it already does, one HMGET beside the catalog read.
@@ -37,7 +37,7 @@ from typing import Any
 from engine.settings import Settings
 from engine.store import keys
 from engine.store.snapshots import ModelSnapshots
-from engine.store.writes import Emit, Op
+from engine.store.writes import Write
 from models.affinity import Profile
 from models.reco.cf import OnlineMF
 from streams.plan import DECISIONS_MARK_BASE, Hook, HookContext
@@ -75,13 +75,13 @@ class OnlineCF:
         return m
 
     # -- the hook ------------------------------------------------------------------------
-    def __call__(self, event: Mapping[str, Any], profile: Profile, pid: str) -> Iterable[Op | Emit]:
+    def __call__(self, event: Mapping[str, Any], profile: Profile, pid: str, out: Write) -> None:
         p = partition_of(event)
         if p is None:
-            return ()
+            return
         model = self.model(p)
         if event.get("type") not in model.weights:
-            return ()
+            return
         touched = model.learn_one({**event, "visitor_id": pid})
         if touched:
             entry = self._pending.get(pid)
@@ -89,26 +89,21 @@ class OnlineCF:
                 entry = self._pending[pid] = (p, set())
             entry[1].update(touched)
             self.changed.add(p)
-        return ()
 
-    def finish(self, event: Mapping[str, Any], profile: Profile, pid: str) -> Iterable[Op | Emit]:
+    def finish(self, event: Mapping[str, Any], profile: Profile, pid: str, out: Write) -> None:
         got = self._pending.pop(pid, None)
         if got is None:
-            return ()
+            return
         p, items = got
         model = self.models[p]
-        ops: list[Op] = []
         user = model.export_user(pid)
         if user is not None:
-            ops.append(Op("SET", keys.cf_visitor(pid), (_HEADER.pack(p) + user, "PX", self.ttl_ms)))
-        fields: list[str | bytes] = []
+            out.op("SET", keys.cf_visitor(pid), _HEADER.pack(p) + user, "PX", self.ttl_ms)
+        ikey = keys.cf_items(self.settings.group_id, p)
         for iid in sorted(items):
             vec = model.export_item(iid)
             if vec is not None:
-                fields += [iid, vec]
-        if fields:
-            ops.append(Op("HSET", keys.cf_items(self.settings.group_id, p), tuple(fields)))
-        return ops
+                out.tables.hset(ikey, iid, vec)
 
     # -- the state the lifecycle saves and restores ------------------------------------------
     def unknown_partitions(self, events: Sequence[Mapping[str, Any]]) -> list[int]:

@@ -1,20 +1,31 @@
-"""Hook: the recommendation models that live in Redis, updated once per applied event.
+"""Hook: the recommendation models that live in Redis, changed once per applied event.
 
-Per event, as ops committed atomically with the profile (so exactly once):
+Per event, as changes to shared tables (aggregated over the batch: one increment per key and
+member, committed once per batch with the offset marks, so exactly once):
 
 - catalog: what the event says about its items (name, price, categories, brand) goes to the
-  item's `e` field (engine/store/catalog.py), so an item first seen in an event is recommendable;
+  item's `e` fields (engine/store/catalog.py), so an item first seen in an event is
+  recommendable; an item only events mention expires `ITEM_TTL_MS` after the last one;
 - trending: forward-decayed counts (engine/logic/trending.py epochs, no rescale) of items, leaf
   categories and brands for each half-life in `HALF_LIVES`, and of items per category path
-  (every ancestor) for the recipes' half-life; each table bounded with ZREMRANGEBYRANK;
+  (every ancestor) for the recipes' half-life; each table bounded (`CAPS`) and expiring with
+  its epoch;
 - co-view: the event's items paired with the visitor's recent items (`profile.recent`, already
   updated with this event), weight 1/distance, both directions, bounded per item; plus the item
-  popularity counter used to down-weight popular neighbours at read time;
+  popularity counter (`keys.popularity`, bounded per shard) used to down-weight popular
+  neighbours at read time;
 - co-buy: cart and purchase items paired with the rest of the cart and the recent purchases;
 - next_item: directed transitions (kind `t`): for a view, cart or purchase of B, each of the
   visitor's `NEXT_ITEM_WINDOW` most recent other items A (`profile.recent`, newest first, which
   already holds B at its front) gains B with weight 1/distance in A's table, bounded per item;
   read divided by popularity^0.5 like co-view (models/reco/nextitem.py).
+
+Neighbour tables expire `ITEM_TTL_MS` after their last change. Bounded tables are trimmed by
+the commit once they pass their cap by an eighth, not after every increment.
+
+What one event can cost is bounded: at most `MAX_ITEMS` of its items, `MAX_CATEGORIES` of an
+item's categories and `MAX_DEPTH` levels of a category path count here, and the pairs of only
+the first `MAX_PAIRED` items (on top of the planner's per-event op budget).
 
 The weights and types are the in-process learners' (models/reco), so the offline replay
 measures the same scheme.
@@ -29,96 +40,198 @@ from engine.logic.catalog import from_event_item
 from engine.logic.common import category_ancestors
 from engine.logic.trending import HALF_LIVES, RECO_HALF_LIFE, EpochDecay
 from engine.store import keys
-from engine.store.catalog import event_fields
-from engine.store.writes import Emit, Op
+from engine.store.catalog import CURATED, event_fields
+from engine.store.writes import Tables, Write
 from models.affinity import Profile
 from models.reco.base import DEFAULT_WEIGHTS, event_items
 from models.reco.cooccurrence import CO_BUY_TYPES, CO_VIEW_TYPES
 from models.reco.nextitem import NEXT_ITEM_TYPES, NEXT_ITEM_WINDOW
 from streams.plan import Hook, HookContext
 
-CAPS = {"item": 2000, "category": 500, "brand": 500, "in_category": 300, "neighbours": 100}
+CAPS = {"item": 2000, "category": 500, "brand": 500, "in_category": 300, "neighbours": 100,
+        "popularity": 50_000}  # popularity: per shard (keys.SHARDS of them)
 CO_VIEW_WINDOW = 7
 CO_BUY_WINDOW = 10
+ITEM_TTL_MS = 30 * 86_400_000
+MAX_ITEMS = 20
+MAX_PAIRED = 10
+MAX_CATEGORIES = 4
+MAX_DEPTH = 6
 _DECAYS = {label: EpochDecay(hl) for label, hl in HALF_LIVES.items()}
 _CO_VIEW = frozenset(CO_VIEW_TYPES)
 _CO_BUY = frozenset(CO_BUY_TYPES)
 _NEXT_ITEM = frozenset(NEXT_ITEM_TYPES)
+_KEEP = CURATED.decode()
 
 
-def _bounded(key: str, member: str, amount: float, cap: int, ttl_ms: int | None = None
-             ) -> list[Op]:
-    ops = [Op("ZINCRBY", key, (amount, member)), Op("ZREMRANGEBYRANK", key, (0, -(cap + 1)))]
-    if ttl_ms:
-        ops.append(Op("PEXPIRE", key, (ttl_ms,)))
-    return ops
+class _TrendKeys:
+    """Trending table keys by (label, dim, epoch): computed once per epoch, not per event."""
+
+    def __init__(self) -> None:
+        self._k: dict[tuple[str, str, int], str] = {}
+
+    def __call__(self, label: str, dim: str, epoch: int) -> str:
+        k = self._k.get((label, dim, epoch))
+        if k is None:
+            if len(self._k) > 256:
+                self._k.clear()
+            k = self._k[(label, dim, epoch)] = keys.trending(label, dim, epoch)
+        return k
 
 
-def _pairs(kind: str, ids: list[str], others: Iterable[str], window: int) -> list[Op]:
-    ops: list[Op] = []
+_trend_key = _TrendKeys()
+
+
+class _ItemKeys:
+    """An item's table keys (its shard costs a CRC-32): kept for the items seen lately."""
+
+    __slots__ = ("_k",)
+
+    def __init__(self) -> None:
+        self._k: dict[str, tuple[str, str, str, str, str]] = {}
+
+    def __call__(self, iid: str) -> tuple[str, str, str, str, str]:
+        """(co-view, co-buy, next-item, catalog, popularity) keys of one item."""
+        k = self._k.get(iid)
+        if k is None:
+            if len(self._k) >= 200_000:
+                self._k.clear()
+            k = self._k[iid] = (keys.neighbours("v", iid), keys.neighbours("b", iid),
+                                keys.neighbours("t", iid), keys.catalog_item(iid),
+                                keys.popularity(keys.shard(iid)))
+        return k
+
+
+_item_keys = _ItemKeys()
+_KIND = {"v": 0, "b": 1, "t": 2}
+
+
+def _pairs(t: Tables, kind: str, ids: list[str], others: Iterable[str], window: int) -> None:
     others = [o for o in dict.fromkeys(others) if o not in ids][:window]
-    for iid in ids:
+    if not others:
+        return
+    cap = CAPS["neighbours"]
+    k = _KIND[kind]
+    zincr = t.zincr
+    for iid in ids[:MAX_PAIRED]:
+        ki = _item_keys(iid)[k]
         for d, jid in enumerate(others, start=1):
-            ops += _bounded(keys.neighbours(kind, iid), jid, 1.0 / d, CAPS["neighbours"])
-            ops += _bounded(keys.neighbours(kind, jid), iid, 1.0 / d, CAPS["neighbours"])
-    return ops
+            zincr(ki, jid, 1.0 / d, cap, ITEM_TTL_MS)
+            zincr(_item_keys(jid)[k], iid, 1.0 / d, cap, ITEM_TTL_MS)
 
 
-def _transitions(ids: list[str], recent: Iterable[str], window: int) -> list[Op]:
+def _transitions(t: Tables, ids: list[str], recent: Iterable[str], window: int) -> None:
     """`recent` (newest first) -> each of `ids`: the directed next_item credits."""
-    ops: list[Op] = []
     before = [o for o in dict.fromkeys(recent) if o not in ids][:window]
-    for iid in ids:
+    cap = CAPS["neighbours"]
+    for iid in ids[:MAX_PAIRED]:
         for d, jid in enumerate(before, start=1):
-            ops += _bounded(keys.neighbours("t", jid), iid, 1.0 / d, CAPS["neighbours"])
-    return ops
+            t.zincr(_item_keys(jid)[2], iid, 1.0 / d, cap, ITEM_TTL_MS)
 
 
-def reco_ops(event: Mapping[str, Any], profile: Profile) -> list[Op]:
-    """The Redis ops of one applied event (pure)."""
-    items = event_items(event)
+def _categories(item: Mapping[str, Any]) -> list[str]:
+    return [str(c).strip("/").lower() for c in (item.get("categories") or [])[:MAX_CATEGORIES]
+            if c]
+
+
+def record_reco(event: Mapping[str, Any], profile: Profile, pid: str, out: Write) -> None:
+    reco_changes(event, profile, out.tables)
+
+
+class _ItemFacts:
+    """What the tables need of an event's item, worked out once per distinct item description
+    (the same item is described the same way by most events): its leaf categories, their
+    ancestor paths, its brand, and its catalog fields packed."""
+
+    __slots__ = ("_k",)
+
+    def __init__(self) -> None:
+        self._k: dict[Any, tuple[list[str], list[str], str | None, list[tuple[str, bytes]]]] = {}
+
+    def __call__(self, it: Mapping[str, Any]
+                 ) -> tuple[list[str], list[str], str | None, list[tuple[str, bytes]]]:
+        cats_raw = it.get("categories")
+        tags = it.get("tags")
+        sig = (it.get("id"), it.get("name"), it.get("price"), it.get("brand"),
+               tuple(cats_raw) if cats_raw else None, tuple(tags) if tags else None)
+        got = self._k.get(sig)
+        if got is None:
+            if len(self._k) >= 100_000:
+                self._k.clear()
+            cats = _categories(it)
+            paths = list(dict.fromkeys(p for c in cats for p in category_ancestors(c)[:MAX_DEPTH]))
+            brand = str(it["brand"]).strip().lower() if it.get("brand") else None
+            record = from_event_item(it)
+            fields = [(f.decode(), v) for f, v in event_fields(record)] if record else []
+            got = self._k[sig] = (cats, paths, brand, fields)
+        return got
+
+
+_item_facts = _ItemFacts()
+
+
+class _CategoryKeys:
+    """`keys.trending_in_category` by (label, path, epoch), kept for the current epochs."""
+
+    def __init__(self) -> None:
+        self._k: dict[tuple[str, str, int], str] = {}
+
+    def __call__(self, label: str, path: str, epoch: int) -> str:
+        k = self._k.get((label, path, epoch))
+        if k is None:
+            if len(self._k) >= 100_000:
+                self._k.clear()
+            k = self._k[(label, path, epoch)] = keys.trending_in_category(label, path, epoch)
+        return k
+
+
+_category_key = _CategoryKeys()
+
+
+def reco_changes(event: Mapping[str, Any], profile: Profile, t: Tables) -> None:
+    """The table changes of one applied event (pure: into `t`)."""
+    items = event_items(event)[:MAX_ITEMS]
     if not items:
-        return []
+        return
     etype = event.get("type", "")
     ts = int(event["ts"])
-    ops: list[Op] = []
     ids = [str(it["id"]) for it in items]
-    for it in items:
-        record = from_event_item(it)
-        if record is not None:
-            args = tuple(x for pair in event_fields(record) for x in pair)
-            ops.append(Op("HSET", keys.catalog_item(record["id"]), args))
+    facts = [_item_facts(it) for it in items]
+    hset, zincr = t.hset, t.zincr
+    for iid, (_, _, _, fields) in zip(ids, facts, strict=True):
+        if fields:
+            key = _item_keys(iid)[3]
+            for f, v in fields:
+                hset(key, f, v, ITEM_TTL_MS, _KEEP)
     weight = DEFAULT_WEIGHTS.get(etype, 0.0)
     if weight > 0:
+        c_item, c_cat, c_brand, c_in = (CAPS["item"], CAPS["category"], CAPS["brand"],
+                                        CAPS["in_category"])
         for label, dec in _DECAYS.items():
             epoch, amount = dec.increment(weight, ts)
             ttl = dec.ttl_ms
-            for it, iid in zip(items, ids, strict=True):
-                cats = [str(c).strip("/").lower() for c in it.get("categories") or [] if c]
-                ops += _bounded(keys.trending(label, "item", epoch), iid, amount, CAPS["item"], ttl)
+            k_item = _trend_key(label, "item", epoch)
+            k_cat = _trend_key(label, "category", epoch)
+            k_brand = _trend_key(label, "brand", epoch)
+            in_category = label == RECO_HALF_LIFE
+            for iid, (cats, paths, brand, _) in zip(ids, facts, strict=True):
+                zincr(k_item, iid, amount, c_item, ttl)
                 for c in cats:
-                    ops += _bounded(keys.trending(label, "category", epoch), c, amount,
-                                    CAPS["category"], ttl)
-                if it.get("brand"):
-                    ops += _bounded(keys.trending(label, "brand", epoch),
-                                    str(it["brand"]).strip().lower(), amount, CAPS["brand"], ttl)
-                if label == RECO_HALF_LIFE:
-                    for path in dict.fromkeys(p for c in cats for p in category_ancestors(c)):
-                        ops += _bounded(keys.trending_in_category(label, path, epoch), iid, amount,
-                                        CAPS["in_category"], ttl)
+                    zincr(k_cat, c, amount, c_cat, ttl)
+                if brand:
+                    zincr(k_brand, brand, amount, c_brand, ttl)
+                if in_category:
+                    for path in paths:
+                        zincr(_category_key(label, path, epoch), iid, amount, c_in, ttl)
     if etype in _CO_VIEW:
+        cap = CAPS["popularity"]
         for iid in ids:
-            ops.append(Op("HINCRBY", keys.ITEM_POPULARITY, (iid, 1)))
-        ops += _pairs("v", ids, profile.recent, CO_VIEW_WINDOW)
+            zincr(_item_keys(iid)[4], iid, 1.0, cap)
+        _pairs(t, "v", ids, profile.recent, CO_VIEW_WINDOW)
     if etype in _CO_BUY:
-        ops += _pairs("b", ids, [*reversed(profile.cart), *profile.purchased], CO_BUY_WINDOW)
+        _pairs(t, "b", ids, [*reversed(profile.cart), *profile.purchased], CO_BUY_WINDOW)
     if etype in _NEXT_ITEM:
-        ops += _transitions(ids, profile.recent, NEXT_ITEM_WINDOW)
-    return ops
-
-
-def record_reco(event: Mapping[str, Any], profile: Profile, pid: str) -> Iterable[Op | Emit]:
-    return reco_ops(event, profile)
+        _transitions(t, ids, profile.recent, NEXT_ITEM_WINDOW)
 
 
 def setup(ctx: HookContext) -> Callable[[], list[Hook]]:

@@ -32,11 +32,11 @@ def popup_state(page: Page) -> dict | None:
         """(sel) => {
           const host = document.querySelector(sel);
           if (!host) return null;
-          const dlg = host.shadowRoot.querySelector('[role=dialog]');
+          const dlg = host.shadowRoot.querySelector('dialog');
           const focused = host.shadowRoot.activeElement;
           const box = dlg.getBoundingClientRect();
           return {
-            role: dlg.getAttribute('role'), modal: dlg.getAttribute('aria-modal'),
+            role: dlg.localName, modal: dlg.matches(':modal'),
             label: host.shadowRoot.getElementById(dlg.getAttribute('aria-labelledby')).textContent,
             text: dlg.textContent, focusInside: !!focused && dlg.contains(focused),
             hostFocused: document.activeElement === host,
@@ -88,13 +88,22 @@ def test_exit_intent_popup_focus_esc_and_reactions(
         page.wait_for_selector(POPUP, state="attached")  # the host has no box: its dialog is fixed
         st = popup_state(page)
         assert st is not None and st["visible"]
-        assert st["role"] == "dialog" and st["modal"] == "true"
+        assert st["role"] == "dialog" and st["modal"] is True  # a native modal <dialog>
         assert st["label"] == d["content"]["title"]
         assert "WELCOME10" in st["text"]
         assert st["focusInside"] and st["hostFocused"], st
         page.wait_for_timeout(300)  # the popup's own layout settles
         page.screenshot(path=str(artifacts / "demo-exit-intent-popup.png"))
 
+        inside = 0
+        for _ in range(6):  # the page behind a modal dialog is inert: Tab never reaches it (it
+            page.keyboard.press("Tab")  # cycles through the dialog and the browser's own UI)
+            where = page.evaluate(f"""() => document.activeElement === document.querySelector(
+                '{POPUP}') ? 'popup' : document.activeElement === document.body ? 'browser'
+                : document.activeElement.outerHTML.slice(0, 80)""")
+            assert where in ("popup", "browser"), f"focus reached the page: {where}"
+            inside += where == "popup"
+        assert inside >= 3
         page.keyboard.press("Escape")
         page.wait_for_selector(POPUP, state="detached")
         assert page.evaluate("document.activeElement.className").startswith("btn add-to-cart")

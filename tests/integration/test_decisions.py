@@ -85,16 +85,18 @@ def decide(stack: Stack, vid: str, zones: list[str], **body: Any) -> dict[str, A
     return r.json()
 
 
-@pytest.fixture(scope="module")
-def dstack(make_stack: Callable[..., Stack], tmp_path_factory: pytest.TempPathFactory
-           ) -> Iterator[tuple[Stack, Path]]:
+@pytest.fixture(scope="module", params=["single", "cluster"])
+def dstack(make_stack: Callable[..., Stack], tmp_path_factory: pytest.TempPathFactory,
+           request: pytest.FixtureRequest) -> Iterator[tuple[Stack, Path]]:
+    """A stack with the test's decision config, on a single Valkey, then on a Redis Cluster."""
     cdir = tmp_path_factory.mktemp("decide-config")
     (cdir / "segments").mkdir()
     (cdir / "campaigns").mkdir()
     (cdir / "segments" / "shoe_fans.yaml").write_text(SEGMENT)
     (cdir / "campaigns" / "shoe_promo.yaml").write_text(PROMO)
     (cdir / "campaigns" / "banner.yaml").write_text(BANNER)
-    stack = make_stack(name="decide", config_dir=cdir)
+    redis = request.getfixturevalue("redis_cluster") if request.param == "cluster" else None
+    stack = make_stack(name=f"decide-{request.param}", config_dir=cdir, redis=redis)
     yield stack, cdir
     stack.stop()  # now: its worker must not count in other modules' worker gauges
 
@@ -245,8 +247,9 @@ def _json(doc: Any) -> bytes:
     return orjson.dumps(doc)
 
 
-async def test_campaign_op_matches_the_pure_caps_logic(redis_server, tmp_path: Path) -> None:
-    """The commit script's CAMPAIGN op against engine.logic.decisions.caps on random sequences."""
+async def test_campaign_op_matches_the_pure_caps_logic(redis_url: str, tmp_path: Path) -> None:
+    """The stream's campaign state and counters, through the Applier on real Redis, against
+    engine.logic.decisions.caps run on its own over random sequences."""
     import random
 
     from engine.logic.decisions.caps import CapState, conversion_effects, reaction_effects
@@ -263,7 +266,7 @@ async def test_campaign_op_matches_the_pure_caps_logic(redis_server, tmp_path: P
         "targeting:\n  segment: shoe_fans\n", ""))
     config = load_config(tmp_path)
     campaign = config.campaigns[cid]
-    client = new_client(redis_server.url)
+    client = new_client(redis_url)
     cfg = AffinityConfig()
     ap = Applier(ProfileStore(client, 60_000), cfg,
                  hooks=lambda: [DecisionHook(config, cfg, "segments-test", 60_000)])

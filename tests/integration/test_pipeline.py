@@ -24,7 +24,8 @@ def scores(profile: dict, dim: str) -> dict[str, float]:
     return {row["key"]: row["score"] for row in profile["affinities"][dim]}
 
 
-def test_event_over_http_reaches_the_profile(stack: Stack):
+def test_event_over_http_reaches_the_profile(any_stack: Stack):
+    stack = any_stack
     vid = uid()
     evs = [ev(vid, 1, categories=["shoes/running"], brand="Acme"),
            ev(vid, 2, "add_to_cart", categories=["shoes/running"], brand="Acme"),
@@ -50,7 +51,8 @@ def test_event_over_http_reaches_the_profile(stack: Stack):
     assert top["key"] == "acme" and set(top["by_type"]) == {"item_view", "add_to_cart"}
 
 
-def test_same_batch_posted_twice_counts_once(stack: Stack):
+def test_same_batch_posted_twice_counts_once(any_stack: Stack):
+    stack = any_stack
     vid = uid()
     batch = [ev(vid, i, brand="b") for i in range(10)]
     assert stack.post(batch).status_code == 200
@@ -82,7 +84,8 @@ def test_profile_by_user_id_and_unknown_visitor(stack: Stack):
     assert r.status_code == 400 and r.json()["field"] == "visitor_id"
 
 
-def test_identity_merge_across_devices(stack: Stack):
+def test_identity_merge_across_devices(any_stack: Stack):
+    stack = any_stack
     phone, laptop, user = uid("phone"), uid("laptop"), uid("user")
     stack.post([ev(phone, 1, brand="acme"), ev(phone, 2, brand="acme")])
     stack.wait_profile(phone, 2)
@@ -108,7 +111,8 @@ def test_identity_merge_across_devices(stack: Stack):
 def test_health_ready_metrics_openapi(stack: Stack):
     assert stack.http.get("/healthz").json() == {"status": "ok"}
     r = stack.http.get("/readyz")
-    assert r.status_code == 200 and r.json()["checks"] == {"redis": "ok", "kafka": "ok"}
+    assert r.status_code == 200 and r.json()["checks"] == {"redis": "ok", "kafka": "ok",
+                                                         "redis_memory": "ok"}
     stack.post([ev(uid(), 1)])
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:

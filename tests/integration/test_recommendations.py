@@ -40,7 +40,8 @@ def wait_for(check, timeout: float = 30.0):
     raise AssertionError(f"condition not met; last: {last}")
 
 
-def test_catalog_api_validates_and_round_trips(stack: Stack):
+def test_catalog_api_validates_and_round_trips(any_stack: Stack):
+    stack = any_stack
     iid = f"sku-{uuid.uuid4().hex[:8]}"
     r = stack.http.post("/v1/catalog/items", json=[
         {"id": iid, "name": "Trail shoe", "price": 89.5, "currency": "EUR",
@@ -64,7 +65,8 @@ def test_catalog_api_validates_and_round_trips(stack: Stack):
     assert r.status_code == 413
 
 
-def test_recommendations_follow_the_stream(stack: Stack):
+def test_recommendations_follow_the_stream(any_stack: Stack):
+    stack = any_stack
     tag = uuid.uuid4().hex[:8]
     cat = f"gear{tag}/tents"
     a, b, c, new = (f"{x}-{tag}" for x in ("a", "b", "c", "new"))

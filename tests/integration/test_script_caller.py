@@ -8,7 +8,7 @@ import contextlib
 
 import pytest
 
-from engine.store.direct import ClientScript, ScriptCaller, script_caller
+from engine.store.direct import ScriptCaller
 from engine.store.profiles import new_client
 
 pytestmark = pytest.mark.integration
@@ -24,12 +24,6 @@ async def client(redis_server):
     c = new_client(redis_server.url)
     yield c
     await c.aclose()
-
-
-async def test_a_single_node_client_gets_the_fast_caller(client) -> None:
-    assert isinstance(script_caller(client, ECHO), ScriptCaller)
-    assert isinstance(script_caller(object.__new__(type("Cluster", (), {
-        "register_script": lambda self, s: None})), ECHO), ClientScript)
 
 
 async def test_cancelled_calls_never_leak_a_reply_to_the_next_caller(client) -> None:

@@ -1,88 +1,240 @@
-"""The profile store's atomic commit on real Valkey: CAS, merges, derived-state ops."""
+"""The stream's commit on real Valkey: compare-and-set, fences, shared tables aggregated per
+batch, merges, tombstones."""
 
 from __future__ import annotations
+
+import asyncio
+import uuid
 
 import pytest
 import redis.exceptions
 
 from engine.store import keys
+from engine.store.catalog import CatalogStore
 from engine.store.profiles import ProfileStore, new_client
-from engine.store.writes import Op, Write
+from engine.store.writes import Op, Tables, Write
 from models.affinity import AffinityConfig, Profile
-from streams.applier import Applier
+from streams.applier import Applier, Lost
+from streams.hooks import activity, reco, traffic
 from tests.conftest import uid
 
 pytestmark = pytest.mark.integration
 CFG = AffinityConfig()
+T0 = 1_764_000_000_000
 
 
 @pytest.fixture
-async def store(redis_server):
-    client = new_client(redis_server.url)
-    yield ProfileStore(client, ttl_ms=60_000)
-    await client.aclose()
+async def client(redis_url):
+    c = new_client(redis_url)
+    yield c
+    await c.aclose()
 
 
-def ev(vid, n, **extra):
-    return {"event_id": f"{vid}-{n}", "type": "item_view", "visitor_id": vid, "ts": 1_764_000_000_000,
-            "item": {"id": f"i{n}", "brand": "acme"}, **extra}
+def store_of(client, group: str | None = None) -> ProfileStore:
+    return ProfileStore(client, ttl_ms=60_000, group_id=group or f"g-{uuid.uuid4().hex[:8]}")
 
 
-async def test_ops_commit_with_the_profile_and_only_then(store):
+def ev(vid, n, part=0, off=None, **extra):
+    return {"event_id": f"{vid}-{n}", "type": "item_view", "visitor_id": vid, "ts": T0 + n,
+            "item": {"id": f"i{n % 7}", "brand": "acme", "categories": ["a/b"]},
+            "_p": part, "_o": n if off is None else off, "_t": T0, **extra}
+
+
+async def test_ops_and_tables_commit_with_the_profile_and_only_then(client):
+    st = store_of(client)
     vid = uid()
-    counter = f"test:{vid}:views"
-    prof = Profile()
-    w = Write(keys.visitor_pid(vid), b"", prof, ops=[Op("HINCRBY", counter, ("n", 1)),
-                                                     Op("ZINCRBY", counter + ":z", (2.5, "acme"))])
-    assert await store.commit([w]) == [True]
-    assert await store.r.hget(counter, "n") == b"1"
-    assert float(await store.r.zscore(counter + ":z", "acme")) == 2.5
-    # the same write again: its expected revision is stale, so neither profile nor ops change
-    assert await store.commit([w]) == [False]
-    assert await store.r.hget(counter, "n") == b"1"
+    pid = keys.visitor_pid(vid)
+    await st.fences.claim([0])
+    t = Tables()
+    key = f"kx:{{k3}}:test:{vid}"
+    t.hincr(key, "n", 1)
+    t.zincr(key + ":z", "acme", 2.5)
+    w = Write(pid, b"", Profile(), ops=[Op("LPUSH", keys.activity(pid), ("x",))], tables=t)
+    res = await st.commit([w], t, {0: 5})
+    assert res.ok and res.written == [0]
+    assert await client.hget(key, "n") == b"1"
+    assert float(await client.zscore(key + ":z", "acme")) == 2.5
+    assert await client.lrange(keys.activity(pid), 0, -1) == [b"x"]
+    # the same write again: its expected revision is stale, so the profile and its ops do not
+    # change; on one server nothing at all does (one call), on a cluster the shared tables are
+    # their own earlier step (the Applier plans the profile again without them)
+    res = await st.commit([w], t, {0: 6})
+    assert not res.ok and res.conflicts == [0]
+    assert await client.hget(key, "n") == (b"2" if st.cluster else b"1")
+    assert await client.llen(keys.activity(pid)) == 1
 
 
-async def test_disallowed_op_never_reaches_redis(store):
+async def test_disallowed_op_never_reaches_redis(client):
+    st = store_of(client)
     with pytest.raises(ValueError):
         Op("FLUSHALL", "x")
-    w = Write(keys.visitor_pid(uid()), b"", Profile(), ops=[Op("SET", "ok", ("1",))])
+    pid = keys.visitor_pid(uid())
+    w = Write(pid, b"", Profile(), ops=[Op("SET", f"kx:{{{pid}}}:ok", ("1",))], tables=Tables())
     object.__setattr__(w.ops[0], "command", "FLUSHALL")
     with pytest.raises(redis.exceptions.ResponseError, match="op not allowed"):
-        await store.commit([w])
+        await st.commit([w], None, {})
 
 
-async def test_hooks_run_once_per_applied_event_even_when_replayed(store):
+async def test_a_per_visitor_op_must_carry_the_profiles_hash_tag(client):
+    pid = keys.visitor_pid(uid())
+    w = Write(pid, b"", Profile(), ops=[Op("SET", "kx:elsewhere", ("1",))], tables=Tables())
+    with pytest.raises(ValueError, match="hash tag"):
+        await store_of(client).commit([w], None, {})
+
+
+async def test_hooks_run_once_per_applied_event_even_when_replayed(client):
     vid = uid()
-    key = f"test:{vid}:hook"
+    key = f"kx:{{k1}}:test:{vid}:hook"
 
-    def count_views(event, profile, pid):
-        return [Op("INCRBY", key, (1,))]
+    def count_views(event, profile, pid, out):
+        out.tables.hincr(key, "views")
 
     emitted = []
 
     async def emit(items):
         emitted.extend(items)
 
-    ap = Applier(store, CFG, hooks=lambda: [count_views], emit=emit)
+    ap = Applier(store_of(client), CFG, hooks=lambda: [count_views], emit=emit)
     batch = [ev(vid, i) for i in range(5)]
     assert (await ap.apply(batch)).applied == 5
     res = await ap.apply(batch + [ev(vid, 9)])  # replayed batch plus one new event
     assert (res.applied, res.duplicates) == (1, 5)
-    assert await store.r.get(key) == b"6"
+    assert await client.hget(key, "views") == b"6"
 
 
-async def test_concurrent_writers_to_one_merged_user_lose_nothing(store):
+async def test_the_same_events_in_one_batch_or_many_give_the_same_tables(client):
+    """The aggregated tables as Redis holds them (reco, traffic): one batch of 300 events, or
+    the same events in 60 batches, on two consumer groups with their own visitors."""
+    hooks = [traffic.count_traffic, activity.record_activity, reco.record_reco]
+    tag = uuid.uuid4().hex[:6]
+
+    def evs(prefix):
+        out = []
+        for n in range(300):
+            e = ev(f"{prefix}{n % 13}", n, part=n % 3, off=n)
+            e["item"] = {"id": f"{tag}-{n % 11}", "brand": f"b{tag}", "categories": [f"c{tag}/x"]}
+            out.append(e)
+        return out
+
+    one = Applier(store_of(client), CFG, hooks=lambda: hooks)
+    await one.apply(evs("a"))
+    snap_one = await _reco_tables(client, tag)
+    for k in [k async for k in _scan(client, f"*{tag}*")]:
+        await client.delete(k)
+    for n in range(11):
+        await client.zrem(keys.popularity(keys.shard(f"{tag}-{n}")), f"{tag}-{n}")
+    many = Applier(store_of(client), CFG, hooks=lambda: hooks)
+    batch = evs("b")
+    for i in range(0, 300, 5):
+        await many.apply(batch[i:i + 5])
+    assert await _reco_tables(client, tag) == snap_one
+    assert snap_one  # co-view, trending, catalog fields, popularity
+
+
+async def _scan(client, pattern):
+    from engine.store.client import is_cluster
+
+    if is_cluster(client):
+        for node in client.get_primaries():
+            async for k in client.scan_iter(pattern, target_nodes=node):
+                yield k
+    else:
+        async for k in client.scan_iter(pattern):
+            yield k
+
+
+async def _reco_tables(client, tag):
+    out = {}
+    for iid in [f"{tag}-{n}" for n in range(11)]:
+        for kind in ("v", "t"):
+            rows = await client.zrange(keys.neighbours(kind, iid), 0, -1, withscores=True)
+            out[(kind, iid)] = [(m, round(s, 6)) for m, s in rows]
+        out[("catalog", iid)] = await client.hgetall(keys.catalog_item(iid))
+        out[("pop", iid)] = await client.zscore(keys.popularity(keys.shard(iid)), iid)
+    return out
+
+
+async def test_a_newer_owner_fences_off_the_older_one(client):
+    """A worker stalled past its session comes back: its commit is refused everywhere."""
+    group = f"g-{uuid.uuid4().hex[:8]}"
+    key = f"kx:{{k5}}:test:{group}"
+
+    def count(event, profile, pid, out):
+        out.tables.hincr(key, "n")
+
+    old = Applier(store_of(client, group), CFG, hooks=lambda: [count])
+    new = Applier(store_of(client, group), CFG, hooks=lambda: [count])
+    vid = uid()
+    await old.apply([ev(vid, 0, part=2)])
+    await new.fences.claim([2])  # the group gave partition 2 to the new worker
+    await new.apply([ev(vid, 1, part=2)])
+    with pytest.raises(Lost) as lost:
+        await old.apply([ev(vid, 2, part=2)])  # stale: nothing of it is written
+    assert lost.value.partitions == {2}
+    assert await client.hget(key, "n") == b"2"
+    found = await new.store.find(vid)
+    assert found is not None and found[1].profile.event_count == 2
+
+
+async def test_a_tombstone_refuses_the_profile_inside_the_commit(client):
+    """The erase flow set the tombstone between the read and the commit: nothing comes back."""
+    st = store_of(client)
+    vid = uid()
+    pid = keys.visitor_pid(vid)
+    await st.fences.claim([0])
+    await client.set(keys.tombstone(pid), b"1", px=60_000)
+    w = Write(pid, b"", Profile(), ops=[Op("LPUSH", keys.activity(pid), ("x",))],
+              tables=Tables())
+    res = await st.commit([w], None, {0: 1})
+    assert not res.ok and res.erased == [0]
+    assert not await client.exists(keys.profile(pid), keys.activity(pid))
+
+
+async def test_concurrent_writers_to_one_merged_user_lose_nothing(client):
     """Two visitors on two partitions (two workers) write one user's profile at once."""
-    import asyncio
-
+    group = f"g-{uuid.uuid4().hex[:8]}"
     user = uid("user")
     a, b = uid("a"), uid("b")
-    ap1, ap2 = Applier(store, CFG), Applier(store, CFG)
-    await ap1.apply([ev(a, 0, user_id=user)])
-    await ap2.apply([ev(b, 0, user_id=user)])
-    rounds = [(ap1.apply([ev(a, i)]), ap2.apply([ev(b, i)])) for i in range(1, 30)]
+    ap1, ap2 = Applier(store_of(client, group), CFG), Applier(store_of(client, group), CFG)
+    await ap1.apply([ev(a, 0, part=0, user_id=user)])
+    await ap2.apply([ev(b, 0, part=1, user_id=user)])
+    rounds = [(ap1.apply([ev(a, i, part=0)]), ap2.apply([ev(b, i, part=1)])) for i in range(1, 30)]
     for x, y in rounds:
         await asyncio.gather(x, y)
-    found = await store.find(user)
+    found = await ap1.store.find(user)
     assert found is not None
     assert found[1].profile.event_count == 60
+
+
+async def test_item_keys_expire_unless_curated(client):
+    tag = uuid.uuid4().hex[:6]
+    ap = Applier(store_of(client), CFG, hooks=lambda: [reco.record_reco])
+    curated, seen = f"{tag}-cur", f"{tag}-seen"
+    await CatalogStore(client).upsert([{"id": curated, "name": "Curated"}])
+    vid = uid()
+    await ap.apply([{**ev(vid, 0), "item": {"id": curated, "name": "from event"}},
+                    {**ev(vid, 1), "item": {"id": seen, "name": "from event"}}])
+    assert await client.pttl(keys.catalog_item(curated)) == -1
+    assert 0 < await client.pttl(keys.catalog_item(seen)) <= reco.ITEM_TTL_MS
+    assert 0 < await client.pttl(keys.neighbours("v", seen)) <= reco.ITEM_TTL_MS
+
+
+async def test_the_reco_read_finds_each_neighbours_popularity_in_its_shard(client):
+    """lua/reco_read.lua computes an item's shard (CRC-32) itself: it must agree with
+    keys.shard for any id (on a cluster the reader does the same in Python)."""
+    import random
+
+    from engine.store.reco_read import RecoReader
+
+    tag = uuid.uuid4().hex[:6]
+    rng = random.Random(3)
+    ids = [f"{tag}-{rng.getrandbits(40):x}-é{n}" for n in range(60)]
+    seed = f"{tag}-seed"
+    for n, iid in enumerate(ids):
+        await client.zadd(keys.popularity(keys.shard(iid)), {iid: n + 1})
+        await client.zadd(keys.neighbours("v", seed), {iid: 1.0})
+    got = await RecoReader(client, "g").tables(
+        neighbours=["co_view"], seeds=[seed], trending=False, categories=[], half_life="1d",
+        factors=[], rows_per_seed=100, rows=10, cf_pid=None)
+    assert got.popularity == {iid: float(n + 1) for n, iid in enumerate(ids)}
+    assert {m for m, _ in got.neighbours["co_view"][seed]} == set(ids)

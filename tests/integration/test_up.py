@@ -33,6 +33,31 @@ def _children_using(marker: str) -> list[int]:
     return pids
 
 
+def _a_newcomer_sends_a_demo_mail_and_reads_it(text: str, base: str, var: Path) -> None:
+    """The demo brand's partner signs in with the printed link, sends a quick send, and the
+    mail is in the local outbox (var/mail) and on the Outbox page."""
+    import re
+
+    line = next(ln for ln in text.splitlines() if "Northgate Manchester" in ln)
+    link = re.search(r"http://\S+/login/once/\S+", line)
+    assert link, text
+    web = httpx.Client(base_url=base, timeout=10)
+    assert web.get(link.group(0)).status_code == 303
+    form = web.get("/portal/quick?template=thank-you").text
+    csrf = re.search(r'name="csrf" value="([^"]+)"', form).group(1)  # type: ignore[union-attr]
+    idem = re.search(r'name="idem" value="([^"]+)"', form).group(1)  # type: ignore[union-attr]
+    contact = re.search(r'name="contact" value="([^"]+)"', form).group(1)  # type: ignore[union-attr]
+    r = web.post("/portal/quick", headers={"Origin": base}, data={
+        "csrf": csrf, "idem": idem, "template": "thank-you", "contact": contact,
+        "v.thank-you.greeting": "Thanks for coming in"})
+    assert r.status_code == 303, r.text
+    deadline = time.monotonic() + 30
+    while not list((var / "mail" / "new").glob("*")):
+        assert time.monotonic() < deadline, "no mail reached the local outbox"
+        time.sleep(0.2)
+    assert "Thanks for coming in" in web.get("/portal/outbox").text
+
+
 def test_up_runs_everything_and_ctrl_c_stops_it():
     import re
     import shutil
@@ -44,7 +69,8 @@ def test_up_runs_everything_and_ctrl_c_stops_it():
     (var / "kafka").mkdir(parents=True)
     (var / "kafka" / "libs").symlink_to(LIBS)
     port = free_port()
-    env = {**os.environ, "KAIROS_VAR_DIR": str(var), "KAIROS_PORT": str(port)}
+    env = {**os.environ, "KAIROS_VAR_DIR": str(var), "KAIROS_PORT": str(port),
+           "KAIROS_OUTBOX_PORT": str(free_port()), "KAIROS_BOUNCE_PORT": str(free_port())}
     env.pop("KAIROS_SETTINGS_JSON", None)
     proc = subprocess.Popen([sys.executable, "-m", "engine.cli", "up"], env=env, cwd=ROOT,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
@@ -92,7 +118,8 @@ def test_up_runs_everything_and_ctrl_c_stops_it():
         assert (var / "redis" / "appendonlydir").exists(), "Valkey keeps its AOF under var/"
         assert (var / "kafka" / "node" / "log").exists(), "Kafka keeps its log under var/"
         assert (var / "pg" / "PG_VERSION").exists(), "PostgreSQL keeps its data under var/"
-        assert len(_children_using(str(var))) >= 5, "valkey, kafka, postgres, the worker, the API"
+        assert len(_children_using(str(var))) >= 7, "valkey, kafka, postgres, the worker, the API, outbox, mailer"
+        _a_newcomer_sends_a_demo_mail_and_reads_it(text, base, var)
     finally:
         os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal does
         try:

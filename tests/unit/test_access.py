@@ -191,3 +191,52 @@ def test_a_route_without_a_policy_stops_the_app_from_starting() -> None:
         gated([Route("/v1/new-thing", hello, methods=["GET"])], POLICY)
     guarded = gated([Route("/healthz", hello, methods=["GET"])], POLICY)
     assert guarded[0].app is not hello  # wrapped by its policy
+
+
+def test_a_body_key_policy_is_still_default_deny() -> None:
+    segment = a.needs("events:write", public=True, session=False, body_key=True)
+    v = a.authorize(segment, a.NOBODY)
+    assert (v.ok, v.status, v.field) == (False, 401, "authorization")
+    assert a.authorize(segment, PUBLIC, origin="https://shop.example").ok
+    assert not a.authorize(segment, ADMIN).ok  # a session is no key here
+    assert "body" in segment.describe()
+
+
+def test_a_pending_body_key_request_cannot_succeed_until_the_route_settles_a_key() -> None:
+    """engine/gate.py: a `body_key` route reached with no credential gets the request as
+    pending; an answer below 400 before `settle` becomes a 401, a refusal passes as is."""
+    import asyncio
+    from types import SimpleNamespace
+
+    from starlette.responses import JSONResponse
+
+    from engine.gate import guard
+
+    policy = a.needs("events:write", public=True, session=False, body_key=True)
+
+    async def forgetful(scope, receive, send):  # type: ignore[no-untyped-def]
+        assert scope["state"]["pending_key"].settled is None
+        await JSONResponse({"success": True})(scope, receive, send)
+
+    async def refusing(scope, receive, send):  # type: ignore[no-untyped-def]
+        await scope["state"]["pending_key"].settle(None)
+        await JSONResponse({"nope": True}, status_code=400)(scope, receive, send)
+
+    async def call(app) -> tuple[int, bytes]:  # type: ignore[no-untyped-def]
+        svc = SimpleNamespace(session_cookie="kairos_session", access=SimpleNamespace())
+        scope = {"type": "http", "method": "POST", "path": "/v1/t", "headers": [],
+                 "query_string": b"", "app": SimpleNamespace(state=SimpleNamespace(svc=svc))}
+        sent: list[dict] = []
+
+        async def receive():  # type: ignore[no-untyped-def]
+            return {"type": "http.request", "body": b"{}", "more_body": False}
+
+        async def send(message):  # type: ignore[no-untyped-def]
+            sent.append(message)
+
+        await guard(app, policy)(scope, receive, send)
+        return sent[0]["status"], b"".join(m.get("body", b"") for m in sent[1:])
+
+    status, body = asyncio.run(call(forgetful))
+    assert status == 401 and b"writeKey" in body and b"success" not in body
+    assert asyncio.run(call(refusing)) == (400, b'{"nope":true}')

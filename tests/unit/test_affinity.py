@@ -181,21 +181,58 @@ def test_every_event_of_a_record_applies_on_an_existing_profile():
 
 
 def test_finish_hooks_run_once_per_profile_per_batch():
-    from engine.store.writes import Op
     from streams.plan import plan
 
     calls = []
 
     class Hook:
-        def __call__(self, event, profile, pid):
-            return [Op("INCRBY", "per-event", (1,))]
+        def __call__(self, event, profile, pid, out):
+            out.op("INCRBY", "per-event", 1)
 
-        def finish(self, event, profile, pid):
+        def finish(self, event, profile, pid, out):
             calls.append((pid, event["event_id"], profile.event_count))
-            return [Op("INCRBY", "per-profile", (1,))]
+            out.op("INCRBY", "per-profile", 1)
 
     evs = [event(i) for i in range(5)] + [{**event(9), "visitor_id": "w"}]
     out = plan(evs, {}, {}, CFG, [Hook()])
     assert sorted(calls) == [("v:v", "e4", 5), ("v:w", "e9", 1)]
     ops = {w.pid: [o.key for o in w.ops] for w in out.writes}
     assert ops["v:v"].count("per-event") == 5 and ops["v:v"].count("per-profile") == 1
+
+
+def test_profile_keeps_bounded_traits_types_and_channels():
+    from models.affinity import MAX_CHANNELS, MAX_TRAITS, MAX_TYPES, Profile, apply_event, view
+
+    cfg = AffinityConfig()
+    p = Profile()
+    t0 = 1_764_000_000_000
+    for n in range(1000):
+        apply_event(p, {"event_id": f"i{n}", "type": "identify", "visitor_id": "v", "ts": t0 + n,
+                        "props": {"traits": {f"k{n}": n, "plan": "gold"}}}, cfg)
+    assert len(p.traits) == MAX_TRAITS
+    assert p.traits["plan"] == "gold" and p.traits["k999"] == 999 and "k0" not in p.traits
+    for n in range(500):
+        apply_event(p, {"event_id": f"c{n}", "type": f"custom_{n}", "visitor_id": "v",
+                        "channel": f"ch{n}", "ts": t0 + 1000 * (n + 1)}, cfg)
+    apply_event(p, {"event_id": "pv", "type": "page_view", "visitor_id": "v", "ts": t0 + 10**6}, cfg)
+    assert len(p.types) <= MAX_TYPES and len(p.channels) == MAX_CHANNELS
+    v = view(p, t0 + 10**6, cfg)
+    # counts are kept: the evicted custom types are folded into "other"
+    assert sum(x["count"] for x in v["types"].values()) == 1501
+    assert v["types"]["identify"]["count"] == 1000 and "custom_499" in v["types"]
+    assert "other" in v["types"] and "ch499" in v["channels"] and "ch0" not in v["channels"]
+    blob = p.snapshot()
+    assert Profile.restore(blob).traits == p.traits
+
+
+def test_traits_stay_within_their_byte_budget():
+    import msgpack
+
+    from models.affinity import MAX_TRAITS_BYTES, Profile, apply_event
+
+    p = Profile()
+    for n in range(40):
+        apply_event(p, {"event_id": f"i{n}", "type": "identify", "visitor_id": "v",
+                        "ts": 1_764_000_000_000 + n, "props": {"traits": {f"k{n}": "x" * 1000}}},
+                    AffinityConfig())
+    assert len(msgpack.packb(p.traits)) <= MAX_TRAITS_BYTES and "k39" in p.traits

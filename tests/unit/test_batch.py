@@ -1,39 +1,32 @@
-"""streams/batch.py without faust: decoding a batch of records and retrying while Redis is away."""
+"""streams/batch.py without a broker: decoding records, retrying while Redis is away, and
+isolating a record that cannot be applied."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+import msgpack
 import pytest
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import OutOfMemoryError, ResponseError
 
 from engine.logic.events import Event, encode_events
-from streams.batch import apply_until_done, decode_batch
+from streams.batch import apply_isolating, apply_until_done, by_record, decode_batch, transient
 from streams.metrics import WorkerMeter
 from streams.plan import DECISIONS_MARK_BASE
 
 
 @dataclass
-class TP:
+class Record:  # the fields of an aiokafka ConsumerRecord that decode_batch reads
     topic: str
     partition: int
-
-
-@dataclass
-class Message:  # the fields of a faust message that decode_batch reads
-    value: bytes
-    tp: TP
     offset: int
-    timestamp: float
+    timestamp: int  # ms
+    value: bytes
 
 
-@dataclass
-class Record:
-    message: Message
-
-
-def record(partition: int, offset: int, *events: Event, ts: float = 1_700_000_000.5) -> Record:
-    return Record(Message(encode_events(list(events)), TP("events", partition), offset, ts))
+def record(partition: int, offset: int, *events: Event, ts: int = 1_700_000_000_500) -> Record:
+    return Record("events", partition, offset, ts, encode_events(list(events)))
 
 
 def ev(n: int, vid: str = "v1") -> Event:
@@ -56,19 +49,37 @@ def test_the_decisions_topic_keeps_its_marks_apart() -> None:
 
 def test_an_unreadable_record_is_counted_and_skipped() -> None:
     meter = WorkerMeter()
-    bad = Record(Message(b"\xc1 not msgpack", TP("events", 0), 9, 1.0))
-    got = decode_batch([bad, record(0, 10, ev(1))], 0, meter)
-    assert [e["event_id"] for e in got] == ["e1"] and meter.bad_records == 1
+    bad = Record("events", 0, 9, 1, b"\xc1 not msgpack")
+    not_a_list = Record("events", 0, 10, 1, msgpack.packb({"event_id": "x"}))
+    got = decode_batch([bad, not_a_list, record(0, 11, ev(1))], 0, meter)
+    assert [e["event_id"] for e in got] == ["e1"] and meter.bad_records + meter.bad_events == 2
+
+
+def test_events_that_do_not_fit_the_spec_are_skipped_and_their_siblings_kept() -> None:
+    """A record written straight to the topic, not by the API: each event is checked again."""
+    meter = WorkerMeter()
+    value = msgpack.packb([
+        {"event_id": "ok", "type": "page_view", "visitor_id": "v", "ts": 5},
+        {"event_id": "no-visitor", "type": "page_view", "ts": 5},
+        {"event_id": "ts-text", "type": "page_view", "visitor_id": "v", "ts": "yesterday"},
+        {"event_id": "bad-items", "type": "purchase", "visitor_id": "v", "ts": 5, "items": 7},
+    ])
+    got = decode_batch([Record("events", 1, 3, 1, value)], 0, meter)
+    assert [e["event_id"] for e in got] == ["ok"]
+    assert meter.bad_events == 3 and meter.bad_records == 0
 
 
 async def test_apply_retries_the_same_batch_while_redis_is_unreachable() -> None:
     calls: list[list[dict]] = []
     waits: list[float] = []
+    failures = [RedisConnectionError("down"), OSError("refused"), TimeoutError(),
+                OutOfMemoryError("command not allowed when used memory > 'maxmemory'"),
+                ResponseError("Error running script: OOM command not allowed")]
 
     async def apply(events):
         calls.append(list(events))
-        if len(calls) < 4:
-            raise (RedisConnectionError, OSError, TimeoutError)[len(calls) - 1]("down")
+        if len(calls) <= len(failures):
+            raise failures[len(calls) - 1]
         return "done"
 
     async def sleep(s: float) -> None:
@@ -76,8 +87,14 @@ async def test_apply_retries_the_same_batch_while_redis_is_unreachable() -> None
 
     batch = [{"event_id": "e1"}]
     assert await apply_until_done(apply, batch, "batch", sleep) == "done"
-    assert calls == [batch] * 4
-    assert waits == [0.05, 0.1, 0.2]
+    assert calls == [batch] * 6
+    assert waits == [0.05, 0.1, 0.2, 0.4, 0.8]
+
+
+def test_what_counts_as_redis_being_away() -> None:
+    assert transient(RedisConnectionError("x")) and transient(OSError())
+    assert not transient(ResponseError("WRONGTYPE Operation against a key"))
+    assert not transient(KeyError("visitor_id"))
 
 
 async def test_apply_lets_a_bug_through() -> None:
@@ -86,3 +103,82 @@ async def test_apply_lets_a_bug_through() -> None:
 
     with pytest.raises(KeyError):
         await apply_until_done(apply, [], "batch")
+
+
+async def test_out_of_memory_is_retried_counted_and_cleared() -> None:
+    from redis.exceptions import OutOfMemoryError, ResponseError
+
+    meter = WorkerMeter()
+    errors = [OutOfMemoryError("OOM command not allowed when used memory > 'maxmemory'."),
+              ResponseError("OOM command not allowed when used memory > 'maxmemory'. script: x")]
+    seen: list[bool] = []
+
+    async def apply(events):
+        seen.append(meter.store_full)
+        if errors:
+            raise errors.pop(0)
+        return len(events)
+
+    async def no_sleep(_: float) -> None:
+        return None
+
+    assert await apply_until_done(apply, [{"e": 1}], "batch", no_sleep, meter=meter) == 1
+    assert seen == [False, True, True]  # full while refused, the same batch retried
+    assert meter.store_full is False and meter.store_full_retries_total == 2
+    assert meter.snapshot(0)["store_full_retries_total"] == 2
+
+
+def test_memory_state_refuses_with_hysteresis() -> None:
+    from engine.logic.memory import MemoryState, describe, refuse_writes
+
+    mb = 1_000_000
+
+    def st(used: int, writable: bool = True) -> MemoryState:
+        return MemoryState(used * mb, 50 * mb, "noeviction", writable)
+
+    assert refuse_writes(st(40), 0.95, False) is False
+    assert refuse_writes(st(48), 0.95, False) is True  # 96 %
+    assert refuse_writes(st(47), 0.95, True) is True  # still above 93 % once refusing
+    assert refuse_writes(st(46), 0.95, True) is False
+    assert refuse_writes(st(10, writable=False), 0.95, False) is True
+    assert refuse_writes(MemoryState(10**12, 0, "noeviction", True), 0.95, False) is False
+    assert describe(st(48, False)) == "writes refused: used 48.0 MB of 50.0 MB (noeviction)"
+
+
+def _events(*marks: tuple[int, int]) -> list[dict]:
+    return [{"event_id": f"e{p}.{o}", "_p": p, "_o": o} for p, o in marks]
+
+
+def test_events_group_by_record() -> None:
+    evs = _events((0, 1), (0, 1), (1, 5), (0, 2))
+    assert [len(r) for r in by_record(evs)] == [2, 1, 1]
+
+
+async def test_a_record_that_cannot_be_applied_is_isolated_and_skipped() -> None:
+    applied: list[str] = []
+    skipped: list[list[str]] = []
+
+    async def apply(events):
+        if any(e["event_id"] == "e0.3" for e in events):
+            raise ValueError("msgpack nesting too deep")
+        applied.extend(e["event_id"] for e in events)
+        return len(events)
+
+    evs = _events((0, 1), (0, 2), (0, 3), (0, 3), (1, 1), (1, 2), (0, 4))
+    got = await apply_isolating(apply, evs, "batch",
+                                lambda es, exc: skipped.append([e["event_id"] for e in es]))
+    assert skipped == [["e0.3", "e0.3"]]
+    assert sorted(applied) == sorted(e["event_id"] for e in evs if e["event_id"] != "e0.3")
+    assert sum(got) == 5
+
+
+async def test_isolating_passes_some_exceptions_through() -> None:
+    class Stop(Exception):
+        pass
+
+    async def apply(events):
+        raise Stop()
+
+    with pytest.raises(Stop):
+        await apply_isolating(apply, _events((0, 1), (0, 2)), "batch", lambda *a: None,
+                              passthrough=(Stop,))

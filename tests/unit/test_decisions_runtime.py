@@ -23,7 +23,7 @@ from engine.logic.decisions.state import (
 )
 from engine.logic.preview import PreviewError, render_preview
 from engine.store import keys
-from engine.store.writes import Emit, Op
+from engine.store.writes import Op, Tables, Write
 from models.affinity import AffinityConfig, Profile, apply_event
 from streams.hooks.decisions import DecisionHook
 
@@ -105,53 +105,80 @@ def test_cap_states_from_hashes(cdir: Path) -> None:
     assert caps["gone"].arm == "x"
 
 
+def _write(pid: str = "v:v1", p: Profile | None = None) -> Write:
+    return Write(pid, b"", p or Profile(), tables=Tables())
+
+
 def test_hook_segments_join_and_leave(cdir: Path) -> None:
     hook = DecisionHook(load_config(cdir), CFG, "segments", 1000)
     p = Profile()
+    w = _write(p=p)
     e1 = ev(1, item={"id": "s1", "categories": ["shoes"]})
     apply_event(p, e1, CFG)
-    assert [o.command for o in hook(e1, p, "v:v1")] == ["PEXPIRE"]  # segments wait for finish
-    out = list(hook.finish(e1, p, "v:v1"))  # once per profile per batch
+    hook(e1, p, "v:v1", w)
+    assert [o.command for o in w.ops] == ["PEXPIRE"]  # segments wait for finish
+    d = {**ev(9, "decision"), "props": {"campaign": "nope", "arm": "a"}}
+    hook(d, p, "v:v1", w)  # a decision record last in the batch changes no segment itself
+    hook.finish(e1, p, "v:v1", w)  # once per profile per batch
     assert p.segments == ["shoe_fans"]
-    assert Op("HINCRBY", keys.SEGMENT_SIZES, ("shoe_fans", "1")) in out
-    (emit,) = [o for o in out if isinstance(o, Emit)]
+    assert w.tables.h[keys.SEGMENT_SIZES] == {"shoe_fans": 1}
+    (emit,) = w.emits
     (rec,) = msgspec.msgpack.decode(emit.value)
     assert emit.topic == "segments" and rec["type"] == "segment_join"
     assert rec["props"]["segment"] == "shoe_fans" and rec["props"]["profile_id"] == "v:v1"
-    # no change: no ops beyond the session slide
+    # no change: nothing beyond the session slide
+    w = _write(p=p)
     e2 = ev(2, "page_view")
     apply_event(p, e2, CFG)
-    assert [o.command for o in hook(e2, p, "v:v1")] == ["PEXPIRE"]
-    assert list(hook.finish(e2, p, "v:v1")) == []
+    hook(e2, p, "v:v1", w)
+    hook.finish(e2, p, "v:v1", w)
+    assert [o.command for o in w.ops] == ["PEXPIRE"] and not w.emits and not w.tables.h
     # 60 days later the affinity has decayed: leaving is an event too
+    w = _write(p=p)
     e3 = {**ev(3, "page_view"), "ts": NOW + 60 * 86_400_000}
     apply_event(p, e3, CFG)
-    out = list(hook.finish(e3, p, "v:v1"))
+    hook(e3, p, "v:v1", w)
+    hook.finish(e3, p, "v:v1", w)
     assert p.segments == []
-    assert Op("HINCRBY", keys.SEGMENT_SIZES, ("shoe_fans", "-1")) in out
+    assert w.tables.h[keys.SEGMENT_SIZES] == {"shoe_fans": -1}
 
 
-def test_hook_campaign_ops(cdir: Path) -> None:
+def test_hook_campaign_state_and_counters(cdir: Path) -> None:
+    """The stream's campaign state machine (engine/logic/decisions/caps.py on the stored
+    hashes): first exposure, the day's impressions, the session, the first conversion."""
     hook = DecisionHook(load_config(cdir), CFG, "segments", 1000)
+    kc, kcs, kst = (keys.campaign_state("v:v1"), keys.campaign_session("v:v1"),
+                    keys.campaign_stats("promo"))
     p = Profile()
+    w = _write(p=p)
     d = {**ev(1, "decision"), "props": {"campaign": "promo", "arm": "a"}}
+    assert hook.reads(d) and hook.reads(ev(9, "purchase")) and not hook.reads(ev(9, "page_view"))
     apply_event(p, d, CFG)
-    ops = [o for o in hook(d, p, "v:v1") if isinstance(o, Op) and o.command == "CAMPAIGN"]
+    hook(d, p, "v:v1", w)
     assert p.event_count == 0  # a decision is bookkeeping, not behaviour
-    assert ops[0].key == keys.campaign_state("v:v1")
-    assert ops[0].args[:3] == ("decision", "promo", "a")
-    assert ops[0].args[6] == keys.campaign_stats("promo")
-    imp = ev(2, "impression", decision_id="promo.a.xyz")
-    apply_event(p, imp, CFG)
-    (op,) = [o for o in hook(imp, p, "v:v1") if isinstance(o, Op) and o.command == "CAMPAIGN"]
-    assert op.args[:3] == ("impression", "promo", "a") and op.args[4] == "2026-01-01"
+    assert Op("HSET", kc, ("promo:arm", "a", "promo:at", str(NOW + 1))) in w.ops
+    assert w.tables.h[kst] == {"a:assigned": 1}
+    d2 = {**ev(2, "decision"), "props": {"campaign": "promo", "arm": "control"}}
+    hook(d2, p, "v:v1", w)  # assigned once: the first arm stays
+    assert w.tables.h[kst] == {"a:assigned": 1}
+    for n in (3, 4):
+        hook(ev(n, "impression", decision_id="promo.a.xyz"), p, "v:v1", w)
+    assert w.tables.h[kst] == {"a:assigned": 1, "a:impressions": 2}
+    assert w.side[kc][b"promo:today"] == b"2" and w.side[kc][b"promo:day"] == b"2026-01-01"
+    assert w.side[kcs][b"promo"] == b"2"
+    assert Op("HINCRBY", kcs, ("promo", 1)) in w.ops
     # reactions to unknown campaigns or ids count nothing
     for did in ("other.a.xyz", "garbage"):
-        e = ev(3, "click", decision_id=did)
-        assert not [o for o in hook(e, p, "v:v1") if isinstance(o, Op) and o.command == "CAMPAIGN"]
-    buy = ev(4, "purchase")
-    (op,) = [o for o in hook(buy, p, "v:v1") if isinstance(o, Op) and o.command == "CAMPAIGN"]
-    assert op.args[0] == "conversion" and op.args[5] == str(86_400_000)
+        hook(ev(5, "click", decision_id=did), p, "v:v1", w)
+    assert "a:clicks" not in w.tables.h[kst]
+    hook(ev(6, "purchase"), p, "v:v1", w)
+    hook(ev(7, "purchase"), p, "v:v1", w)  # the first conversion only
+    assert w.tables.h[kst]["a:conversions"] == 1
+    # a purchase outside the goal window (1 day after the first decision) converts nothing
+    late = _write()
+    late.side[kc] = {b"promo:arm": b"a", b"promo:at": str(NOW).encode()}
+    hook({**ev(8, "purchase"), "ts": NOW + 2 * 86_400_000}, Profile(), "v:v1", late)
+    assert not late.tables.h
 
 
 def test_hub_keeps_last_good_config(cdir: Path) -> None:

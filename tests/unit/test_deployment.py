@@ -26,7 +26,39 @@ def test_compose_runs_kafka_redis_api_and_workers():
     assert services["worker"]["deploy"]["replicas"] == 2
 
 
-@pytest.mark.parametrize("name", ["api", "worker", "migrate"])
+def test_every_service_has_a_restart_policy():
+    """A process that dies is started again: the long-running ones always (until stopped),
+    a one-shot step only when it failed."""
+    services = compose()["services"]
+    missing = [name for name, svc in services.items() if "restart" not in svc]
+    assert not missing, f"services without a restart policy: {missing}"
+    for name, svc in services.items():
+        policy = str(svc["restart"])
+        assert policy in ("always", "unless-stopped") or policy.startswith("on-failure"), name
+    assert services["migrate"]["restart"].startswith("on-failure")
+    for name in ("kafka", "redis", "postgres", "api", "worker"):
+        assert services[name]["restart"] == "unless-stopped", name
+
+
+def test_compose_cluster_profile_runs_on_three_primaries():
+    from engine.store.client import cluster_nodes
+
+    services = compose()["services"]
+    nodes = [n for n in ("redis-c1", "redis-c2", "redis-c3") if n in services]
+    assert len(nodes) == 3
+    for n in nodes:
+        assert services[n]["profiles"] == ["cluster"]
+        assert "--cluster-enabled" in services[n]["command"]
+    assert "--cluster create" in services["redis-cluster-init"]["command"][-1]
+    for name in ("api-cluster", "worker-cluster"):
+        url = services[name]["environment"]["KAIROS_REDIS_URL"]
+        assert url.startswith("redis+cluster://")
+        assert [h for h, _ in cluster_nodes(url)] == nodes
+        assert services[name]["depends_on"]["redis-cluster-init"]["condition"] == \
+            "service_completed_successfully"
+
+
+@pytest.mark.parametrize("name", ["api", "worker", "migrate", "mailer", "api-cluster", "worker-cluster"])
 def test_service_command_is_a_real_kairos_command(name, monkeypatch):
     command = compose()["services"][name]["command"]
     assert command[0] == "kairos"

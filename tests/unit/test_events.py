@@ -102,3 +102,74 @@ def test_wire_round_trip_keeps_only_present_fields():
         "event_id": "e1", "type": "item_view", "visitor_id": "v1", "ts": NOW,
         "item": {"id": "i1", "categories": ["shoes/running"]}, "received_at": NOW,
     }
+
+
+def _nested(depth: int) -> dict:
+    root: dict = {}
+    node = root
+    for _ in range(depth - 1):
+        node["a"] = {}
+        node = node["a"]
+    return root
+
+
+@pytest.mark.parametrize(
+    ("event", "field", "reason"),
+    [
+        (ok(channel="web app"), "channel", "must start with a letter and use only letters, digits and _ . : -"),
+        (ok(channel="c" * 33), "channel", "must be at most 32 characters"),
+        (ok(user_hash="ab" * 31), "user_hash", "must be 64 hexadecimal characters (HMAC-SHA256 of the user_id)"),
+        (ok(items=[{"id": "i"}] * (ev.MAX_LINES + 1)), "items", f"must have at most {ev.MAX_LINES} entries"),
+        (ok(item={"id": "i", "categories": ["c"] * (ev.MAX_CATEGORIES + 1)}), "item.categories",
+         f"must have at most {ev.MAX_CATEGORIES} entries"),
+        (ok(item={"id": "i", "categories": ["a/" * ev.MAX_PATH_DEPTH + "z"]}), "item.categories[0]",
+         f"must have at most {ev.MAX_PATH_DEPTH} levels (a/b/c has 3)"),
+        (ok(item={"id": "i"}, items=[{"id": "a"}, {"id": "b", "categories": ["x", "/".join("abcdefghi")]}]),
+         "items[1].categories[1]", f"must have at most {ev.MAX_PATH_DEPTH} levels (a/b/c has 3)"),
+        (ok(type="identify", props={"traits": _nested(600)}), "props",
+         f"must not nest more than {ev.MAX_DEPTH} levels deep"),
+        (ok(context=_nested(ev.MAX_DEPTH + 1)), "context", f"must not nest more than {ev.MAX_DEPTH} levels deep"),
+    ],
+)
+def test_amplifiers_are_bounded(event, field, reason):
+    good, bad = reasons([event])
+    assert good == [] and bad == [(0, field, reason)]
+
+
+def test_bounds_at_the_limit_pass():
+    limit = ok(items=[{"id": f"i{n}", "categories": ["/".join("abcdefgh")] * ev.MAX_CATEGORIES}
+                      for n in range(ev.MAX_LINES)],
+               context=_nested(ev.MAX_DEPTH), props={"traits": _nested(ev.MAX_DEPTH - 1)},
+               channel="kiosk:lobby-2", user_hash="0f" * 32)
+    good, bad = reasons([limit])
+    assert bad == [] and len(good) == 1
+
+
+def test_nesting_depth_without_recursion():
+    assert ev.nesting_depth(1, 8) == 0
+    assert ev.nesting_depth({"a": [1, {"b": 2}]}, 8) == 3
+    deep: list = []
+    node = deep
+    for _ in range(100_000):
+        node.append([])
+        node = node[0]
+    assert ev.nesting_depth(deep, 8) == 9  # stops counting past the limit
+
+
+@pytest.mark.parametrize("media", ["application/json", "application/msgpack"])
+def test_very_deep_bodies_are_a_400_not_a_recursion_error(media):
+    body = b"[" * 100_000 if media == "application/json" else b"\x91" * 100_000
+    with pytest.raises(ev.BodyError) as info:
+        ev.decode_body(body, media)
+    assert (info.value.status, info.value.field, info.value.reason) == (400, "body", "nests too deeply")
+
+
+def test_decide_request_bounds_nesting():
+    from engine.logic.decide_request import RequestError, parse_request
+
+    with pytest.raises(RequestError) as info:
+        parse_request(b"[" * 100_000, "application/json")
+    assert (info.value.status, info.value.field) == (400, "body")
+    with pytest.raises(RequestError) as info:
+        parse_request(msgspec.json.encode({"visitor_id": "v", "context": _nested(9)}), "application/json")
+    assert info.value.field == "context"

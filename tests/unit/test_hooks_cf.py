@@ -8,6 +8,7 @@ import numpy as np
 
 from engine.settings import Settings
 from engine.store import keys
+from engine.store.writes import Tables, Write
 from models.affinity import AffinityConfig, Profile
 from models.reco.cf import OnlineMF, score_exported
 from streams.hooks.cf import OnlineCF
@@ -21,31 +22,40 @@ def view(vid: str, n: int, iid: str, p: int = 1, etype: str = "item_view") -> di
             "item": {"id": iid}, "_p": p, "_o": n, "_t": 1_700_000_000_000 + n}
 
 
+def _write(pid: str, prof: Profile) -> Write:
+    return Write(pid, b"", prof, tables=Tables())
+
+
 def test_learns_per_partition_and_writes_the_vectors_once_per_profile():
     cf = OnlineCF(SETTINGS)
     prof = Profile()
+    w = _write("v:x", prof)
     for n, iid in enumerate(["a", "b", "a", "c"]):
-        assert list(cf(view("x", n, iid), prof, "v:x")) == []  # learnt; written at finish
-    ops = list(cf.finish(view("x", 3, "c"), prof, "v:x"))
-    assert [(o.command, o.key) for o in ops] == [("SET", keys.cf_visitor("v:x")),
-                                                 ("HSET", keys.cf_items("g", 1))]
+        cf(view("x", n, iid), prof, "v:x", w)  # learnt; written at finish
+    assert not w.ops and not w.tables.s
+    cf.finish(view("x", 3, "c"), prof, "v:x", w)
+    assert [(o.command, o.key) for o in w.ops] == [("SET", keys.cf_visitor("v:x"))]
     model = cf.models[1]
-    value, px, ttl = ops[0].args
+    value, px, ttl = w.ops[0].args
     assert struct.unpack("<H", value[:2]) == (1,) and value[2:] == model.export_user("v:x")
     assert (px, ttl) == ("PX", SETTINGS.profile_ttl_ms)
-    fields = dict(zip(ops[1].args[::2], ops[1].args[1::2], strict=True))
+    fields = w.tables.s[keys.cf_items("g", 1)]
     assert set(fields) == {"a", "b", "c"}  # positives and the negatives drawn among them
     assert all(fields[i] == model.export_item(i) for i in fields)
-    assert list(cf.finish(view("x", 3, "c"), prof, "v:x")) == []  # nothing pending any more
+    again = _write("v:x", prof)
+    cf.finish(view("x", 3, "c"), prof, "v:x", again)
+    assert not again.ops and not again.tables.s  # nothing pending any more
     assert cf.changed == {1} and set(cf.models) == {1}
 
 
 def test_decisions_records_and_other_types_teach_nothing():
     cf = OnlineCF(SETTINGS)
     prof = Profile()
-    cf(view("x", 1, "a", p=DECISIONS_MARK_BASE + 1), prof, "v:x")
-    cf({**view("x", 2, "a"), "type": "page_view"}, prof, "v:x")
-    assert list(cf.finish(view("x", 2, "a"), prof, "v:x")) == []
+    w = _write("v:x", prof)
+    cf(view("x", 1, "a", p=DECISIONS_MARK_BASE + 1), prof, "v:x", w)
+    cf({**view("x", 2, "a"), "type": "page_view"}, prof, "v:x", w)
+    cf.finish(view("x", 2, "a"), prof, "v:x", w)
+    assert not w.ops and not w.tables.s
     assert not cf.changed
 
 

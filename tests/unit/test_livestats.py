@@ -61,3 +61,27 @@ def test_ops_of_one_write_are_coalesced():
     assert Op("ZINCRBY", "z", (2.0, "a")) in out
     assert Op("INCRBY", "n", (5,)) in out
     assert [o.command for o in out].count("PEXPIRE") == 1 and out[-1].command == "PEXPIRE"
+
+
+def test_client_named_dimensions_are_bounded():
+    """10,000 distinct channels in one second: memory and the snapshot stay bounded, the total
+    is kept (as "other")."""
+    from collections import Counter
+
+    import orjson
+
+    from engine.logic.livestats import KEEP_PER_SECOND, OTHER, TOP_N, TOP_SERIES, LiveWindow
+
+    w = LiveWindow()
+    now = 1_764_000_000.0
+    read = w.to_read(now)
+    flood = Counter({f"c:ch{n}": 1 for n in range(10_000)} | {"c:web": 50, "t:page_view": 10_050,
+                                                              "applied": 10_050})
+    w.update(read, [Counter({"c:web": 3, "t:page_view": 3}) for _ in read[:-1]] + [flood], {})
+    kept = w.seconds[-1][1]
+    assert sum(1 for k in kept if k.startswith("c:")) == KEEP_PER_SECOND + 1
+    assert kept["c:web"] == 50 and sum(v for k, v in kept.items() if k.startswith("c:")) == 10_050
+    snap = w.snapshot(300, now + 1)
+    assert len(snap["rates"]["by_channel"]) <= TOP_N + 1 and OTHER in snap["rates"]["by_channel"]
+    assert all(len(s["by_channel"]) <= TOP_SERIES + 1 for s in snap["series"])
+    assert len(orjson.dumps(snap)) < 256 * 1024

@@ -281,3 +281,4 @@ def test_fallbacks_only_fill_what_is_missing() -> None:
     assert ids(run(r, cands, n=2)) == ["a", "b"]
     assert ids(run(r, cands, n=3)) == ["a", "b", "c"]
     assert run(r, cands, n=0) == []
+

@@ -16,10 +16,14 @@ from models.reco import (
     NextItem,
     OnlineMF,
     RecoModels,
+    Repurchase,
+    SessionKNN,
     Trending,
 )
+from models.session import SessionTracker
 
 TYPES = ["item_view"] * 6 + ["add_to_cart", "favorite", "purchase", "remove_from_cart"]
+LATE = 1_700_000_000_000 + 10**12  # a query time after every event
 
 
 def make_events(
@@ -89,6 +93,27 @@ LEARNERS: dict[str, tuple[Callable[[int], Any], Query]] = {
     "cf": (
         lambda seed: OnlineMF(n_factors=4, max_visitors=15, max_items=40, pool_size=30, seed=seed),
         lambda m, v: m.recommend(v, 10) + m.recommend("v2", 5, candidates=["i1", "i2", "i3"]),
+    ),
+    "session_knn": (
+        lambda seed: SessionKNN(k=8, sample_size=12, max_session_items=6, sessions_per_item=5,
+                                max_sessions=40, max_items=60, max_visitors=20,
+                                lambda_time_s=86400.0, seed=seed),
+        lambda m, v: m.recommend(v, LATE, 10) + m.similar(["i1", "i2", "i3", "i4"], LATE, 10)
+        + [m.current(v)],
+    ),
+    "session_knn_random": (
+        lambda seed: SessionKNN(k=8, sample_size=3, sampling="random", sessions_per_item=6,
+                                max_sessions=40, max_items=60, max_visitors=20, seed=seed),
+        lambda m, v: m.similar([f"i{k}" for k in range(0, 300, 3)], LATE, 10),
+    ),
+    "repurchase": (
+        lambda seed: Repurchase(max_items=12, max_categories=10, max_visitors=15,
+                                max_bought_per_visitor=3),
+        lambda m, v: m.for_visitor(v, LATE) + m.for_visitor("v3", LATE) + [m.estimate("i3")],
+    ),
+    "sessions": (
+        lambda seed: SessionTracker(max_items=4, max_visitors=15),
+        lambda m, v: [m.get(v), m.get("v3")],
     ),
 }
 
@@ -163,7 +188,9 @@ def test_ensemble_round_trip(events: list[dict[str, Any]]) -> None:
         models.learn_one(ev)
     copy = RecoModels.restore(models.snapshot())
     needed = ["history", "co_view", "co_buy", "next_item", "trending", "trending_in_category",
-              "affinity", "cf"]
+              "affinity", "cf", "session_knn"]
     ctx = {"item_id": "i3", "category": "c3/s3", "now_ms": events[599]["ts"]}
     assert copy.candidates(needed, "v1", ctx) == models.candidates(needed, "v1", ctx)
     assert copy.visitor_state("v1") == models.visitor_state("v1")
+    assert any(copy.candidates(["session_knn"], v, {**ctx, "item_id": None}).get("session_knn")
+               for v in {e["visitor_id"] for e in events[590:600]})

@@ -13,10 +13,10 @@ from engine.logic.catalog import (
 )
 from engine.store import keys
 from engine.store.catalog import decode_hash, event_fields
-from engine.store.writes import coalesce
+from engine.store.writes import Tables
 from models.affinity import AffinityConfig, Profile, apply_event
 from models.reco.online import history_candidates, neighbour_candidates, seed_weights, visitor_state
-from streams.hooks.reco import CAPS, reco_ops
+from streams.hooks.reco import CAPS, ITEM_TTL_MS, MAX_ITEMS, reco_changes
 
 CFG = AffinityConfig()
 T0 = 1_700_000_000_000
@@ -28,39 +28,51 @@ def ev(n: int, iid: str, etype: str = "item_view", **item):
 
 
 def run(events):
+    """Each event's table changes (a Tables of its own)."""
     p = Profile()
     out = []
     for e in events:
         assert apply_event(p, e, CFG)
-        out.append(reco_ops(e, p))
+        t = Tables()
+        reco_changes(e, p, t)
+        out.append(t)
     return p, out
 
 
-def test_view_ops_pair_with_recent_items_both_ways_and_are_bounded():
-    _, ops = run([ev(1, "a"), ev(2, "b"), ev(3, "c", categories=["Shoes/Run"], brand="Acme")])
-    last = coalesce(ops[-1])
-    incr = {(o.key, o.args[1]): o.args[0] for o in last if o.command == "ZINCRBY"}
-    assert incr[(keys.neighbours("v", "c"), "b")] == 1.0
-    assert incr[(keys.neighbours("v", "c"), "a")] == 0.5
-    assert incr[(keys.neighbours("v", "a"), "c")] == 0.5
-    trims = [o for o in last if o.command == "ZREMRANGEBYRANK"]
-    assert all(o.args == (0, -(CAPS["neighbours"] + 1)) for o in trims
-               if o.key.startswith("kn:"))
-    assert last[-1].command in ("PEXPIRE", "ZREMRANGEBYRANK")  # trims and expiries go last
-    cats = {o.key for o in last if o.key.startswith("ktc:")}
+def test_view_changes_pair_with_recent_items_both_ways_and_are_bounded():
+    _, changes = run([ev(1, "a"), ev(2, "b"), ev(3, "c", categories=["Shoes/Run"], brand="Acme")])
+    last = changes[-1]
+    assert last.z[keys.neighbours("v", "c")] == {"b": 1.0, "a": 0.5}
+    assert last.z[keys.neighbours("v", "a")] == {"c": 0.5}
+    assert all(last.zcfg[k] == (CAPS["neighbours"], ITEM_TTL_MS) for k in last.z
+               if k.startswith("kn:"))
+    cats = {k for k in last.z if k.startswith("ktc:")}
     assert any(k.endswith(":shoes") for k in cats) and any(k.endswith(":shoes/run") for k in cats)
-    hset = [o for o in last if o.command == "HSET"][0]
-    assert hset.key == keys.catalog_item("c")
-    assert dict(zip(hset.args[::2], hset.args[1::2], strict=True)).keys() == {
-        b"e.categories", b"e.brand"}
+    assert set(last.s[keys.catalog_item("c")]) == {"e.categories", "e.brand"}
+    assert last.scfg[keys.catalog_item("c")] == (ITEM_TTL_MS, "c")  # unless curated
+    assert last.z[keys.popularity(keys.shard("c"))] == {"c": 1.0}
 
 
 def test_cart_and_purchase_pair_for_co_buy_and_page_views_count_nothing():
-    _, ops = run([ev(1, "a", "add_to_cart"), ev(2, "b", "add_to_cart")])
-    keys_b = {(o.key, o.args[1]) for o in ops[-1] if o.command == "ZINCRBY"}
-    assert (keys.neighbours("b", "b"), "a") in keys_b
+    _, changes = run([ev(1, "a", "add_to_cart"), ev(2, "b", "add_to_cart")])
+    assert changes[-1].z[keys.neighbours("b", "b")] == {"a": 1.0}
     page = {"event_id": "p", "type": "page_view", "visitor_id": "v", "ts": T0}
-    assert reco_ops(page, Profile()) == []
+    t = Tables()
+    reco_changes(page, Profile(), t)
+    assert len(t) == 0
+
+
+def test_a_huge_event_changes_a_bounded_number_of_table_entries():
+    lines = [{"id": f"i{n}", "categories": ["/".join(f"c{d}" for d in range(40))] * 32,
+              "brand": "b"} for n in range(200)]
+    e = {"event_id": "big", "type": "purchase", "visitor_id": "v", "ts": T0, "items": lines}
+    p = Profile()
+    p.recent = [f"r{n}" for n in range(8)]
+    p.purchased = [f"r{n}" for n in range(10)]
+    t = Tables()
+    reco_changes(e, p, t)
+    assert len(t) <= 2000 and t.dropped == 0
+    assert len(t.s) == MAX_ITEMS  # the catalog fields of the first MAX_ITEMS lines only
 
 
 def test_event_fields_merge_and_curated_wins():
@@ -140,17 +152,18 @@ def test_next_item_ops_are_directed_and_match_the_in_process_learner():
         if t == "page_view":
             del e["item"]
         events.append(e)
-    _, ops = run(events)
+    _, changes = run(events)
     online: dict[str, dict[str, float]] = {}
-    for o in (o for batch in ops for o in batch):
-        if o.command == "ZINCRBY" and o.key.startswith("kn:t:"):
-            table = online.setdefault(o.key[len("kn:t:"):], {})
-            table[o.args[1]] = table.get(o.args[1], 0.0) + o.args[0]
-    first = coalesce(ops[2])  # c after b, a
-    incr = {(o.key, o.args[1]): o.args[0] for o in first if o.command == "ZINCRBY"}
-    assert incr[(keys.neighbours("t", "b"), "c")] == 1.0
-    assert incr[(keys.neighbours("t", "a"), "c")] == 0.5
-    assert (keys.neighbours("t", "c"), "b") not in incr  # directed: no c -> b
+    for t in changes:
+        for key, table in t.z.items():
+            if key.startswith("kn:") and key.split(":")[2] == "t":
+                dst = online.setdefault(key.split(":", 3)[3], {})
+                for m, v in table.items():
+                    dst[m] = dst.get(m, 0.0) + v
+    first = changes[2].z  # c after b, a
+    assert first[keys.neighbours("t", "b")]["c"] == 1.0
+    assert first[keys.neighbours("t", "a")]["c"] == 0.5
+    assert keys.neighbours("t", "c") not in first  # directed: no c -> b
     model = NextItem(max_neighbours=1000)
     for e in events:
         model.learn_one(e)

@@ -778,3 +778,79 @@ def test_single_message_endpoints_take_32_kb():
 )
 def test_basic_auth_key(header, key):
     assert sg.basic_auth_key(header) == key
+
+
+def test_the_paths_mounted_and_the_ones_preflights_allow_the_retry_header_on():
+    paths = dict(sg.api_paths())
+    assert len(paths) == 2 * len(sg.ENDPOINTS)
+    assert paths["/v1/batch"] == "batch" and paths["/segment/v1/b"] == "b"
+    for path in ("/v1/t", "/v1/import", "/segment/v1/g", "/v1/m", "/segment/v1/m"):
+        assert sg.is_api_path(path), path
+    for path in ("/v1/events", "/v1/decide", "/segment/v2/t", "/x/v1/t", "/v1/t/x", "/t"):
+        assert not sg.is_api_path(path), path
+
+
+def test_write_key_of_any_document():
+    assert sg.write_key({"writeKey": "kp_x"}) == "kp_x"
+    for doc in ({}, {"writeKey": ""}, {"writeKey": 3}, [], "kp_x", None):
+        assert sg.write_key(doc) is None
+
+
+def test_the_trust_rules_in_segment_words():
+    """What the tracking flow does with a public key: each message's event carries its
+    user_hash to engine/logic/trust.py, whose refusals come back named as Segment names them."""
+    from engine.logic import trust
+    from engine.logic.access import PUBLIC_KEY_SCOPES, Principal
+
+    secret = "s3cret"
+    ok_hash = hmac_hex(secret, "alice")
+    doc = {"batch": [
+        msg(messageId="a", userId="alice"),  # no hash
+        msg(messageId="b", userId="alice", context={"kairos": {"user_hash": "f" * 64}}),
+        msg(messageId="c", userId="alice", anonymousId=None,
+            context={"kairos": {"user_hash": ok_hash}}),  # user only: visitor u:alice
+        msg(messageId="d", userId="alice", integrations={"Kairos": {"user_hash": ok_hash}}),
+        {"type": "alias", "previousId": "anon-1", "userId": "alice", "messageId": "e"},
+        msg(messageId="f", event="Click", properties={"decision_id": "home_hero.a.123"}),
+    ]}
+    parsed = sg.parse(doc, endpoint="batch", now_ms=NOW)
+    events = [sg.with_user_hash(m) for m in parsed.messages]
+    assert events[3].user_hash == ok_hash and events[0].user_hash is None
+
+    def identity_ok(user: str, given: str | None) -> bool:
+        return given == hmac_hex(secret, user)
+
+    pub = Principal("public_key", "p", PUBLIC_KEY_SCOPES)
+    good, bad = trust.screen(events, [m.index for m in parsed.messages], pub, identity_ok,
+                             lambda did: False)
+    by_index = {m.index: m for m in parsed.messages}
+    named = [(r.index, *sg.trust_refusal(by_index[r.index], r.field, r.reason)) for r in bad]
+    assert [(i, f) for i, f, _ in named] == [
+        (0, "context.kairos.user_hash"), (1, "context.kairos.user_hash"), (2, "anonymousId"),
+        (4, "context.kairos.user_hash"), (5, "properties.decision_id")]
+    assert "secret key" in named[2][2]
+    assert [e.event_id for e in good] == ["d"] and good[0].user_hash is None  # never stored
+    server = Principal("secret_key", "s", frozenset({"events:write"}))
+    good, bad = trust.screen(events, [m.index for m in parsed.messages], server, identity_ok,
+                             lambda did: False)
+    assert [e.event_id for e in good] == ["a", "b", "c", "d", "e"]
+    assert all(e.user_hash is None for e in good) and [r.index for r in bad] == [5]
+
+
+def hmac_hex(secret: str, user: str) -> str:
+    import hashlib
+    import hmac
+
+    return hmac.new(secret.encode(), user.encode(), hashlib.sha256).hexdigest()
+
+
+def test_the_openapi_document_has_the_tracking_api_and_its_key():
+    from engine.openapi import openapi
+
+    doc = openapi()
+    for name in ("batch", "track", "page", "screen", "identify", "alias", "group"):
+        op = doc["paths"][f"/v1/{name}"]["post"]
+        assert {"writeKey": []} in op["security"] and "body" in op["x-kairos-policy"]
+        assert f"/segment/v1/{name}" in op["description"]
+    assert "/v1/t" in doc["paths"]["/v1/track"]["post"]["description"]
+    assert doc["components"]["securitySchemes"]["writeKey"]["scheme"] == "basic"

@@ -12,7 +12,13 @@ from pathlib import Path
 import pytest
 
 from engine.flows.beacon import BeaconSource
-from engine.logic.sitemap import SitemapError, beacon_bundle, compile_sitemap, load
+from engine.logic.sitemap import (
+    SitemapError,
+    beacon_bundle,
+    compile_sitemap,
+    load,
+    served_sitemap,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -384,6 +390,23 @@ def test_all_errors_are_reported_together():
 # --- serving -------------------------------------------------------------------------------------
 
 
+def test_served_sitemap_drops_what_the_beacon_never_reads():
+    sm = compile_(
+        """
+        page_types:
+          home: {url: /, zones: {hero: "#hero"}}
+          checkout: {url: /checkout}
+        exit_intent: {enabled: true, scope: page, min_seconds: 5, idle_seconds: 12}
+        """
+    )
+    out = served_sitemap(sm)
+    assert "version" not in out and all("kind" not in pt for pt in out["page_types"])
+    assert out["page_types"][0]["zones"] == {"hero": "#hero"} and "zones" not in out["page_types"][1]
+    assert out["exit_intent"] == {"scope": "page", "idle_ms": 12000}  # the beacon's defaults left out
+    off = compile_("page_types:\n  home: {url: /}\nexit_intent: {enabled: false}\n")
+    assert served_sitemap(off)["exit_intent"]["enabled"] is False
+
+
 def test_beacon_bundle_prepends_the_sitemap():
     sm = compile_(
         """
@@ -395,7 +418,7 @@ def test_beacon_bundle_prepends_the_sitemap():
     head, _, tail = body.partition(b";\n")
     assert head.startswith(b"window.__kairosSitemap=")
     assert b"</script>" not in body and b"\\u003c/script>" in head
-    assert json.loads(head[len(b"window.__kairosSitemap=") :]) == sm
+    assert json.loads(head[len(b"window.__kairosSitemap=") :]) == served_sitemap(sm)
     assert tail == b"(()=>{})();"
     assert re.fullmatch(r'"[0-9a-f]{32}"', etag)
     assert beacon_bundle(sm, b"(()=>{})();")[1] == etag

@@ -19,6 +19,8 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+import re2  # type: ignore[import-untyped]
+
 Profile = Mapping[str, Any]
 Context = Mapping[str, Any]
 Now = datetime | int | float
@@ -33,7 +35,11 @@ SESSION_MS = 30 * 60 * 1000
 _DAY_MS = 86_400_000
 _UNITS_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": _DAY_MS, "w": 7 * _DAY_MS}
 _DURATION_RE = re.compile(r"^\s*(\d{1,7}(?:\.\d{1,3})?)\s*(ms|s|m|h|d|w)\s*$")
-_NESTED_QUANTIFIER_RE = re.compile(r"\((?:[^()\\]|\\.)*[+*}](?:[^()\\]|\\.)*\)\s*[+*{]")
+# url regexes run on the visitor's URL (up to MAX_URL_LEN): RE2 matches in linear time,
+# whatever the pattern (no backtracking, so `(a|a)*$` costs what `a*$` costs)
+_RE2_OPTIONS = re2.Options()
+_RE2_OPTIONS.log_errors = False
+_RE2_OPTIONS.max_mem = 1 << 20  # a pattern whose automaton needs more is refused at load
 _OPS: dict[str, Callable[[float, float], bool]] = {
     ">=": lambda a, b: a >= b,
     ">": lambda a, b: a > b,
@@ -379,14 +385,17 @@ def _context_in(field: str) -> Callable[[Any, Path], Rule]:
     return build
 
 
-def _safe_regex(pattern: Any, path: Path) -> re.Pattern[str]:
+def _safe_regex(pattern: Any, path: Path) -> Callable[[str], bool]:
+    """A full-match test in linear time (RE2); a pattern RE2 cannot run in linear time
+    (back-references, look-around) is refused with RE2's reason."""
     text = _str(pattern, path, MAX_PATTERN_LEN)
-    if _NESTED_QUANTIFIER_RE.search(text) or re.search(r"\\[1-9]", text):
-        raise RuleError(path, "must not use nested quantifiers or back-references")
     try:
-        return re.compile(text)
-    except re.error as exc:
-        raise RuleError(path, f"is not a valid regular expression ({exc})") from None
+        compiled = re2.compile(text, _RE2_OPTIONS)
+    except re2.error as exc:
+        reason = exc.args[0].decode() if exc.args and isinstance(exc.args[0], bytes) else str(exc)
+        raise RuleError(path, f"is not a valid RE2 regular expression ({reason}); back-references "
+                              "and look-around are not supported") from None
+    return lambda s: compiled.fullmatch(s) is not None
 
 
 def _url_part(url: str, part: str) -> str:
@@ -412,12 +421,12 @@ def _p_url(raw: Any, path: Path) -> Rule:
         needle = _str(p["contains"], path + ("contains",), MAX_PATTERN_LEN)
         matcher: Callable[[str], bool] = lambda s: needle in s  # noqa: E731
     else:
-        if kind == "glob":
+        if kind == "glob":  # fnmatch's translation uses atomic groups: no backtracking blow-up
             glob = _str(p["glob"], path + ("glob",), MAX_PATTERN_LEN)
             compiled = re.compile(fnmatch.translate(glob))
+            matcher = lambda s: compiled.fullmatch(s) is not None  # noqa: E731
         else:
-            compiled = _safe_regex(p["regex"], path + ("regex",))
-        matcher = lambda s: compiled.fullmatch(s) is not None  # noqa: E731
+            matcher = _safe_regex(p["regex"], path + ("regex",))
 
     def rule(profile: Profile, context: Context, now: Now) -> bool:
         url = _text(context, "url")

@@ -1125,10 +1125,10 @@ def parse_template_doc(
 
     try:
         compiled = (
-            compile_template({"html": marked_html}, memoise=False),
-            compile_template({"subject": _unescaped(subject[0]), "text": _unescaped(text[0])}, memoise=False),
-            compile_template({"html": marked_item}, memoise=False),
-            compile_template({"text": _unescaped(item_text_src[0])}, memoise=False),
+            compile_template({"html": marked_html}, memoise=False, campaign=False),
+            compile_template({"subject": _unescaped(subject[0]), "text": _unescaped(text[0])}, memoise=False, campaign=False),
+            compile_template({"html": marked_item}, memoise=False, campaign=False),
+            compile_template({"text": _unescaped(item_text_src[0])}, memoise=False, campaign=False),
         )
     except TemplateError as exc:  # checked above; kept for a clear message if it ever happens
         return None, [_template_error((exc.field,), exc.lineno, exc.reason)]

@@ -1,10 +1,32 @@
 -- One round trip for the tables a recommendation reads (engine/store/reco_read.py).
--- KEYS = n neighbour tables, then ranked (trending) tables, then the popularity hash, then
--- (optional) the visitor's CF vector; ARGV = n, rows per neighbour table, rows per ranked
--- table, number of tables. Returns each table's flat [member, score, ...], then the distinct
--- neighbour ids, their popularity counts and the CF vector (or false).
--- (Global keys: on a Redis Cluster, split by slot.)
-local n, kn, kt, t = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
+-- KEYS = n neighbour tables, then ranked (trending) tables, then the S popularity tables
+-- (keys.popularity(0..S-1)), then (optional) the visitor's CF vector; ARGV = n, rows per
+-- neighbour table, rows per ranked table, number of tables, S. Returns each table's flat
+-- [member, score, ...], then the distinct neighbour ids, their popularity counts and the CF
+-- vector (or false). A neighbour's popularity is in the table of its shard: CRC-32 of its id
+-- modulo S (engine/store/keys.py `shard`).
+-- (On a Redis Cluster the reader does not use this script: its keys span many slots.)
+local n, kn, kt, t, S = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]),
+  tonumber(ARGV[4]), tonumber(ARGV[5])
+local T = {}
+for i = 0, 15 do
+  local c = i
+  for _ = 1, 4 do
+    if bit.band(c, 1) == 1 then c = bit.bxor(bit.rshift(c, 1), 0xEDB88320) else c = bit.rshift(c, 1) end
+  end
+  T[i] = c
+end
+local function shard(s)
+  local c = bit.bnot(0)
+  for i = 1, #s do
+    c = bit.bxor(c, string.byte(s, i))
+    c = bit.bxor(bit.rshift(c, 4), T[bit.band(c, 15)])
+    c = bit.bxor(bit.rshift(c, 4), T[bit.band(c, 15)])
+  end
+  c = bit.bnot(c)
+  if c < 0 then c = c + 4294967296 end
+  return c % S
+end
 local out, seen, ids = {}, {}, {}
 for i = 1, t do
   local rows = redis.call('ZREVRANGE', KEYS[i], 0, (i <= n and kn or kt) - 1, 'WITHSCORES')
@@ -17,8 +39,8 @@ for i = 1, t do
   end
 end
 local pops = {}
-if #ids > 0 then pops = redis.call('HMGET', KEYS[t + 1], unpack(ids)) end
+for j = 1, #ids do pops[j] = redis.call('ZSCORE', KEYS[t + 1 + shard(ids[j])], ids[j]) end
 out[t + 1] = ids
 out[t + 2] = pops
-out[t + 3] = KEYS[t + 2] and redis.call('GET', KEYS[t + 2]) or false
+out[t + 3] = KEYS[t + S + 1] and redis.call('GET', KEYS[t + S + 1]) or false
 return out

@@ -1,0 +1,460 @@
+"""The mail worker (`kairos mailer`): takes sends from the `dm.sends` topic and from its
+sweep of PostgreSQL, and delivers each exactly once.
+
+    record on dm.sends (or the sweep) -> SendScheduler (partner + global token buckets)
+      -> claim (compare-and-set in PostgreSQL) -> suppressed? -> render the pinned version
+      (per-recipient recommendations where the template asks) -> SMTP -> classify the answer
+      -> sent | retry later (same Message-ID) | hard bounce: suppress | given up: failed
+      -> the journey member's next step
+
+Also in this process: journey steps that are due (the sweep makes their sends), journey exits
+on web behaviour (a consumer of the `events` topic), and the bounce listener (an SMTP server
+for DSNs to the VERP addresses).
+
+Guarantees. The rows are the truth and the topic only wakes the mailer: a record that is
+lost (the produce failed, the mailer restarted) is found by the sweep. A send is claimed by a
+compare-and-set with a lease and finished by another; a mailer killed between the SMTP
+server's "250" and its own update leaves a claim that expires, and the next claim sends it
+again with the same Message-ID (the send id's), which mailbox providers and the local outbox
+collapse into one message. Each partner's sends are owned by the mailer that holds the
+partner's partition of `dm.sends`, so one rate bucket per partner is kept in one process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import random
+import secrets
+import socket
+from collections.abc import Awaitable, Callable, Mapping
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import orjson
+
+from engine.db.control import ControlPlane
+from engine.db.dm import DmStore
+from engine.eventlog import EventLog
+from engine.flows.dm.library import Library
+from engine.flows.dm.personalise import Personaliser, partner_of, recipient, values_for
+from engine.flows.dm.portal import publish
+from engine.flows.dm.tracking import Tracking, member_of, save_member
+from engine.logic.dm import journeys as jr
+from engine.logic.dm.sending import (
+    FAILED,
+    HARD_BOUNCE,
+    RELAY_ERROR,
+    RETRY_SCHEDULE,
+    SENT,
+    SUPPRESSED,
+    Rate,
+    SendScheduler,
+    TrackingUrls,
+    compose_mail,
+    retry_at,
+)
+from engine.logic.dm.templates import RenderError, ValuesError
+from engine.mail.sender import Relay, SmtpSender
+from engine.settings import Settings
+
+log = logging.getLogger("kairos.mailer")
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def link_rows(links: Any) -> list[dict[str, Any]]:
+    return [{"index": lk.index, "kind": lk.kind, "url": lk.url,
+             "item": dict(lk.item) if lk.item else None} for lk in links]
+
+
+class Mailer:
+    def __init__(self, settings: Settings, store: DmStore, control: ControlPlane, library: Library,
+                 tracking: Tracking, personaliser: Personaliser, urls: TrackingUrls, verp_key: bytes,
+                 sends_log: EventLog, relay: Relay, *, worker_id: str | None = None,
+                 catalog: Callable[[list[str]], Awaitable[Mapping[str, Mapping[str, Any]]]] | None = None,
+                 clock: Callable[[], datetime] = _now) -> None:
+        s = settings
+        self.settings = s
+        self.store = store
+        self.control = control
+        self.library = library
+        self.tracking = tracking
+        self.personaliser = personaliser
+        self.urls = urls
+        self.verp_key = verp_key
+        self.sends_log = sends_log
+        self.relay = relay
+        self.catalog = catalog  # item id -> catalog record: what a data-item link is about
+        self.clock = clock
+        self.worker_id = worker_id or f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
+        scale = 60.0 / s.dm_rate_window_s
+        self.scheduler = SendScheduler(Rate(s.dm_partner_rate * scale), Rate(s.dm_global_rate * scale))
+        self.lease = timedelta(seconds=s.dm_claim_lease_s)
+        self.schedule = tuple(d * s.dm_retry_scale for d in RETRY_SCHEDULE)
+        self._queued: set[str] = set()
+        self._wake = asyncio.Event()
+        self._senders: asyncio.Queue[SmtpSender] = asyncio.Queue()
+        for _ in range(s.dm_senders):
+            self._senders.put_nowait(SmtpSender(relay))
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._owned: set[int] | None = None  # partitions of dm.sends held (None: all)
+        self._reply_to: dict[str, str] = {}
+        self.sent = 0
+
+    # -- intake ---------------------------------------------------------------------------------
+    def owns(self, partner_id: str) -> bool:
+        if self._owned is None:
+            return True
+        from aiokafka.partitioner import DefaultPartitioner
+
+        parts = list(range(self.settings.partitions))
+        return DefaultPartitioner()(partner_id.encode(), parts, parts) in self._owned
+
+    def enqueue(self, send_id: str, partner_id: str) -> None:
+        if send_id in self._queued:
+            return
+        self._queued.add(send_id)
+        self.scheduler.add(send_id, partner_id)
+        self._wake.set()
+
+    async def consume_sends(self) -> None:
+        from aiokafka import AIOKafkaConsumer
+
+        s = self.settings
+        consumer = AIOKafkaConsumer(
+            s.dm_sends_topic, bootstrap_servers=s.kafka_bootstrap, group_id=f"{s.group_id}-mailer",
+            enable_auto_commit=True, auto_commit_interval_ms=500, auto_offset_reset="earliest",
+            session_timeout_ms=s.session_timeout_ms, heartbeat_interval_ms=s.heartbeat_interval_ms)
+        await consumer.start()
+        self._owned = set()
+        try:
+            while True:
+                batch = await consumer.getmany(timeout_ms=500, max_records=1000)
+                self._owned = {tp.partition for tp in consumer.assignment()}
+                for msgs in batch.values():
+                    for m in msgs:
+                        try:
+                            rec = orjson.loads(m.value)
+                            self.enqueue(str(rec["send_id"]), str(rec["partner_id"]))
+                        except (orjson.JSONDecodeError, KeyError, TypeError):
+                            log.warning("bad dm.sends record at offset %s dropped", m.offset)
+        finally:
+            await consumer.stop()
+
+    async def sweep_once(self) -> None:
+        now = self.clock()
+        grace = timedelta(seconds=max(5.0, 3 * self.settings.dm_sweep_s))
+        for row in await self.store.due_sends(now, queued_older_than=grace):
+            if self.owns(row["partner_id"]):
+                self.enqueue(row["id"], row["partner_id"])
+        for member in await self.store.due_members(now, stale=self.lease):
+            try:
+                await self._step(member, now)
+            except Exception:
+                log.exception("journey step of %s failed", member["campaign_id"])
+
+    async def sweep(self) -> None:
+        while True:
+            try:
+                await self.sweep_once()
+            except Exception as exc:  # PostgreSQL away: try again next time
+                log.warning("sweep failed: %s", exc)
+            await asyncio.sleep(self.settings.dm_sweep_s)
+
+    async def _step(self, row: Mapping[str, Any], now: datetime) -> None:
+        """A member's due step: its message and send (published like a quick send's)."""
+        c = await self.store.campaign(row["partner_id"], row["campaign_id"])
+        got = await self.library.journey(c["version"]) if c else None
+        if c is None or got is None:
+            return
+        journey, versions = got
+        member = member_of(row)
+        if member.step >= len(journey.steps):
+            await save_member(self.store, c["id"], jr.step_sent(journey, member, member.step, now), now)
+            return
+        tv = await self.library.template(versions[member.step])
+        contact = await self.store.contact(row["partner_id"], row["contact_id"])
+        if tv is None or contact is None:
+            await save_member(self.store, c["id"], jr.exit_member(member, jr.EXIT_FAILED, now), now)
+            return
+        message = await self.store.message(row["partner_id"], c["id"], member.step, tv.id, tv.version)
+        blocked = await self.store.suppressed([contact["email_key"]])
+        made = await self.store.add_sends(row["partner_id"], c["id"], message, [{
+            "contact_id": contact["id"], "to_email": contact["email"], "email_key": contact["email_key"],
+            "state": "suppressed" if blocked else "queued"}])
+        if blocked:
+            await save_member(self.store, c["id"], jr.on_send_outcome(journey, member, member.step, SUPPRESSED, now), now)
+            return
+        await publish(self.sends_log, made)
+
+    # -- delivery -------------------------------------------------------------------------------
+    async def dispatch(self) -> None:
+        while True:
+            self._wake.clear()
+            free = self._senders.qsize()
+            now = self.clock()
+            ready = self.scheduler.ready(now, limit=free * 4) if free else []
+            if ready:
+                ids = [sid for sid, _ in ready]
+                try:
+                    rows = await self.store.claim(ids, self.worker_id, self.lease, now)
+                except Exception as exc:
+                    log.warning("claim failed (%s); the sweep offers them again", exc)
+                    rows = []
+                got = {r["id"] for r in rows}
+                for sid in ids:
+                    if sid not in got:
+                        self._queued.discard(sid)  # sent, or taken by another claim
+                for r in rows:
+                    task = asyncio.create_task(self._process(r))
+                    self._tasks.add(task)
+                    task.add_done_callback(self._tasks.discard)
+                continue
+            nxt = self.scheduler.next_at(now)
+            wait = 1.0 if nxt is None or not free else max(0.0, min(1.0, (nxt - now).total_seconds()))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), wait)
+
+    async def _process(self, row: Mapping[str, Any]) -> None:
+        sender = await self._senders.get()
+        try:
+            await self.deliver(row, sender)
+        except Exception:
+            log.exception("send %s failed; its claim expires and it is tried again", row["id"])
+        finally:
+            self._senders.put_nowait(sender)
+            self._queued.discard(row["id"])
+            self._wake.set()
+
+    async def _reply_address(self, partner_id: str) -> str:
+        if partner_id not in self._reply_to:
+            users = [u for u in await self.control.list_users(partner_id=partner_id) if u.disabled_at is None]
+            self._reply_to[partner_id] = users[0].email if users else ""
+        return self._reply_to[partner_id]
+
+    async def deliver(self, row: Mapping[str, Any], sender: SmtpSender) -> str:
+        """One claimed send to its outcome; returns it."""
+        sid, now = row["id"], self.clock()
+        if not row["test"] and row["suppressed"]:
+            await self._finish(row, SUPPRESSED, now)
+            return SUPPRESSED
+        tv = await self.library.template(row["template_version"])
+        if tv is None:
+            await self._finish(row, FAILED, now, reply="the pinned template version is not stored")
+            return FAILED
+        contact = None
+        if row["contact_id"]:
+            contact = {"id": row["contact_id"], "first_name": row["first_name"], "last_name": row["last_name"],
+                       "attributes": row["attributes"], "visitor_id": row["visitor_id"], "user_id": row["user_id"]}
+        items = await self.personaliser.items(tv, contact)
+        try:
+            envelope, rendered = compose_mail(
+                tv, values_for(tv, row["campaign_values"], row["member_values"]), send_id=sid,
+                to=recipient(contact, row["to_email"]),
+                partner=partner_of(row["partner_name"], await self._reply_address(row["partner_id"])),
+                urls=self.urls, verp_key=self.verp_key, now=now, items=items, track=not row["test"])
+        except (ValuesError, RenderError, ValueError) as exc:
+            await self._finish(row, FAILED, now, reply=f"cannot render: {exc}")
+            return FAILED
+        delivery = await sender.send(envelope)
+        now = self.clock()
+        reply = delivery.reply
+        if delivery.outcome == SENT:
+            await self._finish(row, SENT, now, code=reply.code, reply=reply.message,
+                               links=await self._links(rendered.links))
+            self.sent += 1
+            return SENT
+        if delivery.outcome == HARD_BOUNCE:
+            await self._finish(row, HARD_BOUNCE, now, code=reply.code, reply=reply.message)
+            await self.tracking.bounce(sid, "hard", _status(reply.message, "5.0.0"), reply.message)
+            return HARD_BOUNCE
+        attempts = int(row["attempts"]) + 1
+        at = retry_at(attempts, now, random.random(), self.schedule)
+        if delivery.outcome == RELAY_ERROR:
+            log.error("the SMTP relay refused us (%s %s): check KAIROS_SMTP_URL", reply.code, reply.message)
+        if at is None:
+            await self._finish(row, FAILED, now, code=reply.code, reply=reply.message, attempts=attempts)
+            await self.tracking.bounce(sid, "soft", _status(reply.message, "4.0.0"), "given up: " + reply.message)
+            return FAILED
+        await self._finish(row, "retry", now, code=reply.code, reply=reply.message, attempts=attempts, next_at=at)
+        self._wake.set()
+        return "retry"
+
+    async def _links(self, links: Any) -> list[dict[str, Any]]:
+        """The send's links as rendered, a data-item link's item with its categories and
+        brand from the catalog (so a click on it moves those affinities)."""
+        rows = link_rows(links)
+        bare = [r["item"]["id"] for r in rows if r["item"] and "categories" not in r["item"]]
+        if bare and self.catalog is not None:
+            try:
+                found = await self.catalog(bare)
+            except Exception as exc:
+                log.warning("catalog look-up for a mail's links failed: %s", exc)
+                found = {}
+            for r in rows:
+                rec = found.get(r["item"]["id"]) if r["item"] else None
+                if rec is not None:
+                    r["item"] = {"id": r["item"]["id"], "categories": list(rec.get("categories") or []),
+                                 "brand": rec.get("brand")}
+        return rows
+
+    async def _finish(self, row: Mapping[str, Any], outcome: str, now: datetime, **kw: Any) -> None:
+        state = {SENT: "sent", HARD_BOUNCE: "bounced", SUPPRESSED: "suppressed", FAILED: "failed"}.get(outcome, outcome)
+        if not await self.store.finish(row["id"], self.worker_id, state=state, now=now, **kw):
+            log.warning("send %s: the claim was lost before it finished (another mailer has it)", row["id"])
+            return
+        if row["campaign_kind"] == "journey" and row["contact_id"]:
+            await self._journey_outcome(row, outcome, now)
+
+    async def _journey_outcome(self, row: Mapping[str, Any], outcome: str, now: datetime) -> None:
+        got = await self.library.journey(row["campaign_version"])
+        member_row = await self.store.member(row["campaign_id"], row["contact_id"])
+        if got is None or member_row is None:
+            return
+        m = jr.on_send_outcome(got[0], member_of(member_row), row["step"], outcome, now)
+        await save_member(self.store, row["campaign_id"], m, now, in_flight=outcome == "retry" and m.active)
+
+    # -- journey exits on web behaviour ---------------------------------------------------------------
+    async def consume_events(self) -> None:
+        from aiokafka import AIOKafkaConsumer
+
+        from engine.logic.events import decode_events
+
+        s = self.settings
+        consumer = AIOKafkaConsumer(
+            s.events_topic, bootstrap_servers=s.kafka_bootstrap, group_id=f"{s.group_id}-dm-exits",
+            enable_auto_commit=True, auto_offset_reset="latest",
+            session_timeout_ms=s.session_timeout_ms, heartbeat_interval_ms=s.heartbeat_interval_ms)
+        await consumer.start()
+        try:
+            while True:
+                batch = await consumer.getmany(timeout_ms=500, max_records=1000)
+                types = await self._exit_types()
+                for msgs in batch.values():
+                    for m in msgs:
+                        try:
+                            events = decode_events(m.value)
+                        except Exception:
+                            continue
+                        for ev in events:
+                            if ev.get("type") in types and ev.get("channel") != "email":
+                                await self.on_event(ev)
+        finally:
+            await consumer.stop()
+
+    async def _exit_types(self) -> set[str]:
+        cfg = await self.library.current()
+        return {e.type for j in cfg.journeys.values() for e in j.exit_events}
+
+    async def on_event(self, event: Mapping[str, Any]) -> int:
+        """A web event of a contact's linked profile: the journey members it exits."""
+        contacts = await self.store.contacts_of_profile(event.get("visitor_id"), event.get("user_id"))
+        n = 0
+        now = self.clock()
+        for row in await self.store.active_members_of([c["id"] for c in contacts]):
+            got = await self.library.journey(row["version"])
+            if got is None:
+                continue
+            before = member_of(row)
+            after = jr.on_event(got[0], before, event, now)
+            if after is not before:
+                await save_member(self.store, row["campaign_id"], after, now, in_flight=row["in_flight"] and after.active)
+                await self.control.audit("mailer", "dm.journey.exit", row["campaign_id"], partner_id=row["partner_id"],
+                                         detail={"contact": row["contact_id"], "event": event.get("type")})
+                n += 1
+        return n
+
+    # -- running ----------------------------------------------------------------------------------------
+    async def close(self) -> None:
+        for task in list(self._tasks):
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(task, 10)
+        while not self._senders.empty():
+            await self._senders.get_nowait().close()
+
+
+def _status(message: str, default: str) -> str:
+    import re
+
+    m = re.search(r"\b([245]\.\d{1,3}\.\d{1,3})\b", message or "")
+    return m.group(1) if m else default
+
+
+async def serve(settings: Settings, stop: asyncio.Event) -> None:
+    """Run a mailer until `stop` is set: the wiring of `kairos mailer`."""
+    from engine.confighub import ConfigHub
+    from engine.db import new_engine
+    from engine.eventlog import ensure_topics
+    from engine.flows.dm.library import register
+    from engine.flows.recommend import CATALOG_CACHE_S, Recommender
+    from engine.logic.dm.sending import BotRules, TokenSigner
+    from engine.logic.recipes import load_recipes
+    from engine.mail.outbox import BounceHandler, SmtpServer
+    from engine.store.catalog import CachedCatalog, CatalogStore
+    from engine.store.profiles import ProfileStore, new_client
+    from engine.store.reco_read import RecoReader
+
+    s = settings
+    assert s.database_url and s.kafka_bootstrap and s.redis_url
+    stack = contextlib.AsyncExitStack()
+    async with stack:
+        control = ControlPlane(new_engine(s.database_url))
+        stack.push_async_callback(control.close)
+        store = DmStore(control.engine)
+        hub = ConfigHub(s.config_dir, debounce_ms=s.config_reload_debounce_ms)
+        register(hub)
+        hub.register("recipes", load_recipes, ("recipes",))
+        await hub.start()
+        stack.push_async_callback(hub.stop)
+        library = Library(hub, store)
+        await library.current()
+        with contextlib.suppress(Exception):
+            await ensure_topics(s.kafka_bootstrap, {s.dm_sends_topic: s.partitions, s.events_topic: s.partitions}, 10.0)
+        sends_log = EventLog(s.kafka_bootstrap, s.dm_sends_topic, timeout_s=s.produce_timeout_s)
+        events_log = EventLog(s.kafka_bootstrap, s.events_topic, timeout_s=s.produce_timeout_s)
+        stack.push_async_callback(sends_log.close)
+        stack.push_async_callback(events_log.close)
+        client = new_client(s.redis_url, timeout=2.0)
+        stack.push_async_callback(client.aclose)
+        catalog = CatalogStore(client)
+        recommender = Recommender(ProfileStore(client, s.profile_ttl_ms), RecoReader(client, s.group_id),
+                                  CachedCatalog(catalog, ttl_s=CATALOG_CACHE_S), s.affinity,
+                                  lambda: hub.get("recipes"))
+        signer = TokenSigner([(await control.secret("tracking")).encode()])
+        verp_key = (await control.secret("verp")).encode()
+        tracking = Tracking(store, control, library, signer, events_log,
+                            bot_rules=BotRules(min_click_delay=timedelta(seconds=s.dm_bot_click_delay_s)),
+                            soft_limit=s.dm_soft_bounce_limit, soft_days=s.dm_soft_bounce_days)
+        mailer = Mailer(s, store, control, library, tracking,
+                        Personaliser(recommender, lambda: hub.get("recipes"), s.base_url),
+                        TrackingUrls(s.base_url, signer), verp_key, sends_log, Relay.from_url(s.relay_url),
+                        catalog=catalog.get_many)
+
+        async def on_bounce(b: Any) -> None:
+            await tracking.bounce(b.send_id, b.kind, b.status, b.diagnostic)
+
+        bounces = await SmtpServer(BounceHandler([verp_key], on_bounce), "127.0.0.1", s.bounce_port,
+                                   hostname="kairos-bounces").start()
+        stack.push_async_callback(bounces.stop)
+        stack.push_async_callback(mailer.close)
+        tasks = [asyncio.create_task(fn(), name=fn.__name__) for fn in
+                 (mailer.consume_sends, mailer.sweep, mailer.dispatch, mailer.consume_events)]
+        log.info("mailer %s: relay %r, bounces on %s", mailer.worker_id, mailer.relay, bounces.url)
+        print(f"mailer: relay {mailer.relay!r}, bounce listener {bounces.url}", flush=True)
+        try:
+            done_wait = asyncio.create_task(stop.wait())
+            done, _ = await asyncio.wait([done_wait, *tasks], return_when=asyncio.FIRST_COMPLETED)
+            for t in done:
+                if t is not done_wait and t.exception() is not None:
+                    raise t.exception()  # type: ignore[misc]
+        finally:
+            for t in tasks:
+                t.cancel()
+            for t in tasks:
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await t

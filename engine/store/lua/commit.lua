@@ -1,0 +1,127 @@
+-- Commit (part of) one batch of the stream, all or nothing (engine/store/profiles.py).
+-- On one server a batch is one call; on a Redis Cluster one call per slot, every key of a call
+-- in that slot. Every key the call touches is in KEYS; ARGV[1] is one msgpack array
+--   { fences, writes, tables }
+-- whose entries name keys by their index in KEYS:
+--   fences: { {fence, partition, epoch, expected offset, new offset, set applied (0|1)}, ... }
+--     the fence hash of a shard (keys.fence): the partition's owner epoch `e<p>` must be
+--     `epoch` (else an older owner is writing: refused) and its offset `o<p>` must be
+--     `expected` ('' = none yet), else the caller's marks are stale; then `o<p>` (and `a<p>`)
+--     become the new offset
+--   writes: { {profile, expected rev, new value, ttl ms, tombstone, deletes, aliases, ops}, ... }
+--     compare-and-set on the profile's 4-byte revision ('' = must not exist); refused while
+--     the tombstone key exists (index 0: no profile, no tombstone: the second step of an
+--     identity merge on a cluster, which only deletes and sets aliases); deletes = { {profile, expected rev}, ... } (anonymous profiles
+--     merged into it), aliases = { {alias key, profile id}, ... }, ops = { {command, key, args...}, ... }
+--     on the profile's own keys
+--   tables: { {key, kind, cap or keep, ttl ms, field, value, field, value, ...}, ... }
+--     kind 'z': ZINCRBY value field; then when the set has more than cap + cap/8 members,
+--       trim it to the cap (lowest first); 'h': HINCRBY; 's': HSET, and the expiry is not set
+--       while the hash holds the field `keep` (a curated catalog record)
+--     a ttl > 0 sets the key's expiry
+-- Returns {1} when written; {0, {conflicting write indices}, {erased write indices}} when a
+-- revision did not match or a tombstone exists; {-1, fence index} when fenced. In both
+-- refusals nothing at all is written.
+local ALLOWED = {ZINCRBY=1, ZADD=1, ZREM=1, ZREMRANGEBYRANK=1, HINCRBY=1, HINCRBYFLOAT=1,
+  HSET=1, HDEL=1, INCRBY=1, SADD=1, SREM=1, PEXPIRE=1, DEL=1, SET=1, LPUSH=1, LTRIM=1}
+local K = KEYS
+local plan = cmsgpack.unpack(ARGV[1])
+local fences, writes, tables = plan[1], plan[2], plan[3]
+
+-- a variadic command over many arguments, in slices (Lua's unpack takes a few thousand at most)
+local function chunked(cmd, key, args, from, step)
+  for i = from, #args, step do
+    local slice = {}
+    for j = i, math.min(#args, i + step - 1) do slice[#slice + 1] = args[j] end
+    redis.call(cmd, key, unpack(slice))
+  end
+end
+
+local function rev(key)
+  local cur = redis.call('GET', key)
+  if cur then return string.sub(cur, 1, 4) end
+  return ''
+end
+
+-- 1. check everything; write nothing unless all holds
+for i = 1, #fences do
+  local f = fences[i]
+  local key, p = K[f[1]], f[2]
+  if (redis.call('HGET', key, 'e' .. p) or '') ~= f[3] then return {-1, i} end
+  if (redis.call('HGET', key, 'o' .. p) or '') ~= f[4] then return {-1, i} end
+end
+local conflicts, erased = {}, {}
+for i = 1, #writes do
+  local w = writes[i]
+  if w[1] > 0 and rev(K[w[1]]) ~= w[2] then
+    conflicts[#conflicts + 1] = i
+  elseif w[5] > 0 and redis.call('EXISTS', K[w[5]]) == 1 then
+    erased[#erased + 1] = i
+  else
+    local dels = w[6]
+    for j = 1, #dels do
+      if rev(K[dels[j][1]]) ~= dels[j][2] then conflicts[#conflicts + 1] = i; break end
+    end
+  end
+  local ops = w[8]
+  for j = 1, #ops do
+    if not ALLOWED[ops[j][1]] then
+      return redis.error_reply('op not allowed: ' .. tostring(ops[j][1]))
+    end
+  end
+end
+if #conflicts > 0 or #erased > 0 then return {0, conflicts, erased} end
+
+-- 2. the shared tables
+for i = 1, #tables do
+  local t = tables[i]
+  local key, kind, ttl = K[t[1]], t[2], tonumber(t[4])
+  if kind == 'z' then
+    for j = 5, #t, 2 do redis.call('ZINCRBY', key, t[j + 1], t[j]) end
+    local cap = tonumber(t[3])
+    if cap > 0 then
+      local n = redis.call('ZCARD', key)
+      if n > cap + math.floor(cap / 8) + 1 then
+        redis.call('ZREMRANGEBYRANK', key, 0, n - cap - 1)
+      end
+    end
+    if ttl > 0 then redis.call('PEXPIRE', key, ttl) end
+  elseif kind == 'h' then
+    for j = 5, #t, 2 do redis.call('HINCRBY', key, t[j], t[j + 1]) end
+    if ttl > 0 then redis.call('PEXPIRE', key, ttl) end
+  elseif kind == 's' then
+    chunked('HSET', key, t, 5, 1000)
+    if ttl > 0 and (t[3] == '' or redis.call('HEXISTS', key, t[3]) == 0) then
+      redis.call('PEXPIRE', key, ttl)
+    end
+  else
+    return redis.error_reply('unknown table kind: ' .. tostring(kind))
+  end
+end
+
+-- 3. the profiles and their own keys
+for i = 1, #writes do
+  local w = writes[i]
+  if w[1] > 0 then redis.call('SET', K[w[1]], w[3], 'PX', w[4]) end
+  local dels, aliases, ops = w[6], w[7], w[8]
+  for j = 1, #dels do redis.call('DEL', K[dels[j][1]]) end
+  for j = 1, #aliases do redis.call('SET', K[aliases[j][1]], aliases[j][2], 'PX', w[4]) end
+  for j = 1, #ops do
+    local op = ops[j]
+    if op[1] == 'LPUSH' or op[1] == 'HSET' then
+      chunked(op[1], K[op[2]], op, 3, 1000)
+    else
+      local args = {}
+      for k = 3, #op do args[k - 2] = op[k] end
+      redis.call(op[1], K[op[2]], unpack(args))
+    end
+  end
+end
+
+-- 4. the offset marks
+for i = 1, #fences do
+  local f = fences[i]
+  redis.call('HSET', K[f[1]], 'o' .. f[2], f[5])
+  if f[6] == 1 then redis.call('HSET', K[f[1]], 'a' .. f[2], f[5]) end
+end
+return {1}

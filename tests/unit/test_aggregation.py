@@ -1,0 +1,229 @@
+"""Shared tables aggregated per batch (engine/store/writes.py `Tables`, streams/plan.py): the same
+events in one batch or in many give the same tables; a batch applied again changes nothing;
+consent and tombstones keep events out of profiles and learners; the op budget holds."""
+
+from __future__ import annotations
+
+import random
+from collections import defaultdict
+from typing import Any
+
+import pytest
+
+from engine.settings import Settings
+from engine.store import keys
+from engine.store.writes import MAX_OPS_PER_EVENT, Stored, Tables
+from models.affinity import AffinityConfig, Profile
+from streams.hooks import activity, reco, traffic
+from streams.plan import plan
+
+CFG = AffinityConfig()
+T0 = 1_767_268_800_000
+HOOKS = [traffic.count_traffic, activity.record_activity, reco.record_reco]
+
+
+def events(n: int, seed: int = 1) -> list[dict[str, Any]]:
+    """n events of 30 visitors over 40 items, in records of 1-3 events on 4 partitions."""
+    rng = random.Random(seed)
+    out: list[dict[str, Any]] = []
+    offsets = [0] * 4
+    while len(out) < n:
+        vid = f"v{rng.randrange(30)}"
+        part = hash(vid) % 4
+        for _ in range(rng.randint(1, 3)):
+            etype = rng.choice(["item_view"] * 5 + ["add_to_cart", "purchase", "page_view"])
+            ev: dict[str, Any] = {"event_id": f"e{len(out)}", "type": etype, "visitor_id": vid,
+                                  "ts": T0 + len(out) * 1000, "channel": "web",
+                                  "_p": part, "_o": offsets[part], "_t": T0}
+            item = {"id": f"i{rng.randrange(40)}", "categories": [rng.choice(["a/b", "a/c", "d"])],
+                    "brand": rng.choice(["x", "y"])}
+            if etype in ("add_to_cart", "purchase"):
+                ev["items"] = [item]
+            elif etype != "page_view":
+                ev["item"] = item
+            out.append(ev)
+        offsets[part] += 1
+    return out
+
+
+class Shared:
+    """What Redis would hold for the shared tables (lua/commit.lua's semantics, no trims)."""
+
+    def __init__(self) -> None:
+        self.z: dict[str, dict[str, float]] = defaultdict(lambda: defaultdict(float))
+        self.h: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+        self.s: dict[str, dict[str, bytes]] = defaultdict(dict)
+
+    def apply(self, t: Tables) -> None:
+        for row in t.rows():
+            key, kind, pairs = row[0], row[1], row[4:]
+            for f, v in zip(pairs[::2], pairs[1::2], strict=True):
+                if kind == "z":
+                    self.z[key][f] += v
+                elif kind == "h":
+                    self.h[key][f] += v
+                else:
+                    self.s[key][f] = v
+
+    def tables(self) -> dict[str, Any]:
+        return {"z": {k: {m: pytest.approx(v) for m, v in t.items()} for k, t in self.z.items()},
+                "h": {k: dict(t) for k, t in self.h.items() if any(t.values())},
+                "s": {k: dict(t) for k, t in self.s.items()}}
+
+
+def run(batches: list[list[dict[str, Any]]], shared: Shared | None = None,
+        stored: dict[str, Stored] | None = None, marks: dict[int, dict[int, int]] | None = None
+        ) -> tuple[Shared, dict[str, Stored], int, dict[int, dict[int, int]]]:
+    """Plan the batches one after the other as the worker would (what a batch wrote is what
+    the next one reads; shard marks advance per batch)."""
+    shared = shared or Shared()
+    stored = dict(stored or {})
+    marks = {s: dict(m) for s, m in (marks or {}).items()}
+    applied = 0
+    for batch in batches:
+        t = Tables(marks=marks)
+        out = plan(batch, {}, stored, CFG, HOOKS, t)
+        shared.apply(t)
+        applied += out.applied
+        for w in out.writes:
+            stored[w.pid] = Stored(b"x", Profile.restore(w.profile.snapshot()))
+        upto: dict[int, int] = {}
+        for ev in batch:
+            upto[ev["_p"]] = max(upto.get(ev["_p"], -1), ev["_o"])
+        for n in {keys.shard_of_key(k) for k in t.touched()} - {None}:
+            for p, o in upto.items():
+                marks.setdefault(n, {})[p] = max(marks.get(n, {}).get(p, -1), o)
+    return shared, stored, applied, marks
+
+
+def split(evs: list[dict[str, Any]], sizes: list[int]) -> list[list[dict[str, Any]]]:
+    """Cut at record boundaries near the given sizes."""
+    out, cur = [], []
+    want = iter(sizes)
+    target = next(want, len(evs))
+    for i, ev in enumerate(evs):
+        cur.append(ev)
+        nxt = evs[i + 1] if i + 1 < len(evs) else None
+        if len(cur) >= target and (nxt is None or (nxt["_p"], nxt["_o"]) != (ev["_p"], ev["_o"])):
+            out.append(cur)
+            cur = []
+            target = next(want, len(evs))
+    if cur:
+        out.append(cur)
+    return out
+
+
+def test_the_same_events_in_one_batch_or_many_give_the_same_tables():
+    evs = events(400)
+    one, _, n1, _ = run([evs])
+    many, _, n2, _ = run(split(evs, [1, 7, 30, 3, 50, 100, 9] * 10))
+    assert n1 == n2 == 400
+    assert one.tables() == many.tables()
+    assert one.tables()["z"] and one.tables()["h"] and one.tables()["s"]
+
+
+def test_a_batch_applied_again_changes_nothing():
+    evs = events(200)
+    head = split(evs, [120])[0]
+    shared, stored, applied, marks = run([head])
+    once = shared.tables()
+    twice, _, none, _ = run([head], shared=shared, stored=stored, marks=marks)
+    assert none == 0 and twice.tables() == once  # the very same batch: nothing changes
+    # a crash before the offsets were committed: the broker hands the same records again,
+    # and more after them
+    again, _, more, _ = run([evs], shared=shared, stored=stored, marks=marks)
+    assert more == len(evs) - len(head)  # the profiles' marks skip what they had ...
+    assert again.tables() == run([evs])[0].tables()  # ... the shard marks what the tables had
+
+
+def test_shard_marks_skip_only_what_each_shard_has():
+    """A batch half committed on a cluster (some shards in, others not) is finished, not doubled."""
+    evs = events(60)
+    full = run([evs])[0]
+    t = Tables()
+    plan(evs, {}, {}, CFG, HOOKS, t)
+    done = {keys.shard_of_key(k) for k in sorted(t.touched())[: len(t.touched()) // 2]}
+    half = Shared()
+    first = Tables()
+    plan(evs, {}, {}, CFG, HOOKS, first)
+    for row in first.rows(only=lambda k: keys.shard_of_key(k) in done):
+        key, kind, pairs = row[0], row[1], row[4:]
+        for f, v in zip(pairs[::2], pairs[1::2], strict=True):
+            if kind == "z":
+                half.z[key][f] += v
+            elif kind == "h":
+                half.h[key][f] += v
+            else:
+                half.s[key][f] = v
+    last = {n: {p: 10**9 for p in range(4)} for n in done}
+    redo = Tables(marks=last)
+    plan(evs, {}, {}, CFG, HOOKS, redo)  # the profiles were not written: planned afresh
+    half.apply(redo)
+    assert half.tables() == full.tables()
+
+
+def test_consent_declined_is_counted_in_the_traffic_only():
+    ev = {"event_id": "c1", "type": "item_view", "visitor_id": "v", "ts": T0,
+          "context": {"consent": False}, "item": {"id": "i1", "categories": ["a"]}}
+    t = Tables()
+    out = plan([ev], {}, {}, CFG, HOOKS, t)
+    assert out.writes == [] and out.unstored == 1
+    assert set(t.h) == {keys.live_second(T0 // 1000)} and not t.z and not t.s
+    assert t.h[keys.live_second(T0 // 1000)]["t:item_view"] == 1
+    # consent true (or absent) is stored as usual
+    ok = plan([{**ev, "context": {"consent": True}}], {}, {}, CFG, HOOKS, Tables())
+    assert ok.applied == 1
+
+
+def test_an_erased_profile_is_never_written_nor_learnt_from():
+    from streams.hooks.cf import OnlineCF
+
+    cf = OnlineCF(Settings(group_id="g", cf_factors=4))
+    evs = [{"event_id": f"e{n}", "type": "item_view", "visitor_id": "gone", "ts": T0 + n,
+            "item": {"id": f"i{n}"}, "_p": 1, "_o": n, "_t": T0} for n in range(3)]
+    stored = {"v:gone": Stored(erased=True)}
+    t = Tables()
+    out = plan(evs, {}, stored, CFG, [*HOOKS, cf], t)
+    assert out.writes == [] and out.erased == 3 and out.applied == 0
+    assert not t.z and not t.s and not cf.changed  # no table, no learner
+    # an erased user: an anonymous visitor identifying as them is kept out as well
+    ident = {"event_id": "id", "type": "identify", "visitor_id": "anon", "user_id": "42",
+             "ts": T0}
+    out = plan([ident], {}, {"u:42": Stored(erased=True)}, CFG, HOOKS, Tables())
+    assert out.writes == [] and out.erased == 1
+
+
+def test_one_event_cannot_spend_more_than_its_budget():
+    class Greedy:
+        def __call__(self, event, profile, pid, out):
+            for n in range(MAX_OPS_PER_EVENT + 500):
+                out.tables.hincr("kx:{k0}:greedy", f"f{n}")
+
+    evs = [{"event_id": f"e{n}", "type": "page_view", "visitor_id": "v", "ts": T0}
+           for n in range(2)]
+    t = Tables()
+    out = plan(evs, {}, {}, CFG, [Greedy()], t)
+    assert len(t.h["kx:{k0}:greedy"]) == MAX_OPS_PER_EVENT  # each event's first 2000 count
+    assert out.dropped_ops == 2 * 500
+
+
+def test_a_merge_redone_after_a_crash_between_its_steps_is_not_folded_twice():
+    """On a cluster the merge is two steps; the user's profile records the merge it took in."""
+    anon = Profile()
+    first = plan([{"event_id": "a1", "type": "item_view", "visitor_id": "phone", "ts": T0,
+                   "item": {"id": "x", "brand": "acme"}}], {}, {}, CFG)
+    anon = first.writes[0].profile
+    stored = {"v:phone": Stored(b"\0\0\0\7", anon)}
+    ident = {"event_id": "id1", "type": "identify", "visitor_id": "phone", "user_id": "u1",
+             "ts": T0 + 5, "_p": 0, "_o": 3, "_t": T0}
+    merged = plan([ident], {}, stored, CFG)
+    (w,) = merged.writes
+    assert w.pid == "u:u1" and w.profile.event_count == 2 and w.deletes == [("v:phone", b"\0\0\0\7")]
+    # step one landed (the user's profile), the crash came before step two (alias, delete):
+    # the identify event comes again, the anonymous profile is still there, unchanged
+    stored["u:u1"] = Stored(b"\0\0\0\1", Profile.restore(w.profile.snapshot()))
+    redo = plan([ident], {}, stored, CFG)
+    (w2,) = redo.writes
+    assert w2.profile.event_count == 2  # not 3: the anonymous profile is not folded again
+    assert w2.deletes == [("v:phone", b"\0\0\0\7")] and w2.aliases == [("phone", "u:u1")]
+    assert redo.applied == 0 and redo.duplicates == 1
