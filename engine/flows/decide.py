@@ -16,7 +16,7 @@ import asyncio
 import logging
 import os
 import time
-from collections.abc import Callable, Coroutine, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import msgspec
@@ -36,16 +36,6 @@ log = logging.getLogger("kairos.decide")
 
 STATS_TTL_S = 1.0  # campaign counters are re-read at most this often
 _enc = msgspec.msgpack.Encoder()
-
-
-_LATE: set[asyncio.Task[Any]] = set()  # late reads still running (held: asyncio keeps weak refs)
-
-
-def _forget(task: asyncio.Task[Any]) -> None:
-    """Retrieve a late read's outcome, so an error in it is not reported as never retrieved."""
-    _LATE.discard(task)
-    if not task.cancelled():
-        task.exception()
 
 
 def _token() -> str:
@@ -81,35 +71,6 @@ class Decider:
             self.counters[cid] = (now, arms)
         return snap
 
-    @staticmethod
-    async def _within(read: Coroutine[Any, Any, DecideState], timeout_s: float) -> DecideState:
-        """The read's answer if it comes within `timeout_s`, else TimeoutError. A late read
-        is not cancelled: it finishes in the background and its answer is dropped. Cancelling
-        a Redis command midway closes its connection, and the reconnects that follow cost
-        more than the read (measured: under load the deadline then fires more and more
-        often). One future and one timer, not `asyncio.wait`'s sets and callbacks."""
-        loop = asyncio.get_running_loop()
-        task = loop.create_task(read)
-        waiter = loop.create_future()
-
-        def wake(_: object = None) -> None:
-            if not waiter.done():
-                waiter.set_result(None)
-
-        task.add_done_callback(wake)
-        timer = loop.call_later(timeout_s, wake)
-        try:
-            await waiter
-        finally:  # late, or this request cancelled (its client went away)
-            timer.cancel()
-            if not task.done():
-                task.remove_done_callback(wake)
-                _LATE.add(task)
-                task.add_done_callback(_forget)
-        if not task.done():
-            raise TimeoutError
-        return task.result()
-
     # -- deciding ---------------------------------------------------------------------------
     async def decide(self, visitor_id: str, user_id: str | None, context: Mapping[str, Any],
                      zones: Sequence[str], events: Sequence[spec.Event], now_ms: int,
@@ -123,8 +84,8 @@ class Decider:
             return [], None
         remaining = self.deadline_s - (time.perf_counter() - started)
         try:
-            snap = await self._within(self.read(visitor_id, user_id, candidates),
-                                      max(remaining, 0.001))
+            snap = await asyncio.wait_for(self.read(visitor_id, user_id, candidates),
+                                          max(remaining, 0.001))
         except Exception as exc:  # slow or missing Redis: no personalization, never a 5xx
             self.failures += 1
             if self.failures in (1, 10, 100) or self.failures % 1000 == 0:
