@@ -153,10 +153,10 @@ async def load_profiles(redis_url: str, n: int, cdir: Path, ttl_ms: int) -> None
         p.segments = config.evaluate_segments(rule_view(p, keys.visitor_pid(vid), now, cfg), {}, now)
         chunk.append(Write(keys.visitor_pid(vid), b"", p))
         if len(chunk) == 2000:
-            await store.commit(chunk)
+            await store.commit(chunk, None, {})  # no shared tables, no offsets
             chunk = []
     if chunk:
-        await store.commit(chunk)
+        await store.commit(chunk, None, {})
     await client.aclose()
     say(f"loaded {n} profiles in {time.perf_counter() - t0:.1f}s")
 
