@@ -232,6 +232,13 @@ def check_event(ev: Event, now_ms: int) -> tuple[str, str] | None:
         except ValueError as exc:
             return "ts", str(exc)
     ev.received_at = now_ms
+    return bounds_error(ev)
+
+
+def bounds_error(ev: Event) -> tuple[str, str] | None:
+    """The bounds msgspec's types cannot express (nesting, sizes, path depth, a reaction's
+    decision id), as an error or None. The worker checks them again on every record: a record
+    may have been written to the topic by something other than the API."""
     for name, value in (("props", ev.props), ("context", ev.context)):
         if value is not None and nesting_depth(value, MAX_DEPTH) > MAX_DEPTH:
             return name, f"must not nest more than {MAX_DEPTH} levels deep"

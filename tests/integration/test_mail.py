@@ -40,6 +40,18 @@ URLS = TrackingUrls("https://kairos.example.com", SIGNER)
 PARTNER = Partner("Northgate Leeds", "leeds@stores.northgate.example", {"phone": "+44 113 496 0000"})
 
 
+@pytest.fixture(scope="module")
+def mail_outbox(tmp_path_factory: pytest.TempPathFactory):
+    """This module's own outbox (test mode): the session's one has the DM stack's mailer
+    listening on its bounce port, where these tests run their own bounce listener."""
+    from tests.conftest import MailOutbox
+
+    folder = tmp_path_factory.mktemp("mail-own")
+    outbox = MailOutbox(folder / "mail", folder / "outbox.log")
+    yield outbox
+    outbox.stop()
+
+
 def envelope(to: str, first_name: str = "Ann", template: str = "thank-you", values=None, send_id=None):
     sid = send_id or new_send_id(uuid.uuid4().bytes)
     env, rendered = compose_mail(
