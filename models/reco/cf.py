@@ -124,7 +124,7 @@ class OnlineMF:
                         negs.append(neg)
             u = self._vec(self._users, "u", vid, self.max_visitors)
             vi = self._vec(self._items, "i", pos, self.max_items)
-            lr, reg = self.lr, self.reg
+            lr = self.lr
             for neg in negs:
                 vj = self._vec(self._items, "i", neg, self.max_items)
                 bi, bj = self._bias.get(pos, 0.0), self._bias.get(neg, 0.0)
