@@ -58,6 +58,7 @@ lint: $(STAMP)
 bench: setup
 	$(BIN)/python bench/memory.py
 	$(BIN)/python bench/stream.py
+	$(BIN)/python bench/scale.py
 	$(BIN)/python bench/freshness.py
 	$(BIN)/python bench/ingest.py
 	$(BIN)/python bench/mail.py

@@ -32,7 +32,17 @@ BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH))
 sys.path.insert(0, str(BENCH.parent))
 
-from _stack import HOST, ROOT, BenchStack, busy_note, gate_cost_us, json_line, say  # noqa: E402
+from _stack import (  # noqa: E402
+    HOST,
+    ROOT,
+    BenchStack,
+    busy_note,
+    cpu_seconds,
+    gate_cost_us,
+    json_line,
+    loadavg,
+    say,
+)
 
 ZONES = ["home_hero", "exit_intent", "pdp_banner"]
 PDP_BANNER = """\
@@ -143,10 +153,10 @@ async def load_profiles(redis_url: str, n: int, cdir: Path, ttl_ms: int) -> None
         p.segments = config.evaluate_segments(rule_view(p, keys.visitor_pid(vid), now, cfg), {}, now)
         chunk.append(Write(keys.visitor_pid(vid), b"", p))
         if len(chunk) == 2000:
-            await store.commit(chunk)
+            await store.commit(chunk, None, {})  # no shared tables, no offsets
             chunk = []
     if chunk:
-        await store.commit(chunk)
+        await store.commit(chunk, None, {})
     await client.aclose()
     say(f"loaded {n} profiles in {time.perf_counter() - t0:.1f}s")
 
@@ -162,12 +172,16 @@ def _ms(text: str) -> float:
 
 
 def run_wrk(url: str, script: Path, env: dict[str, str], duration: int, connections: int,
-            rate: float = 0.0) -> dict[str, float]:
+            rate: float = 0.0, pid: int | None = None) -> dict[str, float]:
+    """One wrk run; with `pid`, also the CPU that process (and its children) spent per request:
+    on a machine other work shares, CPU per request moves much less than requests per second."""
     import os
 
     e = {**os.environ, **env, "BENCH_RATE": f"{rate:.1f}"}
+    cpu0 = cpu_seconds(pid)
     out = subprocess.run(["wrk", "-t1", f"-c{connections}", f"-d{duration}s", "--latency",
                           "-s", str(script), url], capture_output=True, text=True, env=e, check=True).stdout
+    cpu = cpu_seconds(pid) - cpu0
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
     lat = {q: _ms(v) for q, v in re.findall(r"^\s+(50|99)%\s+(\S+)", out, re.M)}
     errors = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
@@ -175,7 +189,36 @@ def run_wrk(url: str, script: Path, env: dict[str, str], duration: int, connecti
     degraded = re.search(r"Degraded: (\d+)", out)
     return {"rps": round(rps, 1), "p50_ms": round(lat["50"], 3), "p99_ms": round(lat["99"], 3),
             "requests": total, "non_2xx": int(errors.group(1)) if errors else 0,
-            "degraded": int(degraded.group(1)) if degraded else 0}
+            "degraded": int(degraded.group(1)) if degraded else 0,
+            "cpu_us_per_request": round(cpu / max(total, 1) * 1e6, 1), "load": loadavg()}
+
+
+def profile_api(pid: int, seconds: int, out: Path) -> subprocess.Popen[bytes] | None:
+    """py-spy (PyPI `py-spy`) sampling the API process while the load runs: a collapsed-stack
+    file, summarised by `summarise_profile`."""
+    exe = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+    if not Path(exe).exists():
+        say("py-spy is not installed (pip install py-spy): no profile")
+        return None
+    return subprocess.Popen([exe, "record", "--pid", str(pid), "--duration", str(seconds),
+                             "--rate", "250", "--format", "raw", "--output", str(out), "--nonblocking"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def summarise_profile(path: Path, top: int = 25) -> list[tuple[str, float]]:
+    """Share of samples in which each function is on the stack (inclusive), from py-spy's
+    collapsed stacks (py-spy leaves idle samples out)."""
+    incl: dict[str, int] = {}
+    total = 0
+    for line in path.read_text().splitlines():
+        stack, _, n = line.rpartition(" ")
+        if not stack or not n.isdigit():
+            continue
+        frames = stack.split(";")
+        total += int(n)
+        for f in set(frames):
+            incl[f] = incl.get(f, 0) + int(n)
+    return [(f, c / max(total, 1)) for f, c in sorted(incl.items(), key=lambda x: -x[1])[:top]]
 
 
 def main() -> None:
@@ -186,6 +229,8 @@ def main() -> None:
                     help="connections of the max-rate runs (more only adds queueing)")
     ap.add_argument("--paced-connections", type=int, default=64,
                     help="connections of the paced runs (enough that none waits for a free one)")
+    ap.add_argument("--profile", action="store_true",
+                    help="sample the API with py-spy during its max-rate run and print where the time goes")
     a = ap.parse_args()
     if shutil.which("wrk") is None:
         raise SystemExit("wrk is not installed (Debian: apt-get install -y wrk)")
@@ -196,10 +241,12 @@ def main() -> None:
         make_config(cdir)
         redis_url = st.start_redis(appendonly=False)
         st.start_kafka(partitions=4)
-        s = st.configure(config_dir=cdir)
+        # the per-key limit (1,000/s by default) off: this measures the decision, not the
+        # limiter (whose check costs the same whatever its rate; see the key check below)
+        s = st.configure(config_dir=cdir, rate_per_key=1e9)
         st.ensure_topics()
         asyncio.run(load_profiles(redis_url, a.profiles, cdir, s.profile_ttl_ms))
-        st.start_api(workers=1)
+        api = st.start_api(workers=1)
         from engine.embedded import free_port
 
         fport = free_port()
@@ -223,17 +270,26 @@ def main() -> None:
         env = {"BENCH_N": str(a.profiles), "BENCH_ZONES": orjson.dumps(ZONES).decode(),
                "BENCH_AUTH": st.headers["Authorization"]}
         targets = {"decide": st.base_url + "/v1/decide", "floor": f"http://{HOST}:{fport}/v1/decide"}
+        pids = {"decide": api.pid, "floor": floor.pid}
         for url in targets.values():  # warm up
             run_wrk(url, script, env, 3, a.connections)
         res: dict[str, Any] = {}
+        profile: list[tuple[str, float]] = []
         for name, url in targets.items():
-            say(f"{name}: max rate, {a.connections} connections, {a.duration}s")
-            res[f"{name}_max"] = run_wrk(url, script, env, a.duration, a.connections)
+            say(f"{name}: max rate, {a.connections} connections, {a.duration}s (load {loadavg():.1f})")
+            spy = None
+            if a.profile and name == "decide":
+                spy = profile_api(api.pid, a.duration, st.dir / "decide.pyspy")
+            res[f"{name}_max"] = run_wrk(url, script, env, a.duration, a.connections, pid=pids[name])
+            if spy is not None:
+                spy.wait(30)
+                profile = summarise_profile(st.dir / "decide.pyspy")
             say(f"  {res[f'{name}_max']}")
         half = res["floor_max"]["rps"] / 2
         for name, url in targets.items():
             say(f"{name}: paced at {half:.0f}/s (half the floor's max), {a.paced_connections} connections")
-            res[f"{name}_half"] = run_wrk(url, script, env, a.duration, a.paced_connections, half)
+            res[f"{name}_half"] = run_wrk(url, script, env, a.duration, a.paced_connections, half,
+                                          pid=pids[name])
             say(f"  {res[f'{name}_half']}")
         st.check_alive("api", "floor")
         gate = gate_cost_us(s.database_url, st.key)
@@ -243,11 +299,20 @@ def main() -> None:
     ratio = decided_rps / res["floor_max"]["rps"]
     p99_ratio = res["decide_half"]["p99_ms"] / max(res["floor_half"]["p99_ms"], 1e-9)
     print()
-    print(f"{'':18}{'req/s':>10}{'p50 ms':>10}{'p99 ms':>10}")
+    if profile:
+        print("where the API's time goes (share of busy samples with the function on the stack):")
+        for f, share in profile:
+            print(f"  {share:6.1%}  {f[:130]}")
+        print()
+    print(f"{'':18}{'req/s':>10}{'p50 ms':>10}{'p99 ms':>10}{'CPU µs/req':>12}{'load':>7}")
     for key, label in [("floor_max", "floor, max"), ("decide_max", "decide, max"),
                        ("floor_half", "floor, half rate"), ("decide_half", "decide, half rate")]:
         r = res[key]
-        print(f"{label:18}{r['rps']:>10.0f}{r['p50_ms']:>10.2f}{r['p99_ms']:>10.2f}")
+        print(f"{label:18}{r['rps']:>10.0f}{r['p50_ms']:>10.2f}{r['p99_ms']:>10.2f}"
+              f"{r['cpu_us_per_request']:>12.0f}{r['load']:>7.1f}")
+    cpu_ratio = res["floor_max"]["cpu_us_per_request"] / max(dm_cpu := res["decide_max"]["cpu_us_per_request"], 1e-9)
+    print(f"CPU per request: decide {dm_cpu:.0f} µs, floor {res['floor_max']['cpu_us_per_request']:.0f} µs: "
+          f"the throughput one core allows, decide/floor = {cpu_ratio:.2f}")
     for key in ("decide_max", "decide_half"):
         r = res[key]
         if r["degraded"]:
@@ -261,7 +326,8 @@ def main() -> None:
     print(f"key check                      {gate['gate_us_per_request']} µs of ≤ {per_request_us:.0f} µs "
           f"per decide request = {share:.1%} of throughput (target < 5 %)")
     json_line({"bench": "decide", "profiles": a.profiles, **res, "throughput_ratio": round(ratio, 3),
-               "p99_ratio_half_rate": round(p99_ratio, 3), "key_check": gate,
+               "p99_ratio_half_rate": round(p99_ratio, 3), "cpu_ratio": round(cpu_ratio, 3),
+               "key_check": gate,
                "key_check_share": round(share, 4), "busy": busy_note()})
 
 

@@ -23,6 +23,7 @@
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import math
 from collections.abc import Awaitable, Callable
@@ -52,7 +53,9 @@ def _json(status: int, field: str, reason: str, headers: dict[str, str] | None =
     return Response(orjson.dumps(body), status_code=status, media_type=JSON, headers=headers)
 
 
+@functools.lru_cache(maxsize=1024)
 def _is_loopback(host: str | None) -> bool:
+    """Whether an address is a loopback one (cached: every request asks for its client's)."""
     if not host:
         return False
     try:
@@ -72,6 +75,22 @@ def request_origin(headers: Headers) -> str | None:
 class Shield:
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
+        # Host -> allowed, for the settings object `_for` (held, so the answer is never one
+        # computed for other settings): the answer depends on nothing else, and a request
+        # should not pay an address parse
+        self._hosts: dict[str, bool] = {}
+        self._for: Any = None
+
+    def _host_ok(self, host: str, settings: Any) -> bool:
+        if settings is not self._for:
+            self._hosts, self._for = {}, settings
+        ok = self._hosts.get(host)
+        if ok is None:
+            ok = _host_ok(host, settings)
+            if len(self._hosts) >= 4096:  # any Host may be sent: keep the memory bounded
+                self._hosts.clear()
+            self._hosts[host] = ok
+        return ok
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -80,7 +99,7 @@ class Shield:
         svc = scope["app"].state.svc
         settings = svc.settings
         headers = Headers(scope=scope)
-        if not _host_ok(headers.get("host", ""), settings):
+        if not self._host_ok(headers.get("host", ""), settings):
             await _json(403, "host", f"{headers.get('host', '')!r} is not this engine's address "
                         "(set allowed_hosts or KAIROS_PUBLIC_URL)")(scope, receive, send)
             return

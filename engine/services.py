@@ -147,6 +147,9 @@ async def running(settings: Settings, redis_url: str, bootstrap: str,
         profile_store = ProfileStore(client, s.profile_ttl_ms)
         live_store = LiveStore(client, s.group_id)
         decide_reader = DecideReader(client)
+        stack.push_async_callback(_quietly, decide_reader.close)
+        with contextlib.suppress(Exception):
+            await decide_reader.start()
         reco_reader = RecoReader(client, s.group_id)
         catalog_store = CatalogStore(client)
 

@@ -129,7 +129,7 @@ async def apply_until_done(apply: Callable[[Sequence[dict[str, Any]]], Awaitable
                     meter.store_full = True
                 log.warning("redis out of memory; retrying the %s in %.2fs", what, delay)
             else:
-                log.warning("redis unavailable (%s); retrying the %s in %.2fs", exc, what, delay)
+                log.warning("redis unavailable (%r); retrying the %s in %.2fs", exc, what, delay)
             await sleep(delay)
             delay = min(delay * 2, 2.0)
             continue

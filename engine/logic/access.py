@@ -338,7 +338,7 @@ DECISION_MAC_CHARS = 12
 
 
 def sign(secret: str, text: str, chars: int = DECISION_MAC_CHARS) -> str:
-    mac = hmac.new(secret.encode(), text.encode(), hashlib.sha256).digest()
+    mac = hmac.digest(secret.encode(), text.encode(), "sha256")  # OpenSSL's one-shot HMAC
     return base64.urlsafe_b64encode(mac).decode()[:chars].replace("-", "x").replace("_", "y")
 
 

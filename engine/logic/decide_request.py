@@ -68,7 +68,12 @@ def parse_request(body: bytes, mtype: str) -> dict[str, Any]:
         raise RequestError(400, "context", "must be an object")
     if spec.nesting_depth(context, spec.MAX_DEPTH) > spec.MAX_DEPTH:
         raise RequestError(400, "context", f"must not nest more than {spec.MAX_DEPTH} levels deep")
-    if len(msgspec.json.encode(context)) > spec.MAX_CONTEXT_BYTES:
+    try:
+        size = len(msgspec.json.encode(context))
+    except TypeError:  # msgpack can carry what JSON cannot: a nil or array key, an ext value
+        raise RequestError(400, "context", "must hold only JSON values (string keys; no "
+                           "msgpack extension types)") from None
+    if size > spec.MAX_CONTEXT_BYTES:
         raise RequestError(400, "context", f"must be at most {spec.MAX_CONTEXT_BYTES} bytes as JSON")
     zones = parse_zones(context.get("zones"), "context.zones") or parse_zones(doc.get("zones"), "zones")
     events = doc.get("events")

@@ -17,6 +17,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 
 #: The half-lives the stream keeps, by label (the dashboard and the recipes read them).
 HALF_LIVES: Mapping[str, float] = {"1h": 3600.0, "1d": 86400.0}
@@ -38,16 +39,16 @@ class EpochDecay:
         if not 1 <= self.period_half_lives <= 40:
             raise ValueError("period_half_lives must be between 1 and 40")
 
-    @property
+    @cached_property
     def rate(self) -> float:
         """λ per millisecond."""
         return math.log(2) / (self.half_life_s * 1000.0)
 
-    @property
+    @cached_property
     def period_ms(self) -> int:
         return int(self.half_life_s * 1000.0 * self.period_half_lives)
 
-    @property
+    @cached_property
     def ttl_ms(self) -> int:
         """How long an epoch's keys must live: until the epoch after next has begun."""
         return 2 * self.period_ms + 60_000
@@ -59,9 +60,11 @@ class EpochDecay:
         return epoch * self.period_ms
 
     def increment(self, weight: float, ts_ms: int) -> tuple[int, float]:
-        """(epoch, amount to add) for an event of `weight` at `ts_ms`."""
-        e = self.epoch(ts_ms)
-        return e, weight * math.exp(self.rate * (ts_ms - self.landmark_ms(e)))
+        """(epoch, amount to add) for an event of `weight` at `ts_ms` (per event and
+        half-life on the stream: the scheme's constants are computed once)."""
+        period = self.period_ms
+        e = int(ts_ms) // period
+        return e, weight * math.exp(self.rate * (ts_ms - e * period))
 
     def read_factors(self, now_ms: int) -> list[tuple[int, float]]:
         """[(epoch, factor)] for the current and the previous epoch: current score =

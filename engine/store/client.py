@@ -30,6 +30,13 @@ from engine.store import script
 
 CLUSTER_SCHEME = "redis+cluster://"
 SCHEMES = ("redis://", "rediss://", "unix://", CLUSTER_SCHEME)
+#: Connections a client keeps at most (per node on a cluster).
+MAX_CONNECTIONS = 64
+#: Script calls `Script.run_all` keeps in flight on a cluster: redis-py's cluster client
+#: refuses a call beyond `MAX_CONNECTIONS` to one node (MaxConnectionsError) instead of waiting
+#: for a free connection, so even if every call went to one node, half are left for the
+#: client's other users.
+CLUSTER_IN_FLIGHT = MAX_CONNECTIONS // 2
 
 
 def cluster_nodes(url: str) -> list[tuple[str, int]]:
@@ -51,7 +58,8 @@ def is_cluster_url(url: str) -> bool:
     return url.startswith(CLUSTER_SCHEME)
 
 
-def new_client(url: str, *, timeout: float | None = 5.0, max_connections: int = 64) -> Any:
+def new_client(url: str, *, timeout: float | None = 5.0,
+               max_connections: int = MAX_CONNECTIONS) -> Any:
     """An asyncio client for `url` (a `RedisCluster` for `redis+cluster://`)."""
     if is_cluster_url(url):
         return RedisCluster(
@@ -125,12 +133,17 @@ class Script:
     async def run_all(self, calls: Sequence[tuple[Sequence[Any], Sequence[Any]]],
                       concurrency: int = 256) -> list[Any]:
         """Many calls at once (on a cluster each goes to its slot's node: redis-py's cluster
-        pipelines refuse scripts), their answers in order."""
-        out: list[Any] = []
-        for i in range(0, len(calls), concurrency):
-            part = calls[i:i + concurrency]
-            out += await asyncio.gather(*(self(keys, args) for keys, args in part))
-        return out
+        pipelines refuse scripts), their answers in order; at most `concurrency` in flight,
+        on a cluster at most `CLUSTER_IN_FLIGHT` (a batch of 2,000 one-event records is 2,000
+        profile calls: more than the connections of a node)."""
+        limit = asyncio.Semaphore(min(concurrency, CLUSTER_IN_FLIGHT) if self.cluster
+                                  else concurrency)
+
+        async def one(keys: Sequence[Any], args: Sequence[Any]) -> Any:
+            async with limit:
+                return await self(keys, args)
+
+        return list(await asyncio.gather(*(one(keys, args) for keys, args in calls)))
 
     async def _packed(self, keys: Sequence[Any], args: Sequence[Any]) -> Any:
         pool = self.client.connection_pool

@@ -12,8 +12,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from engine.store import keys
-from engine.store.client import Script, is_cluster
+from engine.store import keys, script
+from engine.store.client import is_cluster
+from engine.store.direct import ScriptCaller
 from engine.store.profiles import decode
 from models.affinity import Profile
 
@@ -48,8 +49,10 @@ def arm_counters(fields: Mapping[bytes, Any]) -> ArmCounters:
 class DecideReader:
     def __init__(self, redis: Any) -> None:
         self.r = redis
-        self._read = Script(redis, "decide_read")
         self.cluster = is_cluster(redis)
+        # a single server: the script on the reader's own connections (engine/store/direct.py);
+        # a cluster: pipelines the cluster client routes by slot (`_read_cluster`)
+        self._read = None if self.cluster else ScriptCaller(redis, script("decide_read"))
         self._formats = (keys.template(keys.profile), keys.template(keys.campaign_state),
                          keys.template(keys.campaign_session))
 
@@ -62,6 +65,7 @@ class DecideReader:
             pid, blob, state, session, stats = await self._read_cluster(
                 visitor_id, user_id, campaign_ids)
         else:
+            assert self._read is not None
             pid, blob, state, session, stats = await self._read(
                 [keys.alias(visitor_id)],
                 [keys.visitor_pid(visitor_id), keys.user_pid(user_id) if user_id else "",
@@ -71,6 +75,15 @@ class DecideReader:
                     for cid, flat in zip(campaign_ids, stats, strict=True)}
         return DecideState(pid.decode(), decode(blob).profile if blob else None,
                            _pairs(state), _pairs(session), counters)
+
+    async def start(self) -> None:
+        """Ready the read before the first decision (best effort: Redis may be away)."""
+        if self._read is not None:
+            await self._read.warm()
+
+    async def close(self) -> None:
+        if self._read is not None:
+            await self._read.close()
 
     async def _read_cluster(self, visitor_id: str, user_id: str | None,
                             campaign_ids: Sequence[str]) -> list[Any]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import struct
 import zlib
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -103,14 +104,16 @@ class OnlineMF:
         self._rng, out = _splitmix(self._rng)
         return out
 
-    def learn_one(self, event: Event) -> list[str]:
-        """One BPR step per positive item of the event; returns the ids of the items whose
-        vectors changed (positives and the negatives drawn)."""
+    def learn_one(self, event: Event, visitor_id: str | None = None) -> list[str]:
+        """One BPR step per positive item of the event (for `visitor_id`, by default the
+        event's); returns the ids of the items whose vectors changed (positives and the
+        negatives drawn)."""
         w = self.weights.get(event.get("type", ""), 0.0)
         if not w:
             return []
         touched: list[str] = []
-        vid = str(event["visitor_id"])
+        vid = str(event["visitor_id"] if visitor_id is None else visitor_id)
+        decay = 1.0 - self.lr * self.reg
         for item in event_items(event):
             pos = str(item["id"])
             negs = []
@@ -121,21 +124,26 @@ class OnlineMF:
                         negs.append(neg)
             u = self._vec(self._users, "u", vid, self.max_visitors)
             vi = self._vec(self._items, "i", pos, self.max_items)
-            lr, reg = self.lr, self.reg
+            lr = self.lr
             for neg in negs:
                 vj = self._vec(self._items, "i", neg, self.max_items)
                 bi, bj = self._bias.get(pos, 0.0), self._bias.get(neg, 0.0)
                 d = vi - vj
-                x = float(u @ d) + bi - bj
+                x = float(u.dot(d)) + bi - bj
                 g = w / (1.0 + math.exp(min(x, 30.0)))  # w * sigmoid(-x)
                 # every gradient from the values before the step, then optim.SGD(lr)'s step
-                # (w -= lr * g) in place, without its per-call dispatch
-                gu = -g * d + reg * u
-                gi = -g * u + reg * vi
-                gj = g * u + reg * vj
-                u -= lr * gu
-                vi -= lr * gi
-                vj -= lr * gj
+                # (w -= lr * grad) in place, without its per-call dispatch: with
+                # grad_u = -g·d + reg·u, grad_i = -g·u + reg·vi, grad_j = g·u + reg·vj that is
+                # u' = (1 - lr·reg)·u + lr·g·d, vi' = (1 - lr·reg)·vi + lr·g·u,
+                # vj' = (1 - lr·reg)·vj - lr·g·u (11 small-array operations instead of 17)
+                step = lr * g
+                gu = u * step
+                u *= decay
+                u += step * d
+                vi *= decay
+                vi += gu
+                vj *= decay
+                vj -= gu
                 self._opt.n_iterations += 3
                 self._bias[pos] = bi + self.lr * (g - self.reg * bi)
                 self._bias[neg] = bj + self.lr * (-g - self.reg * bj)
@@ -187,7 +195,7 @@ class OnlineMF:
         v = self._items.get(item_id)
         if v is None:
             return None
-        return np.append(v, self._bias.get(item_id, 0.0)).astype("<f4").tobytes()
+        return v.astype("<f4").tobytes() + _F4.pack(self._bias.get(item_id, 0.0))
 
     def item_ids(self) -> list[str]:
         return list(self._items)
@@ -247,6 +255,7 @@ class OnlineMF:
 
 
 _SQRT_HALF = math.sqrt(0.5)
+_F4 = struct.Struct("<f")
 
 
 def _pack_table(table: Mapping[str, np.ndarray], width: int) -> list[Any]:

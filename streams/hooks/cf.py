@@ -82,7 +82,7 @@ class OnlineCF:
         model = self.model(p)
         if event.get("type") not in model.weights:
             return
-        touched = model.learn_one({**event, "visitor_id": pid})
+        touched = model.learn_one(event, pid)
         if touched:
             entry = self._pending.get(pid)
             if entry is None or entry[0] != p:

@@ -36,11 +36,11 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-from engine.logic.catalog import from_event_item
 from engine.logic.common import category_ancestors
 from engine.logic.trending import HALF_LIVES, RECO_HALF_LIFE, EpochDecay
 from engine.store import keys
-from engine.store.catalog import CURATED, event_fields
+from engine.store.catalog import CURATED, FROM_EVENTS
+from engine.store.catalog import pack as catalog_pack
 from engine.store.writes import Tables, Write
 from models.affinity import Profile
 from models.reco.base import DEFAULT_WEIGHTS, event_items
@@ -139,32 +139,64 @@ def record_reco(event: Mapping[str, Any], profile: Profile, pid: str, out: Write
 
 
 class _ItemFacts:
-    """What the tables need of an event's item, worked out once per distinct item description
-    (the same item is described the same way by most events): its leaf categories, their
-    ancestor paths, its brand, and its catalog fields packed."""
+    """What the tables need of an event's item: its leaf categories, their ancestor paths, its
+    brand, and its catalog fields packed (as `engine.logic.catalog.from_event_item` and
+    `engine.store.catalog.event_fields` make them). The category and brand part is worked out
+    once per distinct (categories, brand) and each packed value once per distinct value (most
+    events describe an item the same way, but a price may change from one event to the next)."""
 
-    __slots__ = ("_k",)
+    __slots__ = ("_shape", "_packed")
 
     def __init__(self) -> None:
-        self._k: dict[Any, tuple[list[str], list[str], str | None, list[tuple[str, bytes]]]] = {}
+        self._shape: dict[Any, tuple[list[str], list[str], str | None, bytes | None]] = {}
+        self._packed: dict[Any, bytes] = {}
+
+    def _pack(self, name: str, value: Any) -> bytes:
+        try:
+            sig = (name, type(value), value)
+            got = self._packed.get(sig)
+        except TypeError:  # a list (tags): not hashable
+            return catalog_pack(value)
+        if got is None:
+            if len(self._packed) >= 100_000:
+                self._packed.clear()
+            got = self._packed[sig] = catalog_pack(value)
+        return got
 
     def __call__(self, it: Mapping[str, Any]
                  ) -> tuple[list[str], list[str], str | None, list[tuple[str, bytes]]]:
         cats_raw = it.get("categories")
-        tags = it.get("tags")
-        sig = (it.get("id"), it.get("name"), it.get("price"), it.get("brand"),
-               tuple(cats_raw) if cats_raw else None, tuple(tags) if tags else None)
-        got = self._k.get(sig)
-        if got is None:
-            if len(self._k) >= 100_000:
-                self._k.clear()
+        brand_raw = it.get("brand")
+        sig = (tuple(cats_raw) if cats_raw else None, brand_raw)
+        shape = self._shape.get(sig)
+        if shape is None:
+            if len(self._shape) >= 100_000:
+                self._shape.clear()
             cats = _categories(it)
             paths = list(dict.fromkeys(p for c in cats for p in category_ancestors(c)[:MAX_DEPTH]))
-            brand = str(it["brand"]).strip().lower() if it.get("brand") else None
-            record = from_event_item(it)
-            fields = [(f.decode(), v) for f, v in event_fields(record)] if record else []
-            got = self._k[sig] = (cats, paths, brand, fields)
-        return got
+            brand = str(brand_raw).strip().lower() if brand_raw else None
+            packed_cats = catalog_pack([str(c).strip("/").lower() for c in cats_raw]) \
+                if cats_raw else None
+            shape = self._shape[sig] = (cats, paths, brand, packed_cats)
+        cats, paths, brand, packed_cats = shape
+        # the fields of from_event_item's record, in its order (the id is the hash's key)
+        fields: list[tuple[str, bytes]] = []
+        pack = self._pack
+        if (name := it.get("name")) is not None:
+            fields.append((_F_NAME, pack("name", name)))
+        if (price := it.get("price")) is not None:
+            fields.append((_F_PRICE, pack("price", price)))
+        if brand_raw is not None:
+            fields.append((_F_BRAND, pack("brand", str(brand_raw).strip().lower())))
+        if (tags := it.get("tags")) is not None:
+            fields.append((_F_TAGS, catalog_pack(tags)))
+        if packed_cats is not None:
+            fields.append((_F_CATEGORIES, packed_cats))
+        return cats, paths, brand, fields
+
+
+_F_NAME, _F_PRICE, _F_BRAND, _F_TAGS, _F_CATEGORIES = (
+    f"{FROM_EVENTS.decode()}.{k}" for k in ("name", "price", "brand", "tags", "categories"))
 
 
 _item_facts = _ItemFacts()

@@ -238,3 +238,19 @@ async def test_the_reco_read_finds_each_neighbours_popularity_in_its_shard(clien
         factors=[], rows_per_seed=100, rows=10, cf_pid=None)
     assert got.popularity == {iid: float(n + 1) for n, iid in enumerate(ids)}
     assert {m for m, _ in got.neighbours["co_view"][seed]} == set(ids)
+
+
+async def test_a_batch_of_many_profiles_commits_in_one_go(client):
+    """One-event records of many visitors, a batch as big as the worker takes (up to
+    `commit_max_events`): on a cluster each profile is its own script call, and far more of
+    them than the client's connections per node must still commit (redis-py's cluster client
+    refuses a call beyond them with MaxConnectionsError instead of waiting: a worker retrying
+    such a batch would retry it forever)."""
+    tag = uuid.uuid4().hex[:6]
+    ap = Applier(store_of(client), CFG)
+    batch = [ev(f"many-{tag}-{i}", 0, off=i) for i in range(2000)]
+    res = await ap.apply(batch)
+    assert (res.applied, res.duplicates) == (2000, 0)
+    for i in (0, 999, 1999):
+        found = await ap.store.find(f"many-{tag}-{i}")
+        assert found is not None and found[1].profile.event_count == 1

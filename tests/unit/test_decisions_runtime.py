@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+import msgpack
 import msgspec
 import pytest
 
@@ -250,6 +251,11 @@ def test_decide_request_parsing() -> None:
         (b'{"visitor_id": "v", "events": {}}', "application/json", "events"),
         (b"{nope", "application/json", "body"),
         (b"{}", "text/html", "content-type"),
+        # msgpack carries what JSON cannot: a 400 naming the context, never a TypeError
+        (msgpack.packb({"visitor_id": "v", "context": {None: 1}}), "application/msgpack",
+         "context"),
+        (msgpack.packb({"visitor_id": "v", "context": {"a": msgpack.ExtType(5, b"x")}}),
+         "application/msgpack", "context"),
     ]:
         with pytest.raises(RequestError) as info:
             parse_request(raw, mtype)

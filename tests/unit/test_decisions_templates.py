@@ -39,6 +39,22 @@ def test_variables():
     assert v["page"]["page_type"] == "home"
 
 
+def test_variables_are_computed_only_when_a_template_reads_them():
+    v = template_vars(PROFILE, {"page_type": "home"})
+    t = compile_template({"html": "{{ top_brand }} {{ page.page_type }} {{ range(2) | list }}"})
+    assert t.render(v)["html"] == "acme home [0, 1]"  # a global (range) is still Jinja's own
+    assert set(v._done) == {"top_brand", "page"}
+    # the whole mapping is what the eager dict was
+    full = dict(template_vars(PROFILE, {"page_type": "home"}))
+    assert set(full) == {"top", "top_category", "top_brand", "traits", "known", "user_id",
+                         "event_count", "segments", "recent_items", "cart", "cart_count",
+                         "purchased", "recommendations", "page"}
+    assert full["top_category"] == "shoes" and full["segments"] == []
+    assert "nope" not in v
+    with pytest.raises(KeyError):
+        v["nope"]
+
+
 def test_render_with_defaults_for_missing():
     assert render("Hi {{ traits.first_name | default('there') }}") == "Hi Ada"
     assert render("Hi {{ traits.first_name | default('there') }}", profile={}) == "Hi there"

@@ -57,6 +57,9 @@ def test_compose_cluster_profile_runs_on_three_primaries():
         assert [h for h, _ in cluster_nodes(url)] == nodes
         assert services[name]["depends_on"]["redis-cluster-init"]["condition"] == \
             "service_completed_successfully"
+    # the API needs its control plane on a cluster too (`up api-cluster` starts postgres, migrate)
+    assert services["api-cluster"]["depends_on"]["migrate"]["condition"] == \
+        "service_completed_successfully"
 
 
 @pytest.mark.parametrize("name", ["api", "worker", "migrate", "mailer", "api-cluster",

@@ -76,6 +76,8 @@ def format_path(path: Path) -> str:
 
 def as_ms(now: Now) -> int:
     """Epoch milliseconds for an aware datetime or a number of milliseconds."""
+    if type(now) is int:
+        return now
     if isinstance(now, datetime):
         if now.tzinfo is None:
             raise ValueError("now must be time-zone aware")
@@ -199,24 +201,33 @@ def _compare(params: dict[str, Any], path: Path) -> Callable[[float], bool]:
 # --- safe accessors on profile / context -------------------------------------------------
 
 
+# (the stream evaluates every segment for every profile a batch changes: plain dicts, ints and
+# floats, checked by their exact type first, skip the slower abstract-class checks)
+
+
 def _map(obj: Any, key: str) -> Mapping[str, Any]:
-    value = obj.get(key) if isinstance(obj, Mapping) else None
-    return value if isinstance(value, Mapping) else {}
+    value = obj.get(key) if type(obj) is dict or isinstance(obj, Mapping) else None
+    return value if type(value) is dict or isinstance(value, Mapping) else {}
 
 
 def _seq(obj: Any, key: str) -> Sequence[Any]:
-    value = obj.get(key) if isinstance(obj, Mapping) else None
+    value = obj.get(key) if type(obj) is dict or isinstance(obj, Mapping) else None
     return value if isinstance(value, list | tuple) else ()
 
 
 def _num(value: Any) -> float | None:
+    t = type(value)
+    if t is float:
+        return value if math.isfinite(value) else None
+    if t is int:
+        return float(value)
     if isinstance(value, bool) or not isinstance(value, int | float):
         return None
     return float(value) if math.isfinite(value) else None
 
 
 def _text(obj: Any, key: str) -> str:
-    value = obj.get(key) if isinstance(obj, Mapping) else None
+    value = obj.get(key) if type(obj) is dict or isinstance(obj, Mapping) else None
     return value if isinstance(value, str) else ""
 
 

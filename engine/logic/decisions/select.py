@@ -127,7 +127,7 @@ def select(
     view = with_live_segments(config, profile, context, now)
     visitor = canonical_visitor_id(profile)
     used: set[str] = set()
-    variables: dict[str, Any] | None = None
+    variables: Mapping[str, Any] | None = None
     decisions: list[Decision] = []
     for zone in requested:
         for campaign in config.by_zone.get(zone, ()):

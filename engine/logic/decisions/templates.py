@@ -16,7 +16,7 @@ The beacon's `clean()` (sdk_js/src/render.js) keeps to the same list in the brow
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from html.parser import HTMLParser
 from typing import Any
@@ -175,9 +175,10 @@ _NOT_PURE = frozenset({"random", "shuffle"})  # filters whose output is not a fu
 class CompiledTemplate:
     """A set of named fields (title, html, cta, ...) compiled once.
 
-    Rendering is a pure function of the variables the fields use (found at compile time), so
-    the output is memoised per distinct value of those variables: many visitors share a top
-    category, and the hot decision path then skips Jinja entirely.
+    Rendering is a pure function of the variables the fields use (found at compile time): a
+    render reads only those from `variables` (so a lazy mapping such as `TemplateVars`
+    computes nothing else), and the output is memoised per distinct value of them: many
+    visitors share a top category, and the hot decision path then skips Jinja entirely.
     """
 
     source: Mapping[str, str]
@@ -185,13 +186,15 @@ class CompiledTemplate:
     _uses: tuple[str, ...] | None = None  # None: not memoisable
     _cache: dict[bytes, dict[str, str]] = field(default_factory=dict)
     _sanitise: bool = True  # campaign content: every rendered field through the allow-list
+    _names: tuple[str, ...] = ()  # every variable the fields read
 
     def render(self, variables: Mapping[str, Any]) -> dict[str, str]:
         """Render every field with ``variables``; raises ``RenderError`` on failure."""
+        used = {n: variables[n] for n in self._names if n in variables}
         key = None
         if self._uses is not None:
             try:
-                key = orjson.dumps([variables.get(n) for n in self._uses])
+                key = orjson.dumps([used.get(n) for n in self._uses])
             except TypeError:
                 key = None
             if key is not None and (hit := self._cache.get(key)) is not None:
@@ -199,7 +202,7 @@ class CompiledTemplate:
         out: dict[str, str] = {}
         for name, template in self._compiled.items():
             try:
-                text = template.render(variables)
+                text = template.render(used)
             except Exception as exc:  # sandbox violations, type errors in expressions
                 raise RenderError(f"template.{name}: {exc}") from exc
             out[name] = sanitise(text[:MAX_OUTPUT_LEN]) if self._sanitise else text[:MAX_OUTPUT_LEN]
@@ -252,8 +255,95 @@ def compile_template(fields: Mapping[str, Any], *, memoise: bool = True,
         pure = pure and not any(f.name in _NOT_PURE for f in tree.find_all(nodes.Filter))
         source[name] = text
     memo = pure and memoise
-    return CompiledTemplate(source, compiled, tuple(sorted(uses)) if memo else None,
-                            _sanitise=campaign)
+    names = tuple(sorted(uses))
+    return CompiledTemplate(source, compiled, names if memo else None, _sanitise=campaign,
+                            _names=names)
+
+
+def _strings(profile: Mapping[str, Any], key: str) -> list[str]:
+    value = profile.get(key)
+    return [v for v in value if isinstance(v, str)] if isinstance(value, list | tuple) else []
+
+
+def _top_of(v: TemplateVars, dim: str) -> list[str]:
+    scores = v.affinities.get(dim)
+    return top_keys(scores, v.top_n) if isinstance(scores, Mapping) else []
+
+
+def _first(keys: list[str]) -> str | None:
+    return keys[0] if keys else None
+
+
+def _top(v: TemplateVars) -> dict[str, list[str]]:
+    top = {dim: v.top_dim(dim) for dim in v.affinities}
+    for dim in DIMENSIONS:
+        top.setdefault(dim, [])
+    return top
+
+
+def _page(v: TemplateVars) -> dict[str, Any]:
+    return {k: v.context.get(k) for k in ("page_type", "device", "channel", "locale", "url")}
+
+
+class TemplateVars(Mapping[str, Any]):
+    """The variables a template sees, from a profile view (plain data only), each computed
+    when a template first reads it: a render reads only the names its fields use."""
+
+    __slots__ = ("profile", "context", "recommendations", "top_n", "affinities", "_done",
+                 "_tops")
+
+    def __init__(self, profile: Mapping[str, Any], context: Mapping[str, Any] | None,
+                 recommendations: Sequence[Mapping[str, Any]], top_n: int) -> None:
+        self.profile = profile
+        self.context = context or {}
+        self.recommendations = recommendations
+        self.top_n = top_n
+        aff = profile.get("affinities")
+        self.affinities: Mapping[str, Any] = aff if isinstance(aff, Mapping) else {}
+        self._done: dict[str, Any] = {}
+        self._tops: dict[str, list[str]] = {}
+
+    def top_dim(self, dim: str) -> list[str]:
+        hit = self._tops.get(dim)
+        if hit is None:
+            hit = self._tops[dim] = _top_of(self, dim)
+        return hit
+
+    def __getitem__(self, name: str) -> Any:
+        if name in self._done:
+            return self._done[name]
+        make = _FIELDS.get(name)
+        if make is None:
+            raise KeyError(name)
+        value = self._done[name] = make(self)
+        return value
+
+    def __contains__(self, name: object) -> bool:
+        return name in _FIELDS
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(_FIELDS)
+
+    def __len__(self) -> int:
+        return len(_FIELDS)
+
+
+_FIELDS: dict[str, Callable[[TemplateVars], Any]] = {
+    "top": _top,
+    "top_category": lambda v: _first(v.top_dim("category")),
+    "top_brand": lambda v: _first(v.top_dim("brand")),
+    "traits": lambda v: dict(t) if isinstance(t := v.profile.get("traits"), Mapping) else {},
+    "known": lambda v: isinstance(u := v.profile.get("user_id"), str) and bool(u),
+    "user_id": lambda v: v.profile.get("user_id"),
+    "event_count": lambda v: v.profile.get("event_count", 0),
+    "segments": lambda v: _strings(v.profile, "segments"),
+    "recent_items": lambda v: _strings(v.profile, "recent_items"),
+    "cart": lambda v: _strings(v.profile, "cart"),
+    "cart_count": lambda v: len(_strings(v.profile, "cart")),
+    "purchased": lambda v: _strings(v.profile, "purchased"),
+    "recommendations": lambda v: [dict(r) for r in v.recommendations if isinstance(r, Mapping)],
+    "page": _page,
+}
 
 
 def template_vars(
@@ -261,36 +351,7 @@ def template_vars(
     context: Mapping[str, Any] | None = None,
     recommendations: Sequence[Mapping[str, Any]] = (),
     top_n: int = TOP_N,
-) -> dict[str, Any]:
-    """The variables a template sees, built from a profile view (plain data only)."""
-    affinities = profile.get("affinities")
-    affinities = affinities if isinstance(affinities, Mapping) else {}
-    top = {
-        dim: top_keys(scores, top_n) if isinstance(scores, Mapping) else []
-        for dim, scores in affinities.items()
-    }
-    for dim in DIMENSIONS:
-        top.setdefault(dim, [])
-    traits = profile.get("traits")
-    context = context or {}
-
-    def strings(key: str) -> list[str]:
-        value = profile.get(key)
-        return [v for v in value if isinstance(v, str)] if isinstance(value, list | tuple) else []
-
-    return {
-        "top": top,
-        "top_category": top["category"][0] if top["category"] else None,
-        "top_brand": top["brand"][0] if top["brand"] else None,
-        "traits": dict(traits) if isinstance(traits, Mapping) else {},
-        "known": isinstance(profile.get("user_id"), str) and bool(profile.get("user_id")),
-        "user_id": profile.get("user_id"),
-        "event_count": profile.get("event_count", 0),
-        "segments": strings("segments"),
-        "recent_items": strings("recent_items"),
-        "cart": strings("cart"),
-        "cart_count": len(strings("cart")),
-        "purchased": strings("purchased"),
-        "recommendations": [dict(r) for r in recommendations if isinstance(r, Mapping)],
-        "page": {k: context.get(k) for k in ("page_type", "device", "channel", "locale", "url")},
-    }
+) -> TemplateVars:
+    """The variables a template sees, built from a profile view (plain data only); computed
+    lazily, name by name (`dict(template_vars(...))` computes them all)."""
+    return TemplateVars(profile, context, recommendations, top_n)
