@@ -34,12 +34,14 @@ from engine.routes import (
     decide,
     demo,
     dm_api,
+    evaluation,
     ingest,
     mailtrack,
     ops,
     portal,
     privacy,
     profiles,
+    rank,
     recommendations,
     sdk,
     segment,
@@ -53,7 +55,7 @@ from engine.settings import Settings
 #: tries each route's pattern in turn, and no two modules' patterns overlap).
 ROUTE_MODULES = (ingest, decide, profiles, ops, stats, sdk, demo, dashboard, catalog, trending,
                  recommendations, access, admin, privacy, portal, dm_api, mailtrack,
-                 segment)
+                 segment, rank, evaluation)
 
 _WRITE = needs(Can.EVENTS_WRITE, public=True, session=False)  # a page, an app or a server
 # Segment's tracking API: the same callers, and the key may come as `writeKey` in the body
@@ -85,6 +87,11 @@ POLICY: dict[tuple[str, str], Policy] = {
     ("GET", "/v1/stats/trending"): _ANALYST,
     ("GET", "/v1/campaigns"): _ANALYST,
     ("GET", "/v1/campaigns/{campaign_id}/stats"): _ANALYST,
+    ("GET", "/v1/campaigns/{campaign_id}/evaluation"): _ANALYST,
+    # the Rank/Reward API: servers only (a secret key with scope decide)
+    ("POST", "/v1/rank"): needs(Can.DECIDE, session=False),
+    ("POST", "/v1/rank/{event_id}/reward"): needs(Can.DECIDE, session=False),
+    ("POST", "/v1/rank/{event_id}/activate"): needs(Can.DECIDE, session=False),
     ("POST", "/v1/catalog/items"): needs(Can.CATALOG_WRITE),
     ("GET", "/v1/catalog/items/{item_id:path}"): needs(Can.CATALOG_WRITE, Can.STATS_READ),
     ("DELETE", "/v1/catalog/items/{item_id:path}"): needs(Can.CATALOG_WRITE),

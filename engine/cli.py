@@ -126,6 +126,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         # the processes of `kairos up`, one line each: name, command, restart policy
         sup.start(Command("worker", [*me, "worker"], env), PROCESS)
         sup.start(Command("api", [*me, "api", "--workers", str(s.api_workers)], env), PROCESS)
+        sup.start(Command("learner", [*me, "learner"], env), PROCESS)  # the learning loop
         if s.embedded_outbox:  # distributed-marketing mail stops in var/mail (the Outbox page)
             sup.start(Command("outbox", [sys.executable, "-m", "engine.mail.outbox", "--dir",
                                          str(s.outbox_dir), "--port", str(s.outbox_port)], env),
@@ -274,6 +275,103 @@ def cmd_worker(args: argparse.Namespace) -> int:
     app = create_app(s, s.kafka_bootstrap, s.redis_url)
     worker = Worker(app, loglevel=args.loglevel, quiet=True, redirect_stdouts=False)
     worker.execute_from_commandline()
+    return 0
+
+
+# -- learner --------------------------------------------------------------------------------
+def cmd_learner(args: argparse.Namespace) -> int:
+    """The one process that learns the campaigns' bandits (streams/learner.py)."""
+    import logging
+
+    from streams.learner import run
+
+    s = _resolved(_settings(args))
+    assert s.kafka_bootstrap and s.redis_url
+    logging.basicConfig(level=getattr(logging, args.loglevel.upper(), logging.INFO),
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    _wait_for_broker(s.kafka_bootstrap)
+    return run(s, s.redis_url, s.kafka_bootstrap)
+
+
+# -- evaluate -------------------------------------------------------------------------------
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    """Off-policy evaluation of a log file (JSON lines with arm, probability, reward) or of a
+    learning campaign's logged decisions; a table, then one JSON line."""
+    import asyncio
+    import json
+
+    from engine.logic.decisions.evaluation import candidates_for, evaluate_log
+
+    s = _settings(args)
+    extra: dict[str, dict[str, float]] = {}
+    for spec_ in args.candidate or []:
+        name, _, dist = spec_.partition("=")
+        try:
+            extra[name] = {a: float(p) for a, _, p in (x.partition(":") for x in dist.split(","))}
+        except ValueError:
+            print(f"kairos evaluate: --candidate {spec_!r} must be NAME=ARM:P,ARM:P", file=sys.stderr)
+            return 2
+    bandit = None
+    if args.campaign:
+        from engine import stackfile
+        from engine.logic.decisions.config import ConfigError, load_config
+        from engine.logic.decisions.policy import restore_model
+        from engine.store import keys
+        from engine.store.learning import ModelStore
+        from engine.store.profiles import new_client
+
+        try:
+            campaign = load_config(s.config_dir).campaigns.get(args.campaign)
+        except ConfigError as exc:
+            print(f"kairos evaluate: the configuration is invalid:\n{exc}", file=sys.stderr)
+            return 1
+        if campaign is None or not campaign.learns:
+            print(f"kairos evaluate: {args.campaign!r} is not a learning campaign of "
+                  f"{s.config_dir}", file=sys.stderr)
+            return 2
+        url = s.redis_url or (stackfile.read(s.var_dir) or {}).get("redis_url")
+        if not url:
+            print("kairos evaluate --campaign: needs KAIROS_REDIS_URL (or a running `kairos up`)",
+                  file=sys.stderr)
+            return 2
+
+        async def read() -> tuple[list[dict[str, object]], bytes | None]:
+            client = new_client(str(url))
+            try:
+                rows = await ModelStore(client, s.group_id).logged(args.campaign, args.last)
+                return rows, await client.get(keys.model(s.group_id, args.campaign))
+            finally:
+                await client.aclose()
+
+        rows, blob = asyncio.run(read())
+        arms = [v.id for v in campaign.variants]
+        control = campaign.control_percent / 100.0
+        weights = dict(campaign.weights)
+        bandit = restore_model(campaign.policy, blob).probabilities(arms)
+    elif args.file:
+        with open(args.file, encoding="utf-8") as f:
+            rows = [json.loads(line) for line in f if line.strip()][-args.last:]
+        arms = sorted({str(r["arm"]) for r in rows})
+        control = args.control_share
+        weights = dict.fromkeys(arms, 1.0)
+    else:
+        print("kairos evaluate: give a FILE or --campaign ID", file=sys.stderr)
+        return 2
+    cands = {**candidates_for(arms, weights, bandit, rows), **extra}
+    doc = evaluate_log(rows, arms, control, cands, args.bootstrap, args.seed)
+    print(f"{doc['rows']} rows over {arms}; traffic "
+          + ", ".join(f"{a} {x:.1%}" for a, x in doc["traffic"].items()))
+    print(f"{'policy':14s} {'IPS':>8s} {'SNIPS':>8s} {'95% CI (SNIPS)':>20s} {'DR':>8s} {'ESS':>8s}")
+    for name, p in doc["policies"].items():
+        sn = p["snips"]
+        ci = f"[{sn['ci'][0]:.4f}, {sn['ci'][1]:.4f}]"
+        print(f"{name:14s} {p['ips']['value']:8.4f} {sn['value']:8.4f} {ci:>20s} "
+              f"{p['dr']['value']:8.4f} {sn['ess']:8.0f}")
+    if "replay" in doc:
+        r = doc["replay"]
+        print(f"replay ({r['policy']}): {r['value']:.4f} over {r['matched']} matched rows"
+              + ("" if r["valid"] else " (not valid: the log is not uniformly random)"))
+    print(json.dumps(doc))
     return 0
 
 
@@ -611,6 +709,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--loglevel", default="warning")
     p.set_defaults(fn=cmd_worker)
 
+    p = sub.add_parser("evaluate", help="off-policy evaluation (IPS, SNIPS, DR, replay) of a log or a campaign")
+    p.add_argument("file", nargs="?", help="JSON lines: arm, probability, reward")
+    p.add_argument("--campaign", help="a learning campaign's logged decisions (from Redis)")
+    p.add_argument("--last", type=int, default=100_000, help="the newest N rows")
+    p.add_argument("--control-share", type=float, default=0.0,
+                   help="FILE: the held-out share the probabilities include")
+    p.add_argument("--candidate", action="append", help="NAME=ARM:P,ARM:P (repeatable)")
+    p.add_argument("--bootstrap", type=int, default=500)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(fn=cmd_evaluate)
+
+    p = sub.add_parser("learner", help="run the learner: the campaigns' bandits, from decisions and rewards")
+    p.add_argument("--loglevel", default="info")
+    p.set_defaults(fn=cmd_learner)
     p = sub.add_parser("mailer", help="run a mail worker (distributed marketing: dm.sends -> SMTP)")
     p.add_argument("--loglevel", default="warning")
     p.set_defaults(fn=cmd_mailer)

@@ -93,11 +93,14 @@ class EventLog:
         assert self._producer is not None
         return self._producer
 
-    async def append(self, records: Sequence[tuple[bytes, bytes]]) -> None:
+    async def append(self, records: Sequence[tuple[bytes, bytes]], topic: str | None = None
+                     ) -> None:
+        """Produce to the events topic (or `topic`) and wait for every acknowledgement."""
         producer = await self.producer()
 
         async def send_all() -> None:
-            futures = [await producer.send(self.topic, value, key=key) for key, value in records]
+            futures = [await producer.send(topic or self.topic, value, key=key)
+                       for key, value in records]
             await asyncio.gather(*futures)
 
         try:
@@ -146,18 +149,20 @@ class DecisionLog:
 
     async def _flush(self, after_s: float) -> None:
         await asyncio.sleep(after_s)
-        batch, self._buffer = self._buffer, []
-        if not batch:
-            return
-        try:
-            producer = await self.log.producer()
-            sent = [await producer.send(self.topic, value, key=key) for key, value in batch]
-            results = await asyncio.gather(*sent, return_exceptions=True)
-            failed = [r for r in results if isinstance(r, BaseException)]
-            if failed:
-                raise failed[0]
-        except Exception as exc:  # the decisions stand; only their counts are lost
-            decisions_log.warning("could not log %d decision records: %s", len(batch), exc)
+        # records added while a batch is being sent go out in the next turn of this loop
+        # (`add` starts no flusher while this one runs: they would otherwise wait for the
+        # next decision, however long that takes)
+        while self._buffer:
+            batch, self._buffer = self._buffer, []
+            try:
+                producer = await self.log.producer()
+                sent = [await producer.send(self.topic, value, key=key) for key, value in batch]
+                results = await asyncio.gather(*sent, return_exceptions=True)
+                failed = [r for r in results if isinstance(r, BaseException)]
+                if failed:
+                    raise failed[0]
+            except Exception as exc:  # the decisions stand; only their counts are lost
+                decisions_log.warning("could not log %d decision records: %s", len(batch), exc)
 
     async def close(self) -> None:
         if self._buffer:

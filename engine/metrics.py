@@ -101,3 +101,39 @@ def worker_lines(workers: Mapping[str, Mapping[str, Any]], now: float | None = N
     out.append("# HELP kairos_workers_live Workers that reported in the last 15 s\n"
                f"# TYPE kairos_workers_live gauge\nkairos_workers_live {len(live)}\n")
     return "".join(out).encode()
+
+
+_LEARNER_COUNTERS = (
+    ("decisions", "kairos_learner_decisions_total", "Logged decisions whose reward window opened"),
+    ("rewarded", "kairos_learner_rewarded_total", "Decisions closed with a reward"),
+    ("defaulted", "kairos_learner_defaulted_total", "Decisions closed with the default reward"),
+    ("late_reactions", "kairos_learner_late_reactions_total",
+     "Reactions after their decision's window (not learnt)"),
+    ("duplicate_reactions", "kairos_learner_duplicate_reactions_total",
+     "Reactions delivered again (counted once)"),
+    ("never_activated", "kairos_learner_never_activated_total",
+     "Deferred decisions never activated (not learnt)"),
+)
+
+
+def _label(text: str) -> str:
+    return text.replace("\\", "\\\\").replace('"', '\\"')
+
+
+def learner_lines(stats: Mapping[str, int], versions: Mapping[str, int]) -> bytes:
+    """The learner's counters as of its last commit, its drift detections per watched model
+    (a bandit arm's reward rate, a propensity model's error), and the model versions this
+    API process serves."""
+    out: list[str] = []
+    for key, name, help_ in _LEARNER_COUNTERS:
+        out.append(f"# HELP {name} {help_}\n# TYPE {name} counter\n{name} {int(stats.get(key, 0))}\n")
+    out.append("# HELP kairos_learner_drift_detections_total Drifts detected (ADWIN); the model "
+               "reacted (docs/learning.md)\n# TYPE kairos_learner_drift_detections_total counter\n")
+    for key, n in sorted(stats.items()):
+        if key.startswith("drift:"):
+            out.append(f'kairos_learner_drift_detections_total{{model="{_label(key[6:])}"}} {int(n)}\n')
+    out.append("# HELP kairos_model_version The published model version this API process serves\n"
+               "# TYPE kairos_model_version gauge\n")
+    for model, v in sorted(versions.items()):
+        out.append(f'kairos_model_version{{model="{_label(model)}"}} {int(v)}\n')
+    return "".join(out).encode()

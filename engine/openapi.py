@@ -58,6 +58,7 @@ def openapi() -> dict[str, Any]:
             "linked_visitors": {"type": "array", "items": {"type": "string"}},
         },
     }
+    components.update(_rank_schemas())
     components.update(_segment_schemas())
     doc: dict[str, Any] = {
         "openapi": "3.1.0",
@@ -90,6 +91,7 @@ def openapi() -> dict[str, Any]:
                 "responses": {"200": {"description": "The profile", "content": {"application/json": {
                     "schema": {"$ref": "#/components/schemas/Profile"}}}}, "404": _err("Unknown visitor")},
             }},
+            **_rank_paths(),
             "/healthz": {"get": {"summary": "Process is up", "responses": {"200": {"description": "ok"}}}},
             "/readyz": {"get": {"summary": "Redis and the broker are reachable",
                                 "responses": {"200": {"description": "ready"}, "503": {"description": "not ready"}}}},
@@ -111,6 +113,88 @@ def openapi() -> dict[str, Any]:
     doc["paths"].update(_segment_paths())
     _secure(doc)
     return doc
+
+
+def _rank_schemas() -> dict[str, Any]:
+    from engine.logic.rank import MAX_ACTIONS, MAX_SLOTS
+
+    feats = {"type": "object", "description": "features: strings (categorical), numbers, "
+             "booleans or lists of strings", "additionalProperties": True}
+    return {
+        "RankRequest": {"type": "object", "required": ["actions"], "properties": {
+            "event_id": {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9_\\-:]{0,63}$",
+                         "description": "Your id for this decision (generated when absent); "
+                                        "rewards and activation name it"},
+            "context": feats,
+            "actions": {"type": "array", "minItems": 1, "maxItems": MAX_ACTIONS, "items": {
+                "type": "object", "required": ["id"], "properties": {
+                    "id": {"type": "string", "maxLength": 256}, "features": feats}}},
+            "excluded_actions": {"type": "array", "items": {"type": "string"}},
+            "slots": {"type": "array", "minItems": 1, "maxItems": MAX_SLOTS, "items": {
+                "type": "object", "required": ["id"], "properties": {
+                    "id": {"type": "string"}, "features": feats,
+                    "baseline": {"type": "string", "description": "The action shown in "
+                                 "apprentice mode (default: the actions in request order)"}}}},
+            "defer_activation": {"type": "boolean", "description": "Learn from this "
+                                    "decision only once POST /v1/rank/{event_id}/activate says "
+                                    "its content was really shown"},
+        }},
+        "RankResponse": {"type": "object", "properties": {
+            "event_id": {"type": "string"},
+            "mode": {"enum": ["online", "apprentice"]},
+            "reward_action_id": {"type": "string", "description": "the first slot's action"},
+            "ranking": {"type": "array", "items": {"type": "object", "properties": {
+                "id": {"type": "string"}, "probability": {"type": "number"}}},
+                "description": "the chosen actions, then the others by probability"},
+            "slots": {"type": "array", "items": {"type": "object", "properties": {
+                "id": {"type": "string"}, "reward_action_id": {"type": "string"},
+                "probability": {"type": "number", "description": "of the action shown, "
+                                "given the earlier slots' choices"},
+                "probabilities": {"type": "object", "additionalProperties": {"type": "number"},
+                                  "description": "every action's, in this slot"}}}},
+            "defer_activation": {"type": "boolean"},
+            "model_version": {"type": "integer", "description": "0: the prior"},
+        }},
+        "Reward": {"type": "object", "required": ["value"], "properties": {
+            "value": {"type": "number", "minimum": 0, "maximum": 1},
+            "slot": {"type": "string", "description": "multi-slot: the slot rewarded "
+                     "(absent: every slot of the event)"},
+            "reward_id": {"type": "string", "description": "a retried call with the same "
+                          "reward_id counts once"}}},
+    }
+
+
+def _rank_paths() -> dict[str, Any]:
+    eid = {"name": "event_id", "in": "path", "required": True,
+           "schema": {"type": "string", "maxLength": 64}}
+    ref = "#/components/schemas/"
+    return {
+        "/v1/rank": {"post": {
+            "summary": "Rank actions for a context (Rank/Reward, as Azure Personalizer's)",
+            "description": "Up to 50 actions with their own features; the answer carries the "
+                           "probability of every action shown, which the learner logs. Rewards "
+                           "arriving within reward_window_s after the decision (or after its "
+                           "activation) are learnt; none: default_reward.",
+            "requestBody": {"required": True, "content": {"application/json": {
+                "schema": {"$ref": ref + "RankRequest"}}}},
+            "responses": {"200": {"description": "The ranking", "content": {"application/json": {
+                "schema": {"$ref": ref + "RankResponse"}}}},
+                "400": _err("Names the bad field"), "413": _err("Body over 256 KiB"),
+                "503": _err("The decision could not be logged; retry after Retry-After")}}},
+        "/v1/rank/{event_id}/reward": {"post": {
+            "summary": "The reward of a ranked event, in [0, 1]",
+            "parameters": [eid],
+            "requestBody": {"required": True, "content": {"application/json": {
+                "schema": {"$ref": ref + "Reward"}}}},
+            "responses": {"202": {"description": "Logged; learnt when the window closes"},
+                          "400": _err("Names the bad field"),
+                          "503": _err("Not logged; retry after Retry-After")}}},
+        "/v1/rank/{event_id}/activate": {"post": {
+            "summary": "Deferred activation: the content of this event was really shown",
+            "parameters": [eid],
+            "responses": {"202": {"description": "Logged"}, "400": _err("Bad event id"),
+                          "503": _err("Not logged; retry after Retry-After")}}},
+    }
 
 
 #: The distributed-marketing API (engine/routes/dm_api.py): (method, path, summary, body).

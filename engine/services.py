@@ -33,20 +33,25 @@ from engine.flows.dm.library import register as register_dm
 from engine.flows.dm.personalise import Personaliser
 from engine.flows.dm.portal import Portal
 from engine.flows.dm.tracking import Tracking
+from engine.flows.evaluation import Evaluations
 from engine.flows.health import Health, WriteGate
 from engine.flows.ingest import Ingest
+from engine.flows.models import PublishedModels
 from engine.flows.privacy import Privacy
 from engine.flows.profiles import Profiles
+from engine.flows.rank import Ranker
 from engine.flows.recommend import CATALOG_CACHE_S, Recommender
 from engine.flows.segment import Tracking as SegmentTracking
 from engine.flows.stats import LiveStats, Trending
 from engine.logic.dm.sending import BotRules, TokenSigner
+from engine.logic.rank import restore_rank_model
 from engine.logic.recipes import load_recipes
 from engine.mail.outbox import Outbox
 from engine.settings import Settings
 from engine.store.activity import ActivityStore
 from engine.store.catalog import CachedCatalog, CatalogStore
 from engine.store.decide_read import DecideReader
+from engine.store.learning import ModelStore, PropensityStore
 from engine.store.live import LiveStore
 from engine.store.memory import MemoryProbe
 from engine.store.profiles import ProfileStore, new_client
@@ -82,6 +87,9 @@ class Services:
     dm_tracking: Tracking  # opens, clicks, unsubscribes of the mail
     tracking: SegmentTracking  # Segment's tracking API (the Segment / RudderStack SDKs)
     mail_outbox: Outbox | None = None  # the embedded outbox's Maildir (None: a real relay)
+    models: PublishedModels | None = None  # the learner's published bandits, reloaded
+    ranker: Ranker | None = None  # the Rank/Reward API
+    evaluations: Evaluations | None = None  # off-policy evaluation of learning campaigns
     demo_key: str | None = None  # the public key the demo shop's pages carry
     metrics_dir: Path | None = None
     session_cookie: str = SESSION_COOKIE
@@ -118,7 +126,8 @@ async def running(settings: Settings, redis_url: str, bootstrap: str,
         with contextlib.suppress(Exception):
             await ensure_topics(bootstrap, {s.events_topic: s.partitions,
                                             s.decisions_topic: s.partitions,
-                                            s.dm_sends_topic: s.partitions}, 10.0)
+                                            s.dm_sends_topic: s.partitions,
+                                            s.rank_topic: s.partitions}, 10.0)
         with contextlib.suppress(LogUnavailable):
             await log.producer()
 
@@ -162,8 +171,17 @@ async def running(settings: Settings, redis_url: str, bootstrap: str,
         stack.push_async_callback(_quietly, gate.close)
 
         # flows
+        models = PublishedModels(
+            ModelStore(client, s.group_id), hub, s.model_reload_s,
+            lambda blob: restore_rank_model(blob, s.rank_apprentice, s.rank_agreement,
+                                            s.rank_agreement_window))
+        with contextlib.suppress(Exception):
+            await models.refresh()
+        models.start()
+        stack.push_async_callback(_quietly, models.close)
         decider = Decider(decide_reader, hub, DecisionLog(log, s.decisions_topic), s.affinity,
-                          s.decide_deadline_ms, sign=access.sign_decision)
+                          s.decide_deadline_ms, sign=access.sign_decision, models=models,
+                          propensity=PropensityStore(client))
         stack.push_async_callback(_quietly, decider.close)
         campaigns = Campaigns(hub, decide_reader)
         trending = Trending(reco_reader)
@@ -193,7 +211,8 @@ async def running(settings: Settings, redis_url: str, bootstrap: str,
             ingest=ingest,
             decider=decider,
             campaigns=campaigns,
-            profiles=Profiles(profile_store, ActivityStore(client), s.affinity),
+            profiles=Profiles(profile_store, ActivityStore(client), s.affinity,
+                              PropensityStore(client)),
             catalog=Catalog(catalog_store),
             recommender=recommender,
             trending=trending, feed=feed, beacon=beacon, shop=load_shop(s.demo_catalog),
@@ -201,7 +220,9 @@ async def running(settings: Settings, redis_url: str, bootstrap: str,
             access=access, admin=Admin(control, access),
             privacy=Privacy(client, control, profile_store, s),
             tracking=SegmentTracking(ingest, decider, live, access),
-            demo_key=demo_key,
+            demo_key=demo_key, models=models,
+            ranker=Ranker(models, log, s.rank_topic),
+            evaluations=Evaluations(ModelStore(client, s.group_id), hub, models),
             dm_portal=Portal(dm_store, control, library, sends_log, personaliser),
             dm_brand=Brand(dm_store, control, library),
             dm_tracking=tracking,

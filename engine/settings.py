@@ -85,6 +85,31 @@ class Settings:
     # decisions
     decide_deadline_ms: int = 50
     config_reload_debounce_ms: int = 300
+    # the learning loop (streams/learner.py, docs/learning.md): rewards are joined to their
+    # decision within `reward_window_s` (a decision with none gets `default_reward`); the
+    # learner publishes changed models every `model_publish_s`, snapshots its state with its
+    # offsets every `learner_snapshot_s`; API processes re-read model versions every
+    # `model_reload_s`; one learner runs at a time (a lease of `learner_lease_ms`)
+    reward_window_s: float = 1800.0
+    default_reward: float = 0.0
+    model_publish_s: float = 1.0
+    learner_snapshot_s: float = 5.0
+    model_reload_s: float = 1.0
+    learner_lease_ms: int = 10_000
+    learning_log_max: int = 100_000  # joined (decision, reward) rows kept per campaign
+    # the Rank/Reward API (POST /v1/rank): its decisions and rewards travel on `rank_topic`;
+    # in apprentice mode the caller's baseline is served until the policy agrees with it
+    # `rank_agreement` of the last `rank_agreement_window` decisions
+    # purchase and exit propensity, learnt per event by the learner (models/propensity/online.py)
+    # and kept per visitor for `propensity_ttl_s`; a session ends after
+    # `propensity_session_gap_s` without an event
+    propensity: bool = True
+    propensity_session_gap_s: float = 1800.0
+    propensity_ttl_s: float = 7200.0
+    rank_topic: str = "rank"
+    rank_apprentice: bool = False
+    rank_agreement: float = 0.9
+    rank_agreement_window: int = 500
     # demo shop (/demo): the REES46 sample CSV it builds its catalog from; a relative path is
     # relative to the project root; missing -> a small built-in catalog
     demo_catalog: str = "../shared/data/rees46/2019-Oct_head.csv"
@@ -249,6 +274,21 @@ def _check(s: Settings) -> None:
         raise SettingsError("api_workers must be at least 1")
     if not 0 < s.store_full_ratio <= 1:
         raise SettingsError("store_full_ratio must be in (0, 1]")
+    if s.reward_window_s <= 0:
+        raise SettingsError("reward_window_s must be > 0")
+    if not 0 <= s.default_reward <= 1:
+        raise SettingsError("default_reward must be in [0, 1]")
+    for name in ("model_publish_s", "learner_snapshot_s", "model_reload_s"):
+        if getattr(s, name) <= 0:
+            raise SettingsError(f"{name} must be > 0")
+    if not 0 < s.rank_agreement <= 1:
+        raise SettingsError("rank_agreement must be in (0, 1]")
+    if s.rank_agreement_window < 1:
+        raise SettingsError("rank_agreement_window must be at least 1")
+    if s.propensity_session_gap_s <= 0 or s.propensity_ttl_s <= 0:
+        raise SettingsError("propensity_session_gap_s and propensity_ttl_s must be > 0")
+    if s.learner_lease_ms < 1000:
+        raise SettingsError("learner_lease_ms must be at least 1000")
     if s.sse_max_listeners < 0:
         raise SettingsError("sse_max_listeners must be at least 0")
     if s.redis_url is not None and not s.redis_url.startswith(

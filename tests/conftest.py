@@ -145,6 +145,7 @@ class Stack:
         self.keys = keys
         self.api: subprocess.Popen[bytes] | None = None
         self.workers: list[subprocess.Popen[bytes]] = []
+        self.learners: list[subprocess.Popen[bytes]] = []
         self.mailers: list[subprocess.Popen[bytes]] = []
         self.base = f"http://127.0.0.1:{settings.port}"
         self.http = httpx.Client(base_url=self.base, timeout=10,
@@ -197,6 +198,12 @@ class Stack:
         self.workers.append(w)
         return w
 
+    def start_learner(self) -> subprocess.Popen[bytes]:
+        """The learning loop's process (`kairos learner`, streams/learner.py)."""
+        p = self._spawn("learner", "--loglevel", "info", name=f"learner{len(self.learners)}")
+        self.learners.append(p)
+        return p
+
     def start_mailer(self, timeout: float = 30.0) -> subprocess.Popen[bytes]:
         """A `kairos mailer` (distributed marketing), once it has started its loops."""
         name = f"mailer{len(self.mailers)}"
@@ -240,7 +247,8 @@ class Stack:
                 raise AssertionError(f"worker{i} died with {w.returncode}:\n{log}")
 
     def stop(self) -> None:
-        terminate([p for p in [self.api, *self.workers, *self.mailers] if p is not None and p.poll() is None], 15)
+        terminate([p for p in [self.api, *self.workers, *self.mailers, *self.learners]
+                   if p is not None and p.poll() is None], 15)
         self.http.close()
         self.anon.close()
 
@@ -270,6 +278,7 @@ def make_stack(
             kafka_bootstrap=broker.bootstrap,
             events_topic=f"events-{name}",
             decisions_topic=f"decisions-{name}",
+            rank_topic=f"rank-{name}",
             group_id=f"kairos-{name}",
             var_dir=tmp_root / f"var-{name}",
             session_timeout_ms=6000,

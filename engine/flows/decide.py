@@ -23,6 +23,7 @@ import msgspec
 
 from engine.confighub import ConfigHub
 from engine.eventlog import DecisionLog
+from engine.flows.models import PublishedModels
 from engine.logic import events as spec
 from engine.logic.decide_request import RequestError, parse_zones
 from engine.logic.decisions.config import Config
@@ -30,6 +31,7 @@ from engine.logic.decisions.select import select
 from engine.logic.decisions.state import cap_states, decision_id, decision_record, rule_view
 from engine.store import keys
 from engine.store.decide_read import ArmCounters, DecideReader, DecideState
+from engine.store.learning import PropensityStore
 from models.affinity import AffinityConfig, Profile, apply_event
 
 log = logging.getLogger("kairos.decide")
@@ -49,7 +51,9 @@ class Decider:
                  cfg: AffinityConfig, deadline_ms: int,
                  clock: Callable[[], float] = time.monotonic,
                  token: Callable[[], str] = _token,
-                 sign: Callable[[str], str] = lambda base: base) -> None:
+                 sign: Callable[[str], str] = lambda base: base,
+                 models: PublishedModels | None = None,
+                 propensity: PropensityStore | None = None) -> None:
         self.reader = reader
         self.hub = hub
         self.records = records
@@ -58,6 +62,8 @@ class Decider:
         self.clock = clock
         self.token = token  # the random part of decision ids
         self.sign = sign  # appends the engine's MAC (engine.logic.access.signed_decision_id)
+        self.models = models  # the learning campaigns' bandits (engine/flows/models.py)
+        self.propensity = propensity  # read only when a rule targets a propensity
         self.counters: dict[str, tuple[float, ArmCounters]] = {}
         self.failures = 0
 
@@ -83,9 +89,15 @@ class Decider:
         if not candidates:
             return [], None
         remaining = self.deadline_s - (time.perf_counter() - started)
+        scores: dict[str, Any] | None = None
         try:
-            snap = await asyncio.wait_for(self.read(visitor_id, user_id, candidates),
-                                          max(remaining, 0.001))
+            if config.needs_propensity and self.propensity is not None:
+                snap, scores = await asyncio.wait_for(asyncio.gather(
+                    self.read(visitor_id, user_id, candidates),
+                    self.propensity.get(visitor_id)), max(remaining, 0.001))
+            else:
+                snap = await asyncio.wait_for(self.read(visitor_id, user_id, candidates),
+                                              max(remaining, 0.001))
         except Exception as exc:  # slow or missing Redis: no personalization, never a 5xx
             self.failures += 1
             if self.failures in (1, 10, 100) or self.failures % 1000 == 0:
@@ -98,19 +110,24 @@ class Decider:
                 apply_event(profile, spec.to_dict(ev), self.cfg)
         assign_pid = keys.user_pid(user_id) if user_id else snap.pid
         view = rule_view(profile, assign_pid, now_ms, self.cfg)
+        if scores:
+            view["propensity"] = scores
         caps = cap_states(snap.state, snap.session, config, now_ms)
-        chosen = select(config, view, context, now_ms, caps, zones)
+        chosen = select(config, view, context, now_ms, caps, zones,
+                        models=self.models.current() if self.models else None, token=self.token)
         out: list[dict[str, Any]] = []
         records: list[dict[str, Any]] = []
         channel = context.get("channel") if isinstance(context.get("channel"), str) else None
         for d in chosen:
-            base = decision_id(d.campaign_id, d.arm, self.token())
+            base = decision_id(d.campaign_id, d.arm, d.token or self.token())
             did = self.sign(base)
             body = d.to_dict()
             body["decision_id"] = did
             out.append(body)
             rec = decision_record(d, did, visitor_id, user_id, now_ms, channel)
             rec["event_id"] = base  # the dedupe key stays within the event id's 64 characters
+            if d.token is not None and self.models is not None:  # which model version chose
+                rec["props"]["model_version"] = self.models.version(d.campaign_id)
             records.append(rec)
         if records:
             self.records.add(visitor_id.encode(), _enc.encode(records))

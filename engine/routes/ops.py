@@ -28,7 +28,8 @@ async def readyz(request: Request) -> Response:
 async def get_metrics(request: Request) -> Response:
     s = svc(request)
     workers = await s.health.workers()
-    return Response(metrics.render(s.metrics_dir, workers) + s.health.store_lines(),
+    learning = await s.models.metrics_lines() if s.models is not None else b""
+    return Response(metrics.render(s.metrics_dir, workers) + s.health.store_lines() + learning,
                     media_type="text/plain; version=0.0.4")
 
 

@@ -216,3 +216,47 @@ def cf_snapshot(group_id: str, partition: int) -> str:
 
 WRITE_PROBE = "kx:probe"  # string with a short TTL: each API process's "can Redis still write?"
 
+
+# -- the learning loop ------------------------------------------------------------------------
+# One deployment's (consumer group's) learning state shares the hash tag `{kb:<group>}`, so the
+# learner's commit script touches one Redis Cluster slot.
+
+
+def _learning(group_id: str) -> str:
+    return f"kb:{{kb:{group_id}}}"
+
+
+def model_versions(group_id: str) -> str:
+    """Hash: model name (a campaign id) -> version of its published bytes (bumps on publish)."""
+    return f"{_learning(group_id)}:versions"
+
+
+def model(group_id: str, name: str) -> str:
+    """String: the published bytes of one model (models/bandit `snapshot()`)."""
+    return f"{_learning(group_id)}:m:{name}"
+
+
+def learner_snapshot(group_id: str) -> str:
+    """String: the learner's whole state with its consumer offsets (streams/learner.py)."""
+    return f"{_learning(group_id)}:snapshot"
+
+
+def learner_lease(group_id: str) -> str:
+    """String with a TTL: the token of the one learner that may write (a lease)."""
+    return f"{_learning(group_id)}:lease"
+
+
+def learning_log(group_id: str, name: str) -> str:
+    """List: one model's joined (decision, reward) rows, msgpack each, oldest first, capped."""
+    return f"{_learning(group_id)}:log:{name}"
+
+
+def learner_stats(group_id: str) -> str:
+    """Hash: the learner's counters (decisions, rewards, defaulted, …) as of its last commit."""
+    return f"{_learning(group_id)}:stats"
+
+
+def propensity(visitor_id: str) -> str:
+    """String with a TTL: a visitor's latest purchase and exit propensity (msgpack
+    `{purchase, exit, at}`), written by the learner; the visitor's own hash tag."""
+    return f"kpr:{{{visitor_pid(visitor_id)}}}"

@@ -89,7 +89,7 @@ def gate_stack(make_stack: Callable[..., Stack]) -> Stack:
 SAMPLE = {"visitor_id": "v-walk", "campaign_id": "cart_reminder", "item_id": "i1", "path": "shoes",
           "pid": "1", "name": "dashboard.js", "token": "x" * 43, "prefix": "ks_nothing0",
           "subject_id": "v-nobody", "contact_id": "ct_nobody", "approval_id": "ap_nobody",
-          "release_id": "rl_nobody", "key": "1.M1P1.nobody"}
+          "release_id": "rl_nobody", "key": "1.M1P1.nobody", "event_id": "e-walk"}
 
 
 def concrete(path: str) -> str:

@@ -24,6 +24,7 @@ def test_compose_runs_kafka_redis_api_and_workers():
     assert "--appendonly" in services["redis"]["command"]
     assert services["api"]["deploy"]["replicas"] == 2
     assert services["worker"]["deploy"]["replicas"] == 2
+    assert services["learner"]["deploy"]["replicas"] == 1  # one owner of the learning models
 
 
 def test_every_service_has_a_restart_policy():
@@ -61,7 +62,8 @@ def test_compose_cluster_profile_runs_on_three_primaries():
         "service_completed_successfully"
 
 
-@pytest.mark.parametrize("name", ["api", "worker", "migrate", "mailer", "api-cluster", "worker-cluster"])
+@pytest.mark.parametrize("name", ["api", "worker", "migrate", "mailer", "api-cluster",
+                                  "worker-cluster", "learner"])
 def test_service_command_is_a_real_kairos_command(name, monkeypatch):
     command = compose()["services"][name]["command"]
     assert command[0] == "kairos"

@@ -29,6 +29,7 @@ from engine.logic.decisions.rules import (
     load_zone,
     parse_duration_ms,
     referenced_segments,
+    uses_propensity,
 )
 from engine.logic.decisions.templates import CompiledTemplate, TemplateError, compile_template
 
@@ -88,6 +89,19 @@ class Goal:
 
 
 @dataclass(frozen=True, slots=True)
+class PolicySpec:
+    """How a campaign picks among its variants: `fixed` (the hashed split by weight) or an
+    offer bandit (`thompson`, `epsilon_greedy`) learnt from rewards; `params` are the bandit's
+    constructor arguments (see engine/logic/decisions/policy.py)."""
+
+    kind: str
+    params: tuple[tuple[str, float], ...] = ()
+
+
+FIXED = PolicySpec("fixed")
+
+
+@dataclass(frozen=True, slots=True)
 class Variant:
     id: str
     weight: float
@@ -111,6 +125,12 @@ class Campaign:
     control_percent: float
     goal: Goal | None
     source: str
+    policy: PolicySpec = FIXED
+
+    @property
+    def learns(self) -> bool:
+        """Whether a bandit picks the variant (the learner owns this campaign's model)."""
+        return self.policy.kind != "fixed"
 
     @property
     def weights(self) -> list[tuple[str, float]]:
@@ -130,6 +150,7 @@ class Config:
     segments: Mapping[str, Segment]  # in dependency order
     campaigns: Mapping[str, Campaign]
     by_zone: Mapping[str, tuple[Campaign, ...]] = field(default_factory=dict)
+    needs_propensity: bool = False  # a rule targets exit_probability / purchase_probability
 
     def campaigns_with_goal(self, event_type: str) -> list[Campaign]:
         """Campaigns whose goal is ``event_type`` (the stream checks these for conversions)."""
@@ -335,8 +356,46 @@ def _variants(value: Any) -> tuple[Variant, ...]:
 _SEGMENT_KEYS = {"id", "name", "description", "rule"}
 _CAMPAIGN_KEYS = {
     "id", "name", "description", "status", "priority", "schedule", "channels", "zones",
-    "targeting", "caps", "variants", "control_percent", "goal",
+    "targeting", "caps", "variants", "control_percent", "goal", "policy",
 }  # fmt: skip
+
+#: policy name -> {parameter: (minimum, maximum)}; the bandits' constructor arguments
+POLICY_PARAMS: dict[str, dict[str, tuple[float, float]]] = {
+    "fixed": {},
+    "thompson": {"alpha": (1e-6, 1e6), "beta": (1e-6, 1e6)},
+    "epsilon_greedy": {"epsilon": (0.0, 1.0), "decay": (0.0, 1.0)},
+}
+
+
+def _policy(value: Any) -> PolicySpec:
+    """`policy: thompson` or `policy: {type: epsilon_greedy, epsilon: 0.1}`."""
+    if value is None:
+        return FIXED
+    names = list(POLICY_PARAMS)
+    where: Path = ("policy",)
+    if isinstance(value, str):
+        value = {"type": value}
+    elif isinstance(value, Mapping) and "type" in value:
+        where = ("policy", "type")
+    if not isinstance(value, Mapping):
+        raise FieldError(where, f"must be one of {names} or a mapping with type")
+    kind = value.get("type")
+    if kind not in POLICY_PARAMS:
+        raise FieldError(where, f"must be one of {names}")
+    allowed = POLICY_PARAMS[kind]
+    params: list[tuple[str, float]] = []
+    for key, raw in value.items():
+        if key == "type":
+            continue
+        if key not in allowed:
+            known = sorted(allowed) or "none"
+            raise FieldError(("policy", str(key)), f"is not an option of {kind} (options: {known})")
+        num = _number(raw, ("policy", str(key)))
+        lo, hi = allowed[key]
+        if not lo <= num <= hi:
+            raise FieldError(("policy", str(key)), f"must be between {lo:g} and {hi:g}")
+        params.append((str(key), num))
+    return PolicySpec(str(kind), tuple(sorted(params)))
 
 
 def _run(errors: list[FieldError], fn: Any, *args: Any) -> Any:
@@ -406,6 +465,10 @@ def parse_campaign(doc: Mapping[str, Any], source: str) -> tuple[Campaign | None
     variants = _run(errors, lambda: _variants(_req(doc, "variants")))
     pct = _run(errors, control)
     goal = _run(errors, _goal, doc.get("goal"))
+    policy = _run(errors, _policy, doc.get("policy"))
+    if not errors and policy.kind != "fixed" and len(variants) < 2:
+        errors.append(FieldError(("policy",), f"{policy.kind} needs at least two variants to "
+                                 "choose between"))
     if not errors:
         for i, v in enumerate(variants):
             if len(cid) + max(len(v.id), len(CONTROL)) > MAX_ARM_ID_CHARS:
@@ -418,7 +481,7 @@ def parse_campaign(doc: Mapping[str, Any], source: str) -> tuple[Campaign | None
         return None, errors
     campaign = Campaign(
         cid, name or cid, desc, st, priority, schedule, chans, zones, rule,
-        doc.get("targeting"), caps, variants, pct, goal, source,
+        doc.get("targeting"), caps, variants, pct, goal, source, policy,
     )  # fmt: skip
     return campaign, []
 
@@ -518,4 +581,6 @@ def load_config(directory: str | FsPath) -> Config:
         by_zone={
             z: tuple(sorted(cs, key=lambda c: (-c.priority, c.id))) for z, cs in by_zone.items()
         },
+        needs_propensity=any(uses_propensity(c.targeting_spec) for c in campaigns.values())
+        or any(uses_propensity(s.spec) for s in segments.values()),
     )

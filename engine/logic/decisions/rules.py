@@ -336,6 +336,38 @@ def _p_event_count(raw: Any, path: Path) -> Rule:
     return rule
 
 
+def _p_propensity(name: str) -> Callable[[Any, Path], Rule]:
+    """`exit_probability: {op: ">", value: 0.6}`: the visitor's learnt propensity (the
+    profile view's `propensity`, filled at decision time); no score yet: false."""
+
+    def build(raw: Any, path: Path) -> Rule:
+        p = _params(raw, path, ("op", "value"), ("value",))
+        test = _compare(p, path)
+        value = _num(p["value"])
+        if value is None or not 0.0 <= value <= 1.0:
+            raise RuleError(path + ("value",), "must be a probability in [0, 1]")
+
+        def rule(profile: Profile, context: Context, now: Now) -> bool:
+            score = _num(_map(profile, "propensity").get(name))
+            return score is not None and test(score)
+
+        return rule
+
+    return build
+
+
+PROPENSITY_PREDICATES = ("exit_probability", "purchase_probability")
+
+
+def uses_propensity(spec: Any) -> bool:
+    """Whether a (valid) rule spec targets a propensity anywhere."""
+    if isinstance(spec, Mapping):
+        return any(k in PROPENSITY_PREDICATES or uses_propensity(v) for k, v in spec.items())
+    if isinstance(spec, list):
+        return any(uses_propensity(x) for x in spec)
+    return False
+
+
 def _p_first_visit(raw: Any, path: Path, want_first: bool = True) -> Rule:
     flag = _bool(raw, path)
 
@@ -571,6 +603,8 @@ PREDICATES: dict[str, Callable[[Any, Path], Rule]] = {
     "day_of_week": _p_day_of_week,
     "locale": _p_locale,
     "always": _p_always,
+    "exit_probability": _p_propensity("exit"),
+    "purchase_probability": _p_propensity("purchase"),
 }
 
 

@@ -7,13 +7,14 @@ The control group is decided like any arm: its decision occupies the zone with n
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from engine.logic.decisions.assign import assign, canonical_visitor_id
+from engine.logic.decisions.assign import Assignment, assign, canonical_visitor_id
 from engine.logic.decisions.caps import CapState, cap_reason
 from engine.logic.decisions.config import Campaign, Config
+from engine.logic.decisions.policy import new_model, pick
 from engine.logic.decisions.rules import Now
 from engine.logic.decisions.templates import RenderError, template_vars
 
@@ -31,6 +32,8 @@ class Decision:
     control: bool
     probability: float
     content: dict[str, str] | None
+    token: str | None = None  # a learning campaign's random part of the decision id
+    policy: str = "fixed"
 
     @property
     def arm(self) -> str:
@@ -110,8 +113,14 @@ def select(
     caps_state: CapsInput | None = None,
     zones: Sequence[str] | None = None,
     recommendations: Sequence[Mapping[str, Any]] = (),
+    models: Mapping[str, Any] | None = None,
+    token: Callable[[], str] | None = None,
 ) -> list[Decision]:
-    """Decisions for the requested zones (``zones`` or ``context["zones"]``), in request order."""
+    """Decisions for the requested zones (``zones`` or ``context["zones"]``), in request order.
+
+    A learning campaign (``campaign.learns``) picks its variant with its bandit from
+    ``models`` (a fresh one when absent), drawn with the random part ``token()`` of the
+    decision's id (engine/logic/decisions/policy.py)."""
     requested = _requested_zones(context, zones)
     if not requested:
         return []
@@ -127,7 +136,14 @@ def select(
             state = _state(caps_state, campaign.id)
             if ineligibility(campaign, view, context, now, state, zone) is not None:
                 continue
-            arm = assign(campaign.id, visitor, campaign.weights, campaign.control_percent)
+            random_part = None
+            if campaign.learns:
+                random_part = token() if token is not None else "0"
+                model = (models or {}).get(campaign.id) or new_model(campaign.policy)
+                p = pick(campaign, model, visitor, random_part)
+                arm = Assignment(p.variant, p.control, p.probability, 0.0)
+            else:
+                arm = assign(campaign.id, visitor, campaign.weights, campaign.control_percent)
             content = None
             if not arm.control:
                 variant = campaign.variant(str(arm.variant))
@@ -149,6 +165,8 @@ def select(
                     arm.control,
                     arm.probability,
                     content,
+                    random_part,
+                    campaign.policy.kind,
                 )  # fmt: skip
             )
             break

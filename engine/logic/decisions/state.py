@@ -107,6 +107,8 @@ def decision_record(d: Decision, did: str, visitor_id: str, user_id: str | None,
             "probability": d.probability,
         },
     }
+    if d.policy != "fixed":
+        rec["props"]["policy"] = d.policy
     if user_id:
         rec["user_id"] = user_id
     if channel:

@@ -1,0 +1,79 @@
+"""Offer bandits in campaigns: which variant a learning campaign shows, and with what probability.
+
+A campaign with `policy: thompson` or `policy: epsilon_greedy` keeps its control group as the
+fixed, hashed holdout (`assign.bucket`: the same visitors are held out in every process, so
+lift is still measured against them); outside it, the variant comes from the campaign's
+published bandit model (models/bandit), drawn with the decision's own random source
+(`models.bandit.base.decision_rng(seed, "<campaign>.<random part of the decision id>")`), so a
+decision is reproducible from its id and the model version. The probability logged is that of
+what was shown: `(1 - control share) * P_bandit(variant)`.
+
+Pure: models in, plain data out.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from engine.logic.decisions.assign import bucket
+from engine.logic.decisions.config import Campaign, PolicySpec
+from models.bandit.epsilon import EpsilonGreedy
+from models.bandit.thompson import BetaThompson
+
+Bandit = BetaThompson | EpsilonGreedy
+SEED = 0  # mixed with each decision's key; the key carries the randomness
+DRIFT_DELTA = 0.002  # ADWIN on each arm's rewards: on a change, the arm forgets the old evidence
+
+
+@dataclass(frozen=True, slots=True)
+class Pick:
+    """A learning campaign's choice for one decision."""
+
+    variant: str | None  # None: the control group
+    control: bool
+    probability: float  # of what was shown (control: the holdout share)
+    probabilities: dict[str, float]  # every arm's probability, control included when > 0
+
+
+def new_model(spec: PolicySpec) -> Bandit:
+    """A fresh bandit of the campaign's policy (every arm at its prior: uniform choice)."""
+    params: dict[str, Any] = dict(spec.params)
+    if spec.kind == "thompson":
+        return BetaThompson(seed=SEED, drift_delta=DRIFT_DELTA, **params)
+    if spec.kind == "epsilon_greedy":
+        return EpsilonGreedy(seed=SEED, drift_delta=DRIFT_DELTA, **params)
+    raise ValueError(f"{spec.kind!r} is not a learning policy")
+
+
+def restore_model(spec: PolicySpec, blob: bytes | None) -> Bandit:
+    """The model from its published bytes, or a fresh one when there are none, they are of
+    another policy (the campaign's policy changed) or they cannot be read."""
+    if blob:
+        cls: Any = BetaThompson if spec.kind == "thompson" else EpsilonGreedy
+        try:
+            model = cls.restore(blob)
+        except (ValueError, KeyError, TypeError):
+            return new_model(spec)
+        if model.get_params() == new_model(spec).get_params():
+            return model  # type: ignore[no-any-return]
+    return new_model(spec)
+
+
+def decision_key(campaign_id: str, random_part: str) -> str:
+    """What seeds a decision's draws: the campaign and the random part of its decision id."""
+    return f"{campaign_id}.{random_part}"
+
+
+def pick(campaign: Campaign, model: Bandit, visitor_id: str, random_part: str) -> Pick:
+    """The control group by hash, else the model's draw among the campaign's variants."""
+    control = campaign.control_percent / 100.0
+    arms = [v.id for v in campaign.variants]
+    probs = model.probabilities(arms)
+    shown = {a: (1.0 - control) * p for a, p in probs.items()}
+    if control > 0:
+        shown["control"] = control
+    if bucket(campaign.id, visitor_id) < control:
+        return Pick(None, True, control, shown)
+    arm = model.choose(arms, decision_key(campaign.id, random_part))[0]
+    return Pick(arm, False, max(shown[arm], 1e-12), shown)
