@@ -190,6 +190,14 @@ class BulkConsumer:
             await self.worker.revoked({self.mark(tp) for tp in tps if tp.topic in self.base})
 
     async def assigned(self, tps: set[TopicPartition]) -> None:
+        # The batch in flight finishes first, as on revocation: it was planned with the owner
+        # epochs held before this claim, so were it to commit after the claim it would be
+        # refused as stale and its partitions paused although this worker holds them now
+        # (seen: a partition left paused until the next rebalance, its lag never back to 0).
+        async with self._lock:
+            await self._assigned(tps)
+
+    async def _assigned(self, tps: set[TopicPartition]) -> None:
         assert self.consumer is not None
         tps = {tp for tp in tps if tp.topic in self.base}
         if not tps:

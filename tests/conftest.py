@@ -19,6 +19,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -316,6 +317,19 @@ def cluster_stack(make_stack: Callable[..., Stack], redis_cluster: EmbeddedRedis
 def any_stack(request: pytest.FixtureRequest) -> Stack:
     """The shared stack on a single Valkey, then on a Redis Cluster."""
     return request.getfixturevalue("stack" if request.param == "single" else "cluster_stack")
+
+
+def wait_for(fn: Callable[[], Any], timeout: float = 30.0, what: str = "condition",
+             every: float = 0.1) -> Any:
+    """Poll `fn` until it returns something true (returned), else fail after `timeout` s."""
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        last = fn()
+        if last:
+            return last
+        time.sleep(every)
+    raise AssertionError(f"{what} not reached in {timeout}s; last: {last!r}")
 
 
 def uid(prefix: str = "v") -> str:

@@ -13,7 +13,7 @@ import pytest
 
 from engine.embedded import EmbeddedRedis, free_port
 from engine.settings import Settings
-from tests.conftest import Stack, uid
+from tests.conftest import Stack, uid, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -67,15 +67,6 @@ def ev(vid: str, n: int, etype: str = "item_view", **fields: Any) -> dict[str, A
     return {"event_id": f"{vid}-{n}", "type": etype, "visitor_id": vid, "ts": now_ms(), **fields}
 
 
-def wait_for(fn: Callable[[], Any], timeout: float = 30.0, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = fn()
-        if last:
-            return last
-        time.sleep(0.1)
-    raise AssertionError(f"{what} not reached in {timeout}s; last: {last!r}")
 
 
 def decide(stack: Stack, vid: str, zones: list[str], **body: Any) -> dict[str, Any]:

@@ -26,7 +26,7 @@ from engine.embedded import EmbeddedRedis, free_port, terminate
 from engine.logic import events as spec
 from engine.settings import Settings
 from models.affinity import MAX_TRAITS
-from tests.conftest import ROOT, Stack, uid
+from tests.conftest import ROOT, Stack, uid, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -50,15 +50,6 @@ def nested(depth: int) -> dict[str, Any]:
     return root
 
 
-def wait_for(fn: Callable[[], Any], timeout: float = 30.0, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = fn()
-        if last:
-            return last
-        time.sleep(0.1)
-    raise AssertionError(f"{what} not reached in {timeout}s; last: {last!r}")
 
 
 def rss_bytes(pid: int) -> int:

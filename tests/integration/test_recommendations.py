@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import Stack, uid
+from tests.conftest import Stack, uid, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -29,15 +29,6 @@ def recs(stack: Stack, **params) -> list[dict]:
     return r.json()["items"]
 
 
-def wait_for(check, timeout: float = 30.0):
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = check()
-        if last:
-            return last
-        time.sleep(0.2)
-    raise AssertionError(f"condition not met; last: {last}")
 
 
 def test_catalog_api_validates_and_round_trips(any_stack: Stack):

@@ -24,7 +24,7 @@ from models.affinity import Profile
 from streams.applier import Applier
 from streams.hooks import setup_hooks
 from streams.plan import plan
-from tests.conftest import Stack, uid
+from tests.conftest import Stack, uid, wait_for
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
@@ -39,15 +39,6 @@ def ev(vid: str, n: int, iid: str, **extra) -> dict:
             "item": {"id": iid, "categories": ["bounds/x"]}, "channel": "web", **extra}
 
 
-def wait_for(check, timeout: float = 30.0):
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = check()
-        if last:
-            return last
-        time.sleep(0.2)
-    raise AssertionError(f"condition not met; last: {last}")
 
 
 def applied_marker(stack: Stack) -> None:
