@@ -188,3 +188,36 @@ def plackett_luce_marginals(
 
     walk((), 1.0)
     return out
+
+
+class SeededRanking:
+    """`choose` and `decide` of a context-free policy that ranks the arms with a random source:
+    the ranking is seeded by the decision id (reproducible), the probabilities are the
+    policy's exact `slot_probabilities`. A subclass sets `kind` and implements `_rank`."""
+
+    kind: str
+    seed: int | None
+
+    def _rank(self, arms: list[ArmID], rng: random.Random) -> list[ArmID]:
+        raise NotImplementedError
+
+    def slot_probabilities(self, arm_ids: Sequence[ArmID], n_slots: int,
+                           context: Context | None = None, action_features: Any = None,
+                           slot_features: Any = None) -> list[dict[ArmID, float]]:
+        raise NotImplementedError
+
+    def choose(self, arm_ids: Sequence[ArmID], decision_id: str, context: Context | None = None,
+               n_slots: int = 1) -> list[ArmID]:
+        """The arms `decide` would show, without computing probabilities (cheap)."""
+        arms = check_arms(arm_ids, n_slots)
+        return self._rank(arms, decision_rng(int(self.seed or 0), decision_id))[:n_slots]
+
+    def decide(self, arm_ids: Sequence[ArmID], decision_id: str, context: Context | None = None,
+               n_slots: int = 1, action_features: Any = None, slot_features: Any = None
+               ) -> Decision:
+        """Rank the arms (seeded by the decision id) and show the first `n_slots`."""
+        arms = check_arms(arm_ids, n_slots)
+        ranked = self._rank(arms, decision_rng(int(self.seed or 0), decision_id))
+        probs = self.slot_probabilities(arms, n_slots)
+        slots = tuple(Slot(ranked[s], probs[s][ranked[s]], probs[s]) for s in range(n_slots))
+        return Decision(decision_id, slots, self.kind)

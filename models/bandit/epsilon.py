@@ -27,11 +27,9 @@ from river import stats
 from models.bandit.base import (
     ArmID,
     Context,
-    Decision,
-    Slot,
+    SeededRanking,
     check_arms,
     check_reward,
-    decision_rng,
 )
 from models.drift import Adwin
 from models.reco.base import pack, unpack
@@ -40,7 +38,7 @@ KIND = "bandit.epsilon_greedy"
 VERSION = 1
 
 
-class EpsilonGreedy(river_bandit.EpsilonGreedy):
+class EpsilonGreedy(SeededRanking, river_bandit.EpsilonGreedy):
     """Epsilon-greedy with logged probabilities.
 
     Parameters
@@ -54,6 +52,11 @@ class EpsilonGreedy(river_bandit.EpsilonGreedy):
     drift_delta
         ADWIN confidence for the per-arm drift reaction; None turns it off.
     """
+
+    kind = KIND
+
+    def _rank(self, arms: list[ArmID], rng: Any) -> list[ArmID]:
+        return self._ranking(arms, rng)
 
     def __init__(
         self,
@@ -164,36 +167,6 @@ class EpsilonGreedy(river_bandit.EpsilonGreedy):
             rng.shuffle(g)
             out.extend(g)
         return out
-
-    def choose(
-        self,
-        arm_ids: Sequence[ArmID],
-        decision_id: str,
-        context: Context | None = None,
-        n_slots: int = 1,
-    ) -> list[ArmID]:
-        """The arms `decide` would show, without computing probabilities (cheap)."""
-        arms = check_arms(arm_ids, n_slots)
-        return self._ranking(arms, decision_rng(int(self.seed or 0), decision_id))[:n_slots]
-
-    def decide(
-        self,
-        arm_ids: Sequence[ArmID],
-        decision_id: str,
-        context: Context | None = None,
-        n_slots: int = 1,
-        action_features: Any = None,
-        slot_features: Any = None,
-    ) -> Decision:
-        """Explore or exploit (seeded by the decision id) and show the first `n_slots` arms."""
-        arms = check_arms(arm_ids, n_slots)
-        ranked = self._ranking(arms, decision_rng(int(self.seed or 0), decision_id))
-        probs = self.slot_probabilities(arms, n_slots)
-        return Decision(
-            decision_id,
-            tuple(Slot(ranked[s], probs[s][ranked[s]], probs[s]) for s in range(n_slots)),
-            KIND,
-        )
 
     def pull(self, arm_ids: Sequence[ArmID], context: Context | None = None) -> ArmID:  # type: ignore[override]
         """river's verb: one decision from the policy's own random source."""

@@ -27,11 +27,9 @@ from river import proba
 from models.bandit.base import (
     ArmID,
     Context,
-    Decision,
-    Slot,
+    SeededRanking,
     check_arms,
     check_reward,
-    decision_rng,
 )
 from models.drift import Adwin
 from models.reco.base import pack, unpack
@@ -40,7 +38,7 @@ KIND = "bandit.thompson"
 VERSION = 1
 
 
-class BetaThompson(river_bandit.ThompsonSampling):
+class BetaThompson(SeededRanking, river_bandit.ThompsonSampling):
     """Beta-Bernoulli Thompson sampling over a campaign's arms.
 
     Parameters
@@ -54,6 +52,11 @@ class BetaThompson(river_bandit.ThompsonSampling):
     points_per_arm
         Integration grid size per arm (see `models.bandit.betamax`).
     """
+
+    kind = KIND
+
+    def _rank(self, arms: list[ArmID], rng: Any) -> list[ArmID]:
+        return self._draws(arms, rng)
 
     def __init__(
         self,
@@ -170,33 +173,6 @@ class BetaThompson(river_bandit.ThompsonSampling):
         scored = [(rng.betavariate(*self.posterior(a)), rng.random(), a) for a in arms]
         scored.sort(reverse=True)
         return [a for _, _, a in scored]
-
-    def choose(
-        self,
-        arm_ids: Sequence[ArmID],
-        decision_id: str,
-        context: Context | None = None,
-        n_slots: int = 1,
-    ) -> list[ArmID]:
-        """The arms `decide` would show, without computing probabilities (cheap)."""
-        arms = check_arms(arm_ids, n_slots)
-        return self._draws(arms, decision_rng(int(self.seed or 0), decision_id))[:n_slots]
-
-    def decide(
-        self,
-        arm_ids: Sequence[ArmID],
-        decision_id: str,
-        context: Context | None = None,
-        n_slots: int = 1,
-        action_features: Any = None,
-        slot_features: Any = None,
-    ) -> Decision:
-        """Draw every posterior once (seeded by the decision id) and show the top `n_slots`."""
-        arms = check_arms(arm_ids, n_slots)
-        ranked = self._draws(arms, decision_rng(int(self.seed or 0), decision_id))
-        probs = self.slot_probabilities(arms, n_slots)
-        slots = tuple(Slot(ranked[s], probs[s][ranked[s]], probs[s]) for s in range(n_slots))
-        return Decision(decision_id, slots, KIND)
 
     def pull(self, arm_ids: Sequence[ArmID], context: Context | None = None) -> ArmID:  # type: ignore[override]
         """river's verb: one Thompson draw from the policy's own random source."""
