@@ -132,6 +132,16 @@ class BulkConsumer:
         """Apply one batch (records of several partitions, in order per partition)."""
         assert self.consumer is not None
         async with self._lock:
+            # Records fetched before a rebalance that took their partition away (a batch
+            # topped up across a stall or a revocation) belong to the next owner, who reads
+            # them from the committed offset: applying them here would find no claim, and
+            # would mark offsets as pending for a partition this worker no longer holds.
+            held = self._held()
+            if any((r.topic, r.partition) not in held for r in records):
+                dropped = len(records)
+                records = [r for r in records if (r.topic, r.partition) in held]
+                log.info("dropped %d records of partitions revoked since they were fetched",
+                         dropped - len(records))
             while records:
                 try:
                     await self.worker.apply_records(records, self.base)
@@ -164,6 +174,13 @@ class BulkConsumer:
                 tp = _tp_of(r)
                 self._pending[tp] = r.offset + 1
                 self.positions[(tp.topic, tp.partition)] = r.offset + 1
+
+    def _held(self) -> set[tuple[str, int]]:
+        assert self.consumer is not None
+        try:
+            return {(tp.topic, tp.partition) for tp in self.consumer.assignment()}
+        except IllegalStateError:
+            return set()
 
     async def commit(self, only: set[TopicPartition] | None = None) -> None:
         if self.consumer is None or not self._pending:
