@@ -374,8 +374,9 @@ class BenchStack:
         try:
             found = list(r.scan_iter(match=keys.visitor_profiles(f"{prefix}-*"), count=10_000))
             total = 0
+            mget = getattr(r, "mget_nonatomic", r.mget)  # a cluster client reads slot by slot
             for i in range(0, len(found), 2000):
-                for blob in r.mget(found[i : i + 2000]):
+                for blob in mget(found[i : i + 2000]):
                     stored = decode(blob)
                     if stored.profile is not None:
                         total += stored.profile.event_count

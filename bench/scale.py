@@ -106,25 +106,6 @@ class ScaleStack(BenchStack):
         nodes = self.redis.nodes if self.cluster else [self.redis]
         return [n.proc.pid for n in nodes if n.proc is not None]
 
-    def count_profiles(self, prefix: str) -> tuple[int, int]:
-        if not self.cluster:
-            return super().count_profiles(prefix)
-        from engine.store import keys
-        from engine.store.profiles import decode
-
-        r = self.redis_client()
-        try:
-            found = list(r.scan_iter(match=keys.visitor_profiles(f"{prefix}-*"), count=10_000))
-            total = 0
-            for i in range(0, len(found), 2000):
-                for blob in r.mget_nonatomic(found[i : i + 2000]):
-                    stored = decode(blob)
-                    if stored.profile is not None:
-                        total += stored.profile.event_count
-            return len(found), total
-        finally:
-            r.close()
-
 
 # -- the group as the broker describes it ---------------------------------------------------
 async def _describe(bootstrap: str, group: str, topic: str) -> tuple[str, dict[str, list[int]]]:
