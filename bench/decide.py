@@ -18,7 +18,8 @@ Before the servers start, the cost of a learning policy (issue 12), in process: 
 one three-variant campaign (10 % holdout) with `policy: thompson`, `epsilon_greedy` and a fixed
 split, interleaved rounds of `--policy-decisions` visitors, µs of process CPU per decision
 (medians), the bandits with a model that learnt 3,000 rewards (its probabilities cached per
-version, as the API keeps its loaded version) and the first decision on a freshly loaded version.
+version, as the API keeps its loaded version) and the first decision on a freshly loaded version
+(with and without the probabilities computed at load, `policy.warm`, which the API's reload does).
 `--policy-only` prints that and stops (no servers).
 """
 
@@ -252,7 +253,7 @@ def policy_cost(n: int, rounds: int) -> dict[str, Any]:
     import tempfile
 
     from engine.logic.decisions.config import load_config
-    from engine.logic.decisions.policy import new_model, restore_model
+    from engine.logic.decisions.policy import new_model, restore_model, warm
     from engine.logic.decisions.select import select
 
     policies = {"fixed": "", "thompson": "policy: thompson", "epsilon_greedy": "policy: epsilon_greedy"}
@@ -274,7 +275,9 @@ def policy_cost(n: int, rounds: int) -> dict[str, Any]:
     tokens = [f"{i:010d}" for i in range(n)]
     now = int(time.time() * 1000)
     per: dict[str, list[float]] = {k: [] for k in [*policies, "thompson_new_version",
-                                                   "epsilon_greedy_new_version"]}
+                                                   "epsilon_greedy_new_version",
+                                                   "thompson_new_version_cold",
+                                                   "thompson_warm_per_version"]}
     shown = 0
 
     def run(name: str, model_of: Any) -> float:
@@ -294,11 +297,23 @@ def policy_cost(n: int, rounds: int) -> dict[str, Any]:
         for name in policies:
             per[name].append(run(name, lambda i, name=name: {"offer": models[name]}
                                  if name in models else None))
-        for name in ("thompson", "epsilon_greedy"):  # every decision on a just-restored version
-            spec = configs[name].campaigns["offer"].policy
+        for name in ("thompson", "epsilon_greedy"):  # every decision on a just-loaded version
+            campaign = configs[name].campaigns["offer"]
             blob = models[name].snapshot()
-            fresh = [restore_model(spec, blob) for _ in range(min(n, 300))]
+            fresh = [restore_model(campaign.policy, blob) for _ in range(min(n, 300))]
+            if name == "thompson":  # as restored, probabilities not computed yet
+                cold = [restore_model(campaign.policy, blob) for _ in range(len(fresh))]
+                per["thompson_new_version_cold"].append(_first_use(configs[name], cold, now))
+            t0 = time.process_time()  # what the API's reload task does per version
+            for m in fresh:
+                warm(campaign, m)
+            if name == "thompson":
+                per["thompson_warm_per_version"].append(
+                    1e6 * (time.process_time() - t0) / len(fresh))
             per[f"{name}_new_version"].append(_first_use(configs[name], fresh, now))
+    calls = (rounds + 1) * len(policies) * n
+    if shown != calls:  # one decision (a variant or the holdout) per call, else not comparable
+        raise SystemExit(f"policy cost: {shown} decisions for {calls} calls")
     out = {k: round(statistics.median(v), 1) for k, v in per.items()}
     out["thompson_minus_fixed"] = round(out["thompson"] - out["fixed"], 1)
     out["epsilon_greedy_minus_fixed"] = round(out["epsilon_greedy"] - out["fixed"], 1)
@@ -309,8 +324,8 @@ def policy_cost(n: int, rounds: int) -> dict[str, Any]:
 
 
 def _first_use(config: Any, fresh: list[Any], now: int) -> float:
-    """µs CPU of the first decision on each freshly restored model (its probabilities not yet
-    cached): what the first decision after a new version costs."""
+    """µs CPU of the first decision on each freshly loaded model: what the first decision after
+    a new version costs."""
     from engine.logic.decisions.select import select
 
     t0 = time.process_time()
@@ -325,9 +340,11 @@ def print_policy_cost(res: dict[str, Any]) -> None:
           f"{res['rounds']} interleaved rounds of {res['decisions_per_round']}; load {res['load']:.1f})")
     print(f"  fixed split {res['fixed']:.0f}, thompson {res['thompson']:.0f} "
           f"(+{res['thompson_minus_fixed']:.0f}), epsilon_greedy {res['epsilon_greedy']:.0f} "
-          f"(+{res['epsilon_greedy_minus_fixed']:.0f}); first decision on a new version: "
-          f"thompson {res['thompson_new_version']:.0f}, epsilon_greedy "
-          f"{res['epsilon_greedy_new_version']:.0f}")
+          f"(+{res['epsilon_greedy_minus_fixed']:.0f}); first decision on a new version as the "
+          f"API loads it: thompson {res['thompson_new_version']:.0f}, epsilon_greedy "
+          f"{res['epsilon_greedy_new_version']:.0f} (thompson's probabilities computed at load, "
+          f"off the request path: {res['thompson_warm_per_version']:.0f} per version; without "
+          f"that its first decision cost {res['thompson_new_version_cold']:.0f})")
 
 
 def main() -> None:

@@ -15,34 +15,9 @@ import pytest
 from playwright.sync_api import BrowserContext, Page
 
 from tests.conftest import Stack, uid, wait_for
+from tests.integration.test_learning import OFFER, Loop, browse_until_scored
 
 pytestmark = pytest.mark.e2e
-
-OFFER = """\
-id: offer
-name: Learnt offer
-status: active
-zones: [hero]
-control_percent: 10
-policy: thompson
-variants:
-  - id: a
-    template: {title: "Offer A"}
-  - id: b
-    template: {title: "Offer B"}
-"""
-
-
-def decide(stack: Stack) -> dict[str, Any]:
-    for _ in range(20):  # a loaded machine may miss the read deadline: `degraded`, retry
-        r = stack.http.post("/v1/decide", json={"visitor_id": uid(),
-                                                 "context": {"zones": ["hero"]}})
-        assert r.status_code == 200, r.text
-        body = r.json()
-        if not body.get("degraded"):
-            (d,) = body["decisions"]
-            return d  # type: ignore[no-any-return]
-    raise AssertionError(f"decide stayed degraded: {body}")
 
 
 def play(stack: Stack, n: int, clicked: str) -> dict[str, int]:
@@ -50,11 +25,12 @@ def play(stack: Stack, n: int, clicked: str) -> dict[str, int]:
     the clicks are sent every 5 decisions), the others are not."""
     shown = {"a": 0, "b": 0}
     clicks: list[dict[str, Any]] = []
+    loop = Loop(stack)
     for i in range(n):
         if len(clicks) >= 5 or (clicks and i % 5 == 0):
             assert stack.post(clicks).status_code == 200
             clicks = []
-        d = decide(stack)
+        d = loop.decide(uid())
         if d["control"]:
             continue
         shown[d["variant"]] += 1
@@ -159,16 +135,7 @@ def test_the_visitor_page_shows_the_propensity(context: BrowserContext, learning
                                                 artifacts: Path) -> None:
     stack = learning
     vid = uid()
-    now = int(time.time() * 1000)
-    events = [{"event_id": f"{vid}-{i}", "type": "item_view", "visitor_id": vid, "ts": now + i,
-               "item": {"id": f"i{i}", "price": 10}} for i in range(3)]
-    assert stack.post(events).status_code == 200
-
-    def scored() -> dict[str, Any] | None:
-        r = stack.profile(vid)
-        return r.json().get("propensity") if r.status_code == 200 else None
-
-    p = wait_for(scored, 45, "the propensity in the profile")
+    _, p = browse_until_scored(stack, vid, 45)
     problems: list[str] = []
     page = signed_in(context, stack, problems)
     page.fill("#v-id", vid)
