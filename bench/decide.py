@@ -13,6 +13,14 @@ the same JSON, one Redis pipeline round trip) under the same uvicorn settings, t
 
 Targets (issue 4): decide throughput >= 0.6 x floor; at half the floor's max rate, decide p99
 <= 2 x floor p99. The last line is one JSON object with every figure.
+
+Before the servers start, the cost of a learning policy (issue 12), in process: `select()` for
+one three-variant campaign (10 % holdout) with `policy: thompson`, `epsilon_greedy` and a fixed
+split, interleaved rounds of `--policy-decisions` visitors, µs of process CPU per decision
+(medians), the bandits with a model that learnt 3,000 rewards (its probabilities cached per
+version, as the API keeps its loaded version) and the first decision on a freshly loaded version
+(with and without the probabilities computed at load, `policy.warm`, which the API's reload does).
+`--policy-only` prints that and stops (no servers).
 """
 
 from __future__ import annotations
@@ -221,6 +229,124 @@ def summarise_profile(path: Path, top: int = 25) -> list[tuple[str, float]]:
     return [(f, c / max(total, 1)) for f, c in sorted(incl.items(), key=lambda x: -x[1])[:top]]
 
 
+POLICY_CAMPAIGN = """\
+id: offer
+name: Offer (policy benchmark)
+status: active
+zones: [hero]
+control_percent: 10
+{policy}
+variants:
+  - id: a
+    template: {{title: "Offer A for {{{{ top_category | default('you', true) }}}}"}}
+  - id: b
+    template: {{title: "Offer B"}}
+  - id: c
+    template: {{title: "Offer C"}}
+"""
+
+
+def policy_cost(n: int, rounds: int) -> dict[str, Any]:
+    """µs CPU per decision of `select()` with each policy (see the module docstring)."""
+    import random as _random
+    import statistics
+    import tempfile
+
+    from engine.logic.decisions.config import load_config
+    from engine.logic.decisions.policy import new_model, restore_model, warm
+    from engine.logic.decisions.select import select
+
+    policies = {"fixed": "", "thompson": "policy: thompson", "epsilon_greedy": "policy: epsilon_greedy"}
+    configs, models = {}, {}
+    rng = _random.Random(3)
+    for name, line in policies.items():
+        with tempfile.TemporaryDirectory() as d:
+            (Path(d) / "campaigns").mkdir()
+            (Path(d) / "campaigns" / "offer.yaml").write_text(POLICY_CAMPAIGN.format(policy=line))
+            configs[name] = load_config(Path(d))
+        c = configs[name].campaigns["offer"]
+        if c.learns:
+            m = new_model(c.policy)
+            for _ in range(3000):
+                arm = rng.choice("abc")
+                m.update(arm, 1.0 if rng.random() < {"a": 0.05, "b": 0.06, "c": 0.04}[arm] else 0.0)
+            models[name] = m
+    profiles = [{"profile_id": f"v:b{i}"} for i in range(n)]
+    tokens = [f"{i:010d}" for i in range(n)]
+    now = int(time.time() * 1000)
+    per: dict[str, list[float]] = {k: [] for k in [*policies, "thompson_new_version",
+                                                   "epsilon_greedy_new_version",
+                                                   "thompson_new_version_cold",
+                                                   "thompson_warm_per_version"]}
+    shown = 0
+
+    def run(name: str, model_of: Any) -> float:
+        nonlocal shown
+        config = configs[name]
+        it = iter(tokens)
+        t0 = time.process_time()
+        for i, prof in enumerate(profiles):
+            got = select(config, prof, {}, now, zones=["hero"], models=model_of(i),
+                         token=lambda: next(it))
+            shown += len(got)
+        return 1e6 * (time.process_time() - t0) / len(profiles)
+
+    for name in policies:  # warm up
+        run(name, lambda i, name=name: {"offer": models[name]} if name in models else None)
+    for _ in range(rounds):
+        for name in policies:
+            per[name].append(run(name, lambda i, name=name: {"offer": models[name]}
+                                 if name in models else None))
+        for name in ("thompson", "epsilon_greedy"):  # every decision on a just-loaded version
+            campaign = configs[name].campaigns["offer"]
+            blob = models[name].snapshot()
+            fresh = [restore_model(campaign.policy, blob) for _ in range(min(n, 300))]
+            if name == "thompson":  # as restored, probabilities not computed yet
+                cold = [restore_model(campaign.policy, blob) for _ in range(len(fresh))]
+                per["thompson_new_version_cold"].append(_first_use(configs[name], cold, now))
+            t0 = time.process_time()  # what the API's reload task does per version
+            for m in fresh:
+                warm(campaign, m)
+            if name == "thompson":
+                per["thompson_warm_per_version"].append(
+                    1e6 * (time.process_time() - t0) / len(fresh))
+            per[f"{name}_new_version"].append(_first_use(configs[name], fresh, now))
+    calls = (rounds + 1) * len(policies) * n
+    if shown != calls:  # one decision (a variant or the holdout) per call, else not comparable
+        raise SystemExit(f"policy cost: {shown} decisions for {calls} calls")
+    out = {k: round(statistics.median(v), 1) for k, v in per.items()}
+    out["thompson_minus_fixed"] = round(out["thompson"] - out["fixed"], 1)
+    out["epsilon_greedy_minus_fixed"] = round(out["epsilon_greedy"] - out["fixed"], 1)
+    out["decisions_per_round"] = n
+    out["rounds"] = rounds
+    out["load"] = loadavg()
+    return out
+
+
+def _first_use(config: Any, fresh: list[Any], now: int) -> float:
+    """µs CPU of the first decision on each freshly loaded model: what the first decision after
+    a new version costs."""
+    from engine.logic.decisions.select import select
+
+    t0 = time.process_time()
+    for i, m in enumerate(fresh):
+        select(config, {"profile_id": f"v:n{i}"}, {}, now, zones=["hero"], models={"offer": m},
+               token=lambda i=i: f"{i:010d}")
+    return 1e6 * (time.process_time() - t0) / len(fresh)
+
+
+def print_policy_cost(res: dict[str, Any]) -> None:
+    print(f"policy cost: select() for one 3-variant campaign, µs CPU per decision (medians of "
+          f"{res['rounds']} interleaved rounds of {res['decisions_per_round']}; load {res['load']:.1f})")
+    print(f"  fixed split {res['fixed']:.0f}, thompson {res['thompson']:.0f} "
+          f"(+{res['thompson_minus_fixed']:.0f}), epsilon_greedy {res['epsilon_greedy']:.0f} "
+          f"(+{res['epsilon_greedy_minus_fixed']:.0f}); first decision on a new version as the "
+          f"API loads it: thompson {res['thompson_new_version']:.0f}, epsilon_greedy "
+          f"{res['epsilon_greedy_new_version']:.0f} (thompson's probabilities computed at load, "
+          f"off the request path: {res['thompson_warm_per_version']:.0f} per version; without "
+          f"that its first decision cost {res['thompson_new_version_cold']:.0f})")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--profiles", type=int, default=100_000)
@@ -231,7 +357,17 @@ def main() -> None:
                     help="connections of the paced runs (enough that none waits for a free one)")
     ap.add_argument("--profile", action="store_true",
                     help="sample the API with py-spy during its max-rate run and print where the time goes")
+    ap.add_argument("--policy-decisions", type=int, default=3000,
+                    help="decisions per round of the policy cost (in process)")
+    ap.add_argument("--policy-rounds", type=int, default=5)
+    ap.add_argument("--policy-only", action="store_true",
+                    help="only the policy cost (in process, no servers)")
     a = ap.parse_args()
+    policy = policy_cost(a.policy_decisions, a.policy_rounds)
+    print_policy_cost(policy)
+    if a.policy_only:
+        json_line({"bench": "decide", "policy_us": policy})
+        return
     if shutil.which("wrk") is None:
         raise SystemExit("wrk is not installed (Debian: apt-get install -y wrk)")
     if note := busy_note():
@@ -328,7 +464,7 @@ def main() -> None:
     json_line({"bench": "decide", "profiles": a.profiles, **res, "throughput_ratio": round(ratio, 3),
                "p99_ratio_half_rate": round(p99_ratio, 3), "cpu_ratio": round(cpu_ratio, 3),
                "key_check": gate,
-               "key_check_share": round(share, 4), "busy": busy_note()})
+               "key_check_share": round(share, 4), "policy_us": policy, "busy": busy_note()})
 
 
 if __name__ == "__main__":

@@ -19,7 +19,14 @@ bench/memory.py samples them (read in place under /work/shared/data). Record sha
 Each scenario runs twice on fresh visitors: once clean (total CPU per event, `time.process_time`),
 once with the layers timed (`time.thread_time_ns` around each step and each hook call, the
 clock's own cost, calibrated at start, taken off each figure; the run's total still includes it); `--cprofile N` adds a cProfile run and prints its top N
-functions by own time. Last line: one JSON object.
+functions by own time.
+
+The learner's cost per event (`--learner`, on by default; `--learner-only` skips the worker
+runs and needs no Valkey): the same events, decoded as the learner decodes them, handed to
+`engine.logic.decisions.learning.OfferLearner.event` in batches of 500 (then `advance()`, as
+streams/learner.py does per fetch), with the purchase and exit propensity learners on
+(`SessionPropensity`) and off, in interleaved rounds on fresh learners; µs of process CPU per
+event, medians. Last line: one JSON object.
 """
 
 from __future__ import annotations
@@ -325,6 +332,51 @@ def scenario(st: BenchStack, source: str, per_record: int, n: int, visitors: int
     return out
 
 
+def learner_cost(by_visitor: dict[str, list[dict[str, Any]]], rounds: int) -> dict[str, Any]:
+    """µs CPU per event of the learner with the propensity learners on and off (see the module
+    docstring): the events in time order (each visitor's in its own order), the learner's clock
+    at the newest event seen, so sessions close by the 30-minute gap as they would live."""
+    import statistics
+    from datetime import UTC, datetime, timedelta
+
+    import msgspec
+
+    from engine.logic.decisions.learning import OfferLearner
+    from engine.logic.events import decode_events
+    from models.propensity.online import SessionPropensity
+
+    enc = msgspec.msgpack.Encoder()
+    flat = sorted((e for evs in by_visitor.values() for e in evs), key=lambda e: e["ts"])
+    blobs = [enc.encode([e]) for e in flat]  # one event per record, as most records hold
+    per: dict[str, list[float]] = {"on": [], "off": []}
+    scored = 0
+    for _ in range(rounds):
+        for mode in ("on", "off"):
+            now = [flat[0]["ts"]]
+            learner = OfferLearner(
+                lambda now=now: datetime.fromtimestamp(now[0] / 1000, UTC),
+                timedelta(minutes=30),
+                propensity=SessionPropensity() if mode == "on" else None)
+            gc.collect()
+            t0 = time.process_time()
+            for i, b in enumerate(blobs):
+                for rec in decode_events(b):
+                    learner.event(rec)
+                    now[0] = max(now[0], int(rec["ts"]))
+                if i % 500 == 499:
+                    learner.advance()
+                    if mode == "on":
+                        scored += len(learner.take_scores())
+            learner.advance()
+            per[mode].append(1e6 * (time.process_time() - t0) / len(blobs))
+    on, off = statistics.median(per["on"]), statistics.median(per["off"])
+    return {"events": len(blobs), "rounds": rounds, "us_per_event_propensity_on": round(on, 1),
+            "us_per_event_propensity_off": round(off, 1),
+            "us_per_event_propensity": round(on - off, 1),
+            "per_round": {k: [round(x, 1) for x in v] for k, v in per.items()},
+            "load": loadavg()}
+
+
 def print_layers(res: dict[str, Any]) -> None:
     lay = res.get("layers_us")
     if not lay:
@@ -364,6 +416,10 @@ def main() -> int:
     ap.add_argument("--cprofile", type=int, default=0, metavar="N",
                     help="also run under cProfile and print its top N functions")
     ap.add_argument("--no-layers", action="store_true", help="only the clean runs")
+    ap.add_argument("--learner", type=int, default=3, metavar="ROUNDS",
+                    help="rounds of the learner's cost per event, propensity on vs off (0: none)")
+    ap.add_argument("--learner-only", action="store_true",
+                    help="only the learner's cost (no Valkey, no worker runs)")
     a = ap.parse_args()
     from streams.app import GC_THRESHOLDS
 
@@ -373,9 +429,21 @@ def main() -> int:
     if note:
         say(note)
     results = []
+    learner: list[dict[str, Any]] = []
+    for src in a.source.split(",") if a.learner else ():
+        if src == "real" and not (REES46.exists() and TAOBAO.exists()):
+            continue
+        evs = (synthetic_events(a.events, a.visitors, 7, "ls") if src == "synthetic"
+               else real_events(a.events, 10, 7, "lr"))
+        say(f"learner, {src} events: propensity on vs off, {a.learner} rounds…")
+        learner.append({"source": src, **learner_cost(evs, a.learner)})
+        say(f"learner, {src}: {learner[-1]['us_per_event_propensity_on']} µs CPU/event with the "
+            f"propensity learners, {learner[-1]['us_per_event_propensity_off']} without "
+            f"(load {loadavg():.1f})")
     with BenchStack("stream-profile") as st:
-        st.start_redis(appendonly=False)
-        for src in a.source.split(","):
+        if not a.learner_only:
+            st.start_redis(appendonly=False)
+        for src in a.source.split(",") if not a.learner_only else ():
             if src == "real" and not (REES46.exists() and TAOBAO.exists()):
                 say("the REES46/Taobao files are missing: skipping the real source")
                 continue
@@ -392,6 +460,14 @@ def main() -> int:
         print(f"{r['source']:>10} {r['per_record']:>10} {c['us_per_event']:>9.0f} "
               f"{TARGETS.get(r['per_record'], 0):>7} {c['applied'] / c['wall_s']:>9.0f} "
               f"{sum(c['gc_us_per_event']):>11.1f}")
+    if learner:
+        print(f"\nlearner (OfferLearner.event in process, 1-event records, batches of 500): "
+              f"µs CPU per event, medians of {a.learner} interleaved rounds")
+        print(f"{'source':>10} {'events':>7} {'propensity on':>13} {'off':>6} {'difference':>10} {'load':>5}")
+        for x in learner:
+            print(f"{x['source']:>10} {x['events']:>7} {x['us_per_event_propensity_on']:>13.0f} "
+                  f"{x['us_per_event_propensity_off']:>6.1f} {x['us_per_event_propensity']:>10.0f} "
+                  f"{x['load']:>5.1f}")
     for r in results:
         print(f"\n{r['source']}, {r['per_record']}-event records:")
         print_layers(r)
@@ -400,7 +476,7 @@ def main() -> int:
     if note:
         print(f"note: {note}")
     json_line({"bench": "stream_profile", "loadavg_before": load_before, "loadavg_after": loadavg(),
-               "targets_us": TARGETS,
+               "targets_us": TARGETS, "learner": learner,
                "scenarios": [{k: v for k, v in r.items() if k != "cprofile_top"} for r in results]})
     return 0
 

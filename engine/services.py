@@ -186,7 +186,8 @@ async def running(settings: Settings, redis_url: str, bootstrap: str,
         campaigns = Campaigns(hub, decide_reader)
         trending = Trending(reco_reader)
         feed = DashboardFeed(live, trending, campaigns, hub, decide_reader,
-                             max_listeners=s.sse_max_listeners)
+                             max_listeners=s.sse_max_listeners,
+                             learning=ModelStore(client, s.group_id))
         feed.start()
         stack.push_async_callback(_quietly, feed.close)
         recommender = Recommender(profile_store, reco_reader,

@@ -230,7 +230,8 @@ class Learner:
             stats = {**learner.counters,
                      **{f"drift:{k}": v for k, v in learner.drift_detections.items()}}
             versions = await store.commit(self.token, models, rows, blob, stats,
-                                          self.s.learning_log_max)
+                                          self.s.learning_log_max,
+                                          int(self.wall().timestamp() * 1000))
         except BaseException:
             learner.changed.update(models)  # publish them next time
             for cid, r in rows.items():

@@ -4,7 +4,9 @@
 (Server-Sent Events) receives: traffic from `LiveStats`, segment sizes (one HGETALL), and,
 while at least one dashboard listens, trending and campaign stats, asked of the same flows
 the endpoints use. Each snapshot is serialised once, whatever the number of listeners.
-`SegmentRates` and `ArmHistory` (engine.logic.livestats) are the pure parts.
+and, from the learner (`ModelStore`), its newest drift events. `SegmentRates` and `ArmHistory`
+(engine.logic.livestats) and `describe_drift` (engine.logic.decisions.monitor) are the pure
+parts.
 """
 
 from __future__ import annotations
@@ -21,9 +23,11 @@ import orjson
 from engine.confighub import ConfigHub
 from engine.flows.campaigns import Campaigns, StatsUnavailable, UnknownCampaign
 from engine.flows.stats import LiveStats, Trending
+from engine.logic.decisions.monitor import describe_drift
 from engine.logic.livestats import ArmHistory, SegmentRates
 from engine.logic.trending import HALF_LIVES
 from engine.store.decide_read import DecideReader
+from engine.store.learning import ModelStore
 
 log = logging.getLogger("kairos.stats")
 
@@ -31,6 +35,7 @@ TRENDING_DIMS = ("category", "brand", "item")
 FULL_WINDOW_S = 300  # the traffic series a dashboard gets when it connects
 TAIL_S = 5  # then only the last seconds (late writers revise them) each second
 RATE_WINDOW_S = 10  # rates and latencies shown as "now"
+DRIFT_SHOWN = 20  # the newest drift events in every snapshot
 
 
 def sse(data: Any, event: str = "snapshot") -> bytes:
@@ -42,12 +47,15 @@ class DashboardFeed:
     """The one snapshot per second per process that every open dashboard stream receives."""
 
     def __init__(self, live: LiveStats, trending: Trending, campaigns: Campaigns, hub: ConfigHub,
-                 reader: DecideReader, max_listeners: int = 100) -> None:
+                 reader: DecideReader, max_listeners: int = 100,
+                 learning: ModelStore | None = None) -> None:
         self.live = live
         self.trending_flow = trending
         self.campaigns_flow = campaigns
         self.hub = hub
         self.reader = reader
+        self.learning = learning
+        self.drift: list[dict[str, Any]] | None = None
         self.segments = SegmentRates()
         self.history = ArmHistory()
         self.listeners = 0  # admitted streams (`admit` / `release`)
@@ -94,9 +102,18 @@ class DashboardFeed:
             if stats is not None:
                 self.history.observe(now, c.id, stats.get("arms", []))
             rows.append({"id": c.id, "name": c.name or c.id, "status": c.status,
-                         "zones": list(c.zones), "stats": stats})
+                         "zones": list(c.zones), "policy": c.policy.kind, "stats": stats})
         self.history.forget_except({r["id"] for r in rows})
         self.campaigns = rows
+
+    async def refresh_drift(self) -> None:
+        """The learner's newest drift events, described (newest first)."""
+        if self.learning is None:
+            return
+        config = self.hub.decisions
+        policies = {c.id: c.policy.kind for c in config.campaigns.values()} if config else {}
+        events = await self.learning.drift_events(DRIFT_SHOWN)
+        self.drift = [describe_drift(e, policies) for e in reversed(events)]
 
     def build(self, now: float, full: bool) -> dict[str, Any]:
         rates = self.live.snapshot(RATE_WINDOW_S, now)
@@ -112,6 +129,7 @@ class DashboardFeed:
             "trending": self.trending,
             "segments": self.segment_rows(now),
             "campaigns": self.campaigns,
+            "drift": self.drift,
             "campaign_history": {c["id"]: self.history.series(c["id"], None if full else 1)
                                  for c in self.campaigns or []},
         }
@@ -123,11 +141,14 @@ class DashboardFeed:
         return self._full[1]
 
     async def refresh_listened(self, now: float) -> None:
-        """What only dashboards need: trending and campaigns (skipped while nobody listens)."""
+        """What only dashboards need: trending, campaigns and drift events (skipped while
+        nobody listens)."""
         with contextlib.suppress(Exception):
             await asyncio.wait_for(self.refresh_trending(), 0.8)
         with contextlib.suppress(Exception):
             await asyncio.wait_for(self.refresh_campaigns(now), 0.8)
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self.refresh_drift(), 0.5)
         self._primed = True
 
     async def tick(self, now: float) -> None:

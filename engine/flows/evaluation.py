@@ -15,6 +15,7 @@ from engine.confighub import ConfigHub
 from engine.flows.campaigns import UnknownCampaign
 from engine.flows.models import PublishedModels
 from engine.logic.decisions.evaluation import candidates_for, evaluate_log
+from engine.logic.decisions.monitor import traffic_over_time
 from engine.store.learning import ModelStore
 
 MAX_ROWS = 20_000
@@ -47,6 +48,7 @@ class Evaluations:
         cands = candidates_for(arms, weights, bandit, rows)
         doc = await asyncio.to_thread(evaluate_log, rows, arms, campaign.control_percent / 100.0,
                                       cands, min(max(n_bootstrap, 10), MAX_BOOTSTRAP), seed)
+        doc["traffic_over_time"] = traffic_over_time(rows, arms)
         doc["campaign"] = campaign_id
         doc["policy"] = campaign.policy.kind
         doc["model_version"] = self.models.version(campaign_id)

@@ -2,7 +2,8 @@
 
 A background task re-reads the version of every published model every `model_reload_s` (one
 small hash), fetches the bytes of the ones that changed and swaps in a new mapping campaign ->
-bandit (one reference swap). It rebuilds the mapping too when the campaign configuration
+bandit (one reference swap), each model's probabilities computed before the swap
+(`policy.warm`), so no decision integrates them. It rebuilds the mapping too when the campaign configuration
 changes (a new learning campaign starts from its prior; a changed policy from a fresh model).
 The decision path only reads `current()`: it never waits for Redis or for a model.
 """
@@ -16,7 +17,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from engine.confighub import ConfigHub
-from engine.logic.decisions.policy import Bandit, restore_model
+from engine.logic.decisions.policy import Bandit, restore_model, warm
 from engine.logic.rank import RANK_MODEL
 from engine.store.learning import ModelStore
 
@@ -74,7 +75,7 @@ class PublishedModels:
         if config is not None:
             for cid, c in config.campaigns.items():
                 if c.learns:
-                    models[cid] = restore_model(c.policy, self._blobs.get(cid))
+                    models[cid] = warm(c, restore_model(c.policy, self._blobs.get(cid)))
         self._models = models
         if self._rank_factory is not None and (RANK_MODEL in changed or self._rank is None):
             self._rank = self._rank_factory(self._blobs.get(RANK_MODEL))

@@ -256,6 +256,12 @@ def learner_stats(group_id: str) -> str:
     return f"{_learning(group_id)}:stats"
 
 
+def drift_events(group_id: str) -> str:
+    """List: the learner's drift detections as events, JSON `{at, model, detections}` each,
+    oldest first, capped (written by lua/learner_commit.lua when a drift counter rises)."""
+    return f"{_learning(group_id)}:drift"
+
+
 def propensity(visitor_id: str) -> str:
     """String with a TTL: a visitor's latest purchase and exit propensity (msgpack
     `{purchase, exit, at}`), written by the learner; the visitor's own hash tag."""

@@ -11,10 +11,12 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import msgspec
+import orjson
 
 from engine.store import keys, script
 
@@ -50,17 +52,21 @@ class LearnerStore:
 
     async def commit(self, token: str, models: Mapping[str, bytes],
                      rows: Mapping[str, Sequence[Mapping[str, Any]]], snapshot: bytes | None,
-                     stats: Mapping[str, int], log_max: int) -> dict[str, int]:
+                     stats: Mapping[str, int], log_max: int, now_ms: int = 0,
+                     drift_keep: int = 200) -> dict[str, int]:
         """Publish, log and (with `snapshot`) snapshot at once; the new version of each
-        published model. Raises `LeaseLost` when the lease is no longer ours."""
+        published model. A `drift:<model>` stat that passes its highest committed value adds
+        one drift event stamped `now_ms` (the newest `drift_keep` kept). Raises `LeaseLost`
+        when the lease is no longer ours."""
         names = sorted(models)
         logs = sorted(n for n in rows if rows[n])
         k = [keys.learner_lease(self.group), keys.model_versions(self.group),
-             keys.learner_snapshot(self.group), keys.learner_stats(self.group)]
+             keys.learner_snapshot(self.group), keys.learner_stats(self.group),
+             keys.drift_events(self.group)]
         k += [keys.model(self.group, n) for n in names]
         k += [keys.learning_log(self.group, n) for n in logs]
         args: list[Any] = [token, len(names), len(logs), "1" if snapshot is not None else "0",
-                           snapshot or b"", log_max, len(stats)]
+                           snapshot or b"", log_max, len(stats), now_ms, drift_keep]
         for name, value in sorted(stats.items()):
             args += [name, value]
         for n in names:
@@ -100,6 +106,15 @@ class ModelStore:
         """The newest `last` joined rows of a model's log, oldest first."""
         raw = await self.r.lrange(keys.learning_log(self.group, name), -last, -1)
         return [_dec.decode(x) for x in raw]
+
+    async def drift_events(self, last: int = 50) -> list[dict[str, Any]]:
+        """The newest `last` drift events ({at, model, detections}), oldest first."""
+        raw = await self.r.lrange(keys.drift_events(self.group), -last, -1)
+        out = []
+        for x in raw:
+            with contextlib.suppress(ValueError):
+                out.append(orjson.loads(x))
+        return out
 
     async def learner_stats(self) -> dict[str, int]:
         raw = await self.r.hgetall(keys.learner_stats(self.group))

@@ -1,12 +1,16 @@
 // The live analyst dashboard: a client of the public JSON API only.
 //   /v1/stats/stream    Server-Sent Events, one snapshot a second (traffic, trending, segments, campaigns)
 //   /v1/profiles/{id}   the selected visitor, read once a second while selected
+//   /v1/campaigns/{id}/evaluation   the picked learning campaign's off-policy evaluation,
+//                       read every 30 s while the page is visible (its bootstrap costs CPU)
 import './style.css';
 import { LineChart, PALETTE, clock } from './charts.js';
 import { rate, pct, ms, ago, score, perMin, compact, interval, signedPct, DASH } from './format.js';
+import { evaluationRows, evaluationNote, shareSeries, driftText, propensityMeter } from './learning.js';
 
 const WINDOW_S = 300;
 const MAX_SERIES = 7;
+const EVAL_EVERY_MS = 30_000;
 const $ = (id) => document.getElementById(id);
 
 function h(tag, attrs = {}, ...kids) {
@@ -44,6 +48,7 @@ const charts = {
   channel: new LineChart($('c-channel'), { yFormat: compact }),
   ingest: new LineChart($('c-ingest'), { yFormat: compact }),
   conv: new LineChart($('c-conv'), { yFormat: (v) => pct(v), minMax: 0.01 }),
+  share: new LineChart($('c-share'), { yFormat: (v) => pct(v, 0), minMax: 1 }),
 };
 
 function topKeys(rows, field) {
@@ -209,6 +214,100 @@ function drawConversion() {
     : [{ name: 'conversion', values: pts.map(() => null) }]);
 }
 
+// -- learning: off-policy evaluation, the arms' share of decisions, drift ------------------------------
+const evaluation = { id: null, timer: null, seq: 0 };
+
+function drawLearnPick(camps) {
+  const learning = (camps || []).filter((c) => c.policy && c.policy !== 'fixed');
+  const pick = $('learn-pick');
+  const ids = learning.map((c) => c.id);
+  if (pick.dataset.ids !== ids.join(',')) {
+    pick.dataset.ids = ids.join(',');
+    pick.replaceChildren(...learning.map((c) => h('option', { value: c.id }, `${c.name} (${c.policy})`)));
+    pick.value = ids.includes(evaluation.id) ? evaluation.id : ids[0] || '';
+  }
+  pick.hidden = !ids.length;
+  watchEvaluation(ids.includes(pick.value) ? pick.value : null, camps ? ids.length : null);
+}
+
+function watchEvaluation(id, nLearning) {
+  if (id === evaluation.id) return;
+  evaluation.id = id;
+  evaluation.seq += 1;
+  clearInterval(evaluation.timer);
+  $('learn-body').hidden = !id;
+  if (!id) {
+    $('eval-note').textContent = nLearning == null ? 'no data yet'
+      : 'no campaign with a policy: set `policy: thompson` (or epsilon_greedy) in a campaign to evaluate it';
+    return;
+  }
+  $('eval-note').textContent = 'evaluating…';
+  $('eval-rows').replaceChildren();
+  loadEvaluation();
+  evaluation.timer = setInterval(() => {
+    if (!document.hidden) loadEvaluation();
+  }, EVAL_EVERY_MS);
+}
+
+async function loadEvaluation() {
+  const id = evaluation.id;
+  const seq = evaluation.seq;
+  if (!id) return;
+  try {
+    const r = await fetch(`/v1/campaigns/${encodeURIComponent(id)}/evaluation?bootstrap=200`, { cache: 'no-store' });
+    if (seq !== evaluation.seq) return;
+    if (!r.ok) {
+      let why = `HTTP ${r.status}`;
+      try {
+        why = (await r.json()).error || why;
+      } catch { /* not JSON */ }
+      if (seq === evaluation.seq) $('eval-note').textContent = `cannot evaluate: ${why}`;
+      return;
+    }
+    const doc = await r.json();
+    if (seq === evaluation.seq) drawEvaluation(doc);
+  } catch (err) {
+    if (seq === evaluation.seq) $('eval-note').textContent = `cannot read the evaluation (${err.message}); retrying`;
+  }
+}
+
+function cell(e) {
+  return h('td', { class: 'n' }, e.value, e.ci ? h('small', { class: 'muted ci' }, e.ci) : null);
+}
+
+function drawEvaluation(doc) {
+  $('learn-body').dataset.rows = String(doc.rows || 0);
+  $('eval-note').textContent = evaluationNote(doc);
+  const rows = evaluationRows(doc);
+  $('eval-rows').replaceChildren(...(rows.length ? rows.map((r) => h('tr', { 'data-policy': r.name },
+    h('td', { title: r.distribution ? Object.entries(r.distribution).map(([a, p]) => `${a} ${pct(p)}`).join(', ') : 'the logged probabilities' }, r.label),
+    cell(r.ips), cell(r.snips), cell(r.dr),
+    h('td', { class: 'n' }, r.ess, r.essShare ? h('small', { class: 'muted ci' }, `${r.essShare} of rows`) : null),
+    h('td', {}, r.verdict ? h('span', { class: `pill ${r.verdict.cls}`, title: r.verdict.title }, r.verdict.text) : h('span', { class: 'muted' }, 'baseline'))))
+    : [h('tr', {}, h('td', { colspan: 6, class: 'empty' }, 'nothing logged yet'))]));
+  const { xs, series } = shareSeries(doc.traffic_over_time, doc.arms);
+  $('c-share').parentElement.classList.toggle('nodata', xs.length < 1);
+  const w = doc.traffic_over_time && doc.traffic_over_time.width_ms;
+  $('share-note').textContent = xs.length ? `share of the logged decisions (the holdout excluded) per ${ms(w)}, by decision time`
+    : 'no logged decisions yet';
+  charts.share.set(xs, series.length ? series.map((x, i) => ({ ...x, color: PALETTE[i % 8] })) : [{ name: 'share', values: xs.map(() => null) }]);
+}
+
+function drawDrift(s) {
+  const list = $('drift-list');
+  const evs = s.drift;
+  if (!evs || !evs.length) {
+    list.replaceChildren(h('li', { class: 'empty' }, evs ? 'no drift detected' : 'no data'));
+    return;
+  }
+  list.replaceChildren(...evs.map((e) => {
+    const t = driftText(e);
+    return h('li', { 'data-model': e.model },
+      h('time', { datetime: ok(e.at) ? new Date(e.at).toISOString() : null, title: ok(e.at) ? ago(e.at, s.now) : null }, ok(e.at) ? time(e.at) : DASH),
+      h('div', {}, h('span', { class: 'pill warn' }, 'drift'), ' ', t.what, t.reaction ? h('small', { class: 'muted' }, ` → ${t.reaction}`) : null));
+  }));
+}
+
 // -- the stream ------------------------------------------------------------------------------------
 function setStatus(st, text) {
   const el = $('status');
@@ -226,6 +325,8 @@ function onSnapshot(s) {
   drawTrending(s);
   drawSegments(s);
   drawCampaigns(s);
+  drawLearnPick(s.campaigns);
+  drawDrift(s);
   setStatus('live', `live · ${clock(s.now / 1000, true)}`);
 }
 
@@ -251,6 +352,7 @@ function connect() {
 // -- one visitor -----------------------------------------------------------------------------------
 
 const time = (ts) => clock(ts / 1000, true);
+const ok = (x) => typeof x === 'number' && Number.isFinite(x);
 
 function chips(list, empty = DASH) {
   return list && list.length ? h('div', { class: 'chips' }, list.map((x) => h('span', { class: 'pill' }, x))) : empty;
@@ -270,6 +372,18 @@ function drawVisitor(p) {
     field('Purchased', p.purchased && p.purchased.length ? `${p.purchased.length} item${p.purchased.length === 1 ? '' : 's'}` : 'nothing'),
     field('Linked visitors', chips(p.linked_visitors, 'none')),
   );
+  // purchase and exit propensity, learnt per event (null until the learner scored the visitor)
+  const prop = p.propensity;
+  const meter = (label, v, hint, kind) => {
+    const m = propensityMeter(v);
+    return h('div', { class: `meter ${kind} ${m.cls}`, id: `v-prop-${kind}`, title: hint },
+      h('span', {}, label), h('b', {}, m.text), h('div', { class: 'bar' }, h('i', { style: `width:${m.width}%` })));
+  };
+  $('v-prop').replaceChildren(...(prop ? [
+    meter('Purchase propensity', prop.purchase, 'calibrated probability that this session ends in a purchase', 'purchase'),
+    meter('Exit propensity', prop.exit, 'calibrated probability that this event is the last of the session', 'exit'),
+    h('small', { class: 'muted' }, `scored at their event of ${ok(prop.at) ? time(prop.at) : DASH} (${ago(prop.at, now)})`),
+  ] : [h('span', { class: 'empty' }, 'propensity: not scored yet (the learner scores every event; off with propensity: false)')]));
   // affinities: one bar chart per dimension, each bar split by the event types that made it
   const dims = Object.entries(p.affinities || {});
   const types = new Set();
@@ -364,6 +478,9 @@ for (const b of document.querySelectorAll('.seg button')) {
 $('camp-pick').addEventListener('change', (e) => {
   state.campaign = e.target.value;
   drawConversion();
+});
+$('learn-pick').addEventListener('change', (e) => {
+  watchEvaluation(e.target.value || null, 1);
 });
 $('v-form').addEventListener('submit', (e) => {
   e.preventDefault();

@@ -117,6 +117,22 @@ class Loop:
             (1.0, 1.0 + self.shown["a"]), (1.0 + self.shown["b"], 1.0))
 
 
+def browse_until_scored(stack: Stack, vid: str, timeout: float = 60.0
+                        ) -> tuple[int, dict[str, Any]]:
+    """Three item views of `vid`, then the propensity the learner wrote for them, as the
+    profile API shows it; (the first view's time, the propensity)."""
+    now = int(time.time() * 1000)
+    events = [{"event_id": f"{vid}-{i}", "type": "item_view", "visitor_id": vid, "ts": now + i,
+               "item": {"id": f"i{i}", "price": 10}} for i in range(3)]
+    assert stack.post(events).status_code == 200
+
+    def scored() -> dict[str, Any] | None:
+        r = stack.profile(vid)
+        return r.json().get("propensity") if r.status_code == 200 else None
+
+    return now, wait_for(scored, timeout, "the propensity in the profile")
+
+
 @pytest.fixture(scope="module")
 def learning_stack(make_stack: Callable[..., Stack], tmp_path_factory: pytest.TempPathFactory
                    ) -> Stack:
@@ -225,16 +241,7 @@ def test_propensity_learnt_per_event_in_the_profile_and_the_rules(learning_stack
         return r.json()["decisions"]  # type: ignore[no-any-return]
 
     assert exit_offer() == []  # no score yet: a rule on a propensity is false
-    now = int(time.time() * 1000)
-    events = [{"event_id": f"{vid}-{i}", "type": "item_view", "visitor_id": vid, "ts": now + i,
-               "item": {"id": f"i{i}", "price": 10}} for i in range(3)]
-    assert stack.post(events).status_code == 200
-
-    def scored() -> dict[str, Any] | None:
-        r = stack.profile(vid)
-        return r.json().get("propensity") if r.status_code == 200 else None
-
-    p = wait_for(scored, what="the propensity in the profile")
+    now, p = browse_until_scored(stack, vid)
     assert 0 <= p["purchase"] <= 1 and 0 <= p["exit"] <= 1 and p["at"] == now + 2
     (d,) = wait_for(exit_offer, timeout=10, what="the campaign targeting exit_probability")
     assert d["campaign"] == "exit_offer"

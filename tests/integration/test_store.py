@@ -254,3 +254,35 @@ async def test_a_batch_of_many_profiles_commits_in_one_go(client):
     for i in (0, 999, 1999):
         found = await ap.store.find(f"many-{tag}-{i}")
         assert found is not None and found[1].profile.event_count == 1
+
+
+async def test_the_learner_commit_turns_a_rising_drift_counter_into_one_event(client):
+    from engine.store.learning import LearnerStore, ModelStore
+
+    group = f"g-{uuid.uuid4().hex[:8]}"
+    store, read = LearnerStore(client, group), ModelStore(client, group)
+    assert await store.hold("me", 5000)
+    stats = {"decisions": 3, "drift:hero:a": 0, "drift:propensity:exit": 0}
+    await store.commit("me", {}, {}, None, stats, 100, now_ms=T0)
+    assert await read.drift_events() == []  # counters at 0: no event, but /metrics shows them
+    assert (await read.learner_stats())["drift:hero:a"] == 0
+    await store.commit("me", {}, {}, None, {**stats, "drift:hero:a": 1}, 100, now_ms=T0 + 1)
+    await store.commit("me", {}, {}, None, {**stats, "drift:hero:a": 1}, 100, now_ms=T0 + 2)
+    assert await read.drift_events() == [{"at": T0 + 1, "model": "hero:a", "detections": 1}]
+    # a learner restarted from an older snapshot counts from 0 again: the same detection adds
+    # no event and the counter in /metrics does not go back
+    await store.commit("me", {}, {}, None, stats, 100, now_ms=T0 + 3)
+    await store.commit("me", {}, {}, None, {**stats, "drift:hero:a": 1}, 100, now_ms=T0 + 4)
+    assert len(await read.drift_events()) == 1
+    assert (await read.learner_stats())["drift:hero:a"] == 1
+    for i in range(3):  # capped to the newest `drift_keep`
+        await store.commit("me", {}, {}, None, {**stats, "drift:propensity:exit": i + 1}, 100,
+                           now_ms=T0 + 10 + i, drift_keep=2)
+    got = await read.drift_events()
+    assert [(e["model"], e["detections"], e["at"]) for e in got] == [
+        ("propensity:exit", 2, T0 + 11), ("propensity:exit", 3, T0 + 12)]
+    assert await read.drift_events(last=1) == got[-1:]
+    # fenced: a learner without the lease writes nothing
+    with pytest.raises(Exception, match="lease"):
+        await store.commit("other", {}, {}, None, {**stats, "drift:hero:b": 5}, 100, now_ms=T0)
+    assert len(await read.drift_events()) == 2

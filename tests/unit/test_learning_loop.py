@@ -264,3 +264,15 @@ def test_a_change_in_an_arms_reward_rate_is_detected_and_the_arm_forgets(tmp_pat
                                   {"hero": 3}).decode()
     assert 'kairos_learner_drift_detections_total{model="hero:a"}' in lines
     assert 'kairos_model_version{model="hero"} 3' in lines
+
+
+def test_warm_computes_the_probabilities_a_decision_asks_for(tmp_path: Path) -> None:
+    from engine.logic.decisions.policy import warm
+
+    c = config_with(tmp_path, "policy: thompson").campaigns["hero"]
+    model = restore_model(c.policy, new_model(c.policy).snapshot())
+    assert warm(c, model) is model
+    assert len(model._cache) == 1  # what `pick` asks next is a cache hit: no integration
+    before = dict(model._cache)
+    p = pick(c, model, "v1", "r1")
+    assert model._cache == before and abs(sum(p.probabilities.values()) - 1) < 1e-9
