@@ -573,7 +573,7 @@ def _render(
                 # An item's block is the same in every mail of a partner that shows it in
                 # this slot (unless the brand's item source reads the contact): render once.
                 key = None if version._item_reads_contact else (
-                    version.version, mode, first_slot + slot, repr(sorted(item.items())), repr(sorted(base["partner"].items())))
+                    version.version, mode, first_slot + slot, repr(sorted(item.items())), repr(sorted(_strings(partner).items())))
                 part = _ITEM_PARTS.get(key) if key is not None else None
                 if part is None:
                     part = tpl.render({**base, "item": item, "kairos_link": first_slot + slot})[mode]
