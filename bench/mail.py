@@ -2,7 +2,7 @@
 recommendations and hands them to the local SMTP outbox, and how soon an e-mail click shows
 in the contact's affinities.
 
-    python bench/mail.py [--contacts 2000] [--clicks 60]
+    python bench/mail.py [--contacts 2000] [--clicks 60] [--profile]
 
 1. Valkey, Kafka, PostgreSQL, the API, a stream worker, the local outbox (aiosmtpd) and a
    mailer on 127.0.0.1. A catalog of 300 items with https URLs; each contact is linked to a
@@ -15,8 +15,11 @@ in the contact's affinities.
 4. Round trip: clicks on a recommended item's tracked link (as a browser would), each timed
    until the item's category shows in the contact's profile (the stream applied the event).
 
-Prints figures and ends with one JSON line. Measured under the machine's current load
-(`uptime` is printed beside it).
+Prints figures and ends with one JSON line, with the CPU time per message of the mailer
+process and of the outbox (from /proc: the figure to compare on a shared machine). Measured
+under the machine's current load (printed beside it). `--profile` runs the mailer and the
+outbox under cProfile with a CPU-time clock (bench/_cpuprof.py) and prints where their CPU
+went (the top functions by own time and by cumulative time).
 """
 
 from __future__ import annotations
@@ -54,8 +57,9 @@ async def db(url: str, fn: Any) -> Any:
         await cp.close()
 
 
-def baseline(st: BenchStack, outbox_url: str, n: int) -> float:
-    """Messages/s of compose + SMTP hand-over alone (one connection, no DB, no look-ups)."""
+def baseline(st: BenchStack, outbox_url: str, n: int) -> tuple[float, float]:
+    """Messages/s of compose + SMTP hand-over alone (one connection, no DB, no look-ups), and
+    this process's µs of CPU per message."""
     from datetime import UTC, datetime
 
     from engine.logic.dm.config import load_dm
@@ -68,16 +72,16 @@ def baseline(st: BenchStack, outbox_url: str, n: int) -> float:
               "image_url": None, "price": 10.0, "currency": "GBP", "categories": ["tv.oled"], "brand": "x"}
              for i in range(3)]
 
-    async def go() -> float:
+    async def go() -> tuple[float, float]:
         async with SmtpSender(Relay.from_url(outbox_url)) as sender:
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             for i in range(n):
                 env, _ = compose_mail(tv, {}, send_id=f"baseline{i:08d}", to=Recipient(f"b{i}@example.com", "B"),
                                       partner=Partner("Bench store", "store@example.com"), urls=urls,
                                       verp_key=b"v" * 32, now=datetime.now(UTC), items=items)
                 d = await sender.send(env)
                 assert d.outcome == "sent", d
-            return n / (time.perf_counter() - t0)
+            return n / (time.perf_counter() - t0), (time.process_time() - c0) / n * 1e6
 
     return asyncio.run(go())
 
@@ -86,6 +90,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--contacts", type=int, default=2000)
     ap.add_argument("--clicks", type=int, default=60)
+    ap.add_argument("--profile", action="store_true", help="run the mailer and the outbox under cProfile")
     args = ap.parse_args()
     import httpx
 
@@ -100,8 +105,12 @@ def main() -> None:
                      dm_partner_rate=1e6, dm_global_rate=1e6, dm_bot_click_delay_s=0.0, dm_senders=8,
                      dm_sweep_s=0.5)
         st.ensure_topics()
-        st.spawn("outbox", [sys.executable, "-m", "engine.mail.outbox", "--dir", str(mail_dir),
-                            "--port", str(outbox_port)])
+        def run(name: str, module: str) -> list[str]:
+            if args.profile:  # CPU-time cProfile (bench/_cpuprof.py)
+                return [sys.executable, str(Path(__file__).parent / "_cpuprof.py"), str(st.dir / f"{name}.prof"), module]
+            return [sys.executable, "-m", module]
+
+        st.spawn("outbox", [*run("outbox", "engine.mail.outbox"), "--dir", str(mail_dir), "--port", str(outbox_port)])
         st.start_api()
         st.start_worker()
         http = httpx.Client(base_url=st.base_url, timeout=30, headers=st.headers)
@@ -135,7 +144,8 @@ def main() -> None:
             time.sleep(0.5)
 
         say("baseline: compose + SMTP hand-over in this process…")
-        base_rate = baseline(st, f"smtp://127.0.0.1:{outbox_port}?starttls=off", min(n, 1000))
+        outbox_cpu0 = st.cpu("outbox")
+        base_rate, base_cpu = baseline(st, f"smtp://127.0.0.1:{outbox_port}?starttls=off", min(n, 1000))
 
         ids = [c["id"] for c in partner.get("/v1/dm/contacts", params={"limit": 500}).json()["contacts"]]
         offset = 500
@@ -158,8 +168,14 @@ def main() -> None:
             return int(row[0]), int(row[1])
 
         say("starting the mailer…")
-        st.spawn("mailer", [sys.executable, "-m", "engine.cli", "mailer", "--loglevel", "warning"], st._env())
+        base_outbox_cpu = (st.cpu("outbox") - outbox_cpu0) / min(n, 1000) * 1e6
+        st.spawn("mailer", [*run("mailer", "engine.cli"), "mailer", "--loglevel", "warning"], st._env())
         time.sleep(3.0)  # let it join its consumer groups before the clock starts
+        idle0 = st.cpu("mailer")
+        time.sleep(2.0)
+        idle_ms_s = (st.cpu("mailer") - idle0) / 2.0 * 1000  # its fixed cost: sweeps, consumers' polls
+        mailer_cpu0, outbox_cpu0 = st.cpu("mailer"), st.cpu("outbox")
+        load_before = loadavg()
         t0 = time.perf_counter()
         assert partner.post(f"/v1/dm/campaigns/{cid}/send").status_code == 200
         first_at = None
@@ -173,6 +189,9 @@ def main() -> None:
             assert time.perf_counter() - t0 < 600, f"only {sent}/{n} sent in 10 minutes"
             time.sleep(0.2)
         elapsed = time.perf_counter() - t0
+        mailer_cpu = (st.cpu("mailer") - mailer_cpu0) / n * 1e6
+        outbox_cpu = (st.cpu("outbox") - outbox_cpu0) / n * 1e6
+        load_during = loadavg()
         rate = n / elapsed
         steady = (n - 1) / (time.perf_counter() - first_at) if first_at else rate
         say(f"mailer: {n} messages in {elapsed:.1f}s = {rate:.0f}/s ({with_reco} with recommendations)")
@@ -209,17 +228,46 @@ def main() -> None:
                 time.sleep(0.01)
         p50, p99 = quantile(trips, 0.5) * 1000, quantile(trips, 0.99) * 1000
         load = loadavg()
-        print(f"load average {load:.1f}{' (' + busy_note() + ')' if busy_note() else ''}")
-        print(f"baseline compose + SMTP hand-over, one connection: {base_rate:.0f} messages/s")
+        if args.profile:
+            for name in ("mailer", "outbox"):
+                st.stop_proc(name)  # SIGTERM: a clean exit, so cProfile writes its file
+                report(name, st.dir / f"{name}.prof")
+        print(f"load average {load:.1f}{' (' + busy_note() + ')' if busy_note() else ''}; "
+              f"{load_before:.1f} when the send began, {load_during:.1f} when it ended")
+        print(f"baseline compose + SMTP hand-over, one connection: {base_rate:.0f} messages/s, "
+              f"{base_cpu:.0f} µs CPU/message in the sender, {base_outbox_cpu:.0f} in the outbox")
         print(f"kairos mailer, claim -> recommendations -> render -> SMTP -> mark sent: {rate:.0f} messages/s "
               f"over {n} ({steady:.0f}/s after the first), {with_reco} of {n} with per-recipient recommendations "
               f"(target >= 200/s); ratio to the baseline {rate / base_rate:.2f}")
+        print(f"CPU per message: mailer {mailer_cpu:.0f} µs, outbox {outbox_cpu:.0f} µs; the mailer idle: "
+              f"{idle_ms_s:.0f} ms CPU/s ({idle_ms_s * 1000 / max(rate, 1e-9):.0f} µs of each message at this rate)"
+              f"{' (under cProfile: inflated)' if args.profile else ''}")
         print(f"e-mail click -> affinity visible: p50 {p50:.0f} ms, p99 {p99:.0f} ms over {len(trips)} clicks")
         json_line({"bench": "mail", "messages": n, "messages_per_s": round(rate, 1),
                    "steady_messages_per_s": round(steady, 1), "with_recommendations": with_reco,
                    "baseline_messages_per_s": round(base_rate, 1), "ratio_vs_baseline": round(rate / base_rate, 3),
+                   "cpu_us_per_message": {"mailer": round(mailer_cpu), "outbox": round(outbox_cpu),
+                                          "baseline_sender": round(base_cpu), "baseline_outbox": round(base_outbox_cpu),
+                                          "mailer_idle_ms_per_s": round(idle_ms_s, 1)},
                    "click_to_affinity_ms": {"p50": round(p50, 1), "p99": round(p99, 1), "n": len(trips)},
-                   "load": round(load, 2), "target_messages_per_s": 200})
+                   "load": round(load, 2), "load_send": [round(load_before, 2), round(load_during, 2)],
+                   "profiled": args.profile, "target_messages_per_s": 200})
+
+
+def report(name: str, path: Path, top: int = 22) -> None:
+    """The functions that took the most own time and the most cumulative time in a profile."""
+    import io
+    import pstats
+
+    if not path.exists():
+        say(f"no profile of the {name} was written")
+        return
+    for order in ("tottime", "cumulative"):
+        buf = io.StringIO()
+        pstats.Stats(str(path), stream=buf).strip_dirs().sort_stats(order).print_stats(top)
+        body = buf.getvalue()
+        print(f"--- {name}: top {top} by {order} ---")
+        print(body[body.find("   ncalls"):].rstrip())
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
+import orjson
 from sqlalchemy import and_, case, delete, func, insert, literal, or_, select, text, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -26,6 +27,19 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from engine.db import schema as t
 from engine.logic.access import make_id
 from engine.logic.dm.sending import new_send_id
+
+# every finished send of a batch in one compare-and-set (the rows as one JSON parameter)
+_FINISH_MANY = text("""
+UPDATE dm_sends AS s SET
+  state = v.state, updated_at = v.at, last_code = v.code, last_reply = v.reply,
+  claimed_by = NULL, claim_until = NULL,
+  sent_at = CASE WHEN v.state = 'sent' THEN v.at ELSE s.sent_at END,
+  links = COALESCE(v.links, s.links), next_at = COALESCE(v.next_at, s.next_at),
+  attempts = COALESCE(v.attempts, s.attempts)
+FROM jsonb_to_recordset(CAST(:rows AS jsonb)) AS v(id text, state text, at timestamptz, code int,
+                                                    reply text, links jsonb, next_at timestamptz, attempts int)
+WHERE s.id = v.id AND s.state = 'claimed' AND s.claimed_by = :worker
+RETURNING s.id""")
 
 MAX_LIST = 500
 
@@ -449,15 +463,16 @@ class DmStore:
                                                                  s.c.contact_id))).all()
         return _ds(got)
 
-    async def due_sends(self, now: datetime, *, limit: int = 1000, queued_older_than: timedelta = timedelta(0)
+    async def due_sends(self, now: datetime, *, limit: int = 1000, queued_older_than: timedelta | None = timedelta(0)
                         ) -> list[dict[str, Any]]:
         """Sends the mailer should take: retries that are due, queued ones whose record may
-        have been lost (older than `queued_older_than`), and claims whose lease ran out."""
+        have been lost (older than `queued_older_than`; None: not those), and claims whose
+        lease ran out."""
         s = t.dm_sends
-        q = (select(s.c.id, s.c.partner_id).where(or_(
-            and_(s.c.state == "retry", s.c.next_at <= now),
-            and_(s.c.state == "queued", s.c.created_at <= now - queued_older_than),
-            and_(s.c.state == "claimed", s.c.claim_until < now)))
+        due = [and_(s.c.state == "retry", s.c.next_at <= now), and_(s.c.state == "claimed", s.c.claim_until < now)]
+        if queued_older_than is not None:
+            due.append(and_(s.c.state == "queued", s.c.created_at <= now - queued_older_than))
+        q = (select(s.c.id, s.c.partner_id).where(or_(*due))
             .order_by(s.c.next_at).limit(limit))
         async with self.engine.connect() as c:
             return _ds((await c.execute(q)).all())
@@ -499,21 +514,25 @@ class DmStore:
                      code: int | None = None, reply: str = "", links: Sequence[Mapping[str, Any]] | None = None,
                      next_at: datetime | None = None, attempts: int | None = None) -> bool:
         """Compare-and-set from claimed-by-`worker` to the outcome (False: the claim was lost)."""
-        s = t.dm_sends
-        values: dict[str, Any] = {"state": state, "updated_at": now, "last_code": code,
-                                  "last_reply": reply[:500], "claimed_by": None, "claim_until": None}
-        if state == "sent":
-            values["sent_at"] = now
-        if links is not None:
-            values["links"] = list(links)
-        if next_at is not None:
-            values["next_at"] = next_at
-        if attempts is not None:
-            values["attempts"] = attempts
+        done = await self.finish_many(worker, [{"id": send_id, "state": state, "at": now, "code": code,
+                                                "reply": reply, "links": links, "next_at": next_at,
+                                                "attempts": attempts}])
+        return send_id in done
+
+    async def finish_many(self, worker: str, outcomes: Sequence[Mapping[str, Any]]) -> set[str]:
+        """`finish` for many sends in one statement: each outcome is ``{"id", "state", "at",
+        "code", "reply", "links", "next_at", "attempts"}`` (None: keep the column). Returns the
+        ids whose claim was still `worker`'s (those were finished)."""
+        if not outcomes:
+            return set()
+        rows = [{"id": o["id"], "state": o["state"], "at": o["at"].isoformat(), "code": o.get("code"),
+                 "reply": (o.get("reply") or "")[:500],
+                 "links": list(o["links"]) if o.get("links") is not None else None,
+                 "next_at": o["next_at"].isoformat() if o.get("next_at") is not None else None,
+                 "attempts": o.get("attempts")} for o in outcomes]
         async with self.engine.begin() as c:
-            res = await c.execute(update(s).where(and_(s.c.id == send_id, s.c.state == "claimed",
-                                                       s.c.claimed_by == worker)).values(**values))
-        return bool(res.rowcount)
+            res = await c.execute(_FINISH_MANY, {"rows": orjson.dumps(rows).decode(), "worker": worker})
+            return set(res.scalars().all())
 
     async def send(self, send_id: str) -> dict[str, Any] | None:
         """One send by id (tracking: the token names it, and was checked)."""

@@ -12,7 +12,8 @@ keeps (streams/hooks/cf.py); a visitor the model has not learnt yet gets no `cf`
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from engine.logic.candidates import (
@@ -53,6 +54,25 @@ class Recommender:
     async def recommend(self, recipe: Recipe, visitor_id: str | None, item_id: str | None,
                         category: str | None, n: int, now_ms: int) -> list[dict[str, Any]]:
         found = await self.profiles.find(visitor_id) if visitor_id else None
+        if item_id and not category:
+            page = (await self.cached.get_many([item_id], now_ms / 1000.0)).get(item_id)
+            category = page_category(page)
+        ask = self._ask(recipe, found, item_id, category, n, now_ms)
+        # round trip 1: neighbour and trending tables, the neighbours' popularity, CF vector
+        tables = await self.reader.tables(**ask.tables)
+        return (await self._answers(recipe, [ask], [tables], now_ms))[0]
+
+    async def recommend_many(self, recipe: Recipe, visitor_ids: Sequence[str | None], n: int,
+                             now_ms: int) -> list[list[dict[str, Any]]]:
+        """`recommend` with no page item or category for many visitors at once (a mail
+        batch): their profiles in one pipeline, their tables in one, one catalog read."""
+        found = await self.profiles.find_many(list(visitor_ids))
+        asks = [self._ask(recipe, f, None, None, n, now_ms) for f in found]
+        tables = await self.reader.tables_many([a.tables for a in asks])
+        return await self._answers(recipe, asks, tables, now_ms)
+
+    def _ask(self, recipe: Recipe, found: Any, item_id: str | None, category: str | None, n: int,
+             now_ms: int) -> _Ask:
         profile = found[1].profile if found else None
         pid = found[0] if found else None
         visitor = visitor_state(profile, now_ms, self.cfg)
@@ -60,33 +80,57 @@ class Recommender:
         needed = set(recipe.needed())
         k = pool_size(n)
         seeds = seed_weights(item_id, recent)
-        if item_id and not category:
-            page = (await self.cached.get_many([item_id], now_ms / 1000.0)).get(item_id)
-            category = page_category(page)
         cat, aff_cats = categories_wanted(needed, category, visitor)
+        tables = dict(neighbours=needed, seeds=list(seeds), trending="trending" in needed,
+                      categories=category_tables(needed, cat, aff_cats), half_life=RECO_HALF_LIFE,
+                      factors=self.decay.read_factors(now_ms), rows_per_seed=NEIGHBOURS_PER_SEED, rows=k,
+                      cf_pid=pid if "cf" in needed else None)
+        return _Ask(visitor, recent, needed, k, seeds, cat, aff_cats, item_id, n, tables)
 
-        # round trip 1: neighbour and trending tables, the neighbours' popularity, CF vector
-        tables = await self.reader.tables(
-            neighbours=needed, seeds=list(seeds), trending="trending" in needed,
-            categories=category_tables(needed, cat, aff_cats), half_life=RECO_HALF_LIFE,
-            factors=self.decay.read_factors(now_ms), rows_per_seed=NEIGHBOURS_PER_SEED, rows=k,
-            cf_pid=pid if "cf" in needed else None)
-        cands = candidate_lists(needed, seeds, recent, cat, aff_cats, visitor, k,
-                                neighbours=tables.neighbours, trending=tables.trending,
-                                in_category=tables.in_category, popularity=tables.popularity)
-
-        # round trip 2: the catalog records of every candidate and seed, and beside it the CF
-        # vectors of the candidates (the model the visitor's partition keeps)
-        pool = list(dict.fromkeys(c.item_id for lst in cands.values() for c in lst))
-        wanted = list(dict.fromkeys([*seeds, *pool]))
-        catalog = self.cached.get_many(wanted, now_ms / 1000.0)
-        cf_user = tables.cf_user
-        if cf_user is not None and len(cf_user) > 2 and pool:
-            partition = int.from_bytes(cf_user[:2], "little")
-            records, vectors = await asyncio.gather(catalog, self.reader.cf_items(partition, pool))
-            cands["cf"] = cf_candidates(cf_user[2:], vectors)
+    async def _answers(self, recipe: Recipe, asks: Sequence[_Ask], tables: Sequence[Any],
+                       now_ms: int) -> list[list[dict[str, Any]]]:
+        """round trip 2: the catalog records of every candidate and seed, and beside it the CF
+        vectors of the candidates (the model the visitor's partition keeps); then the recipe."""
+        all_cands, wanted = [], []
+        cf_reads = []  # (ask index, partition, pool)
+        for i, (a, t) in enumerate(zip(asks, tables, strict=True)):
+            cands = candidate_lists(a.needed, a.seeds, a.recent, a.cat, a.aff_cats, a.visitor, a.k,
+                                    neighbours=t.neighbours, trending=t.trending,
+                                    in_category=t.in_category, popularity=t.popularity)
+            all_cands.append(cands)
+            pool = list(dict.fromkeys(c.item_id for lst in cands.values() for c in lst))
+            wanted += [*a.seeds, *pool]
+            if t.cf_user is not None and len(t.cf_user) > 2 and pool:
+                cf_reads.append((i, int.from_bytes(t.cf_user[:2], "little"), pool))
+        catalog = self.cached.get_many(list(dict.fromkeys(wanted)), now_ms / 1000.0)
+        if cf_reads:
+            records, *vectors = await asyncio.gather(
+                catalog, *(self.reader.cf_items(part, pool) for _, part, pool in cf_reads))
+            for (i, _, _), vecs in zip(cf_reads, vectors, strict=True):
+                cf_user = tables[i].cf_user
+                assert cf_user is not None
+                all_cands[i]["cf"] = cf_candidates(cf_user[2:], vecs)
         else:
             records = await catalog
-        context = {"item_id": item_id, "category": cat, "now_ms": now_ms}
-        recs = apply(recipe, cands, records.get, visitor, context, n)
-        return [answer_row(rec, records.get(rec.item_id)) for rec in recs]
+        out = []
+        for a, cands in zip(asks, all_cands, strict=True):
+            context = {"item_id": a.item_id, "category": a.cat, "now_ms": now_ms}
+            recs = apply(recipe, cands, records.get, a.visitor, context, a.n)
+            out.append([answer_row(rec, records.get(rec.item_id)) for rec in recs])
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class _Ask:
+    """One recommendation request before its reads: the visitor, seeds, categories, tables."""
+
+    visitor: dict[str, Any]
+    recent: list[str]
+    needed: set[str]
+    k: int
+    seeds: dict[str, float]
+    cat: Any
+    aff_cats: Any
+    item_id: str | None
+    n: int
+    tables: dict[str, Any]

@@ -1,7 +1,10 @@
 """The embedded local outbox and the bounce listener: real SMTP servers (aiosmtpd) on loopback.
 
-- :class:`Outbox` stores messages in a Maildir (stdlib ``mailbox``) and reads them back, a page
-  at a time, for the portal's Outbox page.
+- :class:`Outbox` stores messages in a Maildir and reads them back (stdlib ``mailbox``), a page
+  at a time, for the portal's Outbox page. It writes a batch at a time (`store_many`: every
+  file written, then each one fsync'd, then moved into ``new/``), and the handler gathers the
+  messages of all open connections into those batches (`engine.mail.batch.GroupCommit`), so the fsyncs
+  of concurrent senders share one journal commit and no thread hop is paid per message.
 - :class:`OutboxHandler` is the aiosmtpd handler that accepts every message into an Outbox.
   In test mode it answers chosen SMTP codes for chosen recipients, decided by the local part:
   ``smtp-550@x.test`` is refused at RCPT with 550, ``smtp-451-once@x.test`` gets 451 the first
@@ -16,6 +19,9 @@
 - :class:`BounceHandler` is the listener for bounces sent to VERP addresses: it accepts mail
   only for signed ``bounce+<send>.<mac>@`` addresses, parses DSNs (RFC 3464) and reports
   ``(send id, hard | soft)`` to a callback.
+- :class:`BulkDataSMTP` is aiosmtpd's server with the DATA phase read in bulk (the whole
+  message found by its ``CRLF.CRLF`` end and dot-unstuffed with two byte replacements) instead
+  of line by line in Python; the same answers for too-long lines and too-big messages.
 - :class:`SmtpServer` runs a handler in the current event loop; ``python -m
   engine.mail.outbox --dir var/mail --port 2525`` runs an outbox on its own (``kairos up``
   supervises it like the other servers).
@@ -30,7 +36,10 @@ import hashlib
 import inspect
 import logging
 import mailbox
+import os
 import re
+import socket
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -42,9 +51,10 @@ from pathlib import Path
 from typing import Any
 
 import aiosmtplib
-from aiosmtpd.smtp import SMTP, Envelope, Session
+from aiosmtpd.smtp import MISSING, SMTP, Envelope, Session
 
 from engine.logic.dm.sending import parse_dsn, parse_verp
+from engine.mail.batch import GroupCommit
 
 log = logging.getLogger("kairos.mail")
 
@@ -114,20 +124,75 @@ class Outbox:
             self._delivered = seen
         return (message_id, rcpt_to.lower()) in self._delivered
 
+    @property
+    def loaded(self) -> bool:
+        """Whether `delivered` answers from memory (the Maildir was read once)."""
+        return self._delivered is not None
+
+    def reserve(self, message_id: str, rcpt_to: str) -> bool:
+        """Mark (Message-ID, recipient) as stored before it is written (False: it was already),
+        so two concurrent deliveries of one message store it once; `release` undoes it."""
+        if self.delivered(message_id, rcpt_to):
+            return False
+        if message_id and self._delivered is not None:
+            self._delivered.add((message_id, _clean(rcpt_to).lower()))
+        return True
+
+    def release(self, message_id: str, rcpt_to: str) -> None:
+        if self._delivered is not None:
+            self._delivered.discard((message_id, _clean(rcpt_to).lower()))
+
     def store(self, data: bytes, *, mail_from: str, rcpt_to: str, received_at: datetime) -> str:
         """Store one message as delivered to ``rcpt_to``: the final MTA's trace headers
         (``Return-Path``, ``Delivered-To``, ``Received``) are put on top. Returns its key."""
-        trace = (
-            f"Return-Path: <{_clean(mail_from)}>\r\n"
-            f"Delivered-To: {_clean(rcpt_to)}\r\n"
-            f"Received: by kairos-outbox; {format_datetime(received_at)}\r\n"
-        ).encode("ascii", "replace")
-        key = self._box.add(trace + data)
+        return self.store_many([(data, mail_from, rcpt_to, received_at)])[0]
+
+    def store_many(self, messages: Sequence[tuple[bytes, str, str, datetime]]) -> list[str]:
+        """Store ``[(data, mail_from, rcpt_to, received_at), ...]``; their keys. Maildir
+        delivery done for a batch: each file written into ``tmp/``, then each fsync'd (after
+        the first, the journal commit is shared), then each renamed into ``new/``; raises
+        OSError when one cannot be written (none of the batch is then in ``new/``)."""
+        tmp: list[tuple[str, str]] = []
+        try:
+            for data, mail_from, rcpt_to, received_at in messages:
+                trace = (
+                    f"Return-Path: <{_clean(mail_from)}>\r\n"
+                    f"Delivered-To: {_clean(rcpt_to)}\r\n"
+                    f"Received: by kairos-outbox; {format_datetime(received_at)}\r\n"
+                ).encode("ascii", "replace")
+                key = self._new_key()
+                path = os.path.join(self.folder, "tmp", key)
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+                tmp.append((key, path))
+                try:
+                    os.write(fd, trace + data)
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+            keys = []
+            for key, path in tmp:
+                os.rename(path, os.path.join(self.folder, "new", key))
+                keys.append(key)
+            tmp = []
+        finally:
+            for _, path in tmp:  # a failed batch leaves nothing behind
+                with contextlib.suppress(OSError):
+                    os.unlink(path)
         if self._delivered is not None:
-            mid = _message_id_of(data)
-            if mid:
-                self._delivered.add((mid, _clean(rcpt_to).lower()))
-        return key
+            for data, _, rcpt_to, _ in messages:
+                mid = _message_id_of(data)
+                if mid:
+                    self._delivered.add((mid, _clean(rcpt_to).lower()))
+        return keys
+
+    _count = 0
+
+    def _new_key(self) -> str:
+        """A unique Maildir name, as the stdlib's: ``<sec>.M<usec>P<pid>Q<n>.<host>``."""
+        now = time.time()
+        Outbox._count += 1
+        host = socket.gethostname().replace("/", r"\057").replace(":", r"\072")
+        return f"{int(now)}.M{int(now % 1 * 1e6)}P{os.getpid()}Q{Outbox._count}.{host}"
 
     def __len__(self) -> int:
         return len(self._box)
@@ -352,6 +417,9 @@ class OutboxHandler:
         self._answered_once: set[str] = set()
         self._tasks: set[asyncio.Task[None]] = set()
         self.duplicates = 0  # messages dropped because their Message-ID was stored already
+        # the messages of every open connection are written together (see GroupCommit)
+        self.writer: GroupCommit[tuple[bytes, str, str, datetime], str] = GroupCommit(
+            lambda batch: asyncio.to_thread(outbox.store_many, batch))
 
     def _answer(self, address: str) -> ForcedAnswer | None:
         if not self.test_mode:
@@ -385,23 +453,26 @@ class OutboxHandler:
                 return answer.line
         now = self.clock()
         mail_from = envelope.mail_from or ""
-        stored: list[tuple[str, str]] = []
         mid = _message_id_of(data)
+        if mid and not self.outbox.loaded:
+            await asyncio.to_thread(self.outbox.delivered, mid, "")  # read the Maildir once
+        fresh: list[str] = []
         for rcpt in envelope.rcpt_tos:
             # A message whose Message-ID this recipient has already is the same message again
             # (a sender that retried after losing our answer): accepted, and not stored twice,
             # as mailbox providers collapse duplicate Message-IDs.
-            if mid and await asyncio.to_thread(self.outbox.delivered, mid, rcpt):
+            if mid and not self.outbox.reserve(mid, rcpt):
                 self.duplicates += 1
                 continue
-            try:
-                key = await asyncio.to_thread(
-                    self.outbox.store, data, mail_from=mail_from, rcpt_to=rcpt, received_at=now
-                )
-            except OSError as exc:  # our disk, not the recipient: the sender retries
-                log.error("outbox could not store a message: %s", exc)
-                return "451 4.3.0 the outbox could not store the message, try again later"
-            stored.append((rcpt, key))
+            fresh.append(rcpt)
+        try:
+            keys = await self.writer.submit([(data, mail_from, rcpt, now) for rcpt in fresh]) if fresh else []
+        except OSError as exc:  # our disk, not the recipient: the sender retries
+            for rcpt in fresh:
+                self.outbox.release(mid, rcpt)
+            log.error("outbox could not store a message: %s", exc)
+            return "451 4.3.0 the outbox could not store the message, try again later"
+        stored = list(zip(fresh, keys, strict=True))
         for rcpt, key in stored:
             if self.on_message is not None:
                 entry = self.outbox._entry(key)
@@ -495,6 +566,82 @@ class BounceHandler:
 # --- the server ---------------------------------------------------------------------------------
 
 
+_END = b"\r\n.\r\n"
+_LINE_LIMIT = 1001  # RFC 5321 4.5.3.1.6: 1000 octets with the CRLF (aiosmtpd's own limit)
+
+
+def unstuff(raw: bytes) -> bytes | None:
+    """The message in a DATA stream up to (not with) its ``.CRLF`` end line, dot-unstuffed
+    (RFC 5321 4.5.2); None when a line is longer than the limit."""
+    if len(raw) > _LINE_LIMIT and max(map(len, raw.split(b"\r\n"))) + 2 > _LINE_LIMIT:
+        return None
+    body = raw.replace(b"\r\n.", b"\r\n")
+    return body[1:] if body.startswith(b".") else body
+
+
+class BulkDataSMTP(SMTP):
+    """aiosmtpd's SMTP with the DATA phase read in bulk. aiosmtpd reads DATA one line at a
+    time (a `readuntil`, a log call and a few checks per line: ~250 of them for a promotional
+    mail); this reads what the socket has, finds the end of the data by ``CRLF.CRLF`` and
+    unstuffs the dots with byte replacements. The answers are aiosmtpd's: 503/501 before, 500
+    for a line over 1000 octets, 552 over the size limit (both after the data has been read),
+    then the handler's DATA hook. PIPELINING is not offered, so a client waits for our answer
+    after its ``.``; bytes it sent beyond the end anyway are given back to the reader."""
+
+    async def smtp_DATA(self, arg: str) -> None:
+        if await self.check_helo_needed():
+            return
+        if await self.check_auth_needed("DATA"):
+            return
+        assert self.envelope is not None
+        if not self.envelope.rcpt_tos:
+            await self.push("503 Error: need RCPT command")
+            return
+        if arg:
+            await self.push("501 Syntax: DATA")
+            return
+        await self.push("354 End data with <CR><LF>.<CR><LF>")
+        limit = self.data_size_limit
+        buf = bytearray(b"\r\n")  # the DATA line's own end: "." on the first line ends it too
+        too_much, searched = False, 0
+        while True:
+            try:
+                chunk = await self._reader.read(256 * 1024)
+            except asyncio.CancelledError:
+                log.info("Connection lost during DATA")
+                self._writer.close()
+                raise
+            if not chunk:  # the client went away
+                return
+            buf += chunk
+            end = buf.find(_END, max(0, searched - 4))
+            if end >= 0:
+                break
+            searched = len(buf)
+            if limit and len(buf) > limit + 2:
+                too_much = True
+                del buf[: len(buf) - 4]  # keep what could start the end marker
+                searched = 0
+        extra = bytes(buf[end + len(_END) :])
+        if extra:  # a client that pipelined past DATA anyway: its next command stays readable
+            self._reader._buffer[:0] = extra  # type: ignore[attr-defined]
+        if too_much or (limit and end > limit):
+            await self.push("552 Error: Too much mail data")
+            self._set_post_data_state()
+            return
+        content = unstuff(bytes(buf[2 : end + 2]))
+        if content is None:
+            await self.push("500 Line too long (see RFC5321 4.5.3.1.6)")
+            self._set_post_data_state()
+            return
+        self.envelope.original_content = content
+        self.envelope.content = (content.decode("utf-8", errors="surrogateescape")
+                                 if self._decode_data else content)  # fmt: skip
+        status = await self._call_handler_hook("DATA") if "DATA" in self._handle_hooks else MISSING
+        self._set_post_data_state()
+        await self.push("250 OK" if status is MISSING else status)
+
+
 class SmtpServer:
     """An aiosmtpd SMTP server for ``handler`` on ``host:port`` (0: a free port), in the
     running event loop."""
@@ -509,7 +656,7 @@ class SmtpServer:
         self._server: asyncio.base_events.Server | None = None
 
     def _protocol(self) -> SMTP:
-        return SMTP(self.handler, hostname=self.hostname, data_size_limit=self.data_size_limit,
+        return BulkDataSMTP(self.handler, hostname=self.hostname, data_size_limit=self.data_size_limit,
                     enable_SMTPUTF8=True, auth_require_tls=False, timeout=60,
                     auth_exclude_mechanism=["LOGIN", "PLAIN"])  # no AUTH offered  # fmt: skip
 

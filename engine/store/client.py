@@ -145,6 +145,41 @@ class Script:
 
         return list(await asyncio.gather(*(one(keys, args) for keys, args in calls)))
 
+    async def pipelined(self, calls: Sequence[tuple[Sequence[Any], Sequence[Any]]]) -> list[Any]:
+        """Many calls on one connection in one round trip (a single server; on a cluster,
+        `run_all`), their answers in order. A script error of one call is raised after every
+        answer was read; a server that lost the script gets it again and the calls once more."""
+        if self.cluster:
+            return await self.run_all(calls)
+        if not calls:
+            return []
+        packed = b"".join(hiredis.pack_command(("EVALSHA", self.sha, len(k), *k, *(_arg(a) for a in a_)))
+                          for k, a_ in calls)
+        for attempt in (0, 1):
+            pool = self.client.connection_pool
+            conn = await pool.get_connection()
+            out: list[Any] = []
+            errors: list[BaseException] = []
+            try:
+                await conn.send_packed_command(packed, check_health=False)
+                for _ in calls:
+                    try:
+                        out.append(await conn.read_response())
+                    except redis.exceptions.ResponseError as exc:  # parsed whole: read on
+                        out.append(None)
+                        errors.append(exc)
+            except BaseException:
+                await conn.disconnect()
+                raise
+            finally:
+                await pool.release(conn)
+            if not errors:
+                return out
+            if attempt or not any(isinstance(e, redis.exceptions.NoScriptError) for e in errors):
+                raise errors[0]
+            await self.client.script_load(self.text)
+        raise AssertionError("unreachable")  # pragma: no cover
+
     async def _packed(self, keys: Sequence[Any], args: Sequence[Any]) -> Any:
         pool = self.client.connection_pool
         cmd = ("EVALSHA", self.sha, len(keys), *keys, *(_arg(a) for a in args))

@@ -299,21 +299,43 @@ class ProfileStore:
     # -- the API's reads --------------------------------------------------------------------
     async def find(self, some_id: str) -> tuple[str, Stored] | None:
         """A profile by visitor id (following its alias) or by user id."""
+        return (await self.find_many([some_id]))[0]
+
+    async def find_many(self, ids: Sequence[str | None]) -> list[tuple[str, Stored] | None]:
+        """`find` for many ids (None: no one) in one pipeline, and one more for the aliases
+        found (a mail batch's recipients)."""
         pipe = self.r.pipeline(transaction=False)
-        pipe.get(keys.alias(some_id))
-        pipe.get(keys.profile(keys.visitor_pid(some_id)))
-        pipe.get(keys.profile(keys.user_pid(some_id)))
-        alias, vblob, ublob = await pipe.execute()
-        if alias:
-            pid = alias.decode()
-            blob = await self.r.get(keys.profile(pid))
-            if blob:
-                return pid, decode(blob)
-        if vblob:
-            return keys.visitor_pid(some_id), decode(vblob)
-        if ublob:
-            return keys.user_pid(some_id), decode(ublob)
-        return None
+        asked = [i for i in ids if i]
+        for some_id in asked:
+            pipe.get(keys.alias(some_id))
+            pipe.get(keys.profile(keys.visitor_pid(some_id)))
+            pipe.get(keys.profile(keys.user_pid(some_id)))
+        got = await pipe.execute() if asked else []
+        first = {some_id: got[3 * j : 3 * j + 3] for j, some_id in enumerate(asked)}
+        aliased = list(dict.fromkeys(a.decode() for a, _, _ in first.values() if a))
+        blobs: dict[str, Any] = {}
+        if len(aliased) == 1:
+            blobs[aliased[0]] = await self.r.get(keys.profile(aliased[0]))
+        elif aliased:
+            pipe = self.r.pipeline(transaction=False)
+            for pid in aliased:
+                pipe.get(keys.profile(pid))
+            blobs = dict(zip(aliased, await pipe.execute(), strict=True))
+        out: list[tuple[str, Stored] | None] = []
+        for some_id in ids:
+            if not some_id:
+                out.append(None)
+                continue
+            alias, vblob, ublob = first[some_id]
+            if alias and blobs.get(alias.decode()):
+                out.append((alias.decode(), decode(blobs[alias.decode()])))
+            elif vblob:
+                out.append((keys.visitor_pid(some_id), decode(vblob)))
+            elif ublob:
+                out.append((keys.user_pid(some_id), decode(ublob)))
+            else:
+                out.append(None)
+        return out
 
 
 def ops_of(writes: Iterable[Write]) -> list[Op]:

@@ -11,6 +11,7 @@ hooks (streams/hooks/reco.py, streams/hooks/cf.py).
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -41,6 +42,40 @@ def _rows(flat: Sequence[Any]) -> Rows:
     return [(flat[j].decode(), float(flat[j + 1])) for j in range(0, len(flat), 2)]
 
 
+def _wanted(*, neighbours: Sequence[str], seeds: Sequence[str], trending: bool, categories: Sequence[str],
+            half_life: str, factors: Sequence[tuple[int, float]], rows_per_seed: int, rows: int,
+            cf_pid: str | None) -> tuple[list[tuple[str, str, float, str]], int, dict[str, Any]]:
+    """The tables one request reads: ([(what, via, factor, key)], how many are neighbour
+    tables, the request)."""
+    wanted: list[tuple[str, str, float, str]] = []  # (what, via, factor, key)
+    for name, kind in NEIGHBOUR_KINDS:
+        if name in neighbours:
+            wanted += [(name, seed, 1.0, keys.neighbours(kind, seed)) for seed in seeds]
+    n_neigh = len(wanted)
+    for epoch, f in factors:
+        if trending:
+            wanted.append(("trending", "", f, keys.trending(half_life, "item", epoch)))
+        for c in categories:
+            wanted.append(("in_category", c, f, keys.trending_in_category(half_life, c, epoch)))
+    return wanted, n_neigh, {"rows_per_seed": rows_per_seed, "rows": rows, "cf_pid": cf_pid}
+
+
+def _tables(wanted: Sequence[tuple[str, str, float, str]], replies: Sequence[Any]) -> RecoTables:
+    out = RecoTables()
+    for (what, via, f, _), flat in zip(wanted, replies, strict=False):
+        pairs = _rows(flat)
+        if what in out.neighbours:
+            out.neighbours[what][via] = pairs
+        elif what == "trending":
+            out.trending.append((pairs, f))
+        else:
+            out.in_category.setdefault(via, []).append((pairs, f))
+    ids, counts = replies[len(wanted)], replies[len(wanted) + 1]
+    out.popularity = {i.decode(): float(c) for i, c in zip(ids, counts, strict=True) if c is not None}
+    out.cf_user = replies[len(wanted) + 2] or None
+    return out
+
+
 class RecoReader:
     def __init__(self, redis: Any, group_id: str) -> None:
         self.r = redis
@@ -57,41 +92,39 @@ class RecoReader:
         `neighbours`, each seed's table (`rows_per_seed` rows); the overall trending table when
         `trending` and each of `categories`' tables (`rows` rows; every epoch of `factors`);
         the popularity of the neighbours read; `cf_pid`'s CF vector when given."""
-        wanted: list[tuple[str, str, float, str]] = []  # (what, via, factor, key)
-        for name, kind in NEIGHBOUR_KINDS:
-            if name in neighbours:
-                wanted += [(name, seed, 1.0, keys.neighbours(kind, seed)) for seed in seeds]
-        n_neigh = len(wanted)
-        for epoch, f in factors:
-            if trending:
-                wanted.append(("trending", "", f, keys.trending(half_life, "item", epoch)))
-            for c in categories:
-                wanted.append(("in_category", c, f,
-                               keys.trending_in_category(half_life, c, epoch)))
-        out = RecoTables()
-        if not wanted and cf_pid is None:
-            return out
-        if self.cluster:
-            replies = await self._cluster_read(wanted, n_neigh, rows_per_seed, rows, cf_pid)
-        else:
+        return (await self.tables_many([dict(
+            neighbours=neighbours, seeds=seeds, trending=trending, categories=categories,
+            half_life=half_life, factors=factors, rows_per_seed=rows_per_seed, rows=rows, cf_pid=cf_pid)]))[0]
+
+    async def tables_many(self, requests: Sequence[dict[str, Any]]) -> list[RecoTables]:
+        """`tables` for many requests (each a dict of its keyword arguments) in one round trip:
+        the script calls on one pipeline (a mail batch's recipients). On a cluster, each
+        request's two pipelines, concurrently."""
+        plans = [_wanted(**r) for r in requests]
+        replies: list[Any] = [None] * len(plans)
+        calls = []  # (plan index, keys, args)
+        for i, (wanted, n_neigh, req) in enumerate(plans):
+            if not wanted and req["cf_pid"] is None:
+                continue
+            if self.cluster:
+                calls.append((i, [], []))
+                continue
             rkeys = [t[3] for t in wanted] + self._popularity
-            if cf_pid is not None:
-                rkeys.append(keys.cf_visitor(cf_pid))
-            replies = await self._read(rkeys, [n_neigh, rows_per_seed, rows, len(wanted),
-                                               keys.SHARDS])
-        for (what, via, f, _), flat in zip(wanted, replies, strict=False):
-            pairs = _rows(flat)
-            if what in out.neighbours:
-                out.neighbours[what][via] = pairs
-            elif what == "trending":
-                out.trending.append((pairs, f))
-            else:
-                out.in_category.setdefault(via, []).append((pairs, f))
-        ids, counts = replies[len(wanted)], replies[len(wanted) + 1]
-        out.popularity = {i.decode(): float(c) for i, c in zip(ids, counts, strict=True)
-                          if c is not None}
-        out.cf_user = replies[len(wanted) + 2] or None
-        return out
+            if req["cf_pid"] is not None:
+                rkeys.append(keys.cf_visitor(req["cf_pid"]))
+            calls.append((i, rkeys, [n_neigh, req["rows_per_seed"], req["rows"], len(wanted), keys.SHARDS]))
+        if self.cluster:
+            got = await asyncio.gather(*(self._cluster_read(plans[i][0], plans[i][1], plans[i][2]["rows_per_seed"],
+                                                            plans[i][2]["rows"], plans[i][2]["cf_pid"])
+                                         for i, _, _ in calls))
+        elif len(calls) == 1:
+            got = [await self._read(calls[0][1], calls[0][2])]
+        else:
+            got = await self._read.pipelined([(k, a) for _, k, a in calls]) if calls else []
+        for (i, _, _), reply in zip(calls, got, strict=True):
+            replies[i] = reply
+        return [_tables(wanted, reply) if reply is not None else RecoTables()
+                for (wanted, _, _), reply in zip(plans, replies, strict=True)]
 
     async def _cluster_read(self, wanted: Sequence[tuple[str, str, float, str]], n_neigh: int,
                             rows_per_seed: int, rows: int, cf_pid: str | None) -> list[Any]:

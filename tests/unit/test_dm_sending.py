@@ -382,3 +382,84 @@ def test_engagement_events_pass_the_event_spec():
     again = engagement_event(CLICK, send_id=SID, contact_id="ct1", at=T0 + timedelta(hours=1), link=link)
     assert again["event_id"] == click["event_id"]  # a second click of the link: the same event
     assert opened["event_id"] != click["event_id"]
+
+
+def _generated(env_data_parts):
+    """The same message built by the email package's own generator (the reference)."""
+    from email.message import Message
+    from email.mime.multipart import MIMEMultipart
+
+    headers, text, html, boundary = env_data_parts
+    msg = MIMEMultipart("alternative", boundary=boundary)
+    del msg["MIME-Version"]
+    for name, value in headers:
+        msg[name] = value
+    msg["MIME-Version"] = "1.0"
+    for subtype, body in (("plain", text), ("html", html)):
+        import binascii
+
+        part = Message()
+        part["Content-Type"] = f'text/{subtype}; charset="utf-8"'
+        part["Content-Transfer-Encoding"] = "quoted-printable"
+        body = body.replace("\r\n", "\n").replace("\r", "\n")
+        part.set_payload(binascii.b2a_qp(body.encode("utf-8"), istext=True).decode("ascii"))
+        msg.attach(part)
+    return msg.as_bytes(policy=policy.compat32.clone(linesep="\r\n"))
+
+
+@pytest.mark.parametrize("name", ["Ann Smith", "", "Zoë Łukasz", "O'Brien, Pat", "東京 太郎",
+                                  "A display name long enough to need folding beyond seventy-eight columns"])
+@pytest.mark.parametrize("body", ["", "x", "trailing space \nnext\n", "é" * 300, "\r\nmixed\r\nends\r", ".\n.dot\n"])
+def test_the_hand_built_message_is_what_the_email_package_generates(name, body):
+    from email.header import Header
+
+    from engine.logic.dm.sending import build_message
+    from engine.logic.dm.templates import RenderedMessage
+
+    unsub = "https://kairos.example.com/m/u/u.abcdefgh12345678.3pg3zc4mEU2NUJkVyRssBA"
+    got = build_message(RenderedMessage(f"Hi {name}", body, body + "!", ()), send_id="abcdefgh12345678",
+                        from_display=name or "Shop", from_address="stores@mail.example", to=Recipient("a@example.com", name),
+                        reply_to=Partner(name, "p@example.com"), unsubscribe_url=unsub,
+                        message_id_domain="mail.example", now=T0)
+
+    def box(n, a):
+        from email.utils import formataddr
+
+        if not n:
+            return a
+        if n.isascii():
+            return formataddr((n, a))
+        h = Header()
+        h.append(n, "utf-8")
+        h.append(f"<{a}>", "us-ascii")
+        return h
+
+    subject = f"Hi {name}".strip()
+    headers = [("From", box(name or "Shop", "stores@mail.example")), ("To", box(name, "a@example.com"))]
+    headers += [("Reply-To", box(name, "p@example.com"))]
+    headers += [("Subject", subject if subject.isascii() else Header(subject, "utf-8")),
+                ("Date", "Mon, 02 Mar 2026 09:00:00 +0000"), ("Message-ID", "<dm.abcdefgh12345678@mail.example>"),
+                ("List-Unsubscribe", f"<{unsub}>"), ("List-Unsubscribe-Post", "List-Unsubscribe=One-Click"),
+                ("X-Kairos-Send", "abcdefgh12345678")]
+    assert got == _generated((headers, body + "!", body, "=_kairos_abcdefgh12345678_alt"))
+
+
+def test_a_campaigns_values_and_item_blocks_render_once_and_still_per_recipient():
+    from engine.logic.dm import templates as tp
+
+    items = [{"id": f"sku-{i}", "name": f"Product {i}", "url": f"https://www.northgate.example/p/sku-{i}",
+              "categories": ["tv.oled"]} for i in range(4)]
+    tp._ITEM_PARTS.clear()
+    first, _ = mail("seasonal-picks", items=items[:3])
+    cached = len(tp._ITEM_PARTS)
+    assert cached == 6  # 3 slots x (html, text)
+    again, _ = mail("seasonal-picks", items=items[:3])
+    assert again.data == first.data and len(tp._ITEM_PARTS) == cached
+    other, rendered = mail("seasonal-picks", items=items[1:])  # other items: their own blocks
+    html = parsed(other).get_body(("html",)).get_content()
+    assert "Product 3" in html and "Product 0" not in html
+    assert [lk.item["id"] for lk in rendered.links if lk.kind == "recommendation"] == ["sku-1", "sku-2", "sku-3"]
+    with pytest.raises(ValueError):  # a bad value is refused every time, never remembered
+        mail("seasonal-picks", values={"headline": ""}, items=items)
+    with pytest.raises(ValueError):
+        mail("seasonal-picks", values={"headline": ""}, items=items)

@@ -42,3 +42,50 @@ def test_the_outbox_dsns_parse(kind, status):
                     now=datetime(2026, 3, 2, tzinfo=UTC))  # fmt: skip
     (result,) = parse_dsn(raw)
     assert (result.recipient, result.action, result.status, result.kind) == ("ann@example.com", "failed", status, kind)
+
+
+@pytest.mark.parametrize("raw, content", [
+    (b"", b""),
+    (b"a\r\n", b"a\r\n"),
+    (b"..leading\r\nmid\r\n..\r\n...x\r\n", b".leading\r\nmid\r\n.\r\n..x\r\n"),
+    (b"no dots . here\r\n", b"no dots . here\r\n"),
+])  # fmt: skip
+def test_bulk_data_is_dot_unstuffed(raw, content):
+    from engine.mail.outbox import unstuff
+
+    assert unstuff(raw) == content
+
+
+def test_bulk_data_refuses_a_line_over_1000_octets():
+    from engine.mail.outbox import unstuff
+
+    assert unstuff(b"a" * 999 + b"\r\n") == b"a" * 999 + b"\r\n"
+    assert unstuff(b"ok\r\n" + b"a" * 1000 + b"\r\n") is None
+
+
+def test_group_commit_batches_concurrent_callers_and_fails_only_its_batch():
+    import asyncio
+
+    from engine.mail.batch import GroupCommit
+
+    written: list[list[int]] = []
+
+    async def write(items):
+        written.append(items)
+        await asyncio.sleep(0.01)
+        if 13 in items:
+            raise OSError("disk")
+        return [x * 10 for x in items]
+
+    async def go():
+        gc = GroupCommit(write, max_batch=4)
+        first = asyncio.create_task(gc.submit([1]))
+        await asyncio.sleep(0)  # the first goes alone, at once
+        rest = [asyncio.create_task(gc.submit([x])) for x in (2, 3, 4, 5, 13)]
+        got = await asyncio.gather(first, *rest, return_exceptions=True)
+        return gc, got
+
+    gc, got = asyncio.run(go())
+    assert written == [[1], [2, 3, 4, 5], [13]]
+    assert got[:5] == [[10], [20], [30], [40], [50]] and isinstance(got[5], OSError)
+    assert gc.batches == 2 and gc.items == 5

@@ -57,6 +57,7 @@ from engine.logic.dm.sending import (
     retry_at,
 )
 from engine.logic.dm.templates import RenderError, ValuesError
+from engine.mail.batch import GroupCommit
 from engine.mail.sender import Relay, SmtpSender
 from engine.settings import Settings
 
@@ -103,17 +104,26 @@ class Mailer:
             self._senders.put_nowait(SmtpSender(relay))
         self._tasks: set[asyncio.Task[None]] = set()
         self._owned: set[int] | None = None  # partitions of dm.sends held (None: all)
+        self._owner: dict[str, int] = {}  # partner id -> its partition of dm.sends
         self._reply_to: dict[str, str] = {}
+        self._in_flight = 0  # sends claimed by this process and not finished yet
+        self._sweeps = 0
+        self.max_in_flight = max(8, 4 * s.dm_senders)
+        # the outcomes of all senders go to PostgreSQL together, one statement per batch
+        self._finished: GroupCommit[dict[str, Any], bool] = GroupCommit(self._finish_many, max_batch=500)
         self.sent = 0
 
     # -- intake ---------------------------------------------------------------------------------
     def owns(self, partner_id: str) -> bool:
         if self._owned is None:
             return True
-        from aiokafka.partitioner import DefaultPartitioner
+        part = self._owner.get(partner_id)
+        if part is None:
+            from aiokafka.partitioner import DefaultPartitioner
 
-        parts = list(range(self.settings.partitions))
-        return DefaultPartitioner()(partner_id.encode(), parts, parts) in self._owned
+            parts = list(range(self.settings.partitions))
+            part = self._owner[partner_id] = DefaultPartitioner()(partner_id.encode(), parts, parts)
+        return part in self._owned
 
     def enqueue(self, send_id: str, partner_id: str) -> None:
         if send_id in self._queued:
@@ -146,10 +156,20 @@ class Mailer:
         finally:
             await consumer.stop()
 
+    SWEEP_BACKLOG = 500  # with more than this queued here, the sweep leaves the sends for later
+
     async def sweep_once(self) -> None:
         now = self.clock()
         grace = timedelta(seconds=max(5.0, 3 * self.settings.dm_sweep_s))
-        for row in await self.store.due_sends(now, queued_older_than=grace):
+        # Due retries and expired claims every sweep; queued sends whose record may have been
+        # lost when nothing is queued here, or every 10th sweep (else each sweep reads the
+        # same queued rows of a big campaign again, for nothing); nothing while this process
+        # has a backlog of its own.
+        pending = self.scheduler.pending()
+        self._sweeps += 1
+        lost = grace if pending == 0 or self._sweeps % 10 == 0 else None
+        rows = await self.store.due_sends(now, queued_older_than=lost) if pending < self.SWEEP_BACKLOG else []
+        for row in rows:
             if self.owns(row["partner_id"]):
                 self.enqueue(row["id"], row["partner_id"])
         for member in await self.store.due_members(now, stale=self.lease):
@@ -194,11 +214,17 @@ class Mailer:
 
     # -- delivery -------------------------------------------------------------------------------
     async def dispatch(self) -> None:
+        """Claim what the rate limits let go (one compare-and-set for all of it), up to
+        `max_in_flight` sends at once; each claimed batch is prepared together
+        (recommendations in one pipelined read) and sent over the pool of SMTP connections."""
         while True:
             self._wake.clear()
-            free = self._senders.qsize()
+            room = self.max_in_flight - self._in_flight
             now = self.clock()
-            ready = self.scheduler.ready(now, limit=free * 4) if free else []
+            # claim in batches: wait for half the room to be free unless that is everything
+            # queued (a claim per finished send would be a query per message)
+            claim = room > 0 and (room >= self.max_in_flight // 2 or self.scheduler.pending() <= room)
+            ready = self.scheduler.ready(now, limit=room) if claim else []
             if ready:
                 ids = [sid for sid, _ in ready]
                 try:
@@ -210,25 +236,55 @@ class Mailer:
                 for sid in ids:
                     if sid not in got:
                         self._queued.discard(sid)  # sent, or taken by another claim
-                for r in rows:
-                    task = asyncio.create_task(self._process(r))
-                    self._tasks.add(task)
-                    task.add_done_callback(self._tasks.discard)
+                if rows:
+                    self._in_flight += len(rows)
+                    self._spawn(self._batch(rows))
                 continue
             nxt = self.scheduler.next_at(now)
-            wait = 1.0 if nxt is None or not free else max(0.0, min(1.0, (nxt - now).total_seconds()))
+            wait = 1.0 if nxt is None or not claim else max(0.0, min(1.0, (nxt - now).total_seconds()))
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), wait)
 
-    async def _process(self, row: Mapping[str, Any]) -> None:
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _batch(self, rows: list[dict[str, Any]]) -> None:
+        try:
+            items = await self._prefetch(rows)
+        except Exception as exc:  # each send then asks on its own
+            log.warning("recommendations for a batch failed: %s", exc)
+            items = {}
+        for r in rows:
+            self._spawn(self._process(r, items.get(r["id"])))
+
+    async def _prefetch(self, rows: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+        """Send id -> its recommended items, for the sends of a batch whose template places
+        them: one read of every recipient's profile and tables per template version."""
+        by_version: dict[str, list[dict[str, Any]]] = {}
+        for r in rows:
+            if r["test"] or not r["suppressed"]:
+                by_version.setdefault(r["template_version"], []).append(r)
+        out: dict[str, list[dict[str, Any]]] = {}
+        for version, group in by_version.items():
+            tv = await self.library.template(version)
+            if tv is None or tv.recommendation is None:
+                continue
+            found = await self.personaliser.items_many(tv, [_contact(r) for r in group])
+            out.update((r["id"], items) for r, items in zip(group, found, strict=True))
+        return out
+
+    async def _process(self, row: Mapping[str, Any], items: list[dict[str, Any]] | None = None) -> None:
         sender = await self._senders.get()
         try:
-            await self.deliver(row, sender)
+            await self.deliver(row, sender, items)
         except Exception:
             log.exception("send %s failed; its claim expires and it is tried again", row["id"])
         finally:
             self._senders.put_nowait(sender)
             self._queued.discard(row["id"])
+            self._in_flight -= 1
             self._wake.set()
 
     async def _reply_address(self, partner_id: str) -> str:
@@ -237,8 +293,10 @@ class Mailer:
             self._reply_to[partner_id] = users[0].email if users else ""
         return self._reply_to[partner_id]
 
-    async def deliver(self, row: Mapping[str, Any], sender: SmtpSender) -> str:
-        """One claimed send to its outcome; returns it."""
+    async def deliver(self, row: Mapping[str, Any], sender: SmtpSender,
+                      items: list[dict[str, Any]] | None = None) -> str:
+        """One claimed send to its outcome; returns it. `items`: its recommendations, read
+        with its batch's (None: read them here)."""
         sid, now = row["id"], self.clock()
         if not row["test"] and row["suppressed"]:
             await self._finish(row, SUPPRESSED, now)
@@ -247,11 +305,9 @@ class Mailer:
         if tv is None:
             await self._finish(row, FAILED, now, reply="the pinned template version is not stored")
             return FAILED
-        contact = None
-        if row["contact_id"]:
-            contact = {"id": row["contact_id"], "first_name": row["first_name"], "last_name": row["last_name"],
-                       "attributes": row["attributes"], "visitor_id": row["visitor_id"], "user_id": row["user_id"]}
-        items = await self.personaliser.items(tv, contact)
+        contact = _contact(row)
+        if items is None:
+            items = await self.personaliser.items(tv, contact)
         try:
             envelope, rendered = compose_mail(
                 tv, values_for(tv, row["campaign_values"], row["member_values"]), send_id=sid,
@@ -303,9 +359,14 @@ class Mailer:
                                  "brand": rec.get("brand")}
         return rows
 
+    async def _finish_many(self, outcomes: list[dict[str, Any]]) -> list[bool]:
+        done = await self.store.finish_many(self.worker_id, outcomes)
+        return [o["id"] in done for o in outcomes]
+
     async def _finish(self, row: Mapping[str, Any], outcome: str, now: datetime, **kw: Any) -> None:
         state = {SENT: "sent", HARD_BOUNCE: "bounced", SUPPRESSED: "suppressed", FAILED: "failed"}.get(outcome, outcome)
-        if not await self.store.finish(row["id"], self.worker_id, state=state, now=now, **kw):
+        done = await self._finished.submit([{"id": row["id"], "state": state, "at": now, **kw}])
+        if not done[0]:
             log.warning("send %s: the claim was lost before it finished (another mailer has it)", row["id"])
             return
         if row["campaign_kind"] == "journey" and row["contact_id"]:
@@ -374,8 +435,18 @@ class Mailer:
         for task in list(self._tasks):
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(task, 10)
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self._finished.drain(), 10)
         while not self._senders.empty():
             await self._senders.get_nowait().close()
+
+
+def _contact(row: Mapping[str, Any]) -> dict[str, Any] | None:
+    """What the templates and the recommendations know of a claimed send's contact."""
+    if not row["contact_id"]:
+        return None
+    return {"id": row["contact_id"], "first_name": row["first_name"], "last_name": row["last_name"],
+            "attributes": row["attributes"], "visitor_id": row["visitor_id"], "user_id": row["user_id"]}
 
 
 def _status(message: str, default: str) -> str:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 from urllib.parse import urljoin
 
@@ -48,30 +48,38 @@ class Personaliser:
         self.clock = clock
 
     async def items(self, tv: TemplateVersion, contact: Mapping[str, Any] | None) -> list[dict[str, Any]]:
+        return (await self.items_many(tv, [contact]))[0]
+
+    async def items_many(self, tv: TemplateVersion, contacts: Sequence[Mapping[str, Any] | None]
+                         ) -> list[list[dict[str, Any]]]:
+        """Each contact's items, read together (the recommender pipelines the profiles and
+        the tables of all of them); [] each when the template asks for none."""
         want = tv.recommendation
-        if want is None or self.recommender is None:
-            return []
+        if want is None or self.recommender is None or not contacts:
+            return [[] for _ in contacts]
         recipe = (self.recipes() or {}).get(want.recipe)
         if recipe is None:
-            return []
-        visitor = None
-        if contact is not None:
-            visitor = contact.get("user_id") or contact_visitor(str(contact["id"]), contact.get("visitor_id"))
+            return [[] for _ in contacts]
+        visitors = [None if c is None else c.get("user_id") or contact_visitor(str(c["id"]), c.get("visitor_id"))
+                    for c in contacts]
         try:
-            rows = await self.recommender.recommend(recipe, visitor, None, None, want.n,
-                                                    int(self.clock() * 1000))
+            found = await self.recommender.recommend_many(recipe, visitors, want.n, int(self.clock() * 1000))
         except Exception as exc:  # no recommendations is better than no mail
-            log.warning("recommendations for a mail failed: %s", exc)
-            return []
+            log.warning("recommendations for %d mails failed: %s", len(contacts), exc)
+            return [[] for _ in contacts]
         base = tv.brand.website or self.base_url
-        out = []
-        for r in rows:
-            url = r.get("url")
-            if not isinstance(url, str) or not url:
-                continue
-            image = r.get("image")
-            out.append({"id": r["id"], "name": r.get("name") or r["id"], "url": urljoin(base, url),
-                        "image_url": urljoin(base, image) if isinstance(image, str) and image else None,
-                        "price": r.get("price"), "currency": r.get("currency"),
-                        "categories": list(r.get("categories") or []), "brand": r.get("brand")})
-        return out
+        return [_items(rows, base) for rows in found]
+
+
+def _items(rows: Sequence[Mapping[str, Any]], base: str) -> list[dict[str, Any]]:
+    out = []
+    for r in rows:
+        url = r.get("url")
+        if not isinstance(url, str) or not url:
+            continue
+        image = r.get("image")
+        out.append({"id": r["id"], "name": r.get("name") or r["id"], "url": urljoin(base, url),
+                    "image_url": urljoin(base, image) if isinstance(image, str) and image else None,
+                    "price": r.get("price"), "currency": r.get("currency"),
+                    "categories": list(r.get("categories") or []), "brand": r.get("brand")})
+    return out

@@ -285,6 +285,7 @@ class TemplateVersion:
     _plain: CompiledTemplate  # {"subject", "text"}, not escaped
     _item_html: CompiledTemplate  # {"html"}: one recommended item
     _item_text: CompiledTemplate  # {"text"}
+    _item_reads_contact: bool = True  # whether an item's render depends on the recipient
 
     @property
     def short_version(self) -> str:
@@ -327,8 +328,7 @@ class TemplateVersion:
         every tracked link's href becomes ``link_url(index)`` (the click redirect); without, the
         targets stay (preview). Raises ``RenderError`` on a sandbox violation or an oversize
         message."""
-        clean = self.validate(values)
-        return _render(self, clean, contact, partner, items, unsubscribe_url, link_url, False)
+        return _render(self, _validated(self, values), contact, partner, items, unsubscribe_url, link_url, False)
 
     def skeleton(
         self,
@@ -507,6 +507,27 @@ def reco_items(items: Sequence[Mapping[str, Any]], n: int, image_domains: Sequen
     return out
 
 
+_CACHE_MAX = 2048
+_VALIDATED: dict[tuple[str, str], dict[str, str]] = {}
+_ITEM_PARTS: dict[tuple[Any, ...], str] = {}
+
+
+def _validated(version: TemplateVersion, values: Mapping[str, Any]) -> dict[str, str]:
+    """`version.validate(values)`, remembered: a campaign's thousands of sends carry the same
+    values (a ValuesError is not remembered). The result is shared: read it, never change it."""
+    try:
+        key = (version.version, repr(sorted(values.items())))
+    except TypeError:  # keys that do not sort: validate (and refuse) them each time
+        return version.validate(values)
+    got = _VALIDATED.get(key)
+    if got is None:
+        got = version.validate(values)
+        if len(_VALIDATED) >= _CACHE_MAX:
+            _VALIDATED.clear()
+        _VALIDATED[key] = got
+    return got
+
+
 def _strings(data: Mapping[str, Any] | None) -> dict[str, Any]:
     if not isinstance(data, Mapping):
         return {}
@@ -547,10 +568,20 @@ def _render(
     def recommendations_for(mode: str) -> Callable[..., Any]:
         def recommendations(n: int = 3, recipe: str = "default") -> Any:
             parts = []
+            tpl = version._item_html if mode == "html" else version._item_text
             for slot, item in enumerate(usable[: min(n, len(usable))]):
-                variables = {**base, "item": item, "kairos_link": first_slot + slot}
-                tpl = version._item_html if mode == "html" else version._item_text
-                parts.append(tpl.render(variables)[mode])
+                # An item's block is the same in every mail of a partner that shows it in
+                # this slot (unless the brand's item source reads the contact): render once.
+                key = None if version._item_reads_contact else (
+                    version.version, mode, first_slot + slot, repr(sorted(item.items())), repr(sorted(_strings(partner).items())))
+                part = _ITEM_PARTS.get(key) if key is not None else None
+                if part is None:
+                    part = tpl.render({**base, "item": item, "kairos_link": first_slot + slot})[mode]
+                    if key is not None:
+                        if len(_ITEM_PARTS) >= _CACHE_MAX:
+                            _ITEM_PARTS.clear()
+                        _ITEM_PARTS[key] = part
+                parts.append(part)
             joined = "".join(parts)
             return Markup(joined) if mode == "html" else joined
 
@@ -1134,9 +1165,12 @@ def parse_template_doc(
         return None, [_template_error((exc.field,), exc.lineno, exc.reason)]
     document = dict(doc)
     version = content_hash({"template": document, "brand": dict(brand.document)})
+    reads_contact = any(n.name == "contact" for src in (item_html_src[0], item_text_src[0])
+                        for n in parse_template(src).find_all(nodes.Name))
     return TemplateVersion(
         template_id, name or template_id, description, version, policy, fields, tuple(links), reco,
         restricted, flagged, tuple(image_domains), sender_name, brand, document, source, *compiled,
+        _item_reads_contact=reads_contact,
     ), []  # fmt: skip
 
 
