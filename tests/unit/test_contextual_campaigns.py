@@ -306,3 +306,26 @@ def test_learner_learns_a_contextual_campaign_and_resumes_from_its_snapshot(tmp_
     assert abs(sum(doc["policies"]["bandit"]["distribution"].values()) - 1.0) < 1e-9
     assert doc["policies"]["bandit"]["snips"]["value"] > doc["policies"]["uniform"]["snips"][
         "value"]
+
+
+def test_linear_pmf_sums_the_context_once_and_matches_its_scores() -> None:
+    """pmf sums the context's own terms once per decision: the same log-odds as `score`."""
+    import math
+
+    from models.bandit.contextual import LinearContextual, _explore
+
+    model = LinearContextual(epsilon=0.1, temperature=0.5, seed=3)
+    af = {"a": {"kind": "x", "price": 2.0}, "c": {"kind": "y"}}
+    for i in range(200):
+        x = MOBILE if i % 2 else DESKTOP
+        for arm in ("a", "b", "c"):
+            model.update(arm, float((arm == "b") == bool(i % 2)), x, action_features=af)
+    for x in (MOBILE, DESKTOP, {}, {**MOBILE, "exit_probability": 0.7}):
+        logits = {}
+        for arm in ("a", "b", "c"):
+            p = min(max(model.score(x, arm, af.get(arm)), 1e-12), 1 - 1e-12)
+            logits[arm] = math.log(p / (1 - p))
+        want = _explore(logits, 0.1, 0.5)
+        got = model.pmf(["a", "b", "c"], x, af)
+        assert got == pytest.approx(want, abs=1e-12)
+        assert abs(sum(got.values()) - 1.0) < 1e-12

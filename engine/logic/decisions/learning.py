@@ -237,21 +237,21 @@ class OfferLearner:
             model = self.models.get(cid)
             if model is None or cid not in self.active:
                 continue
-            row = {
+            row: dict[str, Any] = {
                 "decision_id": r.decision.decision_id, "arm": r.decision.arm,
                 "probability": r.decision.probability, "reward": r.reward,
                 "ts": _ms(r.decision.ts), "defaulted": r.defaulted,
             }
-            ctx = r.decision.context
-            if ctx is None:
+            logged = r.decision.context
+            if logged is None:
                 model.update(r.decision.arm, r.reward)
             else:
-                x = dict(ctx.get("features") or {})
-                if ctx.get("slot") is not None:
-                    row["slot"] = ctx["slot"]
-                    x["slot"] = str(ctx["slot"])  # as policy.slot_features gave it
-                if ctx.get("features") is not None:
-                    row["features"] = dict(ctx["features"])
+                x = dict(logged.get("features") or {})
+                if logged.get("slot") is not None:
+                    row["slot"] = logged["slot"]
+                    x["slot"] = str(logged["slot"])  # as policy.slot_features gave it
+                if logged.get("features") is not None:
+                    row["features"] = dict(logged["features"])
                 model.update(r.decision.arm, r.reward, x)
             self.changed.add(cid)
             self.rows.setdefault(cid, []).append(row)
