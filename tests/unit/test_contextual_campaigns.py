@@ -329,3 +329,11 @@ def test_linear_pmf_sums_the_context_once_and_matches_its_scores() -> None:
         got = model.pmf(["a", "b", "c"], x, af)
         assert got == pytest.approx(want, abs=1e-12)
         assert abs(sum(got.values()) - 1.0) < 1e-12
+
+
+def test_check_config_names_every_bad_setting_of_a_campaign(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as exc:
+        config_with(tmp_path, "policy: {type: contextual, temperature: 0}\nslots: 9")
+    text = str(exc.value)
+    assert "hero.yaml:6: policy.temperature must be between 0.001 and 100" in text, text
+    assert "hero.yaml:7: slots must be at most the number of variants (3)" in text, text

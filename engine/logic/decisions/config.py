@@ -480,12 +480,12 @@ def parse_campaign(doc: Mapping[str, Any], source: str) -> tuple[Campaign | None
     if not errors and policy.kind != "fixed" and len(variants) < 2:
         errors.append(FieldError(("policy",), f"{policy.kind} needs at least two variants to "
                                  "choose between"))
-    if not errors and slots > 1:
-        if policy.kind == "fixed":
+    if slots is not None and slots > 1:
+        if policy is not None and policy.kind == "fixed":
             errors.append(FieldError(("slots",), "more than one slot needs a learning policy "
                                      "(thompson, epsilon_greedy or contextual) to rank the "
                                      "variants"))
-        elif slots > len(variants):
+        elif variants is not None and slots > len(variants):
             errors.append(FieldError(("slots",), f"must be at most the number of variants "
                                      f"({len(variants)})"))
         elif slots > MAX_SLOTS:
