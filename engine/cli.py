@@ -300,10 +300,15 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     import asyncio
     import json
 
-    from engine.logic.decisions.evaluation import candidates_for, evaluate_log
+    from engine.logic.decisions.evaluation import (
+        Candidate,
+        bandit_candidate,
+        candidates_for,
+        evaluate_log,
+    )
 
     s = _settings(args)
-    extra: dict[str, dict[str, float]] = {}
+    extra: dict[str, Candidate] = {}
     for spec_ in args.candidate or []:
         name, _, dist = spec_.partition("=")
         try:
@@ -347,7 +352,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         arms = [v.id for v in campaign.variants]
         control = campaign.control_percent / 100.0
         weights = dict(campaign.weights)
-        bandit = restore_model(campaign.policy, blob).probabilities(arms)
+        bandit = bandit_candidate(restore_model(campaign.policy, blob), arms)
     elif args.file:
         with open(args.file, encoding="utf-8") as f:
             rows = [json.loads(line) for line in f if line.strip()][-args.last:]

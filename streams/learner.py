@@ -168,7 +168,8 @@ class Learner:
         s = self.s
         config_version = -1
         now = time.monotonic()
-        last_publish = last_snapshot = last_lease = now
+        last_publish = last_snapshot = now
+        last_lease = -1e9  # renew at once: a slow start-up (load) may have outlived the lease
         snapshot_offsets = dict(learner.offsets)
         caught_up = False
         while not stop.is_set():

@@ -14,7 +14,7 @@ from typing import Any
 from engine.confighub import ConfigHub
 from engine.flows.campaigns import UnknownCampaign
 from engine.flows.models import PublishedModels
-from engine.logic.decisions.evaluation import candidates_for, evaluate_log
+from engine.logic.decisions.evaluation import bandit_candidate, candidates_for, evaluate_log
 from engine.logic.decisions.monitor import traffic_over_time
 from engine.store.learning import ModelStore
 
@@ -43,7 +43,7 @@ class Evaluations:
         rows = await self.store.logged(campaign_id, min(max(last, 1), MAX_ROWS))
         arms = [v.id for v in campaign.variants]
         model = self.models.current().get(campaign_id)
-        bandit = model.probabilities(arms) if model is not None else None
+        bandit = bandit_candidate(model, arms) if model is not None else None
         weights = dict(campaign.weights)
         cands = candidates_for(arms, weights, bandit, rows)
         doc = await asyncio.to_thread(evaluate_log, rows, arms, campaign.control_percent / 100.0,

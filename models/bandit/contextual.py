@@ -253,29 +253,49 @@ class LinearContextual(_Contextual):
         self, context: Context | None, arm: ArmID, action: Mapping[str, Any] | None
     ) -> dict[str, float]:
         """The model's input for one (context, action) pair."""
+        return self._inputs(_flat(context, "c"), arm, _flat(action, "f"))
+
+    def _inputs(
+        self, ctx: dict[str, float], arm: ArmID, act: dict[str, float]
+    ) -> dict[str, float]:
+        """`features` from the flattened context (flattened once per decision, not per arm)."""
         out: dict[str, float] = {f"a={arm}": 1.0}
-        ctx = _flat(context, "c")
-        act = _flat(action, "f")
         out.update(act)
         out.update(ctx)
         if self.crosses:
+            suffix = f"|a={arm}"
             for k, v in ctx.items():
-                out[f"{k}|a={arm}"] = v
-            for k, v in ctx.items():
-                if v == 1.0:  # categorical context x action features
-                    for j, u in act.items():
-                        out[f"{k}|{j}"] = u
+                out[k + suffix] = v
+            if act:
+                for k, v in ctx.items():
+                    if v == 1.0:  # categorical context x action features
+                        for j, u in act.items():
+                            out[f"{k}|{j}"] = u
         return out
+
+    def _action_z(self, w: Any, ctx: dict[str, float], arm: ArmID,
+                  act: dict[str, float]) -> float:
+        """The action's terms of the log-odds: those of `_inputs` less the context's own."""
+        z = w.get(f"a={arm}", 0.0) + sum(w.get(k, 0.0) * v for k, v in act.items())
+        if self.crosses:
+            suffix = f"|a={arm}"
+            z += sum(w.get(k + suffix, 0.0) * v for k, v in ctx.items())
+            if act:
+                for k, v in ctx.items():
+                    if v == 1.0:
+                        z += sum(w.get(f"{k}|{j}", 0.0) * u for j, u in act.items())
+        return float(z)
+
+    def _probability(self, x: Mapping[str, float]) -> float:
+        w = self._model._weights
+        z = self._model.intercept + sum(w.get(k, 0.0) * v for k, v in x.items())
+        return 1.0 / (1.0 + math.exp(-min(max(z, -35.0), 35.0)))
 
     def score(
         self, context: Context | None, arm: ArmID, action: Mapping[str, Any] | None = None
     ) -> float:
         """Predicted reward (click) probability of one action."""
-        w = self._model._weights
-        z = self._model.intercept + sum(
-            w.get(k, 0.0) * v for k, v in self.features(context, arm, action).items()
-        )
-        return 1.0 / (1.0 + math.exp(-min(max(z, -35.0), 35.0)))
+        return self._probability(self.features(context, arm, action))
 
     def pmf(
         self,
@@ -284,9 +304,15 @@ class LinearContextual(_Contextual):
         action_features: ActionFeatures | None = None,
     ) -> dict[ArmID, float]:
         af = action_features or {}
+        ctx = _flat(context, "c")
+        w = self._model._weights
+        # the context's own terms are the same for every action: summed once per decision
+        shared = self._model.intercept + sum(w.get(k, 0.0) * v for k, v in ctx.items())
         logits = {}
         for a in arm_ids:
-            p = min(max(self.score(context, a, af.get(a)), 1e-12), 1.0 - 1e-12)
+            z = shared + self._action_z(w, ctx, a, _flat(af.get(a), "f"))
+            p = 1.0 / (1.0 + math.exp(-min(max(z, -35.0), 35.0)))
+            p = min(max(p, 1e-12), 1.0 - 1e-12)
             logits[a] = math.log(p / (1.0 - p))
         return _explore(logits, self.epsilon, self.temperature)
 

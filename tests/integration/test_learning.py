@@ -37,6 +37,23 @@ goal:
   window: 1d
 """
 
+CTX_OFFER = """\
+id: ctx_offer
+name: Contextual offer in two slots
+status: active
+zones: [ctx]
+control_percent: 10
+policy: {type: contextual, epsilon: 0.1, temperature: 0.2, learning_rate: 0.5}
+slots: 2
+variants:
+  - id: a
+    template: {title: "A"}
+  - id: b
+    template: {title: "B"}
+  - id: c
+    template: {title: "C"}
+"""
+
 EXIT_OFFER = """\
 id: exit_offer
 name: Exit offer for visitors likely to leave
@@ -140,6 +157,7 @@ def learning_stack(make_stack: Callable[..., Stack], tmp_path_factory: pytest.Te
     (cdir / "campaigns").mkdir()
     (cdir / "campaigns" / "offer.yaml").write_text(OFFER)
     (cdir / "campaigns" / "exit_offer.yaml").write_text(EXIT_OFFER)
+    (cdir / "campaigns" / "ctx_offer.yaml").write_text(CTX_OFFER)
     return make_stack(name="learn", config_dir=cdir, workers=1, reward_window_s=4.0,
                       decide_deadline_ms=1000,
                       model_publish_s=0.2, learner_snapshot_s=3.0, model_reload_s=0.2,
@@ -303,3 +321,99 @@ def test_rank_reward_activation_through_the_learner(make_stack: Callable[..., St
     wait_for(lambda: stack.http.post("/v1/rank", json={"actions": actions}).json()
              ["model_version"] >= version, timeout=10, what="the API on the new rank model")
 
+
+
+def test_a_contextual_multi_slot_campaign_learns_and_the_api_serves_it(learning_stack: Stack
+                                                                      ) -> None:
+    """Mobile visitors click b, desktop ones a: the published model's version advances, it
+    prefers b on mobile and a on desktop, and the API logs its probabilities per slot."""
+    stack = learning_stack
+    if not any(p.poll() is None for p in stack.learners):
+        stack.start_learner()
+    r = redis.Redis.from_url(stack.settings.redis_url or "")
+    group = stack.settings.group_id
+    good = {"mobile": "b", "desktop": "a"}
+
+    def decide(device: str) -> list[dict[str, Any]]:
+        for _ in range(20):
+            resp = stack.http.post("/v1/decide", json={"visitor_id": uid(), "context": {
+                "zones": ["ctx"], "device": device}})
+            assert resp.status_code == 200, resp.text
+            body = resp.json()
+            if not body.get("degraded"):
+                return body["decisions"]  # type: ignore[no-any-return]
+        raise AssertionError(f"decide stayed degraded: {body}")
+
+    def version() -> int:
+        return int(r.hget(keys.model_versions(group), "ctx_offer") or 0)
+
+    def model():  # type: ignore[no-untyped-def]
+        return restore_model(PolicySpec("contextual", (("epsilon", 0.1), ("learning_rate", 0.5),
+                                                       ("temperature", 0.2))),
+                             r.get(keys.model(group, "ctx_offer")))
+
+    def probs(device: str, slot: int, arms: tuple[str, ...] = ("a", "b", "c")
+              ) -> dict[str, float]:  # what the API computes for a new visitor on `device`
+        return model().probabilities(list(arms), {"device": device, "returning": False,
+                                                  "slot": str(slot)})
+
+    shown = 0
+
+    def round_(n: int) -> None:
+        nonlocal shown
+        for _ in range(n):
+            for device in good:
+                ds = decide(device)
+                if ds[0]["control"]:
+                    assert len(ds) == 1 and ds[0]["probability"] == pytest.approx(0.1)
+                    continue
+                assert [d["slot"] for d in ds] == [0, 1]
+                assert ds[0]["variant"] != ds[1]["variant"]
+                assert len({d["decision_id"] for d in ds}) == 2
+                shown += 2
+                for d in ds:
+                    if d["variant"] == good[device]:
+                        click = {"event_id": f"{d['decision_id'][-12:]}-c", "type": "click",
+                                 "visitor_id": uid(), "decision_id": d["decision_id"],
+                                 "ts": int(time.time() * 1000)}
+                        assert stack.post([click]).status_code == 200
+
+    round_(15)
+    wait_for(lambda: model().n >= shown, what="the contextual rewards learnt and published")
+    v1 = version()
+    assert v1 >= 1
+    for device, arm in good.items():
+        p = probs(device, 0)
+        assert max(p, key=p.__getitem__) == arm, (device, p)
+
+    def served() -> bool:  # the API decides with the published version, per slot
+        for device in good:
+            ds = decide(device)
+            if ds[0]["control"]:
+                continue
+            first = probs(device, 0)
+            rest = tuple(a for a in ("a", "b", "c") if a != ds[0]["variant"])
+            second = probs(device, 1, rest)
+            if ds[0]["probability"] != pytest.approx(0.9 * first[ds[0]["variant"]], abs=1e-6) \
+                    or ds[1]["probability"] != pytest.approx(0.9 * second[ds[1]["variant"]],
+                                                             abs=1e-6):
+                return False
+        return True
+
+    wait_for(served, timeout=15, what="the API on the published contextual model")
+    round_(5)
+    wait_for(lambda: version() > v1, timeout=30, what="the model version advancing")
+
+    def logged() -> list[dict[str, Any]]:
+        import msgspec
+
+        rows = [msgspec.msgpack.decode(x) for x in
+                r.lrange(keys.learning_log(group, "ctx_offer"), 0, -1)]
+        return rows if rows else []
+
+    rows = wait_for(logged, timeout=30, what="the contextual learning log")
+    assert {row["slot"] for row in rows} <= {0, 1}
+    assert all(row["features"]["device"] in good for row in rows)
+    ev = stack.http.get("/v1/campaigns/ctx_offer/evaluation", params={"bootstrap": 20})
+    assert ev.status_code == 200, ev.text
+    assert ev.json()["policies"]["bandit"]["per_row"] is True

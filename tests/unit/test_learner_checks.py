@@ -76,6 +76,27 @@ def ask_contextual(m: Any) -> Any:
     ]
 
 
+def visitor(step: int) -> dict[str, Any]:
+    """A contextual campaign's features (engine/logic/decisions/features.py's shape)."""
+    return {"top_categories": [f"cat{step % 5}", f"cat{(step + 2) % 5}"],
+            "segments": ["vip"] if step % 3 == 0 else [], "device": ["mobile", "desktop"][step % 2],
+            "purchase_probability": (step % 10) / 10, "returning": step % 4 == 0}
+
+
+def teach_campaign(m: Any, step: int, rng: random.Random) -> None:
+    """As the learner teaches a two-slot contextual campaign: each slot with its position."""
+    x = visitor(step)
+    d = m.decide(ARMS, f"t{step}", x, 2, slot_features=[{"slot": "0"}, {"slot": "1"}])
+    for s, slot in enumerate(d.slots):
+        m.update(slot.arm, float(rng.random() < 0.3), {**x, "slot": str(s)})
+
+
+def ask_campaign(m: Any) -> Any:
+    sf = [{"slot": "0"}, {"slot": "1"}]
+    return [(m.slot_probabilities(ARMS, 2, visitor(i), slot_features=sf),
+             m.decide(ARMS, f"q{i}", visitor(i), 2, slot_features=sf)) for i in range(6)]
+
+
 def teach_apprentice(m: Any, step: int, rng: random.Random) -> None:
     d = m.decide(ARMS, f"t{step}", baseline="b")
     m.update(d.arm, float(rng.random() < (0.3 if d.arm == "b" else 0.05)))
@@ -129,6 +150,9 @@ LEARNERS: dict[str, Spec] = {
         lambda s: LinearContextual(epsilon=0.1, temperature=None, seed=s),
         teach_contextual,
         ask_contextual,
+    ),
+    "campaign_contextual": Spec(  # policy: contextual as engine/logic/decisions/policy.py makes it
+        lambda s: LinearContextual(seed=s), teach_campaign, ask_campaign
     ),
     "vw": Spec(
         lambda s: VWContextual(seed=s, bits=16),

@@ -51,7 +51,7 @@ def test_policy_field(tmp_path: Path, policy: str, kind: str) -> None:
 
 
 @pytest.mark.parametrize("policy, needle", [
-    ("policy: ucb", "policy must be one of ['fixed', 'thompson', 'epsilon_greedy']"),
+    ("policy: ucb", "policy must be one of ['fixed', 'thompson', 'epsilon_greedy', 'contextual']"),
     ("policy: {type: ucb}", "policy.type must be one of"),
     ("policy: {type: epsilon_greedy, epsilon: 2}", "policy.epsilon must be between 0 and 1"),
     ("policy: {type: thompson, epsilon: 0.1}", "policy.epsilon is not an option of thompson"),

@@ -34,6 +34,7 @@ from engine.logic.decisions.rules import (
 from engine.logic.decisions.templates import CompiledTemplate, TemplateError, compile_template
 
 MAX_FILE_BYTES = 1_000_000
+MAX_SLOTS = 5  # variants one zone shows at once (a slot's marginal costs K**(slots-1) pmfs)
 MAX_ARM_ID_CHARS = 52  # campaign id + variant id: a decision id is `<campaign>.<arm>.<10 chars>`
 STATUSES = ("active", "paused", "draft")
 STOP_AFTER = ("dismiss", "conversion", "click")
@@ -91,8 +92,9 @@ class Goal:
 @dataclass(frozen=True, slots=True)
 class PolicySpec:
     """How a campaign picks among its variants: `fixed` (the hashed split by weight) or an
-    offer bandit (`thompson`, `epsilon_greedy`) learnt from rewards; `params` are the bandit's
-    constructor arguments (see engine/logic/decisions/policy.py)."""
+    offer bandit learnt from rewards — context-free (`thompson`, `epsilon_greedy`) or
+    `contextual` (over the visitor's features); `params` are the bandit's constructor
+    arguments (see engine/logic/decisions/policy.py)."""
 
     kind: str
     params: tuple[tuple[str, float], ...] = ()
@@ -126,11 +128,17 @@ class Campaign:
     goal: Goal | None
     source: str
     policy: PolicySpec = FIXED
+    slots: int = 1  # how many variants the zone shows at once (a learning policy ranks them)
 
     @property
     def learns(self) -> bool:
         """Whether a bandit picks the variant (the learner owns this campaign's model)."""
         return self.policy.kind != "fixed"
+
+    @property
+    def contextual(self) -> bool:
+        """Whether the policy reads the visitor's features (engine/logic/decisions/features.py)."""
+        return self.policy.kind == "contextual"
 
     @property
     def weights(self) -> list[tuple[str, float]]:
@@ -150,7 +158,7 @@ class Config:
     segments: Mapping[str, Segment]  # in dependency order
     campaigns: Mapping[str, Campaign]
     by_zone: Mapping[str, tuple[Campaign, ...]] = field(default_factory=dict)
-    needs_propensity: bool = False  # a rule targets exit_probability / purchase_probability
+    needs_propensity: bool = False  # a rule (or a contextual policy) reads the propensities
 
     def campaigns_with_goal(self, event_type: str) -> list[Campaign]:
         """Campaigns whose goal is ``event_type`` (the stream checks these for conversions)."""
@@ -356,7 +364,7 @@ def _variants(value: Any) -> tuple[Variant, ...]:
 _SEGMENT_KEYS = {"id", "name", "description", "rule"}
 _CAMPAIGN_KEYS = {
     "id", "name", "description", "status", "priority", "schedule", "channels", "zones",
-    "targeting", "caps", "variants", "control_percent", "goal", "policy",
+    "targeting", "caps", "variants", "control_percent", "goal", "policy", "slots",
 }  # fmt: skip
 
 #: policy name -> {parameter: (minimum, maximum)}; the bandits' constructor arguments
@@ -364,6 +372,8 @@ POLICY_PARAMS: dict[str, dict[str, tuple[float, float]]] = {
     "fixed": {},
     "thompson": {"alpha": (1e-6, 1e6), "beta": (1e-6, 1e6)},
     "epsilon_greedy": {"epsilon": (0.0, 1.0), "decay": (0.0, 1.0)},
+    "contextual": {"epsilon": (0.0, 1.0), "temperature": (1e-3, 100.0),
+                   "learning_rate": (1e-6, 10.0), "l2": (0.0, 10.0)},
 }
 
 
@@ -466,9 +476,20 @@ def parse_campaign(doc: Mapping[str, Any], source: str) -> tuple[Campaign | None
     pct = _run(errors, control)
     goal = _run(errors, _goal, doc.get("goal"))
     policy = _run(errors, _policy, doc.get("policy"))
+    slots = _run(errors, lambda: _int(doc.get("slots", 1), ("slots",), 1))
     if not errors and policy.kind != "fixed" and len(variants) < 2:
         errors.append(FieldError(("policy",), f"{policy.kind} needs at least two variants to "
                                  "choose between"))
+    if slots is not None and slots > 1:
+        if policy is not None and policy.kind == "fixed":
+            errors.append(FieldError(("slots",), "more than one slot needs a learning policy "
+                                     "(thompson, epsilon_greedy or contextual) to rank the "
+                                     "variants"))
+        elif variants is not None and slots > len(variants):
+            errors.append(FieldError(("slots",), f"must be at most the number of variants "
+                                     f"({len(variants)})"))
+        elif slots > MAX_SLOTS:
+            errors.append(FieldError(("slots",), f"must be at most {MAX_SLOTS}"))
     if not errors:
         for i, v in enumerate(variants):
             if len(cid) + max(len(v.id), len(CONTROL)) > MAX_ARM_ID_CHARS:
@@ -481,7 +502,7 @@ def parse_campaign(doc: Mapping[str, Any], source: str) -> tuple[Campaign | None
         return None, errors
     campaign = Campaign(
         cid, name or cid, desc, st, priority, schedule, chans, zones, rule,
-        doc.get("targeting"), caps, variants, pct, goal, source, policy,
+        doc.get("targeting"), caps, variants, pct, goal, source, policy, slots,
     )  # fmt: skip
     return campaign, []
 
@@ -581,6 +602,7 @@ def load_config(directory: str | FsPath) -> Config:
         by_zone={
             z: tuple(sorted(cs, key=lambda c: (-c.priority, c.id))) for z, cs in by_zone.items()
         },
-        needs_propensity=any(uses_propensity(c.targeting_spec) for c in campaigns.values())
+        needs_propensity=any(uses_propensity(c.targeting_spec) or c.contextual
+                             for c in campaigns.values())
         or any(uses_propensity(s.spec) for s in segments.values()),
     )

@@ -1,11 +1,13 @@
 """The learner's state machine: logged decisions and reactions in, bandit updates out. Pure.
 
-`OfferLearner` owns the model of every learning campaign (`policy: thompson | epsilon_greedy`)
-and one `models.rewards.join.RewardJoin`:
+`OfferLearner` owns the model of every learning campaign (`policy: thompson | epsilon_greedy |
+contextual`) and one `models.rewards.join.RewardJoin`:
 
 * `decision(record)` takes a decision record from the `decisions` topic (what
   engine/logic/decisions/state.py `decision_record` writes) of a learning campaign's variant;
-  the control group and fixed-split campaigns are not learnt;
+  the control group and fixed-split campaigns are not learnt; a contextual campaign's record
+  carries the features it decided on (`props.features`) and a multi-slot one its `props.slot`,
+  which ride with the decision through the join and are what the model learns the reward on;
 * `event(record)` takes an event from the `events` topic: a `click` or `conversion` carrying a
   decision id of a learning campaign, an explicit `reward` (with `props.value` in [0, 1]), or
   any event whose type is a learning campaign's goal (credited to that visitor's open decisions);
@@ -108,11 +110,17 @@ class OfferLearner:
         if cid not in self.active or props.get("control") or not props.get("variant"):
             return False
         try:
+            features, slot = props.get("features"), props.get("slot")
+            context = None
+            if isinstance(features, dict) or isinstance(slot, int):
+                context = {"features": features if isinstance(features, dict) else None,
+                           "slot": slot if isinstance(slot, int) else None}
             d = LoggedDecision(
                 decision_id=str(rec.get("decision_id") or rec["event_id"]),
                 campaign=str(cid), arm=str(props["variant"]),
                 probability=float(props["probability"]), ts=_ts(rec["ts"]),
                 visitor_id=rec.get("visitor_id"), goal=self.goals.get(cid),
+                context=context,
             )
         except (KeyError, TypeError, ValueError):
             return False
@@ -229,13 +237,24 @@ class OfferLearner:
             model = self.models.get(cid)
             if model is None or cid not in self.active:
                 continue
-            model.update(r.decision.arm, r.reward)
-            self.changed.add(cid)
-            self.rows.setdefault(cid, []).append({
+            row: dict[str, Any] = {
                 "decision_id": r.decision.decision_id, "arm": r.decision.arm,
                 "probability": r.decision.probability, "reward": r.reward,
                 "ts": _ms(r.decision.ts), "defaulted": r.defaulted,
-            })
+            }
+            logged = r.decision.context
+            if logged is None:
+                model.update(r.decision.arm, r.reward)
+            else:
+                x = dict(logged.get("features") or {})
+                if logged.get("slot") is not None:
+                    row["slot"] = logged["slot"]
+                    x["slot"] = str(logged["slot"])  # as policy.slot_features gave it
+                if logged.get("features") is not None:
+                    row["features"] = dict(logged["features"])
+                model.update(r.decision.arm, r.reward, x)
+            self.changed.add(cid)
+            self.rows.setdefault(cid, []).append(row)
             n += 1
         if self.propensity is not None:
             self.propensity.advance(_ms(self.clock()))
@@ -273,7 +292,7 @@ class OfferLearner:
         model's error."""
         out: dict[str, int] = {}
         for cid, m in self.models.items():
-            for arm, n in m.drift_detections.items():
+            for arm, n in getattr(m, "drift_detections", {}).items():
                 out[f"{cid}:{arm}"] = n
         if self.propensity is not None:
             for name, n in self.propensity.drift_detections.items():

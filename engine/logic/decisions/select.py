@@ -3,6 +3,8 @@
 Eligibility = active status, schedule, channel, zone, frequency caps, then targeting (with live
 segment membership). Ties are broken by campaign id; a campaign fills at most one zone per call.
 The control group is decided like any arm: its decision occupies the zone with no content.
+A campaign with `slots: N` fills its zone with N decisions (one per slot, distinct variants,
+each with its own probability and decision id).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from typing import Any
 from engine.logic.decisions.assign import Assignment, assign, canonical_visitor_id
 from engine.logic.decisions.caps import CapState, cap_reason
 from engine.logic.decisions.config import Campaign, Config
+from engine.logic.decisions.features import visitor_features
 from engine.logic.decisions.policy import new_model, pick
 from engine.logic.decisions.rules import Now
 from engine.logic.decisions.templates import RenderError, template_vars
@@ -34,13 +37,15 @@ class Decision:
     content: dict[str, str] | None
     token: str | None = None  # a learning campaign's random part of the decision id
     policy: str = "fixed"
+    slot: int | None = None  # the slot's position when the campaign shows several
+    features: Mapping[str, Any] | None = None  # what a contextual policy decided on
 
     @property
     def arm(self) -> str:
         return "control" if self.control else str(self.variant_id)
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        out = {
             "zone": self.zone,
             "campaign": self.campaign_id,
             "campaign_name": self.campaign_name,
@@ -49,6 +54,9 @@ class Decision:
             "probability": self.probability,
             "content": self.content,
         }
+        if self.slot is not None:
+            out["slot"] = self.slot
+        return out
 
 
 def _state(caps_state: CapsInput | None, campaign_id: str) -> CapState:
@@ -128,6 +136,7 @@ def select(
     visitor = canonical_visitor_id(profile)
     used: set[str] = set()
     variables: Mapping[str, Any] | None = None
+    features: dict[str, Any] | None = None
     decisions: list[Decision] = []
     for zone in requested:
         for campaign in config.by_zone.get(zone, ()):
@@ -137,10 +146,24 @@ def select(
             if ineligibility(campaign, view, context, now, state, zone) is not None:
                 continue
             random_part = None
+            feats = None
             if campaign.learns:
                 random_part = token() if token is not None else "0"
                 model = (models or {}).get(campaign.id) or new_model(campaign.policy)
-                p = pick(campaign, model, visitor, random_part)
+                if campaign.contextual:
+                    if features is None:
+                        features = visitor_features(view, context)
+                    feats = features
+                p = pick(campaign, model, visitor, random_part, feats)
+                if p.slots:
+                    filled = _slots(campaign, p.slots, zone, random_part, feats, view, context,
+                                    recommendations, variables)
+                    if filled is None:
+                        continue
+                    variables = filled[1]
+                    used.add(campaign.id)
+                    decisions.extend(filled[0])
+                    break
                 arm = Assignment(p.variant, p.control, p.probability, 0.0)
             else:
                 arm = assign(campaign.id, visitor, campaign.weights, campaign.control_percent)
@@ -167,10 +190,34 @@ def select(
                     content,
                     random_part,
                     campaign.policy.kind,
+                    0 if campaign.slots > 1 else None,
+                    feats,
                 )  # fmt: skip
             )
             break
     return decisions
+
+
+def _slots(campaign: Campaign, slots: Sequence[tuple[str, float]], zone: str, random_part: str,
+           features: Mapping[str, Any] | None, view: Mapping[str, Any],
+           context: Mapping[str, Any], recommendations: Sequence[Mapping[str, Any]],
+           variables: Mapping[str, Any] | None
+           ) -> tuple[list[Decision], Mapping[str, Any]] | None:
+    """One decision per slot of a multi-slot campaign (None when a variant cannot render)."""
+    if variables is None:
+        variables = template_vars(view, context, recommendations)
+    out = []
+    for i, (vid, probability) in enumerate(slots):
+        variant = campaign.variant(vid)
+        if variant is None:
+            return None
+        try:
+            content = variant.template.render(variables)
+        except RenderError:
+            return None
+        out.append(Decision(zone, campaign.id, campaign.name, vid, False, probability, content,
+                            random_part, campaign.policy.kind, i, features))
+    return out, variables
 
 
 def explain(

@@ -109,6 +109,10 @@ def decision_record(d: Decision, did: str, visitor_id: str, user_id: str | None,
     }
     if d.policy != "fixed":
         rec["props"]["policy"] = d.policy
+    if d.slot is not None:
+        rec["props"]["slot"] = d.slot
+    if d.features is not None:  # what the contextual policy decided on: the learner learns it
+        rec["props"]["features"] = d.features
     if user_id:
         rec["user_id"] = user_id
     if channel:
