@@ -212,20 +212,15 @@ class Tables:
         field, value, ...] (kind `z` sorted set, `m` sorted set of latest scores, `h` hash
         counters, `s` hash fields)."""
         out: list[list[Any]] = []
-        for key, t in self.z.items():
-            if only is None or only(key):
-                cap, ttl = self.zcfg[key]
-                row: list[Any] = [key, "z", cap, ttl]
-                for m, v in t.items():
-                    row += (m, v)
-                out.append(row)
-        for key, t in self.m.items():
-            if only is None or only(key):
-                cap, ttl = self.mcfg[key]
-                row = [key, "m", cap, ttl]
-                for m, v in t.items():
-                    row += (m, v)
-                out.append(row)
+        row: list[Any]
+        for kind, tables, cfg in (("z", self.z, self.zcfg), ("m", self.m, self.mcfg)):
+            for key, t in tables.items():
+                if only is None or only(key):
+                    cap, ttl = cfg[key]
+                    row = [key, kind, cap, ttl]
+                    for m, v in t.items():
+                        row += (m, v)
+                    out.append(row)
         for key, c in self.h.items():
             if only is None or only(key):
                 row = [key, "h", 0, self.hcfg[key]]

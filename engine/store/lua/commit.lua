@@ -77,18 +77,12 @@ if #conflicts > 0 or #erased > 0 then return {0, conflicts, erased} end
 for i = 1, #tables do
   local t = tables[i]
   local key, kind, ttl = K[t[1]], t[2], tonumber(t[4])
-  if kind == 'z' then
-    for j = 5, #t, 2 do redis.call('ZINCRBY', key, t[j + 1], t[j]) end
-    local cap = tonumber(t[3])
-    if cap > 0 then
-      local n = redis.call('ZCARD', key)
-      if n > cap + math.floor(cap / 8) + 1 then
-        redis.call('ZREMRANGEBYRANK', key, 0, n - cap - 1)
-      end
+  if kind == 'z' or kind == 'm' then
+    if kind == 'z' then
+      for j = 5, #t, 2 do redis.call('ZINCRBY', key, t[j + 1], t[j]) end
+    else
+      for j = 5, #t, 2 do redis.call('ZADD', key, 'GT', t[j + 1], t[j]) end
     end
-    if ttl > 0 then redis.call('PEXPIRE', key, ttl) end
-  elseif kind == 'm' then
-    for j = 5, #t, 2 do redis.call('ZADD', key, 'GT', t[j + 1], t[j]) end
     local cap = tonumber(t[3])
     if cap > 0 then
       local n = redis.call('ZCARD', key)
