@@ -210,7 +210,8 @@ def repurchase_item(item_id: str) -> str:
 
 
 def session_index(item_id: str) -> str:
-    """Sorted set of the sessions (`<profile id>#<seq>`) that held an item, scored by their last
+    """Sorted set of the sessions (`models.session.shared_session_name`: a hash of
+    `<profile id>#<seq>`, no visitor id) that held an item, scored by their last
     time, bounded to the most recent (models/reco/sessionknn.py `sessions_per_item`), expiring
     with the sessions; shares the item's shard."""
     return f"ksi:{_TAGS[shard(item_id)]}:{item_id}"

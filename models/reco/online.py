@@ -15,7 +15,7 @@ from models.affinity import AffinityConfig, Profile, current_scores
 from models.reco.base import Candidate
 from models.reco.repurchase import Decision
 from models.reco.sessionknn import PastSession, SessionKNN, score_sessions, session_items
-from models.session import SessionConfig, session_uid
+from models.session import SessionConfig, shared_session_name
 
 SEEDS = 5
 RECENCY_DECAY = 0.7
@@ -116,7 +116,7 @@ def current_session(profile: Profile | None, pid: str | None, item_id: str | Non
     uid: str | None = None
     items: list[str] = []
     if profile is not None and pid and profile.session.is_open(now_ms, _SESSIONS):
-        uid = session_uid(pid, profile.session)
+        uid = shared_session_name(pid, profile.session)
         items = session_items(profile.session)
     if item_id:
         items = [i for i in items if i != item_id] + [item_id]

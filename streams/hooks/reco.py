@@ -26,7 +26,8 @@ member, committed once per batch with the offset marks, so exactly once):
   bin, the log delay x 1000 as an integer): `hincr`, one hash per level, expiring a year
   (categories) or 180 days (items) after the level's last purchase;
 - session-kNN (models/reco/sessionknn.py): a view, favourite, cart or purchase adds its items to
-  the profile's current session (`<pid>#<seq>`, `Profile.session`): the session's sorted set of
+  the profile's current session (`Profile.session`, named by `shared_session_name`: a hash of
+  `<pid>#<seq>`, so these shared tables hold no visitor id): the session's sorted set of
   items by the time it last met each (`zmax`, bounded to `SESSION_ITEMS`), and each item's
   sorted set of sessions by their last time (`zmax`, bounded to `SESSIONS_PER_ITEM`), both
   expiring `SESSION_TTL_MS` after their last change.
@@ -58,7 +59,7 @@ from models.reco.base import DEFAULT_WEIGHTS, event_items
 from models.reco.cooccurrence import CO_BUY_TYPES, CO_VIEW_TYPES
 from models.reco.nextitem import NEXT_ITEM_TYPES, NEXT_ITEM_WINDOW
 from models.reco.repurchase import LOG_SCALE, levels_of, row_increments
-from models.session import session_uid
+from models.session import shared_session_name
 from streams.plan import Hook, HookContext
 
 CAPS = {"item": 2000, "category": 500, "brand": 500, "in_category": 300, "neighbours": 100,
@@ -260,7 +261,7 @@ def _repurchases(t: Tables, ts: int, ids: list[str], facts: list[Any], profile: 
 
 def _session_items(t: Tables, ts: int, ids: list[str], profile: Profile, pid: str) -> None:
     """The event's items into the profile's current session and each item's session index."""
-    uid = session_uid(pid, profile.session)
+    uid = shared_session_name(pid, profile.session)
     k_session = keys.session_items(uid)
     for k, iid in enumerate(ids[:SESSION_PER_EVENT]):
         # the event's later items come later in the session (as SessionKNN.add appends them)
