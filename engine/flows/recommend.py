@@ -116,7 +116,7 @@ class Recommender:
             self.cached.get_many(wanted, now_ms / 1000.0),
             self.reader.cf_items(int.from_bytes(cf_user[:2], "little"), pool)
             if cf_wanted and cf_user is not None else _nothing(),
-            self.reader.sessions(uids),
+            self.reader.sessions(list(uids)),
             self.reader.repurchase_rows(list({lv for ls in levels.values() for lv in ls}),
                                         [iid for iid, _ in bought]))
         if cf_wanted and cf_user is not None:

@@ -7,7 +7,8 @@ Cluster (whose keys span many slots) the same reads are two pipelines instead.
 `cf_items` reads the candidates' CF vectors from the model of the visitor's partition;
 `trending` is the read behind GET /v1/stats/trending; `repurchase_rows`, `session_index` and
 `sessions` the repurchase counters and the session-kNN state (one pipeline each, so they work
-on a cluster too). The tables are written by the stream hooks (streams/hooks/reco.py,
+on a cluster too; `sessions`, up to 200 keys, is one script call, lua/session_items.lua, on a
+single server). The tables are written by the stream hooks (streams/hooks/reco.py,
 streams/hooks/cf.py).
 """
 
@@ -48,6 +49,7 @@ class RecoReader:
         self.r = redis
         self.group_id = group_id
         self._read = Script(redis, "reco_read")
+        self._sessions = Script(redis, "session_items")
         self.cluster = is_cluster(redis)
         self._popularity = [keys.popularity(n) for n in range(keys.SHARDS)]
 
@@ -138,16 +140,19 @@ class RecoReader:
         return {iid: [(u.decode(), int(sc)) for u, sc in rows]
                 for iid, rows in zip(items, got, strict=True)}
 
-    async def sessions(self, uids: Sequence[str]) -> dict[str, tuple[int, list[str]]]:
-        """Each session's (last time ms, items oldest first); a session gone is left out."""
+    async def sessions(self, uids: Sequence[str]) -> dict[str, list[str]]:
+        """Each session's items, oldest first; a session gone is left out."""
         if not uids:
             return {}
-        pipe = self.r.pipeline(transaction=False)
-        for u in uids:
-            pipe.zrange(keys.session_items(u), 0, -1, withscores=True)
-        got = await pipe.execute()
-        return {u: (int(rows[-1][1]), [m.decode() for m, _ in rows])
-                for u, rows in zip(uids, got, strict=True) if rows}
+        skeys = [keys.session_items(u) for u in uids]
+        if self.cluster:
+            pipe = self.r.pipeline(transaction=False)
+            for k in skeys:
+                pipe.zrange(k, 0, -1)
+            got = await pipe.execute()
+        else:  # one command, not one per session (redis-py packs each command in Python)
+            got = await self._sessions(skeys, [])
+        return {u: [m.decode() for m in rows] for u, rows in zip(uids, got, strict=True) if rows}
 
     async def cf_items(self, partition: int, item_ids: Sequence[str]) -> dict[str, bytes | None]:
         """The CF vectors of items in the model of one events partition (None: not learnt)."""

@@ -124,21 +124,23 @@ def current_session(profile: Profile | None, pid: str | None, item_id: str | Non
 
 
 def sample_sessions(index: Mapping[str, Sequence[tuple[str, int]]], exclude_uid: str | None,
-                    sample_size: int) -> list[str]:
+                    sample_size: int) -> dict[str, int]:
     """The `sample_size` most recent sessions among those the items' indexes hold (the
-    `recent` sampling of models/reco/sessionknn.py), never the current one."""
+    `recent` sampling of models/reco/sessionknn.py), never the current one: name -> its latest
+    time in the indexes read, most recent first."""
     seen: dict[str, int] = {}
     for rows in index.values():
         for u, ts in rows:
             if u != exclude_uid and ts > seen.get(u, -1):
                 seen[u] = ts
-    return sorted(seen, key=lambda u: (-seen[u], u))[:sample_size]
+    return {u: seen[u] for u in sorted(seen, key=lambda u: (-seen[u], u))[:sample_size]}
 
 
-def session_candidates(current: Sequence[str], uids: Sequence[str],
-                       sessions: Mapping[str, tuple[int, Sequence[str]]], now_ms: int, k: int,
+def session_candidates(current: Sequence[str], sampled: Mapping[str, int],
+                       sessions: Mapping[str, Sequence[str]], now_ms: int, k: int,
                        knn: SessionKNN) -> list[Candidate]:
-    """`score_sessions` over the sampled sessions as read (a `SessionKNN` gives the weights)."""
-    past = [PastSession(u, sessions[u][0], tuple(sessions[u][1])) for u in uids if u in sessions]
+    """`score_sessions` over the sampled sessions' items as read (a `SessionKNN` gives the
+    weights; a session's time is its latest in the indexes, which only `lambda_time_s` reads)."""
+    past = [PastSession(u, ts, tuple(sessions[u])) for u, ts in sampled.items() if u in sessions]
     return score_sessions(current, past, now_ms, knn.k, knn.lambda_pos, knn.lambda_time_s,
                           knn.lambda_neigh, k)

@@ -161,10 +161,8 @@ def test_session_knn_from_the_stream_tables_scores_like_the_learner() -> None:
         index = {iid: sorted(((u, int(s)) for u, s in t.m.get(keys.session_index(iid), {}).items()),
                              key=lambda r: -r[1]) for iid in current}
         uids = sample_sessions(index, uid, knn.sample_size)
-        sessions = {}
-        for u in uids:
-            rows = sorted(t.m[keys.session_items(u)].items(), key=lambda r: r[1])
-            sessions[u] = (int(rows[-1][1]), [m for m, _ in rows])
+        sessions = {u: [m for m, _ in sorted(t.m[keys.session_items(u)].items(),
+                                             key=lambda r: r[1])] for u in uids}
         got = session_candidates(current, uids, sessions, now, 20, knn)
         want = knn.recommend(vid, now, 20, item_id=page)
         assert [(c.item_id, c.via) for c in got] == [(c.item_id, c.via) for c in want], vid
