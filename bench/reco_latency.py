@@ -5,10 +5,13 @@ Starts Valkey, Apache Kafka, one worker and the API (bench/_stack.py), loads the
 end now), waits for the stream to catch up, then sends `--rate` requests/s for `--seconds`
 (open loop: each request is due on schedule, whatever the previous ones do, and its latency
 counts from when it was due) for visitors of
-the log, half of them on an item page. Prints p50/p90/p99, the load average (this machine
-is shared: figures on a busy machine are worse) and, last, one JSON line.
+the log, half of them on an item page. Prints p50/p90/p99, the API process's CPU µs per
+request (the figure to compare on a shared machine), the load average (figures on a busy
+machine are worse) and, last, one JSON line. `--compare` runs the same load a second time on
+`bench_plain`: the default recipe without `session_knn` and with bought items plainly excluded
+(`exclusions.repurchase: exclude`), so the cost of those two reads shows within one run.
 
-    python bench/reco_latency.py [--rate 200] [--seconds 20] [--events 0 (all)]
+    python bench/reco_latency.py [--rate 200] [--seconds 20] [--events 0 (all)] [--compare]
 
 Target: p99 < 10 ms.
 """
@@ -19,13 +22,16 @@ import argparse
 import asyncio
 import os
 import random
+import shutil
 import sys
 import time
 from pathlib import Path
 
+import yaml
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _stack import BenchStack, json_line, say, summary_ms  # noqa: E402
+from _stack import BenchStack, cpu_seconds, json_line, say, summary_ms  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLE = ROOT.parent / "shared" / "data" / "rees46" / "2019-Oct_head.csv"
@@ -98,7 +104,8 @@ class Conn:
 
 
 async def load(base: str, events: list[dict], rate: float, seconds: float, seed: int,
-               connections: int = 32, key: str = "") -> tuple[list[float], int, list[int]]:
+               connections: int = 32, key: str = "", recipe: str = "default",
+               api_pid: int | None = None) -> tuple[list[float], int, list[int], float]:
     """Open loop: request i is due at start + i/rate; its latency counts from when it was due
     (waiting for a free connection included), so a slow server cannot hide its queue."""
     import json
@@ -132,7 +139,7 @@ async def load(base: str, events: list[dict], rate: float, seconds: float, seed:
 
     def target() -> str:
         vid, iid = rng.choice(pairs)
-        params = {"visitor_id": vid, "n": "10"}
+        params = {"visitor_id": vid, "n": "10", "recipe": recipe}
         if rng.random() < 0.5:
             params["item_id"] = iid
         return "/v1/recommendations?" + urlencode(params)
@@ -141,6 +148,7 @@ async def load(base: str, events: list[dict], rate: float, seconds: float, seed:
     lat.clear()
     sizes.clear()
     tasks = []
+    cpu0 = cpu_seconds(api_pid)
     start = time.perf_counter()
     for i in range(int(rate * seconds)):
         due = start + i / rate
@@ -149,9 +157,10 @@ async def load(base: str, events: list[dict], rate: float, seconds: float, seed:
             await asyncio.sleep(delay)
         tasks.append(asyncio.create_task(one(target(), due)))
     await asyncio.gather(*tasks)
+    cpu_us = (cpu_seconds(api_pid) - cpu0) / max(1, len(tasks)) * 1e6
     while not pool.empty():
         pool.get_nowait().writer.close()
-    return lat, errors, sizes
+    return lat, errors, sizes, cpu_us
 
 
 def main() -> int:
@@ -161,33 +170,52 @@ def main() -> int:
     ap.add_argument("--events", type=int, default=0, help="replay only the first N events")
     ap.add_argument("--file", type=Path, default=SAMPLE)
     ap.add_argument("--seed", type=int, default=7)
+    ap.add_argument("--compare", action="store_true",
+                    help="also run the load on bench_plain (no session_knn, plain exclusion)")
     args = ap.parse_args()
+    runs = ["default", "bench_plain"] if args.compare else ["default"]
+    results = []
     with BenchStack("reco-latency") as st:
+        config = st.dir / "config"
+        shutil.copytree(ROOT / "config", config)
+        recipe = yaml.safe_load((config / "recipes" / "default.yaml").read_text())
+        recipe["name"] = "bench_plain"
+        recipe["ingredients"]["session_knn"] = 0.0
+        recipe["exclusions"]["repurchase"] = "exclude"
+        (config / "recipes" / "bench_plain.yaml").write_text(yaml.safe_dump(recipe))
         st.start_redis()
         st.start_kafka()
-        st.configure()
+        st.configure(config_dir=config)
         st.ensure_topics()
         st.start_worker()
         st.start_api(workers=1)
         base = st.base_url
         events = replay(base, args.file, args.events, st.headers)
         wait_caught_up(base, events, st.headers)
-        say(f"replay applied; {args.rate:.0f} req/s for {args.seconds:.0f} s")
-        lat, errors, sizes = asyncio.run(load(base, events, args.rate, args.seconds, args.seed,
-                                              key=st.key))
+        for name in runs:
+            say(f"replay applied; recipe {name}: {args.rate:.0f} req/s for {args.seconds:.0f} s")
+            lat, errors, sizes, cpu_us = asyncio.run(load(
+                base, events, args.rate, args.seconds, args.seed, key=st.key, recipe=name,
+                api_pid=st.pid("api")))
+            results.append((name, lat, errors, sizes, cpu_us, round(os.getloadavg()[0], 2)))
         st.check_alive()
-    fig = summary_ms(lat)
-    load_avg = round(os.getloadavg()[0], 2)
-    mean_items = round(sum(sizes) / len(sizes), 2) if sizes else 0.0
-    print(f"GET /v1/recommendations at {args.rate:.0f} req/s for {args.seconds:.0f} s: "
-          f"p50 {fig['p50_ms']} ms, p90 {fig['p90_ms']} ms, p99 {fig['p99_ms']} ms, "
-          f"max {fig['max_ms']} ms; {errors} errors; {mean_items} items per answer "
-          f"(target p99 < 10 ms: {'met' if fig['p99_ms'] < 10 else 'NOT met'}); "
-          f"load average {load_avg} on {os.cpu_count()} CPUs")
-    json_line({"bench": "reco_latency", "events": len(events), "rate": args.rate,
-               "seconds": args.seconds, **fig, "errors": errors, "items_mean": mean_items,
-               "target_p99_ms": 10, "met": fig["p99_ms"] < 10, "loadavg": load_avg,
-               "cpus": os.cpu_count()})
+    for name, lat, errors, sizes, cpu_us, load_avg in results:
+        fig = summary_ms(lat)
+        mean_items = round(sum(sizes) / len(sizes), 2) if sizes else 0.0
+        print(f"GET /v1/recommendations ({name}) at {args.rate:.0f} req/s for {args.seconds:.0f} "
+              f"s: p50 {fig['p50_ms']} ms, p90 {fig['p90_ms']} ms, p99 {fig['p99_ms']} ms, "
+              f"max {fig['max_ms']} ms; API CPU {cpu_us:.0f} µs/request; {errors} errors; "
+              f"{mean_items} items per answer "
+              f"(target p99 < 10 ms: {'met' if fig['p99_ms'] < 10 else 'NOT met'}); "
+              f"load average {load_avg} on {os.cpu_count()} CPUs")
+    for name, lat, errors, sizes, cpu_us, load_avg in results:
+        fig = summary_ms(lat)
+        mean_items = round(sum(sizes) / len(sizes), 2) if sizes else 0.0
+        json_line({"bench": "reco_latency", "recipe": name, "events": len(events),
+                   "rate": args.rate, "seconds": args.seconds, **fig, "errors": errors,
+                   "items_mean": mean_items, "cpu_us_per_request": round(cpu_us, 1),
+                   "target_p99_ms": 10, "met": fig["p99_ms"] < 10, "loadavg": load_avg,
+                   "cpus": os.cpu_count()})
     return 0
 
 

@@ -1,6 +1,6 @@
 """Prequential replay of behaviour logs through the recommendation learners.
 
-    python bench/reco_replay.py PATH [PATH ...] [--recipe config/recipes/staged/default.yaml]
+    python bench/reco_replay.py PATH [PATH ...] [--recipe config/recipes/default.yaml]
                                 [--sessions] [--every N] [--limit N]
 
 PATH is a Taobao CSV, a REES46 CSV or JSON lines in the event spec (how other logs arrive).
@@ -33,7 +33,7 @@ import os
 import sys
 import tempfile
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -44,11 +44,9 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from engine.logic import recipes as engine_recipes  # noqa: E402
 from engine.logic.recipes import Recipe, apply, parse_recipe  # noqa: E402
 from models.reco import CO_VIEW_TYPES, CoOccurrence, RecoModels, Trending  # noqa: E402
 from models.reco.base import event_items  # noqa: E402
-from models.reco.ensemble import INGREDIENTS as ENSEMBLE_INGREDIENTS  # noqa: E402
 from models.session import split_sessions  # noqa: E402
 from streams.sources import load_events  # noqa: E402
 
@@ -61,23 +59,9 @@ METHODS = ("kairos", "kairos:kept", *BASELINES)
 
 
 def load_recipe(path: str | Path) -> Recipe:
-    """A recipe file, validated by `engine.logic.recipes.parse_recipe`. Ingredients the in-process
-    models offer that this engine's parser does not list yet (`session_knn` until the served
-    route has it) are validated here the same way and added back: `apply` blends any name."""
+    """A recipe file, validated by `engine.logic.recipes.parse_recipe`."""
     with open(path, encoding="utf-8") as fh:
-        data = yaml.safe_load(fh)
-    known = set(engine_recipes.INGREDIENTS)
-    raw = dict(data.get("ingredients") or {}) if isinstance(data, Mapping) else {}
-    pending = {k: v for k, v in raw.items() if k not in known and k in ENSEMBLE_INGREDIENTS}
-    if not pending:
-        return parse_recipe(data, Path(path).stem)
-    rest = {k: v for k, v in raw.items() if k not in pending}
-    checked = parse_recipe({**data, "ingredients": rest or {"trending": 1.0}}, Path(path).stem)
-    for k, v in pending.items():
-        if isinstance(v, bool) or not isinstance(v, int | float) or v < 0:
-            raise engine_recipes.RecipeError(f"ingredients.{k}", "must be a number >= 0")
-    ingredients = {**rest, **{k: float(v) for k, v in pending.items()}}
-    return dataclasses.replace(checked, ingredients=ingredients)
+        return parse_recipe(yaml.safe_load(fh), Path(path).stem)
 
 
 def next_distinct_targets(events: Sequence[dict[str, Any]]) -> list[str | None]:
@@ -283,7 +267,7 @@ def derive_session_log(path: str, out_dir: str) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("paths", nargs="+", help="Taobao CSV, REES46 CSV or JSON-lines events")
-    parser.add_argument("--recipe", default=str(ROOT / "config/recipes/staged/default.yaml"))
+    parser.add_argument("--recipe", default=str(ROOT / "config/recipes/default.yaml"))
     parser.add_argument("--limit", type=int, default=None, help="replay only the first N events")
     parser.add_argument("--every", type=int, default=1,
                         help="score every Nth eligible event (all learn every event)")

@@ -54,6 +54,9 @@ def openapi() -> dict[str, Any]:
             "recent_items": {"type": "array", "items": {"type": "string"}},
             "cart": {"type": "array", "items": {"type": "string"}},
             "purchased": {"type": "array", "items": {"type": "string"}},
+            "session": {"type": ["object", "null"], "description":
+                        "the current (or last) session: seq, id, start, last, open, events, age_s, "
+                        "viewed, carted, bought, return_gap_s (models/session.py)"},
             "segments": {"type": "array", "items": {"type": "string"}},
             "linked_visitors": {"type": "array", "items": {"type": "string"}},
         },

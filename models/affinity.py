@@ -24,6 +24,8 @@ from typing import Any
 import msgpack
 
 from engine.logic.common import category_ancestors
+from models.session import Session, SessionConfig
+from models.session import advance as advance_session
 
 DIMENSIONS = ("category", "brand", "tag", "item")
 _DIM_INDEX = {d: i for i, d in enumerate(DIMENSIONS)}
@@ -58,6 +60,10 @@ MAX_TRAITS_BYTES = 4096  # all traits together, packed
 FINGERPRINT_BYTES = 5  # 40-bit: a false duplicate needs ~7e10 events per profile at window 16
 RESCALE_EXPONENT = 40.0  # rescale once e^{λ(t−L)} would pass e^40 ≈ 2.4e17
 DAY_MS = 86_400_000
+#: Two purchases of one item by one profile less than this apart are one order (a cart line sent
+#: twice), not a rebuy (models/reco/repurchase.py `min_gap_s`).
+REBUY_MIN_GAP_S = 1800
+_SESSIONS = SessionConfig()
 
 
 @dataclass(frozen=True)
@@ -154,6 +160,11 @@ class Profile:
     # identity merges this profile took in, [visitor id, the anonymous profile's revision],
     # newest last (streams/plan.py: a merge redone after a crash is not folded in twice)
     merged: list[list[Any]] = field(default_factory=list)
+    # what the visitor is doing now (models/session.py), advanced by every applied event
+    session: Session = field(default_factory=Session)
+    # purchased item -> [last purchase, the one before (0: none)], in seconds; the items of
+    # `purchased` only (the repurchase rule reads how long ago, the stream how long between)
+    bought: dict[str, list[int]] = field(default_factory=dict)
 
     # -- persistence -------------------------------------------------------------------
     def snapshot(self) -> bytes:
@@ -177,6 +188,8 @@ class Profile:
                 self.seen,
                 self.marks,
                 self.merged,
+                self.session.pack() if self.session.seq else None,
+                self.bought,
             ],
             use_bin_type=True,
             use_single_float=True,
@@ -190,7 +203,9 @@ class Profile:
         (_, lm, n, first, last, uid, aff, recent, cart, purchased, types, traits, segs, chans,
          aliases, seen, marks, *rest) = data
         return cls(lm, n, first, last, uid, aff, recent, cart, purchased, types, traits, segs,
-                   chans, aliases, seen, marks, rest[0] if rest else [])
+                   chans, aliases, seen, marks, rest[0] if rest else [],
+                   Session.unpack(rest[1]) if len(rest) > 1 else Session(),
+                   rest[2] if len(rest) > 2 else {})
 
     # -- redelivery marks --------------------------------------------------------------
     def covers(self, partition: int, offset: int, record_ms: int) -> bool:
@@ -386,6 +401,7 @@ def apply_event(p: Profile, event: Mapping[str, Any], cfg: AffinityConfig) -> bo
 
     things = _item_credits(event)
     _update_lists(p, etype, event, things, cfg)
+    p.session = advance_session(p.session if p.session.seq else None, event, _SESSIONS)
 
     w = cfg.weight(etype)
     if w and things:
@@ -425,6 +441,7 @@ def _update_lists(
     p: Profile, etype: str, event: Mapping[str, Any], things: list[Mapping[str, Any]], cfg: AffinityConfig
 ) -> None:
     ids = [th["id"] for th in things if th.get("id")]
+    t_s = int(event["ts"]) // 1000
     if etype in ("item_view", "add_to_cart", "purchase", "click"):
         for iid in reversed(ids):
             _push_front(p.recent, iid, cfg.max_recent_items)
@@ -439,6 +456,15 @@ def _update_lists(
         p.cart = [i for i in p.cart if i not in ids] if event.get("items") or event.get("item") else []
         for iid in ids:
             _push_front(p.purchased, iid, cfg.max_purchased)
+            times = p.bought.get(iid)
+            if times is None:
+                p.bought[iid] = [t_s, 0]
+            elif t_s - times[0] >= REBUY_MIN_GAP_S:
+                times[1], times[0] = times[0], t_s
+            # else the same order again: the first line's time stands
+        if len(p.bought) > len(p.purchased):
+            keep = set(p.purchased)
+            p.bought = {i: v for i, v in p.bought.items() if i in keep}
 
 
 def merge(into: Profile, other: Profile, cfg: AffinityConfig) -> None:
@@ -464,6 +490,15 @@ def merge(into: Profile, other: Profile, cfg: AffinityConfig) -> None:
     into.recent = list(dict.fromkeys(newer.recent + older.recent))[: cfg.max_recent_items]
     into.purchased = list(dict.fromkeys(newer.purchased + older.purchased))[: cfg.max_purchased]
     into.cart = list(dict.fromkeys(into.cart + other.cart))[-cfg.max_cart :]
+    for iid, (last, prev) in other.bought.items():
+        mine = into.bought.get(iid)
+        if mine is None or last > mine[0]:
+            into.bought[iid] = [last, max(prev, mine[0]) if mine else prev]
+    into.bought = {i: into.bought[i] for i in into.purchased if i in into.bought}
+    if other.session.last_ms > into.session.last_ms:  # the fresher session is "now"
+        into.session = Session.unpack(other.session.pack())
+        # named anew under the profile it joined (`<pid>#<seq>` stays unique)
+        into.session.seq = max(into.session.seq, other.session.seq) + 1
     for k, (cnt, last) in other.types.items():
         mine = into.types.setdefault(k, [0, 0])
         mine[0] += cnt
@@ -520,6 +555,7 @@ def view(
         "recent_items": list(p.recent),
         "cart": list(p.cart),
         "purchased": list(p.purchased),
+        "session": p.session.view(now_ms, _SESSIONS) if p.session.seq else None,
         "types": types,
         "segments": list(p.segments),
         "traits": dict(p.traits),

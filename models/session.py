@@ -15,6 +15,7 @@ whole log into sessions (for derived session logs and tests).
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -222,6 +223,13 @@ def advance(session: Session | None, event: Mapping[str, Any],
 def session_uid(profile_id: str, session: Session) -> str:
     """A name for the session that is the same in every process: `<profile id>#<seq>`."""
     return f"{profile_id}#{session.seq}"
+
+
+def shared_session_name(profile_id: str, session: Session) -> str:
+    """The session's name in tables many visitors share (the served session-kNN state): the
+    first 16 hex digits of BLAKE2b of `session_uid`, so the tables carry no visitor id."""
+    uid = session_uid(profile_id, session)
+    return hashlib.blake2b(uid.encode(), digest_size=8).hexdigest()
 
 
 class SessionTracker:

@@ -7,6 +7,13 @@ them the candidates' CF vectors; then the pure `engine.logic.recipes.apply`. Rec
 from `config/recipes/*.yaml` through the config hub (hot-reloaded). The `cf` ingredient
 re-ranks the union of the other ingredients' candidates with the online model the worker
 keeps (streams/hooks/cf.py); a visitor the model has not learnt yet gets no `cf` candidates.
+
+Bought items go through the repurchase rule (`exclusions.purchased` with `exclusions.repurchase`,
+models/reco/repurchase.py): the bought items' catalog records are read beside the tables, their
+levels' counter rows beside the candidates' records, and a kept item is shown "often bought
+again". The `session_knn` ingredient reads the sessions that held the current session's items
+(with the tables), then those sessions' items (with the candidates' records), and the records
+of its own candidates the other ingredients did not bring (a third, usually cached, read).
 """
 
 from __future__ import annotations
@@ -32,13 +39,22 @@ from engine.store.catalog import CachedCatalog
 from engine.store.profiles import ProfileStore
 from engine.store.reco_read import RecoReader
 from models.affinity import AffinityConfig
-from models.reco.online import seed_weights, visitor_state
+from models.reco.online import (
+    current_session,
+    sample_sessions,
+    seed_weights,
+    session_candidates,
+    visitor_state,
+    with_repurchase,
+)
+from models.reco.repurchase import Repurchase, levels_of, stored_row, visitor_horizon_ms
+from models.reco.sessionknn import SessionKNN
 
 CATALOG_CACHE_S = 2.0  # catalog changes show in recommendations within this
 
 
 class Recommender:
-    """Reads the online state for one request and applies a recipe."""
+    """Reads the online state for one request (or a mail batch) and applies a recipe."""
 
     def __init__(self, profiles: ProfileStore, reader: RecoReader, catalog: CachedCatalog,
                  cfg: AffinityConfig, recipes: Callable[[], dict[str, Recipe] | None],
@@ -50,6 +66,9 @@ class Recommender:
         self.recipes = recipes
         self.problems = problems  # why the recipe files did not load, if they did not
         self.decay: EpochDecay = decay(RECO_HALF_LIFE)
+        # the learners' settings (their state is the stream's, read from Redis per request)
+        self.rules = {mode: Repurchase(mode=mode) for mode in ("learnt", "exclude", "keep")}
+        self.knn = SessionKNN()
 
     async def recommend(self, recipe: Recipe, visitor_id: str | None, item_id: str | None,
                         category: str | None, n: int, now_ms: int) -> list[dict[str, Any]]:
@@ -58,9 +77,11 @@ class Recommender:
             page = (await self.cached.get_many([item_id], now_ms / 1000.0)).get(item_id)
             category = page_category(page)
         ask = self._ask(recipe, found, item_id, category, n, now_ms)
-        # round trip 1: neighbour and trending tables, the neighbours' popularity, CF vector
-        tables = await self.reader.tables(**ask.tables)
-        return (await self._answers(recipe, [ask], [tables], now_ms))[0]
+        # round trip 1: neighbour and trending tables, the neighbours' popularity, CF vector;
+        # beside it the bought items' records and the session index of the session's items
+        tables, first = await asyncio.gather(self.reader.tables(**ask.tables),
+                                             self._first([ask], now_ms))
+        return (await self._answers(recipe, [ask], [tables], first, now_ms))[0]
 
     async def recommend_many(self, recipe: Recipe, visitor_ids: Sequence[str | None], n: int,
                              now_ms: int) -> list[list[dict[str, Any]]]:
@@ -68,8 +89,9 @@ class Recommender:
         batch): their profiles in one pipeline, their tables in one, one catalog read."""
         found = await self.profiles.find_many(list(visitor_ids))
         asks = [self._ask(recipe, f, None, None, n, now_ms) for f in found]
-        tables = await self.reader.tables_many([a.tables for a in asks])
-        return await self._answers(recipe, asks, tables, now_ms)
+        tables, first = await asyncio.gather(self.reader.tables_many([a.tables for a in asks]),
+                                             self._first(asks, now_ms))
+        return await self._answers(recipe, asks, tables, first, now_ms)
 
     def _ask(self, recipe: Recipe, found: Any, item_id: str | None, category: str | None, n: int,
              now_ms: int) -> _Ask:
@@ -81,17 +103,36 @@ class Recommender:
         k = pool_size(n)
         seeds = seed_weights(item_id, recent)
         cat, aff_cats = categories_wanted(needed, category, visitor)
+        rule = self.rules[recipe.exclusions.repurchase]
+        bought = visitor["bought"] if recipe.exclusions.purchased and rule.mode == "learnt" else []
+        uid, current = (current_session(profile, pid, item_id, now_ms, self.knn.max_session_items)
+                        if "session_knn" in needed else (None, []))
         tables = dict(neighbours=needed, seeds=list(seeds), trending="trending" in needed,
                       categories=category_tables(needed, cat, aff_cats), half_life=RECO_HALF_LIFE,
-                      factors=self.decay.read_factors(now_ms), rows_per_seed=NEIGHBOURS_PER_SEED, rows=k,
-                      cf_pid=pid if "cf" in needed else None)
-        return _Ask(visitor, recent, needed, k, seeds, cat, aff_cats, item_id, n, tables)
+                      factors=self.decay.read_factors(now_ms), rows_per_seed=NEIGHBOURS_PER_SEED,
+                      rows=k, cf_pid=pid if "cf" in needed else None)
+        return _Ask(visitor, recent, needed, k, seeds, cat, aff_cats, item_id, n, tables,
+                    profile, rule, bought, uid, current)
+
+    async def _first(self, asks: Sequence[_Ask], now_ms: int) -> _First:
+        """Beside the tables: the bought items' catalog records and the sessions that held the
+        current sessions' items."""
+        bought = list(dict.fromkeys(iid for a in asks for iid, _ in a.bought))
+        current = list(dict.fromkeys(iid for a in asks for iid in a.current))
+        records, index = await asyncio.gather(
+            self.cached.get_many(bought, now_ms / 1000.0),
+            self.reader.session_index(current, self.knn.sessions_per_item))
+        return _First(records, index)
 
     async def _answers(self, recipe: Recipe, asks: Sequence[_Ask], tables: Sequence[Any],
-                       now_ms: int) -> list[list[dict[str, Any]]]:
+                       first: _First, now_ms: int) -> list[list[dict[str, Any]]]:
         """round trip 2: the catalog records of every candidate and seed, and beside it the CF
-        vectors of the candidates (the model the visitor's partition keeps); then the recipe."""
-        all_cands, wanted = [], []
+        vectors of the candidates (the model the visitor's partition keeps), the sampled
+        sessions' items and the bought items' repurchase counters; then the recipe."""
+        all_cands: list[dict[str, Any]] = []
+        wanted: list[str] = []
+        levels: list[dict[str, list[str]]] = []
+        uids: list[dict[str, int]] = []
         cf_reads = []  # (ask index, partition, pool)
         for i, (a, t) in enumerate(zip(asks, tables, strict=True)):
             cands = candidate_lists(a.needed, a.seeds, a.recent, a.cat, a.aff_cats, a.visitor, a.k,
@@ -102,18 +143,44 @@ class Recommender:
             wanted += [*a.seeds, *pool]
             if t.cf_user is not None and len(t.cf_user) > 2 and pool:
                 cf_reads.append((i, int.from_bytes(t.cf_user[:2], "little"), pool))
-        catalog = self.cached.get_many(list(dict.fromkeys(wanted)), now_ms / 1000.0)
-        if cf_reads:
-            records, *vectors = await asyncio.gather(
-                catalog, *(self.reader.cf_items(part, pool) for _, part, pool in cf_reads))
-            for (i, _, _), vecs in zip(cf_reads, vectors, strict=True):
-                cf_user = tables[i].cf_user
-                assert cf_user is not None
-                all_cands[i]["cf"] = cf_candidates(cf_user[2:], vecs)
-        else:
-            records = await catalog
+            levels.append({iid: levels_of(((first.bought.get(iid) or {}).get("categories")
+                                           or [])[:1]) for iid, _ in a.bought})
+            uids.append(sample_sessions({iid: first.index.get(iid, []) for iid in a.current},
+                                        a.uid, self.knn.sample_size) if a.current else {})
+        all_levels = list(dict.fromkeys(lv for ls in levels for lvs in ls.values() for lv in lvs))
+        all_bought = list(dict.fromkeys(iid for a in asks for iid, _ in a.bought))
+        all_uids = list(dict.fromkeys(u for us in uids for u in us))
+        records, sessions, (level_rows, item_rows), *vectors = await asyncio.gather(
+            self.cached.get_many(list(dict.fromkeys(wanted)), now_ms / 1000.0),
+            self.reader.sessions(all_uids),
+            self.reader.repurchase_rows(all_levels, all_bought),
+            *(self.reader.cf_items(part, pool) for _, part, pool in cf_reads))
+        for (i, _, _), vecs in zip(cf_reads, vectors, strict=True):
+            cf_user = tables[i].cf_user
+            assert cf_user is not None
+            all_cands[i]["cf"] = cf_candidates(cf_user[2:], vecs)
+        missing: list[str] = []
+        for a, cands, us in zip(asks, all_cands, uids, strict=True):
+            if "session_knn" in a.needed:
+                cands["session_knn"] = session_candidates(a.current, us, sessions, now_ms, a.k,
+                                                          self.knn)
+                missing += [c.item_id for c in cands["session_knn"] if c.item_id not in records]
+        if missing:  # round trip 3, when the other ingredients did not bring them
+            records = {**records, **await self.cached.get_many(list(dict.fromkeys(missing)),
+                                                               now_ms / 1000.0)}
         out = []
-        for a, cands in zip(asks, all_cands, strict=True):
+        for a, cands, lv in zip(asks, all_cands, levels, strict=True):
+            if a.bought:
+                horizon = visitor_horizon_ms(
+                    a.profile.session.return_gap_ms if a.profile else 0.0,
+                    a.rule.horizon_s * 1000.0)
+                with_repurchase(a.visitor, [
+                    a.rule.decide_rows(iid, [stored_row(level_rows.get(x)) for x in lv[iid]],
+                                       stored_row(item_rows.get(iid)), ts, now_ms, horizon)
+                    for iid, ts in a.bought])
+            elif recipe.exclusions.purchased and a.rule.mode == "keep":
+                with_repurchase(a.visitor, [a.rule.decide(iid, ts, now_ms)
+                                            for iid, ts in a.visitor["bought"]])
             context = {"item_id": a.item_id, "category": a.cat, "now_ms": now_ms}
             recs = apply(recipe, cands, records.get, a.visitor, context, a.n)
             out.append([answer_row(rec, records.get(rec.item_id)) for rec in recs])
@@ -122,7 +189,8 @@ class Recommender:
 
 @dataclass(frozen=True, slots=True)
 class _Ask:
-    """One recommendation request before its reads: the visitor, seeds, categories, tables."""
+    """One recommendation request before its reads: the visitor, seeds, categories, tables,
+    the repurchase rule with the bought items, the current session."""
 
     visitor: dict[str, Any]
     recent: list[str]
@@ -134,3 +202,14 @@ class _Ask:
     item_id: str | None
     n: int
     tables: dict[str, Any]
+    profile: Any
+    rule: Repurchase
+    bought: list[tuple[str, int]]
+    uid: str | None
+    current: list[str]
+
+
+@dataclass(frozen=True, slots=True)
+class _First:
+    bought: dict[str, Any]  # the bought items' catalog records
+    index: dict[str, list[tuple[str, int]]]  # item -> its recent sessions

@@ -10,8 +10,11 @@ Recipe fields (all optional but `ingredients`)::
     ingredients: {history: 1.0, co_view: 1.0, trending_in_category: 0.3}   # weights >= 0
     normalise: rank            # each ingredient's scores become c/(c+rank) (rank) or s/max (max)
     rank_offset: 10            # c above: larger flattens the rank curve
-    exclusions: {purchased: true, in_cart: false, current_item: true, viewed_last: 0,
-                 viewed_within_s: 0, out_of_stock: true, items: [id, ...]}
+    exclusions: {purchased: true, repurchase: learnt, in_cart: false, current_item: true,
+                 viewed_last: 0, viewed_within_s: 0, out_of_stock: true, items: [id, ...]}
+    # purchased: bought items leave the list, as `repurchase` says: learnt (kept where the
+    # learnt chance of a rebuy soon is high, with the reason "often bought again"), exclude
+    # (every bought item leaves), keep (none leaves)
     boosters: {affinity_category: 0.2, affinity_brand: 0.2,
                price_near: {weight: 0.1, tolerance: 0.5},
                new_arrivals: {weight: 0.1, within_days: 14}}
@@ -22,7 +25,8 @@ Recipe fields (all optional but `ingredients`)::
 
 Candidates come as `{ingredient: [(item_id, score, via), ...]}`; `via` is the seed item for
 co_view/co_buy/next_item, the category for trending_in_category, the category or brand for
-affinity.
+affinity, the current session's item that linked the neighbours for session_knn. A bought item
+the repurchase rule kept (`visitor["rebuy"]`) is shown with the rule's reason.
 """
 
 from __future__ import annotations
@@ -47,7 +51,12 @@ INGREDIENTS = (
     "affinity",
     "history",
     "cf",
+    "session_knn",
 )
+#: How `exclusions.repurchase` treats bought items (models/reco/repurchase.py `MODES`): `learnt`
+#: keeps those the learnt chance of buying again soon keeps ("often bought again"), `exclude`
+#: drops every bought item, `keep` keeps them all.
+REPURCHASE_MODES = ("learnt", "exclude", "keep")
 
 CatalogLookup = Callable[[str], Mapping[str, Any] | None]
 CandidateLists = Mapping[str, Sequence[Sequence[Any]]]
@@ -75,6 +84,7 @@ class Exclusions:
     """What never to recommend."""
 
     purchased: bool = True
+    repurchase: str = "learnt"
     in_cart: bool = False
     current_item: bool = True
     viewed_last: int = 0
@@ -183,6 +193,12 @@ def _bool(value: Any, path: str) -> bool:
     return value
 
 
+def _choice(value: Any, allowed: Sequence[str], path: str) -> str:
+    if value not in allowed:
+        raise RecipeError(path, f"must be one of {', '.join(allowed)}")
+    return str(value)
+
+
 def _strings(value: Any, path: str) -> list[str]:
     if isinstance(value, str):
         return [value]
@@ -242,6 +258,8 @@ def parse_recipe(data: Mapping[str, Any], name: str | None = None) -> Recipe:
     _known(ex, list(Exclusions.__dataclass_fields__), "exclusions")
     exclusions = Exclusions(
         purchased=_bool(ex.get("purchased", True), "exclusions.purchased"),
+        repurchase=_choice(ex.get("repurchase", "learnt"), REPURCHASE_MODES,
+                           "exclusions.repurchase"),
         in_cart=_bool(ex.get("in_cart", False), "exclusions.in_cart"),
         current_item=_bool(ex.get("current_item", True), "exclusions.current_item"),
         viewed_last=_int(ex.get("viewed_last", 0), "exclusions.viewed_last"),
@@ -341,6 +359,9 @@ def reason(ingredient: str, via: str, catalog: CatalogLookup) -> str:
     if ingredient == "next_item" and via:
         record = catalog(via) or {}
         return f"viewed next after {record.get('name') or via}"
+    if ingredient == "session_knn" and via:
+        record = catalog(via) or {}
+        return f"viewed in sessions with {record.get('name') or via}"
     if ingredient == "trending_in_category" and via:
         return f"trending in {_label(via)}"
     if ingredient == "affinity" and via:
@@ -348,6 +369,7 @@ def reason(ingredient: str, via: str, catalog: CatalogLookup) -> str:
     return {
         "history": "recently viewed",
         "cf": "picked for you",
+        "session_knn": "viewed in sessions like yours",
         "trending": "trending now",
         "trending_in_category": "trending now",
         "affinity": "matches your taste",
@@ -554,7 +576,8 @@ def apply(
 ) -> list[Recommendation]:
     """Blend, exclude, filter, boost, diversify, then fill from the fallbacks, up to `n` items.
 
-    `visitor` holds `recent` [(item_id, ts_ms)] newest first, `cart`, `purchased`, `categories`
+    `visitor` holds `recent` [(item_id, ts_ms)] newest first, `cart`, `purchased` (the bought
+    items to exclude), `rebuy` {item_id: reason} (bought items kept, optional), `categories`
     {path: share}, `brands` {brand: share} and `typical_price`; `context` holds the page's
     `item_id` and `category` and `now_ms`; `catalog(item_id)` returns the item's record or None.
     """
@@ -579,9 +602,11 @@ def apply(
         if picker.eligible(iid, record):
             ranked.append((s * boosted(record), iid, record))
     ranked.sort(key=lambda row: (-row[0], row[1]))
+    rebuy: Mapping[str, str] = visitor.get("rebuy") or {}
     for s, iid, record in ranked:
         _, name, via = best[iid]
-        picker.take(Recommendation(iid, s, reason(name, via, catalog), name), record)
+        why = rebuy.get(iid) or reason(name, via, catalog)
+        picker.take(Recommendation(iid, s, why, name), record)
         if len(picker.chosen) >= n:
             return picker.chosen
 
@@ -592,7 +617,8 @@ def apply(
             if not picker.eligible(iid, record):
                 continue
             score = floor * 0.5 / (1.0 + k)
-            picker.take(Recommendation(iid, score, reason(name, via, catalog), name), record)
+            why = rebuy.get(iid) or reason(name, via, catalog)
+            picker.take(Recommendation(iid, score, why, name), record)
             if len(picker.chosen) >= n:
                 return picker.chosen
         floor = min((r.score for r in picker.chosen), default=1.0)

@@ -195,6 +195,35 @@ def trending_in_category(half_life: str, category: str, epoch: int) -> str:
     return f"ktc:{_TAGS[shard(category)]}:{half_life}:{epoch}:{category}"
 
 
+def repurchase_level(level: str) -> str:
+    """Hash of the repurchase counters of one category level (`*`, the root over every purchase,
+    or a category path): field `i` = the counter row's entry `i` (models/reco/repurchase.py
+    `ROW`: purchases, rebuys, per delay bin its count and its sum of log delays x 1000), written
+    by streams/hooks/reco.py, expiring a year after the level's last purchase."""
+    return f"krl:{_TAGS[shard(level)]}:{level}"
+
+
+def repurchase_item(item_id: str) -> str:
+    """Hash of one item's repurchase counters (as `repurchase_level`), expiring 180 days after
+    its last purchase; shares the item's shard."""
+    return f"kri:{_TAGS[shard(item_id)]}:{item_id}"
+
+
+def session_index(item_id: str) -> str:
+    """Sorted set of the sessions (`models.session.shared_session_name`: a hash of
+    `<profile id>#<seq>`, no visitor id) that held an item, scored by their last
+    time, bounded to the most recent (models/reco/sessionknn.py `sessions_per_item`), expiring
+    with the sessions; shares the item's shard."""
+    return f"ksi:{_TAGS[shard(item_id)]}:{item_id}"
+
+
+def session_items(session_uid: str) -> str:
+    """Sorted set of one session's distinct items scored by when it last met each (so oldest
+    first is its order), bounded to its last `max_session_items`, expiring 2 days after its last
+    event. Shared (many readers), sharded by the session's name."""
+    return f"kss:{_TAGS[shard(session_uid)]}:{session_uid}"
+
+
 def cf_visitor(pid: str) -> str:
     """String: a profile's online-CF vector (streams/hooks/cf.py: the uint16 partition whose
     model learnt it, then little-endian float32 factors), same TTL as the profile."""

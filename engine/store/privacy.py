@@ -3,7 +3,9 @@
 A person is a profile id (`v:<visitor>` or `u:<user>`) and the visitors linked to it. Their
 keys: the profile, its activity timeline, its campaign state and session caps, its online-CF
 vector, and each linked visitor's alias and own per-visitor keys. Aggregates that carry no
-person (campaign counters, segment sizes, trending and co-occurrence tables) stay.
+person (campaign counters, segment sizes, trending, co-occurrence and repurchase tables) stay;
+so do the session-kNN tables, which name a session by a hash of `<pid>#<seq>` (no visitor id)
+and expire 2 days after the session's last event.
 
 Erasing deletes those keys and writes a tombstone per profile id (engine/store/keys.py
 `tombstone`, value: the erase time in ms): while it exists the commit script writes nothing

@@ -5,8 +5,11 @@ seed items (co-view, co-buy, next item), the trending tables (overall and per ca
 epochs each) with the neighbours' popularity, and the visitor's online-CF vector. On a Redis
 Cluster (whose keys span many slots) the same reads are two pipelines instead.
 `cf_items` reads the candidates' CF vectors from the model of the visitor's partition;
-`trending` is the read behind GET /v1/stats/trending. The tables are written by the stream
-hooks (streams/hooks/reco.py, streams/hooks/cf.py).
+`trending` is the read behind GET /v1/stats/trending; `repurchase_rows`, `session_index` and
+`sessions` the repurchase counters and the session-kNN state (one pipeline each, so they work
+on a cluster too; `sessions`, up to 200 keys, is one script call, lua/session_items.lua, on a
+single server). The tables are written by the stream hooks (streams/hooks/reco.py,
+streams/hooks/cf.py).
 """
 
 from __future__ import annotations
@@ -81,6 +84,7 @@ class RecoReader:
         self.r = redis
         self.group_id = group_id
         self._read = Script(redis, "reco_read")
+        self._sessions = Script(redis, "session_items")
         self.cluster = is_cluster(redis)
         self._popularity = [keys.popularity(n) for n in range(keys.SHARDS)]
 
@@ -142,6 +146,46 @@ class RecoReader:
             pipe.zscore(self._popularity[keys.shard(m.decode())], m)
         pops = await pipe.execute() if ids else []
         return [*tables, ids, pops, got[len(wanted)] if cf_pid is not None else None]
+
+    async def repurchase_rows(self, levels: Sequence[str], items: Sequence[str]
+                              ) -> tuple[dict[str, dict[bytes, bytes]], dict[str, dict[bytes, bytes]]]:
+        """The repurchase counter hashes of category levels and of items (one pipeline)."""
+        if not levels and not items:
+            return {}, {}
+        pipe = self.r.pipeline(transaction=False)
+        for level in levels:
+            pipe.hgetall(keys.repurchase_level(level))
+        for iid in items:
+            pipe.hgetall(keys.repurchase_item(iid))
+        got = await pipe.execute()
+        return (dict(zip(levels, got[:len(levels)], strict=True)),
+                dict(zip(items, got[len(levels):], strict=True)))
+
+    async def session_index(self, items: Sequence[str], per_item: int
+                            ) -> dict[str, list[tuple[str, int]]]:
+        """Each item's `per_item` most recent sessions: (session name, last time ms)."""
+        if not items:
+            return {}
+        pipe = self.r.pipeline(transaction=False)
+        for iid in items:
+            pipe.zrevrange(keys.session_index(iid), 0, per_item - 1, withscores=True)
+        got = await pipe.execute()
+        return {iid: [(u.decode(), int(sc)) for u, sc in rows]
+                for iid, rows in zip(items, got, strict=True)}
+
+    async def sessions(self, uids: Sequence[str]) -> dict[str, list[str]]:
+        """Each session's items, oldest first; a session gone is left out."""
+        if not uids:
+            return {}
+        skeys = [keys.session_items(u) for u in uids]
+        if self.cluster:
+            pipe = self.r.pipeline(transaction=False)
+            for k in skeys:
+                pipe.zrange(k, 0, -1)
+            got = await pipe.execute()
+        else:  # one command, not one per session (redis-py packs each command in Python)
+            got = await self._sessions(skeys, [])
+        return {u: [m.decode() for m in rows] for u, rows in zip(uids, got, strict=True) if rows}
 
     async def cf_items(self, partition: int, item_ids: Sequence[str]) -> dict[str, bytes | None]:
         """The CF vectors of items in the model of one events partition (None: not learnt)."""

@@ -91,20 +91,24 @@ class Stored:
 
 class Tables:
     """Changes to shared tables over one batch, aggregated: sorted-set increments (`zincr`,
-    bounded by a cap the commit trims to once a table passes it by a margin), hash counters
-    (`hincr`), hash fields (`hset`, the last write wins), each with an optional TTL.
+    bounded by a cap the commit trims to once a table passes it by a margin), sorted-set
+    "latest" scores (`zmax`: a member's score only ever rises, `ZADD GT`, e.g. a time; bounded
+    the same way, so the lowest -- the oldest -- go first), hash counters (`hincr`), hash fields
+    (`hset`, the last write wins), each with an optional TTL.
 
     `begin(partition, offset)` (the planner calls it before each event) starts the event's
     op budget and, when the batch redelivers records some shards already applied, makes the
     changes of those records to those shards no-ops (`marks`: shard -> partition -> offset)."""
 
-    __slots__ = ("z", "zcfg", "h", "hcfg", "s", "scfg", "marks", "budget", "spent",
+    __slots__ = ("z", "zcfg", "m", "mcfg", "h", "hcfg", "s", "scfg", "marks", "budget", "spent",
                  "dropped", "_part", "_off", "_gated", "ops", "_top")
 
     def __init__(self, marks: Mapping[int, Mapping[int, int]] | None = None,
                  budget: int = MAX_OPS_PER_EVENT) -> None:
         self.z: dict[str, dict[str, float]] = {}
         self.zcfg: dict[str, tuple[int, int]] = {}  # key -> (cap, ttl ms)
+        self.m: dict[str, dict[str, float]] = {}
+        self.mcfg: dict[str, tuple[int, int]] = {}  # key -> (cap, ttl ms)
         self.h: dict[str, dict[str, int]] = {}
         self.hcfg: dict[str, int] = {}  # key -> ttl ms
         self.s: dict[str, dict[str, bytes]] = {}
@@ -159,6 +163,18 @@ class Tables:
             self.zcfg[key] = (cap, ttl_ms)
         t[member] = t.get(member, 0.0) + amount
 
+    def zmax(self, key: str, member: str, score: float, cap: int = 0, ttl_ms: int = 0) -> None:
+        """Raise `member`'s score to `score` if that is higher (`ZADD GT`); trimmed like `zincr`."""
+        if not self.take() or (self._gated and self._skip(key)):
+            return
+        t = self.m.get(key)
+        if t is None:
+            t = self.m[key] = {}
+            self.mcfg[key] = (cap, ttl_ms)
+        old = t.get(member)
+        if old is None or score > old:
+            t[member] = score
+
     def hincr(self, key: str, fld: str, n: int = 1, ttl_ms: int = 0) -> None:
         if self.spent >= self.budget:
             self.dropped += 1
@@ -185,23 +201,26 @@ class Tables:
         t[fld] = value
 
     def touched(self) -> set[str]:
-        return set(self.z) | set(self.h) | set(self.s)
+        return set(self.z) | set(self.m) | set(self.h) | set(self.s)
 
     def __len__(self) -> int:
-        return sum(map(len, self.z.values())) + sum(map(len, self.h.values())) + \
-            sum(map(len, self.s.values()))
+        return sum(map(len, self.z.values())) + sum(map(len, self.m.values())) + \
+            sum(map(len, self.h.values())) + sum(map(len, self.s.values()))
 
     def rows(self, only: Callable[[str], bool] | None = None) -> list[list[Any]]:
         """The changes as the commit script takes them: per key [key, kind, cap or keep, ttl,
-        field, value, ...] (kind `z` sorted set, `h` hash counters, `s` hash fields)."""
+        field, value, ...] (kind `z` sorted set, `m` sorted set of latest scores, `h` hash
+        counters, `s` hash fields)."""
         out: list[list[Any]] = []
-        for key, t in self.z.items():
-            if only is None or only(key):
-                cap, ttl = self.zcfg[key]
-                row: list[Any] = [key, "z", cap, ttl]
-                for m, v in t.items():
-                    row += (m, v)
-                out.append(row)
+        row: list[Any]
+        for kind, tables, cfg in (("z", self.z, self.zcfg), ("m", self.m, self.mcfg)):
+            for key, t in tables.items():
+                if only is None or only(key):
+                    cap, ttl = cfg[key]
+                    row = [key, kind, cap, ttl]
+                    for m, v in t.items():
+                        row += (m, v)
+                    out.append(row)
         for key, c in self.h.items():
             if only is None or only(key):
                 row = [key, "h", 0, self.hcfg[key]]

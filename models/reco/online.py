@@ -13,6 +13,9 @@ from typing import Any
 
 from models.affinity import AffinityConfig, Profile, current_scores
 from models.reco.base import Candidate
+from models.reco.repurchase import Decision
+from models.reco.sessionknn import PastSession, SessionKNN, score_sessions, session_items
+from models.session import SessionConfig, shared_session_name
 
 SEEDS = 5
 RECENCY_DECAY = 0.7
@@ -65,8 +68,8 @@ def visitor_state(profile: Profile | None, now_ms: int, cfg: AffinityConfig,
                   top: int = 10) -> dict[str, Any]:
     """The visitor in the shape `engine.logic.recipes.apply` reads (no profile: a new visitor)."""
     if profile is None:
-        return {"recent": [], "cart": [], "purchased": [], "categories": {}, "brands": {},
-                "typical_price": None}
+        return {"recent": [], "cart": [], "purchased": [], "bought": [], "rebuy": {},
+                "session": None, "categories": {}, "brands": {}, "typical_price": None}
 
     def best(dim: str) -> dict[str, float]:
         scores = current_scores(profile, dim, now_ms, cfg)
@@ -76,7 +79,12 @@ def visitor_state(profile: Profile | None, now_ms: int, cfg: AffinityConfig,
     return {
         "recent": [(iid, profile.last_seen) for iid in profile.recent],
         "cart": list(profile.cart),
+        # every bought item excluded until `with_repurchase` applies the rule
         "purchased": list(profile.purchased),
+        "bought": [(iid, profile.bought[iid][0] * 1000 if iid in profile.bought
+                    else profile.last_seen) for iid in profile.purchased],
+        "rebuy": {},
+        "session": profile.session.view(now_ms, _SESSIONS) if profile.session.seq else None,
         "categories": best("category"),
         "brands": best("brand"),
         "typical_price": None,
@@ -87,3 +95,52 @@ def top_categories(visitor: Mapping[str, Any], n: int) -> list[str]:
     """The visitor's `n` strongest category paths."""
     cats: Mapping[str, float] = visitor.get("categories") or {}
     return [c for c, _ in sorted(cats.items(), key=lambda kv: (-kv[1], kv[0]))[:n]]
+
+
+_SESSIONS = SessionConfig()
+
+
+def with_repurchase(visitor: dict[str, Any], decisions: Sequence[Decision]) -> dict[str, Any]:
+    """The visitor with the repurchase rule's decisions applied: `purchased` (what
+    `exclusions.purchased` removes) holds the bought items it did not keep, `rebuy` the kept
+    ones' reasons ("often bought again")."""
+    visitor["purchased"] = [d.item_id for d in decisions if not d.keep]
+    visitor["rebuy"] = {d.item_id: d.reason for d in decisions if d.keep}
+    return visitor
+
+
+def current_session(profile: Profile | None, pid: str | None, item_id: str | None, now_ms: int,
+                    max_items: int = 20) -> tuple[str | None, list[str]]:
+    """(the open session's name, its items oldest first, the page's item last), as
+    `SessionKNN.recommend` takes them; a session that has ended counts as none."""
+    uid: str | None = None
+    items: list[str] = []
+    if profile is not None and pid and profile.session.is_open(now_ms, _SESSIONS):
+        uid = shared_session_name(pid, profile.session)
+        items = session_items(profile.session)
+    if item_id:
+        items = [i for i in items if i != item_id] + [item_id]
+    return uid, items[-max_items:]
+
+
+def sample_sessions(index: Mapping[str, Sequence[tuple[str, int]]], exclude_uid: str | None,
+                    sample_size: int) -> dict[str, int]:
+    """The `sample_size` most recent sessions among those the items' indexes hold (the
+    `recent` sampling of models/reco/sessionknn.py), never the current one: name -> its latest
+    time in the indexes read, most recent first."""
+    seen: dict[str, int] = {}
+    for rows in index.values():
+        for u, ts in rows:
+            if u != exclude_uid and ts > seen.get(u, -1):
+                seen[u] = ts
+    return {u: seen[u] for u in sorted(seen, key=lambda u: (-seen[u], u))[:sample_size]}
+
+
+def session_candidates(current: Sequence[str], sampled: Mapping[str, int],
+                       sessions: Mapping[str, Sequence[str]], now_ms: int, k: int,
+                       knn: SessionKNN) -> list[Candidate]:
+    """`score_sessions` over the sampled sessions' items as read (a `SessionKNN` gives the
+    weights; a session's time is its latest in the indexes, which only `lambda_time_s` reads)."""
+    past = [PastSession(u, ts, tuple(sessions[u])) for u, ts in sampled.items() if u in sessions]
+    return score_sessions(current, past, now_ms, knn.k, knn.lambda_pos, knn.lambda_time_s,
+                          knn.lambda_neigh, k)

@@ -57,6 +57,8 @@ SPREAD = 1.25
 ROOT = "*"
 MODES = ("learnt", "exclude", "keep")
 REASON_KEEP = "often bought again"
+#: The stream stores a row's sums of log delays as integers, multiplied by this.
+LOG_SCALE = 1000.0
 
 
 class Decision(NamedTuple):
@@ -265,6 +267,30 @@ class Repurchase:
         p, bins = shrunk_estimate(chain, self.prior_rate)
         return p, bins, own[0] if own else 0.0
 
+    def _chain(self, level_rows: Sequence[Sequence[float] | None],
+               item_row: Sequence[float] | None) -> list[tuple[Sequence[float] | None, float]]:
+        """The shrinkage chain of an item: its levels' rows (root first), then its own."""
+        chain: list[tuple[Sequence[float] | None, float]] = [
+            (row, self.prior_strength if k == 0 else self.shrinkage)
+            for k, row in enumerate(level_rows)]
+        chain.append((item_row, self.shrinkage))
+        return chain
+
+    def decide_rows(self, item_id: str, level_rows: Sequence[Sequence[float] | None],
+                    item_row: Sequence[float] | None, bought_ms: int, now_ms: int,
+                    horizon_ms: float | None = None) -> Decision:
+        """`decide` from counter rows read elsewhere (the served path reads the stream's rows
+        from Redis, `stored_row`): `level_rows` those of `levels_of(categories)`, root first
+        (None where a level has no row), `item_row` the item's own. Same settings, same answer
+        as `decide` on the learner that counted the same purchases."""
+        if self.mode != "learnt":
+            return self.decide(item_id, bought_ms, now_ms, horizon_ms)
+        p, bins = shrunk_estimate(self._chain(level_rows, item_row), self.prior_rate)
+        h = (self.horizon_s * 1000.0 if horizon_ms is None else float(horizon_ms)) / 1000.0
+        c = rebuy_chance(p, bins, (now_ms - bought_ms) / 1000.0, h)
+        keep = c >= self.threshold
+        return Decision(item_id, keep, c, REASON_KEEP if keep else "")
+
     def chance(self, item_id: str, bought_ms: int, now_ms: int,
                horizon_ms: float | None = None, categories: Sequence[str] | None = None) -> float:
         """P(the visitor buys `item_id` again within the horizon after `now`), given that they
@@ -346,6 +372,19 @@ class Repurchase:
             "max_visitors": self.max_visitors,
             "max_bought_per_visitor": self.max_bought_per_visitor,
         }
+
+
+def stored_row(fields: Mapping[Any, Any] | None) -> list[float] | None:
+    """A counter row as the stream keeps it (a hash: field `i` -> integer, the sums of log
+    delays x `LOG_SCALE`) as the learner's row; None for an empty or missing hash."""
+    if not fields:
+        return None
+    row = [0.0] * ROW
+    for f, v in fields.items():
+        i = int(f)
+        if 0 <= i < ROW:
+            row[i] = float(v) / (LOG_SCALE if i >= 3 and i % 2 else 1.0)
+    return row
 
 
 def visitor_horizon_ms(return_gap_ms: float, default_ms: float,

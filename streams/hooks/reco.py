@@ -18,7 +18,19 @@ member, committed once per batch with the offset marks, so exactly once):
 - next_item: directed transitions (kind `t`): for a view, cart or purchase of B, each of the
   visitor's `NEXT_ITEM_WINDOW` most recent other items A (`profile.recent`, newest first, which
   already holds B at its front) gains B with weight 1/distance in A's table, bounded per item;
-  read divided by popularity^0.5 like co-view (models/reco/nextitem.py).
+  read divided by popularity^0.5 like co-view (models/reco/nextitem.py);
+- repurchase (models/reco/repurchase.py): for each item of a purchase that is not the same order
+  again (`Profile.bought`: under `REBUY_MIN_GAP_S` since the profile's last purchase of it), the
+  counter row of every level it counts in (`*`, each path of the event item's first category,
+  the item) gains what `row_increments` says (purchases; for a rebuy the rebuy and its delay's
+  bin, the log delay x 1000 as an integer): `hincr`, one hash per level, expiring a year
+  (categories) or 180 days (items) after the level's last purchase;
+- session-kNN (models/reco/sessionknn.py): a view, favourite, cart or purchase adds its items to
+  the profile's current session (`Profile.session`, named by `shared_session_name`: a hash of
+  `<pid>#<seq>`, so these shared tables hold no visitor id): the session's sorted set of
+  items by the time it last met each (`zmax`, bounded to `SESSION_ITEMS`), and each item's
+  sorted set of sessions by their last time (`zmax`, bounded to `SESSIONS_PER_ITEM`), both
+  expiring `SESSION_TTL_MS` after their last change.
 
 Neighbour tables expire `ITEM_TTL_MS` after their last change. Bounded tables are trimmed by
 the commit once they pass their cap by an eighth, not after every increment.
@@ -46,6 +58,8 @@ from models.affinity import Profile
 from models.reco.base import DEFAULT_WEIGHTS, event_items
 from models.reco.cooccurrence import CO_BUY_TYPES, CO_VIEW_TYPES
 from models.reco.nextitem import NEXT_ITEM_TYPES, NEXT_ITEM_WINDOW
+from models.reco.repurchase import LOG_SCALE, levels_of, row_increments
+from models.session import shared_session_name
 from streams.plan import Hook, HookContext
 
 CAPS = {"item": 2000, "category": 500, "brand": 500, "in_category": 300, "neighbours": 100,
@@ -62,6 +76,13 @@ _CO_VIEW = frozenset(CO_VIEW_TYPES)
 _CO_BUY = frozenset(CO_BUY_TYPES)
 _NEXT_ITEM = frozenset(NEXT_ITEM_TYPES)
 _KEEP = CURATED.decode()
+REPURCHASE_LEVEL_TTL_MS = 365 * 86_400_000
+REPURCHASE_ITEM_TTL_MS = 180 * 86_400_000
+SESSION_TTL_MS = 2 * 86_400_000
+SESSION_ITEMS = 20  # models/reco/sessionknn.py max_session_items
+SESSIONS_PER_ITEM = 50  # models/reco/sessionknn.py sessions_per_item
+#: The event's items a session-kNN step records at most (each: two `zmax`).
+SESSION_PER_EVENT = 10
 
 
 class _TrendKeys:
@@ -135,7 +156,7 @@ def _categories(item: Mapping[str, Any]) -> list[str]:
 
 
 def record_reco(event: Mapping[str, Any], profile: Profile, pid: str, out: Write) -> None:
-    reco_changes(event, profile, out.tables)
+    reco_changes(event, profile, out.tables, pid)
 
 
 class _ItemFacts:
@@ -220,8 +241,37 @@ class _CategoryKeys:
 _category_key = _CategoryKeys()
 
 
-def reco_changes(event: Mapping[str, Any], profile: Profile, t: Tables) -> None:
-    """The table changes of one applied event (pure: into `t`)."""
+def _repurchases(t: Tables, ts: int, ids: list[str], facts: list[Any], profile: Profile) -> None:
+    """A purchase's repurchase counters (see the module docstring)."""
+    t_s = ts // 1000
+    for iid, (cats, _, _, _) in zip(ids, facts, strict=True):
+        times = profile.bought.get(iid)
+        if times is None or times[0] != t_s:
+            continue  # the same order again (or no longer remembered)
+        delay = float(t_s - times[1]) if times[1] else None
+        rows = [(keys.repurchase_level(level), REPURCHASE_LEVEL_TTL_MS)
+                for level in levels_of(cats[:1])[:MAX_DEPTH + 1]]
+        rows.append((keys.repurchase_item(iid), REPURCHASE_ITEM_TTL_MS))
+        inc = [(str(i), round(v * LOG_SCALE) if i >= 2 and i % 2 else int(v))
+               for i, v in row_increments(delay).items()]
+        for key, ttl in rows:
+            for f, n in inc:
+                t.hincr(key, f, n, ttl)
+
+
+def _session_items(t: Tables, ts: int, ids: list[str], profile: Profile, pid: str) -> None:
+    """The event's items into the profile's current session and each item's session index."""
+    uid = shared_session_name(pid, profile.session)
+    k_session = keys.session_items(uid)
+    for k, iid in enumerate(ids[:SESSION_PER_EVENT]):
+        # the event's later items come later in the session (as SessionKNN.add appends them)
+        t.zmax(k_session, iid, ts + k / 1000.0, SESSION_ITEMS, SESSION_TTL_MS)
+        t.zmax(keys.session_index(iid), uid, float(ts), SESSIONS_PER_ITEM, SESSION_TTL_MS)
+
+
+def reco_changes(event: Mapping[str, Any], profile: Profile, t: Tables, pid: str = "") -> None:
+    """The table changes of one applied event (pure: into `t`); `pid` names the profile's
+    sessions (no session-kNN changes without it)."""
     items = event_items(event)[:MAX_ITEMS]
     if not items:
         return
@@ -264,6 +314,10 @@ def reco_changes(event: Mapping[str, Any], profile: Profile, t: Tables) -> None:
         _pairs(t, "b", ids, [*reversed(profile.cart), *profile.purchased], CO_BUY_WINDOW)
     if etype in _NEXT_ITEM:
         _transitions(t, ids, profile.recent, NEXT_ITEM_WINDOW)
+    if etype == "purchase":
+        _repurchases(t, ts, ids, facts, profile)
+    if pid and etype in _CO_VIEW and profile.session.seq:
+        _session_items(t, ts, ids, profile, pid)
 
 
 def setup(ctx: HookContext) -> Callable[[], list[Hook]]:

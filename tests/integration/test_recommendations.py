@@ -272,3 +272,69 @@ def test_a_broken_recipe_file_is_named_not_hidden(make_stack, tmp_path):
     assert r.status_code == 503, r.text
     assert r.json()["field"] == "recipe"
     assert "broken.yaml: normalise: must be 'max' or 'rank'" in r.json()["reason"]
+
+
+def test_a_bought_durable_leaves_a_consumable_stays_often_bought_again(any_stack: Stack):
+    """The repurchase rule learnt in the stream, served: others rebuy the milk every 5 days and
+    buy the sofa once; a visitor who bought both no longer sees the sofa, and sees the milk
+    again with the reason."""
+    stack = any_stack
+    tag = uuid.uuid4().hex[:8]
+    sofa, milk = f"sofa-{tag}", f"milk-{tag}"
+    day = 86_400_000
+    now = int(time.time() * 1000)
+    sofas, dairy = [f"furniture{tag}/sofas"], [f"grocery{tag}/dairy"]
+
+    def buy(vid: str, n: int, iid: str, ts: int, cats: list[str]) -> dict:
+        return {"event_id": f"{vid}-{n}", "type": "purchase", "visitor_id": vid, "ts": ts,
+                "items": [{"id": iid, "categories": cats, "name": iid}]}
+
+    evs = []
+    for _ in range(8):
+        o = uid("o")
+        evs.append(buy(o, 0, sofa, now - 20 * day, sofas))
+        evs += [buy(o, 1 + r, milk, now - (20 - 5 * r) * day, dairy) for r in range(4)]
+    assert stack.post(evs).status_code == 200
+    me = uid()
+    views = [ev(me, 1, sofa, categories=sofas, name="Sofa"),
+             ev(me, 2, milk, categories=dairy, name="Milk")]
+    assert stack.post(views).status_code == 200
+    stack.wait_profile(me, 2)
+    before = {i["id"] for i in recs(stack, visitor_id=me, n=20)}
+    assert {sofa, milk} <= before  # recently viewed, not bought yet
+    assert stack.post([buy(me, 3, sofa, now - 60_000, sofas),
+                       buy(me, 4, milk, now - 60_000, dairy)]).status_code == 200
+    stack.wait_profile(me, 4)
+    got = {i["id"]: i for i in recs(stack, visitor_id=me, n=20)}
+    assert sofa not in got
+    assert got[milk]["reason"] == "often bought again", got[milk]
+    # "this session" is in the profile, apart from the history
+    assert stack.profile(me).json()["session"]["bought"] == [milk, sofa]
+
+
+def test_an_anonymous_short_session_gets_what_similar_sessions_went_on_to(any_stack: Stack):
+    """Session-kNN from the stream: others' sessions went from tent A through eight other items
+    to tent B (too far apart for co-view); a new visitor who has only viewed tent A is served
+    tent B from those sessions."""
+    stack = any_stack
+    tag = uuid.uuid4().hex[:8]
+    a, b = f"tent-a-{tag}", f"tent-b-{tag}"
+    path = [a, *(f"x{k}-{tag}" for k in range(8)), b]
+    now = int(time.time() * 1000)
+    evs = []
+    for v in range(3):
+        o = uid("o")
+        evs += [{**ev(o, k, iid, name=iid), "ts": now - 600_000 + v * 20_000 + k * 1000}
+                for k, iid in enumerate(path)]
+    assert stack.post(evs).status_code == 200
+    anon = uid("anon")
+    assert stack.post([ev(anon, 1, a, name="Tent A")]).status_code == 200
+    stack.wait_profile(anon, 1)
+
+    def served():
+        items = {i["id"]: i for i in recs(stack, visitor_id=anon, n=20)}
+        return items if b in items else None
+
+    items = wait_for(served, what="tent B from session-kNN")
+    assert items[b]["ingredient"] == "session_knn"
+    assert items[b]["reason"] == "viewed in sessions with Tent A", items[b]

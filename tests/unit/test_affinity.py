@@ -109,7 +109,9 @@ def test_snapshot_round_trip_and_size():
     q = Profile.restore(blob)
     assert q.snapshot() == blob
     assert view(q, T0, CFG) == view(Profile.restore(blob), T0, CFG)
-    assert len(blob) < 600, len(blob)  # worst case: 20 distinct items; bench/memory.py measures real logs
+    # worst case: 20 distinct items; bench/memory.py measures real logs. The current session
+    # (its 10 latest distinct items, which overlap `recent`) adds ~100-150 bytes
+    assert len(blob) < 780, len(blob)
 
 
 def test_merge_adds_decayed_scores_and_keeps_dedupe():

@@ -15,6 +15,7 @@
 --     merged into it), aliases = { {alias key, profile id}, ... }, ops = { {command, key, args...}, ... }
 --     on the profile's own keys
 --   tables: { {key, kind, cap or keep, ttl ms, field, value, field, value, ...}, ... }
+--     kind 'm': ZADD GT value field (a member's score only rises), trimmed as 'z';
 --     kind 'z': ZINCRBY value field; then when the set has more than cap + cap/8 members,
 --       trim it to the cap (lowest first); 'h': HINCRBY; 's': HSET, and the expiry is not set
 --       while the hash holds the field `keep` (a curated catalog record)
@@ -76,8 +77,12 @@ if #conflicts > 0 or #erased > 0 then return {0, conflicts, erased} end
 for i = 1, #tables do
   local t = tables[i]
   local key, kind, ttl = K[t[1]], t[2], tonumber(t[4])
-  if kind == 'z' then
-    for j = 5, #t, 2 do redis.call('ZINCRBY', key, t[j + 1], t[j]) end
+  if kind == 'z' or kind == 'm' then
+    if kind == 'z' then
+      for j = 5, #t, 2 do redis.call('ZINCRBY', key, t[j + 1], t[j]) end
+    else
+      for j = 5, #t, 2 do redis.call('ZADD', key, 'GT', t[j + 1], t[j]) end
+    end
     local cap = tonumber(t[3])
     if cap > 0 then
       local n = redis.call('ZCARD', key)

@@ -1,5 +1,5 @@
-"""The served default recipe and the staged next default (which adds session_knn) stay in step,
-and the replay's loader reads the staged one."""
+"""The served default recipe blends session_knn and applies the repurchase rule, and the
+replay's loader reads it."""
 
 from __future__ import annotations
 
@@ -15,7 +15,6 @@ from models.reco.ensemble import INGREDIENTS as MODEL_INGREDIENTS
 
 ROOT = Path(__file__).resolve().parents[2]
 SERVED = ROOT / "config/recipes/default.yaml"
-STAGED = ROOT / "config/recipes/staged/default.yaml"
 
 
 def _bench() -> Any:
@@ -26,22 +25,15 @@ def _bench() -> Any:
     return mod
 
 
-def test_served_default_excludes_bought_items_and_staged_differs_only_in_weights() -> None:
+def test_served_default_blends_session_knn_and_learns_repurchase() -> None:
     served = parse_recipe(yaml.safe_load(SERVED.read_text()))
-    assert served.exclusions.purchased is True
-    data = yaml.safe_load(STAGED.read_text())
-    pending = {k for k in data["ingredients"] if k not in INGREDIENTS}
-    assert pending == {"session_knn"} and pending <= set(MODEL_INGREDIENTS)
-    rest = {k: v for k, v in data["ingredients"].items() if k not in pending}
-    staged = parse_recipe({**data, "ingredients": rest})
-    assert staged.name == served.name == "default"
-    for field in ("exclusions", "boosters", "filters", "diversity", "fallbacks", "normalise",
-                  "rank_offset"):
-        assert getattr(staged, field) == getattr(served, field), field
+    assert served.exclusions.purchased is True and served.exclusions.repurchase == "learnt"
+    assert served.ingredients["session_knn"] > 0
+    assert set(MODEL_INGREDIENTS) <= set(INGREDIENTS)
 
 
-def test_the_replay_loads_the_staged_recipe_and_apply_blends_session_knn() -> None:
-    recipe = _bench().load_recipe(STAGED)
+def test_the_replay_loads_the_default_recipe_and_apply_blends_session_knn() -> None:
+    recipe = _bench().load_recipe(SERVED)
     assert recipe.ingredients["session_knn"] > 0 and "session_knn" in recipe.needed()
     models = RecoModels()
     t0 = 1_700_000_000_000
