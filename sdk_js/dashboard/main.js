@@ -11,6 +11,7 @@ import { evaluationRows, evaluationNote, shareSeries, driftText, propensityMeter
 const WINDOW_S = 300;
 const MAX_SERIES = 7;
 const EVAL_EVERY_MS = 30_000;
+const EVAL_RETRY_MS = 3_000;
 const $ = (id) => document.getElementById(id);
 
 function h(tag, attrs = {}, ...kids) {
@@ -261,14 +262,27 @@ async function loadEvaluation() {
       try {
         why = (await r.json()).error || why;
       } catch { /* not JSON */ }
-      if (seq === evaluation.seq) $('eval-note').textContent = `cannot evaluate: ${why}`;
+      if (seq === evaluation.seq) {
+        $('eval-note').textContent = `cannot evaluate: ${why}`;
+        retryEvaluation(seq);
+      }
       return;
     }
     const doc = await r.json();
     if (seq === evaluation.seq) drawEvaluation(doc);
   } catch (err) {
-    if (seq === evaluation.seq) $('eval-note').textContent = `cannot read the evaluation (${err.message}); retrying`;
+    if (seq === evaluation.seq) {
+      $('eval-note').textContent = `cannot read the evaluation (${err.message}); retrying`;
+      retryEvaluation(seq);
+    }
   }
+}
+
+// a failed read is tried again soon, not only at the next 30 s refresh
+function retryEvaluation(seq) {
+  setTimeout(() => {
+    if (seq === evaluation.seq && !document.hidden) loadEvaluation();
+  }, EVAL_RETRY_MS);
 }
 
 function cell(e) {

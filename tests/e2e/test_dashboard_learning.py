@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 from playwright.sync_api import BrowserContext, Page
+from playwright.sync_api import TimeoutError as PlaywrightTimeout
 
 from tests.conftest import Stack, uid, wait_for
 from tests.integration.test_learning import OFFER, Loop, browse_until_scored
@@ -77,7 +78,6 @@ def signed_in(context: BrowserContext, stack: Stack, problems: list[str]) -> Pag
     return page
 
 
-@pytest.mark.xfail(reason="known issue after merging the contextual campaigns: the Learning panel's selector times out; not yet diagnosed (see the closing note of 2026-12-02)", strict=False)
 def test_evaluation_traffic_share_and_drift(context: BrowserContext, learning: Stack,
                                             artifacts: Path) -> None:
     stack = learning
@@ -105,7 +105,14 @@ def test_evaluation_traffic_share_and_drift(context: BrowserContext, learning: S
     page.locator("#learning").scroll_into_view_if_needed()
     # the picker lists the learning campaign, and its evaluation shows without a click
     page.wait_for_selector("#learn-pick option[value=offer]", state="attached")
-    page.wait_for_selector("#learn-body:not([hidden]) #eval-rows tr[data-policy=logged]")
+    # the page's evaluation runs a 200-draw bootstrap in the API: on a loaded machine it takes
+    # seconds, and a failed read is retried after 3 s, so this waits longer than the default
+    try:
+        page.wait_for_selector("#learn-body:not([hidden]) #eval-rows tr[data-policy=logged]",
+                               timeout=45_000)
+    except PlaywrightTimeout as e:
+        note = page.inner_text("#eval-note")
+        raise AssertionError(f"no evaluation rows; the note says: {note!r}") from e
     for name in ("logged", "bandit", "uniform", "fixed_split", "greedy"):
         row = page.locator(f"#eval-rows tr[data-policy={name}]")
         assert row.count() == 1, name
