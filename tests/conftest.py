@@ -329,7 +329,9 @@ def wait_for(fn: Callable[[], Any], timeout: float = 30.0, what: str = "conditio
         if last:
             return last
         time.sleep(every)
-    raise AssertionError(f"{what} not reached in {timeout}s; last: {last!r}")
+    owner = getattr(fn, "__self__", None)  # a bound method of a helper that can say its state
+    state = f" {owner.state()}" if hasattr(owner, "state") else ""
+    raise AssertionError(f"{what} not reached in {timeout}s; last: {last!r}{state}")
 
 
 def uid(prefix: str = "v") -> str:

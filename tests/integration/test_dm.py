@@ -23,7 +23,7 @@ import httpx
 import pytest
 
 from engine.mail.outbox import Outbox
-from tests.conftest import MailOutbox, Stack, run_async, uid
+from tests.conftest import MailOutbox, Stack, run_async, uid, wait_for
 
 BRAND_DOMAIN = "mail.northgate.example"
 
@@ -109,17 +109,6 @@ def mails_to(mail: MailOutbox, address: str) -> list[Any]:
     return outbox(mail).find(to=address)
 
 
-def wait(cond: Callable[[], Any], timeout: float = 20.0, what: str = "") -> Any:
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = cond()
-        if last:
-            return last
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}; last: {last}")
-
-
 def sends(p: Partner, campaign_id: str) -> list[dict[str, Any]]:
     r = p.api.get(f"/v1/dm/campaigns/{campaign_id}/engagement")
     assert r.status_code == 200, r.text
@@ -131,7 +120,7 @@ def settled(p: Partner, campaign_id: str, n: int) -> list[dict[str, Any]]:
         got = sends(p, campaign_id)
         return got if len(got) >= n and all(s["state"] not in ("queued", "claimed", "retry") for s in got) else None
 
-    return wait(done, 30, f"{n} sends of {campaign_id} to finish")
+    return wait_for(done, 30, f"{n} sends of {campaign_id} to finish")
 
 
 def quick(p: Partner, template: str, contacts: list[str], values: dict | None = None, key: str | None = None,
@@ -250,7 +239,7 @@ def test_script_in_a_field_renders_inert(dm: Stack, mail_outbox: MailOutbox) -> 
     assert r.status_code == 201, r.text
     cid = r.json()["campaign"]["id"]
     preview = p.api.get(f"/v1/dm/campaigns/{cid}/preview").json()
-    for html in (preview["html"], wait(lambda: mails_to(mail_outbox, c["email"]), what="the mail")[0].html):
+    for html in (preview["html"], wait_for(lambda: mails_to(mail_outbox, c["email"]), what="the mail")[0].html):
         assert "<script" not in html.lower() and "onerror" not in html.lower() and "javascript:" not in html.lower()
         assert "{{7*7}}" in html and "49" not in html.split("<h1>")[1].split("</h1>")[0]
         assert "&lt;script&gt;" in html
@@ -300,7 +289,7 @@ def test_approval_pending_blocks_rejection_shows_reason_edit_supersedes(dm: Stac
     assert dm.http.post(f"/v1/dm/brand/approvals/{aid3}/approve").status_code == 200
     assert dm.http.post(f"/v1/dm/brand/approvals/{aid3}/approve").status_code == 409
     assert p.api.post(f"/v1/dm/campaigns/{cid}/send").status_code == 200
-    got = wait(lambda: mails_to(mail_outbox, c["email"]), what="the approved mail")
+    got = wait_for(lambda: mails_to(mail_outbox, c["email"]), what="the approved mail")
     assert got[0].entry.subject.startswith("Changed after approval")
 
 
@@ -360,7 +349,7 @@ def test_a_test_send_goes_only_to_the_users_own_address(dm: Stack, mail_outbox: 
     c = p.contact()
     r = p.web.post("/v1/dm/quick-sends", json={"template": "thank-you", "contact_ids": [c["id"]], "test": True})
     assert r.status_code == 201, r.text
-    wait(lambda: mails_to(mail_outbox, p.email), what="the test send")
+    wait_for(lambda: mails_to(mail_outbox, p.email), what="the test send")
     time.sleep(0.5)
     assert mails_to(mail_outbox, c["email"]) == []
     r = quick(p, "thank-you", [c["id"]], test=True)  # a key has no address of its own
@@ -377,7 +366,7 @@ def test_sigkill_of_the_mailer_mid_batch_sends_each_contact_exactly_once(dm: Sta
     cid = r.json()["campaign"]["id"]
     victim = dm.mailers[-1]
     try:
-        wait(lambda: sum(1 for s in sends(p, cid) if s["state"] == "sent") >= 2, what="some sends")
+        wait_for(lambda: sum(1 for s in sends(p, cid) if s["state"] == "sent") >= 2, what="some sends")
         os.kill(victim.pid, signal.SIGKILL)
         victim.wait(10)
         states = [s["state"] for s in sends(p, cid)]
@@ -401,7 +390,7 @@ def test_a_550_bounces_and_suppresses_a_451_is_retried_a_dsn_bounces_later(dm: S
     assert done[hard["email"]]["state"] == "bounced" and done[hard["email"]]["last_code"] == 550
     assert done[soft["email"]]["state"] == "sent" and done[soft["email"]]["attempts"] == 1
     assert len(mails_to(mail_outbox, soft["email"])) == 1
-    wait(lambda: {s["to_email"]: s["state"] for s in sends(p, cid)}[dsn["email"]] == "bounced", what="the DSN")
+    wait_for(lambda: {s["to_email"]: s["state"] for s in sends(p, cid)}[dsn["email"]] == "bounced", what="the DSN")
     suppressed = {r["email"] for r in dm.http.get("/v1/dm/brand/suppressions").json()["suppressions"]}
     assert hard["email"].lower() in suppressed and dsn["email"].lower() in suppressed
     assert soft["email"].lower() not in suppressed
@@ -437,8 +426,8 @@ def test_journey_step_two_follows_the_wait_and_members_exit(dm: Stack, mail_outb
     assert made.status_code == 201, made.text
     cid = made.json()["campaign"]["id"]
     assert p.api.post(f"/v1/dm/campaigns/{cid}/send").status_code == 200
-    first = wait(lambda: mails_to(mail_outbox, leaves["email"]), what="step 1")[0]
-    wait(lambda: mails_to(mail_outbox, stays["email"]), what="step 1")
+    first = wait_for(lambda: mails_to(mail_outbox, leaves["email"]), what="step 1")[0]
+    wait_for(lambda: mails_to(mail_outbox, stays["email"]), what="step 1")
     unsub = unsubscribe_url(first)
     assert dm.anon.post(unsub.replace(dm.base, ""), content=b"List-Unsubscribe=One-Click",
                         headers={"content-type": "application/x-www-form-urlencoded"}).status_code == 200
@@ -448,7 +437,7 @@ def test_journey_step_two_follows_the_wait_and_members_exit(dm: Stack, mail_outb
     def member(cid_: str, contact: str) -> dict[str, Any]:
         return next(m for m in p.api.get(f"/v1/dm/campaigns/{cid_}").json()["members"] if m["contact_id"] == contact)
 
-    wait(lambda: len(mails_to(mail_outbox, stays["email"])) == 2, 20, "step 2")
+    wait_for(lambda: len(mails_to(mail_outbox, stays["email"])) == 2, 20, "step 2")
     two = sorted(mails_to(mail_outbox, stays["email"]), key=lambda m: m.entry.received_at)
     steps = {s["step"]: s for s in sends(p, cid) if s["contact_id"] == stays["id"]}
     gap = datetime.fromisoformat(steps[1]["sent_at"]) - datetime.fromisoformat(steps[0]["sent_at"])
@@ -457,7 +446,7 @@ def test_journey_step_two_follows_the_wait_and_members_exit(dm: Stack, mail_outb
     assert member(cid, stays["id"])["status"] == "done"
     assert member(cid, leaves["id"])["exit_reason"] == "unsubscribed"
     assert member(cid, bounces["id"])["exit_reason"] == "bounced"
-    wait(lambda: member(cid, buyer["id"])["status"] == "exited", 10, "the purchase exit")
+    wait_for(lambda: member(cid, buyer["id"])["status"] == "exited", 10, "the purchase exit")
     assert member(cid, buyer["id"])["exit_reason"] == "event"
     time.sleep(0.5)
     assert len(mails_to(mail_outbox, leaves["email"])) == 1
@@ -557,7 +546,7 @@ def test_config_hot_reload_stores_each_version(dm: Stack, dm_config: Path) -> No
     new = dm_config / "dm" / "templates" / "test-item-2.yaml"
     new.write_text(src.replace("id: test-item", "id: test-item-2").replace("Item of the week", "Item two"))
     try:
-        got = wait(lambda: next((t for t in dm.http.get("/v1/dm/brand/library").json()["templates"]
+        got = wait_for(lambda: next((t for t in dm.http.get("/v1/dm/brand/library").json()["templates"]
                                  if t["id"] == "test-item-2"), None), 10, "the new template")
 
         async def stored(cp: Any) -> bool:
@@ -567,7 +556,7 @@ def test_config_hot_reload_stores_each_version(dm: Stack, dm_config: Path) -> No
 
         assert db(dm, stored)
         new.write_text("id: test-item-2\nsubject: '{{ nope }}'\n")
-        lib = wait(lambda: (lambda d: d if d["problems"] else None)(dm.http.get("/v1/dm/brand/library").json()),
+        lib = wait_for(lambda: (lambda d: d if d["problems"] else None)(dm.http.get("/v1/dm/brand/library").json()),
                    10, "the problem")
         assert any("test-item-2.yaml" in pr for pr in lib["problems"])
         assert "test-item" in {t["id"] for t in lib["templates"]}  # the last good keeps serving

@@ -16,7 +16,7 @@ import redis
 from engine.logic.decisions.config import PolicySpec
 from engine.logic.decisions.policy import restore_model
 from engine.store import keys
-from tests.conftest import Stack, uid
+from tests.conftest import Stack, uid, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -65,19 +65,6 @@ variants:
   - id: only
     template: {title: "Before you go"}
 """
-
-
-def wait_for(fn: Callable[[], Any], timeout: float = 60.0, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = fn()
-        if last:
-            return last
-        time.sleep(0.2)
-    extra = getattr(fn, "__self__", None)
-    raise AssertionError(f"{what} not reached in {timeout}s; last: {last!r} "
-                         f"{extra.state() if hasattr(extra, 'state') else ''}")
 
 
 class Loop:
@@ -175,7 +162,7 @@ def test_rewards_advance_the_model_the_api_serves_it_and_a_killed_learner_counts
     loop.react(first)
 
     loop.round(20)
-    wait_for(loop.learnt, what="the first rewards learnt and published")
+    wait_for(loop.learnt, timeout=60, what="the first rewards learnt and published")
     v1 = loop.version()
     assert v1 >= 1
     # the API decides with the published version: the probability it logs is the model's
@@ -195,13 +182,13 @@ def test_rewards_advance_the_model_the_api_serves_it_and_a_killed_learner_counts
     time.sleep(3.5)  # a snapshot with offsets exists now
     assert loop.r.get(keys.learner_snapshot(loop.group))
     loop.round(20)
-    wait_for(loop.learnt, what="the second round learnt and published")
+    wait_for(loop.learnt, timeout=60, what="the second round learnt and published")
     learner.send_signal(signal.SIGKILL)
     learner.wait(10)
     loop.round(10)  # decided and rewarded while no learner runs
 
     stack.start_learner()  # waits for the dead one's lease, resumes from its snapshot
-    wait_for(loop.learnt, what="the third round learnt after the restart")
+    wait_for(loop.learnt, timeout=60, what="the third round learnt after the restart")
     time.sleep(2.0)  # anything counted twice would show by now
     assert loop.learnt(), (loop.model().posterior("a"), loop.model().posterior("b"), loop.shown)
     assert loop.version() > v1
@@ -379,7 +366,7 @@ def test_a_contextual_multi_slot_campaign_learns_and_the_api_serves_it(learning_
                         assert stack.post([click]).status_code == 200
 
     round_(15)
-    wait_for(lambda: model().n >= shown, what="the contextual rewards learnt and published")
+    wait_for(lambda: model().n >= shown, timeout=60, what="the contextual rewards learnt and published")
     v1 = version()
     assert v1 >= 1
     for device, arm in good.items():
