@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from models.bandit.base import ArmID, Context, Decision, Slot, check_arms
-from models.reco.base import pack, unpack
+from models.reco.base import PickledAsSnapshot, pack, unpack
 
 KIND = "bandit.apprentice"
 VERSION = 1
@@ -31,7 +31,7 @@ def _top(probs: dict[ArmID, float], arms: list[ArmID]) -> ArmID:
     return best
 
 
-class Apprentice:
+class Apprentice(PickledAsSnapshot):
     """Wrap any policy of `models.bandit` in apprentice mode.
 
     Parameters
@@ -140,9 +140,3 @@ class Apprentice:
     def clone(self) -> Apprentice:
         """A fresh wrapper around a fresh clone of the policy."""
         return Apprentice(self.policy.clone(), self.agreement, self.window)
-
-    def __getstate__(self) -> dict[str, Any]:
-        return {"snapshot": self.snapshot()}
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(Apprentice.restore(state["snapshot"]).__dict__)

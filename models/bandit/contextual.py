@@ -42,7 +42,7 @@ from models.bandit.base import (
     draw,
     plackett_luce_marginals,
 )
-from models.reco.base import pack, unpack
+from models.reco.base import PickledAsSnapshot, pack, unpack
 
 ActionFeatures = Mapping[ArmID, Mapping[str, Any]]
 
@@ -54,7 +54,7 @@ def _merge(context: Context | None, slot: Mapping[str, Any] | None) -> dict[str,
     return out
 
 
-class _Contextual:
+class _Contextual(PickledAsSnapshot):
     """Slots, decisions and the check of arguments shared by the contextual policies."""
 
     kind = ""
@@ -139,12 +139,6 @@ class _Contextual:
         """One arm for one slot, drawn from the policy's own random source."""
         arms = check_arms(arm_ids)
         return draw(self._rng, self.pmf(arms, context, action_features), arms)
-
-    def __getstate__(self) -> dict[str, Any]:
-        return {"snapshot": self.snapshot()}
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(type(self).restore(state["snapshot"]).__dict__)
 
     def snapshot(self) -> bytes:
         raise NotImplementedError

@@ -32,13 +32,13 @@ from models.bandit.base import (
     check_reward,
 )
 from models.drift import Adwin
-from models.reco.base import pack, unpack
+from models.reco.base import PickledAsSnapshot, pack, unpack
 
 KIND = "bandit.epsilon_greedy"
 VERSION = 1
 
 
-class EpsilonGreedy(SeededRanking, river_bandit.EpsilonGreedy):
+class EpsilonGreedy(PickledAsSnapshot, SeededRanking, river_bandit.EpsilonGreedy):
     """Epsilon-greedy with logged probabilities.
 
     Parameters
@@ -203,9 +203,3 @@ class EpsilonGreedy(SeededRanking, river_bandit.EpsilonGreedy):
         obj._n = state["n"]
         obj._drift = {arm: Adwin.from_state(s) for arm, s in state["drift"]}
         return obj
-
-    def __getstate__(self) -> dict[str, Any]:
-        return {"snapshot": self.snapshot()}
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(type(self).restore(state["snapshot"]).__dict__)

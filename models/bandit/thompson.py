@@ -32,13 +32,13 @@ from models.bandit.base import (
     check_reward,
 )
 from models.drift import Adwin
-from models.reco.base import pack, unpack
+from models.reco.base import PickledAsSnapshot, pack, unpack
 
 KIND = "bandit.thompson"
 VERSION = 1
 
 
-class BetaThompson(SeededRanking, river_bandit.ThompsonSampling):
+class BetaThompson(PickledAsSnapshot, SeededRanking, river_bandit.ThompsonSampling):
     """Beta-Bernoulli Thompson sampling over a campaign's arms.
 
     Parameters
@@ -212,9 +212,3 @@ class BetaThompson(SeededRanking, river_bandit.ThompsonSampling):
         obj._n = state["n"]
         obj._drift = {arm: Adwin.from_state(s) for arm, s in state["drift"]}
         return obj
-
-    def __getstate__(self) -> dict[str, Any]:
-        return {"snapshot": self.snapshot()}
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(type(self).restore(state["snapshot"]).__dict__)

@@ -32,7 +32,7 @@ from models.propensity.calibration import (
     PlattCalibrator,
     calibrator_from_state,
 )
-from models.reco.base import pack, unpack
+from models.reco.base import PickledAsSnapshot, pack, unpack
 
 KIND = "propensity"
 VERSION = 1
@@ -52,7 +52,7 @@ def prepare(x: Mapping[str, Any], log_transform: bool = True) -> dict[str, Any]:
     return out
 
 
-class PropensityModel:
+class PropensityModel(PickledAsSnapshot):
     """A calibrated, drift-aware online classifier of sessions.
 
     Parameters
@@ -256,9 +256,3 @@ class PropensityModel:
         obj.n = s["n"]
         obj.detections = s["detections"]
         return obj
-
-    def __getstate__(self) -> dict[str, Any]:
-        return {"snapshot": self.snapshot()}
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(PropensityModel.restore(state["snapshot"]).__dict__)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import heapq
 import math
 from collections.abc import Iterable, Iterator, Mapping
-from typing import Any, NamedTuple, Protocol
+from typing import Any, NamedTuple, Protocol, cast
 
 import msgpack
 
@@ -165,6 +165,18 @@ def unpack(data: bytes, kind: str, version: int) -> dict[str, Any]:
         )
     state: dict[str, Any] = doc["state"]
     return state
+
+
+class PickledAsSnapshot:
+    """Mixin: a learner pickles as its own `snapshot()` bytes and unpickles through its class's
+    `restore`, so a pickle round trip is exactly the snapshot round trip (the learner
+    check-suite tests both)."""
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"snapshot": cast(Any, self).snapshot()}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(cast(Any, type(self)).restore(state["snapshot"]).__dict__)
 
 
 def pairs(table: Mapping[str, float]) -> list[list[Any]]:
