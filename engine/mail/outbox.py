@@ -63,6 +63,7 @@ MAX_PAGE = 200
 _KEY_RE = re.compile(r"^[A-Za-z0-9._\\-]{1,255}$")
 _KEY_TIME = re.compile(r"^(\d+)\.M(\d+)")
 _TEST_LOCAL = re.compile(r"^smtp-([45]\d\d)((?:-(?:once|data))*)(?:\+.*)?$", re.IGNORECASE)
+DSN_TRIES = 5  # a test-mode DSN is tried this many times (1, 2, 4, 8 s apart)
 _DSN_LOCAL = re.compile(r"^dsn-(hard|soft)(?:\+.*)?$", re.IGNORECASE)
 _SLOW_LOCAL = re.compile(r"^slow-(\d{1,5})(?:\+.*)?$", re.IGNORECASE)
 _ENHANCED = {550: "5.1.1", 551: "5.1.6", 552: "5.2.2", 553: "5.1.3", 554: "5.7.1",
@@ -497,14 +498,22 @@ class OutboxHandler:
         dsn = build_dsn(mail_from=mail_from, recipient=rcpt, kind=kind,
                         reporting_mta="outbox.kairos.invalid", original_headers=headers, now=now)  # fmt: skip
         host, port = self.dsn_relay
-        client = aiosmtplib.SMTP(hostname=host, port=port, start_tls=False, timeout=10)
-        try:
-            async with client:
-                await client.mail("")  # a bounce has the null sender, so it never bounces back
-                await client.rcpt(mail_from)
-                await client.data(dsn)
-        except Exception as exc:  # a test helper: log, never crash the outbox
-            log.warning("could not deliver the DSN for %s to %s:%s: %s", rcpt, host, port, exc)
+        # as a relay does, a DSN that could not be handed over is tried again (a busy machine,
+        # the bounce listener restarting): 5 tries over about half a minute, then given up
+        for attempt in range(DSN_TRIES):
+            client = aiosmtplib.SMTP(hostname=host, port=port, start_tls=False, timeout=10)
+            try:
+                async with client:
+                    await client.mail("")  # a bounce has the null sender, so it never bounces back
+                    await client.rcpt(mail_from)
+                    await client.data(dsn)
+                return
+            except Exception as exc:  # a test helper: log, never crash the outbox
+                last = attempt + 1 == DSN_TRIES
+                log.warning("could not deliver the DSN for %s to %s:%s (try %d of %d%s): %s", rcpt,
+                            host, port, attempt + 1, DSN_TRIES, ", giving up" if last else "", exc)
+                if not last:
+                    await asyncio.sleep(2.0 ** attempt)
 
     async def drain(self) -> None:
         """Wait for the DSNs still being sent."""
