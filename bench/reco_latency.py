@@ -5,13 +5,20 @@ Starts Valkey, Apache Kafka, one worker and the API (bench/_stack.py), loads the
 end now), waits for the stream to catch up, then sends `--rate` requests/s for `--seconds`
 (open loop: each request is due on schedule, whatever the previous ones do, and its latency
 counts from when it was due) for visitors of
-the log, half of them on an item page. Prints p50/p90/p99, the API process's CPU µs per
-request (the figure to compare on a shared machine), the load average (figures on a busy
+the log, half of them on an item page. Prints p50/p90/p99, the API process's and Valkey's CPU
+µs per request (the figures to compare on a shared machine), the load average (figures on a busy
 machine are worse) and, last, one JSON line. `--compare` runs the same load a second time on
 `bench_plain`: the default recipe without `session_knn` and with bought items plainly excluded
 (`exclusions.repurchase: exclude`), so the cost of those two reads shows within one run.
 
     python bench/reco_latency.py [--rate 200] [--seconds 20] [--events 0 (all)] [--compare]
+                                 [--rounds 1]
+
+`--rounds N` (with `--compare`) alternates the two recipes N times in the same run, so a change
+of the machine's load during the run weighs on both.
+
+Where the API's time goes under this load: `pip install py-spy` in the venv, then, once the log
+says "recipe default", `py-spy record -p <API pid> -d 20 -r 200 -f raw -o spy.txt` (bench/README.md).
 
 Target: p99 < 10 ms.
 """
@@ -105,7 +112,8 @@ class Conn:
 
 async def load(base: str, events: list[dict], rate: float, seconds: float, seed: int,
                connections: int = 32, key: str = "", recipe: str = "default",
-               api_pid: int | None = None) -> tuple[list[float], int, list[int], float]:
+               api_pid: int | None = None, redis_pid: int | None = None
+               ) -> tuple[list[float], int, list[int], float, float]:
     """Open loop: request i is due at start + i/rate; its latency counts from when it was due
     (waiting for a free connection included), so a slow server cannot hide its queue."""
     import json
@@ -148,7 +156,7 @@ async def load(base: str, events: list[dict], rate: float, seconds: float, seed:
     lat.clear()
     sizes.clear()
     tasks = []
-    cpu0 = cpu_seconds(api_pid)
+    cpu0, vk0 = cpu_seconds(api_pid), cpu_seconds(redis_pid)
     start = time.perf_counter()
     for i in range(int(rate * seconds)):
         due = start + i / rate
@@ -158,9 +166,10 @@ async def load(base: str, events: list[dict], rate: float, seconds: float, seed:
         tasks.append(asyncio.create_task(one(target(), due)))
     await asyncio.gather(*tasks)
     cpu_us = (cpu_seconds(api_pid) - cpu0) / max(1, len(tasks)) * 1e6
+    valkey_us = (cpu_seconds(redis_pid) - vk0) / max(1, len(tasks)) * 1e6
     while not pool.empty():
         pool.get_nowait().writer.close()
-    return lat, errors, sizes, cpu_us
+    return lat, errors, sizes, cpu_us, valkey_us
 
 
 def main() -> int:
@@ -172,8 +181,10 @@ def main() -> int:
     ap.add_argument("--seed", type=int, default=7)
     ap.add_argument("--compare", action="store_true",
                     help="also run the load on bench_plain (no session_knn, plain exclusion)")
+    ap.add_argument("--rounds", type=int, default=1,
+                    help="with --compare: alternate the two recipes this many times")
     args = ap.parse_args()
-    runs = ["default", "bench_plain"] if args.compare else ["default"]
+    runs = ["default", "bench_plain"] * max(1, args.rounds) if args.compare else ["default"]
     results = []
     with BenchStack("reco-latency") as st:
         config = st.dir / "config"
@@ -194,26 +205,29 @@ def main() -> int:
         wait_caught_up(base, events, st.headers)
         for name in runs:
             say(f"replay applied; recipe {name}: {args.rate:.0f} req/s for {args.seconds:.0f} s")
-            lat, errors, sizes, cpu_us = asyncio.run(load(
+            lat, errors, sizes, cpu_us, valkey_us = asyncio.run(load(
                 base, events, args.rate, args.seconds, args.seed, key=st.key, recipe=name,
-                api_pid=st.pid("api")))
-            results.append((name, lat, errors, sizes, cpu_us, round(os.getloadavg()[0], 2)))
+                api_pid=st.pid("api"), redis_pid=st.pid("redis")))
+            results.append((name, lat, errors, sizes, cpu_us, valkey_us,
+                            round(os.getloadavg()[0], 2)))
         st.check_alive()
-    for name, lat, errors, sizes, cpu_us, load_avg in results:
+    for name, lat, errors, sizes, cpu_us, valkey_us, load_avg in results:
         fig = summary_ms(lat)
         mean_items = round(sum(sizes) / len(sizes), 2) if sizes else 0.0
         print(f"GET /v1/recommendations ({name}) at {args.rate:.0f} req/s for {args.seconds:.0f} "
               f"s: p50 {fig['p50_ms']} ms, p90 {fig['p90_ms']} ms, p99 {fig['p99_ms']} ms, "
-              f"max {fig['max_ms']} ms; API CPU {cpu_us:.0f} µs/request; {errors} errors; "
+              f"max {fig['max_ms']} ms; API CPU {cpu_us:.0f} µs/request, Valkey CPU "
+              f"{valkey_us:.0f} µs/request; {errors} errors; "
               f"{mean_items} items per answer "
               f"(target p99 < 10 ms: {'met' if fig['p99_ms'] < 10 else 'NOT met'}); "
               f"load average {load_avg} on {os.cpu_count()} CPUs")
-    for name, lat, errors, sizes, cpu_us, load_avg in results:
+    for name, lat, errors, sizes, cpu_us, valkey_us, load_avg in results:
         fig = summary_ms(lat)
         mean_items = round(sum(sizes) / len(sizes), 2) if sizes else 0.0
         json_line({"bench": "reco_latency", "recipe": name, "events": len(events),
                    "rate": args.rate, "seconds": args.seconds, **fig, "errors": errors,
                    "items_mean": mean_items, "cpu_us_per_request": round(cpu_us, 1),
+                   "valkey_cpu_us_per_request": round(valkey_us, 1),
                    "target_p99_ms": 10, "met": fig["p99_ms"] < 10, "loadavg": load_avg,
                    "cpus": os.cpu_count()})
     return 0

@@ -116,7 +116,8 @@ async def running(settings: Settings, redis_url: str, bootstrap: str,
     s = settings
     if not s.database_url:
         raise RuntimeError("the API needs the control-plane database (KAIROS_DATABASE_URL)")
-    client = new_client(redis_url, timeout=2.0)
+    # a burst of requests waits for a free connection (each request holds up to 3 at once)
+    client = new_client(redis_url, timeout=2.0, wait_s=2.0)
     log = EventLog(bootstrap, s.events_topic, linger_ms=s.producer_linger_ms,
                    timeout_s=s.produce_timeout_s)
     stack = contextlib.AsyncExitStack()

@@ -11,9 +11,11 @@ keeps (streams/hooks/cf.py); a visitor the model has not learnt yet gets no `cf`
 Bought items go through the repurchase rule (`exclusions.purchased` with `exclusions.repurchase`,
 models/reco/repurchase.py): the bought items' catalog records are read beside the tables, their
 levels' counter rows beside the candidates' records, and a kept item is shown "often bought
-again". The `session_knn` ingredient reads the sessions that held the current session's items
-(with the tables), then those sessions' items (with the candidates' records), and the records
-of its own candidates the other ingredients did not bring (a third, usually cached, read).
+again". The `session_knn` ingredient is one script call beside the tables
+(lua/session_knn.lua: the sampled sessions are read and scored in Valkey, with a bounded cost,
+and only the best items come back), so its candidates' records come with the others'. On a
+Redis Cluster it reads the sessions' index, then the sampled sessions' items, and scores them
+here (`session_candidates`), both beside the tables.
 """
 
 from __future__ import annotations
@@ -39,9 +41,11 @@ from engine.store.catalog import CachedCatalog
 from engine.store.profiles import ProfileStore
 from engine.store.reco_read import RecoReader
 from models.affinity import AffinityConfig
+from models.reco.base import Candidate
 from models.reco.online import (
     current_session,
     sample_sessions,
+    scored_candidates,
     seed_weights,
     session_candidates,
     visitor_state,
@@ -115,29 +119,56 @@ class Recommender:
                     profile, rule, bought, uid, current)
 
     async def _first(self, asks: Sequence[_Ask], now_ms: int) -> _First:
-        """Beside the tables: the bought items' catalog records and the sessions that held the
-        current sessions' items."""
+        """Beside the tables: the bought items' catalog records and the session-kNN candidates
+        of each request's current session."""
         bought = list(dict.fromkeys(iid for a in asks for iid, _ in a.bought))
-        current = list(dict.fromkeys(iid for a in asks for iid in a.current))
-        records, index = await asyncio.gather(
-            self.cached.get_many(bought, now_ms / 1000.0),
-            self.reader.session_index(current, self.knn.sessions_per_item))
-        return _First(records, index)
+        records, knn = await asyncio.gather(self.cached.get_many(bought, now_ms / 1000.0),
+                                            self._session_knn(asks, now_ms))
+        return _First(records, knn)
+
+    async def _session_knn(self, asks: Sequence[_Ask], now_ms: int) -> list[list[Candidate]]:
+        """Each request's session-kNN candidates (none without a current session): one script
+        call each on a single server (pipelined), else two pipelined reads scored here."""
+        out: list[list[Candidate]] = [[] for _ in asks]
+        wanted = [i for i, a in enumerate(asks) if a.current]
+        if not wanted:
+            return out
+        knn = self.knn
+        if not self.reader.cluster:
+            rows = await self.reader.session_knn(
+                [(asks[i].current, asks[i].uid, asks[i].k) for i in wanted],
+                sample_size=knn.sample_size, per_item=knn.sessions_per_item, k=knn.k,
+                lambda_pos=knn.lambda_pos, lambda_time_s=knn.lambda_time_s,
+                lambda_neigh=knn.lambda_neigh, now_ms=now_ms)
+            for i, r in zip(wanted, rows, strict=True):
+                out[i] = scored_candidates(r, asks[i].k)
+            return out
+        current = list(dict.fromkeys(iid for i in wanted for iid in asks[i].current))
+        index = await self.reader.session_index(current, knn.sessions_per_item)
+        uids = {i: sample_sessions({iid: index.get(iid, []) for iid in asks[i].current},
+                                   asks[i].uid, knn.sample_size) for i in wanted}
+        sessions = await self.reader.sessions(list(dict.fromkeys(u for us in uids.values()
+                                                                 for u in us)))
+        for i in wanted:
+            out[i] = session_candidates(asks[i].current, uids[i], sessions, now_ms, asks[i].k,
+                                        knn)
+        return out
 
     async def _answers(self, recipe: Recipe, asks: Sequence[_Ask], tables: Sequence[Any],
                        first: _First, now_ms: int) -> list[list[dict[str, Any]]]:
         """round trip 2: the catalog records of every candidate and seed, and beside it the CF
-        vectors of the candidates (the model the visitor's partition keeps), the sampled
-        sessions' items and the bought items' repurchase counters; then the recipe."""
+        vectors of the candidates (the model the visitor's partition keeps) and the bought
+        items' repurchase counters; then the recipe."""
         all_cands: list[dict[str, Any]] = []
         wanted: list[str] = []
         levels: list[dict[str, list[str]]] = []
-        uids: list[dict[str, int]] = []
         cf_reads = []  # (ask index, partition, pool)
         for i, (a, t) in enumerate(zip(asks, tables, strict=True)):
             cands = candidate_lists(a.needed, a.seeds, a.recent, a.cat, a.aff_cats, a.visitor, a.k,
                                     neighbours=t.neighbours, trending=t.trending,
                                     in_category=t.in_category, popularity=t.popularity)
+            if "session_knn" in a.needed:
+                cands["session_knn"] = first.knn[i]
             all_cands.append(cands)
             pool = list(dict.fromkeys(c.item_id for lst in cands.values() for c in lst))
             wanted += [*a.seeds, *pool]
@@ -145,29 +176,16 @@ class Recommender:
                 cf_reads.append((i, int.from_bytes(t.cf_user[:2], "little"), pool))
             levels.append({iid: levels_of(((first.bought.get(iid) or {}).get("categories")
                                            or [])[:1]) for iid, _ in a.bought})
-            uids.append(sample_sessions({iid: first.index.get(iid, []) for iid in a.current},
-                                        a.uid, self.knn.sample_size) if a.current else {})
         all_levels = list(dict.fromkeys(lv for ls in levels for lvs in ls.values() for lv in lvs))
         all_bought = list(dict.fromkeys(iid for a in asks for iid, _ in a.bought))
-        all_uids = list(dict.fromkeys(u for us in uids for u in us))
-        records, sessions, (level_rows, item_rows), *vectors = await asyncio.gather(
+        records, (level_rows, item_rows), *vectors = await asyncio.gather(
             self.cached.get_many(list(dict.fromkeys(wanted)), now_ms / 1000.0),
-            self.reader.sessions(all_uids),
             self.reader.repurchase_rows(all_levels, all_bought),
             *(self.reader.cf_items(part, pool) for _, part, pool in cf_reads))
         for (i, _, _), vecs in zip(cf_reads, vectors, strict=True):
             cf_user = tables[i].cf_user
             assert cf_user is not None
             all_cands[i]["cf"] = cf_candidates(cf_user[2:], vecs)
-        missing: list[str] = []
-        for a, cands, us in zip(asks, all_cands, uids, strict=True):
-            if "session_knn" in a.needed:
-                cands["session_knn"] = session_candidates(a.current, us, sessions, now_ms, a.k,
-                                                          self.knn)
-                missing += [c.item_id for c in cands["session_knn"] if c.item_id not in records]
-        if missing:  # round trip 3, when the other ingredients did not bring them
-            records = {**records, **await self.cached.get_many(list(dict.fromkeys(missing)),
-                                                               now_ms / 1000.0)}
         out = []
         for a, cands, lv in zip(asks, all_cands, levels, strict=True):
             if a.bought:
@@ -212,4 +230,4 @@ class _Ask:
 @dataclass(frozen=True, slots=True)
 class _First:
     bought: dict[str, Any]  # the bought items' catalog records
-    index: dict[str, list[tuple[str, int]]]  # item -> its recent sessions
+    knn: list[list[Candidate]]  # each request's session-kNN candidates

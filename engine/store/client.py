@@ -59,8 +59,15 @@ def is_cluster_url(url: str) -> bool:
 
 
 def new_client(url: str, *, timeout: float | None = 5.0,
-               max_connections: int = MAX_CONNECTIONS) -> Any:
-    """An asyncio client for `url` (a `RedisCluster` for `redis+cluster://`)."""
+               max_connections: int = MAX_CONNECTIONS, wait_s: float | None = None) -> Any:
+    """An asyncio client for `url` (a `RedisCluster` for `redis+cluster://`). With `wait_s`
+    (a single server), a call beyond `max_connections` in flight waits up to `wait_s` for a
+    free connection instead of failing at once (MaxConnectionsError): the API, whose requests
+    each hold a few connections at a time, so a burst of requests queues instead of erring."""
+    if wait_s is not None and not is_cluster_url(url):
+        return aioredis.Redis.from_pool(aioredis.BlockingConnectionPool.from_url(
+            url, socket_timeout=timeout, socket_connect_timeout=timeout,
+            max_connections=max_connections, health_check_interval=0, timeout=wait_s))
     if is_cluster_url(url):
         return RedisCluster(
             startup_nodes=[ClusterNode(h, p) for h, p in cluster_nodes(url)],

@@ -217,11 +217,25 @@ def session_index(item_id: str) -> str:
     return f"ksi:{_TAGS[shard(item_id)]}:{item_id}"
 
 
+_HEX = frozenset("0123456789abcdefABCDEF")
+
+
+def session_shard(session_uid: str) -> int:
+    """The shard of a session's items: its name is already a hash (16 hex digits,
+    `models.session.shared_session_name`), so its first 8 digits modulo `SHARDS`, which the
+    session-kNN script (engine/store/lua/session_knn.lua) reads for up to 200 sessions a
+    request without a CRC in Lua; any other name: `shard`."""
+    head = session_uid[:8]
+    if len(head) == 8 and all(c in _HEX for c in head):
+        return int(head, 16) % SHARDS
+    return shard(session_uid)
+
+
 def session_items(session_uid: str) -> str:
     """Sorted set of one session's distinct items scored by when it last met each (so oldest
     first is its order), bounded to its last `max_session_items`, expiring 2 days after its last
-    event. Shared (many readers), sharded by the session's name."""
-    return f"kss:{_TAGS[shard(session_uid)]}:{session_uid}"
+    event. Shared (many readers), sharded by the session's name (`session_shard`)."""
+    return f"kss:{_TAGS[session_shard(session_uid)]}:{session_uid}"
 
 
 def cf_visitor(pid: str) -> str:

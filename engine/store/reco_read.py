@@ -5,10 +5,11 @@ seed items (co-view, co-buy, next item), the trending tables (overall and per ca
 epochs each) with the neighbours' popularity, and the visitor's online-CF vector. On a Redis
 Cluster (whose keys span many slots) the same reads are two pipelines instead.
 `cf_items` reads the candidates' CF vectors from the model of the visitor's partition;
-`trending` is the read behind GET /v1/stats/trending; `repurchase_rows`, `session_index` and
-`sessions` the repurchase counters and the session-kNN state (one pipeline each, so they work
-on a cluster too; `sessions`, up to 200 keys, is one script call, lua/session_items.lua, on a
-single server). The tables are written by the stream hooks (streams/hooks/reco.py,
+`trending` is the read behind GET /v1/stats/trending; `repurchase_rows` the repurchase
+counters (one pipeline). `session_knn` is the served session-kNN on a single server: one script
+call (lua/session_knn.lua) that samples the sessions, scores them and returns only the best
+items; on a cluster (a session's key has its own slot) the flow reads the state with
+`session_index` and `sessions` (a pipeline each) and scores it in Python instead. The tables are written by the stream hooks (streams/hooks/reco.py,
 streams/hooks/cf.py).
 """
 
@@ -85,6 +86,7 @@ class RecoReader:
         self.group_id = group_id
         self._read = Script(redis, "reco_read")
         self._sessions = Script(redis, "session_items")
+        self._knn = Script(redis, "session_knn")
         self.cluster = is_cluster(redis)
         self._popularity = [keys.popularity(n) for n in range(keys.SHARDS)]
 
@@ -172,6 +174,28 @@ class RecoReader:
         got = await pipe.execute()
         return {iid: [(u.decode(), int(sc)) for u, sc in rows]
                 for iid, rows in zip(items, got, strict=True)}
+
+    async def session_knn(self, sessions: Sequence[tuple[Sequence[str], str | None, int]], *,
+                          sample_size: int, per_item: int, k: int, lambda_pos: float,
+                          lambda_time_s: float, lambda_neigh: float, now_ms: int
+                          ) -> list[list[tuple[str, float, str]]]:
+        """For each (current items oldest first, the session's name or None, n): the items
+        scored at least the n-th best by session-kNN (lua/session_knn.lua: the `sample_size`
+        most recent sessions of the items' indexes, `per_item` rows each, the `k` most similar
+        kept), as (item, score, via), unordered. One script call per session, pipelined. A
+        single server only (on a cluster: `session_index`, `sessions`)."""
+        if self.cluster:
+            raise RuntimeError("session_knn reads many slots: use session_index and sessions")
+        calls = [([keys.session_index(iid) for iid in items],
+                  [uid or "", sample_size, per_item, k, float(lambda_pos), float(lambda_time_s),
+                   float(lambda_neigh), n, now_ms, keys.SHARDS, *items])
+                 for items, uid, n in sessions]
+        if not calls:
+            return []
+        got = ([await self._knn(*calls[0])] if len(calls) == 1
+               else await self._knn.pipelined(calls))
+        return [[(flat[j].decode(), float(flat[j + 1]), flat[j + 2].decode())
+                 for j in range(0, len(flat), 3)] for flat in got]
 
     async def sessions(self, uids: Sequence[str]) -> dict[str, list[str]]:
         """Each session's items, oldest first; a session gone is left out."""

@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from models.affinity import AffinityConfig, Profile, current_scores
-from models.reco.base import Candidate
+from models.reco.base import Candidate, top_n
 from models.reco.repurchase import Decision
 from models.reco.sessionknn import PastSession, SessionKNN, score_sessions, session_items
 from models.session import SessionConfig, shared_session_name
@@ -144,3 +144,12 @@ def session_candidates(current: Sequence[str], sampled: Mapping[str, int],
     past = [PastSession(u, ts, tuple(sessions[u])) for u, ts in sampled.items() if u in sessions]
     return score_sessions(current, past, now_ms, knn.k, knn.lambda_pos, knn.lambda_time_s,
                           knn.lambda_neigh, k)
+
+
+def scored_candidates(rows: Sequence[tuple[str, float, str]], n: int) -> list[Candidate]:
+    """The `n` best of the (item, score, via) rows the session-kNN script returns (every item
+    scored at least the n-th best, unordered), ranked as `score_sessions` ranks (score, then
+    item id: the script leaves ties to this, as Lua's string order follows the server's
+    locale)."""
+    via = {iid: v for iid, _, v in rows}
+    return [Candidate(iid, s, via[iid]) for iid, s in top_n({i: s for i, s, _ in rows}, n)]

@@ -322,10 +322,12 @@ def test_an_anonymous_short_session_gets_what_similar_sessions_went_on_to(any_st
     path = [a, *(f"x{k}-{tag}" for k in range(8)), b]
     now = int(time.time() * 1000)
     evs = []
+    # every event names tent A alike: the partitions apply them in any order, and the reason
+    # shows the catalog's name (the last applied)
     for v in range(3):
         o = uid("o")
-        evs += [{**ev(o, k, iid, name=iid), "ts": now - 600_000 + v * 20_000 + k * 1000}
-                for k, iid in enumerate(path)]
+        evs += [{**ev(o, k, iid, name="Tent A" if iid == a else iid),
+                 "ts": now - 600_000 + v * 20_000 + k * 1000} for k, iid in enumerate(path)]
     assert stack.post(evs).status_code == 200
     anon = uid("anon")
     assert stack.post([ev(anon, 1, a, name="Tent A")]).status_code == 200
@@ -338,3 +340,60 @@ def test_an_anonymous_short_session_gets_what_similar_sessions_went_on_to(any_st
     items = wait_for(served, what="tent B from session-kNN")
     assert items[b]["ingredient"] == "session_knn"
     assert items[b]["reason"] == "viewed in sessions with Tent A", items[b]
+
+
+def test_a_mail_batch_gets_the_session_knn_items_one_request_gets(any_stack: Stack):
+    """`Recommender.recommend_many` (the mailer's batched read: one session-kNN script call per
+    recipient, pipelined; on a cluster the Python scoring) serves each recipient what one
+    request would, session-kNN included."""
+    import asyncio
+
+    import yaml
+
+    from engine.flows.recommend import Recommender
+    from engine.logic.recipes import parse_recipe
+    from engine.store.catalog import CachedCatalog, CatalogStore
+    from engine.store.profiles import ProfileStore, new_client
+    from engine.store.reco_read import RecoReader
+    from tests.conftest import run_async
+
+    stack = any_stack
+    tag = uuid.uuid4().hex[:8]
+    a, b = f"pole-a-{tag}", f"pole-b-{tag}"
+    path = [a, *(f"y{k}-{tag}" for k in range(8)), b]
+    now = int(time.time() * 1000)
+    evs = []
+    for v in range(3):
+        o = uid("o")
+        evs += [{**ev(o, k, iid, name=iid), "ts": now - 600_000 + v * 20_000 + k * 1000}
+                for k, iid in enumerate(path)]
+    assert stack.post(evs).status_code == 200
+    anon, other = uid("anon"), uid("other")
+    assert stack.post([ev(anon, 1, a, name="Pole A"), ev(other, 1, path[3])]).status_code == 200
+    stack.wait_profile(anon, 1)
+    stack.wait_profile(other, 1)
+    wait_for(lambda: b in {i["id"] for i in recs(stack, visitor_id=anon, n=20)},
+             what="pole B from session-kNN")
+    root = Path(__file__).resolve().parents[2]
+    recipe = parse_recipe(yaml.safe_load((root / "config/recipes/default.yaml").read_text()),
+                          "default")
+    s = stack.settings
+
+    async def go():
+        client = new_client(str(s.redis_url))
+        try:
+            rec = Recommender(ProfileStore(client, s.profile_ttl_ms), RecoReader(client, s.group_id),
+                              CachedCatalog(CatalogStore(client), ttl_s=2.0), s.affinity,
+                              lambda: {"default": recipe})
+            t = int(time.time() * 1000)
+            many = await rec.recommend_many(recipe, [anon, None, other], 20, t)
+            one = await asyncio.gather(*(rec.recommend(recipe, v, None, None, 20, t)
+                                         for v in (anon, None, other)))
+            return many, one
+        finally:
+            await client.aclose()
+
+    many, one = run_async(go())
+    assert [[r["id"] for r in rows] for rows in many] == [[r["id"] for r in rows] for rows in one]
+    got = {r["id"]: r for r in many[0]}
+    assert got[b]["ingredient"] == "session_knn", got[b]

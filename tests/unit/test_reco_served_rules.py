@@ -16,6 +16,7 @@ from models.reco.base import Candidate
 from models.reco.online import (
     current_session,
     sample_sessions,
+    scored_candidates,
     session_candidates,
     visitor_state,
     with_repurchase,
@@ -167,3 +168,20 @@ def test_session_knn_from_the_stream_tables_scores_like_the_learner() -> None:
         want = knn.recommend(vid, now, 20, item_id=page)
         assert [(c.item_id, c.via) for c in got] == [(c.item_id, c.via) for c in want], vid
         assert [c.score for c in got] == pytest.approx([c.score for c in want])
+
+
+def test_a_session_is_sharded_by_its_hashed_name_and_other_names_by_crc() -> None:
+    name = "9f86d081884c7d65"  # as models.session.shared_session_name names a session
+    assert keys.session_shard(name) == 0x9F86D081 % keys.SHARDS
+    assert keys.session_shard(name.upper()) == 0x9F86D081 % keys.SHARDS
+    for other in ("visitor#3", "9f86d08", "0x86d081884c7d65", "", "ü9f86d081"):
+        assert keys.session_shard(other) == keys.shard(other), other
+    assert keys.session_items(name) == f"kss:{keys.shard_tag(0x9F86D081 % keys.SHARDS)}:{name}"
+
+
+def test_the_session_knn_script_rows_rank_as_score_sessions_ranks() -> None:
+    rows = [("b", 0.5, "x"), ("a", 0.5, "y"), ("c", 0.9, "x"), ("d", 0.1, "z")]
+    got = scored_candidates(rows, 3)
+    assert [(c.item_id, c.score, c.via) for c in got] == [("c", 0.9, "x"), ("a", 0.5, "y"),
+                                                          ("b", 0.5, "x")]
+    assert scored_candidates([], 5) == [] and len(scored_candidates(rows, 10)) == 4
