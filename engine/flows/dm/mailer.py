@@ -156,6 +156,9 @@ class Mailer:
         finally:
             await consumer.stop()
 
+    # sends are claimed up to this far ahead of their rate-limit slot, so a fast rate claims
+    # (and reads recommendations for) a batch at once rather than one send per token
+    LOOKAHEAD = timedelta(milliseconds=250)
     SWEEP_BACKLOG = 500  # with more than this queued here, the sweep leaves the sends for later
 
     async def sweep_once(self) -> None:
@@ -224,9 +227,10 @@ class Mailer:
             # claim in batches: wait for half the room to be free unless that is everything
             # queued (a claim per finished send would be a query per message)
             claim = room > 0 and (room >= self.max_in_flight // 2 or self.scheduler.pending() <= room)
-            ready = self.scheduler.ready(now, limit=room) if claim else []
+            ready = self.scheduler.ready_at(now, limit=room, horizon=self.LOOKAHEAD) if claim else []
             if ready:
-                ids = [sid for sid, _ in ready]
+                ids = [sid for sid, _, _ in ready]
+                slot = {sid: at for sid, _, at in ready}
                 try:
                     rows = await self.store.claim(ids, self.worker_id, self.lease, now)
                 except Exception as exc:
@@ -238,7 +242,7 @@ class Mailer:
                         self._queued.discard(sid)  # sent, or taken by another claim
                 if rows:
                     self._in_flight += len(rows)
-                    self._spawn(self._batch(rows))
+                    self._spawn(self._batch(rows, slot))
                 continue
             nxt = self.scheduler.next_at(now)
             wait = 1.0 if nxt is None or not claim else max(0.0, min(1.0, (nxt - now).total_seconds()))
@@ -250,14 +254,14 @@ class Mailer:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _batch(self, rows: list[dict[str, Any]]) -> None:
+    async def _batch(self, rows: list[dict[str, Any]], slot: Mapping[str, datetime] | None = None) -> None:
         try:
             items = await self._prefetch(rows)
         except Exception as exc:  # each send then asks on its own
             log.warning("recommendations for a batch failed: %s", exc)
             items = {}
         for r in rows:
-            self._spawn(self._process(r, items.get(r["id"])))
+            self._spawn(self._process(r, items.get(r["id"]), (slot or {}).get(r["id"])))
 
     async def _prefetch(self, rows: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
         """Send id -> its recommended items, for the sends of a batch whose template places
@@ -275,8 +279,16 @@ class Mailer:
             out.update((r["id"], items) for r, items in zip(group, found, strict=True))
         return out
 
-    async def _process(self, row: Mapping[str, Any], items: list[dict[str, Any]] | None = None) -> None:
-        sender = await self._senders.get()
+    async def _process(self, row: Mapping[str, Any], items: list[dict[str, Any]] | None = None,
+                       not_before: datetime | None = None) -> None:
+        try:
+            if not_before is not None and (wait := (not_before - self.clock()).total_seconds()) > 0:
+                await asyncio.sleep(wait)  # its rate-limit slot (claimed a little ahead)
+            sender = await self._senders.get()
+        except BaseException:
+            self._queued.discard(row["id"])
+            self._in_flight -= 1
+            raise
         try:
             await self.deliver(row, sender, items)
         except Exception:
