@@ -491,7 +491,7 @@ def test_opens_count_once_clicks_redirect_and_raise_the_affinity(dm: Stack, mail
     assert dm.anon.get(bad, headers=browser).status_code == 404  # another link index, same MAC: tampered
     assert dm.anon.get(item_link.replace(dm.base, ""), headers={"User-Agent": "curl/8.0"}).status_code == 302
     del click
-    profile = dm.wait_profile(user, 1)
+    profile = dm.wait_profile(user, 2)  # the open and the click (applied in order)
     cats = {a["key"]: a["score"] for a in profile["affinities"]["category"]}
     assert cats.get("audio.headphones", 0) > 0, profile["affinities"]
     eng = {x["id"]: x for x in sends(p, cid)}[s["id"]]

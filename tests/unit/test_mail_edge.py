@@ -89,3 +89,26 @@ def test_group_commit_batches_concurrent_callers_and_fails_only_its_batch():
     assert written == [[1], [2, 3, 4, 5], [13]]
     assert got[:5] == [[10], [20], [30], [40], [50]] and isinstance(got[5], OSError)
     assert gc.batches == 2 and gc.items == 5
+
+
+def test_group_commit_with_a_linger_waits_for_more_unless_the_batch_is_full():
+    import asyncio
+
+    from engine.mail.batch import GroupCommit
+
+    written: list[list[int]] = []
+
+    async def write(items):
+        written.append(items)
+        return [x * 10 for x in items]
+
+    async def go():
+        gc = GroupCommit(write, max_batch=3, linger_s=0.2)
+        first = asyncio.create_task(gc.submit([1]))
+        await asyncio.sleep(0.01)  # within the linger: goes with the first
+        rest = [asyncio.create_task(gc.submit([x])) for x in (2, 3, 4)]
+        return await asyncio.gather(first, *rest)
+
+    got = asyncio.run(go())
+    assert written == [[1, 2, 3], [4]]  # the first batch filled up; the last waited alone
+    assert got == [[10], [20], [30], [40]]
