@@ -109,7 +109,7 @@ class Mailer:
         self._in_flight = 0  # sends claimed by this process and not finished yet
         self._active: dict[str, asyncio.Event] = {}  # those sends: set when each is finished
         self._sweeps = 0
-        self.max_in_flight = max(8, 4 * s.dm_senders)
+        self.max_in_flight = max(8, 8 * s.dm_senders)
         # the outcomes of all senders go to PostgreSQL together, one statement per batch
         # (a batch gathers for FINISH_LINGER_S: the "sent" of a send that was handed over may
         # wait that long, a mailer killed meanwhile sends it again with the same Message-ID)
@@ -160,7 +160,7 @@ class Mailer:
         finally:
             await consumer.stop()
 
-    FINISH_LINGER_S = 0.05
+    FINISH_LINGER_S = 0.02
     # sends are claimed up to this far ahead of their rate-limit slot, so a fast rate claims
     # (and reads recommendations for) a batch at once rather than one send per token
     LOOKAHEAD = timedelta(milliseconds=250)
