@@ -170,7 +170,15 @@ def main() -> None:
         say("starting the mailer…")
         base_outbox_cpu = (st.cpu("outbox") - outbox_cpu0) / min(n, 1000) * 1e6
         st.spawn("mailer", [*run("mailer", "engine.cli"), "mailer", "--loglevel", "warning"], st._env())
-        time.sleep(3.0)  # let it join its consumer groups before the clock starts
+        # started (it prints its relay when it is wired; on a loaded machine its imports alone
+        # can take seconds, which the idle figure must not count), then let it join its
+        # consumer groups before the clock starts
+        ready_by = time.monotonic() + 120
+        while "mailer: relay" not in (st.dir / "mailer.log").read_text(errors="replace"):
+            st.check_alive("mailer")
+            assert time.monotonic() < ready_by, "the mailer did not start in 120 s"
+            time.sleep(0.2)
+        time.sleep(3.0)
         idle0 = st.cpu("mailer")
         time.sleep(2.0)
         idle_ms_s = (st.cpu("mailer") - idle0) / 2.0 * 1000  # its fixed cost: sweeps, consumers' polls

@@ -20,7 +20,19 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import orjson
-from sqlalchemy import and_, case, delete, func, insert, literal, or_, select, text, update
+from sqlalchemy import (
+    and_,
+    bindparam,
+    case,
+    delete,
+    func,
+    insert,
+    literal,
+    or_,
+    select,
+    text,
+    update,
+)
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -42,6 +54,36 @@ WHERE s.id = v.id AND s.state = 'claimed' AND s.claimed_by = :worker
 RETURNING s.id""")
 
 MAX_LIST = 500
+
+
+def _claim_statements() -> tuple[Any, Any]:
+    """`DmStore.claim`'s two statements, built once (building them took longer than running
+    them): the compare-and-set, and the claimed sends with what composing them needs."""
+    s, msg, cm, ct = t.dm_sends, t.dm_messages, t.dm_campaigns, t.dm_contacts
+    now = bindparam("now_")
+    cas = (update(s).where(and_(s.c.id.in_(bindparam("ids", expanding=True)), or_(
+        s.c.state == "queued", and_(s.c.state == "retry", s.c.next_at <= now),
+        and_(s.c.state == "claimed", s.c.claim_until < now))))
+        .values(state="claimed", claimed_by=bindparam("worker_"), claim_until=bindparam("until_"), updated_at=now)
+        .returning(s.c.id))
+    rows = (select(s, msg.c.step, msg.c.template_id, msg.c.template_version,
+                   cm.c["values"].label("campaign_values"), cm.c.kind.label("campaign_kind"),
+                   cm.c.subject.label("campaign_subject"), cm.c.version.label("campaign_version"),
+                   ct.c.first_name, ct.c.last_name, ct.c.attributes, ct.c.visitor_id, ct.c.user_id,
+                   t.dm_campaign_members.c["values"].label("member_values"),
+                   t.partners.c.name.label("partner_name"),
+                   t.dm_suppressions.c.email_key.is_not(None).label("suppressed"))
+            .join(msg, msg.c.id == s.c.message_id).join(cm, cm.c.id == s.c.campaign_id)
+            .join(t.partners, t.partners.c.id == s.c.partner_id)
+            .outerjoin(ct, ct.c.id == s.c.contact_id)
+            .outerjoin(t.dm_suppressions, t.dm_suppressions.c.email_key == s.c.email_key)
+            .outerjoin(t.dm_campaign_members, and_(t.dm_campaign_members.c.campaign_id == s.c.campaign_id,
+                                                   t.dm_campaign_members.c.contact_id == s.c.contact_id))
+            .where(s.c.id.in_(bindparam("ids", expanding=True))))
+    return cas, rows
+
+
+_CLAIM, _CLAIMED = _claim_statements()
 
 
 def new_id(prefix: str) -> str:
@@ -484,31 +526,12 @@ class DmStore:
         (checked in the same query, right before the send)."""
         if not ids:
             return []
-        s = t.dm_sends
         async with self.engine.begin() as c:
-            claimed = (await c.execute(update(s).where(and_(s.c.id.in_(list(ids)), or_(
-                s.c.state == "queued", and_(s.c.state == "retry", s.c.next_at <= now),
-                and_(s.c.state == "claimed", s.c.claim_until < now))))
-                .values(state="claimed", claimed_by=worker, claim_until=now + lease, updated_at=now)
-                .returning(s.c.id))).scalars().all()
+            claimed = (await c.execute(_CLAIM, {"ids": list(ids), "worker_": worker, "until_": now + lease,
+                                                "now_": now})).scalars().all()
             if not claimed:
                 return []
-            msg, cm, ct = t.dm_messages, t.dm_campaigns, t.dm_contacts
-            q = (select(s, msg.c.step, msg.c.template_id, msg.c.template_version,
-                        cm.c["values"].label("campaign_values"), cm.c.kind.label("campaign_kind"),
-                        cm.c.subject.label("campaign_subject"), cm.c.version.label("campaign_version"),
-                        ct.c.first_name, ct.c.last_name, ct.c.attributes, ct.c.visitor_id, ct.c.user_id,
-                        t.dm_campaign_members.c["values"].label("member_values"),
-                        t.partners.c.name.label("partner_name"),
-                        t.dm_suppressions.c.email_key.is_not(None).label("suppressed"))
-                 .join(msg, msg.c.id == s.c.message_id).join(cm, cm.c.id == s.c.campaign_id)
-                 .join(t.partners, t.partners.c.id == s.c.partner_id)
-                 .outerjoin(ct, ct.c.id == s.c.contact_id)
-                 .outerjoin(t.dm_suppressions, t.dm_suppressions.c.email_key == s.c.email_key)
-                 .outerjoin(t.dm_campaign_members, and_(t.dm_campaign_members.c.campaign_id == s.c.campaign_id,
-                                                        t.dm_campaign_members.c.contact_id == s.c.contact_id))
-                 .where(s.c.id.in_(list(claimed))))
-            return _ds((await c.execute(q)).all())
+            return _ds((await c.execute(_CLAIMED, {"ids": list(claimed)})).all())
 
     async def finish(self, send_id: str, worker: str, *, state: str, now: datetime,
                      code: int | None = None, reply: str = "", links: Sequence[Mapping[str, Any]] | None = None,

@@ -8,7 +8,8 @@ Used where a per-message round trip or fsync was the cost: the outbox's Maildir 
 thread hop and one shared journal commit per batch) and the mailer's "sent" updates (one
 compare-and-set statement per batch). Nothing waits for a batch to fill: the first caller
 starts a write at once, and whoever came meanwhile goes in the next, so a lone message is
-never delayed and a busy stream is batched by itself. A failed write fails every caller of
+never delayed and a busy stream is batched by itself (`linger_s` trades that for bigger
+batches: each batch waits that long for more, unless it is full). A failed write fails every caller of
 that batch with its exception, the next batch is tried afresh.
 """
 
@@ -23,9 +24,11 @@ R = TypeVar("R")
 
 
 class GroupCommit(Generic[T, R]):
-    def __init__(self, write: Callable[[list[T]], Awaitable[Sequence[R]]], max_batch: int = 256) -> None:
+    def __init__(self, write: Callable[[list[T]], Awaitable[Sequence[R]]], max_batch: int = 256,
+                 linger_s: float = 0.0) -> None:
         self.write = write
         self.max_batch = max_batch
+        self.linger_s = linger_s  # > 0: a batch waits this long for more (unless it is full)
         self._pending: list[tuple[list[T], asyncio.Future[list[R]]]] = []
         self._task: asyncio.Task[None] | None = None
         self.batches = 0  # batches written
@@ -42,6 +45,8 @@ class GroupCommit(Generic[T, R]):
 
     async def _run(self) -> None:
         while self._pending:
+            if self.linger_s > 0 and sum(len(items) for items, _ in self._pending) < self.max_batch:
+                await asyncio.sleep(self.linger_s)
             take, size = 0, 0
             while take < len(self._pending) and (take == 0 or size + len(self._pending[take][0]) <= self.max_batch):
                 size += len(self._pending[take][0])

@@ -64,10 +64,21 @@ def _wanted(*, neighbours: Sequence[str], seeds: Sequence[str], trending: bool, 
     return wanted, n_neigh, {"rows_per_seed": rows_per_seed, "rows": rows, "cf_pid": cf_pid}
 
 
-def _tables(wanted: Sequence[tuple[str, str, float, str]], replies: Sequence[Any]) -> RecoTables:
+def _tables(wanted: Sequence[tuple[str, str, float, str]], replies: Sequence[Any],
+            seen: dict[str, tuple[Any, Rows]] | None = None) -> RecoTables:
+    """One request's tables from its script reply. `seen`: the tables decoded for the other
+    requests of a batch (key -> (reply, rows)); a table whose reply is the same list is not
+    decoded again (a mail batch's recipients all read the same trending tables). The rows
+    are then shared: read them, never change them."""
     out = RecoTables()
-    for (what, via, f, _), flat in zip(wanted, replies, strict=False):
-        pairs = _rows(flat)
+    for (what, via, f, key), flat in zip(wanted, replies, strict=False):
+        got = seen.get(key) if seen is not None else None
+        if got is not None and got[0] == flat:
+            pairs = got[1]
+        else:
+            pairs = _rows(flat)
+            if seen is not None:
+                seen[key] = (flat, pairs)
         if what in out.neighbours:
             out.neighbours[what][via] = pairs
         elif what == "trending":
@@ -129,7 +140,8 @@ class RecoReader:
             got = await self._read.pipelined([(k, a) for _, k, a in calls]) if calls else []
         for (i, _, _), reply in zip(calls, got, strict=True):
             replies[i] = reply
-        return [_tables(wanted, reply) if reply is not None else RecoTables()
+        seen: dict[str, tuple[Any, Rows]] = {}
+        return [_tables(wanted, reply, seen) if reply is not None else RecoTables()
                 for (wanted, _, _), reply in zip(plans, replies, strict=True)]
 
     async def _cluster_read(self, wanted: Sequence[tuple[str, str, float, str]], n_neigh: int,

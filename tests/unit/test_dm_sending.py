@@ -352,6 +352,35 @@ def test_the_global_limit_holds_everyone_and_turns_are_fair():
     assert [p for _, p in s.ready(T0 + timedelta(seconds=1))] == ["y"]
 
 
+def test_a_look_ahead_hands_out_a_fast_rate_in_one_batch_each_at_its_own_pace():
+    # 6000/min, burst 1: one token every 10 ms. Without a look-ahead only one send may go at
+    # T0 (a mailer would claim one send per query); with 250 ms, 25 go, 10 ms apart.
+    s = SendScheduler(partner_rate=Rate(60_000), global_rate=Rate(6000))
+    for i in range(40):
+        s.add(f"a{i}", "a")
+    assert len(s.ready_at(T0)) == 1
+    got = s.ready_at(T0, horizon=timedelta(milliseconds=250))
+    assert [sid for sid, _, _ in got] == [f"a{i}" for i in range(1, 26)]
+    times = [at for _, _, at in got]
+    assert times[0] == T0 + timedelta(milliseconds=10) and times[-1] == T0 + timedelta(milliseconds=250)
+    assert all(abs((b - a) - timedelta(milliseconds=10)) <= timedelta(microseconds=2) for a, b in zip(times, times[1:], strict=False))
+    assert s.ready_at(T0, horizon=timedelta(milliseconds=250)) == []  # the tokens are taken
+    rest = s.ready_at(T0 + timedelta(milliseconds=250), horizon=timedelta(milliseconds=250))
+    assert len(rest) == 14 and rest[0][2] == T0 + timedelta(milliseconds=260)
+
+
+def test_a_look_ahead_never_puts_a_waiting_partner_before_one_that_may_go_now():
+    s = SendScheduler(partner_rate=Rate(60), global_rate=Rate(60_000, burst=100),
+                      partner_rates={"slow": Rate(60)})  # fmt: skip
+    s.add("s0", "slow")
+    s.add("s1", "slow")
+    assert s.ready(T0) == [("s0", "slow")]
+    s.add("f0", "fast")
+    got = s.ready_at(T0 + timedelta(milliseconds=500), horizon=timedelta(seconds=1))
+    # slow's next token is at T0 + 1 s; fast has one now and goes first, at once
+    assert got == [("f0", "fast", T0 + timedelta(milliseconds=500)), ("s1", "slow", T0 + timedelta(seconds=1))]
+
+
 def test_token_bucket():
     rate = Rate(60, burst=2)
     ok1, b, _ = take(None, rate, T0)

@@ -89,3 +89,45 @@ def test_group_commit_batches_concurrent_callers_and_fails_only_its_batch():
     assert written == [[1], [2, 3, 4, 5], [13]]
     assert got[:5] == [[10], [20], [30], [40], [50]] and isinstance(got[5], OSError)
     assert gc.batches == 2 and gc.items == 5
+
+
+def test_group_commit_with_a_linger_waits_for_more_unless_the_batch_is_full():
+    import asyncio
+
+    from engine.mail.batch import GroupCommit
+
+    written: list[list[int]] = []
+
+    async def write(items):
+        written.append(items)
+        return [x * 10 for x in items]
+
+    async def go():
+        gc = GroupCommit(write, max_batch=3, linger_s=0.2)
+        first = asyncio.create_task(gc.submit([1]))
+        await asyncio.sleep(0.01)  # within the linger: goes with the first
+        rest = [asyncio.create_task(gc.submit([x])) for x in (2, 3, 4)]
+        return await asyncio.gather(first, *rest)
+
+    got = asyncio.run(go())
+    assert written == [[1, 2, 3], [4]]  # the first batch filled up; the last waited alone
+    assert got == [[10], [20], [30], [40]]
+
+
+def test_a_mail_batch_decodes_a_table_its_recipients_share_once_and_only_when_equal():
+    from engine.store.reco_read import _tables
+
+    wanted = [("trending", "", 1.0, "kt:item:1"), ("in_category", "tv", 0.5, "kt:tv:1")]
+    extra = [[b"sku-1"], [b"3"], None]  # the neighbours' popularity and no CF vector
+
+    def reply(tv_rows: list[bytes]) -> list[object]:
+        return [[b"sku-1", b"4", b"sku-2", b"2"], tv_rows, *extra]
+
+    seen: dict = {}
+    a = _tables(wanted, reply([b"sku-9", b"1"]), seen)
+    b = _tables(wanted, reply([b"sku-9", b"1"]), seen)
+    c = _tables(wanted, reply([b"sku-8", b"5"]), seen)  # the table changed between the reads
+    assert a.trending == [([("sku-1", 4.0), ("sku-2", 2.0)], 1.0)] and a.popularity == {"sku-1": 3.0}
+    assert b.trending[0][0] is a.trending[0][0] and b.in_category["tv"][0][0] is a.in_category["tv"][0][0]
+    assert c.in_category == {"tv": [([("sku-8", 5.0)], 0.5)]} and c.trending[0][0] is a.trending[0][0]
+    assert _tables(wanted, reply([b"sku-9", b"1"])).in_category == a.in_category  # alone: the same rows

@@ -105,12 +105,16 @@ class Mailer:
         self._tasks: set[asyncio.Task[None]] = set()
         self._owned: set[int] | None = None  # partitions of dm.sends held (None: all)
         self._owner: dict[str, int] = {}  # partner id -> its partition of dm.sends
-        self._reply_to: dict[str, str] = {}
+        self._reply_to: dict[str, asyncio.Future[str]] = {}
         self._in_flight = 0  # sends claimed by this process and not finished yet
+        self._active: dict[str, asyncio.Event] = {}  # those sends: set when each is finished
         self._sweeps = 0
-        self.max_in_flight = max(8, 4 * s.dm_senders)
+        self.max_in_flight = max(8, 8 * s.dm_senders)
         # the outcomes of all senders go to PostgreSQL together, one statement per batch
-        self._finished: GroupCommit[dict[str, Any], bool] = GroupCommit(self._finish_many, max_batch=500)
+        # (a batch gathers for FINISH_LINGER_S: the "sent" of a send that was handed over may
+        # wait that long, a mailer killed meanwhile sends it again with the same Message-ID)
+        self._finished: GroupCommit[dict[str, Any], bool] = GroupCommit(
+            self._finish_many, max_batch=500, linger_s=self.FINISH_LINGER_S)
         self.sent = 0
 
     # -- intake ---------------------------------------------------------------------------------
@@ -156,6 +160,10 @@ class Mailer:
         finally:
             await consumer.stop()
 
+    FINISH_LINGER_S = 0.02
+    # sends are claimed up to this far ahead of their rate-limit slot, so a fast rate claims
+    # (and reads recommendations for) a batch at once rather than one send per token
+    LOOKAHEAD = timedelta(milliseconds=250)
     SWEEP_BACKLOG = 500  # with more than this queued here, the sweep leaves the sends for later
 
     async def sweep_once(self) -> None:
@@ -224,9 +232,10 @@ class Mailer:
             # claim in batches: wait for half the room to be free unless that is everything
             # queued (a claim per finished send would be a query per message)
             claim = room > 0 and (room >= self.max_in_flight // 2 or self.scheduler.pending() <= room)
-            ready = self.scheduler.ready(now, limit=room) if claim else []
+            ready = self.scheduler.ready_at(now, limit=room, horizon=self.LOOKAHEAD) if claim else []
             if ready:
-                ids = [sid for sid, _ in ready]
+                ids = [sid for sid, _, _ in ready]
+                slot = {sid: at for sid, _, at in ready}
                 try:
                     rows = await self.store.claim(ids, self.worker_id, self.lease, now)
                 except Exception as exc:
@@ -238,7 +247,9 @@ class Mailer:
                         self._queued.discard(sid)  # sent, or taken by another claim
                 if rows:
                     self._in_flight += len(rows)
-                    self._spawn(self._batch(rows))
+                    for r in rows:
+                        self._active[r["id"]] = asyncio.Event()
+                    self._spawn(self._batch(rows, slot))
                 continue
             nxt = self.scheduler.next_at(now)
             wait = 1.0 if nxt is None or not claim else max(0.0, min(1.0, (nxt - now).total_seconds()))
@@ -250,14 +261,14 @@ class Mailer:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _batch(self, rows: list[dict[str, Any]]) -> None:
+    async def _batch(self, rows: list[dict[str, Any]], slot: Mapping[str, datetime] | None = None) -> None:
         try:
             items = await self._prefetch(rows)
         except Exception as exc:  # each send then asks on its own
             log.warning("recommendations for a batch failed: %s", exc)
             items = {}
         for r in rows:
-            self._spawn(self._process(r, items.get(r["id"])))
+            self._spawn(self._process(r, items.get(r["id"]), (slot or {}).get(r["id"])))
 
     async def _prefetch(self, rows: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
         """Send id -> its recommended items, for the sends of a batch whose template places
@@ -275,28 +286,47 @@ class Mailer:
             out.update((r["id"], items) for r, items in zip(group, found, strict=True))
         return out
 
-    async def _process(self, row: Mapping[str, Any], items: list[dict[str, Any]] | None = None) -> None:
-        sender = await self._senders.get()
+    async def _process(self, row: Mapping[str, Any], items: list[dict[str, Any]] | None = None,
+                       not_before: datetime | None = None) -> None:
         try:
-            await self.deliver(row, sender, items)
+            await self.deliver(row, items, not_before)
         except Exception:
             log.exception("send %s failed; its claim expires and it is tried again", row["id"])
         finally:
-            self._senders.put_nowait(sender)
             self._queued.discard(row["id"])
             self._in_flight -= 1
+            if (done := self._active.pop(row["id"], None)) is not None:
+                done.set()
             self._wake.set()
 
-    async def _reply_address(self, partner_id: str) -> str:
-        if partner_id not in self._reply_to:
-            users = [u for u in await self.control.list_users(partner_id=partner_id) if u.disabled_at is None]
-            self._reply_to[partner_id] = users[0].email if users else ""
-        return self._reply_to[partner_id]
+    async def settled(self, send_id: str, timeout: float = 30.0) -> None:
+        """Wait until this process is done with the send (its outcome written), if it has it:
+        a DSN can arrive before the "sent" of its send is (it waits for its group commit)."""
+        done = self._active.get(send_id)
+        if done is not None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(done.wait(), timeout)
 
-    async def deliver(self, row: Mapping[str, Any], sender: SmtpSender,
-                      items: list[dict[str, Any]] | None = None) -> str:
+    async def _reply_address(self, partner_id: str) -> str:
+        got = self._reply_to.get(partner_id)
+        if got is None:  # one look-up per partner, however many sends ask at once
+            got = self._reply_to[partner_id] = asyncio.ensure_future(self._look_up_reply(partner_id))
+        try:
+            return await asyncio.shield(got)
+        except Exception:
+            self._reply_to.pop(partner_id, None)
+            raise
+
+    async def _look_up_reply(self, partner_id: str) -> str:
+        users = [u for u in await self.control.list_users(partner_id=partner_id) if u.disabled_at is None]
+        return users[0].email if users else ""
+
+    async def deliver(self, row: Mapping[str, Any], items: list[dict[str, Any]] | None = None,
+                      not_before: datetime | None = None) -> str:
         """One claimed send to its outcome; returns it. `items`: its recommendations, read
-        with its batch's (None: read them here)."""
+        with its batch's (None: read them here); `not_before`: its rate-limit slot. An SMTP
+        connection of the pool is held for the hand-over only (not while composing, nor while
+        the outcome is written)."""
         sid, now = row["id"], self.clock()
         if not row["test"] and row["suppressed"]:
             await self._finish(row, SUPPRESSED, now)
@@ -317,7 +347,13 @@ class Mailer:
         except (ValuesError, RenderError, ValueError) as exc:
             await self._finish(row, FAILED, now, reply=f"cannot render: {exc}")
             return FAILED
-        delivery = await sender.send(envelope)
+        if not_before is not None and (wait := (not_before - self.clock()).total_seconds()) > 0:
+            await asyncio.sleep(wait)  # its rate-limit slot (it was claimed a little ahead)
+        sender = await self._senders.get()
+        try:
+            delivery = await sender.send(envelope)
+        finally:
+            self._senders.put_nowait(sender)
         now = self.clock()
         reply = delivery.reply
         if delivery.outcome == SENT:
@@ -507,6 +543,7 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
                         catalog=catalog.get_many)
 
         async def on_bounce(b: Any) -> None:
+            await mailer.settled(b.send_id)  # a DSN may overtake its send's "sent"
             await tracking.bounce(b.send_id, b.kind, b.status, b.diagnostic)
 
         bounces = await SmtpServer(BounceHandler([verp_key], on_bounce), "127.0.0.1", s.bounce_port,

@@ -622,6 +622,21 @@ def take(bucket: Bucket | None, rate: Rate, now: datetime) -> tuple[bool, Bucket
     return False, b, b.at + timedelta(seconds=(1 - b.tokens) / rate.per_second)
 
 
+def _token_at(bucket: Bucket | None, rate: Rate, now: datetime) -> datetime:
+    """When the bucket next holds a whole token (``now`` if it does)."""
+    b = refill(bucket, rate, now)
+    if b.tokens >= 1 - 1e-9:
+        return max(now, b.at)
+    return b.at + timedelta(seconds=(1 - b.tokens) / rate.per_second)
+
+
+def _take_at(bucket: Bucket | None, rate: Rate, at: datetime) -> Bucket:
+    """The bucket after one token taken at ``at`` (a time from :func:`_token_at`, which
+    rounds to a microsecond: a token short by that much is taken as whole)."""
+    b = refill(bucket, rate, at)
+    return Bucket(max(b.tokens - 1, 0.0), b.at)
+
+
 class SendScheduler:
     """Which queued sends may go now, under a per-partner and a global token bucket.
 
@@ -652,34 +667,41 @@ class SendScheduler:
 
     def ready(self, now: datetime, limit: int | None = None) -> list[tuple[str, str]]:
         """``[(send id, partner), ...]`` that may be sent at ``now`` (tokens taken)."""
+        return [(sid, partner) for sid, partner, _ in self.ready_at(now, limit)]
+
+    def ready_at(self, now: datetime, limit: int | None = None,
+                 horizon: timedelta = timedelta(0)) -> list[tuple[str, str, datetime]]:
+        """``[(send id, partner, at), ...]``: the sends whose tokens come by ``now + horizon``,
+        each with the time its tokens are taken at (``at >= now``; send it then, not before).
+        A look-ahead lets a fast rate hand out a batch at once while every send still keeps
+        its pace (with ``burst=1``, 1/rate apart). Each turn goes to the partner whose token
+        comes first (ties: whose turn it is), so a partner that has to wait never delays one
+        that need not; ``horizon=0`` gives exactly what may go at ``now``."""
         if now.tzinfo is None:
             raise ValueError("now must be time-zone aware")
-        out: list[tuple[str, str]] = []
-        deferred: set[str] = set()  # partners without a token at `now`
+        until = now + horizon
+        out: list[tuple[str, str, datetime]] = []
         while limit is None or len(out) < limit:
-            granted = False
+            best: str | None = None
+            best_at = until
             for partner in list(self._queues):  # in turn order
-                queue = self._queues[partner]
-                if not queue:
+                if not self._queues[partner]:
                     del self._queues[partner]
                     continue
-                if partner in deferred:
-                    continue
-                g = refill(self._global, self.global_rate, now)
-                self._global = g
-                if g.tokens < 1 - 1e-9:  # nobody may send: stop here
-                    return out
-                ok, self._buckets[partner], _ = take(self._buckets.get(partner), self.rate_of(partner), now)
-                if not ok:
-                    deferred.add(partner)
-                    continue
-                _, self._global, _ = take(g, self.global_rate, now)
-                out.append((queue.popleft(), partner))
-                self._queues.move_to_end(partner)  # the next turn is someone else's
-                granted = True
+                at = _token_at(self._buckets.get(partner), self.rate_of(partner), now)
+                if at < best_at or (best is None and at <= best_at):
+                    best, best_at = partner, at
+                    if at == now:
+                        break  # nobody comes sooner
+            if best is None:
                 break
-            if not granted:
+            at = max(best_at, _token_at(self._global, self.global_rate, now))
+            if at > until:  # the global limit holds everyone
                 break
+            self._buckets[best] = _take_at(self._buckets.get(best), self.rate_of(best), at)
+            self._global = _take_at(self._global, self.global_rate, at)
+            out.append((self._queues[best].popleft(), best, at))
+            self._queues.move_to_end(best)  # the next turn is someone else's
         return out
 
     def next_at(self, now: datetime) -> datetime | None:

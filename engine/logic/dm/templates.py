@@ -528,6 +528,20 @@ def _validated(version: TemplateVersion, values: Mapping[str, Any]) -> dict[str,
     return got
 
 
+_TEXT_OF: dict[str, str] = {}
+
+
+def _rich_text_of(value: str) -> str:
+    """`rich_to_text(value)`, remembered (a campaign's sends carry the same rich text)."""
+    got = _TEXT_OF.get(value)
+    if got is None:
+        got = rich_to_text(value)
+        if len(_TEXT_OF) >= _CACHE_MAX:
+            _TEXT_OF.clear()
+        _TEXT_OF[value] = got
+    return got
+
+
 def _strings(data: Mapping[str, Any] | None) -> dict[str, Any]:
     if not isinstance(data, Mapping):
         return {}
@@ -558,7 +572,7 @@ def _render(
             html_fields[fid] = text_fields[fid] = Markup(f"\u27e6{fid}\u27e7")
         elif f.kind == "rich_text":
             html_fields[fid] = Markup(value)
-            text_fields[fid] = rich_to_text(value)
+            text_fields[fid] = _rich_text_of(value)
         else:
             html_fields[fid] = text_fields[fid] = value
     reco = version.recommendation
