@@ -9,6 +9,7 @@ import pytest
 
 from engine.logic import access as a
 from engine.logic import passwords
+from tests.unit import aio
 
 PUBLIC = a.Principal("public_key", "kp_AAAAAAAA", a.PUBLIC_KEY_SCOPES,
                      origins=("https://shop.example", "https://*.example.org"))
@@ -205,7 +206,6 @@ def test_a_body_key_policy_is_still_default_deny() -> None:
 def test_a_pending_body_key_request_cannot_succeed_until_the_route_settles_a_key() -> None:
     """engine/gate.py: a `body_key` route reached with no credential gets the request as
     pending; an answer below 400 before `settle` becomes a 401, a refusal passes as is."""
-    import asyncio
     from types import SimpleNamespace
 
     from starlette.responses import JSONResponse
@@ -237,6 +237,6 @@ def test_a_pending_body_key_request_cannot_succeed_until_the_route_settles_a_key
         await guard(app, policy)(scope, receive, send)
         return sent[0]["status"], b"".join(m.get("body", b"") for m in sent[1:])
 
-    status, body = asyncio.run(call(forgetful))
+    status, body = aio.run(call(forgetful))
     assert status == 401 and b"writeKey" in body and b"success" not in body
-    assert asyncio.run(call(refusing)) == (400, b'{"nope":true}')
+    assert aio.run(call(refusing)) == (400, b'{"nope":true}')

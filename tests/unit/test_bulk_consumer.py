@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections import namedtuple
 from typing import Any
 
@@ -11,6 +10,7 @@ from aiokafka import TopicPartition
 
 from engine.settings import Settings
 from streams.consumer import BulkConsumer
+from tests.unit import aio
 
 Record = namedtuple("Record", "topic partition offset value timestamp")
 
@@ -37,7 +37,7 @@ def test_records_of_a_partition_revoked_since_they_were_fetched_are_left_to_its_
     c = BulkConsumer(s, "127.0.0.1:1", worker)
     c.consumer = Assigned({TopicPartition(s.events_topic, 1)})  # type: ignore[assignment]
     fetched = [Record(s.events_topic, p, o, b"", 0) for p in (0, 1) for o in (7, 8)]
-    asyncio.run(c.apply(fetched))
+    aio.run(c.apply(fetched))
     assert worker.batches == [[(1, 7), (1, 8)]]
     assert c.positions == {(s.events_topic, 1): 9}
     assert set(c._pending) == {TopicPartition(s.events_topic, 1)}  # nothing for partition 0
@@ -48,5 +48,5 @@ def test_a_batch_of_revoked_partitions_only_applies_nothing() -> None:
     worker = Applies()
     c = BulkConsumer(s, "127.0.0.1:1", worker)
     c.consumer = Assigned(set())  # type: ignore[assignment]
-    asyncio.run(c.apply([Record(s.events_topic, 0, 3, b"", 0)]))
+    aio.run(c.apply([Record(s.events_topic, 0, 3, b"", 0)]))
     assert worker.batches == [] and c.positions == {} and not c._pending

@@ -9,6 +9,7 @@ import pytest
 from engine.logic.dm.sending import parse_dsn
 from engine.mail.outbox import build_dsn, forced_answer
 from engine.mail.sender import Relay
+from tests.unit import aio
 
 
 def test_relay_urls():
@@ -85,7 +86,7 @@ def test_group_commit_batches_concurrent_callers_and_fails_only_its_batch():
         got = await asyncio.gather(first, *rest, return_exceptions=True)
         return gc, got
 
-    gc, got = asyncio.run(go())
+    gc, got = aio.run(go())
     assert written == [[1], [2, 3, 4, 5], [13]]
     assert got[:5] == [[10], [20], [30], [40], [50]] and isinstance(got[5], OSError)
     assert gc.batches == 2 and gc.items == 5
@@ -109,7 +110,7 @@ def test_group_commit_with_a_linger_waits_for_more_unless_the_batch_is_full():
         rest = [asyncio.create_task(gc.submit([x])) for x in (2, 3, 4)]
         return await asyncio.gather(first, *rest)
 
-    got = asyncio.run(go())
+    got = aio.run(go())
     assert written == [[1, 2, 3], [4]]  # the first batch filled up; the last waited alone
     assert got == [[10], [20], [30], [40]]
 
