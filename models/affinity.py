@@ -10,12 +10,22 @@ Everything here is pure: plain data in, plain data out, the time comes from the 
 is passed in. A profile is one compact msgpack blob (`snapshot()` / `restore()`), and the
 dedupe marks of recent `event_id`s travel in the same blob, so applying an event and
 marking it seen are one write.
+
+Blob schema 2 (schema 1 blobs still restore, and are written as 2 the next time): every string
+key (category paths, brands, tags, item ids of the affinities, the recent, cart, purchased and
+bought items, the session's items) is stored once, in one sorted table written with front
+coding (each entry: the length it shares with the one before, then the rest: an ancestor path
+costs a few bytes more than its leaf, neighbouring item ids share their prefix), and referred to
+by its index everywhere else (the ids that are plain decimal numbers, as many catalogs' are,
+are stored as integers, before the strings); the times are stored relative to `last_seen`; the
+dedupe ring keeps 4-byte fingerprints (schema 1: 5).
 """
 
 from __future__ import annotations
 
 import hashlib
 import math
+import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -48,7 +58,7 @@ TYPE_CODES = {
 }
 CODE_NAMES = {v: k for k, v in TYPE_CODES.items()} | {0: "other"}
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 # What a profile keeps of what clients name freely, so that every decide reads a bounded blob:
 # the traits most recently set, the event types and channels most recently seen (custom types
 # beyond the cap are folded into "other", code 0). Older blobs are trimmed when next written.
@@ -57,7 +67,11 @@ MAX_TYPES = 32
 MAX_CHANNELS = 32
 MAX_TRAIT_KEY = 64
 MAX_TRAITS_BYTES = 4096  # all traits together, packed
-FINGERPRINT_BYTES = 5  # 40-bit: a false duplicate needs ~7e10 events per profile at window 16
+# 32-bit: at window 16 a resent-looking false duplicate is one event in ~2.7e8 of a profile
+# (redeliveries never rely on it: the per-partition offset marks catch those). The first bytes of
+# the 5-byte digest schema 1 kept, so that a schema 1 ring converts by truncation.
+FINGERPRINT_BYTES = 4
+_FP_DIGEST = 5
 RESCALE_EXPONENT = 40.0  # rescale once e^{λ(t−L)} would pass e^40 ≈ 2.4e17
 DAY_MS = 86_400_000
 #: Two purchases of one item by one profile less than this apart are one order (a cart line sent
@@ -131,7 +145,40 @@ class AffinityConfig:
 
 
 def fingerprint(event_id: str) -> bytes:
-    return hashlib.blake2b(event_id.encode(), digest_size=FINGERPRINT_BYTES).digest()
+    return hashlib.blake2b(event_id.encode(), digest_size=_FP_DIGEST).digest()[:FINGERPRINT_BYTES]
+
+
+def _front(keys: list[str]) -> list[Any]:
+    """Sorted strings -> [shared length, rest, shared length, rest, ...] (front coding)."""
+    out: list[Any] = []
+    prev = ""
+    for k in keys:
+        if k.startswith(prev):  # an ancestor path before its descendants
+            n = len(prev)
+        else:  # the longest shared prefix, by halving (startswith runs in C)
+            n, hi = 0, min(len(prev), len(k))
+            while n < hi:
+                mid = (n + hi + 1) // 2
+                if k.startswith(prev[:mid]):
+                    n = mid
+                else:
+                    hi = mid - 1
+        out.append(n)
+        out.append(k[n:])
+        prev = k
+    return out
+
+
+_DECIMAL = re.compile(r"(?:0|[1-9][0-9]{0,17})\Z").match
+
+
+def _unfront(flat: list[Any]) -> list[str]:
+    out: list[str] = []
+    prev = ""
+    for i in range(0, len(flat), 2):
+        prev = prev[: flat[i]] + flat[i + 1]
+        out.append(prev)
+    return out
 
 
 @dataclass(slots=True)
@@ -168,28 +215,48 @@ class Profile:
 
     # -- persistence -------------------------------------------------------------------
     def snapshot(self) -> bytes:
+        """Schema 2 (see the module's docstring)."""
+        sess = self.session
+        names = set(self.recent)
+        names.update(self.cart, self.purchased, self.bought)
+        for table in self.aff:
+            names.update(table)
+        if sess.seq:
+            names.update(sess.viewed, sess.carted, sess.bought)
+        # the exact decimal form of an int below 2^63 ("0", "1234"; not "007") goes as an int
+        numk = sorted(filter(_DECIMAL, names))
+        words = sorted(names.difference(numk))
+        ref = dict(zip(numk + words, range(len(names)), strict=True))
+        nums = list(map(int, numk))
+        last = self.last_seen
+        ls = last // 1000
+        aff = [[[ref[k] for k in table], list(table.values())] for table in self.aff]
         return msgpack.packb(
             [
                 SCHEMA_VERSION,
                 self.landmark,
                 self.event_count,
-                self.first_seen,
-                self.last_seen,
+                last,
+                last - self.first_seen,
                 self.user_id,
-                self.aff,
-                self.recent,
-                self.cart,
-                self.purchased,
-                self.types,
+                nums,
+                _front(words),
+                aff,
+                [ref[i] for i in self.recent],
+                [ref[i] for i in self.cart],
+                [ref[i] for i in self.purchased],
+                {k: [v[0], ls - v[1]] for k, v in self.types.items()},
                 self.traits,
                 self.segments,
-                self.channels,
+                {k: ls - v for k, v in self.channels.items()},
                 self.aliases,
                 self.seen,
-                self.marks,
+                {k: [o, last - ms] for k, (o, ms) in self.marks.items()},
                 self.merged,
-                self.session.pack() if self.session.seq else None,
-                self.bought,
+                [sess.seq, sess.key, last - sess.start_ms, last - sess.last_ms, sess.events,
+                 [ref[i] for i in sess.viewed], [ref[i] for i in sess.carted],
+                 [ref[i] for i in sess.bought], int(sess.return_gap_ms)] if sess.seq else None,
+                {ref[k]: [ls - t1, t1 - t0 + 1 if t0 else 0] for k, (t1, t0) in self.bought.items()},
             ],
             use_bin_type=True,
             use_single_float=True,
@@ -198,10 +265,34 @@ class Profile:
     @classmethod
     def restore(cls, blob: bytes) -> Profile:
         data = msgpack.unpackb(blob, raw=False, strict_map_key=False)
+        if data and data[0] == 1:
+            return cls._restore_v1(data)
         if not data or data[0] != SCHEMA_VERSION:
             raise ValueError(f"unknown profile schema {data[0] if data else None!r}")
+        (_, lm, n, last, first_ago, uid, nums, front, aff2, recent, cart, purchased, types, traits,
+         segs, chans, aliases, seen, marks, merged, sess, bought) = data
+        names = [str(k) for k in nums] + _unfront(front)
+        ls = last // 1000
+        aff = [{names[r]: v for r, v in zip(refs, vals, strict=True)} for refs, vals in aff2]
+        session = Session()
+        if sess:
+            seq, key, start_ago, last_ago, events, viewed, carted, sbought, gap = sess
+            session = Session(seq, key, last - start_ago, last - last_ago, events,
+                              [names[r] for r in viewed], [names[r] for r in carted],
+                              [names[r] for r in sbought], float(gap))
+        return cls(lm, n, last - first_ago, last, uid, aff, [names[r] for r in recent],
+                   [names[r] for r in cart], [names[r] for r in purchased],
+                   {k: [v[0], ls - v[1]] for k, v in types.items()}, traits, segs,
+                   {k: ls - v for k, v in chans.items()}, aliases, seen,
+                   {k: [o, last - ago] for k, (o, ago) in marks.items()}, merged, session,
+                   {names[r]: [ls - a, ls - a - d + 1 if d else 0] for r, (a, d) in bought.items()})
+
+    @classmethod
+    def _restore_v1(cls, data: list[Any]) -> Profile:
+        """A schema 1 blob (written before schema 2): its 5-byte fingerprints cut to 4."""
         (_, lm, n, first, last, uid, aff, recent, cart, purchased, types, traits, segs, chans,
          aliases, seen, marks, *rest) = data
+        seen = b"".join(seen[i : i + FINGERPRINT_BYTES] for i in range(0, len(seen), _FP_DIGEST))
         return cls(lm, n, first, last, uid, aff, recent, cart, purchased, types, traits, segs,
                    chans, aliases, seen, marks, rest[0] if rest else [],
                    Session.unpack(rest[1]) if len(rest) > 1 else Session(),

@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -482,14 +483,45 @@ def load(path: str | Path) -> dict[str, Any]:
 def served_sitemap(sitemap: dict[str, Any]) -> dict[str, Any]:
     """What the beacon reads of a compiled sitemap: without what it never looks at (`version`,
     each page type's `kind`, empty `zones`) nor the exit-intent settings equal to the beacon's
-    own defaults (`EXIT_DEFAULTS`), so that every site downloads fewer bytes."""
+    own defaults (`EXIT_DEFAULTS`), so that every site downloads fewer bytes. Item selectors go
+    back to their YAML form, ``"css selector"`` or ``"css selector @attribute"`` (the beacon
+    knows that categories and tags collect every match, as `ITEM_FIELDS` says)."""
     out = {k: v for k, v in sitemap.items() if k != "version"}
-    out["page_types"] = [{k: v for k, v in pt.items() if k != "kind" and (k != "zones" or v)}
+    served: dict[str, Callable[[Any], Any]] = {"item": _served_item, "match": _served_match}
+    out["page_types"] = [{k: served[k](v) if k in served else v for k, v in pt.items()
+                          if k != "kind" and (k != "zones" or v)}
                          for pt in sitemap.get("page_types", [])]
     if isinstance(ex := sitemap.get("exit_intent"), dict):
         out["exit_intent"] = {k: v for k, v in ex.items()
                               if k not in EXIT_DEFAULTS or EXIT_DEFAULTS[k] != v}
     return out
+
+
+#: A literal path prefix (what a glob such as /demo/c/** starts with once compiled).
+_LITERAL = re.compile(r"(?:/(?:[A-Za-z0-9_]|\\[-.~])+)+")
+
+
+def _served_match(patterns: list[str]) -> list[str]:
+    """URL patterns with the same matches in fewer bytes: ``^/demo/c/.*/?$`` beside ``^/c/.*/?$``
+    becomes ``^(/demo)?/c/.*/?$`` (the union of the two, whatever follows the prefix). Not when
+    the rest has a back-reference, which the new group would renumber."""
+    out = list(patterns)
+    for p in patterns:
+        for i in range(2, len(p)):
+            rest = "^" + p[i:]
+            if (p[i] == "/" and p.startswith("^") and _LITERAL.fullmatch(p[1:i]) and rest in out
+                    and p in out and not re.search(r"\\[1-9k]", rest)):
+                out[out.index(rest)] = f"^({p[1:i]})?{p[i:]}"
+                out.remove(p)
+                break
+    return out
+
+
+def _served_item(item: dict[str, Any]) -> dict[str, Any]:
+    """An item rule as the beacon reads it: each field ``{"sel", "attr"?, "all"?}`` as one string."""
+    fields = {k: f["sel"] + (" @" + f["attr"] if f.get("attr") else "")
+              for k, f in item.get("fields", {}).items()}
+    return {**item, "fields": fields}
 
 
 def beacon_bundle(sitemap: dict[str, Any], beacon_js: bytes) -> tuple[bytes, str]:

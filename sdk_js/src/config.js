@@ -6,9 +6,9 @@
 //   (off | page | session), data-auto-page="false"
 
 export function readConfig(script, win) {
-  const d = (script && script.dataset) || {};
+  const d = script?.dataset || {};
   const sm = win.__kairosSitemap || {};
-  const ex = Object.assign({ enabled: true }, sm.exit_intent);
+  const ex = { enabled: true, ...sm.exit_intent };
   if (d.exitIntent) {
     ex.enabled = d.exitIntent !== 'off';
     ex.scope = d.exitIntent;
@@ -17,14 +17,14 @@ export function readConfig(script, win) {
   return {
     key: d.key || src.searchParams.get('key'),
     site: d.site || 'default',
-    endpoint: (d.endpoint || src.origin).replace(/\/+$/, ''),
+    engine: (d.endpoint || src.origin).replace(/\/+$/, ''),
     storage: d.storage,
     consent: d.requireConsent == null || d.requireConsent === 'false' || null, // null: wait for consent
     cap: +d.queueCap || 500,
-    batch: +d.batch || 50,
-    flushMs: +d.flushMs || 1000,
+    batchSize: +d.batch || 50,
+    flushDelay: +d.flushMs || 1000,
     timeout: +d.decideTimeout || 300,
-    autoPage: d.autoPage !== 'false',
+    pageOnLoad: d.autoPage !== 'false',
     exit: ex,
     sitemap: sm,
   };

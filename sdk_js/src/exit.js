@@ -12,7 +12,7 @@
 export const EXIT_DEFAULTS = { min_ms: 5000, top_px: 10, depth: 400, up_px: 150, up_ms: 300, idle_ms: 30000 };
 
 export function exitDetector(mobile, start, opts) {
-  const o = Object.assign({}, EXIT_DEFAULTS, opts);
+  const o = { ...EXIT_DEFAULTS, ...opts };
   let fired;
   let maxY = 0;
   let low = { t: start, y: 0 }; // the lowest point of the current scroll (largest scrollY)

@@ -17,10 +17,10 @@ export function boot(win, script, deps) {
   const api = safe((cmd, a, b) =>
     cmd === 'page' ? ready(() => t.page(a)) : cmd === 'consent' ? t.consent(!!a) : t[cmd](a, b),
   );
-  const queued = [...(prev.q || [])];
+  const queued = prev.q || [];
   win.kairos = Object.assign(api, { loaded: 1, q: [] });
   queued.forEach((args) => api(...args));
-  if (cfg.autoPage && !queued.some((a) => a[0] === 'page')) ready(() => t.page());
+  if (cfg.pageOnLoad && !queued.some((a) => a[0] === 'page')) ready(() => t.page());
   ready(t.flush); // whatever earlier page views left in the queue
   return api;
 }

@@ -10,7 +10,7 @@ const CSS =
   'dialog::backdrop{background:#0008}.x{float:right}</style>';
 const FOCUSABLE = 'a[href],button,input';
 // the allow-list (engine/logic/decisions/templates.py TAGS, ATTRIBUTES, url_allowed)
-const TAGS = /^(a|b|i|em|strong|u|s|small|[bh]r|p|div|span|h[1-6]|[uo]l|li|img|button|form|input|label)$/;
+const TAGS = /^([abipsu]|em|strong|small|[bh]r|div|span|h[1-6]|[uo]l|li|img|button|form|input|label)$/;
 const ATTRS = /^(class|title|href|src|alt|type|name|placeholder|required|value|(data|aria)-.+)$/;
 // what a URL may start with, once stripped of the control characters browsers ignore
 const URL_OK = /^(https?:|mailto:|[#?]|\/(?![/\\])|[^:/\\][^:]*$)/i;
@@ -63,15 +63,16 @@ export function renderZone(host, d, report) {
 /**
  * Show an accessible modal popup: a native modal <dialog> (the page behind it inert, focus kept
  * inside), labelled by its title, focus moved in; Esc / close button / backdrop dismiss, focus
- * returned. An email form inside calls onEmail(email). Returns {close, root}.
+ * returned. An email form inside calls onEmail(email). Returns its shadow root.
  */
 export function showPopup(doc, d, report, onEmail) {
   const prev = doc.activeElement;
   const host = doc.body.appendChild(doc.createElement('div'));
   host.setAttribute('data-kairos-popup', d.zone);
+  // (the close button is in no form, so it needs no type=button)
   const root = shadow(
     host,
-    '<dialog part=dialog aria-labelledby=t><div><button class=x part=close type=button aria-label=Close>\u00d7</button><h2 id=t></h2></div></dialog>',
+    '<dialog part=dialog aria-labelledby=t><div><button class=x part=close aria-label=Close>\u00d7</button><h2 id=t></h2></div></dialog>',
   );
   const dlg = root.lastChild;
   const box = dlg.firstChild;
@@ -98,5 +99,5 @@ export function showPopup(doc, d, report, onEmail) {
   });
   dlg.showModal();
   (box.querySelectorAll(FOCUSABLE)[1] || x).focus();
-  return { close, root };
+  return root;
 }

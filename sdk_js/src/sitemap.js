@@ -52,34 +52,35 @@ export function itemFromJsonLd(doc) {
   return compact({
     id: p.sku || p.productID,
     name: p.name,
-    brand: (p.brand && p.brand.name) || p.brand,
+    brand: p.brand?.name || p.brand,
     price: price(offer.price || offer.lowPrice),
     categories: p.category && [].concat(p.category).map(cat),
   });
 }
 
-/** An item from CSS selectors: fields {field: {sel, attr?, all?}}; "all" joins every match. */
+/** An item from CSS selectors: fields {field: "css selector" or "css selector @attribute"}.
+ * categories joins every match into one path, tags keeps every match, the rest the first. */
 export function itemFromSelectors(doc, fields) {
   const it = {};
   for (const k in fields) {
-    const f = fields[k];
-    const v = qa(doc, f.sel)
-      .map((el) => ((f.attr ? el.getAttribute(f.attr) : el.textContent) || '').trim())
+    const [sel, attr] = fields[k].split(' @');
+    const v = qa(doc, sel)
+      .map((el) => ((attr ? el.getAttribute(attr) : el.textContent) || '').trim())
       .filter(Boolean);
-    if (v.length) it[k] = k === 'price' ? price(v[0]) : k === 'categories' ? [v.map(cat).join('/')] : f.all ? v : v[0];
+    if (v.length) it[k] = k === 'price' ? price(v[0]) : k === 'categories' ? [v.map(cat).join('/')] : k === 'tags' ? v : v[0];
   }
   return compact(it);
 }
 
 /** An item from data-kairos-item-* attributes on one element ({} without an id). */
 export function itemFromAttrs(el) {
-  const g = (n) => el && el.getAttribute('data-kairos-item-' + n);
+  const g = (n) => el?.getAttribute('data-kairos-item-' + n);
   return g('id')
     ? compact({
         id: g('id'),
         name: g('name'),
         brand: g('brand'),
-        price: g('price') && price(g('price')),
+        price: price(g('price')),
         categories: list(g('categories')),
         tags: list(g('tags')),
       })
@@ -90,23 +91,23 @@ export function itemFromAttrs(el) {
 export function pageDeclaration(doc) {
   const el = q1(doc, '[data-kairos-page-type],[data-kairos-item-id]');
   const it = itemFromAttrs(el);
-  const j = parseJSON((q1(doc, 'script[type="application/kairos+json"]') || {}).textContent, {});
+  const j = parseJSON(q1(doc, 'script[type="application/kairos+json"]')?.textContent, {});
   return compact({
-    page_type: j.page_type || (el && el.getAttribute('data-kairos-page-type')),
+    page_type: j.page_type || el?.getAttribute('data-kairos-page-type'),
     item: j.item || (it.id && it),
   });
 }
 
 /** The item a page type shows, by the sitemap's rules: JSON-LD first, selectors fill and override. */
 export function sitemapItem(doc, pt) {
-  const spec = pt && pt.item;
-  return spec ? Object.assign(spec.json_ld ? itemFromJsonLd(doc) : {}, itemFromSelectors(doc, spec.fields)) : {};
+  const spec = pt?.item;
+  return spec ? { ...(spec.json_ld && itemFromJsonLd(doc)), ...itemFromSelectors(doc, spec.fields) } : {};
 }
 
 /** Zones on the page, [{zone, el}]: data-kairos-zone elements, then the page type's selectors. */
 export function findZones(doc, pt) {
   const out = qa(doc, '[data-kairos-zone]').map((el) => ({ zone: el.getAttribute('data-kairos-zone'), el }));
-  const z = (pt && pt.zones) || {};
+  const z = pt?.zones || {};
   for (const zone in z) {
     const el = q1(doc, z[zone]);
     if (el && !out.some((x) => x.zone === zone)) out.push({ zone, el });

@@ -29,8 +29,8 @@ export function createTracker(win, cfg, deps = {}) {
   const nav = win.navigator;
   const on = (target, name, fn, opts) => target.addEventListener(name, safe(fn), opts);
   const web = (k) => (cfg.storage === 'none' ? memoryStore() : webStore(() => win[k]));
-  const ids = cfg.storage === 'cookie' ? cookieStore(doc) : web('localStorage'); // ids and consent
   const local = web('localStorage');
+  const ids = cfg.storage === 'cookie' ? cookieStore(doc) : local; // ids and consent
   const sess = web('sessionStorage');
   const tab = uuid();
   const sfx = '_' + cfg.site;
@@ -42,7 +42,7 @@ export function createTracker(win, cfg, deps = {}) {
   const forever = () => new Promise(() => {});
   const device = deviceOf(nav);
   // the public key rides in the URL: text/plain bodies and sendBeacon carry no header
-  const url = (path) => cfg.endpoint + path + (cfg.key ? '?key=' + encodeURIComponent(cfg.key) : '');
+  const url = (path) => cfg.engine + path + (cfg.key ? '?key=' + encodeURIComponent(cfg.key) : '');
   const eventsUrl = url('/v1/events');
 
   const c = ids.get('kairos_consent');
@@ -72,27 +72,23 @@ export function createTracker(win, cfg, deps = {}) {
   /** One event, in the spec's shape; `fields` adds item, items, props, decision_id. Where the
    * site requires consent, context.consent says it was given. */
   const make = (type, fields) =>
-    compact(
-      Object.assign(
-        {
-          event_id: uuid(),
-          type,
-          visitor_id: visitor(),
-          user_id: uid,
-          user_hash: uid && uh,
-          channel: 'web',
-          ts: now(),
-          context: cfg.consent === true ? ctx : Object.assign({ consent: !!consent }, ctx),
-        },
-        fields,
-      ),
-    );
+    compact({
+      event_id: uuid(),
+      type,
+      visitor_id: visitor(),
+      user_id: uid,
+      user_hash: uid && uh,
+      channel: 'web',
+      ts: now(),
+      context: cfg.consent === true ? ctx : { consent: !!consent, ...ctx },
+      ...fields,
+    });
 
   /** Events go to the shared queue; without consent they are dropped (a page view waits). */
   function enqueue(events) {
     if (consent) {
       q.push(events);
-      schedule(cfg.flushMs);
+      schedule(cfg.flushDelay);
     }
   }
 
@@ -125,7 +121,7 @@ export function createTracker(win, cfg, deps = {}) {
     if (now() < retryAt) return schedule(retryAt - now());
     sending = 1;
     try {
-      const batch = q.claim(tab, now(), cfg.batch, 15000);
+      const batch = q.claim(tab, now(), cfg.batchSize, 15000);
       if (batch.length) {
         const idl = batch.map((e) => e.event_id);
         const r = await post(fetchFn, eventsUrl, { events: batch }, 10000);
@@ -140,14 +136,14 @@ export function createTracker(win, cfg, deps = {}) {
     } finally {
       sending = 0;
     }
-    if (q.size()) schedule(retryAt > now() ? retryAt - now() : 0);
+    if (q.size()) schedule(retryAt - now()); // past retryAt: a negative delay runs at once
   }
 
   /** Page hidden or closing: hand every unclaimed event to sendBeacon now. Offline, sendBeacon
    * would take them and lose them: they stay queued, and the next page adopts them. */
   function flushHidden() {
     let batch;
-    while (consent && nav.onLine !== false && (batch = q.claim(tab, now(), cfg.batch, 15000)).length) {
+    while (consent && nav.onLine !== false && (batch = q.claim(tab, now(), cfg.batchSize, 15000)).length) {
       const idl = batch.map((e) => e.event_id);
       if (!beacon(nav, eventsUrl, { events: batch })) return q.release(idl);
       q.remove(idl);
@@ -156,7 +152,7 @@ export function createTracker(win, cfg, deps = {}) {
 
   /** Report a reaction to decision `d` (impression, click, dismiss, conversion). */
   function react(d, type, props) {
-    enqueue([make(type, { decision_id: d.decision_id, props: compact(Object.assign({ zone: d.zone }, props)) })]);
+    enqueue([make(type, { decision_id: d.decision_id, props: compact({ zone: d.zone, ...props }) })]);
     if (type === 'click') flush(); // a click often navigates away: don't wait for the timer
   }
 
@@ -171,7 +167,7 @@ export function createTracker(win, cfg, deps = {}) {
 
   /** POST /v1/decide; resolves to the decisions, or null (engine down or slow: one warning). */
   async function decide(zones, events) {
-    const body = { visitor_id: visitor(), user_id: uid, user_hash: uid && uh, context: Object.assign({ channel: 'web', zones }, ctx), events };
+    const body = { visitor_id: visitor(), user_id: uid, user_hash: uid && uh, context: { channel: 'web', zones, ...ctx }, events };
     const r = await post(fetchFn, url('/v1/decide'), compact(body), cfg.timeout);
     if (r.status === 200 && r.data.decisions) return r.data.decisions;
     warn('decide ' + r.status);
@@ -206,18 +202,18 @@ export function createTracker(win, cfg, deps = {}) {
     const loc = win.location;
     const pt = matchPage(cfg.sitemap, loc.pathname);
     const decl = pageDeclaration(doc);
-    const it = Object.assign(sitemapItem(doc, pt), decl.item, ex.item);
+    const it = { ...sitemapItem(doc, pt), ...decl.item, ...ex.item };
     item = it.id && it;
     ctx = compact({
       url: ex.url || loc.href,
       referrer: ctx.page_type ? ctx.url : doc.referrer, // after the first page view: the previous one
-      page_type: ex.type || decl.page_type || (pt && pt.name) || 'other',
+      page_type: ex.type || decl.page_type || pt?.name || 'other',
       device,
       locale: doc.documentElement.lang || nav.language,
     });
     const events = [make('page_view', { item, props: ex.props })];
     if (item) events.push(make('item_view', { item }));
-    const query = pt && pt.query_param && new URLSearchParams(loc.search).get(pt.query_param);
+    const query = pt?.query_param && new URLSearchParams(loc.search).get(pt.query_param);
     if (query) events.push(make('search', { props: { query } }));
     const zones = findZones(doc, pt);
     if (zones.length) show(await decide(zones.map((z) => z.zone), events), zones);
@@ -304,10 +300,7 @@ export function createTracker(win, cfg, deps = {}) {
     });
     arr.forEach(handle);
     const orig = arr.push;
-    arr.push = function () {
-      for (const a of arguments) handle(a);
-      return orig.apply(this, arguments);
-    };
+    arr.push = (...a) => (a.forEach(handle), orig.apply(arr, a));
   }
   on(
     doc,

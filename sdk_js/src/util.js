@@ -27,7 +27,7 @@ export const safe =
   (...args) => {
     try {
       const r = fn(...args);
-      if (r && r.catch) r.catch(warn);
+      r?.catch?.(warn);
       return r;
     } catch (e) {
       warn(e);

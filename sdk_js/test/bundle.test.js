@@ -1,21 +1,11 @@
 // @vitest-environment node
-// The built file as the engine serves it (sitemap prepended), run in a fresh jsdom page: one tag,
+// The shipped file as the engine serves it (sitemap prepended), run in a fresh jsdom page: one tag,
 // no page code, and the requests it sends.
 import { describe, it, expect } from 'vitest';
-import { build } from 'esbuild';
 import { JSDOM } from 'jsdom';
-import { fileURLToPath } from 'node:url';
+import { bundle as shipped } from '../scripts/bundle.mjs';
 
-const bundle = (
-  await build({
-    entryPoints: [fileURLToPath(new URL('../src/main.js', import.meta.url))],
-    bundle: true,
-    minify: true,
-    format: 'iife',
-    target: ['es2020'],
-    write: false,
-  })
-).outputFiles[0].text;
+const bundle = await shipped(); // exactly what ships: esbuild + terser, internal names shortened
 
 const SITEMAP = {
   version: 1,

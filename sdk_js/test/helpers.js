@@ -48,14 +48,14 @@ let site = 0;
 export function config(over = {}) {
   return {
     site: 'shop' + ++site,
-    endpoint: 'https://engine.test',
+    engine: 'https://engine.test',
     storage: undefined,
     consent: true,
     cap: 500,
-    batch: 50,
-    flushMs: 1000,
+    batchSize: 50,
+    flushDelay: 1000,
     timeout: 300,
-    autoPage: true,
+    pageOnLoad: true,
     exit: { enabled: false },
     sitemap: {},
     ...over,

@@ -33,14 +33,14 @@ describe('readConfig', () => {
     expect(readConfig(tag({ site: 'shop1' }), window)).toEqual({
       key: null,
       site: 'shop1',
-      endpoint: 'https://engine.example.com',
+      engine: 'https://engine.example.com',
       storage: undefined,
       consent: true,
       cap: 500,
-      batch: 50,
-      flushMs: 1000,
+      batchSize: 50,
+      flushDelay: 1000,
       timeout: 300,
-      autoPage: true,
+      pageOnLoad: true,
       exit: { enabled: true },
       sitemap: {},
     });
@@ -51,7 +51,7 @@ describe('readConfig', () => {
     const t = tag({});
     t.src = 'https://engine.example.com/sdk/kairos.js?key=kp_b';
     expect(readConfig(t, window).key).toBe('kp_b');
-    expect(readConfig(t, window).endpoint).toBe('https://engine.example.com');
+    expect(readConfig(t, window).engine).toBe('https://engine.example.com');
   });
 
   it('reads every data-* setting and the served sitemap', () => {
@@ -72,14 +72,14 @@ describe('readConfig', () => {
       window,
     );
     expect(c).toMatchObject({
-      endpoint: 'https://api.example.com/kairos',
+      engine: 'https://api.example.com/kairos',
       storage: 'cookie',
       consent: null,
       cap: 50,
-      batch: 10,
-      flushMs: 200,
+      batchSize: 10,
+      flushDelay: 200,
       timeout: 500,
-      autoPage: false,
+      pageOnLoad: false,
       exit: { enabled: true, scope: 'page', min_ms: 3000 },
       sitemap: window.__kairosSitemap,
     });

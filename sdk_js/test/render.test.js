@@ -105,7 +105,7 @@ describe('showPopup', () => {
     before.textContent = 'page button';
     before.focus();
     const p = showPopup(document, decision({ zone: 'exit_intent', content }), report, onEmail);
-    return { p, before, report, onEmail, root: p.root, dialog: p.root.querySelector('dialog') };
+    return { p, before, report, onEmail, root: p, dialog: p.querySelector('dialog') };
   };
   const esc = (root) => root.querySelector('dialog')?.dispatchEvent(new Event('close'));
 
@@ -157,7 +157,7 @@ describe('showPopup', () => {
 
   it('has a label even without a title', () => {
     const p = showPopup(document, decision({ content: { html: '<p>x</p>' } }), () => {}, () => {});
-    expect(p.root.getElementById('t').textContent).toBe('Offer');
-    expect(p.root.activeElement).toBe(p.root.querySelector('.x'));
+    expect(p.getElementById('t').textContent).toBe('Offer');
+    expect(p.activeElement).toBe(p.querySelector('.x'));
   });
 });

@@ -1,4 +1,4 @@
-// Reading the page with the compiled sitemap (the shape engine/logic/sitemap.py makes).
+// Reading the page with the compiled sitemap (the shape engine/logic/sitemap.py serves).
 import { describe, it, expect, beforeEach } from 'vitest';
 import * as S from '../src/sitemap.js';
 
@@ -13,9 +13,10 @@ const SM = {
       item: {
         json_ld: true,
         fields: {
-          id: { sel: '[data-product-id]', attr: 'data-product-id' },
-          price: { sel: '.price' },
-          categories: { sel: 'nav a', all: true },
+          id: '[data-product-id] @data-product-id',
+          price: '.price',
+          categories: 'nav a',
+          tags: '.tag',
         },
       },
       zones: { pdp_recs: '#recs', missing: '#nope' },
@@ -72,11 +73,12 @@ describe('items', () => {
   it('reads fields with CSS selectors: text, attributes, all matches', () => {
     document.body.innerHTML =
       '<div data-product-id="p-1"></div><span class="price"> $1,049.00 </span>' +
-      '<nav><a>Shoes</a><a>Running</a></nav>';
+      '<nav><a>Shoes</a><a>Running</a></nav><i class="tag">new</i><i class="tag">sale</i>';
     expect(S.itemFromSelectors(document, SM.page_types[1].item.fields)).toEqual({
       id: 'p-1',
       price: 1049,
       categories: ['Shoes/Running'],
+      tags: ['new', 'sale'],
     });
   });
 

@@ -291,7 +291,7 @@ describe('delivery: retries, backoff, drops', () => {
   });
 
   it('keeps sending batches until the queue is empty, at most `batch` events each', async () => {
-    const { t, fetch } = make({ batch: 2 });
+    const { t, fetch } = make({ batchSize: 2 });
     for (let i = 0; i < 5; i++) t.track('e' + i);
     await vi.advanceTimersByTimeAsync(1000);
     await vi.advanceTimersByTimeAsync(10);

@@ -108,10 +108,51 @@ def test_snapshot_round_trip_and_size():
     blob = p.snapshot()
     q = Profile.restore(blob)
     assert q.snapshot() == blob
-    assert view(q, T0, CFG) == view(Profile.restore(blob), T0, CFG)
-    # worst case: 20 distinct items; bench/memory.py measures real logs. The current session
-    # (its 10 latest distinct items, which overlap `recent`) adds ~100-150 bytes
-    assert len(blob) < 780, len(blob)
+    assert view(q, T0, CFG) == view(p, T0, CFG)
+    assert q.session == p.session and q.bought == p.bought and q.marks == p.marks
+    # worst case: 20 distinct items; bench/memory.py measures real logs. Schema 2 stores each
+    # item id once (the session's items overlap `recent` and the item affinities)
+    assert len(blob) < 560, len(blob)
+
+
+def _v1_blob(p: Profile) -> bytes:
+    """What schema 1 wrote (before schema 2): every string in place, 5-byte fingerprints."""
+    import hashlib
+
+    import msgpack
+
+    return msgpack.packb(
+        [1, p.landmark, p.event_count, p.first_seen, p.last_seen, p.user_id, p.aff, p.recent,
+         p.cart, p.purchased, p.types, p.traits, p.segments, p.channels, p.aliases,
+         b"".join(hashlib.blake2b(f"e{i}".encode(), digest_size=5).digest() for i in range(16)),
+         p.marks, p.merged, p.session.pack() if p.session.seq else None, p.bought],
+        use_bin_type=True, use_single_float=True)
+
+
+def test_a_schema_1_blob_still_reads_and_keeps_its_dedupe_marks():
+    p = Profile()
+    for i in range(16):
+        apply_event(p, event(i, "purchase" if i % 5 == 4 else "item_view", T0 + i * 60_000,
+                             id=f"sku-{i % 6}", brand="acme", categories=["a/b/c"]), CFG)
+    p.advance(3, 41, T0 + DAY)
+    old = Profile.restore(_v1_blob(p))
+    assert view(old, T0, CFG) == view(Profile.restore(p.snapshot()), T0, CFG)
+    assert old.session == p.session and old.bought == p.bought and old.marks == p.marks
+    assert old.seen == p.seen  # the 5-byte fingerprints cut to schema 2's 4
+    assert not apply_event(old, event(3, id="sku-3"), CFG)  # a resend is still a duplicate
+    assert Profile.restore(old.snapshot()).snapshot() == old.snapshot()  # written as schema 2
+
+
+def test_schema_2_interns_every_string_once():
+    p = Profile()
+    ids = ["10042", "0042", "007", "x-1", "12345678901234567890", "٣", "0"]
+    for i, iid in enumerate(ids):
+        apply_event(p, event(i, "purchase", T0 + i * 60_000, id=iid, categories=["a/b"],
+                             brand=iid), CFG)
+    q = Profile.restore(p.snapshot())
+    assert q.recent == p.recent and q.purchased == p.purchased and q.bought == p.bought
+    assert [set(t) for t in q.aff] == [set(t) for t in p.aff] and q.session == p.session
+    assert p.snapshot().count(b"x-1") == 1  # once, though it is an item, a brand, recent, bought
 
 
 def test_merge_adds_decayed_scores_and_keeps_dedupe():

@@ -407,6 +407,51 @@ def test_served_sitemap_drops_what_the_beacon_never_reads():
     assert served_sitemap(off)["exit_intent"]["enabled"] is False
 
 
+def test_served_sitemap_writes_item_selectors_in_their_yaml_form():
+    sm = compile_(
+        """
+        page_types:
+          product:
+            url: /p/*
+            item:
+              selectors: {id: "[data-id] @data-id", name: h1, categories: nav a, tags: .tag}
+        """
+    )
+    assert sm["page_types"][0]["item"]["fields"]["id"] == {"sel": "[data-id]", "attr": "data-id"}
+    assert served_sitemap(sm)["page_types"][0]["item"] == {
+        "json_ld": False,
+        "fields": {"id": "[data-id] @data-id", "name": "h1", "categories": "nav a", "tags": ".tag"},
+    }
+
+
+def test_served_sitemap_joins_url_patterns_that_differ_by_a_literal_prefix():
+    sm = compile_(
+        """
+        page_types:
+          category: {url: ["/c/**", "/category/**", "/demo/c/**"]}
+          checkout: {url: [/checkout, "/checkout/**", /demo/checkout, "/demo/checkout/**"]}
+          home: {url: [/, /demo]}
+          intl: {url: [/p/*, /en-us/p/*]}
+          refs: {url_regex: ["^/a/(x)\\\\1$", "^/b/a/(x)\\\\1$"]}
+        """
+    )
+    served = {pt["name"]: pt["match"] for pt in served_sitemap(sm)["page_types"]}
+    assert served["category"] == ["^(/demo)?/c/.*/?$", "^/category/.*/?$"]
+    assert served["checkout"] == ["^(/demo)?/checkout/?$", "^(/demo)?/checkout/.*/?$"]
+    assert served["home"] == ["^/$", "^/demo/?$"]  # no literal prefix in common: as compiled
+    assert len(served["intl"]) == 1
+    assert len(served["refs"]) == 2  # a back-reference would be renumbered by the new group
+    # the same paths match, one pattern list or the other
+    paths = ["/", "/demo", "/demo/", "/c/shoes", "/demo/c/a/b", "/category/x", "/demo/category/x",
+             "/checkout", "/demo/checkout/pay", "/p/1", "/en-us/p/1", "/en-us/p", "/a/xx", "/b/a/xx",
+             "/demo/demo/c/x", "/xdemo/c/x"]
+    for pt in sm["page_types"]:
+        for path in paths:
+            before = any(re.search(p, path) for p in pt["match"])
+            after = any(re.search(p, path) for p in served[pt["name"]])
+            assert before == after, (pt["name"], path)
+
+
 def test_beacon_bundle_prepends_the_sitemap():
     sm = compile_(
         """
