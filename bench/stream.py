@@ -1,6 +1,7 @@
 """Stream throughput: events/s ONE worker process applies to Redis.
 
     python bench/stream.py [--events 200000] [--visitors 20000] [--per-record 1,20]
+                           [--commit-ahead on|off|on,off]
 
 Starts Valkey and Apache Kafka on 127.0.0.1, pre-loads a fresh `events` topic (4 partitions)
 with N events exactly as the API writes them (validated `engine.logic.events.Event`s, one msgpack
@@ -10,7 +11,10 @@ until every event is applied. Then it checks that the profiles count every event
 
 Scenarios (`--per-record`): 1 = one event per record (what mixed-visitor requests produce), 20 =
 20 events of one visitor per record (beacon / app flushes). The events of many visitors are
-interleaved, so every batch the worker takes touches many profiles.
+interleaved, so every batch the worker takes touches many profiles. `--commit-ahead on,off` runs
+each scenario with the worker planning a batch's next part while Redis runs the commit
+(`commit_ahead`, the default) and without, in one run (alternating order), for a ratio measured
+on the same machine minutes.
 
 Figures: steady rate (the worker's applied_total between its first report with work done and
 its last report before the end, so start-up and the tail are excluded), the wall time from
@@ -74,10 +78,10 @@ async def produce(bootstrap: str, topic: str, records: list[tuple[bytes, bytes]]
 
 
 def run_scenario(st: BenchStack, n: int, visitors: int, per_record: int, seed: int,
-                 timeout: float) -> dict[str, Any]:
+                 timeout: float, ahead: bool = True) -> dict[str, Any]:
     from engine.store import keys
 
-    s = st.configure()
+    s = st.configure(commit_ahead=ahead)
     st.ensure_topics()
     say(f"per-record {per_record}: building {n} events for {visitors} visitors…")
     records = build_records(n, visitors, per_record, seed)
@@ -87,7 +91,7 @@ def run_scenario(st: BenchStack, n: int, visitors: int, per_record: int, seed: i
     r = st.redis_client()
     r.delete(keys.workers(s.group_id))
     r.close()
-    name = f"worker-{per_record}"
+    name = f"worker-{per_record}-{'ahead' if ahead else 'serial'}"
     t_start = time.monotonic()
     st.start_worker(name)
     snaps: list[dict[str, Any]] = []  # distinct worker reports, in order
@@ -124,6 +128,7 @@ def run_scenario(st: BenchStack, n: int, visitors: int, per_record: int, seed: i
     profiles, counted = st.count_profiles(f"s{seed}")
     return {
         "per_record": per_record,
+        "commit_ahead": ahead,
         "events": n,
         "records": len(records),
         "visitors": profiles,
@@ -151,6 +156,9 @@ def main() -> int:
     ap.add_argument("--per-record", default="1,20", help="events per Kafka record, comma-separated scenarios")
     ap.add_argument("--partitions", type=int, default=4)
     ap.add_argument("--timeout", type=float, default=300.0, help="seconds per scenario at most")
+    ap.add_argument("--commit-ahead", default="on",
+                    help="on, off or on,off: plan a batch's next part while Redis runs its commit "
+                         "(settings.commit_ahead); both = an A/B in one run, alternating order")
     a = ap.parse_args()
     load_before = loadavg()
     note = busy_note()
@@ -160,27 +168,36 @@ def main() -> int:
     with BenchStack("stream") as st:
         st.start_redis()
         st.start_kafka(partitions=a.partitions)
+        modes = [m.strip() == "on" for m in a.commit_ahead.split(",")]
+        k = 0
         for i, pr in enumerate(int(x) for x in a.per_record.split(",")):
-            res = run_scenario(st, a.events, a.visitors, pr, 10 + i, a.timeout)
-            results.append(res)
-            say(f"per-record {pr}: {res['events_per_s']:.0f} events/s steady; worker {res['cpu_cores_worker']} "
-                f"cores, Valkey {res['cpu_cores_redis']} cores; counted {res['counted_in_profiles']}/{a.events}")
+            for ahead in (modes if i % 2 == 0 else modes[::-1]):
+                k += 1
+                res = run_scenario(st, a.events, a.visitors, pr, 10 + k, a.timeout, ahead)
+                res["load_after"] = loadavg()
+                results.append(res)
+                say(f"per-record {pr}, commit ahead {'on' if ahead else 'off'}: "
+                    f"{res['events_per_s']:.0f} events/s steady; worker {res['cpu_cores_worker']} "
+                    f"cores, Valkey {res['cpu_cores_redis']} cores; counted "
+                    f"{res['counted_in_profiles']}/{a.events} (load {res['load_after']:.1f})")
 
     print()
     print(f"stream: one worker applies {a.events} pre-loaded events ({a.visitors} visitors, "
           f"{a.partitions} partitions); 'worker'/'valkey' = CPU cores used, µs CPU/ev = worker CPU "
           f"per event (independent of how busy the machine is)")
-    print(f"{'per-record':>10} {'events/s':>9} {'wall s':>7} {'worker':>7} {'valkey':>7} {'µs CPU/ev':>9} "
-          f"{'RSS wkr':>8} {'RSS valkey':>10} {'counted':>9}")
+    print(f"{'per-record':>10} {'ahead':>5} {'events/s':>9} {'wall s':>7} {'worker':>7} {'valkey':>7} "
+          f"{'µs CPU/ev':>9} {'RSS wkr':>8} {'RSS valkey':>10} {'counted':>9} {'load':>5}")
     for r in results:
-        print(f"{r['per_record']:>10} {r['events_per_s']:>9.0f} {r['wall_s_from_worker_start']:>7.1f} "
+        print(f"{r['per_record']:>10} {'on' if r['commit_ahead'] else 'off':>5} "
+              f"{r['events_per_s']:>9.0f} {r['wall_s_from_worker_start']:>7.1f} "
               f"{r['cpu_cores_worker']:>6.2f}c {r['cpu_cores_redis']:>6.2f}c {r['worker_cpu_us_per_event']:>9.0f} "
               f"{r['rss_worker_mib']:>6.1f}Mi "
-              f"{r['rss_redis_mib']:>8.1f}Mi {r['counted_in_profiles']:>9}")
+              f"{r['rss_redis_mib']:>8.1f}Mi {r['counted_in_profiles']:>9} {r['load_after']:>5.1f}")
     for r in results:
         met = "met" if r["events_per_s"] >= TARGET else "MISSED"
         ok = "equal" if r["counted_in_profiles"] == r["events"] else "DIFFERENT"
-        print(f"target >= {TARGET} events/s, per-record {r['per_record']}: {met} ({r['events_per_s']:.0f}); "
+        print(f"target >= {TARGET} events/s, per-record {r['per_record']} (ahead "
+              f"{'on' if r['commit_ahead'] else 'off'}): {met} ({r['events_per_s']:.0f}); "
               f"events counted in profiles vs produced: {ok}")
     if note:
         print(f"note: {note}")

@@ -70,6 +70,8 @@ class Settings:
     # worker
     batch_max: int = 1000  # records the consumer takes at most per batch
     commit_max_events: int = 2000  # events planned and committed (one script call) at most
+    # a batch of several parts: plan the next part while Redis runs this one's commit
+    commit_ahead: bool = True
     batch_within_s: float = 0.01
     fetch_max_wait_ms: int = 100  # how long an idle fetch waits at the broker (faust's is 1500)
     session_timeout_ms: int = 10_000

@@ -12,6 +12,18 @@ checks every fence and revision and writes everything or nothing (engine/store/p
   the consumer reads those partitions again from what Redis has applied. Redis lost the
   claim only: the partitions are claimed again and the batch retried.
 
+Overlapping (one server): given the batch that comes next (`ahead`), the applier reads what that
+batch needs just before sending this batch's commit, and plans it while Redis runs the commit
+(the commit script is most of Redis's time: its wait was half the worker's wall time). The
+plan ahead sees this batch as committed: the profiles this batch writes as it writes them (the
+values sent, read back), its merges' aliases and deletions, the per-visitor hashes as its hooks
+left them; everything else as read, which this commit does not change. It is kept only if this
+commit wrote everything (`ok`); otherwise it is dropped and the next batch is read and planned
+again after this one is settled, as without overlap. Nothing of the plan ahead is written
+before it is committed as any batch is (fenced, compare-and-set on every profile), so a plan
+ahead that something else made stale is refused and planned again. Its hooks' learning (the
+online CF) is redone then, as for a conflict.
+
 On a Redis Cluster the steps of a commit are separate calls (shared tables first, then each
 profile, then the merges' second steps and the applied marks): a profile that conflicts
 there is planned again on its own, its shared changes being in already.
@@ -19,15 +31,18 @@ there is planned again on its own, its shared changes being in already.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from engine.store.fences import NONE
-from engine.store.profiles import Phase, ProfileStore
-from engine.store.writes import Emit, Tables
+from engine.store.profiles import CommitResult, Phase, ProfileStore, decode
+from engine.store.writes import Emit, Stored, Tables
 from models.affinity import AffinityConfig
-from streams.plan import Hook, needed_pids, plan, side_reads
+from streams.plan import Hook, Outcome, needed_pids, plan, side_reads
+
+log = logging.getLogger("kairos.worker")
 
 MAX_ATTEMPTS = 8
 
@@ -47,6 +62,23 @@ class Rewind(Exception):
     def __init__(self, offsets: dict[int, int]) -> None:
         super().__init__(f"redis rolled back: read again from {offsets}")
         self.offsets = offsets
+
+
+@dataclass(slots=True)
+class _Ahead:
+    """The next batch, planned while this one's commit ran (valid once that commit is in)."""
+
+    events: Sequence[Mapping[str, Any]]
+    outcome: Outcome
+
+
+def _upto(events: Sequence[Mapping[str, Any]]) -> dict[int, int]:
+    upto: dict[int, int] = {}
+    for ev in events:
+        p = ev.get("_p")
+        if p is not None and ev["_o"] > upto.get(p, -1):
+            upto[p] = ev["_o"]
+    return upto
 
 
 @dataclass
@@ -73,35 +105,51 @@ class Applier:
         self.emit = emit
         self.prepare: Callable[[Sequence[Mapping[str, Any]]], Awaitable[None]] | None = getattr(
             hooks, "prepare", None)  # streams.hooks.Hooks: load per-partition state first
+        self._ahead: _Ahead | None = None
+        self.overlapped = 0  # batches whose plan ahead was committed
+        self.dropped_ahead = 0  # plans ahead dropped (this batch's commit was not all in)
 
     @property
     def fences(self) -> Any:
         return self.store.fences
 
-    async def apply(self, events: Sequence[Mapping[str, Any]]) -> BatchResult:
+    def forget_ahead(self) -> None:
+        """Drop a plan ahead that was not used (the caller's batch ended)."""
+        self._ahead = None
+
+    async def apply(self, events: Sequence[Mapping[str, Any]],
+                    ahead: Sequence[Mapping[str, Any]] | None = None) -> BatchResult:
+        """Apply `events`; with `ahead` (the batch the caller applies next, on one server),
+        plan that one while this one's commit runs (the module docstring)."""
         result = BatchResult()
-        upto: dict[int, int] = {}
-        for ev in events:
-            p = ev.get("_p")
-            if p is not None and ev["_o"] > upto.get(p, -1):
-                upto[p] = ev["_o"]
+        upto = _upto(events)
         unknown = set(upto) - set(self.fences.held)
         if unknown:
             await self.fences.claim(unknown)
         pending = list(events)
         if self.prepare is not None:
             await self.prepare(pending)
+        spec, self._ahead = self._ahead, None
+        if spec is not None and spec.events is not events:
+            spec = None
         phases = Phase.ALL
-        for _ in range(MAX_ATTEMPTS):
-            hooks = self.hooks()
-            aliases = await self.store.aliases(ev["visitor_id"] for ev in pending)
-            stored = await self.store.load(needed_pids(pending, aliases),
-                                           side_reads(pending, aliases, hooks))
+        for attempt in range(MAX_ATTEMPTS):
             shared = Phase.SHARED in phases
-            tables = Tables(marks=self.fences.marks(upto)) if shared else Tables()
-            outcome = plan(pending, aliases, stored, self.cfg, hooks, tables)
-            res = await self.store.commit(outcome.writes, tables if shared else None, upto,
-                                          phases)
+            if spec is not None:
+                outcome, spec = spec.outcome, None
+                self.overlapped += 1
+            else:
+                hooks = self.hooks()
+                aliases = await self.store.aliases(ev["visitor_id"] for ev in pending)
+                stored = await self.store.load(needed_pids(pending, aliases),
+                                               side_reads(pending, aliases, hooks))
+                tables = Tables(marks=self.fences.marks(upto)) if shared else Tables()
+                outcome = plan(pending, aliases, stored, self.cfg, hooks, tables)
+            if ahead is not None and attempt == 0 and not self.store.cluster:
+                res = await self._commit_overlapping(outcome, upto, ahead)
+            else:
+                res = await self.store.commit(outcome.writes, outcome.tables if shared else None,
+                                              upto, phases)
             if res.fenced:
                 await self._fenced(upto)
                 continue
@@ -131,6 +179,60 @@ class Applier:
                     phases = Phase.APPLIED
             # on one server nothing was written: read and plan the whole batch again
         raise RuntimeError(f"profile writes kept conflicting after {MAX_ATTEMPTS} attempts")
+
+    async def _commit_overlapping(self, outcome: Outcome, upto: Mapping[int, int],
+                                  ahead: Sequence[Mapping[str, Any]]) -> CommitResult:
+        """Commit `outcome` (one server, every phase) and plan `ahead` while Redis runs it."""
+        read = None
+        if all(p in self.fences.held for p in _upto(ahead)):
+            try:
+                if self.prepare is not None:
+                    await self.prepare(ahead)
+                hooks = self.hooks()
+                aliases = await self.store.aliases(ev["visitor_id"] for ev in ahead)
+                for w in outcome.writes:
+                    for vid, target in w.aliases:
+                        aliases[vid] = target
+                stored = await self.store.load(needed_pids(ahead, aliases),
+                                               side_reads(ahead, aliases, hooks))
+                read = (aliases, stored, hooks)
+            except Exception as exc:  # the commit below meets it again, or it was the batch's
+                log.debug("could not read ahead (%r): the next batch is read after this one", exc)
+        finish, blobs = await self.store.start_commit(outcome.writes, outcome.tables, upto)
+        if read is not None:
+            try:
+                self._ahead = _Ahead(ahead, self._plan_ahead(ahead, outcome, blobs, *read))
+            except Exception as exc:  # planned again after this commit, raised there if it must
+                log.debug("could not plan ahead (%r): the next batch is planned again", exc)
+                self._ahead = None
+        try:
+            res = await finish()
+        except BaseException:
+            self._ahead = None
+            raise
+        if not res.ok and self._ahead is not None:
+            self._ahead = None
+            self.dropped_ahead += 1
+        return res
+
+    def _plan_ahead(self, ahead: Sequence[Mapping[str, Any]], outcome: Outcome,
+                    blobs: Mapping[str, bytes], aliases: Mapping[str, str | None],
+                    stored: dict[str, Stored], hooks: Sequence[Hook]) -> Outcome:
+        """Plan `ahead` on what Redis holds once `outcome` is committed (the docstring)."""
+        for w in outcome.writes:
+            for pid, _ in w.deletes:
+                if pid in stored:
+                    stored[pid] = Stored(erased=stored[pid].erased)
+        for w in outcome.writes:
+            old = stored.get(w.pid)
+            if old is None:
+                continue
+            new = decode(blobs[w.pid])
+            new.erased = old.erased
+            new.side = {**old.side, **{k: dict(v) for k, v in w.side.items()}}
+            stored[w.pid] = new
+        tables = Tables(marks=self.fences.marks(_upto(ahead)))
+        return plan(ahead, aliases, stored, self.cfg, hooks, tables)
 
     async def _fenced(self, upto: Mapping[int, int]) -> None:
         """A fence refused the commit: find out why, and raise or fix it for a retry."""

@@ -55,6 +55,15 @@ def chunks(events: Sequence[dict[str, Any]], limit: int) -> list[list[dict[str, 
     return out
 
 
+def _overlapping(ap: Applier, part: Sequence[dict[str, Any]], nxt: Sequence[dict[str, Any]]
+                 ) -> Callable[[Sequence[dict[str, Any]]], Awaitable[BatchResult]]:
+    """`ap.apply` for `part` that plans `nxt` while the commit runs (not for the halves of a
+    part that failed: those are applied on their own)."""
+    def apply(evs: Sequence[dict[str, Any]]) -> Awaitable[BatchResult]:
+        return ap.apply(evs, ahead=nxt if evs is part else None)
+    return apply
+
+
 class Worker:
     def __init__(self, settings: Settings, redis_url: str, worker_id: str,
                  emit: Callable[[Sequence[Emit]], Awaitable[None]]) -> None:
@@ -115,15 +124,21 @@ class Worker:
         for topic, recs in by_topic.items():
             events += decode_batch(recs, base[topic], self.meter)
         total = BatchResult()
-        for part in chunks(events, self.settings.commit_max_events):
-            for res in await apply_isolating(ap.apply, part, "batch", self._skipped,
-                                             passthrough=(Lost, Rewind, TooManySkips),
-                                             meter=self.meter):
-                self._skips_in_a_row = 0
-                total.applied += res.applied
-                total.duplicates += res.duplicates
-                total.unstored += res.unstored + res.erased
-                total.dropped_ops += res.dropped_ops
+        parts = chunks(events, self.settings.commit_max_events)
+        try:
+            for j, part in enumerate(parts):
+                apply = ap.apply if j + 1 == len(parts) or not self.settings.commit_ahead \
+                    else _overlapping(ap, part, parts[j + 1])
+                for res in await apply_isolating(apply, part, "batch", self._skipped,
+                                                 passthrough=(Lost, Rewind, TooManySkips),
+                                                 meter=self.meter):
+                    self._skips_in_a_row = 0
+                    total.applied += res.applied
+                    total.duplicates += res.duplicates
+                    total.unstored += res.unstored + res.erased
+                    total.dropped_ops += res.dropped_ops
+        finally:
+            ap.forget_ahead()
         now = time.time()
         self.meter.unstored_total += total.unstored
         self.meter.dropped_ops_total += total.dropped_ops

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -187,6 +187,51 @@ class Script:
             await self.client.script_load(self.text)
         raise AssertionError("unreachable")  # pragma: no cover
 
+    async def start(self, keys: Sequence[Any], args: Sequence[Any]
+                    ) -> Callable[[], Awaitable[Any]]:
+        """Send one call (a single server) and return once the server has all of it; the
+        returned coroutine function reads its answer. Between the two the caller may compute
+        while the server runs the script (the stream worker plans its next batch then): the
+        whole command is flushed to the socket first, since a command still in this process's
+        write buffer would wait for the event loop, and the server for it. The answer must be
+        read (it releases the connection); a server that lost the script gets it again and the
+        call is made once more there."""
+        if self.cluster:
+            reply = await self(keys, args)
+
+            async def done() -> Any:
+                return reply
+            return done
+        pool = self.client.connection_pool
+        conn = await pool.get_connection()
+        try:
+            await conn.send_packed_command(hiredis.pack_command(
+                ("EVALSHA", self.sha, len(keys), *keys, *(_arg(a) for a in args))),
+                check_health=False)
+            await _flushed(conn)
+        except BaseException:
+            await conn.disconnect()
+            await pool.release(conn)
+            raise
+
+        async def answer() -> Any:
+            try:
+                reply = await conn.read_response()
+            except redis.exceptions.NoScriptError:
+                await pool.release(conn)
+                await self.client.script_load(self.text)
+                return await self._packed(keys, args)
+            except redis.exceptions.ResponseError:
+                await pool.release(conn)
+                raise  # the script's own error: the connection is fine
+            except BaseException:
+                await conn.disconnect()
+                await pool.release(conn)
+                raise
+            await pool.release(conn)
+            return reply
+        return answer
+
     async def _packed(self, keys: Sequence[Any], args: Sequence[Any]) -> Any:
         pool = self.client.connection_pool
         cmd = ("EVALSHA", self.sha, len(keys), *keys, *(_arg(a) for a in args))
@@ -215,3 +260,17 @@ def _arg(a: Any) -> Any:
     if isinstance(a, float):
         return repr(a)
     return str(a)
+
+
+async def _flushed(conn: Any) -> None:
+    """Wait until the connection's write buffer is empty (the kernel has the whole command):
+    `drain` alone returns below the transport's low-water mark, with up to 16 KiB left."""
+    transport = getattr(getattr(conn, "_writer", None), "transport", None)
+    if transport is None:
+        return
+    while transport.get_write_buffer_size() > 0 and not transport.is_closing():
+        transport.set_write_buffer_limits(high=0)
+        try:
+            await conn._writer.drain()
+        finally:
+            transport.set_write_buffer_limits()

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import enum
 import struct
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -73,7 +73,8 @@ class CommitResult:
 class _Call:
     """One script call being built: its keys (deduplicated, by index) and its plan."""
 
-    __slots__ = ("keys", "index", "fences", "writes", "tables", "write_ids", "fence_entries")
+    __slots__ = ("keys", "index", "fences", "writes", "tables", "write_ids", "fence_entries",
+                 "blobs")
 
     def __init__(self) -> None:
         self.keys: list[str] = []
@@ -83,6 +84,7 @@ class _Call:
         self.tables: list[list[Any]] = []
         self.write_ids: list[int] = []
         self.fence_entries: list[tuple[int, int, str, str, str, int]] = []
+        self.blobs: dict[str, bytes] = {}  # pid -> the value its write sets
 
     def k(self, key: str) -> int:
         i = self.index.get(key)
@@ -164,8 +166,8 @@ class ProfileStore:
         dels = [[call.k(keys.profile(pid)), rev] for pid, rev in w.deletes] if merge_step else []
         alias_rows = [[call.k(keys.alias(vid)), target] for vid, target in w.aliases] \
             if merge_step else []
-        return [call.k(keys.profile(w.pid)), w.expected,
-                _next_rev(w.expected) + w.profile.snapshot(), self.ttl_ms,
+        blob = call.blobs[w.pid] = _next_rev(w.expected) + w.profile.snapshot()
+        return [call.k(keys.profile(w.pid)), w.expected, blob, self.ttl_ms,
                 call.k(keys.tombstone(w.pid)), dels, alias_rows,
                 [[op.command, call.k(op.key), *(_arg(a) for a in op.args)] for op in ops]]
 
@@ -193,8 +195,27 @@ class ProfileStore:
             return await self._commit_one(writes, tables, upto, phases)
         return await self._commit_cluster(writes, tables, upto, phases)
 
-    async def _commit_one(self, writes: Sequence[Write], tables: Tables | None,
-                          upto: Mapping[int, int], phases: Phase) -> CommitResult:
+    async def start_commit(self, writes: Sequence[Write], tables: Tables | None,
+                           upto: Mapping[int, int]
+                           ) -> tuple[Callable[[], Awaitable[CommitResult]], dict[str, bytes]]:
+        """`commit` on one server, in two steps: send the call (returns once Redis has all of
+        it) and, with the returned coroutine function, read its result. Also returns what each
+        written profile's key is set to (pid -> revision + snapshot), for a caller that plans
+        its next batch on top of this one while Redis runs it (streams/applier.py)."""
+        assert not self.cluster, "a cluster commits in steps: use commit"
+        call, entries = self._build_one(writes, tables, upto, Phase.ALL)
+        if call is None:
+            async def nothing() -> CommitResult:
+                return CommitResult()
+            return nothing, {}
+        answer = await self._commit.start(call.keys, call.args())
+
+        async def result() -> CommitResult:
+            return self._result_one(await answer(), entries, len(writes))
+        return result, call.blobs
+
+    def _build_one(self, writes: Sequence[Write], tables: Tables | None, upto: Mapping[int, int],
+                   phases: Phase) -> tuple[_Call | None, list[tuple[int, int, str, str, str, int]]]:
         call = _Call()
         rows = tables.rows() if tables is not None and Phase.SHARED in phases else []
         shards = {keys.shard_of_key(r[0]) for r in rows} - {None}
@@ -209,12 +230,22 @@ class ProfileStore:
         for w in writes:
             call.writes.append(self._write_row(call, w, merge_step=True))
         if not call.writes and not call.tables and not call.fences:
+            return None, entries
+        return call, entries
+
+    async def _commit_one(self, writes: Sequence[Write], tables: Tables | None,
+                          upto: Mapping[int, int], phases: Phase) -> CommitResult:
+        call, entries = self._build_one(writes, tables, upto, phases)
+        if call is None:
             return CommitResult()
-        reply = await self._commit(call.keys, call.args())
+        return self._result_one(await self._commit(call.keys, call.args()), entries, len(writes))
+
+    def _result_one(self, reply: Any, entries: list[tuple[int, int, str, str, str, int]],
+                    n_writes: int) -> CommitResult:
         status = int(reply[0])
         if status == 1:
             self.fences.advanced(entries)
-            return CommitResult(written=list(range(len(writes))))
+            return CommitResult(written=list(range(n_writes)))
         if status == -1:
             return CommitResult(ok=False, fenced=True)
         return CommitResult(ok=False, conflicts=[int(i) - 1 for i in reply[1]],

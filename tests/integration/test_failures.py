@@ -153,9 +153,14 @@ def partition_of(visitor_id: str, partitions: int) -> int:
     return (murmur2(visitor_id.encode()) & 0x7FFFFFFF) % partitions
 
 
-def test_worker_killed_mid_stream_applies_every_event_exactly_once(make_stack):
-    stack = make_stack(name="kill", workers=1)
-    events = make_events(40, 150, seed=1, prefix="kill")  # 6,000 events, ~150 per visitor
+@pytest.mark.parametrize("parts", [None, 20, -20], ids=["default", "small-parts-planned-ahead", "small-serial"])
+def test_worker_killed_mid_stream_applies_every_event_exactly_once(make_stack, parts):
+    # small parts: every batch is committed in several, each planned while the one before
+    # commits (streams/applier.py), so the kill lands among plans ahead
+    stack = make_stack(name="kill" if parts is None else f"kill{'ahead' if parts > 0 else 'serial'}", workers=1,
+                       **({"commit_max_events": abs(parts), "commit_ahead": parts > 0} if parts else {}))
+    # its own visitors and items: the tests share one Redis, and the shared tables are global
+    events = make_events(40, 150, seed=1, prefix="kill" if parts is None else f"kill{parts}")
     feed = Feeder(stack, events, size=50, pause=0.01)
     feed.start()
     # let the worker apply part of the stream, then kill it without warning

@@ -131,6 +131,79 @@ async def test_the_same_events_in_one_batch_or_many_give_the_same_tables(client)
     assert snap_one  # co-view, trending, catalog fields, popularity
 
 
+async def test_a_batch_planned_while_the_one_before_commits_gives_what_one_after_another_gives(
+        client):
+    """The worker plans a batch while Redis runs the commit of the one before (streams/
+    applier.py): the same events in the same parts, one after the other or overlapped, give the
+    same profiles, timelines and tables, identity merges included (an anonymous profile folded
+    into its user's in one part, written on in the next)."""
+    hooks = [traffic.count_traffic, activity.record_activity, reco.record_reco]
+    n_vis = 17
+    tag, prefix = uuid.uuid4().hex[:6], f"o{uuid.uuid4().hex[:5]}-"
+    batch = []
+    for n in range(400):
+        v = n % n_vis
+        extra = {"user_id": f"{prefix}u{v}"} if v < 3 and n >= 120 + 40 * v else {}
+        e = ev(f"{prefix}{v}", n, part=v % 3, off=n, **extra)
+        e["item"] = {"id": f"{tag}-{n % 11}", "brand": f"b{tag}", "categories": [f"c{tag}/x"]}
+        batch.append(e)
+    parts = [batch[i:i + 50] for i in range(0, 400, 50)]
+
+    async def state(ap):
+        out = {}
+        for v in range(n_vis):
+            found = await ap.store.find(f"{prefix}{v}")
+            assert found is not None
+            pid, st = found
+            out[v] = (pid, st.rev, st.profile.snapshot(),
+                      await client.lrange(keys.activity(pid), 0, -1))
+        return out, await _reco_tables(client, tag)
+
+    runs = []
+    for overlapped in (False, True):
+        for k in [k async for k in _scan(client, f"*{prefix}*")] + \
+                [k async for k in _scan(client, f"*{tag}*")]:
+            await client.delete(k)
+        for n in range(11):
+            await client.zrem(keys.popularity(keys.shard(f"{tag}-{n}")), f"{tag}-{n}")
+        ap = Applier(store_of(client), CFG, hooks=lambda: hooks)
+        for j, part in enumerate(parts):
+            nxt = parts[j + 1] if overlapped and j + 1 < len(parts) else None
+            res = await ap.apply(part, ahead=nxt)
+            assert (res.applied, res.conflicts) == (50, 0)
+        assert ap.overlapped == (7 if overlapped and not ap.store.cluster else 0)  # one server only
+        assert ap.dropped_ahead == 0
+        runs.append(await state(ap))
+    assert runs[0] == runs[1]
+    assert runs[0][0][0][0] == keys.user_pid(f"{prefix}u0")  # merged into its user
+
+
+async def test_a_plan_ahead_made_stale_by_another_writer_is_refused_and_planned_again(client):
+    tag = uuid.uuid4().hex[:6]
+    vids = [uid() for _ in range(4)]
+    ap = Applier(store_of(client), CFG, hooks=lambda: [reco.record_reco])
+    first = [ev(vids[i % 4], i, part=0, off=i) for i in range(8)]
+    second = [ev(vids[i % 4], i, part=0, off=i) for i in range(8, 16)]
+    for e in first + second:
+        e["item"] = {"id": f"{tag}-{e['_o'] % 3}"}
+    assert (await ap.apply(first, ahead=second)).applied == 8
+    # between the plan ahead and its commit another writer (no partition: the API's own
+    # writes, another group) changes one of its profiles
+    other = Applier(store_of(client), CFG)
+    await other.apply([{"event_id": "x", "type": "item_view", "visitor_id": vids[1],
+                        "ts": T0 + 99, "item": {"id": "x"}}])
+    res = await ap.apply(second)
+    if not ap.store.cluster:  # a cluster commits in steps, never ahead
+        assert (res.applied, res.conflicts, ap.overlapped) == (8, 1, 1)
+    assert res.applied == 8
+    counts = []
+    for v in vids:
+        found = await ap.store.find(v)
+        assert found is not None
+        counts.append(found[1].profile.event_count)
+    assert counts == [4, 5, 4, 4]
+
+
 async def _scan(client, pattern):
     from engine.store.client import is_cluster
 

@@ -182,3 +182,25 @@ async def test_isolating_passes_some_exceptions_through() -> None:
     with pytest.raises(Stop):
         await apply_isolating(apply, _events((0, 1), (0, 2)), "batch", lambda *a: None,
                               passthrough=(Stop,))
+
+
+async def test_a_part_is_applied_with_the_next_one_ahead_but_its_halves_are_not() -> None:
+    """streams/worker.py: the part the worker applies plans the next part ahead; when it fails
+    and is split in halves to find a bad record, the halves apply on their own."""
+    from streams.worker import _overlapping
+
+    calls: list[tuple[int, int | None]] = []
+
+    class Ap:
+        async def apply(self, evs, ahead=None):  # type: ignore[no-untyped-def]
+            calls.append((len(evs), None if ahead is None else len(ahead)))
+            if len(evs) == 4:
+                raise ValueError("a bad record in this part")
+            return len(evs)
+
+    part = [{"_p": 0, "_o": i} for i in range(4)]
+    nxt = [{"_p": 0, "_o": i} for i in range(4, 7)]
+    got = await apply_isolating(_overlapping(Ap(), part, nxt), part, "batch",  # type: ignore[arg-type]
+                                lambda evs, exc: None)
+    assert got == [2, 2]
+    assert calls == [(4, 3), (2, None), (2, None)]
