@@ -233,12 +233,13 @@ def _members_read(tree: nodes.Template, name: str) -> tuple[str, ...] | None:
     members: set[str] = set()
     wrapped = 0
     for node in tree.find_all((nodes.Getattr, nodes.Getitem)):
-        inner = node.node
+        inner = getattr(node, "node", None)
         if not (isinstance(inner, nodes.Name) and inner.name == name):
             continue
         if isinstance(node, nodes.Getattr):
             members.add(node.attr)
-        elif isinstance(node.arg, nodes.Const) and isinstance(node.arg.value, str):
+        elif isinstance(node, nodes.Getitem) and isinstance(node.arg, nodes.Const) \
+                and isinstance(node.arg.value, str):
             members.add(node.arg.value)
         else:
             return None
