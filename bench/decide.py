@@ -213,10 +213,32 @@ def profile_api(pid: int, seconds: int, out: Path) -> subprocess.Popen[bytes] | 
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
-def summarise_profile(path: Path, top: int = 25) -> list[tuple[str, float]]:
-    """Share of samples in which each function is on the stack (inclusive), from py-spy's
-    collapsed stacks (py-spy leaves idle samples out)."""
-    incl: dict[str, int] = {}
+#: what the summary names on its own line (inclusive share), where the decide path's time goes
+STAGES = {
+    "uvicorn: parse the request, start its task": ("data_received (uvicorn/", "_start_asgi_task (uvicorn"),
+    "the ASGI app (middleware, routing, gate and route)": ("run_asgi (uvicorn/",),
+    "the route (post_decide)": ("post_decide (engine/routes/decide.py",),
+    "  answer written (uvicorn send: the socket write)": ("send (uvicorn/protocols/http/httptools_impl.py",),
+    "  request parsed and checked": ("parse_request (engine/logic/decide_request.py",),
+    "  decision flow (Decider.decide)": ("decide (engine/flows/decide.py",),
+    "    Redis read (call, reply, profile decoded)": ("read (engine/flows/decide.py",),
+    "    selection (segments, rules, caps, arms, content)": ("select (engine/logic/decisions/select.py",),
+    "      content (templates, memo hits mostly)": ("render (engine/logic/decisions/templates.py",),
+    "      live segments": ("evaluate_segments (engine/logic/decisions/config.py",),
+    "      arm assignment": ("assign (engine/logic/decisions/assign.py",),
+    "    decision ids signed (HMAC)": ("sign_decision (engine/flows/access.py",),
+    "Redis writes of the read (one per loop turn)": ("_flush (engine/store/direct.py",),
+    "decision log (per-partition records, produce)": ("_flush (engine/eventlog.py", "aiokafka/producer/sender.py"),
+}
+
+
+def summarise_profile(path: Path, top: int = 25) -> dict[str, list[tuple[str, float]]]:
+    """From py-spy's collapsed stacks (py-spy leaves idle samples out): the share of samples
+    in each of `STAGES` (the function on the stack), and the functions with the most samples
+    of their own (self). py-spy samples wall time of a busy thread: a system call that wakes
+    another process (a socket write) also counts the time the kernel ran that one instead."""
+    stage: dict[str, int] = dict.fromkeys(STAGES, 0)
+    own: dict[str, int] = {}
     total = 0
     for line in path.read_text().splitlines():
         stack, _, n = line.rpartition(" ")
@@ -224,9 +246,14 @@ def summarise_profile(path: Path, top: int = 25) -> list[tuple[str, float]]:
             continue
         frames = stack.split(";")
         total += int(n)
-        for f in set(frames):
-            incl[f] = incl.get(f, 0) + int(n)
-    return [(f, c / max(total, 1)) for f, c in sorted(incl.items(), key=lambda x: -x[1])[:top]]
+        for name, marks in STAGES.items():
+            if any(m in f for f in frames for m in marks):
+                stage[name] += int(n)
+        leaf = re.sub(r":\d+\)$", ")", frames[-1])
+        own[leaf] = own.get(leaf, 0) + int(n)
+    t = max(total, 1)
+    return {"stages": [(k, v / t) for k, v in stage.items()],
+            "self": [(f, c / t) for f, c in sorted(own.items(), key=lambda x: -x[1])[:top]]}
 
 
 POLICY_CAMPAIGN = """\
@@ -410,7 +437,7 @@ def main() -> None:
         for url in targets.values():  # warm up
             run_wrk(url, script, env, 3, a.connections)
         res: dict[str, Any] = {}
-        profile: list[tuple[str, float]] = []
+        profile: dict[str, list[tuple[str, float]]] = {}
         for name, url in targets.items():
             say(f"{name}: max rate, {a.connections} connections, {a.duration}s (load {loadavg():.1f})")
             spy = None
@@ -436,8 +463,11 @@ def main() -> None:
     p99_ratio = res["decide_half"]["p99_ms"] / max(res["floor_half"]["p99_ms"], 1e-9)
     print()
     if profile:
-        print("where the API's time goes (share of busy samples with the function on the stack):")
-        for f, share in profile:
+        print("where the API's time goes (py-spy, share of busy samples with it on the stack):")
+        for f, share in profile["stages"]:
+            print(f"  {share:6.1%}  {f}")
+        print("functions with the most samples of their own:")
+        for f, share in profile["self"]:
             print(f"  {share:6.1%}  {f[:130]}")
         print()
     print(f"{'':18}{'req/s':>10}{'p50 ms':>10}{'p99 ms':>10}{'CPU µs/req':>12}{'load':>7}")
@@ -464,7 +494,8 @@ def main() -> None:
     json_line({"bench": "decide", "profiles": a.profiles, **res, "throughput_ratio": round(ratio, 3),
                "p99_ratio_half_rate": round(p99_ratio, 3), "cpu_ratio": round(cpu_ratio, 3),
                "key_check": gate,
-               "key_check_share": round(share, 4), "policy_us": policy, "busy": busy_note()})
+               "key_check_share": round(share, 4), "policy_us": policy, "busy": busy_note(),
+               "profile": profile})
 
 
 if __name__ == "__main__":

@@ -135,16 +135,13 @@ async def stages(svc: Any, reqs: list[bytes]) -> dict[str, float]:
             keys.visitor_pid(doc["visitor_id"])
     out["stage_records_us"] = round(1e6 * (time.process_time() - t0) / len(chosen), 1)
     # the decision log: what `Decider.decide` hands it per request, and its batched produce
-    import msgspec
-
-    enc = msgspec.msgpack.Encoder()
     recs = [[decision_record(dd, d.sign(decision_id(dd.campaign_id, dd.arm, d.token())),
                              doc["visitor_id"], None, now, "web") for dd in ds] for doc, ds in chosen]
     await asyncio.sleep(0.1)
     t0 = time.process_time()
     for (doc, _), rs in zip(chosen, recs, strict=True):
         if rs:
-            d.records.add(doc["visitor_id"].encode(), enc.encode(rs))
+            d.records.add(doc["visitor_id"].encode(), rs)
             await asyncio.sleep(0)
     await asyncio.sleep(0.1)
     out["stage_log_us"] = round(1e6 * (time.process_time() - t0) / len(chosen), 1)

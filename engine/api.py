@@ -9,6 +9,7 @@ Clients (Redis pool, Kafka producer), stores and flows are made in the ASGI life
 from __future__ import annotations
 
 import contextlib
+import gc
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -317,7 +318,16 @@ def create_app(settings: Settings, redis_url: str, bootstrap: str,
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         async with running(settings, redis_url, bootstrap, metrics_dir) as svc:
             app.state.svc = svc
-            yield
+            # what start-up made (modules, config, models, caches: ~200k objects) lives as
+            # long as the process: out of the cyclic collector's way, so that a full
+            # collection scans only what requests made (measured: one took ~120 ms, a
+            # stall of every request in flight, before)
+            gc.collect()
+            gc.freeze()
+            try:
+                yield
+            finally:
+                gc.unfreeze()
 
     routes = gated([r for m in ROUTE_MODULES for r in m.routes()], POLICY)
     middleware = [Middleware(Shield), Middleware(_Timing), Middleware(_BodyLimit)]

@@ -306,7 +306,8 @@ def guard(app: ASGIApp, policy: access.Policy) -> ASGIApp:
                 return
             await _json(verdict.status, verdict.field, verdict.reason)(scope, receive, send)
             return
-        wait = svc.access.rate(who, request.query_params.get("visitor_id"))
+        wait = svc.access.rate(who, request.query_params.get("visitor_id")
+                               if scope.get("query_string") else None)
         if wait is not None:
             await _json(429, "rate", "too many requests for this key; retry later",
                         {"Retry-After": str(max(1, math.ceil(wait)))})(scope, receive, send)

@@ -19,8 +19,6 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-import msgspec
-
 from engine.confighub import ConfigHub
 from engine.eventlog import DecisionLog
 from engine.flows.models import PublishedModels
@@ -37,7 +35,6 @@ from models.affinity import AffinityConfig, Profile, apply_event
 log = logging.getLogger("kairos.decide")
 
 STATS_TTL_S = 1.0  # campaign counters are re-read at most this often
-_enc = msgspec.msgpack.Encoder()
 
 
 def _token() -> str:
@@ -68,11 +65,11 @@ class Decider:
         self.failures = 0
 
     # -- the one round trip -----------------------------------------------------------------
-    async def read(self, visitor_id: str, user_id: str | None, campaign_ids: Sequence[str]
-                   ) -> DecideState:
+    async def read(self, visitor_id: str, user_id: str | None, campaign_ids: Sequence[str],
+                   timeout: float | None = None) -> DecideState:
         now = self.clock()
         stale = [c for c in campaign_ids if now - self.counters.get(c, (-1e9, {}))[0] > STATS_TTL_S]
-        snap = await self.reader.read(visitor_id, user_id, stale)
+        snap = await self.reader.read(visitor_id, user_id, stale, timeout)
         for cid, arms in snap.counters.items():
             self.counters[cid] = (now, arms)
         return snap
@@ -96,8 +93,7 @@ class Decider:
                     self.read(visitor_id, user_id, candidates),
                     self.propensity.get(visitor_id)), max(remaining, 0.001))
             else:
-                snap = await asyncio.wait_for(self.read(visitor_id, user_id, candidates),
-                                              max(remaining, 0.001))
+                snap = await self.read(visitor_id, user_id, candidates, max(remaining, 0.001))
         except Exception as exc:  # slow or missing Redis: no personalization, never a 5xx
             self.failures += 1
             if self.failures in (1, 10, 100) or self.failures % 1000 == 0:
@@ -130,7 +126,7 @@ class Decider:
                 rec["props"]["model_version"] = self.models.version(d.campaign_id)
             records.append(rec)
         if records:
-            self.records.add(visitor_id.encode(), _enc.encode(records))
+            self.records.add(visitor_id.encode(), records)
         return out, None
 
     async def decide_after(self, good: Sequence[spec.Event], zones_param: str, now_ms: int,

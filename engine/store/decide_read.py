@@ -8,6 +8,7 @@ reads of the campaign listing and stats endpoints and the dashboard.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -56,20 +57,21 @@ class DecideReader:
         self._formats = (keys.template(keys.profile), keys.template(keys.campaign_state),
                          keys.template(keys.campaign_session))
 
-    async def read(self, visitor_id: str, user_id: str | None, campaign_ids: Sequence[str]
-                   ) -> DecideState:
+    async def read(self, visitor_id: str, user_id: str | None, campaign_ids: Sequence[str],
+                   timeout: float | None = None) -> DecideState:
         """Profile, campaign state and session of a visitor, and the counters of
         `campaign_ids`, in one round trip (on a Redis Cluster, whose keys here span several
-        slots, in two or three)."""
+        slots, in two or three); TimeoutError past `timeout` seconds."""
         if self.cluster:
-            pid, blob, state, session, stats = await self._read_cluster(
-                visitor_id, user_id, campaign_ids)
+            pid, blob, state, session, stats = await asyncio.wait_for(
+                self._read_cluster(visitor_id, user_id, campaign_ids), timeout)
         else:
             assert self._read is not None
             pid, blob, state, session, stats = await self._read(
                 [keys.alias(visitor_id)],
                 [keys.visitor_pid(visitor_id), keys.user_pid(user_id) if user_id else "",
                  *self._formats, *(keys.campaign_stats(c) for c in campaign_ids)],
+                timeout,
             )
         counters = {cid: arm_counters(_pairs(flat))
                     for cid, flat in zip(campaign_ids, stats, strict=True)}

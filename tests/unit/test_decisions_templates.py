@@ -138,3 +138,25 @@ def test_rendered_fields_are_sanitised():
         assert 'href="javascript:' not in out and 'href="//' not in out, out
     ok = t.render(template_vars({"traits": {"site": "https://ada.example"}}))["html"]
     assert 'href="https://ada.example"' in ok
+
+
+def test_the_memo_keys_only_the_members_a_template_reads() -> None:
+    """`top` holds the top keys of every dimension (items too, which differ for nearly every
+    visitor): a template reading only `top.category` renders once for visitors who share
+    their top categories, and still right for each."""
+    t = compile_template({"html": "<ul>{% for c in top.category[:2] %}<li>{{ c }}</li>{% endfor %}</ul>"})
+
+    def visitor(item: str, cats: dict[str, float]) -> dict[str, object]:
+        return {"affinities": {"category": cats, "item": {item: 1.0}}}
+
+    a = t.render(template_vars(visitor("i1", {"shoes": 2.0, "books": 1.0})))
+    b = t.render(template_vars(visitor("i2", {"shoes": 3.0, "books": 0.5})))
+    c = t.render(template_vars(visitor("i3", {"books": 3.0, "shoes": 0.5})))
+    assert a == b == {"html": "<ul><li>shoes</li><li>books</li></ul>"}
+    assert c == {"html": "<ul><li>books</li><li>shoes</li></ul>"}
+    assert len(t._cache) == 2
+    # read whole (or through a dict method): the whole value is the key
+    whole = compile_template({"t": "{{ top.items() | length }} {{ top.category[0] }}"})
+    whole.render(template_vars(visitor("i1", {"shoes": 1.0})))
+    whole.render(template_vars(visitor("i2", {"shoes": 1.0})))
+    assert len(whole._cache) == 2

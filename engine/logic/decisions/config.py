@@ -68,12 +68,19 @@ class Schedule:
     end: datetime | None
     timezone: ZoneInfo
 
+    _start_ms: int | None = field(default=None, init=False, compare=False, repr=False)
+    _end_ms: int | None = field(default=None, init=False, compare=False, repr=False)
+
+    def __post_init__(self) -> None:  # the bounds in epoch ms, once
+        object.__setattr__(self, "_start_ms", None if self.start is None else as_ms(self.start))
+        object.__setattr__(self, "_end_ms", None if self.end is None else as_ms(self.end))
+
     def contains(self, now: Now) -> bool:
         """Whether ``now`` is inside [start, end)."""
-        ms = as_ms(now)
-        if self.start is not None and ms < as_ms(self.start):
+        ms = now if type(now) is int else as_ms(now)
+        if self._start_ms is not None and ms < self._start_ms:
             return False
-        return self.end is None or ms < as_ms(self.end)
+        return self._end_ms is None or ms < self._end_ms
 
 
 @dataclass(frozen=True, slots=True)

@@ -629,9 +629,7 @@ def _compile(spec: Any, path: Path, depth: int) -> Rule:
         if not isinstance(arg, list) or not arg:
             raise RuleError(here, "must be a non-empty list of rules")
         children = tuple(_compile(c, here + (i,), depth + 1) for i, c in enumerate(arg))
-        if name == "all":
-            return lambda p, c, n: all(child(p, c, n) for child in children)
-        return lambda p, c, n: any(child(p, c, n) for child in children)
+        return _all(children) if name == "all" else _any(children)
     if name == "not":
         child = _compile(arg, here, depth + 1)
         return lambda p, c, n: not child(p, c, n)
@@ -641,6 +639,40 @@ def _compile(spec: Any, path: Path, depth: int) -> Rule:
             here, f"is not a known predicate (known: all, any, not, {', '.join(PREDICATES)})"
         )
     return builder(arg, here)
+
+
+# `all` / `any` as plain loops (a generator per call costs more than most predicates), with
+# the common short lists unrolled; evaluated in order, stopping at the first that decides
+def _all(children: tuple[Rule, ...]) -> Rule:
+    if len(children) == 1:
+        return children[0]
+    if len(children) == 2:
+        a, b = children
+        return lambda p, c, n: a(p, c, n) and b(p, c, n)
+
+    def rule(p: Profile, c: Context, n: Now) -> bool:
+        for child in children:  # noqa: SIM110 - a loop, not a generator, on purpose
+            if not child(p, c, n):
+                return False
+        return True
+
+    return rule
+
+
+def _any(children: tuple[Rule, ...]) -> Rule:
+    if len(children) == 1:
+        return children[0]
+    if len(children) == 2:
+        a, b = children
+        return lambda p, c, n: a(p, c, n) or b(p, c, n)
+
+    def rule(p: Profile, c: Context, n: Now) -> bool:
+        for child in children:  # noqa: SIM110 - a loop, not a generator, on purpose
+            if child(p, c, n):
+                return True
+        return False
+
+    return rule
 
 
 def referenced_segments(spec: Any) -> set[str]:

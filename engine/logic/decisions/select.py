@@ -59,8 +59,13 @@ class Decision:
         return out
 
 
+_NO_STATE = CapState()  # a visitor never shown the campaign (frozen: shared)
+
+
 def _state(caps_state: CapsInput | None, campaign_id: str) -> CapState:
-    raw = (caps_state or {}).get(campaign_id)
+    raw = caps_state.get(campaign_id) if caps_state else None
+    if raw is None:
+        return _NO_STATE
     return raw if isinstance(raw, CapState) else CapState.from_mapping(raw)
 
 

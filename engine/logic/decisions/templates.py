@@ -187,6 +187,8 @@ class CompiledTemplate:
     _cache: dict[bytes, dict[str, str]] = field(default_factory=dict)
     _sanitise: bool = True  # campaign content: every rendered field through the allow-list
     _names: tuple[str, ...] = ()  # every variable the fields read
+    # per name of `_uses`, the only members the fields read of it (`top.category`), or None
+    _members: tuple[tuple[str, ...] | None, ...] = ()
 
     def render(self, variables: Mapping[str, Any]) -> dict[str, str]:
         """Render every field with ``variables``; raises ``RenderError`` on failure."""
@@ -194,7 +196,8 @@ class CompiledTemplate:
         key = None
         if self._uses is not None:
             try:
-                key = orjson.dumps([used.get(n) for n in self._uses])
+                key = orjson.dumps([_keyed(used.get(n), m)
+                                    for n, m in zip(self._uses, self._members, strict=True)])
             except TypeError:
                 key = None
             if key is not None and (hit := self._cache.get(key)) is not None:
@@ -211,6 +214,38 @@ class CompiledTemplate:
                 self._cache.pop(next(iter(self._cache)))
             self._cache[key] = dict(out)
         return out
+
+
+def _keyed(value: Any, members: tuple[str, ...] | None) -> Any:
+    """What of `value` the memo key needs: the members the fields read of a plain dict (the
+    variable `top` holds the top keys of every dimension, items included, which differ for
+    nearly every visitor; a field reading only `top.category` renders alike for many), else
+    the whole value. A member that is also a dict attribute (`top.items`) reads the method,
+    not the entry: then the whole value."""
+    if members is None or type(value) is not dict or any(hasattr(dict, m) for m in members):
+        return value
+    return [value.get(m) for m in members]
+
+
+def _members_read(tree: nodes.Template, name: str) -> tuple[str, ...] | None:
+    """The constant members (`x.a`, `x["a"]`) through which a template reads the variable
+    `name`, when it reads it only that way (sorted); else None."""
+    members: set[str] = set()
+    wrapped = 0
+    for node in tree.find_all((nodes.Getattr, nodes.Getitem)):
+        inner = getattr(node, "node", None)
+        if not (isinstance(inner, nodes.Name) and inner.name == name):
+            continue
+        if isinstance(node, nodes.Getattr):
+            members.add(node.attr)
+        elif isinstance(node, nodes.Getitem) and isinstance(node.arg, nodes.Const) \
+                and isinstance(node.arg.value, str):
+            members.add(node.arg.value)
+        else:
+            return None
+        wrapped += 1
+    loads = sum(1 for n in tree.find_all(nodes.Name) if n.name == name)
+    return tuple(sorted(members)) if members and loads == wrapped else None
 
 
 def parse_template(text: str) -> nodes.Template:
@@ -235,6 +270,7 @@ def compile_template(fields: Mapping[str, Any], *, memoise: bool = True,
     compiled: dict[str, Any] = {}
     source: dict[str, str] = {}
     uses: set[str] = set()
+    members: dict[str, tuple[str, ...] | None] = {}
     pure = True
     for name, text in fields.items():
         if not isinstance(name, str) or not name.isidentifier():
@@ -251,13 +287,20 @@ def compile_template(fields: Mapping[str, Any], *, memoise: bool = True,
         hatch = (escape_hatch(tree) or markup_problem(text)) if campaign else None
         if hatch is not None:
             raise TemplateError(name, *hatch)
-        uses |= meta.find_undeclared_variables(tree)
+        found = meta.find_undeclared_variables(tree)
+        for n in found:  # over the fields: the members every field reads, or None
+            got = _members_read(tree, n)
+            if n in members:
+                prev = members[n]
+                got = None if prev is None or got is None else tuple(sorted({*prev, *got}))
+            members[n] = got
+        uses |= found
         pure = pure and not any(f.name in _NOT_PURE for f in tree.find_all(nodes.Filter))
         source[name] = text
     memo = pure and memoise
     names = tuple(sorted(uses))
     return CompiledTemplate(source, compiled, names if memo else None, _sanitise=campaign,
-                            _names=names)
+                            _names=names, _members=tuple(members[n] for n in names))
 
 
 def _strings(profile: Mapping[str, Any], key: str) -> list[str]:
