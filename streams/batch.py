@@ -106,6 +106,22 @@ def decode_batch(batch: Iterable[Any], partition_base: int, meter: WorkerMeter
     return events
 
 
+def say_retry(exc: BaseException, what: str, delay: float, meter: WorkerMeter | None) -> None:
+    """Log (and count) a transient Redis failure before `what` is retried in `delay` s: an out
+    of memory is named once, loudly, with what to do, and sets the meter's `store_full`."""
+    if is_oom(exc):
+        if meter is not None:
+            meter.store_full_retries_total += 1
+            if not meter.store_full:
+                log.error("Redis is out of memory (maxmemory reached): the %s waits and "
+                          "is retried, nothing is lost; free memory or raise maxmemory "
+                          "(%s)", what, exc)
+            meter.store_full = True
+        log.warning("redis out of memory; retrying the %s in %.2fs", what, delay)
+    else:
+        log.warning("redis unavailable (%r); retrying the %s in %.2fs", exc, what, delay)
+
+
 async def apply_until_done(apply: Callable[[Sequence[dict[str, Any]]], Awaitable[T]],
                            events: Sequence[dict[str, Any]], what: str,
                            sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
@@ -119,17 +135,7 @@ async def apply_until_done(apply: Callable[[Sequence[dict[str, Any]]], Awaitable
         except Exception as exc:
             if not transient(exc):
                 raise
-            if is_oom(exc):
-                if meter is not None:
-                    meter.store_full_retries_total += 1
-                    if not meter.store_full:
-                        log.error("Redis is out of memory (maxmemory reached): the %s waits and "
-                                  "is retried, nothing is lost; free memory or raise maxmemory "
-                                  "(%s)", what, exc)
-                    meter.store_full = True
-                log.warning("redis out of memory; retrying the %s in %.2fs", what, delay)
-            else:
-                log.warning("redis unavailable (%r); retrying the %s in %.2fs", exc, what, delay)
+            say_retry(exc, what, delay, meter)
             await sleep(delay)
             delay = min(delay * 2, 2.0)
             continue

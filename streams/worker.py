@@ -24,7 +24,7 @@ from engine.store.live import LiveStore
 from engine.store.profiles import ProfileStore
 from engine.store.writes import Emit
 from streams.applier import Applier, BatchResult, Lost, Rewind
-from streams.batch import apply_isolating, by_record, decode_batch, transient
+from streams.batch import apply_isolating, by_record, decode_batch, say_retry, transient
 from streams.hooks import Hooks, setup_hooks
 from streams.metrics import WorkerMeter
 from streams.plan import DECISIONS_MARK_BASE
@@ -167,9 +167,13 @@ class Worker:
             except Exception as exc:
                 if not transient(exc):
                     raise
-                log.warning("redis unavailable (%s) while claiming partitions; retrying", exc)
+                # a full Redis refuses the claim too: named as the batches' retries name it
+                say_retry(exc, "partition claim", delay, self.meter)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 2.0)
+        if self.meter.store_full:
+            self.meter.store_full = False
+            log.warning("Redis takes the worker's writes again")
         return {p: h.applied for p, h in held.items() if h.applied != NONE}
 
     async def revoked(self, partitions: set[int]) -> None:

@@ -11,7 +11,14 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import OutOfMemoryError, ResponseError
 
 from engine.logic.events import Event, encode_events
-from streams.batch import apply_isolating, apply_until_done, by_record, decode_batch, transient
+from streams.batch import (
+    apply_isolating,
+    apply_until_done,
+    by_record,
+    decode_batch,
+    say_retry,
+    transient,
+)
 from streams.metrics import WorkerMeter
 from streams.plan import DECISIONS_MARK_BASE
 
@@ -204,3 +211,16 @@ async def test_a_part_is_applied_with_the_next_one_ahead_but_its_halves_are_not(
                                 lambda evs, exc: None)
     assert got == [2, 2]
     assert calls == [(4, 3), (2, None), (2, None)]
+
+
+def test_a_full_redis_is_named_once_and_counted_whatever_is_retried(caplog: pytest.LogCaptureFixture) -> None:
+    meter = WorkerMeter()
+    oom = OutOfMemoryError("command not allowed when used memory > 'maxmemory'.")
+    with caplog.at_level("WARNING", logger="kairos.worker"):
+        say_retry(oom, "partition claim", 0.1, meter)
+        say_retry(oom, "batch", 0.2, meter)
+        say_retry(RedisConnectionError("refused"), "batch", 0.4, meter)
+    named = [r for r in caplog.records if "Redis is out of memory" in r.getMessage()]
+    assert len(named) == 1 and "partition claim" in named[0].getMessage()
+    assert meter.store_full and meter.store_full_retries_total == 2
+    assert "redis unavailable" in caplog.records[-1].getMessage()
