@@ -244,11 +244,14 @@ class Profile:
         ls = last // 1000
         rec = _REC_WIDE if len(ref) > 256 else _REC
         flat: list[Any] = []
-        for dim, table in enumerate(self.aff):
+        for base, table in zip((0, 64, 128, 192), self.aff, strict=True):
             for k, pairs in table.items():
-                r = ref[k]
-                for j in range(0, len(pairs), 2):
-                    flat += (r, dim << 6 | int(pairs[j]), pairs[j + 1])
+                if len(pairs) == 2:  # most keys: one event type
+                    flat += (ref[k], base | int(pairs[0]), pairs[1])
+                else:
+                    r = ref[k]
+                    for j in range(0, len(pairs), 2):
+                        flat += (r, base | int(pairs[j]), pairs[j + 1])
         aff = struct.pack("<" + rec[1:] * (len(flat) // 3), *flat)
         return msgpack.packb(
             [
