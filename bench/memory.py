@@ -255,6 +255,23 @@ def _schema1_len(blob: bytes | None) -> int:
         use_bin_type=True, use_single_float=True))
 
 
+def _schema2_len(blob: bytes | None) -> int:
+    """The size the same profile had in blob schema 2 (the affinities as msgpack arrays of
+    string-table indexes and `[code, value, ...]` lists), as the previous schema's baseline."""
+    import msgpack
+
+    from models.affinity import Profile, _unfront
+
+    if not blob:
+        return 0
+    p = Profile.restore(blob[4:])
+    data = msgpack.unpackb(p.snapshot(), raw=False, strict_map_key=False)
+    ref = {n: i for i, n in enumerate([str(k) for k in data[6]] + _unfront(data[7]))}
+    data[0] = 2
+    data[8] = [[[ref[k] for k in table], list(table.values())] for table in p.aff]
+    return 4 + len(msgpack.packb(data, use_bin_type=True, use_single_float=True))
+
+
 def key_breakdown(r: Any, visitors: int, sample: int = 3000) -> dict[str, Any]:
     """Keys by prefix, the profile blobs' STRLEN and MEMORY USAGE, and what each key family
     costs per visitor."""
@@ -280,9 +297,12 @@ def key_breakdown(r: Any, visitors: int, sample: int = 3000) -> dict[str, Any]:
     for k in picks:
         pipe.memory_usage(k, samples=0)
     usage = [u or 0 for u in pipe.execute()]
-    v1 = [_schema1_len(b) for b in r.mget(picks)] if picks else []
+    blobs = r.mget(picks) if picks else []
+    v1 = [_schema1_len(b) for b in blobs]
+    v2 = [_schema2_len(b) for b in blobs]
     return {
         "schema1_mean_strlen": round(sum(v1) / max(1, len(v1)), 1),
+        "schema2_mean_strlen": round(sum(v2) / max(1, len(v2)), 1),
         "keys_by_prefix": dict(prefixes.most_common()),
         "profiles": len(profile_keys),
         "mean_strlen": round(strlen_total / max(1, len(profile_keys)), 1),
@@ -344,8 +364,10 @@ def main() -> int:
     print(f"  used_memory {base} -> {used} B: {delta} B for {breakdown['profiles']} profiles = "
           f"{per_visitor:.0f} B per visitor")
     print(f"  profile blob: mean STRLEN {breakdown['mean_strlen']} B, mean MEMORY USAGE "
-          f"{breakdown['mean_memory_usage']} B (sampled); the same profiles in blob schema 1: "
-          f"STRLEN {breakdown['schema1_mean_strlen']} B (ratio "
+          f"{breakdown['mean_memory_usage']} B (sampled); the same profiles (sampled) in blob schema 2: "
+          f"STRLEN {breakdown['schema2_mean_strlen']} B (ratio "
+          f"{breakdown['mean_strlen'] / max(1, breakdown['schema2_mean_strlen']):.2f}), in schema 1: "
+          f"{breakdown['schema1_mean_strlen']} B (ratio "
           f"{breakdown['mean_strlen'] / max(1, breakdown['schema1_mean_strlen']):.2f})")
     print(f"  keys by prefix: {breakdown['keys_by_prefix']}")
     fams = breakdown["families"]
@@ -369,6 +391,7 @@ def main() -> int:
                "used_memory_before": base, "used_memory_after": used, "bytes_per_visitor": round(per_visitor, 1),
                "mean_strlen": breakdown["mean_strlen"], "mean_memory_usage": breakdown["mean_memory_usage"],
                "schema1_mean_strlen": breakdown["schema1_mean_strlen"],
+               "schema2_mean_strlen": breakdown["schema2_mean_strlen"],
                "keys_by_prefix": breakdown["keys_by_prefix"], "families": breakdown["families"],
                "per_visitor_keys_bytes": round(own, 1), "shared_tables_bytes_per_visitor": round(shared, 1),
                "rss_redis_mib": mib(rss_redis),

@@ -19,6 +19,11 @@ costs a few bytes more than its leaf, neighbouring item ids share their prefix),
 by its index everywhere else (the ids that are plain decimal numbers, as many catalogs' are,
 are stored as integers, before the strings); the times are stored relative to `last_seen`; the
 dedupe ring keeps 4-byte fingerprints (schema 1: 5).
+
+Blob schema 3 (schemas 1 and 2 still restore, and are written as 3 the next time): as schema 2,
+but the affinity tables are one binary string of fixed-size records (`_REC`: the key's index,
+the dimension with the event-type code, the float32 value), instead of per-dimension msgpack
+arrays of index lists and `[code, value, ...]` lists (about 7 B per entry: 6).
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from __future__ import annotations
 import hashlib
 import math
 import re
+import struct
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -58,7 +64,13 @@ TYPE_CODES = {
 }
 CODE_NAMES = {v: k for k, v in TYPE_CODES.items()} | {0: "other"}
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
+# Schema 3's affinity record: the key's index in the string table (one byte while the table has
+# at most 256 strings, else two), the dimension (top 2 bits) with the event-type code (6 bits),
+# the forward-decayed value as a float32 (what schema 2's msgpack floats held, so the values
+# round-trip identically).
+_REC = "<BBf"
+_REC_WIDE = "<HBf"
 # What a profile keeps of what clients name freely, so that every decide reads a bounded blob:
 # the traits most recently set, the event types and channels most recently seen (custom types
 # beyond the cap are folded into "other", code 0). Older blobs are trimmed when next written.
@@ -215,7 +227,7 @@ class Profile:
 
     # -- persistence -------------------------------------------------------------------
     def snapshot(self) -> bytes:
-        """Schema 2 (see the module's docstring)."""
+        """Schema 3 (see the module's docstring)."""
         sess = self.session
         names = set(self.recent)
         names.update(self.cart, self.purchased, self.bought)
@@ -230,7 +242,17 @@ class Profile:
         nums = list(map(int, numk))
         last = self.last_seen
         ls = last // 1000
-        aff = [[[ref[k] for k in table], list(table.values())] for table in self.aff]
+        rec = _REC_WIDE if len(ref) > 256 else _REC
+        flat: list[Any] = []
+        for base, table in zip((0, 64, 128, 192), self.aff, strict=True):
+            for k, pairs in table.items():
+                if len(pairs) == 2:  # most keys: one event type
+                    flat += (ref[k], base | int(pairs[0]), pairs[1])
+                else:
+                    r = ref[k]
+                    for j in range(0, len(pairs), 2):
+                        flat += (r, base | int(pairs[j]), pairs[j + 1])
+        aff = struct.pack("<" + rec[1:] * (len(flat) // 3), *flat)
         return msgpack.packb(
             [
                 SCHEMA_VERSION,
@@ -267,13 +289,24 @@ class Profile:
         data = msgpack.unpackb(blob, raw=False, strict_map_key=False)
         if data and data[0] == 1:
             return cls._restore_v1(data)
-        if not data or data[0] != SCHEMA_VERSION:
+        if not data or data[0] not in (2, SCHEMA_VERSION):
             raise ValueError(f"unknown profile schema {data[0] if data else None!r}")
         (_, lm, n, last, first_ago, uid, nums, front, aff2, recent, cart, purchased, types, traits,
          segs, chans, aliases, seen, marks, merged, sess, bought) = data
         names = [str(k) for k in nums] + _unfront(front)
         ls = last // 1000
-        aff = [{names[r]: v for r, v in zip(refs, vals, strict=True)} for refs, vals in aff2]
+        if data[0] == 2:
+            aff = [{names[r]: v for r, v in zip(refs, vals, strict=True)} for refs, vals in aff2]
+        else:
+            aff = [{}, {}, {}, {}]
+            for r, dc, v in struct.iter_unpack(_REC_WIDE if len(names) > 256 else _REC, aff2):
+                table = aff[dc >> 6]
+                name = names[r]
+                pairs = table.get(name)
+                if pairs is None:
+                    table[name] = [dc & 63, v]
+                else:
+                    pairs += (dc & 63, v)
         session = Session()
         if sess:
             seq, key, start_ago, last_ago, events, viewed, carted, sbought, gap = sess

@@ -143,6 +143,42 @@ def test_a_schema_1_blob_still_reads_and_keeps_its_dedupe_marks():
     assert Profile.restore(old.snapshot()).snapshot() == old.snapshot()  # written as schema 2
 
 
+def _v2_blob(p: Profile) -> bytes:
+    """What schema 2 wrote (before schema 3): schema 3 with the affinities as msgpack arrays."""
+    import msgpack
+
+    from models.affinity import _unfront
+
+    data = msgpack.unpackb(p.snapshot(), raw=False, strict_map_key=False)
+    ref = {n: i for i, n in enumerate([str(k) for k in data[6]] + _unfront(data[7]))}
+    data[0] = 2
+    data[8] = [[[ref[k] for k in table], list(table.values())] for table in p.aff]
+    return msgpack.packb(data, use_bin_type=True, use_single_float=True)
+
+
+def test_a_schema_2_blob_still_reads_and_is_written_as_schema_3():
+    p = Profile()
+    for i in range(16):
+        apply_event(p, event(i, "purchase" if i % 5 == 4 else "item_view", T0 + i * 60_000,
+                             id=f"sku-{i % 6}", brand="acme", categories=["a/b/c"], tags=["t"]), CFG)
+    p.advance(3, 41, T0 + DAY)
+    old = Profile.restore(_v2_blob(p))
+    assert old.snapshot() == p.snapshot()  # the same profile, now as schema 3
+    assert view(old, T0, CFG, explain=True) == view(Profile.restore(p.snapshot()), T0, CFG, explain=True)
+    assert old.session == p.session and old.bought == p.bought and old.marks == p.marks
+    assert old.seen == p.seen
+    assert not apply_event(old, event(3, id="sku-3"), CFG)  # a resend is still a duplicate
+    assert len(p.snapshot()) < len(_v2_blob(p))
+
+
+def test_schema_3_affinities_round_trip_with_more_than_256_strings():
+    p = Profile(landmark=1, last_seen=T0)
+    p.aff[3] = {f"i{n}": [2, 1.5, 5, 0.25 * n] for n in range(300)}  # beyond any cap: the wide form
+    p.aff[0] = {"a": [0, 3.0], "a/b": [63, 0.5]}
+    q = Profile.restore(p.snapshot())
+    assert q.aff == p.aff and [list(t) for t in q.aff] == [list(t) for t in p.aff]
+
+
 def test_schema_2_interns_every_string_once():
     p = Profile()
     ids = ["10042", "0042", "007", "x-1", "12345678901234567890", "٣", "0"]
