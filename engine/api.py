@@ -312,6 +312,40 @@ class _BodyLimit:
                 await self._refuse(send)
 
 
+#: the hottest routes, found without Starlette's router (which tries each route's pattern in
+#: turn) and its exception middleware (these endpoints are bare ASGI handlers that answer their
+#: own errors): the same route object, so the same gate and policy
+DIRECT = (("POST", "/v1/decide"),)
+
+
+def _direct_routes(routes: list[BaseRoute]) -> dict[tuple[str, str], Route]:
+    found = {(m, r.path): r for r in routes if isinstance(r, Route) and not r.param_convertors
+             for m in (r.methods or ()) if (m, r.path) in DIRECT}
+    if len(found) != len(DIRECT):
+        raise MissingPolicy(f"direct routes not found: {set(DIRECT) - set(found)}")
+    return found
+
+
+class _Direct:
+    """Innermost middleware: a request for one of `DIRECT` goes straight to its (gated)
+    route; anything else through the exception middleware and the router."""
+
+    def __init__(self, app: ASGIApp, routes: dict[tuple[str, str], Route]) -> None:
+        self.app = app
+        self.routes = routes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        route = self.routes.get((scope.get("method", ""), scope["path"])) \
+            if scope["type"] == "http" and not scope.get("root_path") else None
+        if route is None:
+            await self.app(scope, receive, send)
+            return
+        scope["route"] = route
+        scope["endpoint"] = route.endpoint
+        scope["path_params"] = {}
+        await route.app(scope, receive, send)
+
+
 def create_app(settings: Settings, redis_url: str, bootstrap: str,
                metrics_dir: Path | None = None) -> Starlette:
     @contextlib.asynccontextmanager
@@ -330,7 +364,8 @@ def create_app(settings: Settings, redis_url: str, bootstrap: str,
                 gc.unfreeze()
 
     routes = gated([r for m in ROUTE_MODULES for r in m.routes()], POLICY)
-    middleware = [Middleware(Shield), Middleware(_Timing), Middleware(_BodyLimit)]
+    middleware = [Middleware(Shield), Middleware(_Timing), Middleware(_BodyLimit),
+                  Middleware(_Direct, routes=_direct_routes(routes))]
     return Starlette(routes=routes, middleware=middleware, lifespan=lifespan)
 
 

@@ -109,9 +109,13 @@ class Shield:
 
         async def send_(message: Message) -> None:
             if message["type"] == "http.response.start":
-                h = MutableHeaders(scope=message)
-                h.setdefault("X-Content-Type-Options", "nosniff")
-                if h.get("content-type", "").startswith("text/html") and scope.get("kairos_page"):
+                raw = message.setdefault("headers", [])
+                if not isinstance(raw, list):
+                    raw = message["headers"] = list(raw)
+                if not any(k.lower() == b"x-content-type-options" for k, _ in raw):
+                    raw.append((b"x-content-type-options", b"nosniff"))
+                h = MutableHeaders(raw=raw) if scope.get("kairos_page") else None
+                if h is not None and h.get("content-type", "").startswith("text/html"):
                     h.setdefault("Content-Security-Policy", PAGE_CSP)
                     h.setdefault("X-Frame-Options", "DENY")
                     h.setdefault("Referrer-Policy", "same-origin")

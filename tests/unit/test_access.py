@@ -194,6 +194,20 @@ def test_a_route_without_a_policy_stops_the_app_from_starting() -> None:
     assert guarded[0].app is not hello  # wrapped by its policy
 
 
+def test_the_direct_routes_are_the_gated_route_objects() -> None:
+    """POST /v1/decide skips Starlette's router, never its gate: the direct table holds the
+    very route object `gated` wrapped with the route's policy."""
+    from engine.api import POLICY, ROUTE_MODULES, MissingPolicy, _direct_routes, gated
+
+    routes = gated([r for m in ROUTE_MODULES for r in m.routes()], POLICY)
+    direct = _direct_routes(routes)
+    route = direct[("POST", "/v1/decide")]
+    assert any(r is route for r in routes)
+    assert route.app.__name__ == "gated"  # engine.gate.guard's wrapper
+    with pytest.raises(MissingPolicy, match="direct routes not found"):
+        _direct_routes([r for r in routes if getattr(r, "path", "") != "/v1/decide"])
+
+
 def test_a_body_key_policy_is_still_default_deny() -> None:
     segment = a.needs("events:write", public=True, session=False, body_key=True)
     v = a.authorize(segment, a.NOBODY)
