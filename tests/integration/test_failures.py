@@ -23,7 +23,7 @@ from engine.store.client import new_sync_client
 from models.affinity import AffinityConfig, reference_scores
 from models.reco.base import DEFAULT_WEIGHTS
 from models.reco.cooccurrence import CO_VIEW_TYPES
-from tests.conftest import LIBS, Stack
+from tests.conftest import LIBS, Stack, wait_for
 
 pytestmark = pytest.mark.integration
 CFG = AffinityConfig()
@@ -174,9 +174,10 @@ def test_worker_killed_mid_stream_applies_every_event_exactly_once(make_stack, p
     feed.join()
     assert not feed.errors and len(feed.acked) == len(events)
     check_against_reference(stack, events)
-    dupes = [line for line in stack.http.get("/metrics").text.splitlines()
-             if line.startswith("kairos_worker_duplicates_total")]
-    assert dupes, "the restarted worker reports its duplicates"
+    # the restarted worker reports its counters every second: its first report may still be due
+    wait_for(lambda: [line for line in stack.http.get("/metrics").text.splitlines()
+                      if line.startswith("kairos_worker_duplicates_total")], 15,
+             "the restarted worker reporting its duplicates")
 
 
 def test_three_workers_rebalance_under_load_kill_start_stop(make_stack, redis_server):
