@@ -23,13 +23,15 @@ import msgspec
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
-from aiokafka.partitioner import murmur2
+from aiokafka.partitioner import DefaultPartitioner
 
 from engine.logic.events import Event, encode_events
 
 log = logging.getLogger("kairos.ingest")
 decisions_log = logging.getLogger("kairos.decide")
 _enc = msgspec.msgpack.Encoder()
+# the producer's own default (what a record keyed by the visitor gets on the events topic)
+_PARTITIONER = DefaultPartitioner()
 
 
 class LogUnavailable(Exception):
@@ -135,7 +137,7 @@ class DecisionLog:
     that partition's visitors made since the last one: aiokafka costs ~10 µs of CPU for each
     record sent and ~0.5 ms for each produce round trip (bench/decide.py's notes), more than
     deciding. The partition of each visitor is the one the producer would give a record keyed
-    by the visitor (aiokafka's default partitioner, murmur2 of the key), as the events topic
+    by the visitor (aiokafka's `DefaultPartitioner`, murmur2 of the key), as the events topic
     has it: the worker that owns a visitor's events owns its decisions. The stream and the
     learner read a record as a list of events, whoever they are for (streams/batch.py).
 
@@ -169,7 +171,7 @@ class DecisionLog:
     def _partition(self, key: bytes, partitions: Sequence[int]) -> int:
         got = self._partition_of.get(key)
         if got is None:
-            got = partitions[(murmur2(key) & 0x7FFFFFFF) % len(partitions)]
+            got = _PARTITIONER(key, partitions, partitions)
             if len(self._partition_of) >= 100_000:
                 self._partition_of.clear()
             self._partition_of[key] = got

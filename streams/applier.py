@@ -139,10 +139,7 @@ class Applier:
                 outcome, spec = spec.outcome, None
                 self.overlapped += 1
             else:
-                hooks = self.hooks()
-                aliases = await self.store.aliases(ev["visitor_id"] for ev in pending)
-                stored = await self.store.load(needed_pids(pending, aliases),
-                                               side_reads(pending, aliases, hooks))
+                aliases, stored, hooks = await self._read(pending)
                 tables = Tables(marks=self.fences.marks(upto)) if shared else Tables()
                 outcome = plan(pending, aliases, stored, self.cfg, hooks, tables)
             if ahead is not None and attempt == 0 and not self.store.cluster:
@@ -180,6 +177,20 @@ class Applier:
             # on one server nothing was written: read and plan the whole batch again
         raise RuntimeError(f"profile writes kept conflicting after {MAX_ATTEMPTS} attempts")
 
+    async def _read(self, events: Sequence[Mapping[str, Any]], after: Outcome | None = None
+                    ) -> tuple[dict[str, str | None], dict[str, Stored], Sequence[Hook]]:
+        """What planning `events` reads: their aliases (as `after`'s merges leave them, when
+        they are planned on top of that outcome), the profiles and the hooks' side reads."""
+        hooks = self.hooks()
+        aliases = await self.store.aliases(ev["visitor_id"] for ev in events)
+        if after is not None:
+            for w in after.writes:
+                for vid, target in w.aliases:
+                    aliases[vid] = target
+        stored = await self.store.load(needed_pids(events, aliases),
+                                       side_reads(events, aliases, hooks))
+        return aliases, stored, hooks
+
     async def _commit_overlapping(self, outcome: Outcome, upto: Mapping[int, int],
                                   ahead: Sequence[Mapping[str, Any]]) -> CommitResult:
         """Commit `outcome` (one server, every phase) and plan `ahead` while Redis runs it."""
@@ -188,14 +199,7 @@ class Applier:
             try:
                 if self.prepare is not None:
                     await self.prepare(ahead)
-                hooks = self.hooks()
-                aliases = await self.store.aliases(ev["visitor_id"] for ev in ahead)
-                for w in outcome.writes:
-                    for vid, target in w.aliases:
-                        aliases[vid] = target
-                stored = await self.store.load(needed_pids(ahead, aliases),
-                                               side_reads(ahead, aliases, hooks))
-                read = (aliases, stored, hooks)
+                read = await self._read(ahead, outcome)
             except Exception as exc:  # the commit below meets it again, or it was the batch's
                 log.debug("could not read ahead (%r): the next batch is read after this one", exc)
         finish, blobs = await self.store.start_commit(outcome.writes, outcome.tables, upto)
