@@ -16,8 +16,11 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+from redis.exceptions import RedisError
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import Response
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -346,6 +349,22 @@ class _Direct:
         await route.app(scope, receive, send)
 
 
+#: seconds a client is told to wait when the store cannot answer (Valkey restarting, loading
+#: its AOF, or out of connections): about the time a supervised restart takes
+STORE_RETRY_AFTER_S = 2
+
+
+async def store_unavailable(request: Request, exc: Exception) -> Response:
+    """A route whose Redis call failed answers 503 with a JSON error and Retry-After, not
+    Starlette's plain-text 500: the store is down or loading for a moment, the request was
+    fine and may be sent again. (`POST /v1/decide` answers its own degraded decision.)"""
+    reason = "is unavailable for a moment (restarting or loading); try again"
+    body = {"error": f"store {reason}", "field": "store", "reason": reason,
+            "detail": type(exc).__name__}
+    return Response(orjson.dumps(body), status_code=503, media_type="application/json",
+                    headers={"Retry-After": str(STORE_RETRY_AFTER_S)})
+
+
 def create_app(settings: Settings, redis_url: str, bootstrap: str,
                metrics_dir: Path | None = None) -> Starlette:
     @contextlib.asynccontextmanager
@@ -366,7 +385,8 @@ def create_app(settings: Settings, redis_url: str, bootstrap: str,
     routes = gated([r for m in ROUTE_MODULES for r in m.routes()], POLICY)
     middleware = [Middleware(Shield), Middleware(_Timing), Middleware(_BodyLimit),
                   Middleware(_Direct, routes=_direct_routes(routes))]
-    return Starlette(routes=routes, middleware=middleware, lifespan=lifespan)
+    return Starlette(routes=routes, middleware=middleware, lifespan=lifespan,
+                     exception_handlers={RedisError: store_unavailable})
 
 
 def _die_with_the_api_process() -> None:
