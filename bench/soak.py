@@ -31,6 +31,24 @@ from freshness import TARGET_P99_MS, Load, start_default_stack, wait_worker_read
 PROCS = ("redis", "kafka", "worker", "api")
 
 
+def commandstats(cli: Any) -> dict[str, tuple[int, int]]:
+    """Valkey's INFO commandstats: command -> (calls, µs of its own CPU), scripts' inner
+    calls included under their own names (a script counts as EVALSHA and as its commands)."""
+    return {k.removeprefix("cmdstat_"): (int(v["calls"]), int(v["usec"]))
+            for k, v in cli.info("commandstats").items()}
+
+
+def top_commands(before: dict[str, tuple[int, int]], after: dict[str, tuple[int, int]],
+                 seconds: float, top: int = 6) -> list[dict[str, Any]]:
+    """The commands that took the most of Valkey's time between two readings."""
+    delta = {c: (after[c][0] - before.get(c, (0, 0))[0], after[c][1] - before.get(c, (0, 0))[1])
+             for c in after}
+    total = sum(u for _, u in delta.values()) or 1
+    rows = sorted(delta.items(), key=lambda kv: -kv[1][1])[:top]
+    return [{"cmd": c, "share": u / total, "calls": n, "usec": u,
+             "usec_per_call": u / n if n else 0.0, "calls_per_s": n / max(seconds, 1e-9)} for c, (n, u) in rows]
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--minutes", type=float, default=10.0)
@@ -52,6 +70,10 @@ def main() -> int:
         t_start = time.monotonic()
         last = [t_start]
         cpu_last = {n: st.cpu(n) for n in PROCS}
+        import redis as redis_sync
+
+        rcli = redis_sync.Redis.from_url(st.redis.url)
+        cmd_last = [commandstats(rcli)]
 
         def minute() -> None:
             now = time.monotonic()
@@ -67,12 +89,19 @@ def main() -> int:
                 **{f"rss_{n}_mib": mib(st.rss(n)) for n in PROCS},
                 **{f"cpu_{n}": round((cpu[n] - cpu_last[n]) / (now - last[0]), 2) for n in PROCS},
             }
+            cmds = commandstats(rcli)
+            row["valkey_top"] = top_commands(cmd_last[0], cmds, now - last[0])
+            cmd_last[0] = cmds
             cpu_last.update(cpu)
             last[0] = now
             rows.append(row)
             say(f"minute {row['minute']}: freshness p50 {row['fresh_p50_ms']} p99 {row['fresh_p99_ms']} ms; "
                 f"POST p99 {row['post_p99_ms']} ms; lag {row['lag']}; RSS valkey {row['rss_redis_mib']} "
-                f"kafka {row['rss_kafka_mib']} worker {row['rss_worker_mib']} api {row['rss_api_mib']} MiB")
+                f"kafka {row['rss_kafka_mib']} worker {row['rss_worker_mib']} api {row['rss_api_mib']} MiB; "
+                f"CPU valkey {row['cpu_redis']} worker {row['cpu_worker']} api {row['cpu_api']} kafka {row['cpu_kafka']}")
+            say("  valkey's time: " + ", ".join(
+                f"{c['cmd']} {c['share']:.0%} ({c['calls_per_s']:.0f}/s, {c['usec_per_call']:.0f} µs)"
+                for c in row["valkey_top"]))
 
         say(f"offering {a.rate:.0f} events/s for {a.minutes:g} min…")
         asyncio.run(load.run(a.minutes * 60, 0.0, every=(a.window, minute)))
