@@ -252,11 +252,12 @@ class Load:
         return {"freshness": f, "post": {k: p[k] for k in ("n", "p50_ms", "p99_ms", "max_ms")}}
 
 
-def start_default_stack(st: BenchStack, api_workers: int) -> None:
-    """The embedded default: Valkey (AOF), one Kafka node, the API, one worker."""
+def start_default_stack(st: BenchStack, api_workers: int, **settings: Any) -> None:
+    """The embedded default: Valkey (AOF), one Kafka node, the API, one worker (`settings`:
+    overrides of engine/settings.py, for an A/B)."""
     st.start_redis()
     st.start_kafka()
-    st.configure(api_workers=api_workers)
+    st.configure(api_workers=api_workers, **settings)
     st.ensure_topics()
     st.start_api(api_workers)
     st.start_worker()

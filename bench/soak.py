@@ -56,6 +56,8 @@ def main() -> int:
     ap.add_argument("--probes", type=float, default=10.0)
     ap.add_argument("--api-workers", type=int, default=1)
     ap.add_argument("--window", type=float, default=60.0, help="seconds per reported window")
+    ap.add_argument("--chain-s", type=float, default=None,
+                    help="the worker's batch_chain_s (default: the settings'; 0 = no chaining of batches)")
     ap.add_argument("--drain", type=float, default=300.0, help="seconds at most to wait for the worker to catch up")
     a = ap.parse_args()
     load_before = loadavg()
@@ -64,7 +66,8 @@ def main() -> int:
         say(note)
     rows: list[dict[str, Any]] = []
     with BenchStack("soak") as st:
-        start_default_stack(st, a.api_workers)
+        start_default_stack(st, a.api_workers,
+                            **({} if a.chain_s is None else {"batch_chain_s": a.chain_s}))
         wait_worker_ready(st)
         load = Load(st.base_url, rate=a.rate, probes_per_s=a.probes, key=st.key)
         t_start = time.monotonic()
@@ -159,6 +162,7 @@ def main() -> int:
     if note:
         print(f"note: {note}")
     json_line({"bench": "soak", "minutes": a.minutes, "rate_offered": a.rate, "api_workers": a.api_workers,
+               "batch_chain_s": a.chain_s,
                "loadavg_before": load_before, "minutes_rows": rows, "sent": load.sent_events,
                "accepted": load.accepted, "counted": events_counted, "profiles": profiles,
                "counts_equal": equal, "drained": drained, "drain_s": round(drain_s, 1), "failed_requests": load.failed_requests,

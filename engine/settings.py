@@ -72,6 +72,10 @@ class Settings:
     commit_max_events: int = 2000  # events planned and committed (one script call) at most
     # a batch of several parts: plan the next part while Redis runs this one's commit
     commit_ahead: bool = True
+    # ... and across batches: while a batch's last part commits, what the consumer has fetched
+    # since becomes the next part, planned during that commit; the chain ends when nothing has
+    # arrived, or after this long (offsets are committed and rebalances served between chains)
+    batch_chain_s: float = 0.5
     batch_within_s: float = 0.01
     fetch_max_wait_ms: int = 100  # how long an idle fetch waits at the broker (faust's is 1500)
     session_timeout_ms: int = 10_000

@@ -64,6 +64,11 @@ class Rewind(Exception):
         self.offsets = offsets
 
 
+#: What comes next, for the overlap: the next part, or (chaining batches) a function that
+#: returns it, asked for just before this part's commit is sent (None: nothing to overlap)
+Ahead = Sequence[Mapping[str, Any]] | Callable[[], Awaitable[Sequence[Mapping[str, Any]] | None]]
+
+
 @dataclass(slots=True)
 class _Ahead:
     """The next batch, planned while this one's commit ran (valid once that commit is in)."""
@@ -118,9 +123,10 @@ class Applier:
         self._ahead = None
 
     async def apply(self, events: Sequence[Mapping[str, Any]],
-                    ahead: Sequence[Mapping[str, Any]] | None = None) -> BatchResult:
-        """Apply `events`; with `ahead` (the batch the caller applies next, on one server),
-        plan that one while this one's commit runs (the module docstring)."""
+                    ahead: Ahead | None = None) -> BatchResult:
+        """Apply `events`; with `ahead` (the batch the caller applies next, on one server, or
+        a function that returns it once this one is planned), plan that one while this one's
+        commit runs (the module docstring)."""
         result = BatchResult()
         upto = _upto(events)
         unknown = set(upto) - set(self.fences.held)
@@ -192,8 +198,11 @@ class Applier:
         return aliases, stored, hooks
 
     async def _commit_overlapping(self, outcome: Outcome, upto: Mapping[int, int],
-                                  ahead: Sequence[Mapping[str, Any]]) -> CommitResult:
+                                  next_part: Ahead) -> CommitResult:
         """Commit `outcome` (one server, every phase) and plan `ahead` while Redis runs it."""
+        ahead = await next_part() if callable(next_part) else next_part
+        if not ahead:
+            return await self.store.commit(outcome.writes, outcome.tables, upto, Phase.ALL)
         read = None
         if all(p in self.fences.held for p in _upto(ahead)):
             try:

@@ -7,7 +7,9 @@ per record. So the worker is a faust app (its CLI, lifecycle, timers and produce
 task runs `BulkConsumer`: an aiokafka consumer of the group with manual commits.
 
 - A batch is what the consumer has fetched, topped up for at most `batch_within_s` while it is
-  below `batch_max` records: small batches when caught up, large ones when behind.
+  below `batch_max` records: small batches when caught up, large ones when behind. While its
+  last part commits, what has been fetched since goes on as its next part (planned during that
+  commit: `Worker.apply_records`'s `more`), for at most `batch_chain_s`.
 - Offsets are committed only after a batch is applied (at most every `commit_interval_s`, and
   when partitions are revoked or the worker stops).
 - When partitions are assigned, the worker claims them in Redis (engine/store/fences.py: a
@@ -142,9 +144,27 @@ class BulkConsumer:
                 records = [r for r in records if (r.topic, r.partition) in held]
                 log.info("dropped %d records of partitions revoked since they were fetched",
                          dropped - len(records))
+            records = list(records)
+
+            async def more() -> list[Any]:
+                # what has been fetched since, without waiting: the worker plans it while the
+                # batch's last commit runs, as the batch's next part (streams/worker.py)
+                if self._stopping:
+                    return []
+                try:
+                    got = await c.getmany(timeout_ms=0, max_records=self.settings.batch_max)
+                except (IllegalStateError, KafkaError):
+                    return []
+                held = self._held()
+                extra = [m for msgs in got.values() for m in msgs
+                         if (m.topic, m.partition) in held]
+                records.extend(extra)
+                return extra
+
+            c = self.consumer
             while records:
                 try:
-                    await self.worker.apply_records(records, self.base)
+                    await self.worker.apply_records(records, self.base, more)
                 except Lost as lost:
                     tps = [self._tp(m) for m in lost.partitions]
                     log.warning("partitions %s are held by a newer owner: not applying them here",
@@ -152,7 +172,7 @@ class BulkConsumer:
                     self.worker.meter.fenced_total += 1
                     with contextlib.suppress(IllegalStateError):
                         self.consumer.pause(*tps)
-                    records = [r for r in records if self.mark(_tp_of(r)) not in lost.partitions]
+                    records[:] = [r for r in records if self.mark(_tp_of(r)) not in lost.partitions]
                     for tp in tps:
                         self._pending.pop(tp, None)
                     continue

@@ -28,6 +28,7 @@ class WorkerMeter:
     fenced_total: int = 0  # batches a fence refused (a newer owner, a Redis that rolled back)
     store_full: bool = False  # Redis refused the last attempt for lack of memory
     store_full_retries_total: int = 0
+    chained_total: int = 0  # batches that went on with records fetched during their commit
     offsets: dict[tuple[str, int], int] = field(default_factory=dict)
     _applied: deque[tuple[float, int]] = field(default_factory=deque)
     _fresh: deque[tuple[float, float]] = field(default_factory=lambda: deque(maxlen=20_000))
@@ -62,6 +63,7 @@ class WorkerMeter:
             "fenced_total": self.fenced_total,
             "store_full": int(self.store_full),
             "store_full_retries_total": self.store_full_retries_total,
+            "chained_total": self.chained_total,
             "freshness_p50_ms": round(quantile(ages, 0.5) * 1000, 2),
             "freshness_p99_ms": round(quantile(ages, 0.99) * 1000, 2),
         }

@@ -159,8 +159,13 @@ async def test_a_batch_planned_while_the_one_before_commits_gives_what_one_after
                       await client.lrange(keys.activity(pid), 0, -1))
         return out, await _reco_tables(client, tag)
 
+    def asked_for(p):
+        async def next_part():  # the worker's chain: the next part, asked for at the commit
+            return p
+        return next_part
+
     runs = []
-    for overlapped in (False, True):
+    for mode in ("one after another", "overlapped", "asked for"):
         for k in [k async for k in _scan(client, f"*{prefix}*")] + \
                 [k async for k in _scan(client, f"*{tag}*")]:
             await client.delete(k)
@@ -168,13 +173,17 @@ async def test_a_batch_planned_while_the_one_before_commits_gives_what_one_after
             await client.zrem(keys.popularity(keys.shard(f"{tag}-{n}")), f"{tag}-{n}")
         ap = Applier(store_of(client), CFG, hooks=lambda: hooks)
         for j, part in enumerate(parts):
-            nxt = parts[j + 1] if overlapped and j + 1 < len(parts) else None
+            nxt = None if mode == "one after another" or j + 1 == len(parts) else \
+                parts[j + 1] if mode == "overlapped" else asked_for(parts[j + 1])
+            if mode == "asked for" and j + 1 == len(parts):
+                nxt = asked_for(None)  # nothing came: committed as without overlap
             res = await ap.apply(part, ahead=nxt)
             assert (res.applied, res.conflicts) == (50, 0)
-        assert ap.overlapped == (7 if overlapped and not ap.store.cluster else 0)  # one server only
+        overlapping = mode != "one after another" and not ap.store.cluster  # one server only
+        assert ap.overlapped == (7 if overlapping else 0)
         assert ap.dropped_ahead == 0
         runs.append(await state(ap))
-    assert runs[0] == runs[1]
+    assert runs[0] == runs[1] == runs[2]
     assert runs[0][0][0][0] == keys.user_pid(f"{prefix}u0")  # merged into its user
 
 
