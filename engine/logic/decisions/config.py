@@ -137,23 +137,32 @@ class Campaign:
     policy: PolicySpec = FIXED
     slots: int = 1  # how many variants the zone shows at once (a learning policy ranks them)
 
-    @property
-    def learns(self) -> bool:
-        """Whether a bandit picks the variant (the learner owns this campaign's model)."""
-        return self.policy.kind != "fixed"
+    # computed once from the fields above (the decision path reads them on every call)
+    arms: tuple[tuple[str, float], ...] = field(default=(), init=False, compare=False,
+                                                repr=False)
+    total_weight: float = field(default=0.0, init=False, compare=False, repr=False)
+    learns: bool = field(default=False, init=False, compare=False, repr=False)
+    contextual: bool = field(default=False, init=False, compare=False, repr=False)
+    _by_id: Mapping[str, Variant] = field(default_factory=dict, init=False, compare=False,
+                                          repr=False)
 
-    @property
-    def contextual(self) -> bool:
-        """Whether the policy reads the visitor's features (engine/logic/decisions/features.py)."""
-        return self.policy.kind == "contextual"
+    def __post_init__(self) -> None:
+        arms = tuple((v.id, v.weight) for v in self.variants)
+        object.__setattr__(self, "arms", arms)
+        object.__setattr__(self, "total_weight", sum(w for _, w in arms))
+        # whether a bandit picks the variant (the learner owns this campaign's model), and
+        # whether it reads the visitor's features (engine/logic/decisions/features.py)
+        object.__setattr__(self, "learns", self.policy.kind != "fixed")
+        object.__setattr__(self, "contextual", self.policy.kind == "contextual")
+        object.__setattr__(self, "_by_id", {v.id: v for v in self.variants})
 
     @property
     def weights(self) -> list[tuple[str, float]]:
         """``[(variant id, weight), ...]`` in config order."""
-        return [(v.id, v.weight) for v in self.variants]
+        return list(self.arms)
 
     def variant(self, variant_id: str) -> Variant | None:
-        return next((v for v in self.variants if v.id == variant_id), None)
+        return self._by_id.get(variant_id)
 
     def arm_probabilities(self) -> dict[str, float]:
         """Configured probability of each arm (``"control"`` included when > 0)."""

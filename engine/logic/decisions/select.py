@@ -13,7 +13,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from engine.logic.decisions.assign import Assignment, assign, canonical_visitor_id
+from engine.logic.decisions.assign import Assignment, arm_of, bucket, canonical_visitor_id
 from engine.logic.decisions.caps import CapState, cap_reason
 from engine.logic.decisions.config import Campaign, Config
 from engine.logic.decisions.features import visitor_features
@@ -171,7 +171,8 @@ def select(
                     break
                 arm = Assignment(p.variant, p.control, p.probability, 0.0)
             else:
-                arm = assign(campaign.id, visitor, campaign.weights, campaign.control_percent)
+                arm = arm_of(bucket(campaign.id, visitor), campaign.arms,
+                             campaign.total_weight, campaign.control_percent)
             content = None
             if not arm.control:
                 variant = campaign.variant(str(arm.variant))

@@ -192,7 +192,11 @@ class CompiledTemplate:
 
     def render(self, variables: Mapping[str, Any]) -> dict[str, str]:
         """Render every field with ``variables``; raises ``RenderError`` on failure."""
-        used = {n: variables[n] for n in self._names if n in variables}
+        if type(variables) is TemplateVars:  # of `top`, only the dimensions the fields read
+            used = {n: variables.part(n, m) for n, m in zip(self._names, self._members,
+                                                             strict=True) if n in _FIELDS}
+        else:
+            used = {n: variables[n] for n in self._names if n in variables}
         key = None
         if self._uses is not None:
             try:
@@ -351,6 +355,16 @@ class TemplateVars(Mapping[str, Any]):
         if hit is None:
             hit = self._tops[dim] = _top_of(self, dim)
         return hit
+
+    def part(self, name: str, members: tuple[str, ...] | None) -> Any:
+        """What a template that reads `name` only through the constant `members` needs of it
+        (`_members_read`): of `top`, those dimensions alone (each sorts the visitor's keys of
+        a dimension, items included); else the whole value. The fields render alike: they
+        read nothing else of it."""
+        if name == "top" and members is not None and "top" not in self._done \
+                and not any(hasattr(dict, m) for m in members):
+            return {m: self.top_dim(m) for m in members if m in DIMENSIONS or m in self.affinities}
+        return self[name]
 
     def __getitem__(self, name: str) -> Any:
         if name in self._done:
