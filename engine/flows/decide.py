@@ -37,8 +37,30 @@ log = logging.getLogger("kairos.decide")
 STATS_TTL_S = 1.0  # campaign counters are re-read at most this often
 
 
-def _token() -> str:
-    return os.urandom(5).hex()
+class _Tokens:
+    """The random part of decision ids (10 hex characters, 5 bytes of `os.urandom`), drawn
+    from 4 KiB of it at a time: one system call per ~800 decision ids instead of one each.
+    A forked child starts a pool of its own (the parent's bytes are never used twice)."""
+
+    SIZE = 4096
+
+    def __init__(self) -> None:
+        self._pool = b""
+        self._at = 0
+        os.register_at_fork(after_in_child=self._reset)
+
+    def _reset(self) -> None:
+        self._pool, self._at = b"", 0
+
+    def __call__(self) -> str:
+        at = self._at
+        if at + 5 > len(self._pool):
+            self._pool, at = os.urandom(self.SIZE), 0
+        self._at = at + 5
+        return self._pool[at:at + 5].hex()
+
+
+_token = _Tokens()
 
 
 class Decider:
@@ -82,7 +104,7 @@ class Decider:
         config: Config | None = self.hub.decisions
         if config is None or not zones:
             return [], None if config is not None else "no valid decision configuration"
-        candidates = list(dict.fromkeys(c.id for z in zones for c in config.by_zone.get(z, ())))
+        candidates = config.candidates(tuple(zones))
         if not candidates:
             return [], None
         remaining = self.deadline_s - (time.perf_counter() - started)

@@ -175,24 +175,80 @@ class Config:
     campaigns: Mapping[str, Campaign]
     by_zone: Mapping[str, tuple[Campaign, ...]] = field(default_factory=dict)
     needs_propensity: bool = False  # a rule (or a contextual policy) reads the propensities
+    # requested zones -> the segments a selection for them reads (`segments_for`)
+    _reads: dict[tuple[str, ...], frozenset[str] | None] = field(
+        default_factory=dict, compare=False, repr=False)
+    _candidates: dict[tuple[str, ...], tuple[str, ...]] = field(
+        default_factory=dict, compare=False, repr=False)
 
     def campaigns_with_goal(self, event_type: str) -> list[Campaign]:
         """Campaigns whose goal is ``event_type`` (the stream checks these for conversions)."""
         return [c for c in self.campaigns.values() if c.goal and c.goal.event == event_type]
 
     def evaluate_segments(
-        self, profile: Mapping[str, Any], context: Mapping[str, Any], now: Now
+        self, profile: Mapping[str, Any], context: Mapping[str, Any], now: Now,
+        only: frozenset[str] | None = None, into: dict[str, Any] | None = None,
     ) -> list[str]:
-        """Live segment membership: configured segments re-evaluated, unknown stored ones kept."""
+        """Live segment membership: configured segments re-evaluated, unknown stored ones kept.
+
+        ``only``: evaluate just these configured segments (`segments_for`: what a selection
+        reads; the others are left out of the list). ``into``: a copy of ``profile`` the
+        caller owns, whose ``segments`` this sets (no other copy is made)."""
         stored = profile.get("segments")
         stored = [s for s in stored if isinstance(s, str)] if isinstance(stored, list) else []
         members = [s for s in stored if s not in self.segments]
-        view = dict(profile)
+        view = dict(profile) if into is None else into
         for seg_id, seg in self.segments.items():
+            if only is not None and seg_id not in only:
+                continue
             view["segments"] = members
             if seg.rule(view, context, now):
                 members = members + [seg_id]
+        view["segments"] = members
         return members
+
+    def candidates(self, zones: tuple[str, ...]) -> tuple[str, ...]:
+        """The ids of the campaigns that may fill ``zones`` (each once, in zone order), kept
+        per distinct request of zones."""
+        got = self._candidates.get(zones)
+        if got is None:
+            got = tuple(dict.fromkeys(c.id for z in zones for c in self.by_zone.get(z, ())))
+            if len(self._candidates) >= 1024:  # any zones may be asked for: bounded
+                self._candidates.clear()
+            self._candidates[zones] = got
+        return got
+
+    def segments_for(self, zones: tuple[str, ...]) -> frozenset[str] | None:
+        """The configured segments that a selection for ``zones`` can read: those its
+        candidate campaigns' targeting names, with the segments their rules name in turn;
+        None (all of them) when a candidate reads the whole list (a template's `segments`,
+        a contextual policy's features). Kept per distinct request of zones."""
+        got = self._reads.get(zones, False)
+        if got is not False:
+            return got  # type: ignore[return-value]
+        wanted: set[str] | None = set()
+        for zone in zones:
+            for c in self.by_zone.get(zone, ()):
+                if c.contextual or any("segments" in v.template.names for v in c.variants):
+                    wanted = None
+                    break
+                assert wanted is not None
+                wanted |= referenced_segments(c.targeting_spec)
+            if wanted is None:
+                break
+        if wanted is not None:
+            todo = list(wanted)
+            while todo:
+                seg = self.segments.get(todo.pop())
+                for dep in referenced_segments(seg.spec) if seg is not None else ():
+                    if dep not in wanted:
+                        wanted.add(dep)
+                        todo.append(dep)
+        out = None if wanted is None else frozenset(wanted)
+        if len(self._reads) >= 1024:  # any zones may be asked for: keep the memory bounded
+            self._reads.clear()
+        self._reads[zones] = out
+        return out
 
 
 # --- YAML with line numbers ----------------------------------------------------------------

@@ -110,11 +110,14 @@ def _requested_zones(context: Mapping[str, Any], zones: Sequence[str] | None) ->
 
 
 def with_live_segments(
-    config: Config, profile: Mapping[str, Any], context: Mapping[str, Any], now: Now
+    config: Config, profile: Mapping[str, Any], context: Mapping[str, Any], now: Now,
+    zones: Sequence[str] | None = None,
 ) -> dict[str, Any]:
-    """A copy of the profile view whose ``segments`` are re-evaluated now."""
+    """A copy of the profile view whose ``segments`` are re-evaluated now: with ``zones``,
+    only those a selection for them reads (``Config.segments_for``)."""
     view = dict(profile)
-    view["segments"] = config.evaluate_segments(profile, context, now)
+    only = config.segments_for(tuple(zones)) if zones is not None else None
+    config.evaluate_segments(profile, context, now, only, into=view)
     return view
 
 
@@ -137,7 +140,7 @@ def select(
     requested = _requested_zones(context, zones)
     if not requested:
         return []
-    view = with_live_segments(config, profile, context, now)
+    view = with_live_segments(config, profile, context, now, requested)
     visitor = canonical_visitor_id(profile)
     used: set[str] = set()
     variables: Mapping[str, Any] | None = None

@@ -189,19 +189,36 @@ class CompiledTemplate:
     _names: tuple[str, ...] = ()  # every variable the fields read
     # per name of `_uses`, the only members the fields read of it (`top.category`), or None
     _members: tuple[tuple[str, ...] | None, ...] = ()
+    # (name, members) of `_names`, members None when a render needs the whole value (none
+    # known, or one is also a dict attribute: `top.items` reads the method)
+    _pairs: tuple[tuple[str, tuple[str, ...] | None], ...] = ()
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        """Every variable the fields read."""
+        return self._names
 
     def render(self, variables: Mapping[str, Any]) -> dict[str, str]:
         """Render every field with ``variables``; raises ``RenderError`` on failure."""
-        if type(variables) is TemplateVars:  # of `top`, only the dimensions the fields read
-            used = {n: variables.part(n, m) for n, m in zip(self._names, self._members,
-                                                             strict=True) if n in _FIELDS}
-        else:
-            used = {n: variables[n] for n in self._names if n in variables}
+        lazy = type(variables) is TemplateVars  # of `top`, only the dimensions the fields read
+        known = _FIELDS if lazy else variables
+        used: dict[str, Any] = {}
+        parts: list[Any] | None = None if self._uses is None else []
+        for n, m in self._pairs:
+            value = None
+            if n in known:
+                value = used[n] = variables.part(n, m) if lazy else variables[n]  # type: ignore[attr-defined]
+            # the memo key: what the fields read of each, the members of a plain dict (the
+            # variable `top` holds the top keys of every dimension, items included, which
+            # differ for nearly every visitor; a field reading only `top.category` renders
+            # alike for many), else the whole value
+            if parts is not None:
+                parts.append(value if m is None or type(value) is not dict
+                             else [value.get(x) for x in m])
         key = None
-        if self._uses is not None:
+        if parts is not None:
             try:
-                key = orjson.dumps([_keyed(used.get(n), m)
-                                    for n, m in zip(self._uses, self._members, strict=True)])
+                key = orjson.dumps(parts)
             except TypeError:
                 key = None
             if key is not None and (hit := self._cache.get(key)) is not None:
@@ -218,17 +235,6 @@ class CompiledTemplate:
                 self._cache.pop(next(iter(self._cache)))
             self._cache[key] = dict(out)
         return out
-
-
-def _keyed(value: Any, members: tuple[str, ...] | None) -> Any:
-    """What of `value` the memo key needs: the members the fields read of a plain dict (the
-    variable `top` holds the top keys of every dimension, items included, which differ for
-    nearly every visitor; a field reading only `top.category` renders alike for many), else
-    the whole value. A member that is also a dict attribute (`top.items`) reads the method,
-    not the entry: then the whole value."""
-    if members is None or type(value) is not dict or any(hasattr(dict, m) for m in members):
-        return value
-    return [value.get(m) for m in members]
 
 
 def _members_read(tree: nodes.Template, name: str) -> tuple[str, ...] | None:
@@ -303,8 +309,11 @@ def compile_template(fields: Mapping[str, Any], *, memoise: bool = True,
         source[name] = text
     memo = pure and memoise
     names = tuple(sorted(uses))
+    kept = tuple(members[n] for n in names)
+    pairs = tuple((n, None if m is None or any(hasattr(dict, x) for x in m) else m)
+                  for n, m in zip(names, kept, strict=True))
     return CompiledTemplate(source, compiled, names if memo else None, _sanitise=campaign,
-                            _names=names, _members=tuple(members[n] for n in names))
+                            _names=names, _members=kept, _pairs=pairs)
 
 
 def _strings(profile: Mapping[str, Any], key: str) -> list[str]:
@@ -357,12 +366,11 @@ class TemplateVars(Mapping[str, Any]):
         return hit
 
     def part(self, name: str, members: tuple[str, ...] | None) -> Any:
-        """What a template that reads `name` only through the constant `members` needs of it
-        (`_members_read`): of `top`, those dimensions alone (each sorts the visitor's keys of
+        """What a template that reads `name` only through the constant `members` (none a dict
+        attribute: `_pairs`) needs of it: of `top`, those dimensions alone (each sorts the visitor's keys of
         a dimension, items included); else the whole value. The fields render alike: they
         read nothing else of it."""
-        if name == "top" and members is not None and "top" not in self._done \
-                and not any(hasattr(dict, m) for m in members):
+        if name == "top" and members is not None and "top" not in self._done:
             return {m: self.top_dim(m) for m in members if m in DIMENSIONS or m in self.affinities}
         return self[name]
 
