@@ -8,16 +8,15 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 CONTROL = "control"
 _SCALE = float(1 << 64)
 
 
-@dataclass(frozen=True, slots=True)
-class Assignment:
-    """The arm a visitor is in: ``variant`` is ``None`` for the control group."""
+class Assignment(NamedTuple):
+    """The arm a visitor is in: ``variant`` is ``None`` for the control group (a named
+    tuple: immutable, and cheap to make on every decision)."""
 
     variant: str | None
     control: bool

@@ -10,8 +10,7 @@ each with its own probability and decision id).
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from engine.logic.decisions.assign import Assignment, arm_of, bucket, canonical_visitor_id
 from engine.logic.decisions.caps import CapState, cap_reason
@@ -24,9 +23,11 @@ from engine.logic.decisions.templates import RenderError, template_vars
 CapsInput = Mapping[str, CapState | Mapping[str, Any]]
 
 
-@dataclass(frozen=True, slots=True)
-class Decision:
-    """What to show in one zone; ``content`` is ``None`` for the control group."""
+class Decision(NamedTuple):
+    """What to show in one zone; ``content`` is ``None`` for the control group.
+
+    Immutable (a named tuple: made several times per call, ~4x cheaper than a frozen
+    dataclass, whose every field is set through ``object.__setattr__``)."""
 
     zone: str
     campaign_id: str
