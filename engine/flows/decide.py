@@ -84,16 +84,25 @@ class Decider:
         self.models = models  # the learning campaigns' bandits (engine/flows/models.py)
         self.propensity = propensity  # read only when a rule targets a propensity
         self.counters: dict[str, tuple[float, ArmCounters]] = {}
+        self._fresh: dict[tuple[str, ...], float] = {}  # candidates -> counters fresh until
         self.failures = 0
 
     # -- the one round trip -----------------------------------------------------------------
     async def read(self, visitor_id: str, user_id: str | None, campaign_ids: Sequence[str],
                    timeout: float | None = None) -> DecideState:
         now = self.clock()
+        key = campaign_ids if isinstance(campaign_ids, tuple) and campaign_ids else None
+        if key is not None and now <= self._fresh.get(key, -1e9):
+            return await self.reader.read(visitor_id, user_id, (), timeout)
         stale = [c for c in campaign_ids if now - self.counters.get(c, (-1e9, {}))[0] > STATS_TTL_S]
         snap = await self.reader.read(visitor_id, user_id, stale, timeout)
         for cid, arms in snap.counters.items():
             self.counters[cid] = (now, arms)
+        if key is not None:  # until when none of these needs reading again
+            if len(self._fresh) >= 1024:
+                self._fresh.clear()
+            self._fresh[key] = min(self.counters.get(c, (-1e9, {}))[0]
+                                   for c in campaign_ids) + STATS_TTL_S
         return snap
 
     # -- deciding ---------------------------------------------------------------------------
