@@ -378,23 +378,23 @@ class _Lane:
             await send(message)
 
         try:
-            await self._serve(scope, receive, send, outer)
+            await self._serve(scope, receive, outer)
         except Exception:
             if not started:
                 await _INTERNAL_ERROR(scope, receive, send)
             raise
 
-    async def _serve(self, scope: Scope, receive: Receive, raw_send: Send,
-                     outer: Send) -> None:
+    async def _serve(self, scope: Scope, receive: Receive, outer: Send) -> None:
         svc = scope["app"].state.svc
-        head = scope["headers"]
-        host = ""
-        length = None
-        for name, value in head:  # the first of each, as Headers.get finds it
-            if name == b"host" and not host:
-                host = value.decode("latin-1")
-            elif name == b"content-length" and length is None:
-                length = value
+        limit = self.limit
+        host_raw: bytes | None = None
+        too_big = False
+        for name, value in scope["headers"]:
+            if name == b"host" and host_raw is None:  # the first, as Headers.get finds it
+                host_raw = value
+            elif name == b"content-length" and value.isdigit() and int(value) > limit:
+                too_big = True  # any of them, as _BodyLimit checks
+        host = "" if host_raw is None else host_raw.decode("latin-1")
         if not self.hosts(host, svc.settings):  # Shield
             await host_refusal(host)(scope, receive, outer)
             return
@@ -419,8 +419,7 @@ class _Lane:
             await outer(message)
 
         try:
-            limit = self.limit  # _BodyLimit
-            if length is not None and length.isdigit() and int(length) > limit:
+            if too_big:  # _BodyLimit
                 await _BodyLimit.refuse(limit, send_)
                 return
             seen = 0
@@ -445,7 +444,8 @@ class _Lane:
                 cors = got[2]
                 await self.handler(scope, got[1], send_)
             except _TooLarge:
-                if not begun:
+                if not begun:  # _BodyLimit answers outside the gate's CORS wrapper
+                    cors = None
                     await _BodyLimit.refuse(limit, send_)
         finally:
             self.timing.observe(scope, status, time.perf_counter() - t0)

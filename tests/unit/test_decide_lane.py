@@ -127,6 +127,10 @@ CASES = {
                                                        content_length=str(9 << 20))),
     "a Content-Length past the route's limit": (BODY, _h("ks_" + "s" * 32,
                                                          content_length=str(2 << 20))),
+    "a second Content-Length past the app's limit": (
+        BODY, [*_h("ks_" + "s" * 32, content_length=str(len(BODY))),
+               (b"content-length", str(9 << 20).encode())]),
+    "an empty Host first": (BODY, [(b"host", b""), *_h("ks_" + "s" * 32)]),
     "a body naming no visitor": (b'{"context": {}}', _h("ks_" + "s" * 32)),
     "a body that is no JSON": (b"{nope", _h("ks_" + "s" * 32)),
 }
@@ -140,10 +144,10 @@ def test_the_lane_answers_what_the_chain_answers(case: str) -> None:
     chain = _call(app, body, headers, chain=True)
     assert lane == chain
     status, got, _ = lane
-    if case != "another Host":  # Shield refuses a Host before anything else, as it always did
+    if "Host" not in case:  # Shield refuses a Host before anything else, as it always did
         assert got["x-content-type-options"] == "nosniff"
         # refused by the body limit before any route: timed as "other", as always
-        routed = case != "a Content-Length past the app's limit"
+        routed = "past the app's limit" not in case
         assert live.seen == ["route:/v1/decide"] * 2 * routed
 
 
