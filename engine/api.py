@@ -18,19 +18,21 @@ from typing import Any
 import orjson
 from redis.exceptions import RedisError
 from starlette.applications import Starlette
+from starlette.datastructures import MutableHeaders
 from starlette.middleware import Middleware
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import PlainTextResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from engine import metrics
-from engine.gate import Shield, guard
+from engine.gate import HostCheck, Shield, add_nosniff, admit, guard, host_refusal
 from engine.logic import segment as seg
 from engine.logic.access import METRICS, OPEN, OPEN_SIGNED_IN, SIGNED_IN, Policy, needs
 from engine.logic.access import Scope as Can
 from engine.routes import (
     MAX_REQUEST_BYTES,
+    Bare,
     access,
     admin,
     catalog,
@@ -226,12 +228,31 @@ def gated(routes: list[BaseRoute], policy: dict[tuple[str, str], Policy]) -> lis
     return routes
 
 
+class _Observe:
+    """A request's latency into the Prometheus histogram of its route template and status,
+    and the live stats of the /v1/ routes."""
+
+    def __init__(self) -> None:
+        self._children: dict[tuple[str, int], Any] = {}  # (route, status) -> its histogram
+
+    def observe(self, scope: Scope, status: int, elapsed: float) -> None:
+        path = getattr(scope.get("route"), "path", "other")
+        hist = self._children.get((path, status))
+        if hist is None:  # prometheus_client's `labels` costs a lock and a tuple per call
+            hist = self._children[(path, status)] = metrics.REQUESTS.labels(path, str(status))
+        hist.observe(elapsed)
+        app = scope.get("app")
+        live = app.state.svc.live if app is not None and hasattr(app.state, "svc") else None
+        if live is not None and path.startswith("/v1/"):
+            live.observe(f"route:{path}", elapsed)
+
+
 class _Timing:
     """Request latency per route template, into the Prometheus histogram."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
-        self._children: dict[tuple[str, int], Any] = {}  # (route, status) -> its histogram
+        self._observe = _Observe()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -248,17 +269,7 @@ class _Timing:
         try:
             await self.app(scope, receive, send_)
         finally:
-            path = getattr(scope.get("route"), "path", "other")
-            elapsed = time.perf_counter() - start
-            hist = self._children.get((path, status[0]))
-            if hist is None:  # prometheus_client's `labels` costs a lock and a tuple per call
-                hist = self._children[(path, status[0])] = metrics.REQUESTS.labels(
-                    path, str(status[0]))
-            hist.observe(elapsed)
-            app = scope.get("app")
-            live = app.state.svc.live if app is not None and hasattr(app.state, "svc") else None
-            if live is not None and path.startswith("/v1/"):
-                live.observe(f"route:{path}", elapsed)
+            self._observe.observe(scope, status[0], time.perf_counter() - start)
 
 
 class _TooLarge(Exception):
@@ -275,7 +286,11 @@ class _BodyLimit:
         self.limit = limit
 
     async def _refuse(self, send: Send) -> None:
-        reason = f"must be at most {self.limit} bytes"
+        await self.refuse(self.limit, send)
+
+    @staticmethod
+    async def refuse(limit: int, send: Send) -> None:
+        reason = f"must be at most {limit} bytes"
         body = orjson.dumps({"error": f"body {reason}", "field": "body", "reason": reason})
         await send({"type": "http.response.start", "status": 413,
                     "headers": [(b"content-type", b"application/json"),
@@ -315,9 +330,9 @@ class _BodyLimit:
                 await self._refuse(send)
 
 
-#: the hottest routes, found without Starlette's router (which tries each route's pattern in
-#: turn) and its exception middleware (these endpoints are bare ASGI handlers that answer their
-#: own errors): the same route object, so the same gate and policy
+#: the hottest routes, served from the top of the app by `_Lane` (past Starlette's
+#: middleware chain, its exception middleware and its router, which tries each route's
+#: pattern in turn): the same route object, so the same endpoint and policy
 DIRECT = (("POST", "/v1/decide"),)
 
 
@@ -329,24 +344,129 @@ def _direct_routes(routes: list[BaseRoute]) -> dict[tuple[str, str], Route]:
     return found
 
 
-class _Direct:
-    """Innermost middleware: a request for one of `DIRECT` goes straight to its (gated)
-    route; anything else through the exception middleware and the router."""
+_INTERNAL_ERROR = PlainTextResponse("Internal Server Error", status_code=500)
 
-    def __init__(self, app: ASGIApp, routes: dict[tuple[str, str], Route]) -> None:
-        self.app = app
-        self.routes = routes
+
+class _Lane:
+    """One `DIRECT` route served from the top of the app in one coroutine: what Starlette's
+    error middleware, `Shield`, `_Timing`, `_BodyLimit` and the gate do for it, inline, in
+    the same order and with the same functions (`HostCheck`, `add_nosniff`, `admit`), and
+    one `send` wrapper where the chain had five. Each middleware layer costs a coroutine and
+    a wrapper per message on every request; on `POST /v1/decide` they were ~5 % of the
+    time (bench/README.md). Its endpoint is a bare ASGI handler (engine/routes `Bare`) that
+    answers its own errors; an exception it raises is a plain 500, as the error middleware
+    answers, and goes on to uvicorn."""
+
+    def __init__(self, route: Route, policy: Policy,
+                 limit: int = MAX_REQUEST_BYTES) -> None:
+        if policy.open or policy.body_key or policy.page:
+            raise MissingPolicy(f"{route.path}: a direct route needs a key policy")
+        self.route = route
+        endpoint = route.endpoint
+        self.handler = endpoint.handler if isinstance(endpoint, Bare) else endpoint
+        self.policy = policy
+        self.timing = _Observe()
+        self.limit = limit
+        self.hosts = HostCheck()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        route = self.routes.get((scope.get("method", ""), scope["path"])) \
-            if scope["type"] == "http" and not scope.get("root_path") else None
-        if route is None:
-            await self.app(scope, receive, send)
+        started = False
+
+        async def outer(message: Any) -> None:
+            nonlocal started
+            started = True
+            await send(message)
+
+        try:
+            await self._serve(scope, receive, outer)
+        except Exception:
+            if not started:
+                await _INTERNAL_ERROR(scope, receive, send)
+            raise
+
+    async def _serve(self, scope: Scope, receive: Receive, outer: Send) -> None:
+        svc = scope["app"].state.svc
+        limit = self.limit
+        host_raw: bytes | None = None
+        too_big = False
+        for name, value in scope["headers"]:
+            if name == b"host" and host_raw is None:  # the first, as Headers.get finds it
+                host_raw = value
+            elif name == b"content-length" and value.isdigit() and int(value) > limit:
+                too_big = True  # any of them, as _BodyLimit checks
+        host = "" if host_raw is None else host_raw.decode("latin-1")
+        if not self.hosts(host, svc.settings):  # Shield
+            await host_refusal(host)(scope, receive, outer)
             return
-        scope["route"] = route
-        scope["endpoint"] = route.endpoint
-        scope["path_params"] = {}
-        await route.app(scope, receive, send)
+        t0 = time.perf_counter()  # _Timing
+        status = 500
+        begun = False
+        cors: str | None = None
+
+        async def send_(message: Any) -> None:
+            nonlocal status, begun
+            if message["type"] == "http.response.start":
+                status, begun = message["status"], True
+                raw = message.setdefault("headers", [])
+                if not isinstance(raw, list):
+                    raw = message["headers"] = list(raw)
+                if cors is not None:  # the gate's CORS answer for a public key's origin
+                    h = MutableHeaders(raw=raw)
+                    h["Access-Control-Allow-Origin"] = cors
+                    h.add_vary_header("Origin")
+                    h["Access-Control-Expose-Headers"] = "Retry-After"
+                add_nosniff(raw)  # Shield
+            await outer(message)
+
+        try:
+            if too_big:  # _BodyLimit
+                await _BodyLimit.refuse(limit, send_)
+                return
+            seen = 0
+
+            async def receive_() -> Any:
+                nonlocal seen
+                message = await receive()
+                if message["type"] == "http.request":
+                    seen += len(message.get("body", b""))
+                    if seen > limit:
+                        raise _TooLarge
+                return message
+
+            scope["route"] = self.route
+            scope["endpoint"] = self.route.endpoint
+            scope["path_params"] = {}
+            try:
+                got = await admit(scope, receive_, svc, self.policy)  # the gate
+                if isinstance(got, Response):
+                    await got(scope, receive_, send_)
+                    return
+                cors = got[2]
+                await self.handler(scope, got[1], send_)
+            except _TooLarge:
+                if not begun:  # _BodyLimit answers outside the gate's CORS wrapper
+                    cors = None
+                    await _BodyLimit.refuse(limit, send_)
+        finally:
+            self.timing.observe(scope, status, time.perf_counter() - t0)
+
+
+class Kairos(Starlette):
+    """The app: a request for one of `DIRECT` goes to its `_Lane`; anything else through
+    Starlette's middleware chain (`Shield`, `_Timing`, `_BodyLimit`) and router."""
+
+    def __init__(self, lanes: dict[tuple[str, str], _Lane], **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.lanes = lanes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and not scope.get("root_path"):
+            lane = self.lanes.get((scope["method"], scope["path"]))
+            if lane is not None:
+                scope["app"] = self
+                await lane(scope, receive, send)
+                return
+        await super().__call__(scope, receive, send)
 
 
 #: seconds a client is told to wait when the store cannot answer (Valkey restarting, loading
@@ -383,9 +503,9 @@ def create_app(settings: Settings, redis_url: str, bootstrap: str,
                 gc.unfreeze()
 
     routes = gated([r for m in ROUTE_MODULES for r in m.routes()], POLICY)
-    middleware = [Middleware(Shield), Middleware(_Timing), Middleware(_BodyLimit),
-                  Middleware(_Direct, routes=_direct_routes(routes))]
-    return Starlette(routes=routes, middleware=middleware, lifespan=lifespan,
+    middleware = [Middleware(Shield), Middleware(_Timing), Middleware(_BodyLimit)]
+    lanes = {k: _Lane(r, POLICY[k]) for k, r in _direct_routes(routes).items()}
+    return Kairos(lanes, routes=routes, middleware=middleware, lifespan=lifespan,
                      exception_handlers={RedisError: store_unavailable})
 
 

@@ -72,16 +72,16 @@ def request_origin(headers: Headers) -> str | None:
     return access.origin_of(headers.get("referer"))
 
 
-class Shield:
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-        # Host -> allowed, for the settings object `_for` (held, so the answer is never one
-        # computed for other settings): the answer depends on nothing else, and a request
-        # should not pay an address parse
+class HostCheck:
+    """`_host_ok` with its answers kept: Host -> allowed, for the settings object `_for`
+    (held, so the answer is never one computed for other settings): the answer depends on
+    nothing else, and a request should not pay an address parse."""
+
+    def __init__(self) -> None:
         self._hosts: dict[str, bool] = {}
         self._for: Any = None
 
-    def _host_ok(self, host: str, settings: Any) -> bool:
+    def __call__(self, host: str, settings: Any) -> bool:
         if settings is not self._for:
             self._hosts, self._for = {}, settings
         ok = self._hosts.get(host)
@@ -92,6 +92,25 @@ class Shield:
             self._hosts[host] = ok
         return ok
 
+
+def host_refusal(host: str) -> Response:
+    return _json(403, "host", f"{host!r} is not this engine's address "
+                 "(set allowed_hosts or KAIROS_PUBLIC_URL)")
+
+
+def add_nosniff(raw: list[tuple[bytes, bytes]]) -> None:
+    """`X-Content-Type-Options: nosniff` in an answer's raw header list, unless it has one."""
+    for k, _ in raw:
+        if k.lower() == b"x-content-type-options":
+            return
+    raw.append((b"x-content-type-options", b"nosniff"))
+
+
+class Shield:
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+        self._host_ok = HostCheck()
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
@@ -100,8 +119,7 @@ class Shield:
         settings = svc.settings
         headers = Headers(scope=scope)
         if not self._host_ok(headers.get("host", ""), settings):
-            await _json(403, "host", f"{headers.get('host', '')!r} is not this engine's address "
-                        "(set allowed_hosts or KAIROS_PUBLIC_URL)")(scope, receive, send)
+            await host_refusal(headers.get("host", ""))(scope, receive, send)
             return
         if scope["method"] == "OPTIONS" and headers.get("access-control-request-method"):
             await _preflight(svc, headers, scope["path"])(scope, receive, send)
@@ -112,8 +130,7 @@ class Shield:
                 raw = message.setdefault("headers", [])
                 if not isinstance(raw, list):
                     raw = message["headers"] = list(raw)
-                if not any(k.lower() == b"x-content-type-options" for k, _ in raw):
-                    raw.append((b"x-content-type-options", b"nosniff"))
+                add_nosniff(raw)
                 h = MutableHeaders(raw=raw) if scope.get("kairos_page") else None
                 if h is not None and h.get("content-type", "").startswith("text/html"):
                     h.setdefault("Content-Security-Policy", PAGE_CSP)
@@ -287,48 +304,66 @@ def guard(app: ASGIApp, policy: access.Policy) -> ASGIApp:
             scope.setdefault("state", {})["principal"] = who
             await app(scope, receive, send)
             return
-        request = Request(scope, receive)
-        who, session, refused = await identify(request, svc)
-        if policy.body_key and refused is None and not who.authenticated:
-            pending = PendingKey(scope, svc, policy)
-            state = scope.setdefault("state", {})
-            state["principal"] = access.NOBODY
-            state["pending_key"] = pending
-            await app(scope, receive, pending.guarded(send))
-            return
-        origin = request_origin(request.headers)
-        client = scope.get("client")
-        verdict = (access.Verdict(False, 401, "authorization", refused) if refused else
-                   access.authorize(policy, who, origin=origin if who.kind == "public_key" else None,
-                                    loopback=_is_loopback(client[0] if client else None),
-                                    metrics_token_set=svc.access.metrics_token is not None))
-        if not verdict.ok:
-            if policy.page and verdict.status == 401 and request.method == "GET":
-                target = scope["path"] + (f"?{scope['query_string'].decode()}"
-                                          if scope.get("query_string") else "")
-                await RedirectResponse(f"/login?next={_quote(target)}", 303)(scope, receive, send)
+        if policy.body_key:
+            request = Request(scope, receive)
+            who, session, refused = await identify(request, svc)
+            if refused is None and not who.authenticated:
+                pending = PendingKey(scope, svc, policy)
+                state = scope.setdefault("state", {})
+                state["principal"] = access.NOBODY
+                state["pending_key"] = pending
+                await app(scope, receive, pending.guarded(send))
                 return
-            await _json(verdict.status, verdict.field, verdict.reason)(scope, receive, send)
+            got = await admit(scope, receive, svc, policy, (who, session, refused))
+        else:
+            got = await admit(scope, receive, svc, policy)
+        if isinstance(got, Response):
+            await got(scope, receive, send)
             return
-        wait = svc.access.rate(who, request.query_params.get("visitor_id")
-                               if scope.get("query_string") else None)
-        if wait is not None:
-            await _json(429, "rate", "too many requests for this key; retry later",
-                        {"Retry-After": str(max(1, math.ceil(wait)))})(scope, receive, send)
-            return
-        if session is not None and scope["method"] in UNSAFE:
-            checked = await _csrf(scope, receive, svc, session, request.headers)
-            if isinstance(checked, Response):
-                await checked(scope, receive, send)
-                return
-            receive = checked
-        scope.setdefault("state", {})["principal"] = who
-        if who.kind == "public_key" and request.headers.get("origin"):
-            await app(scope, receive, _with_cors(send, request.headers["origin"]))
-            return
-        await app(scope, receive, send)
+        who, receive, origin = got
+        await app(scope, receive, send if origin is None else _with_cors(send, origin))
 
     return gated
+
+
+Identified = tuple[access.Principal, str | None, str | None]
+
+
+async def admit(scope: Scope, receive: Receive, svc: Any, policy: access.Policy,
+                identified: Identified | None = None
+                ) -> tuple[access.Principal, Receive, str | None] | Response:
+    """The gate's checks for a route that is not open (`guard`; engine/api.py's direct lane
+    for `POST /v1/decide` calls it too, so both make exactly these): who is calling,
+    `authorize`, the rate limit, CSRF for a signed-in change. Returns the refusal to answer,
+    or (the principal, the `receive` the route reads the body from, the origin whose CORS
+    headers the answer carries or None); the principal is left in the scope's state."""
+    request = Request(scope, receive)
+    who, session, refused = identified or await identify(request, svc)
+    origin = request_origin(request.headers)
+    client = scope.get("client")
+    verdict = (access.Verdict(False, 401, "authorization", refused) if refused else
+               access.authorize(policy, who, origin=origin if who.kind == "public_key" else None,
+                                loopback=_is_loopback(client[0] if client else None),
+                                metrics_token_set=svc.access.metrics_token is not None))
+    if not verdict.ok:
+        if policy.page and verdict.status == 401 and request.method == "GET":
+            target = scope["path"] + (f"?{scope['query_string'].decode()}"
+                                      if scope.get("query_string") else "")
+            return RedirectResponse(f"/login?next={_quote(target)}", 303)
+        return _json(verdict.status, verdict.field, verdict.reason)
+    wait = svc.access.rate(who, request.query_params.get("visitor_id")
+                           if scope.get("query_string") else None)
+    if wait is not None:
+        return _json(429, "rate", "too many requests for this key; retry later",
+                     {"Retry-After": str(max(1, math.ceil(wait)))})
+    if session is not None and scope["method"] in UNSAFE:
+        checked = await _csrf(scope, receive, svc, session, request.headers)
+        if isinstance(checked, Response):
+            return checked
+        receive = checked
+    scope.setdefault("state", {})["principal"] = who
+    cors = request.headers.get("origin") if who.kind == "public_key" else None
+    return who, receive, cors or None
 
 
 async def _csrf(scope: Scope, receive: Receive, svc: Any, session: str,

@@ -57,6 +57,7 @@ class Access:
         self._origins: frozenset[str] = frozenset()
         self.clock = clock
         self._keys: dict[bytes, KeyRecord] = {}
+        self._who: dict[bytes, access.Principal] = {}  # each active key's principal, made once
         self._seen: KeyRecord | None = None
         self._sessions: OrderedDict[str, tuple[float, User | None]] = OrderedDict()
         self._tasks: list[asyncio.Task[None]] = []
@@ -83,7 +84,8 @@ class Access:
 
     async def reload(self) -> None:
         records = await self.control.keys_changed_since(None)
-        self._keys = {r.key_hash: r for r in records if r.active}
+        keys = {r.key_hash: r for r in records if r.active}
+        self._keys, self._who = keys, {h: r.principal() for h, r in keys.items()}
         self._origins = frozenset(o for r in self._keys.values() if r.kind == "public"
                                   for o in r.origins)
         self.loaded_at = self.clock()
@@ -127,8 +129,7 @@ class Access:
         """The principal of a well-formed, known, active key; None otherwise (no I/O)."""
         if access.key_kind(token) is None:
             return None
-        record = self._keys.get(access.key_digest(token))
-        return record.principal() if record is not None else None
+        return self._who.get(access.key_digest(token))
 
     async def resolve_key(self, token: str) -> access.Principal | None:
         """`key`, and for a well-formed key the cache does not know yet (made a moment ago,
@@ -149,7 +150,8 @@ class Access:
         if record is None or not record.active:
             return None
         self._keys[digest] = record
-        return record.principal()
+        who = self._who[digest] = record.principal()
+        return who
 
     def origin_known(self, origin: str) -> bool:
         """Whether some active public key allows `origin` (CORS preflights carry no key)."""

@@ -178,6 +178,26 @@ class ScriptCaller:
         loop = asyncio.get_running_loop()
         deadline = None if timeout is None else loop.time() + timeout
         packed = hiredis.pack_command(("EVALSHA", self.sha, len(keys), *keys, *args))
+        mux = self._mux
+        if mux is not None and not mux.closed and len(mux.waiting) < self.max_pending:
+            # the usual case, in this frame: what `_call` and `_once` do on an open connection
+            fut = mux.send(packed)
+            timer = None if deadline is None else loop.call_at(deadline, _expire, fut)
+            try:
+                return await fut
+            except _Lost:  # the server had closed it: once more, on a new one (as `_call`)
+                pass
+            except NoScriptError:
+                await self._load(deadline)
+                return await self._call(packed, deadline)
+            finally:
+                if timer is not None:
+                    timer.cancel()
+            try:
+                return await self._once(packed, deadline)
+            except NoScriptError:
+                await self._load(deadline)
+                return await self._call(packed, deadline)
         try:
             return await self._call(packed, deadline)
         except NoScriptError:

@@ -171,3 +171,37 @@ def test_cap_state_from_untrusted_mapping():
         {"today": "3", "session": 2, "dismissed": 1, "assigned_at": True, "arm": 5}
     )
     assert s == CapState(today=0, session=2, dismissed=True)
+
+
+def test_only_the_segments_the_requested_zones_read_are_evaluated(tmp_path: Path) -> None:
+    """`Config.segments_for`: a selection evaluates the segments its candidates' targeting
+    names (with the segments those name), all of them when a template reads `segments`;
+    the decisions are those of a selection that evaluated every segment."""
+    from engine.logic.decisions.select import with_live_segments
+
+    (tmp_path / "segments").mkdir()
+    (tmp_path / "campaigns").mkdir()
+    for sid, rule in (("base", "event_count: {op: '>=', value: 1}"),
+                      ("keen", "all: [{segment: base}, {event_count: {op: '>=', value: 3}}]"),
+                      ("other", "event_count: {op: '>=', value: 0}")):
+        (tmp_path / "segments" / f"{sid}.yaml").write_text(f"id: {sid}\nrule:\n  {rule}\n")
+    (tmp_path / "campaigns" / "k.yaml").write_text(
+        "id: k\nstatus: active\nzones: [hero]\ntargeting: {segment: keen}\n"
+        "variants:\n  - id: a\n    template: {title: hi}\n")
+    (tmp_path / "campaigns" / "s.yaml").write_text(
+        "id: s\nstatus: active\nzones: [side]\n"
+        "variants:\n  - id: a\n    template: {title: \"{{ segments | join(',') }}\"}\n")
+    config = load_config(tmp_path)
+    assert config.segments_for(("hero",)) == frozenset({"keen", "base"})
+    assert config.segments_for(("hero", "side")) is None
+    assert config.segments_for(("nowhere",)) == frozenset()
+    profile = {"profile_id": "v:1", "event_count": 5, "segments": ["gone"]}
+    assert with_live_segments(config, profile, {}, 0, ["hero"])["segments"] == \
+        ["gone", "base", "keen"]
+    assert with_live_segments(config, profile, {}, 0)["segments"] == \
+        ["gone", "base", "keen", "other"]
+    for zones in (["hero"], ["side"], ["hero", "side"]):
+        got = select(config, profile, {}, 0, zones=zones)
+        assert [d.campaign_id for d in got] == [{"hero": "k", "side": "s"}[z] for z in zones]
+    side = select(config, profile, {}, 0, zones=["side"])[0]
+    assert side.content == {"title": "gone,base,keen,other"}

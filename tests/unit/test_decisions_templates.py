@@ -160,3 +160,32 @@ def test_the_memo_keys_only_the_members_a_template_reads() -> None:
     whole.render(template_vars(visitor("i1", {"shoes": 1.0})))
     whole.render(template_vars(visitor("i2", {"shoes": 1.0})))
     assert len(whole._cache) == 2
+
+
+def test_the_memo_keys_only_the_front_of_a_list_a_template_reads() -> None:
+    """`top.category[:2]` (or `cart[:2]`, `x[0]`) reads the front of a list: visitors who
+    share it share one rendering, whatever comes after; a template that also reads the list
+    another way (`| length`, a non-constant slice) is keyed by all of it."""
+    t = compile_template({"html": "{% for c in top.category[:2] %}{{ c }} {% endfor %}"
+                                  "{{ top.category[1] }}|{% for i in cart[:1] %}{{ i }}{% endfor %}"})
+
+    def visitor(cats: dict[str, float], cart: list[str]) -> dict[str, object]:
+        return {"affinities": {"category": cats}, "cart": cart}
+
+    a = t.render(template_vars(visitor({"shoes": 3.0, "books": 2.0, "toys": 1.0}, ["x", "y"])))
+    b = t.render(template_vars(visitor({"shoes": 3.0, "books": 2.0, "garden": 1.0}, ["x", "z"])))
+    c = t.render(template_vars(visitor({"shoes": 3.0, "toys": 2.0}, ["x"])))
+    assert a == b == {"html": "shoes books books|x"}
+    assert c == {"html": "shoes toys toys|x"}
+    assert len(t._cache) == 2
+    for text in ("{{ top.category[:2] | join }} {{ top.category | length }}",
+                 "{% for c in top.category[:cart_count] %}{{ c }}{% endfor %}",
+                 "{{ top.category[-1] }}{{ top.category[:1] | join }}",
+                 "{{ cart[:1] | join }}{{ cart | length }}"):
+        whole = compile_template({"t": text})
+        outs = [whole.render(template_vars(visitor({"shoes": 3.0, "books": 2.0, k: 1.0},
+                                                   ["x", k])))["t"] for k in ("toys", "garden")]
+        assert len(whole._cache) == 2, text
+        assert outs == [compile_template({"t": text}, memoise=False).render(
+            template_vars(visitor({"shoes": 3.0, "books": 2.0, k: 1.0}, ["x", k])))["t"]
+            for k in ("toys", "garden")], text

@@ -8,16 +8,15 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 CONTROL = "control"
 _SCALE = float(1 << 64)
 
 
-@dataclass(frozen=True, slots=True)
-class Assignment:
-    """The arm a visitor is in: ``variant`` is ``None`` for the control group."""
+class Assignment(NamedTuple):
+    """The arm a visitor is in: ``variant`` is ``None`` for the control group (a named
+    tuple: immutable, and cheap to make on every decision)."""
 
     variant: str | None
     control: bool
@@ -60,7 +59,13 @@ def assign(
         raise ValueError("variant weights must be >= 0 with a positive sum")
     if not 0.0 <= control_percent < 100.0:
         raise ValueError("control_percent must be in [0, 100)")
-    u = bucket(campaign_id, visitor_id)
+    return arm_of(bucket(campaign_id, visitor_id), variants, total, control_percent)
+
+
+def arm_of(u: float, variants: Sequence[tuple[str, float]], total: float,
+           control_percent: float) -> Assignment:
+    """The arm of the bucket ``u`` (what `assign` picks, for weights and a control share it
+    has validated, or that a loaded campaign has: engine/logic/decisions/config.py)."""
     control = control_percent / 100.0
     if u < control:
         return Assignment(None, True, control, u)

@@ -137,23 +137,32 @@ class Campaign:
     policy: PolicySpec = FIXED
     slots: int = 1  # how many variants the zone shows at once (a learning policy ranks them)
 
-    @property
-    def learns(self) -> bool:
-        """Whether a bandit picks the variant (the learner owns this campaign's model)."""
-        return self.policy.kind != "fixed"
+    # computed once from the fields above (the decision path reads them on every call)
+    arms: tuple[tuple[str, float], ...] = field(default=(), init=False, compare=False,
+                                                repr=False)
+    total_weight: float = field(default=0.0, init=False, compare=False, repr=False)
+    learns: bool = field(default=False, init=False, compare=False, repr=False)
+    contextual: bool = field(default=False, init=False, compare=False, repr=False)
+    _by_id: Mapping[str, Variant] = field(default_factory=dict, init=False, compare=False,
+                                          repr=False)
 
-    @property
-    def contextual(self) -> bool:
-        """Whether the policy reads the visitor's features (engine/logic/decisions/features.py)."""
-        return self.policy.kind == "contextual"
+    def __post_init__(self) -> None:
+        arms = tuple((v.id, v.weight) for v in self.variants)
+        object.__setattr__(self, "arms", arms)
+        object.__setattr__(self, "total_weight", sum(w for _, w in arms))
+        # whether a bandit picks the variant (the learner owns this campaign's model), and
+        # whether it reads the visitor's features (engine/logic/decisions/features.py)
+        object.__setattr__(self, "learns", self.policy.kind != "fixed")
+        object.__setattr__(self, "contextual", self.policy.kind == "contextual")
+        object.__setattr__(self, "_by_id", {v.id: v for v in self.variants})
 
     @property
     def weights(self) -> list[tuple[str, float]]:
         """``[(variant id, weight), ...]`` in config order."""
-        return [(v.id, v.weight) for v in self.variants]
+        return list(self.arms)
 
     def variant(self, variant_id: str) -> Variant | None:
-        return next((v for v in self.variants if v.id == variant_id), None)
+        return self._by_id.get(variant_id)
 
     def arm_probabilities(self) -> dict[str, float]:
         """Configured probability of each arm (``"control"`` included when > 0)."""
@@ -166,24 +175,80 @@ class Config:
     campaigns: Mapping[str, Campaign]
     by_zone: Mapping[str, tuple[Campaign, ...]] = field(default_factory=dict)
     needs_propensity: bool = False  # a rule (or a contextual policy) reads the propensities
+    # requested zones -> the segments a selection for them reads (`segments_for`)
+    _reads: dict[tuple[str, ...], frozenset[str] | None] = field(
+        default_factory=dict, compare=False, repr=False)
+    _candidates: dict[tuple[str, ...], tuple[str, ...]] = field(
+        default_factory=dict, compare=False, repr=False)
 
     def campaigns_with_goal(self, event_type: str) -> list[Campaign]:
         """Campaigns whose goal is ``event_type`` (the stream checks these for conversions)."""
         return [c for c in self.campaigns.values() if c.goal and c.goal.event == event_type]
 
     def evaluate_segments(
-        self, profile: Mapping[str, Any], context: Mapping[str, Any], now: Now
+        self, profile: Mapping[str, Any], context: Mapping[str, Any], now: Now,
+        only: frozenset[str] | None = None, into: dict[str, Any] | None = None,
     ) -> list[str]:
-        """Live segment membership: configured segments re-evaluated, unknown stored ones kept."""
+        """Live segment membership: configured segments re-evaluated, unknown stored ones kept.
+
+        ``only``: evaluate just these configured segments (`segments_for`: what a selection
+        reads; the others are left out of the list). ``into``: a copy of ``profile`` the
+        caller owns, whose ``segments`` this sets (no other copy is made)."""
         stored = profile.get("segments")
         stored = [s for s in stored if isinstance(s, str)] if isinstance(stored, list) else []
         members = [s for s in stored if s not in self.segments]
-        view = dict(profile)
+        view = dict(profile) if into is None else into
         for seg_id, seg in self.segments.items():
+            if only is not None and seg_id not in only:
+                continue
             view["segments"] = members
             if seg.rule(view, context, now):
                 members = members + [seg_id]
+        view["segments"] = members
         return members
+
+    def candidates(self, zones: tuple[str, ...]) -> tuple[str, ...]:
+        """The ids of the campaigns that may fill ``zones`` (each once, in zone order), kept
+        per distinct request of zones."""
+        got = self._candidates.get(zones)
+        if got is None:
+            got = tuple(dict.fromkeys(c.id for z in zones for c in self.by_zone.get(z, ())))
+            if len(self._candidates) >= 1024:  # any zones may be asked for: bounded
+                self._candidates.clear()
+            self._candidates[zones] = got
+        return got
+
+    def segments_for(self, zones: tuple[str, ...]) -> frozenset[str] | None:
+        """The configured segments that a selection for ``zones`` can read: those its
+        candidate campaigns' targeting names, with the segments their rules name in turn;
+        None (all of them) when a candidate reads the whole list (a template's `segments`,
+        a contextual policy's features). Kept per distinct request of zones."""
+        got = self._reads.get(zones, False)
+        if got is not False:
+            return got  # type: ignore[return-value]
+        wanted: set[str] | None = set()
+        for zone in zones:
+            for c in self.by_zone.get(zone, ()):
+                if c.contextual or any("segments" in v.template.names for v in c.variants):
+                    wanted = None
+                    break
+                assert wanted is not None
+                wanted |= referenced_segments(c.targeting_spec)
+            if wanted is None:
+                break
+        if wanted is not None:
+            todo = list(wanted)
+            while todo:
+                seg = self.segments.get(todo.pop())
+                for dep in referenced_segments(seg.spec) if seg is not None else ():
+                    if dep not in wanted:
+                        wanted.add(dep)
+                        todo.append(dep)
+        out = None if wanted is None else frozenset(wanted)
+        if len(self._reads) >= 1024:  # any zones may be asked for: keep the memory bounded
+            self._reads.clear()
+        self._reads[zones] = out
+        return out
 
 
 # --- YAML with line numbers ----------------------------------------------------------------

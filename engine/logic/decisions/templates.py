@@ -167,7 +167,7 @@ class RenderError(RuntimeError):
     """A template failed at render time (e.g. a sandbox violation)."""
 
 
-CACHE_SIZE = 4096
+CACHE_SIZE = 16384  # outputs kept per template (a few hundred bytes each)
 _NOT_PURE = frozenset({"random", "shuffle"})  # filters whose output is not a function of input
 
 
@@ -189,15 +189,45 @@ class CompiledTemplate:
     _names: tuple[str, ...] = ()  # every variable the fields read
     # per name of `_uses`, the only members the fields read of it (`top.category`), or None
     _members: tuple[tuple[str, ...] | None, ...] = ()
+    # (name, members, fronts) of `_names`: members None when a render needs the whole value
+    # (none known, or one is also a dict attribute: `top.items` reads the method); fronts:
+    # per member (else of the whole value: an int or None), the front of it the fields read
+    # (`_prefix_read`), None for all of it
+    _pairs: tuple[tuple[str, tuple[str, ...] | None,
+                        tuple[int | None, ...] | int | None], ...] = ()
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        """Every variable the fields read."""
+        return self._names
 
     def render(self, variables: Mapping[str, Any]) -> dict[str, str]:
         """Render every field with ``variables``; raises ``RenderError`` on failure."""
-        used = {n: variables[n] for n in self._names if n in variables}
+        lazy = type(variables) is TemplateVars  # of `top`, only the dimensions the fields read
+        known = _FIELDS if lazy else variables
+        used: dict[str, Any] = {}
+        parts: list[Any] | None = None if self._uses is None else []
+        for n, m, fronts in self._pairs:
+            value = None
+            if n in known:
+                value = used[n] = variables.part(n, m) if lazy else variables[n]  # type: ignore[attr-defined]
+            # the memo key: what the fields read of each, the members of a plain dict (the
+            # variable `top` holds the top keys of every dimension, items included, which
+            # differ for nearly every visitor; a field reading only `top.category` renders
+            # alike for many), else the whole value
+            # (of a list, only the front the fields read: `top.category[:3]`)
+            if parts is None:
+                continue
+            if m is None:
+                parts.append(_head(value, fronts))  # type: ignore[arg-type]
+            elif type(value) is not dict or type(fronts) is not tuple:
+                parts.append(value)
+            else:
+                parts.append([_head(value.get(x), b) for x, b in zip(m, fronts, strict=True)])
         key = None
-        if self._uses is not None:
+        if parts is not None:
             try:
-                key = orjson.dumps([_keyed(used.get(n), m)
-                                    for n, m in zip(self._uses, self._members, strict=True)])
+                key = orjson.dumps(parts)
             except TypeError:
                 key = None
             if key is not None and (hit := self._cache.get(key)) is not None:
@@ -214,17 +244,6 @@ class CompiledTemplate:
                 self._cache.pop(next(iter(self._cache)))
             self._cache[key] = dict(out)
         return out
-
-
-def _keyed(value: Any, members: tuple[str, ...] | None) -> Any:
-    """What of `value` the memo key needs: the members the fields read of a plain dict (the
-    variable `top` holds the top keys of every dimension, items included, which differ for
-    nearly every visitor; a field reading only `top.category` renders alike for many), else
-    the whole value. A member that is also a dict attribute (`top.items`) reads the method,
-    not the entry: then the whole value."""
-    if members is None or type(value) is not dict or any(hasattr(dict, m) for m in members):
-        return value
-    return [value.get(m) for m in members]
 
 
 def _members_read(tree: nodes.Template, name: str) -> tuple[str, ...] | None:
@@ -246,6 +265,60 @@ def _members_read(tree: nodes.Template, name: str) -> tuple[str, ...] | None:
         wrapped += 1
     loads = sum(1 for n in tree.find_all(nodes.Name) if n.name == name)
     return tuple(sorted(members)) if members and loads == wrapped else None
+
+
+def _member_node(node: Any, name: str, member: str | None) -> bool:
+    """Whether ``node`` is `name.member` or `name["member"]` (the variable `name` itself
+    when ``member`` is None)."""
+    if member is None:
+        return isinstance(node, nodes.Name) and node.name == name
+    inner = getattr(node, "node", None)
+    if not (isinstance(inner, nodes.Name) and inner.name == name):
+        return False
+    if isinstance(node, nodes.Getattr):
+        return node.attr == member
+    return isinstance(node, nodes.Getitem) and isinstance(node.arg, nodes.Const) \
+        and node.arg.value == member
+
+
+def _const_int(node: Any) -> int | None:
+    if isinstance(node, nodes.Const) and type(node.value) is int and node.value >= 0:
+        return node.value
+    return None
+
+
+def _prefix_read(tree: nodes.Template, name: str, member: str | None) -> int | None:
+    """How much of the front of `name.member` (of `name` when ``member`` is None) a
+    template reads, when it reads it only through constant slices from the front or
+    constant indexes (`top.category[:3]`, `top.brand[0]`, `cart[:3]`): the length of that
+    front (the memo key then holds no more of it); else None."""
+    kinds = nodes.Name if member is None else (nodes.Getattr, nodes.Getitem)
+    reads = sum(1 for n in tree.find_all(kinds) if _member_node(n, name, member))
+    bound = 0
+    bounded = 0
+    for n in tree.find_all(nodes.Getitem):
+        if not _member_node(n.node, name, member):
+            continue
+        arg = n.arg
+        if isinstance(arg, nodes.Slice):
+            stop = _const_int(arg.stop)
+            if arg.step is not None or stop is None or (arg.start is not None
+                                                        and _const_int(arg.start) is None):
+                return None
+            bound = max(bound, stop)
+        elif (i := _const_int(arg)) is not None:
+            bound = max(bound, i + 1)
+        else:
+            return None
+        bounded += 1
+    return bound if reads and bounded == reads else None
+
+
+def _head(value: Any, bound: int | None) -> Any:
+    """The front of a sequence that a template reads (`_prefix_read`), else the value."""
+    if bound is None or not isinstance(value, list | tuple | str):
+        return value
+    return value[:bound]
 
 
 def parse_template(text: str) -> nodes.Template:
@@ -271,6 +344,7 @@ def compile_template(fields: Mapping[str, Any], *, memoise: bool = True,
     source: dict[str, str] = {}
     uses: set[str] = set()
     members: dict[str, tuple[str, ...] | None] = {}
+    fronts: dict[tuple[str, str | None], int | None] = {}  # (name, member) -> `_prefix_read`
     pure = True
     for name, text in fields.items():
         if not isinstance(name, str) or not name.isidentifier():
@@ -294,13 +368,25 @@ def compile_template(fields: Mapping[str, Any], *, memoise: bool = True,
                 prev = members[n]
                 got = None if prev is None or got is None else tuple(sorted({*prev, *got}))
             members[n] = got
+            for m in got or (None,):
+                front = _prefix_read(tree, n, m)
+                if (n, m) in fronts:
+                    prev_front = fronts[(n, m)]
+                    front = None if prev_front is None or front is None else max(prev_front,
+                                                                                 front)
+                fronts[(n, m)] = front
         uses |= found
         pure = pure and not any(f.name in _NOT_PURE for f in tree.find_all(nodes.Filter))
         source[name] = text
     memo = pure and memoise
     names = tuple(sorted(uses))
+    kept = tuple(members[n] for n in names)
+    pairs = tuple((n, None, fronts.get((n, None))) if m is None else
+                  (n, None, None) if any(hasattr(dict, x) for x in m) else
+                  (n, m, tuple(fronts.get((n, x)) for x in m))
+                  for n, m in zip(names, kept, strict=True))
     return CompiledTemplate(source, compiled, names if memo else None, _sanitise=campaign,
-                            _names=names, _members=tuple(members[n] for n in names))
+                            _names=names, _members=kept, _pairs=pairs)
 
 
 def _strings(profile: Mapping[str, Any], key: str) -> list[str]:
@@ -351,6 +437,15 @@ class TemplateVars(Mapping[str, Any]):
         if hit is None:
             hit = self._tops[dim] = _top_of(self, dim)
         return hit
+
+    def part(self, name: str, members: tuple[str, ...] | None) -> Any:
+        """What a template that reads `name` only through the constant `members` (none a dict
+        attribute: `_pairs`) needs of it: of `top`, those dimensions alone (each sorts the visitor's keys of
+        a dimension, items included); else the whole value. The fields render alike: they
+        read nothing else of it."""
+        if name == "top" and members is not None and "top" not in self._done:
+            return {m: self.top_dim(m) for m in members if m in DIMENSIONS or m in self.affinities}
+        return self[name]
 
     def __getitem__(self, name: str) -> Any:
         if name in self._done:
