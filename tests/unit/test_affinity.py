@@ -427,3 +427,23 @@ def test_traits_stay_within_their_byte_budget():
                         "ts": 1_764_000_000_000 + n, "props": {"traits": {f"k{n}": "x" * 1000}}},
                     AffinityConfig())
     assert len(msgpack.packb(p.traits)) <= MAX_TRAITS_BYTES and "k39" in p.traits
+
+
+def test_schema_4_tables_carried_from_blob_to_blob_write_what_a_fresh_table_writes():
+    """Items come and go (pruned past the caps, dropped from recent): each write, whether it
+    reuses, updates or rebuilds the string table, gives the bytes a table built anew gives."""
+    rng = random.Random(5)
+    cfg = AffinityConfig(max_keys={"category": 3, "brand": 2, "tag": 2, "item": 3}, max_recent_items=3)
+    p = Profile()
+    for i in range(300):
+        etype = rng.choice(["item_view", "item_view", "add_to_cart", "purchase", "remove_from_cart"])
+        apply_event(p, event(i, etype, T0 + i * 60_000, id=rng.choice([str(rng.randrange(50)), f"s{rng.randrange(20)}"]),
+                             brand=f"b{rng.randrange(6)}", tags=[f"t{rng.randrange(4)}"],
+                             categories=[f"c{rng.randrange(3)}/d{rng.randrange(3)}"]), cfg)
+        blob = p.snapshot()
+        fresh = Profile.restore(blob)
+        fresh._table = None
+        assert fresh.snapshot() == blob, i
+        q = Profile.restore(blob)
+        assert q.aff == Profile.restore(blob).aff and q.recent == p.recent and q.cart == p.cart
+        p = q if i % 2 else p  # half the time carry on from the restored profile
