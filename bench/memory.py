@@ -1,6 +1,7 @@
 """Memory: Redis bytes per visitor profile after replaying 100k visitors with ~20 events each.
 
     python bench/memory.py [--visitors 100000] [--events-per 20] [--procs 2] [--no-hooks]
+                           [--baseline REV]
 
 BYPASSES HTTP AND KAFKA: the events go straight into `streams.applier.Applier` (the code the
 stream worker runs, with the worker's hooks from `streams.hooks.setup_hooks` unless
@@ -18,6 +19,10 @@ continuing with further source users of the same file when one runs out; times a
 every visitor's history ends within the last day, keeping the gaps between its events. The
 events of many visitors are interleaved and applied in batches of up to 1,000, in records
 (flushes) of up to 5 events, so a profile is read and rewritten several times as on the stream.
+
+The sampled profiles are also written by another revision's `models/affinity.py` (`--baseline`,
+default the last one writing blob schema 3) and stored the same way in database 1 of the same
+Valkey, so the run measures the previous schema's STRLEN and MEMORY USAGE on the same profiles.
 
 Figures: used_memory delta / visitors (everything the worker wrote, profiles and the other
 keys, including TTL bookkeeping), mean STRLEN and MEMORY USAGE of the profile blobs, keys by
@@ -44,6 +49,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _stack import BenchStack, busy_note, json_line, loadavg, mib, run_main, say  # noqa: E402
 
 TARGET = 400  # bytes of the profile key (MEMORY USAGE), issue 13
+BASELINE = "bf7e4c6"  # the last revision writing profile blob schema 3
 REES46 = Path("/work/shared/data/rees46/2019-Oct_head.csv")
 TAOBAO = Path("/work/shared/data/taobao/user_behavior.csv")
 PARTITIONS = 4
@@ -255,24 +261,54 @@ def _schema1_len(blob: bytes | None) -> int:
         use_bin_type=True, use_single_float=True))
 
 
-def _schema2_len(blob: bytes | None) -> int:
-    """The size the same profile had in blob schema 2 (the affinities as msgpack arrays of
-    string-table indexes and `[code, value, ...]` lists), as the previous schema's baseline."""
-    import msgpack
+def baseline_blobs(mod: Any, blobs: list[bytes | None]) -> list[bytes | None]:
+    """The same profiles (4 revision bytes + blob) written by another revision's
+    `models/affinity.py` (`mod`, e.g. blob schema 3): each profile read with the working tree's
+    code and its fields handed to the other's `Profile`."""
+    import dataclasses
 
-    from models.affinity import Profile, _unfront
+    from models.affinity import Profile
 
-    if not blob:
-        return 0
-    p = Profile.restore(blob[4:])
-    data = msgpack.unpackb(p.snapshot(), raw=False, strict_map_key=False)
-    ref = {n: i for i, n in enumerate([str(k) for k in data[6]] + _unfront(data[7]))}
-    data[0] = 2
-    data[8] = [[[ref[k] for k in table], list(table.values())] for table in p.aff]
-    return 4 + len(msgpack.packb(data, use_bin_type=True, use_single_float=True))
+    out: list[bytes | None] = []
+    for blob in blobs:
+        if not blob:
+            out.append(None)
+            continue
+        p = Profile.restore(blob[4:])
+        q = mod.Profile(**{f.name: getattr(p, f.name) for f in dataclasses.fields(mod.Profile)})
+        out.append(blob[:4] + q.snapshot())
+    return out
 
 
-def key_breakdown(r: Any, visitors: int, sample: int = 3000) -> dict[str, Any]:
+def baseline_usage(r: Any, picks: list[bytes], old: list[bytes | None]) -> float:
+    """Mean MEMORY USAGE of the baseline blobs stored as the profiles are (the same key names
+    and TTLs), in database 1 of the same Valkey, emptied afterwards."""
+    import redis
+
+    pttl = r.pipeline(transaction=False)
+    for k in picks:
+        pttl.pttl(k)
+    ttls = pttl.execute()
+    r1 = redis.Redis(connection_pool=redis.ConnectionPool(**{**r.connection_pool.connection_kwargs, "db": 1}))
+    try:
+        r1.flushdb()
+        pipe = r1.pipeline(transaction=False)
+        for k, blob, ttl in zip(picks, old, ttls, strict=True):
+            if blob:
+                pipe.set(k, blob, px=ttl if ttl and ttl > 0 else None)
+        pipe.execute()
+        pipe = r1.pipeline(transaction=False)
+        kept = [k for k, blob in zip(picks, old, strict=True) if blob]
+        for k in kept:
+            pipe.memory_usage(k, samples=0)
+        usage = [u or 0 for u in pipe.execute()]
+        r1.flushdb()
+    finally:
+        r1.close()
+    return sum(usage) / max(1, len(usage))
+
+
+def key_breakdown(r: Any, visitors: int, baseline: Any, sample: int = 3000) -> dict[str, Any]:
     """Keys by prefix, the profile blobs' STRLEN and MEMORY USAGE, and what each key family
     costs per visitor."""
     from engine.store import keys
@@ -299,10 +335,13 @@ def key_breakdown(r: Any, visitors: int, sample: int = 3000) -> dict[str, Any]:
     usage = [u or 0 for u in pipe.execute()]
     blobs = r.mget(picks) if picks else []
     v1 = [_schema1_len(b) for b in blobs]
-    v2 = [_schema2_len(b) for b in blobs]
+    old = baseline_blobs(baseline, blobs)
+    v_old = [len(b) for b in old if b]
     return {
         "schema1_mean_strlen": round(sum(v1) / max(1, len(v1)), 1),
-        "schema2_mean_strlen": round(sum(v2) / max(1, len(v2)), 1),
+        "baseline_mean_strlen": round(sum(v_old) / max(1, len(v_old)), 1),
+        "baseline_mean_memory_usage": round(baseline_usage(r, picks, old), 1),
+        "sample_mean_strlen": round(sum(len(b) for b in blobs if b) / max(1, len(v_old)), 1),
         "keys_by_prefix": dict(prefixes.most_common()),
         "profiles": len(profile_keys),
         "mean_strlen": round(strlen_total / max(1, len(profile_keys)), 1),
@@ -317,7 +356,12 @@ def main() -> int:
     ap.add_argument("--events-per", type=int, default=20, help="mean events per visitor")
     ap.add_argument("--procs", type=int, default=2, help="applier processes (disjoint visitors)")
     ap.add_argument("--no-hooks", action="store_true", help="apply without the worker's hooks")
+    ap.add_argument("--baseline", default=BASELINE,
+                    help="git revision whose blob schema the same profiles are also measured in")
     a = ap.parse_args()
+    from profile_codec import load_module
+
+    baseline = load_module(a.baseline)
     for p in (REES46, TAOBAO):
         if not p.exists():
             print(f"missing data file {p}", file=sys.stderr)
@@ -349,7 +393,7 @@ def main() -> int:
             stats.update({k: v for k, v in p.items() if k != "hooks"})
         mem = r.info("memory")
         used = int(mem["used_memory"])
-        breakdown = key_breakdown(r, a.visitors)
+        breakdown = key_breakdown(r, a.visitors, baseline)
         rss_redis = st.rss("redis")
         r.close()
     hooks_on = all(p.get("hooks") for p in parts)
@@ -364,10 +408,12 @@ def main() -> int:
     print(f"  used_memory {base} -> {used} B: {delta} B for {breakdown['profiles']} profiles = "
           f"{per_visitor:.0f} B per visitor")
     print(f"  profile blob: mean STRLEN {breakdown['mean_strlen']} B, mean MEMORY USAGE "
-          f"{breakdown['mean_memory_usage']} B (sampled); the same profiles (sampled) in blob schema 2: "
-          f"STRLEN {breakdown['schema2_mean_strlen']} B (ratio "
-          f"{breakdown['mean_strlen'] / max(1, breakdown['schema2_mean_strlen']):.2f}), in schema 1: "
-          f"{breakdown['schema1_mean_strlen']} B (ratio "
+          f"{breakdown['mean_memory_usage']} B (sampled); the same sampled profiles written by "
+          f"{a.baseline}'s models/affinity.py: STRLEN {breakdown['baseline_mean_strlen']} B (this "
+          f"run's: {breakdown['sample_mean_strlen']} B, ratio "
+          f"{breakdown['sample_mean_strlen'] / max(1, breakdown['baseline_mean_strlen']):.2f}), MEMORY USAGE "
+          f"{breakdown['baseline_mean_memory_usage']} B stored alike (same key names and TTLs, database 1); "
+          f"in schema 1: {breakdown['schema1_mean_strlen']} B (ratio "
           f"{breakdown['mean_strlen'] / max(1, breakdown['schema1_mean_strlen']):.2f})")
     print(f"  keys by prefix: {breakdown['keys_by_prefix']}")
     fams = breakdown["families"]
@@ -391,7 +437,9 @@ def main() -> int:
                "used_memory_before": base, "used_memory_after": used, "bytes_per_visitor": round(per_visitor, 1),
                "mean_strlen": breakdown["mean_strlen"], "mean_memory_usage": breakdown["mean_memory_usage"],
                "schema1_mean_strlen": breakdown["schema1_mean_strlen"],
-               "schema2_mean_strlen": breakdown["schema2_mean_strlen"],
+               "baseline": a.baseline, "baseline_mean_strlen": breakdown["baseline_mean_strlen"],
+               "baseline_mean_memory_usage": breakdown["baseline_mean_memory_usage"],
+               "sample_mean_strlen": breakdown["sample_mean_strlen"],
                "keys_by_prefix": breakdown["keys_by_prefix"], "families": breakdown["families"],
                "per_visitor_keys_bytes": round(own, 1), "shared_tables_bytes_per_visitor": round(shared, 1),
                "rss_redis_mib": mib(rss_redis),

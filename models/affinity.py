@@ -24,6 +24,19 @@ Blob schema 3 (schemas 1 and 2 still restore, and are written as 3 the next time
 but the affinity tables are one binary string of fixed-size records (`_REC`: the key's index,
 the dimension with the event-type code, the float32 value), instead of per-dimension msgpack
 arrays of index lists and `[code, value, ...]` lists (about 7 B per entry: 6).
+
+Blob schema 4 (schemas 1-3 still restore, and are written as 4 the next time), the same values
+in fewer bytes: the decimal ids of the string table are one string of fixed-width
+little-endian numbers (the widest's width, stored byte plane by byte plane: ids below 2^24 take
+3 bytes instead of msgpack's 5); the affinity records of each dimension are sorted by their
+key's index, so a record is a one-byte head (the step from the previous record's index in its
+top 3 bits, 0 = the same key's next event type, 7 = "the index is written out"; the event-type
+code in its low 5 bits, 31 = "the code is written out") and its float32 value: 5 B instead of
+6. Beside the records, one list: each dimension's record count and first key's index, then what
+the heads wrote out, in order (usually nothing). The string table of the blob a profile was
+restored from is kept with it: the next snapshot reuses it while the profile names the same
+strings, and otherwise classifies only the strings added and reuses the packed ids or the
+front-coded words when they did not change. Bytes that are not a profile blob raise ValueError.
 """
 
 from __future__ import annotations
@@ -32,9 +45,12 @@ import hashlib
 import math
 import re
 import struct
+import sys
+from array import array
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
+from itertools import islice
 from typing import Any
 
 import msgpack
@@ -64,7 +80,7 @@ TYPE_CODES = {
 }
 CODE_NAMES = {v: k for k, v in TYPE_CODES.items()} | {0: "other"}
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 # Schema 3's affinity record: the key's index in the string table (one byte while the table has
 # at most 256 strings, else two), the dimension (top 2 bits) with the event-type code (6 bits),
 # the forward-decayed value as a float32 (what schema 2's msgpack floats held, so the values
@@ -193,6 +209,173 @@ def _unfront(flat: list[Any]) -> list[str]:
     return out
 
 
+_BIG_ENDIAN = sys.byteorder == "big"  # blobs are little-endian everywhere
+
+
+def _string_table(names: set[str], old: list[Any] | None = None) -> list[Any]:
+    """A profile's string table (schema 4): `[names in index order, their set, name -> index,
+    the decimal ids packed, the other strings front-coded, those strings]`, the same for the
+    same set. From `old` (the table before), only the strings added are classified, and its
+    packed parts are reused where they did not change."""
+    if old is None or old[1] is None:
+        numk = sorted(filter(_DECIMAL, names))  # "0", "1234"; not "007"
+        words = sorted(names.difference(numk))
+        nums, front = _pack_ints(list(map(int, numk))), _front(words)
+    else:
+        was = old[1]
+        added = names.difference(was)
+        gone = was.difference(names)
+        old_words = old[5]
+        old_numk = old[0][: len(old[0]) - len(old_words)]
+        new_numk = list(filter(_DECIMAL, added))
+        numk, words = old_numk, old_words
+        if new_numk or gone:
+            numk = sorted(set(old_numk).difference(gone).union(new_numk)) if gone else \
+                sorted(old_numk + new_numk)
+        if len(new_numk) < len(added) or gone:
+            new_words = added.difference(new_numk)
+            words = sorted(set(old_words).difference(gone).union(new_words)) if gone else \
+                sorted(old_words + list(new_words))
+        nums = old[3] if numk == old_numk else _pack_ints(list(map(int, numk)))
+        front = old[4] if words == old_words else _front(words)
+    order = numk + words
+    return [order, names, dict(zip(order, range(len(order)), strict=True)), nums, front, words]
+
+
+def _same_table(table: list[Any], names: set[str]) -> bool:
+    """Whether `table` (from `restore` or the last `snapshot`) holds exactly `names`; a table a
+    blob brought in gets its set here, on its first use, and its index when it is reused."""
+    order = table[0]
+    if table[1] is None:
+        seen = set(order)
+        if len(seen) != len(order):  # a string twice: not a table `snapshot` writes
+            table[0] = []
+            return False
+        table[1] = seen
+    if table[1] != names:
+        return False
+    if table[2] is None:
+        table[2] = dict(zip(order, range(len(order)), strict=True))
+    return True
+
+
+def _pack_ints(nums: list[int]) -> bytes:
+    """Non-negative ints below 2^64 as one string: their width in bytes w (the widest's), then
+    w planes, the k-th byte of every number in plane k (little-endian; b"" for none)."""
+    if not nums:
+        return b""
+    w = max(1, (max(nums).bit_length() + 7) // 8)
+    a = array("I" if w <= 4 else "Q", nums)
+    if _BIG_ENDIAN:
+        a.byteswap()
+    raw = a.tobytes()
+    s = a.itemsize
+    return bytes((w,)) + b"".join([raw[j::s] for j in range(w)])
+
+
+def _unpack_ints(b: bytes) -> list[int]:
+    if not b:
+        return []
+    w = b[0]
+    k, rest = divmod(len(b) - 1, w) if 1 <= w <= 8 else (0, 1)
+    if rest or not k:
+        raise ValueError(f"integer ids: {len(b)} bytes do not hold numbers of {w} bytes")
+    s = 4 if w <= 4 else 8
+    buf = bytearray(k * s)
+    for j in range(w):
+        buf[j::s] = b[1 + j * k : 1 + (j + 1) * k]
+    a = array("I" if s == 4 else "Q")
+    a.frombytes(buf)
+    if _BIG_ENDIAN:
+        a.byteswap()
+    return a.tolist()
+
+
+def _recs(n: int) -> struct.Struct:
+    """The precompiled format of n affinity records (a one-byte head, a float32)."""
+    s = _RECS.get(n)
+    if s is None:
+        s = struct.Struct("<" + "Bf" * n)
+        if n <= 256:
+            _RECS[n] = s
+    return s
+
+
+_RECS: dict[int, struct.Struct] = {}
+
+
+def _escape(step: int, r: int, code: float, extra: list[int]) -> int:
+    """A record's head when its step is past 6 or its code not 0-30: what does not fit goes to
+    `extra` (the code, then the index)."""
+    ok = 0 <= code <= 30
+    if not ok:
+        extra.append(int(code))
+    if step > 6:
+        extra.append(r)
+    return (step if step <= 6 else 7) << 5 | (int(code) if ok else 31)
+
+
+def _pack_aff(aff: list[dict[str, list[float]]], get: Any) -> tuple[bytes, list[int]]:
+    """Schema 4's affinity records and their counts (see the module's docstring)."""
+    flat: list[Any] = []
+    counts: list[int] = []
+    extra: list[int] = []
+    for t in aff:
+        if not t:
+            counts += (0, 0)
+            continue
+        n0 = len(flat)
+        recs = sorted(zip(map(get, t), t.values(), strict=True))  # by index (each index once)
+        first = prev = recs[0][0]
+        prev -= 1
+        for r, pairs in recs:
+            step = r - prev
+            prev = r
+            code = pairs[0]
+            flat += (step << 5 | code if step <= 6 and 0 <= code <= 30 else
+                     _escape(step, r, code, extra), pairs[1])
+            if len(pairs) > 2:  # the key's other event types
+                for j in range(2, len(pairs), 2):
+                    code = pairs[j]
+                    flat += (code if 0 <= code <= 30 else _escape(0, r, code, extra), pairs[j + 1])
+        counts += ((len(flat) - n0) >> 1, first)
+    return _recs(len(flat) >> 1).pack(*flat), counts + extra
+
+
+def _unpack_aff(b: bytes, counts: list[int], names: list[str]) -> list[dict[str, list[float]]]:
+    """Schema 4's affinity records back into the four tables (see the module's docstring)."""
+    if len(counts) < 8 or min(counts[:8]) < 0:
+        raise ValueError(f"affinities: {counts!r} are not 4 counts and first indexes")
+    total = sum(counts[0:8:2])
+    if len(b) != 5 * total:
+        raise ValueError(f"affinities: {len(b)} bytes are not {total} records")
+    it = iter(_recs(total).unpack(b))
+    records = zip(it, it, strict=True)  # (head, value)
+    extra = iter(counts[8:])
+    aff: list[dict[str, list[float]]] = [{}, {}, {}, {}]
+    for d, table in enumerate(aff):
+        n, r = counts[2 * d], counts[2 * d + 1] - 1
+        pairs: Any = None  # a record with step 0 continues the key before it
+        for h, v in islice(records, n):
+            step = h >> 5
+            code = h & 31
+            if code == 31:
+                code = next(extra)
+            if step:
+                if step == 7:
+                    r = next(extra)
+                    if r < 0:
+                        raise ValueError(f"affinities: index {r}")
+                else:
+                    r += step
+                pairs = table[names[r]] = [code, v]
+            else:
+                pairs += (code, v)
+    if next(extra, None) is not None:
+        raise ValueError("affinities: more escapes than records")
+    return aff
+
+
 @dataclass(slots=True)
 class Profile:
     """One visitor's (or one known user's) state. Mutable; `snapshot()` gives its bytes."""
@@ -224,35 +407,27 @@ class Profile:
     # purchased item -> [last purchase, the one before (0: none)], in seconds; the items of
     # `purchased` only (the repurchase rule reads how long ago, the stream how long between)
     bought: dict[str, list[int]] = field(default_factory=dict)
+    # the string table of the blob this profile was restored from or last written as (schema
+    # 4): the next snapshot reuses it while the profile names the same strings
+    _table: Any = field(default=None, repr=False, compare=False)
 
     # -- persistence -------------------------------------------------------------------
     def snapshot(self) -> bytes:
-        """Schema 3 (see the module's docstring)."""
+        """Schema 4 (see the module's docstring)."""
         sess = self.session
+        aff = self.aff
         names = set(self.recent)
-        names.update(self.cart, self.purchased, self.bought)
-        for table in self.aff:
-            names.update(table)
+        names.update(self.cart, self.purchased, self.bought, *aff)
         if sess.seq:
             names.update(sess.viewed, sess.carted, sess.bought)
-        # the exact decimal form of an int below 2^63 ("0", "1234"; not "007") goes as an int
-        numk = sorted(filter(_DECIMAL, names))
-        words = sorted(names.difference(numk))
-        ref = dict(zip(numk + words, range(len(names)), strict=True))
-        nums = list(map(int, numk))
+        table = self._table
+        if table is None or not _same_table(table, names):
+            table = self._table = _string_table(names, table)
+        ref, nums, front = table[2], table[3], table[4]
+        get = ref.__getitem__
+        recs, counts = _pack_aff(aff, get)
         last = self.last_seen
         ls = last // 1000
-        rec = _REC_WIDE if len(ref) > 256 else _REC
-        flat: list[Any] = []
-        for base, table in zip((0, 64, 128, 192), self.aff, strict=True):
-            for k, pairs in table.items():
-                if len(pairs) == 2:  # most keys: one event type
-                    flat += (ref[k], base | int(pairs[0]), pairs[1])
-                else:
-                    r = ref[k]
-                    for j in range(0, len(pairs), 2):
-                        flat += (r, base | int(pairs[j]), pairs[j + 1])
-        aff = struct.pack("<" + rec[1:] * (len(flat) // 3), *flat)
         return msgpack.packb(
             [
                 SCHEMA_VERSION,
@@ -262,11 +437,12 @@ class Profile:
                 last - self.first_seen,
                 self.user_id,
                 nums,
-                _front(words),
-                aff,
-                [ref[i] for i in self.recent],
-                [ref[i] for i in self.cart],
-                [ref[i] for i in self.purchased],
+                front,
+                counts,
+                recs,
+                list(map(get, self.recent)),
+                list(map(get, self.cart)),
+                list(map(get, self.purchased)),
                 {k: [v[0], ls - v[1]] for k, v in self.types.items()},
                 self.traits,
                 self.segments,
@@ -276,9 +452,9 @@ class Profile:
                 {k: [o, last - ms] for k, (o, ms) in self.marks.items()},
                 self.merged,
                 [sess.seq, sess.key, last - sess.start_ms, last - sess.last_ms, sess.events,
-                 [ref[i] for i in sess.viewed], [ref[i] for i in sess.carted],
-                 [ref[i] for i in sess.bought], int(sess.return_gap_ms)] if sess.seq else None,
-                {ref[k]: [ls - t1, t1 - t0 + 1 if t0 else 0] for k, (t1, t0) in self.bought.items()},
+                 list(map(get, sess.viewed)), list(map(get, sess.carted)),
+                 list(map(get, sess.bought)), int(sess.return_gap_ms)] if sess.seq else None,
+                {get(k): [ls - t1, t1 - t0 + 1 if t0 else 0] for k, (t1, t0) in self.bought.items()},
             ],
             use_bin_type=True,
             use_single_float=True,
@@ -286,16 +462,57 @@ class Profile:
 
     @classmethod
     def restore(cls, blob: bytes) -> Profile:
-        data = msgpack.unpackb(blob, raw=False, strict_map_key=False)
-        if data and data[0] == 1:
-            return cls._restore_v1(data)
-        if not data or data[0] not in (2, SCHEMA_VERSION):
-            raise ValueError(f"unknown profile schema {data[0] if data else None!r}")
-        (_, lm, n, last, first_ago, uid, nums, front, aff2, recent, cart, purchased, types, traits,
-         segs, chans, aliases, seen, marks, merged, sess, bought) = data
+        """A profile from its blob, of any schema; ValueError for bytes that are not one."""
+        try:
+            data = msgpack.unpackb(blob, raw=False, strict_map_key=False)
+        except Exception as exc:  # msgpack's errors for truncated, extra or malformed bytes
+            raise ValueError(f"corrupt profile blob ({len(blob)} bytes): {exc}") from exc
+        version = data[0] if isinstance(data, list) and data else None
+        if version not in (1, 2, 3, SCHEMA_VERSION):
+            raise ValueError(f"unknown profile schema {version!r}")
+        try:
+            if version == SCHEMA_VERSION:
+                return cls._restore_v4(data)
+            if version == 1:
+                return cls._restore_v1(data)
+            return cls._restore_v23(data)
+        except (ValueError, TypeError, IndexError, KeyError, AttributeError, OverflowError,
+                StopIteration, struct.error) as exc:
+            raise ValueError(f"corrupt profile blob (schema {version}): "
+                             f"{type(exc).__name__}: {exc}") from exc
+
+    @classmethod
+    def _restore_v4(cls, data: list[Any]) -> Profile:
+        (_, lm, n, last, first_ago, uid, nums_b, front, counts, aff_b, recent, cart, purchased,
+         types, traits, segs, chans, aliases, seen, marks, merged, sess, bought) = data
+        nums = _unpack_ints(nums_b)
+        names = list(map(str, nums))
+        names += _unfront(front)
+        ls = last // 1000
+        aff = _unpack_aff(aff_b, counts, names)
+        session = Session()
+        if sess:
+            seq, key, start_ago, last_ago, events, viewed, carted, sbought, gap = sess
+            session = Session(seq, key, last - start_ago, last - last_ago, events,
+                              [names[r] for r in viewed], [names[r] for r in carted],
+                              [names[r] for r in sbought], float(gap))
+        p = cls(lm, n, last - first_ago, last, uid, aff, [names[r] for r in recent],
+                [names[r] for r in cart], [names[r] for r in purchased],
+                {k: [v[0], ls - v[1]] for k, v in types.items()}, traits, segs,
+                {k: ls - v for k, v in chans.items()}, aliases, seen,
+                {k: [o, last - ago] for k, (o, ago) in marks.items()}, merged, session,
+                {names[r]: [ls - a, ls - a - d + 1 if d else 0] for r, (a, d) in bought.items()})
+        p._table = [names, None, None, nums_b, front, names[len(nums):]]  # the next snapshot reuses it if unchanged
+        return p
+
+    @classmethod
+    def _restore_v23(cls, data: list[Any]) -> Profile:
+        """A schema 2 or 3 blob (written before schema 4)."""
+        (version, lm, n, last, first_ago, uid, nums, front, aff2, recent, cart, purchased, types,
+         traits, segs, chans, aliases, seen, marks, merged, sess, bought) = data
         names = [str(k) for k in nums] + _unfront(front)
         ls = last // 1000
-        if data[0] == 2:
+        if version == 2:
             aff = [{names[r]: v for r, v in zip(refs, vals, strict=True)} for refs, vals in aff2]
         else:
             aff = [{}, {}, {}, {}]

@@ -140,7 +140,47 @@ def test_a_schema_1_blob_still_reads_and_keeps_its_dedupe_marks():
     assert old.session == p.session and old.bought == p.bought and old.marks == p.marks
     assert old.seen == p.seen  # the 5-byte fingerprints cut to schema 2's 4
     assert not apply_event(old, event(3, id="sku-3"), CFG)  # a resend is still a duplicate
-    assert Profile.restore(old.snapshot()).snapshot() == old.snapshot()  # written as schema 2
+    assert Profile.restore(old.snapshot()).snapshot() == old.snapshot()  # written as schema 4
+
+
+def _v3_data(p: Profile) -> list:
+    """What schema 3 wrote (before schema 4): the decimal ids as msgpack ints, the affinities as
+    one string of 6-byte records (index, dimension << 6 | code, float32) in table order."""
+    import re
+    import struct
+
+    from models.affinity import _front
+
+    sess = p.session
+    names = set(p.recent) | set(p.cart) | set(p.purchased) | set(p.bought)
+    for t in p.aff:
+        names |= set(t)
+    if sess.seq:
+        names |= set(sess.viewed) | set(sess.carted) | set(sess.bought)
+    numk = sorted(n for n in names if re.fullmatch(r"0|[1-9][0-9]{0,17}", n))
+    words = sorted(names - set(numk))
+    ref = {n: i for i, n in enumerate(numk + words)}
+    rec = "<HBf" if len(ref) > 256 else "<BBf"
+    aff = b"".join(struct.pack(rec, ref[k], d << 6 | pairs[j], pairs[j + 1])
+                   for d, t in enumerate(p.aff) for k, pairs in t.items()
+                   for j in range(0, len(pairs), 2))
+    last, ls = p.last_seen, p.last_seen // 1000
+    return [3, p.landmark, p.event_count, last, last - p.first_seen, p.user_id,
+            [int(k) for k in numk], _front(words), aff, [ref[i] for i in p.recent],
+            [ref[i] for i in p.cart], [ref[i] for i in p.purchased],
+            {k: [v[0], ls - v[1]] for k, v in p.types.items()}, p.traits, p.segments,
+            {k: ls - v for k, v in p.channels.items()}, p.aliases, p.seen,
+            {k: [o, last - ms] for k, (o, ms) in p.marks.items()}, p.merged,
+            [sess.seq, sess.key, last - sess.start_ms, last - sess.last_ms, sess.events,
+             [ref[i] for i in sess.viewed], [ref[i] for i in sess.carted],
+             [ref[i] for i in sess.bought], int(sess.return_gap_ms)] if sess.seq else None,
+            {ref[k]: [ls - t1, t1 - t0 + 1 if t0 else 0] for k, (t1, t0) in p.bought.items()}]
+
+
+def _v3_blob(p: Profile) -> bytes:
+    import msgpack
+
+    return msgpack.packb(_v3_data(p), use_bin_type=True, use_single_float=True)
 
 
 def _v2_blob(p: Profile) -> bytes:
@@ -149,34 +189,106 @@ def _v2_blob(p: Profile) -> bytes:
 
     from models.affinity import _unfront
 
-    data = msgpack.unpackb(p.snapshot(), raw=False, strict_map_key=False)
+    data = _v3_data(p)
     ref = {n: i for i, n in enumerate([str(k) for k in data[6]] + _unfront(data[7]))}
     data[0] = 2
     data[8] = [[[ref[k] for k in table], list(table.values())] for table in p.aff]
     return msgpack.packb(data, use_bin_type=True, use_single_float=True)
 
 
-def test_a_schema_2_blob_still_reads_and_is_written_as_schema_3():
+def _older_profile() -> Profile:
     p = Profile()
     for i in range(16):
         apply_event(p, event(i, "purchase" if i % 5 == 4 else "item_view", T0 + i * 60_000,
-                             id=f"sku-{i % 6}", brand="acme", categories=["a/b/c"], tags=["t"]), CFG)
+                             id=f"sku-{i % 6}" if i % 3 else str(4_000_000 + i),
+                             brand="acme", categories=["a/b/c"], tags=["t"]), CFG)
     p.advance(3, 41, T0 + DAY)
-    old = Profile.restore(_v2_blob(p))
-    assert old.snapshot() == p.snapshot()  # the same profile, now as schema 3
+    return p
+
+
+@pytest.mark.parametrize("old_blob", [_v2_blob, _v3_blob], ids=["schema 2", "schema 3"])
+def test_schema_2_and_3_blobs_still_read_and_are_written_as_schema_4(old_blob):
+    import msgpack
+
+    p = _older_profile()
+    old = Profile.restore(old_blob(p))
+    assert old.snapshot() == p.snapshot()  # the same profile, now as schema 4
+    assert msgpack.unpackb(old.snapshot(), strict_map_key=False)[0] == 4
     assert view(old, T0, CFG, explain=True) == view(Profile.restore(p.snapshot()), T0, CFG, explain=True)
     assert old.session == p.session and old.bought == p.bought and old.marks == p.marks
     assert old.seen == p.seen
     assert not apply_event(old, event(3, id="sku-3"), CFG)  # a resend is still a duplicate
-    assert len(p.snapshot()) < len(_v2_blob(p))
+    assert len(p.snapshot()) < len(_v3_blob(p)) < len(_v2_blob(p))
 
 
-def test_schema_3_affinities_round_trip_with_more_than_256_strings():
+def test_schema_4_affinities_round_trip_with_more_than_256_strings():
     p = Profile(landmark=1, last_seen=T0)
     p.aff[3] = {f"i{n}": [2, 1.5, 5, 0.25 * n] for n in range(300)}  # beyond any cap: the wide form
-    p.aff[0] = {"a": [0, 3.0], "a/b": [63, 0.5]}
+    p.aff[0] = {"a": [0, 3.0], "a/b": [63, 0.5, 200, 0.75]}  # codes past the head's 6 bits
+    p.aff[1] = {str(10**17 + n): [1, float(n)] for n in range(3)}  # 8-byte decimal ids
     q = Profile.restore(p.snapshot())
-    assert q.aff == p.aff and [list(t) for t in q.aff] == [list(t) for t in p.aff]
+    assert q.aff == p.aff  # each key's [code, value, ...] in its order (keys: in table order)
+    small = Profile(landmark=1, last_seen=T0)
+    small.aff = [{"c": [1, 1.0]}, {}, {"t1": [2, 0.5], "t9": [2, 0.25]},
+                 {str(n): [2, n % 1000 / 8] for n in (0, 7, 255, 70_000, 2**24 + 1)}]
+    assert Profile.restore(small.snapshot()).aff == small.aff
+
+
+def test_schema_4_snapshot_reuses_the_restored_string_table_and_writes_the_same_bytes():
+    p = _older_profile()
+    blob = p.snapshot()
+    q = Profile.restore(blob)
+    assert q.snapshot() == blob  # the restored table, reused as it was read
+    apply_event(q, event(100, ts=T0 + DAY, id="sku-1", brand="acme", categories=["a/b/c"]), CFG)
+    apply_event(p, event(100, ts=T0 + DAY, id="sku-1", brand="acme", categories=["a/b/c"]), CFG)
+    fresh = Profile.restore(q.snapshot())  # the same strings: the table is reused
+    fresh._table = None
+    assert fresh.snapshot() == q.snapshot()  # and gives the bytes a table built anew gives
+    apply_event(q, event(101, ts=T0 + DAY, id="new-item", brand="zeta", categories=["x/y"]), CFG)
+    r = Profile.restore(q.snapshot())  # new strings: a new table
+    assert "new-item" in r.recent and "zeta" in r.aff[1] and "x/y" in r.aff[0]
+    r._table = None
+    assert r.snapshot() == q.snapshot()
+
+
+@pytest.mark.parametrize("blob", [
+    b"", b"\x00", b"not msgpack at all", b"\x93\x04\x01",  # truncated, or not an array
+    b"\x91\x09",  # an unknown schema
+    b"\x92\x04\x01",  # schema 4 with too few parts
+])
+def test_bytes_that_are_not_a_profile_blob_are_refused_with_a_clear_error(blob):
+    with pytest.raises(ValueError, match="profile"):
+        Profile.restore(blob)
+
+
+def test_a_corrupt_schema_4_blob_is_refused_not_half_read():
+    import msgpack
+
+    p = _older_profile()
+    good = msgpack.unpackb(p.snapshot(), raw=False, strict_map_key=False)
+    rng = random.Random(3)
+    broken = []
+    for part, bad in [(6, b"\x03\x01"), (6, b"\x09" + b"\x00" * 9), (8, [1, 2, 3]),
+                      (8, [99, 0] * 4), (8, [*good[8], 7]), (8, [-1, 0, *good[8][2:]]), (9, good[9][:-1]), (9, b"\xff" + good[9][1:]),
+                      (10, [250]), (22, {200: [1, 0]}), (19, "x"), (21, [1, 2])]:
+        data = list(good)
+        data[part] = bad
+        broken.append(msgpack.packb(data, use_bin_type=True))
+    for _ in range(200):  # random byte flips and cuts: refused, or read as some profile
+        b = bytearray(p.snapshot())
+        b[rng.randrange(len(b))] ^= 1 << rng.randrange(8)
+        broken.append(bytes(b[: rng.randrange(len(b), len(b) + 1)]))
+        broken.append(p.snapshot()[: rng.randrange(len(b))])
+    refused = 0
+    for b in broken:
+        try:
+            q = Profile.restore(b)
+        except ValueError as exc:
+            assert "profile" in str(exc)
+            refused += 1
+        else:
+            assert isinstance(q, Profile)
+    assert refused >= 12 + 200  # every crafted one and every cut
 
 
 def test_schema_2_interns_every_string_once():
@@ -315,3 +427,23 @@ def test_traits_stay_within_their_byte_budget():
                         "ts": 1_764_000_000_000 + n, "props": {"traits": {f"k{n}": "x" * 1000}}},
                     AffinityConfig())
     assert len(msgpack.packb(p.traits)) <= MAX_TRAITS_BYTES and "k39" in p.traits
+
+
+def test_schema_4_tables_carried_from_blob_to_blob_write_what_a_fresh_table_writes():
+    """Items come and go (pruned past the caps, dropped from recent): each write, whether it
+    reuses, updates or rebuilds the string table, gives the bytes a table built anew gives."""
+    rng = random.Random(5)
+    cfg = AffinityConfig(max_keys={"category": 3, "brand": 2, "tag": 2, "item": 3}, max_recent_items=3)
+    p = Profile()
+    for i in range(300):
+        etype = rng.choice(["item_view", "item_view", "add_to_cart", "purchase", "remove_from_cart"])
+        apply_event(p, event(i, etype, T0 + i * 60_000, id=rng.choice([str(rng.randrange(50)), f"s{rng.randrange(20)}"]),
+                             brand=f"b{rng.randrange(6)}", tags=[f"t{rng.randrange(4)}"],
+                             categories=[f"c{rng.randrange(3)}/d{rng.randrange(3)}"]), cfg)
+        blob = p.snapshot()
+        fresh = Profile.restore(blob)
+        fresh._table = None
+        assert fresh.snapshot() == blob, i
+        q = Profile.restore(blob)
+        assert q.aff == Profile.restore(blob).aff and q.recent == p.recent and q.cart == p.cart
+        p = q if i % 2 else p  # half the time carry on from the restored profile
