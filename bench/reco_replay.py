@@ -14,6 +14,11 @@ compared in the same run with four simple baselines:
 - history: the visitor's own most recent distinct items;
 - itemknn+history: both lists (50 each) blended by rank, `10/(10 + rank)`, equal weights.
 
+Kairos's `history` ingredient is read as the route serves it: `models.reco.online`'s
+`history_candidates` on a profile per visitor (`apply_event`, config/kairos.yaml's settings;
+`--recent-items N` tries a longer recent list) and a twin of the stream's session item tables
+(`SessionTables`); the `history` baseline stays the `History` learner's recent items.
+
 `kairos:kept` is the same recipe with every bought item kept (no repurchase rule), to show what
 the rule costs on a log where visitors look again at what they bought. Also printed per method:
 `bought%`, the share of recommended items that the visitor had bought
