@@ -14,6 +14,11 @@ compared in the same run with four simple baselines:
 - history: the visitor's own most recent distinct items;
 - itemknn+history: both lists (50 each) blended by rank, `10/(10 + rank)`, equal weights.
 
+Kairos's `history` ingredient is read as the route serves it: `models.reco.online`'s
+`history_candidates` on a profile per visitor (`apply_event`, config/kairos.yaml's settings;
+`--recent-items N` tries a longer recent list) and a twin of the stream's session item tables
+(`SessionTables`); the `history` baseline stays the `History` learner's recent items.
+
 `kairos:kept` is the same recipe with every bought item kept (no repurchase rule), to show what
 the rule costs on a log where visitors look again at what they bought. Also printed per method:
 `bought%`, the share of recommended items that the visitor had bought
@@ -44,10 +49,15 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from engine.logic.candidates import own_items  # noqa: E402
 from engine.logic.recipes import Recipe, apply, parse_recipe  # noqa: E402
+from models.affinity import AffinityConfig, Profile, apply_event  # noqa: E402
 from models.reco import CO_VIEW_TYPES, CoOccurrence, RecoModels, Trending  # noqa: E402
 from models.reco.base import event_items  # noqa: E402
-from models.session import split_sessions  # noqa: E402
+from models.reco.online import earlier_items, own_session_names  # noqa: E402
+from models.reco.online import visitor_state as served_visitor  # noqa: E402
+from models.session import shared_session_name, split_sessions  # noqa: E402
+from streams.hooks.reco import MAX_ITEMS, SESSION_ITEMS, SESSION_PER_EVENT, SESSION_TTL_MS  # noqa: E402
 from streams.sources import load_events  # noqa: E402
 
 K = 20
@@ -62,6 +72,62 @@ def load_recipe(path: str | Path) -> Recipe:
     """A recipe file, validated by `engine.logic.recipes.parse_recipe`."""
     with open(path, encoding="utf-8") as fh:
         return parse_recipe(yaml.safe_load(fh), Path(path).stem)
+
+
+def profile_config(recent_items: int | None = None) -> AffinityConfig:
+    """The profile settings the stream uses (config/kairos.yaml's `affinity`), optionally with
+    another `max_recent_items` (what a longer served history would give)."""
+    with open(ROOT / "config/kairos.yaml", encoding="utf-8") as fh:
+        cfg = AffinityConfig(**(yaml.safe_load(fh).get("affinity") or {}))
+    return cfg if recent_items is None else dataclasses.replace(cfg, max_recent_items=recent_items)
+
+
+class SessionTables:
+    """The offline twin of the stream's session item tables (`keys.session_items`, written by
+    streams/hooks/reco.py): per session (its shared name) the items by the time it last met
+    each, trimmed to the newest `SESSION_ITEMS` once past the cap by an eighth (the commit's
+    rule), gone `SESSION_TTL_MS` after the last change. The served `history` ingredient reads
+    the visitor's latest sessions from them (`own_session_names`, `earlier_items`)."""
+
+    def __init__(self) -> None:
+        self.t: dict[str, tuple[dict[str, float], int]] = {}
+
+    def learn(self, event: dict[str, Any], profile: Profile, pid: str) -> None:
+        """What the hook writes for one applied event (`profile` already updated)."""
+        if event.get("type") not in CO_VIEW_TYPES or not profile.session.seq:
+            return
+        ids = [str(it["id"]) for it in event_items(event)[:MAX_ITEMS]]
+        if not ids:
+            return
+        name = shared_session_name(pid, profile.session)
+        ts = int(event["ts"])
+        items = self.t[name][0] if name in self.t else {}
+        for k, iid in enumerate(ids[:SESSION_PER_EVENT]):
+            score = ts + k / 1000.0
+            if score > items.get(iid, float("-inf")):
+                items[iid] = score
+        if len(items) > SESSION_ITEMS + SESSION_ITEMS // 8 + 1:
+            items = dict(sorted(items.items(), key=lambda kv: kv[1])[-SESSION_ITEMS:])
+        self.t[name] = (items, ts)
+
+    def read(self, names: Sequence[str], now_ms: int) -> dict[str, list[str]]:
+        """Each live session's items, oldest first (as `RecoReader.sessions`)."""
+        out = {}
+        for name in names:
+            row = self.t.get(name)
+            if row is not None and now_ms - row[1] <= SESSION_TTL_MS:
+                out[name] = [i for i, _ in sorted(row[0].items(), key=lambda kv: (kv[1], kv[0]))]
+        return out
+
+
+def own_history(profile: Profile, pid: str, tables: SessionTables, item_id: str,
+                catalog: Any, cfg: AffinityConfig, now_ms: int, k: int) -> list[Any]:
+    """The `history` ingredient as the route serves it (engine/flows/recommend.py)."""
+    visitor = served_visitor(profile, now_ms, cfg)
+    names = own_session_names(pid, profile)
+    if names:
+        visitor["earlier"] = earlier_items(names, tables.read(names, now_ms))
+    return own_items(profile.recent, visitor, item_id, catalog, k)
 
 
 def next_distinct_targets(events: Sequence[dict[str, Any]]) -> list[str | None]:
@@ -131,7 +197,7 @@ class Score:
 
 
 def replay(path: str, recipe: Recipe, limit: int | None = None, every: int = 1,
-           label: str | None = None) -> dict[str, Any]:
+           label: str | None = None, recent_items: int | None = None) -> dict[str, Any]:
     """Replay one file; returns the result object."""
     t0 = time.perf_counter()
     events = load_events(path)
@@ -143,6 +209,11 @@ def replay(path: str, recipe: Recipe, limit: int | None = None, every: int = 1,
 
     models = RecoModels(seed=0)
     learners = models.learners()
+    # the served `history` ingredient reads the stream's profile (models/affinity.py: its
+    # recent items and item affinities), so its twin here keeps the same profiles
+    cfg = profile_config(recent_items)
+    profiles: dict[str, Profile] = {}
+    session_tables = SessionTables()
     popularity = Trending(half_life_s=None, weights={t: 1.0 for t in CO_VIEW_TYPES})
     itemknn = CoOccurrence(CO_VIEW_TYPES, popularity_exponent=0.0)
     catalog: dict[str, dict[str, Any]] = {}
@@ -169,6 +240,11 @@ def replay(path: str, recipe: Recipe, limit: int | None = None, every: int = 1,
         popularity.learn_one(ev)
         itemknn.learn_one(ev)
         vid = ev["visitor_id"]
+        t = time.perf_counter()
+        profile = profiles.setdefault(vid, Profile())
+        apply_event(profile, ev, cfg)
+        session_tables.learn(ev, profile, vid)
+        learn_s["profile"] = learn_s.get("profile", 0.0) + time.perf_counter() - t
         if ev.get("type") == "purchase":
             bought.setdefault(vid, set()).update(str(it["id"]) for it in event_items(ev))
         seen.setdefault(vid, set()).update(str(it["id"]) for it in event_items(ev))
@@ -184,6 +260,9 @@ def replay(path: str, recipe: Recipe, limit: int | None = None, every: int = 1,
             mine = bought.get(vid)
             t = time.perf_counter()
             cands = models.candidates(needed, vid, context, k=POOL)
+            if "history" in cands:  # as served (engine/flows/recommend.py)
+                cands["history"] = own_history(profile, vid, session_tables, cur, catalog.get,
+                                               cfg, ev["ts"], POOL)
             visitor = models.visitor_state(vid, now_ms=ev["ts"])
             recs = apply(recipe, cands, catalog.get, visitor, context, K)
             rec_s += time.perf_counter() - t
@@ -271,6 +350,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--limit", type=int, default=None, help="replay only the first N events")
     parser.add_argument("--every", type=int, default=1,
                         help="score every Nth eligible event (all learn every event)")
+    parser.add_argument("--recent-items", type=int, default=None,
+                        help="profiles keep this many recent items (default: config/kairos.yaml)")
     parser.add_argument("--sessions", action="store_true",
                         help="also replay each CSV's derived session log (clicks only)")
     args = parser.parse_args(argv)
@@ -279,11 +360,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     rows = []
     with tempfile.TemporaryDirectory(prefix="kairos-sessions-") as tmp:
         for path in args.paths:
-            rows.append(report(replay(path, recipe, args.limit, args.every)))
+            rows.append(report(replay(path, recipe, args.limit, args.every,
+                                      recent_items=args.recent_items)))
             if args.sessions and not path.endswith((".jsonl", ".ndjson", ".json")):
                 derived = derive_session_log(path, tmp)
                 label = f"{path} (derived session log: views only, no categories)"
-                rows.append(report(replay(derived, recipe, args.limit, args.every, label)))
+                rows.append(report(replay(derived, recipe, args.limit, args.every, label,
+                                          args.recent_items)))
     print(f"load: {os.getloadavg()[0]:.2f} {os.getloadavg()[1]:.2f} {os.getloadavg()[2]:.2f}")
     print(orjson.dumps({"bench": "reco_replay", "recipe": recipe.name, "files": rows}).decode(),
           flush=True)

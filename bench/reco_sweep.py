@@ -28,9 +28,12 @@ for p in (ROOT, ROOT / "bench"):
 
 import reco_replay as rr  # noqa: E402
 
+from engine.logic.candidates import own_items  # noqa: E402
 from engine.logic.recipes import Recipe, apply  # noqa: E402
+from models.affinity import Profile, apply_event  # noqa: E402
 from models.reco import CO_VIEW_TYPES, CoOccurrence, RecoModels  # noqa: E402
 from models.reco.base import Candidate, event_items  # noqa: E402
+from models.reco.online import visitor_state as served_visitor  # noqa: E402
 from streams.sources import load_events  # noqa: E402
 
 
@@ -55,6 +58,12 @@ def variants(base: Recipe) -> dict[str, tuple[Recipe, str]]:
         "history x2": v(history=2 * h),
         "history x3": v(history=3 * h),
         "history by recency": v("recency"),
+        "history = replay's before (History, 50)": v("h50"),
+        "history = served before (8 recent)": v("p8old"),
+        "history = own items, no earlier sessions": v("p8"),
+        "history = own items, 20 recent, no sessions": v("p20"),
+        "history = own items, 30 recent, no sessions": v("p30"),
+        "history = own items, 30 recent, sessions": v("s30"),
         "rank offset 5": v(offset=5.0),
         "rank offset 20": v(offset=20.0),
         "session_knn x0.5": v(session_knn=0.5 * sk),
@@ -76,6 +85,10 @@ def sweep(path: str, base: Recipe, every: int) -> dict[str, rr.Score]:
     models = RecoModels(seed=0)
     learners = list(models.learners().values())
     knn = CoOccurrence(CO_VIEW_TYPES, popularity_exponent=0.0)
+    # the served history's profiles (config/kairos.yaml), and with 20 / 30 recent items
+    cfgs = {n: rr.profile_config(n) for n in (None, 20, 30)}
+    profiles: dict[int | None, dict[str, Profile]] = {n: {} for n in cfgs}
+    session_tables = rr.SessionTables()
     table = variants(base)
     scores = {name: rr.Score() for name in table}
     catalog: dict[str, dict[str, object]] = {}
@@ -87,6 +100,9 @@ def sweep(path: str, base: Recipe, every: int) -> dict[str, rr.Score]:
         for learner in learners:
             learner.learn_one(ev)
         knn.learn_one(ev)
+        for n, cfg in cfgs.items():
+            apply_event(profiles[n].setdefault(ev["visitor_id"], Profile()), ev, cfg)
+        session_tables.learn(ev, profiles[None][ev["visitor_id"]], ev["visitor_id"])
         target = targets[idx]
         if target is None:
             continue
@@ -99,6 +115,15 @@ def sweep(path: str, base: Recipe, every: int) -> dict[str, rr.Score]:
         cats = item.get("categories") or []
         context = {"item_id": cur, "category": cats[0] if cats else None, "now_ms": ev["ts"]}
         cands = models.candidates(needed, vid, context, k=rr.POOL)
+        h50 = cands.get("history", [])
+        own = {f"p{n or 8}": own_items(profiles[n][vid].recent,
+                                       served_visitor(profiles[n][vid], ev["ts"], cfgs[n]), cur,
+                                       catalog.get, rr.POOL) for n in cfgs}
+        own["s30"] = rr.own_history(profiles[30][vid], vid, session_tables, cur, catalog.get,
+                                    cfgs[30], ev["ts"], rr.POOL)
+        if "history" in cands:  # as served
+            cands["history"] = rr.own_history(profiles[None][vid], vid, session_tables, cur,
+                                              catalog.get, cfgs[None], ev["ts"], rr.POOL)
         visitor = models.visitor_state(vid, now_ms=ev["ts"])
         recency = [Candidate(i, 1.0, i) for i, _ in models.history.recent(vid, rr.POOL)]
         neighbours = knn.neighbours(cur, rr.POOL)
@@ -108,6 +133,13 @@ def sweep(path: str, base: Recipe, every: int) -> dict[str, rr.Score]:
                 c["history"] = recency
             if "knn" in lists:
                 c["co_view"] = neighbours
+            if "h50" in lists:
+                c["history"] = h50
+            if "p8old" in lists:
+                c["history"] = [Candidate(i, 1.0 / (1 + k))
+                                for k, i in enumerate(profiles[None][vid].recent)]
+            if lists in own:
+                c["history"] = own[lists]
             recs = apply(recipe, c, catalog.get, visitor, context, rr.K)
             scores[name].add([r.item_id for r in recs], target)
     return scores

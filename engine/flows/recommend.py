@@ -15,7 +15,11 @@ again". The `session_knn` ingredient is one script call beside the tables
 (lua/session_knn.lua: the sampled sessions are read and scored in Valkey, with a bounded cost,
 and only the best items come back), so its candidates' records come with the others'. On a
 Redis Cluster it reads the sessions' index, then the sampled sessions' items, and scores them
-here (`session_candidates`), both beside the tables.
+here (`session_candidates`), both beside the tables. The `history` ingredient is the visitor's
+own items: the profile's recent ones, then the items of their 4 latest sessions (the same
+session item tables, one script call after the bought items' records, beside the tables),
+scored by recency, item affinity and the page item's category once the records are read
+(`models.reco.online.history_candidates`; the replay's offline twin calls the same function).
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ from engine.logic.candidates import (
     categories_wanted,
     category_tables,
     cf_candidates,
+    own_items,
     page_category,
     pool_size,
 )
@@ -44,6 +49,8 @@ from models.affinity import AffinityConfig
 from models.reco.base import Candidate
 from models.reco.online import (
     current_session,
+    earlier_items,
+    own_session_names,
     sample_sessions,
     scored_candidates,
     seed_weights,
@@ -115,16 +122,25 @@ class Recommender:
                       categories=category_tables(needed, cat, aff_cats), half_life=RECO_HALF_LIFE,
                       factors=self.decay.read_factors(now_ms), rows_per_seed=NEIGHBOURS_PER_SEED,
                       rows=k, cf_pid=pid if "cf" in needed else None)
+        own = own_session_names(pid, profile) if "history" in needed else []
         return _Ask(visitor, recent, needed, k, seeds, cat, aff_cats, item_id, n, tables,
-                    profile, rule, bought, uid, current)
+                    profile, rule, bought, uid, current, own)
 
     async def _first(self, asks: Sequence[_Ask], now_ms: int) -> _First:
-        """Beside the tables: the bought items' catalog records and the session-kNN candidates
-        of each request's current session."""
+        """Beside the tables: the bought items' catalog records, then the items of the
+        visitor's latest sessions (the `history` ingredient's; one script call), and the
+        session-kNN candidates of each request's current session."""
         bought = list(dict.fromkeys(iid for a in asks for iid, _ in a.bought))
-        records, knn = await asyncio.gather(self.cached.get_many(bought, now_ms / 1000.0),
-                                            self._session_knn(asks, now_ms))
-        return _First(records, knn)
+        names = list(dict.fromkeys(u for a in asks for u in a.own))
+
+        async def records_then_sessions() -> tuple[dict[str, Any], dict[str, list[str]]]:
+            # one after the other: a request holds at most 3 connections at once
+            records = await self.cached.get_many(bought, now_ms / 1000.0)
+            return records, await self.reader.sessions(names)
+
+        (records, own), knn = await asyncio.gather(records_then_sessions(),
+                                                   self._session_knn(asks, now_ms))
+        return _First(records, knn, own)
 
     async def _session_knn(self, asks: Sequence[_Ask], now_ms: int) -> list[list[Candidate]]:
         """Each request's session-kNN candidates (none without a current session): one script
@@ -164,6 +180,8 @@ class Recommender:
         levels: list[dict[str, list[str]]] = []
         cf_reads = []  # (ask index, partition, pool)
         for i, (a, t) in enumerate(zip(asks, tables, strict=True)):
+            if a.own:
+                a.visitor["earlier"] = earlier_items(a.own, first.own)
             cands = candidate_lists(a.needed, a.seeds, a.recent, a.cat, a.aff_cats, a.visitor, a.k,
                                     neighbours=t.neighbours, trending=t.trending,
                                     in_category=t.in_category, popularity=t.popularity)
@@ -199,6 +217,8 @@ class Recommender:
             elif recipe.exclusions.purchased and a.rule.mode == "keep":
                 with_repurchase(a.visitor, [a.rule.decide(iid, ts, now_ms)
                                             for iid, ts in a.visitor["bought"]])
+            if "history" in cands:
+                cands["history"] = own_items(a.recent, a.visitor, a.item_id, records.get, a.k)
             context = {"item_id": a.item_id, "category": a.cat, "now_ms": now_ms}
             recs = apply(recipe, cands, records.get, a.visitor, context, a.n)
             out.append([answer_row(rec, records.get(rec.item_id)) for rec in recs])
@@ -225,9 +245,11 @@ class _Ask:
     bought: list[tuple[str, int]]
     uid: str | None
     current: list[str]
+    own: list[str]  # the shared names of the visitor's latest sessions (`history`)
 
 
 @dataclass(frozen=True, slots=True)
 class _First:
     bought: dict[str, Any]  # the bought items' catalog records
     knn: list[list[Candidate]]  # each request's session-kNN candidates
+    own: dict[str, list[str]]  # the latest sessions' items, oldest first

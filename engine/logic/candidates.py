@@ -8,7 +8,7 @@ say which tables to read and turn what was read into the `{ingredient: [Candidat
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Any
 
 from engine.logic.recipes import Recommendation
@@ -65,7 +65,9 @@ def candidate_lists(needed: Collection[str], seeds: Mapping[str, float], recent:
         if name in needed:
             cands[name] = neighbour_candidates(seeds, neighbours[name], popularity, k)
     if "history" in needed:
-        cands["history"] = history_candidates(recent)[:k]
+        # ranked again with the page's category once the records are read (`own_items`)
+        cands["history"] = history_candidates(recent, visitor.get("items"),
+                                              earlier=visitor.get("earlier", ()))[:k]
     if "trending" in needed:
         cands["trending"] = [Candidate(i, s) for i, s in merge(trending, k)]
     if cat and "trending_in_category" in needed:
@@ -85,6 +87,17 @@ def candidate_lists(needed: Collection[str], seeds: Mapping[str, float], recent:
         ranked = sorted(scores.items(), key=lambda kv: (-kv[1][0], kv[0]))[:k]
         cands["affinity"] = [Candidate(i, v, c) for i, (v, c) in ranked]
     return cands
+
+
+def own_items(recent: Sequence[str], visitor: Mapping[str, Any], item_id: str | None,
+              catalog: Callable[[str], Mapping[str, Any] | None], k: int) -> list[Candidate]:
+    """The `history` ingredient with the catalog records read: the visitor's own items scored
+    by recency (the profile's recent items, then `visitor["earlier"]`, the items of the
+    visitor's latest sessions), item affinity and the page item's category
+    (`history_candidates`)."""
+    page = page_category(catalog(item_id)) if item_id else None
+    return history_candidates(recent, visitor.get("items"), catalog, page,
+                              visitor.get("earlier", ()))[:k]
 
 
 def cf_candidates(user: bytes, vectors: Mapping[str, bytes | None]) -> list[Candidate]:

@@ -8,7 +8,8 @@ trending.py, ensemble.py).
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import dataclasses
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from models.affinity import AffinityConfig, Profile, current_scores
@@ -20,6 +21,16 @@ from models.session import SessionConfig, shared_session_name
 SEEDS = 5
 RECENCY_DECAY = 0.7
 POPULARITY_EXPONENT = 0.5
+#: `history_candidates`' scoring of the visitor's own items (bench/README.md, "The visitor's
+#: own items"): rank offset, weight of the item affinity, of the page's category.
+HISTORY_OFFSET = 5.0
+HISTORY_FREQUENCY = 0.1
+HISTORY_SAME_CATEGORY = 0.1
+#: The visitor's sessions whose items (the session-kNN tables, `keys.session_items`) the
+#: `history` ingredient reads beside the profile's recent items: the current one and 3 before.
+OWN_SESSIONS = 4
+#: A session's items read (the hook keeps the newest 20, trimmed with some slack).
+SESSION_ITEMS = 20
 
 
 def seed_weights(item_id: str | None, recent: Sequence[str], seeds: int = SEEDS,
@@ -59,9 +70,72 @@ def ranked(rows: Sequence[tuple[str, float]], via: str = "") -> list[Candidate]:
     return [Candidate(iid, float(s), via) for iid, s in rows]
 
 
-def history_candidates(recent: Sequence[str]) -> list[Candidate]:
-    """The visitor's own recent distinct items, newest first."""
-    return [Candidate(iid, 1.0 / (1 + k)) for k, iid in enumerate(dict.fromkeys(recent))]
+def history_candidates(
+    recent: Sequence[str],
+    item_scores: Mapping[str, float] | None = None,
+    catalog: Callable[[str], Mapping[str, Any] | None] | None = None,
+    page_category: str | None = None,
+    earlier: Sequence[str] = (),
+    *,
+    offset: float = HISTORY_OFFSET,
+    frequency: float = HISTORY_FREQUENCY,
+    same_category: float = HISTORY_SAME_CATEGORY,
+) -> list[Candidate]:
+    """The visitor's own items, best first: the profile's recent distinct items (newest first),
+    then `earlier` (the items of the visitor's latest sessions, newest first: `earlier_items`),
+    and the items of its item affinity table (forward-decayed interactions weighted by type:
+    view 1, cart 3, purchase 5; models/affinity.py), each scored
+
+        offset / (offset + rank) + frequency * affinity / top affinity
+            + same_category * [its first category is the page item's]
+
+    `rank` its place in `recent` then `earlier` (their length for an item only the affinity
+    table holds).
+    So recency leads, and among items seen about as lately the ones interacted with more, and
+    those of the page's category, come first. `catalog` (an item's record, or None) gives the
+    categories; without it, or without `page_category`, that term is 0. The served route and
+    the replay's offline twin call this with the same profile state (bench/reco_replay.py).
+    """
+    order = list(dict.fromkeys([*recent, *earlier]))
+    scores = item_scores or {}
+    top = max(scores.values(), default=0.0)
+    pool = order + sorted((i for i in scores if i not in set(order)),
+                          key=lambda i: (-scores[i], i))
+    rank = {iid: k for k, iid in enumerate(order)}
+    out: list[tuple[str, float]] = []
+    for iid in pool:
+        s = offset / (offset + rank.get(iid, len(order)))
+        if top > 0:
+            s += frequency * max(0.0, scores.get(iid, 0.0)) / top
+        if same_category and page_category and catalog is not None:
+            cats = (catalog(iid) or {}).get("categories") or ()
+            if cats and cats[0] == page_category:
+                s += same_category
+        out.append((iid, s))
+    out.sort(key=lambda kv: (-kv[1], kv[0]))
+    return [Candidate(iid, s) for iid, s in out]
+
+
+def own_session_names(pid: str | None, profile: Profile | None,
+                      n: int = OWN_SESSIONS) -> list[str]:
+    """The shared names (`shared_session_name`) of the visitor's `n` latest sessions, the
+    current one first: whose item tables the `history` ingredient reads."""
+    if not pid or profile is None or not profile.session.seq:
+        return []
+    seq = profile.session.seq
+    return [shared_session_name(pid, dataclasses.replace(profile.session, seq=s))
+            for s in range(seq, max(0, seq - n), -1)]
+
+
+def earlier_items(names: Sequence[str], sessions: Mapping[str, Sequence[str]],
+                  per_session: int = SESSION_ITEMS) -> list[str]:
+    """The items of the sessions `names` (newest session first), each session's newest
+    `per_session` (its items come oldest first, as `RecoReader.sessions` reads them), newest
+    first, each once."""
+    out: list[str] = []
+    for name in names:
+        out.extend(reversed(list(sessions.get(name, ()))[-per_session:]))
+    return list(dict.fromkeys(out))
 
 
 def visitor_state(profile: Profile | None, now_ms: int, cfg: AffinityConfig,
@@ -69,7 +143,8 @@ def visitor_state(profile: Profile | None, now_ms: int, cfg: AffinityConfig,
     """The visitor in the shape `engine.logic.recipes.apply` reads (no profile: a new visitor)."""
     if profile is None:
         return {"recent": [], "cart": [], "purchased": [], "bought": [], "rebuy": {},
-                "session": None, "categories": {}, "brands": {}, "typical_price": None}
+                "session": None, "categories": {}, "brands": {}, "items": {},
+                "typical_price": None}
 
     def best(dim: str) -> dict[str, float]:
         scores = current_scores(profile, dim, now_ms, cfg)
@@ -87,6 +162,8 @@ def visitor_state(profile: Profile | None, now_ms: int, cfg: AffinityConfig,
         "session": profile.session.view(now_ms, _SESSIONS) if profile.session.seq else None,
         "categories": best("category"),
         "brands": best("brand"),
+        # the item affinity table (what `history_candidates` weighs beside recency)
+        "items": current_scores(profile, "item", now_ms, cfg),
         "typical_price": None,
     }
 

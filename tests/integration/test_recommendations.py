@@ -397,3 +397,26 @@ def test_a_mail_batch_gets_the_session_knn_items_one_request_gets(any_stack: Sta
     assert [[r["id"] for r in rows] for rows in many] == [[r["id"] for r in rows] for rows in one]
     got = {r["id"]: r for r in many[0]}
     assert got[b]["ingredient"] == "session_knn", got[b]
+
+
+def test_the_history_ingredient_reads_the_visitors_earlier_session(any_stack: Stack):
+    """The visitor's own items beyond the profile's 8 recent ones come from the session item
+    tables the stream keeps: twelve items viewed in a session two hours ago, then eight others
+    now; the first session's oldest items (no seed's neighbours, in no other session) are
+    served by `history`."""
+    stack = any_stack
+    tag = uuid.uuid4().hex[:8]
+    me = uid()
+    now = int(time.time() * 1000)
+    first = [f"x{k}-{tag}" for k in range(12)]
+    second = [f"y{k}-{tag}" for k in range(8)]
+    evs = [{**ev(me, k, iid), "ts": now - 7_200_000 + k * 10_000} for k, iid in enumerate(first)]
+    evs += [{**ev(me, 20 + k, iid), "ts": now - 600_000 + k * 10_000}
+            for k, iid in enumerate(second)]
+    assert stack.post(evs).status_code == 200
+    stack.wait_profile(me, len(evs))
+    items = {i["id"]: i for i in recs(stack, visitor_id=me, n=30)}
+    old = first[:5]  # out of the profile's recent items, and of every other ingredient's reach
+    assert set(old) <= set(items), sorted(items)
+    assert {items[i]["ingredient"] for i in old} == {"history"}
+    assert {items[i]["reason"] for i in old} == {"recently viewed"}
