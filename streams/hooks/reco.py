@@ -45,6 +45,7 @@ measures the same scheme.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
@@ -170,11 +171,14 @@ class _ItemFacts:
     once per distinct (categories, brand) and each packed value once per distinct value (most
     events describe an item the same way, but a price may change from one event to the next)."""
 
-    __slots__ = ("_shape", "_packed")
+    __slots__ = ("_shape", "_packed", "_whole")
 
     def __init__(self) -> None:
         self._shape: dict[Any, tuple[list[str], list[str], str | None, bytes | None]] = {}
         self._packed: dict[Any, bytes] = {}
+        # the whole answer by (categories, brand, name, price, each value's type) for an item
+        # without tags (read only by its callers)
+        self._whole: dict[Any, Any] = {}
 
     def _pack(self, name: str, value: Any) -> bytes:
         try:
@@ -192,6 +196,26 @@ class _ItemFacts:
                  ) -> tuple[list[str], list[str], str | None, list[tuple[str, bytes]]]:
         cats_raw = it.get("categories")
         brand_raw = it.get("brand")
+        whole = None
+        if it.get("tags") is None:
+            name, price = it.get("name"), it.get("price")
+            whole = (tuple(cats_raw) if cats_raw else None, brand_raw, type(brand_raw), name,
+                     type(name), price, type(price))
+            try:
+                got = self._whole.get(whole)
+            except TypeError:  # (a value that is not hashable)
+                whole = got = None
+            if got is not None:
+                return got  # type: ignore[no-any-return]
+        out = self._facts(it, cats_raw, brand_raw)
+        if whole is not None:
+            if len(self._whole) >= 100_000:
+                self._whole.clear()
+            self._whole[whole] = out
+        return out
+
+    def _facts(self, it: Mapping[str, Any], cats_raw: Any, brand_raw: Any
+               ) -> tuple[list[str], list[str], str | None, list[tuple[str, bytes]]]:
         sig = (tuple(cats_raw) if cats_raw else None, brand_raw)
         shape = self._shape.get(sig)
         if shape is None:
@@ -311,13 +335,11 @@ def reco_changes(event: Mapping[str, Any], profile: Profile, t: Tables, pid: str
     if getattr(t, "_gated", True) or t.spent + most_ops(len(ids)) > t.budget:
         _per_call(t, etype, ts, ids, facts, profile, pid)
     else:
-        n = _direct(t, etype, ts, ids, facts, profile)
+        n = _direct(t, etype, ts, ids, facts, profile, pid)
         t.spent += n
         t.ops += n
         if etype == "purchase":
             _repurchases(t, ts, ids, facts, profile)
-        if pid and etype in _CO_VIEW and profile.session.seq:
-            _session_items(t, ts, ids, profile, pid)
 
 
 def _per_call(t: Tables, etype: str, ts: int, ids: list[str], facts: list[Any],
@@ -374,16 +396,36 @@ def _table(tables: dict[str, dict[str, Any]], cfg: dict[str, Any], key: str,
     return d
 
 
+_DECAY_CONSTANTS = [(label, dec.period_ms, dec.rate, dec.ttl_ms, label == RECO_HALF_LIFE)
+                    for label, dec in _DECAYS.items()]
+_trend_tables: dict[tuple[str, int], tuple[str, str, str]] = {}
+
+
+def _trend_keys_of(label: str, epoch: int) -> tuple[str, str, str]:
+    """(item, category, brand) trending keys of one half-life and epoch."""
+    got = _trend_tables.get((label, epoch))
+    if got is None:
+        got = _cached(_trend_tables, (label, epoch), lambda: (
+            _trend_key(label, "item", epoch), _trend_key(label, "category", epoch),
+            _trend_key(label, "brand", epoch)), 256)
+    return got
+
+
 def _direct(t: Tables, etype: str, ts: int, ids: list[str], facts: list[Any],
-            profile: Profile) -> int:
-    """`_per_call`'s catalog, trending, popularity, co-view, co-buy and next-item changes,
-    added straight to `t`'s tables (in the same order, so the same sums); returns how many."""
+            profile: Profile, pid: str) -> int:
+    """`_per_call`'s catalog, trending, popularity, co-view, co-buy, next-item and session
+    changes, added straight to `t`'s tables in the same order (so the same sums, and the same
+    tables made with the same cap and TTL); returns how many."""
     n = 0
     s, scfg, z, zcfg = t.s, t.scfg, t.z, t.zcfg
     keys_of = [_ITEM_KEYS.get(iid) or _new_item_keys(iid) for iid in ids]
     for ks, (_, _, _, fields) in zip(keys_of, facts, strict=True):
         if fields:
-            d = _table(s, scfg, ks[3], (ITEM_TTL_MS, _KEEP))
+            key = ks[3]
+            d = s.get(key)
+            if d is None:
+                d = s[key] = {}
+                scfg[key] = (ITEM_TTL_MS, _KEEP)
             for f, v in fields:
                 d[f] = v
             n += len(fields)
@@ -391,54 +433,67 @@ def _direct(t: Tables, etype: str, ts: int, ids: list[str], facts: list[Any],
     if weight > 0:
         c_item, c_cat, c_brand, c_in = (CAPS["item"], CAPS["category"], CAPS["brand"],
                                         CAPS["in_category"])
-        for label, dec in _DECAYS.items():
-            epoch, amount = dec.increment(weight, ts)
-            ttl = dec.ttl_ms
-            in_category = label == RECO_HALF_LIFE
-            d_item = _table(z, zcfg, _trend_key(label, "item", epoch), (c_item, ttl))
+        for label, period, rate, ttl, in_category in _DECAY_CONSTANTS:
+            epoch = ts // period  # EpochDecay.increment, inline
+            amount = weight * math.exp(rate * (ts - epoch * period))
+            k_item, k_cat, k_brand = _trend_keys_of(label, epoch)
+            d_item = _table(z, zcfg, k_item, (c_item, ttl))
             d_cat = d_brand = None
             for iid, (cats, paths, brand, _) in zip(ids, facts, strict=True):
                 d_item[iid] = d_item.get(iid, 0.0) + amount
                 n += 1
                 if cats:
                     if d_cat is None:
-                        d_cat = _table(z, zcfg, _trend_key(label, "category", epoch),
-                                       (c_cat, ttl))
+                        d_cat = _table(z, zcfg, k_cat, (c_cat, ttl))
                     for c in cats:
                         d_cat[c] = d_cat.get(c, 0.0) + amount
                     n += len(cats)
                 if brand:
                     if d_brand is None:
-                        d_brand = _table(z, zcfg, _trend_key(label, "brand", epoch),
-                                         (c_brand, ttl))
+                        d_brand = _table(z, zcfg, k_brand, (c_brand, ttl))
                     d_brand[brand] = d_brand.get(brand, 0.0) + amount
                     n += 1
                 if in_category and paths:
                     for path in paths:
-                        d = _table(z, zcfg, _category_key(label, path, epoch), (c_in, ttl))
+                        key = _category_keys.get((label, path, epoch)) or \
+                            _category_key(label, path, epoch)
+                        d = z.get(key)
+                        if d is None:
+                            d = z[key] = {}
+                            zcfg[key] = (c_in, ttl)
                         d[iid] = d.get(iid, 0.0) + amount
                     n += len(paths)
+    co_view = etype in _CO_VIEW
     recent: list[str] = []
-    if etype in _CO_VIEW or etype in _NEXT_ITEM:
+    if co_view or etype in _NEXT_ITEM:
         recent = _others(ids, profile.recent, max(CO_VIEW_WINDOW, NEXT_ITEM_WINDOW))
-    if etype in _CO_VIEW:
+    if co_view:
         conf = (CAPS["popularity"], 0)
         for iid, ks in zip(ids, keys_of, strict=True):
-            d = _table(z, zcfg, ks[4], conf)
+            key = ks[4]
+            d = z.get(key)
+            if d is None:
+                d = z[key] = {}
+                zcfg[key] = conf
             d[iid] = d.get(iid, 0.0) + 1.0
         n += len(ids)
         n += _direct_pairs(z, zcfg, 0, ids, keys_of, recent[:CO_VIEW_WINDOW])
     if etype in _CO_BUY:
         n += _direct_pairs(z, zcfg, 1, ids, keys_of, _others(
             ids, [*reversed(profile.cart), *profile.purchased], CO_BUY_WINDOW))
-    if etype in _NEXT_ITEM and recent:
+    if recent and etype in _NEXT_ITEM:
         conf = (CAPS["neighbours"], ITEM_TTL_MS)
         before = [(_ITEM_KEYS.get(j) or _new_item_keys(j))[2] for j in recent[:NEXT_ITEM_WINDOW]]
         for iid in ids[:MAX_PAIRED]:
-            for d_, kj in enumerate(before, start=1):
-                d = _table(z, zcfg, kj, conf)
-                d[iid] = d.get(iid, 0.0) + _INV[d_]
+            for w, key in zip(_INV[1:], before, strict=False):
+                d = z.get(key)
+                if d is None:
+                    d = z[key] = {}
+                    zcfg[key] = conf
+                d[iid] = d.get(iid, 0.0) + w
         n += len(ids[:MAX_PAIRED]) * len(before)
+    if pid and co_view and profile.session.seq:
+        n += _direct_session(t, ts, ids, keys_of, profile, pid)
     return n
 
 
@@ -451,13 +506,40 @@ def _direct_pairs(z: dict[str, dict[str, float]], zcfg: dict[str, Any], k: int, 
     theirs = [(_ITEM_KEYS.get(j) or _new_item_keys(j))[k] for j in others]
     paired = ids[:MAX_PAIRED]
     for iid, ks in zip(paired, keys_of, strict=False):
-        di = _table(z, zcfg, ks[k], conf)
-        for d_, (jid, kj) in enumerate(zip(others, theirs, strict=True), start=1):
-            w = _INV[d_]
+        key = ks[k]
+        di = z.get(key)
+        if di is None:
+            di = z[key] = {}
+            zcfg[key] = conf
+        for w, jid, kj in zip(_INV[1:], others, theirs, strict=False):
             di[jid] = di.get(jid, 0.0) + w
-            dj = _table(z, zcfg, kj, conf)
+            dj = z.get(kj)
+            if dj is None:
+                dj = z[kj] = {}
+                zcfg[kj] = conf
             dj[iid] = dj.get(iid, 0.0) + w
     return 2 * len(paired) * len(others)
+
+
+def _direct_session(t: Tables, ts: int, ids: list[str], keys_of: list[Any], profile: Profile,
+                    pid: str) -> int:
+    """`_session_items` added straight to the tables (`zmax`: a score only rises)."""
+    uid, k_session = _session_keys(pid, profile)
+    m, mcfg = t.m, t.mcfg
+    ds = _table(m, mcfg, k_session, (SESSION_ITEMS, SESSION_TTL_MS))
+    conf = (SESSIONS_PER_ITEM, SESSION_TTL_MS)
+    at = float(ts)
+    mine = ids[:SESSION_PER_EVENT]
+    for k, (iid, ks) in enumerate(zip(mine, keys_of, strict=False)):
+        score = ts + k / 1000.0
+        old = ds.get(iid)
+        if old is None or score > old:
+            ds[iid] = score
+        di = _table(m, mcfg, ks[5], conf)
+        old = di.get(uid)
+        if old is None or at > old:
+            di[uid] = at
+    return 2 * len(mine)
 
 
 def setup(ctx: HookContext) -> Callable[[], list[Hook]]:
