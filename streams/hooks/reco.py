@@ -112,10 +112,7 @@ _ITEM_KEYS: dict[str, tuple[str, str, str, str, str, str]] = {}
 
 
 def _new_item_keys(iid: str) -> tuple[str, str, str, str, str, str]:
-    return _cached(_ITEM_KEYS, iid, lambda: (
-        keys.neighbours("v", iid), keys.neighbours("b", iid), keys.neighbours("t", iid),
-        keys.catalog_item(iid), keys.popularity(keys.shard(iid)), keys.session_index(iid)),
-        _KEYS_KEPT)
+    return _cached(_ITEM_KEYS, iid, lambda: keys.item_tables(iid), _KEYS_KEPT)
 
 
 def _item_keys(iid: str) -> tuple[str, str, str, str, str, str]:

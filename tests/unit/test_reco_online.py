@@ -229,3 +229,10 @@ def test_the_bound_holds_for_a_maximal_event():
     reco._per_call(t, "purchase", T0, [it["id"] for it in found],
                    [reco._item_facts(it) for it in found], p, "v:v")
     assert t.dropped == 0 and 0 < t.ops <= reco.most_ops(len(found)) <= 2000
+
+
+def test_an_items_table_keys_at_once_are_its_keys():
+    for iid in ("a", "sku-123", "é/x"):
+        assert keys.item_tables(iid) == (
+            keys.neighbours("v", iid), keys.neighbours("b", iid), keys.neighbours("t", iid),
+            keys.catalog_item(iid), keys.popularity(keys.shard(iid)), keys.session_index(iid))
