@@ -67,6 +67,7 @@ class OnlineCF:
         self._queued: dict[int, list[tuple[Mapping[str, Any], str]]] = {}  # to learn
         self._users: dict[int, dict[str, bytes]] = {}  # exported vectors of the batch
         self._items: dict[int, dict[str, bytes]] = {}
+        self._batch = 0  # id() of the batch's Tables those vectors belong to
         self.ttl_ms = settings.profile_ttl_ms
 
     def new_model(self, partition: int) -> OnlineMF:
@@ -93,9 +94,11 @@ class OnlineCF:
         if entry is None or entry[0] != p:
             self._pending[pid] = (p, set())
 
-    def _learn(self) -> None:
+    def _learn(self, batch: int) -> None:
         """The batch's learning steps, one mini-batch per partition (`OnlineMF.learn_many`),
-        then the vectors to export, converted once for the batch."""
+        then the vectors to export, converted once for the batch (`batch`: its id)."""
+        if batch != self._batch:  # (vectors left by a batch whose planning was cut short)
+            self._users, self._items, self._batch = {}, {}, batch
         queued, self._queued = self._queued, {}
         pending = self._pending
         for p, pairs in queued.items():
@@ -103,19 +106,21 @@ class OnlineCF:
             changed: set[str] = set()
             pids: set[str] = set()
             for (_, pid), touched in zip(pairs, model.learn_many(pairs), strict=True):
+                if not touched:
+                    continue
+                self.changed.add(p)
                 entry = pending.get(pid)
-                if touched and entry is not None and entry[0] == p:
+                if entry is not None and entry[0] == p:
                     entry[1].update(touched)
                     changed.update(touched)
                     pids.add(pid)
             if changed:
-                self.changed.add(p)
                 self._users.setdefault(p, {}).update(model.export_users(pids))
                 self._items.setdefault(p, {}).update(model.export_items(changed))
 
     def finish(self, event: Mapping[str, Any], profile: Profile, pid: str, out: Write) -> None:
         if self._queued:
-            self._learn()
+            self._learn(id(out.tables))
         got = self._pending.pop(pid, None)
         users, vecs_of = self._users, self._items
         if not self._pending:  # the batch's last profile: drop the batch's exported vectors
