@@ -1,7 +1,7 @@
 """Prequential replay of behaviour logs through the recommendation learners.
 
     python bench/reco_replay.py PATH [PATH ...] [--recipe config/recipes/default.yaml]
-                                [--sessions] [--every N] [--limit N]
+                                [--sessions] [--every N] [--limit N] [--cf-batch N]
 
 PATH is a Taobao CSV, a REES46 CSV or JSON lines in the event spec (how other logs arrive).
 Events are replayed in time order. After each event the models learn it, then each method is
@@ -197,7 +197,8 @@ class Score:
 
 
 def replay(path: str, recipe: Recipe, limit: int | None = None, every: int = 1,
-           label: str | None = None, recent_items: int | None = None) -> dict[str, Any]:
+           label: str | None = None, recent_items: int | None = None,
+           cf_batch: int = 1) -> dict[str, Any]:
     """Replay one file; returns the result object."""
     t0 = time.perf_counter()
     events = load_events(path)
@@ -230,12 +231,19 @@ def replay(path: str, recipe: Recipe, limit: int | None = None, every: int = 1,
     seen: dict[str, set[str]] = {}
     revisits = reach = 0
 
+    cf_queue: list[tuple[dict[str, Any], str]] = []
     for idx, ev in enumerate(events):
         for item in event_items(ev):
             catalog.setdefault(str(item["id"]), {}).update(item)
         for lname, learner in learners.items():
             t = time.perf_counter()
-            learner.learn_one(ev)
+            if lname == "cf" and cf_batch > 1:  # as the stream's hook: a batch at a time
+                cf_queue.append((ev, ev["visitor_id"]))
+                if len(cf_queue) >= cf_batch:
+                    learner.learn_many(cf_queue)
+                    cf_queue.clear()
+            else:
+                learner.learn_one(ev)
             learn_s[lname] += time.perf_counter() - t
         popularity.learn_one(ev)
         itemknn.learn_one(ev)
@@ -352,6 +360,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="score every Nth eligible event (all learn every event)")
     parser.add_argument("--recent-items", type=int, default=None,
                         help="profiles keep this many recent items (default: config/kairos.yaml)")
+    parser.add_argument("--cf-batch", type=int, default=1,
+                        help="the CF learner learns N events at a time (OnlineMF.learn_many, "
+                             "as the stream's hook does per batch); 1: one at a time")
     parser.add_argument("--sessions", action="store_true",
                         help="also replay each CSV's derived session log (clicks only)")
     args = parser.parse_args(argv)
@@ -361,14 +372,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="kairos-sessions-") as tmp:
         for path in args.paths:
             rows.append(report(replay(path, recipe, args.limit, args.every,
-                                      recent_items=args.recent_items)))
+                                      recent_items=args.recent_items, cf_batch=args.cf_batch)))
             if args.sessions and not path.endswith((".jsonl", ".ndjson", ".json")):
                 derived = derive_session_log(path, tmp)
                 label = f"{path} (derived session log: views only, no categories)"
                 rows.append(report(replay(derived, recipe, args.limit, args.every, label,
-                                          args.recent_items)))
+                                          args.recent_items, args.cf_batch)))
     print(f"load: {os.getloadavg()[0]:.2f} {os.getloadavg()[1]:.2f} {os.getloadavg()[2]:.2f}")
-    print(orjson.dumps({"bench": "reco_replay", "recipe": recipe.name, "files": rows}).decode(),
+    print(orjson.dumps({"bench": "reco_replay", "recipe": recipe.name, "cf_batch": args.cf_batch,
+                        "files": rows}).decode(),
           flush=True)
     return 0
 

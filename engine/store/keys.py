@@ -209,6 +209,15 @@ def repurchase_item(item_id: str) -> str:
     return f"kri:{_TAGS[shard(item_id)]}:{item_id}"
 
 
+def item_tables(item_id: str) -> tuple[str, str, str, str, str, str]:
+    """The keys of one item's tables the stream changes per event, with one shard computation:
+    `neighbours` v, b and t, `catalog_item`, `popularity` of its shard, `session_index`."""
+    n = shard(item_id)
+    tag = _TAGS[n]
+    return (f"kn:{tag}:v:{item_id}", f"kn:{tag}:b:{item_id}", f"kn:{tag}:t:{item_id}",
+            f"kci:{tag}:{item_id}", popularity(n), f"ksi:{tag}:{item_id}")
+
+
 def session_index(item_id: str) -> str:
     """Sorted set of the sessions (`models.session.shared_session_name`: a hash of
     `<profile id>#<seq>`, no visitor id) that held an item, scored by their last

@@ -2,9 +2,12 @@
 
 Each partition of the events topic has its own `models.reco.cf.OnlineMF` (BPR with river's SGD)
 in the worker that owns the partition; a visitor's events all go to one partition (the record
-key is the visitor), so the visitor's vector lives in exactly one model. Per applied event the
-model takes one learning step for the profile (`pid`: a visitor, or the known user after an
-identity merge). Once per profile per batch (`finish`) the hook writes:
+key is the visitor), so the visitor's vector lives in exactly one model. Each applied event is queued for the
+profile (`pid`: a visitor, or the known user after an identity merge); the first `finish` of
+the batch teaches each partition's model its queued events as one mini-batch
+(`OnlineMF.learn_many`: the negatives `learn_one` would draw, the steps taken together in
+numpy) and converts the vectors to export once. Once per profile per batch (`finish`) the hook
+writes:
 
 - the profile's vector: `keys.cf_visitor(pid)` = uint16 partition + float32 factors, with the
   profile's TTL (a per-visitor op, committed with the profile);
@@ -61,6 +64,10 @@ class OnlineCF:
         self.models: dict[int, OnlineMF] = {}
         self.changed: set[int] = set()  # partitions learnt since their last snapshot
         self._pending: dict[str, tuple[int, set[str]]] = {}  # pid -> (partition, items)
+        self._queued: dict[int, list[tuple[Mapping[str, Any], str]]] = {}  # to learn
+        self._users: dict[int, dict[str, bytes]] = {}  # exported vectors of the batch
+        self._items: dict[int, dict[str, bytes]] = {}
+        self._batch = 0  # id() of the batch's Tables those vectors belong to
         self.ttl_ms = settings.profile_ttl_ms
 
     def new_model(self, partition: int) -> OnlineMF:
@@ -82,28 +89,55 @@ class OnlineCF:
         model = self.model(p)
         if event.get("type") not in model.weights:
             return
-        touched = model.learn_one(event, pid)
-        if touched:
-            entry = self._pending.get(pid)
-            if entry is None or entry[0] != p:
-                entry = self._pending[pid] = (p, set())
-            entry[1].update(touched)
-            self.changed.add(p)
+        self._queued.setdefault(p, []).append((event, pid))  # learnt at the first finish
+        entry = self._pending.get(pid)
+        if entry is None or entry[0] != p:
+            self._pending[pid] = (p, set())
+
+    def _learn(self, batch: int) -> None:
+        """The batch's learning steps, one mini-batch per partition (`OnlineMF.learn_many`),
+        then the vectors to export, converted once for the batch (`batch`: its id)."""
+        if batch != self._batch:  # (vectors left by a batch whose planning was cut short)
+            self._users, self._items, self._batch = {}, {}, batch
+        queued, self._queued = self._queued, {}
+        pending = self._pending
+        for p, pairs in queued.items():
+            model = self.models[p]
+            changed: set[str] = set()
+            pids: set[str] = set()
+            for (_, pid), touched in zip(pairs, model.learn_many(pairs), strict=True):
+                if not touched:
+                    continue
+                self.changed.add(p)
+                entry = pending.get(pid)
+                if entry is not None and entry[0] == p:
+                    entry[1].update(touched)
+                    changed.update(touched)
+                    pids.add(pid)
+            if changed:
+                self._users.setdefault(p, {}).update(model.export_users(pids))
+                self._items.setdefault(p, {}).update(model.export_items(changed))
 
     def finish(self, event: Mapping[str, Any], profile: Profile, pid: str, out: Write) -> None:
+        if self._queued:
+            self._learn(id(out.tables))
         got = self._pending.pop(pid, None)
-        if got is None:
+        users, vecs_of = self._users, self._items
+        if not self._pending:  # the batch's last profile: drop the batch's exported vectors
+            self._users, self._items = {}, {}
+        if got is None or not got[1]:
             return
         p, items = got
-        model = self.models[p]
-        user = model.export_user(pid)
+        user = users.get(p, {}).get(pid)
         if user is not None:
             out.op("SET", keys.cf_visitor(pid), _HEADER.pack(p) + user, "PX", self.ttl_ms)
         ikey = keys.cf_items(self.settings.group_id, p)
+        vecs = vecs_of.get(p, {})
+        hset = out.tables.hset
         for iid in sorted(items):
-            vec = model.export_item(iid)
+            vec = vecs.get(iid)
             if vec is not None:
-                out.tables.hset(ikey, iid, vec)
+                hset(ikey, iid, vec)
 
     # -- the state the lifecycle saves and restores ------------------------------------------
     def unknown_partitions(self, events: Sequence[Mapping[str, Any]]) -> list[int]:

@@ -132,7 +132,7 @@ def test_online_cf_learns_in_the_worker_serves_and_resumes_after_a_kill(make_sta
                                                                          redis_server):
     """The worker's per-partition CF model writes vectors the API ranks with; it is snapshotted
     to Redis, and a worker started after a SIGKILL resumes from the snapshot (its next step is
-    exactly the restored model's next step)."""
+    exactly the restored model's next step, as the hook takes it: `learn_many`)."""
     import shutil
     import struct
 
@@ -191,7 +191,9 @@ def test_online_cf_learns_in_the_worker_serves_and_resumes_after_a_kill(make_sta
     step = ev(me, 999, items[5])
     assert stack.post([step]).status_code == 200
     stack.wait_profile(me, 5)
-    touched = reference.learn_one({**step, "visitor_id": keys.visitor_pid(me)})
+    # the hook learns a batch at a time (OnlineMF.learn_many): this batch is the one event
+    pid = keys.visitor_pid(me)
+    (touched,) = reference.learn_many([({**step, "visitor_id": pid}, pid)])
     after = wait_for(lambda: (v := r.get(keys.cf_visitor(keys.visitor_pid(me)))) != user and v)
     assert after[2:] == reference.export_user(keys.visitor_pid(me))
     stored = r.hmget(keys.cf_items(stack.settings.group_id, part), touched)

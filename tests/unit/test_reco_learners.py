@@ -161,3 +161,25 @@ def test_next_item_is_directed_windowed_and_popularity_weighted() -> None:
     weighted.learn_one(ev("d", "charger", 1))
     assert [c.item_id for c in weighted.neighbours("phone")] == ["charger", "case"]  # 1/1 > 3/4
     assert weighted.recommend("d", 5)[0].item_id == "charger"
+
+
+def test_cf_learn_many_draws_what_learn_one_draws_and_learns_to_rank() -> None:
+    one = OnlineMF(n_factors=8, lr=0.1, n_negatives=3, max_items=6, seed=1)
+    many = OnlineMF(n_factors=8, lr=0.1, n_negatives=3, max_items=6, seed=1)
+    evs = [ev(vid, iid, ts) for ts in range(60)
+           for vid, items in (("v1", ["a", "b"]), ("v2", ["c", "d"]), ("v3", ["a", "b"]))
+           for iid in items]
+    evs += [ev("v4", f"x{n}", 1000 + n) for n in range(8)]  # past max_items: the oldest dropped
+    want = [one.learn_one(e) for e in evs]
+    got = [t for k in range(0, len(evs), 50)
+           for t in many.learn_many([(e, e["visitor_id"]) for e in evs[k:k + 50]])]
+    assert got == want and many._rng == one._rng and many.item_ids() == one.item_ids()
+    again = OnlineMF(n_factors=8, lr=0.1, n_negatives=3, seed=1)
+    for k in range(0, len(evs) - 8, 30):
+        again.learn_many([(e, e["visitor_id"]) for e in evs[k:k + 30]])
+    scores = again.score("v1", ["a", "b", "c", "d"])
+    assert min(scores["a"], scores["b"]) > max(scores["c"], scores["d"])
+    copy = OnlineMF.restore(again.snapshot())
+    assert copy.snapshot() == again.snapshot() and copy.score("v1", ["a", "c"]) == \
+        again.score("v1", ["a", "c"])
+    assert again.export_items(["a", "zz"]) == {"a": again.export_item("a")}

@@ -169,3 +169,70 @@ def test_next_item_ops_are_directed_and_match_the_in_process_learner():
         model.learn_one(e)
     assert online == model._neigh
     assert model.window == NEXT_ITEM_WINDOW
+
+
+def _state(t: Tables) -> tuple:
+    return (t.z, t.zcfg, t.m, t.mcfg, t.h, t.hcfg, t.s, t.scfg, t.spent, t.ops, t.dropped)
+
+
+def test_direct_changes_equal_the_changes_made_one_call_at_a_time():
+    """`reco_changes` adds an event's changes straight to the tables when its budget allows;
+    that gives exactly (the same float sums) what `Tables`' methods give, one call per change."""
+    import random
+
+    from streams.hooks import reco
+
+    rng = random.Random(5)
+    types = ["item_view"] * 5 + ["favorite", "add_to_cart", "purchase", "page_view"]
+    p = Profile()
+    direct, per_call = Tables(), Tables()
+    for n in range(600):
+        etype = rng.choice(types)
+        items = [{"id": f"i{rng.randrange(60)}", "price": float(rng.randrange(3)),
+                  "categories": [rng.choice(["a/b", "a/c/d", "e", "F/G"])][: rng.randrange(2)],
+                  "brand": rng.choice(["x", "y", None])} for _ in range(rng.choice([1, 1, 3]))]
+        e = {"event_id": f"e{n}", "type": etype, "visitor_id": "v",
+             "ts": T0 + n * 97_000 + rng.randrange(1000)}
+        if etype in ("add_to_cart", "purchase"):
+            e["items"] = items
+        elif etype != "page_view":
+            e["item"] = items[0]
+        assert apply_event(p, e, CFG)
+        spent = rng.randrange(5)  # what earlier hooks spent
+        for t in (direct, per_call):
+            t.begin(0, n)
+            t.spent = spent
+        reco_changes(e, p, direct, "v:v")
+        found = reco.event_items(e)[: reco.MAX_ITEMS]
+        if found:
+            reco._per_call(per_call, etype, int(e["ts"]), [str(it["id"]) for it in found],
+                           [reco._item_facts(it) for it in found], p, "v:v")
+        assert _state(direct) == _state(per_call)
+    assert direct.z and direct.s and direct.h and direct.m
+
+
+def test_the_bound_holds_for_a_maximal_event():
+    from streams.hooks import reco
+
+    lines = [{"id": f"i{n}", "name": "n", "price": 1.0, "tags": ["t"], "brand": "b",
+              "categories": ["/".join(f"c{k}{d}" for d in range(40)) for k in range(8)]}
+             for n in range(200)]
+    p = Profile()
+    p.recent = [f"r{n}" for n in range(20)]
+    p.cart = [f"c{n}" for n in range(20)]
+    p.purchased = [f"r{n}" for n in range(20)]
+    for it in lines:
+        p.bought[it["id"]] = [T0 // 1000, T0 // 1000 - 86_400]
+    p.session.seq = 1
+    t = Tables()
+    found = lines[: reco.MAX_ITEMS]
+    reco._per_call(t, "purchase", T0, [it["id"] for it in found],
+                   [reco._item_facts(it) for it in found], p, "v:v")
+    assert t.dropped == 0 and 0 < t.ops <= reco.most_ops(len(found)) <= 2000
+
+
+def test_an_items_table_keys_at_once_are_its_keys():
+    for iid in ("a", "sku-123", "é/x"):
+        assert keys.item_tables(iid) == (
+            keys.neighbours("v", iid), keys.neighbours("b", iid), keys.neighbours("t", iid),
+            keys.catalog_item(iid), keys.popularity(keys.shard(iid)), keys.session_index(iid))
