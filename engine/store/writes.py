@@ -312,3 +312,108 @@ def coalesce(ops: Sequence[Op]) -> list[Op]:
 
 def _num(x: Any) -> Any:
     return float(x) if isinstance(x, str | bytes) else x
+
+
+def trim_margin(cap: int) -> int:
+    """How far past its cap a bounded table may grow between two size checks."""
+    return cap // 8 + 1
+
+
+class Upkeep:
+    """When the commit sets a shared table's expiry and checks its size (lua/commit.lua's
+    PEXPIRE and ZCARD + trim): not on every batch that touches the table (they were about half
+    the script's commands), but
+
+    - the expiry: the first time this worker commits to the key, then again once `refresh`
+      has passed since this worker last set it (`min(ttl / 16, REFRESH_MS)`): a table expires
+      between `ttl - refresh` and `ttl` after its last change (was: exactly `ttl`);
+    - the size check: the first time, then once the members this worker added to the key
+      since its last check (each member of a batch's row may be new) reach its allowance. At
+      a check the script trims the set to its cap when it is above it and returns its size.
+      A worker that holds every partition (`share` 1) is the only writer: its allowance is
+      `cap + margin - size` (the size the last check returned). Otherwise each worker allows
+      itself `share` (its partitions / all of them) of the margin, so that together they add
+      at most the margin between the last check of any and the next. Either way a table holds
+      at most `cap + trim_margin(cap)` members after any commit, as when every batch checked.
+
+    Pure (the store calls it): `plan(rows, now_ms, share)` zeroes the cap and ttl of each row
+    (the script then skips that step) where the step is not due, and returns what to note;
+    `done(pending, sizes)` notes it once the commit is in (a commit refused or lost notes
+    nothing: the steps are due again); `forget()` (Redis lost writes, or restarted) makes
+    every step due again. Keys seen lately only: past `max_keys` the oldest are forgotten (a
+    forgotten key is treated as never seen: its steps are due)."""
+
+    REFRESH_MS = 60_000
+
+    __slots__ = ("_exp", "_size", "max_keys")
+
+    def __init__(self, max_keys: int = 200_000) -> None:
+        self._exp: dict[str, int] = {}  # key -> when this worker last set its expiry (ms)
+        self._size: dict[str, list[int]] = {}  # key -> [members added since check, allowance]
+        self.max_keys = max_keys
+
+    def forget(self) -> None:
+        self._exp.clear()
+        self._size.clear()
+
+    def __len__(self) -> int:
+        return len(self._exp) + len(self._size)
+
+    def plan(self, rows: list[list[Any]], now_ms: int, share: float = 1.0
+             ) -> list[tuple[str, int, int, int]]:
+        """Zero the steps that are not due in `rows` (Tables.rows' format, keys still as
+        names); returns (key, expiry set at or -1, members added, cap if checked else 0) to
+        note per row that the commit changes."""
+        pending: list[tuple[str, int, int, int]] = []
+        exp, size = self._exp, self._size
+        for row in rows:
+            key, kind, ttl = row[0], row[1], row[3]
+            expired_at = -1
+            if ttl:
+                last = exp.get(key)
+                if last is None or now_ms - last >= min(ttl // 16, self.REFRESH_MS):
+                    expired_at = now_ms
+                else:
+                    row[3] = 0
+            cap, added = 0, 0
+            if (kind == "z" or kind == "m") and row[2]:
+                cap = row[2]
+                added = (len(row) - 4) // 2
+                st = size.get(key)
+                if st is not None:
+                    allow = st[1] if share >= 1.0 else min(st[1], int(trim_margin(cap) * share))
+                    if st[0] + added < allow:
+                        row[2] = 0
+                        cap = 0
+            if expired_at >= 0 or added:
+                pending.append((key, expired_at, added, cap))
+        return pending
+
+    def done(self, pending: Sequence[tuple[str, int, int, int]], sizes: Sequence[Any],
+             share: float = 1.0) -> None:
+        """The commit that `pending` was planned for is in; `sizes`: what the script returned
+        for the rows it checked, in order."""
+        exp, size = self._exp, self._size
+        if len(exp) + len(size) > self.max_keys:
+            self._shrink()
+        checked = iter(sizes)
+        for key, expired_at, added, cap in pending:
+            if expired_at >= 0:
+                exp[key] = expired_at
+            if cap:
+                n = int(next(checked, cap))
+                margin = trim_margin(cap)
+                allow = cap + margin - n if share >= 1.0 else int(margin * share)
+                size[key] = [0, allow]
+            elif added:
+                st = size.get(key)
+                if st is not None:
+                    st[0] += added
+
+    def _shrink(self) -> None:
+        """Forget the older half of the keys (dicts keep their insertion order; a key noted
+        again moves nowhere, so this forgets the first seen, which is safe either way)."""
+        for d in (self._exp, self._size):
+            drop = len(d) // 2
+            for k in list(d)[:drop]:
+                del d[k]
