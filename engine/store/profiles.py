@@ -86,7 +86,7 @@ class _Call:
         self.write_ids: list[int] = []
         self.fence_entries: list[tuple[int, int, str, str, str, int]] = []
         self.blobs: dict[str, bytes] = {}  # pid -> the value its write sets
-        self.upkeep: list[tuple[str, int, int, int]] = []  # Upkeep.plan's, noted once it is in
+        self.upkeep: list[tuple[str, int]] = []  # the size checks Upkeep.plan left in it
 
     def k(self, key: str) -> int:
         i = self.index.get(key)
@@ -168,6 +168,14 @@ class ProfileStore:
         if call.upkeep:
             self.upkeep.done(call.upkeep, reply[1] if len(reply) > 1 else (), self.share())
 
+    async def _sent(self, call: Awaitable[Any]) -> Any:
+        """A commit call's reply; one that fails leaves the tables' upkeep unknown (Upkeep)."""
+        try:
+            return await call
+        except BaseException:
+            self.upkeep.forget()
+            raise
+
     def _write_row(self, call: _Call, w: Write, *, merge_step: bool) -> list[Any]:
         """A write as the script takes it. `merge_step`: on one server the whole write; on a
         cluster the profile step (False) — the merge's second step is `_finish_row`."""
@@ -222,14 +230,22 @@ class ProfileStore:
             async def nothing() -> CommitResult:
                 return CommitResult()
             return nothing, {}
-        answer = await self._commit.start(call.keys, call.args())
+        answer = await self._sent(self._commit.start(call.keys, call.args()))
 
         async def result() -> CommitResult:
-            return self._result_one(await answer(), entries, len(writes), call)
+            return self._result_one(await self._sent(answer()), entries, len(writes), call)
         return result, call.blobs
 
     def _build_one(self, writes: Sequence[Write], tables: Tables | None, upto: Mapping[int, int],
                    phases: Phase) -> tuple[_Call | None, list[tuple[int, int, str, str, str, int]]]:
+        try:
+            return self._build(writes, tables, upto, phases)
+        except BaseException:
+            self.upkeep.forget()  # its rows were planned as if they were to be sent
+            raise
+
+    def _build(self, writes: Sequence[Write], tables: Tables | None, upto: Mapping[int, int],
+               phases: Phase) -> tuple[_Call | None, list[tuple[int, int, str, str, str, int]]]:
         call = _Call()
         rows = tables.rows() if tables is not None and Phase.SHARED in phases else []
         shards = {keys.shard_of_key(r[0]) for r in rows} - {None}
@@ -253,8 +269,8 @@ class ProfileStore:
         call, entries = self._build_one(writes, tables, upto, phases)
         if call is None:
             return CommitResult()
-        return self._result_one(await self._commit(call.keys, call.args()), entries, len(writes),
-                                call)
+        return self._result_one(await self._sent(self._commit(call.keys, call.args())), entries,
+                                len(writes), call)
 
     def _result_one(self, reply: Any, entries: list[tuple[int, int, str, str, str, int]],
                     n_writes: int, call: _Call) -> CommitResult:
@@ -263,6 +279,7 @@ class ProfileStore:
             self.fences.advanced(entries)
             self._noted(call, reply)
             return CommitResult(written=list(range(n_writes)))
+        self.upkeep.forget()  # nothing of it was written
         if status == -1:
             return CommitResult(ok=False, fenced=True)
         return CommitResult(ok=False, conflicts=[int(i) - 1 for i in reply[1]],
@@ -290,8 +307,9 @@ class ProfileStore:
                     r[0] = call.k(r[0])
                 call.tables = shard_rows
                 calls.append(call)
-            for call, reply in zip(calls, await self._run(calls), strict=True):
+            for call, reply in zip(calls, await self._sent(self._run(calls)), strict=True):
                 if int(reply[0]) == -1:
+                    self.upkeep.forget()
                     return CommitResult(ok=False, fenced=True)
                 self.fences.advanced(call.fence_entries)
                 self._noted(call, reply)

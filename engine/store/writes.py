@@ -337,83 +337,73 @@ class Upkeep:
       at most `cap + trim_margin(cap)` members after any commit, as when every batch checked.
 
     Pure (the store calls it): `plan(rows, now_ms, share)` zeroes the cap and ttl of each row
-    (the script then skips that step) where the step is not due, and returns what to note;
-    `done(pending, sizes)` notes it once the commit is in (a commit refused or lost notes
-    nothing: the steps are due again); `forget()` (Redis lost writes, or restarted) makes
-    every step due again. Keys seen lately only: past `max_keys` the oldest are forgotten (a
-    forgotten key is treated as never seen: its steps are due)."""
+    (the script then skips that step) where the step is not due, notes the steps it leaves
+    as done, and returns the (key, cap) of the rows whose size the script checks;
+    `done(checked, sizes, share)` takes the sizes the script returned. A commit that is not
+    known to be in (refused, lost, failed) must be followed by `forget()`, which makes every
+    step due again (also for Redis losing writes); so must a restarted Redis. Keys seen
+    lately only: past `max_keys` the older half is forgotten (a forgotten key is treated as
+    never seen: its steps are due)."""
 
     REFRESH_MS = 60_000
 
-    __slots__ = ("_exp", "_size", "max_keys")
+    __slots__ = ("_keys", "max_keys")
 
     def __init__(self, max_keys: int = 200_000) -> None:
-        self._exp: dict[str, int] = {}  # key -> when this worker last set its expiry (ms)
-        self._size: dict[str, list[int]] = {}  # key -> [members added since check, allowance]
+        # key -> [when this worker last set its expiry (ms), members it added since the last
+        # size check, how many it may add before the next]
+        self._keys: dict[str, list[int]] = {}
         self.max_keys = max_keys
 
     def forget(self) -> None:
-        self._exp.clear()
-        self._size.clear()
+        self._keys.clear()
 
     def __len__(self) -> int:
-        return len(self._exp) + len(self._size)
+        return len(self._keys)
 
     def plan(self, rows: list[list[Any]], now_ms: int, share: float = 1.0
-             ) -> list[tuple[str, int, int, int]]:
-        """Zero the steps that are not due in `rows` (Tables.rows' format, keys still as
-        names); returns (key, expiry set at or -1, members added, cap if checked else 0) to
-        note per row that the commit changes."""
-        pending: list[tuple[str, int, int, int]] = []
-        exp, size = self._exp, self._size
+             ) -> list[tuple[str, int]]:
+        """Zero the steps of `rows` (Tables.rows' format, keys still as names) that are not
+        due; returns the (key, cap) of the rows left with a size check, in order."""
+        ks = self._keys
+        if len(ks) > self.max_keys:
+            for k in list(ks)[:len(ks) // 2]:  # the first noted (dicts keep insertion order)
+                del ks[k]
+        long_ttl = 16 * self.REFRESH_MS
+        checked: list[tuple[str, int]] = []
         for row in rows:
-            key, kind, ttl = row[0], row[1], row[3]
-            expired_at = -1
+            ttl, cap = row[3], row[2]
+            if not (ttl or (cap and (row[1] == "z" or row[1] == "m"))):
+                continue
+            key = row[0]
+            st = ks.get(key)
+            if st is None:  # first seen: both steps
+                ks[key] = [now_ms, 0, 0]
+                if cap and (row[1] == "z" or row[1] == "m"):
+                    checked.append((key, cap))
+                continue
             if ttl:
-                last = exp.get(key)
-                if last is None or now_ms - last >= min(ttl // 16, self.REFRESH_MS):
-                    expired_at = now_ms
-                else:
+                if now_ms - st[0] < (self.REFRESH_MS if ttl >= long_ttl else ttl >> 4):
                     row[3] = 0
-            cap, added = 0, 0
-            if (kind == "z" or kind == "m") and row[2]:
-                cap = row[2]
-                added = (len(row) - 4) // 2
-                st = size.get(key)
-                if st is not None:
-                    allow = st[1] if share >= 1.0 else min(st[1], int(trim_margin(cap) * share))
-                    if st[0] + added < allow:
-                        row[2] = 0
-                        cap = 0
-            if expired_at >= 0 or added:
-                pending.append((key, expired_at, added, cap))
-        return pending
+                else:
+                    st[0] = now_ms
+            if cap and (row[1] == "z" or row[1] == "m"):
+                st[1] += (len(row) - 4) >> 1
+                allow = st[2] if share >= 1.0 else min(st[2], int(trim_margin(cap) * share))
+                if st[1] < allow:
+                    row[2] = 0
+                else:
+                    checked.append((key, cap))
+        return checked
 
-    def done(self, pending: Sequence[tuple[str, int, int, int]], sizes: Sequence[Any],
+    def done(self, checked: Sequence[tuple[str, int]], sizes: Sequence[Any],
              share: float = 1.0) -> None:
-        """The commit that `pending` was planned for is in; `sizes`: what the script returned
-        for the rows it checked, in order."""
-        exp, size = self._exp, self._size
-        if len(exp) + len(size) > self.max_keys:
-            self._shrink()
-        checked = iter(sizes)
-        for key, expired_at, added, cap in pending:
-            if expired_at >= 0:
-                exp[key] = expired_at
-            if cap:
-                n = int(next(checked, cap))
-                margin = trim_margin(cap)
-                allow = cap + margin - n if share >= 1.0 else int(margin * share)
-                size[key] = [0, allow]
-            elif added:
-                st = size.get(key)
-                if st is not None:
-                    st[0] += added
-
-    def _shrink(self) -> None:
-        """Forget the older half of the keys (dicts keep their insertion order; a key noted
-        again moves nowhere, so this forgets the first seen, which is safe either way)."""
-        for d in (self._exp, self._size):
-            drop = len(d) // 2
-            for k in list(d)[:drop]:
-                del d[k]
+        """The commit planned with `checked` is in; `sizes`: what the script returned for the
+        rows it checked, in the same order."""
+        ks = self._keys
+        for (key, cap), n in zip(checked, sizes, strict=False):
+            st = ks.get(key)
+            if st is not None:
+                st[1] = 0
+                st[2] = cap + trim_margin(cap) - int(n) if share >= 1.0 \
+                    else int(trim_margin(cap) * share)

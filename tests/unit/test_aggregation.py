@@ -333,22 +333,39 @@ def test_a_long_ttl_is_refreshed_at_least_every_minute():
     assert rows[0][3] == day
 
 
-def test_steps_of_a_commit_not_in_stay_due():
-    """A commit refused (a conflict, a fence) or lost notes nothing: its expiries and size
-    checks are sent again with the next batch; after `forget` (Redis lost writes) all are."""
+def test_steps_of_a_commit_not_in_are_due_again_after_forget():
+    """Steps left out are due again once the store forgets (a commit refused, lost or failed:
+    engine/store/profiles.py calls `forget`; also when Redis lost writes)."""
     u = Upkeep()
     first: list[list[Any]] = [["kt:{1}:a", "z", 10, 5_000, "m", 1.0]]
-    u.plan(first, 0)  # never noted as done
-    again: list[list[Any]] = [["kt:{1}:a", "z", 10, 5_000, "m", 1.0]]
-    u.done(u.plan(again, 10), [1])
-    assert again[0][2:4] == [10, 5_000]
+    assert u.plan(first, 0) == [("kt:{1}:a", 10)]
+    assert first[0][2:4] == [10, 5_000]  # first seen: both steps
+    u.done([("kt:{1}:a", 10)], [1])
     later: list[list[Any]] = [["kt:{1}:a", "z", 10, 5_000, "m", 1.0]]
-    u.plan(later, 20)
-    assert later[0][2:4] == [0, 0]  # noted: neither is due
+    assert u.plan(later, 20) == []
+    assert later[0][2:4] == [0, 0]  # neither is due
     u.forget()
     last: list[list[Any]] = [["kt:{1}:a", "z", 10, 5_000, "m", 1.0]]
     u.plan(last, 30)
     assert last[0][2:4] == [10, 5_000]
+
+
+def test_the_store_forgets_the_upkeep_of_a_commit_not_in():
+    from engine.store.profiles import ProfileStore
+
+    store = ProfileStore.__new__(ProfileStore)
+    store.upkeep = Upkeep()
+    store.upkeep.plan([["kt:{1}:a", "z", 10, 5_000, "m", 1.0]], 0)
+    assert len(store.upkeep) == 1
+
+    class Fences:
+        def advanced(self, entries: Any) -> None:
+            raise AssertionError("a refused commit advances no fence")
+
+    store.fences = Fences()  # type: ignore[assignment]
+    from engine.store.profiles import _Call
+    res = store._result_one([0, [1], []], [], 1, _Call())
+    assert not res.ok and len(store.upkeep) == 0
 
 
 def test_upkeep_changes_no_increment_and_the_batching_still_does_not_matter():
@@ -364,7 +381,7 @@ def test_upkeep_changes_no_increment_and_the_batching_still_does_not_matter():
             out = plan(batch, {}, stored, CFG, HOOKS, t)
             rows = t.rows()
             before = [r[:2] + r[4:] for r in rows]
-            u.done(u.plan(rows, k * 10), [])
+            u.plan(rows, k * 10)
             assert [r[:2] + r[4:] for r in rows] == before
             shared.apply(t)
             for w in out.writes:
