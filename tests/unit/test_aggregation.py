@@ -389,3 +389,19 @@ def test_upkeep_changes_no_increment_and_the_batching_still_does_not_matter():
         return shared
 
     assert through_upkeep([evs]).tables() == through_upkeep(split(evs, [5, 40, 2] * 20)).tables()
+
+
+def test_a_profiles_timeline_trim_and_expiry_come_once_after_all_its_pushes():
+    """The activity hook adds its LTRIM and PEXPIRE once per profile per batch: the commit's
+    ops (coalesced) are the same as when each event added them."""
+    from engine.store.writes import coalesce
+
+    vid = "v-timeline"
+    evs = [{"event_id": f"t{i}", "type": "page_view", "visitor_id": vid, "ts": T0 + i * 1000,
+            "channel": "web", "_p": 0, "_o": i, "_t": T0} for i in range(5)]
+    out = plan(evs, {}, {}, CFG, [activity.record_activity], Tables())
+    (w,) = out.writes
+    ops = coalesce(w.ops)
+    key = keys.activity(w.pid)
+    assert [o.command for o in ops] == ["LPUSH", "LTRIM", "PEXPIRE"]
+    assert all(o.key == key for o in ops) and len(ops[0].args) == 5
