@@ -21,8 +21,9 @@
 --       expiry is not set while the hash holds the field `keep` (a curated catalog record)
 --     a ttl > 0 sets the key's expiry. The caller sends a cap and a ttl only when that step is
 --     due (engine/store/writes.py `Upkeep`: not on every batch), 0 otherwise
--- Returns {1, sizes} when written (sizes: each checked set's size after its trim, in order); {0, {conflicting write indices}, {erased write indices}} when a
--- revision did not match or a tombstone exists; {-1, fence index} when fenced. In both
+-- Returns {1, sizes} when written (sizes: each checked set's size after its trim, in order);
+-- {0, {conflicting write indices}, {erased write indices}} when a revision did not match or a
+-- tombstone exists; {-1, fence index} when fenced. In both
 -- refusals nothing at all is written.
 local ALLOWED = {ZINCRBY=1, ZADD=1, ZREM=1, ZREMRANGEBYRANK=1, HINCRBY=1, HINCRBYFLOAT=1,
   HSET=1, HDEL=1, INCRBY=1, SADD=1, SREM=1, PEXPIRE=1, DEL=1, SET=1, LPUSH=1, LTRIM=1}
