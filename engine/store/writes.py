@@ -314,6 +314,9 @@ def _num(x: Any) -> Any:
     return float(x) if isinstance(x, str | bytes) else x
 
 
+_LOW = (1 << 32) - 1
+
+
 def trim_margin(cap: int) -> int:
     """How far past its cap a bounded table may grow between two size checks."""
     return cap // 8 + 1
@@ -347,50 +350,58 @@ class Upkeep:
 
     REFRESH_MS = 60_000
 
-    __slots__ = ("_keys", "max_keys")
+    __slots__ = ("_exp", "_size", "max_keys")
 
     def __init__(self, max_keys: int = 200_000) -> None:
-        # key -> [when this worker last set its expiry (ms), members it added since the last
-        # size check, how many it may add before the next]
-        self._keys: dict[str, list[int]] = {}
+        # plain ints, not lists: 200k small containers kept alive would be walked by every
+        # collection of the garbage collector
+        self._exp: dict[str, int] = {}  # key -> when this worker last set its expiry (ms)
+        # key -> (how many members it may add before the next size check) << 32 | (members it
+        # added since the last)
+        self._size: dict[str, int] = {}
         self.max_keys = max_keys
 
     def forget(self) -> None:
-        self._keys.clear()
+        self._exp.clear()
+        self._size.clear()
 
     def __len__(self) -> int:
-        return len(self._keys)
+        return len(self._exp) + len(self._size)
 
     def plan(self, rows: list[list[Any]], now_ms: int, share: float = 1.0
              ) -> list[tuple[str, int]]:
         """Zero the steps of `rows` (Tables.rows' format, keys still as names) that are not
         due; returns the (key, cap) of the rows left with a size check, in order."""
-        ks = self._keys
-        if len(ks) > self.max_keys:
-            for k in list(ks)[:len(ks) // 2]:  # the first noted (dicts keep insertion order)
-                del ks[k]
+        exp, size = self._exp, self._size
+        if len(exp) + len(size) > self.max_keys:
+            for d in (exp, size):  # the first noted (dicts keep their insertion order)
+                for k in list(d)[:len(d) // 2]:
+                    del d[k]
         long_ttl = 16 * self.REFRESH_MS
         checked: list[tuple[str, int]] = []
         for row in rows:
             ttl, cap = row[3], row[2]
-            if not (ttl or (cap and (row[1] == "z" or row[1] == "m"))):
-                continue
-            key = row[0]
-            st = ks.get(key)
-            if st is None:  # first seen: both steps
-                ks[key] = [now_ms, 0, 0]
-                if cap and (row[1] == "z" or row[1] == "m"):
-                    checked.append((key, cap))
-                continue
             if ttl:
-                if now_ms - st[0] < (self.REFRESH_MS if ttl >= long_ttl else ttl >> 4):
-                    row[3] = 0
+                key = row[0]
+                last = exp.get(key)
+                if last is None or now_ms - last >= (self.REFRESH_MS if ttl >= long_ttl
+                                                     else ttl >> 4):
+                    exp[key] = now_ms
                 else:
-                    st[0] = now_ms
+                    row[3] = 0
             if cap and (row[1] == "z" or row[1] == "m"):
-                st[1] += (len(row) - 4) >> 1
-                allow = st[2] if share >= 1.0 else min(st[2], int(trim_margin(cap) * share))
-                if st[1] < allow:
+                key = row[0]
+                v = size.get(key)
+                if v is None:  # first seen: checked; no allowance until its size is known
+                    size[key] = 0
+                    checked.append((key, cap))
+                    continue
+                added = (v & _LOW) + ((len(row) - 4) >> 1)
+                allow = v >> 32
+                if share < 1.0:
+                    allow = min(allow, int(trim_margin(cap) * share))
+                if added < allow:
+                    size[key] = (v & ~_LOW) | min(added, _LOW)
                     row[2] = 0
                 else:
                     checked.append((key, cap))
@@ -400,10 +411,9 @@ class Upkeep:
              share: float = 1.0) -> None:
         """The commit planned with `checked` is in; `sizes`: what the script returned for the
         rows it checked, in the same order."""
-        ks = self._keys
+        size = self._size
         for (key, cap), n in zip(checked, sizes, strict=False):
-            st = ks.get(key)
-            if st is not None:
-                st[1] = 0
-                st[2] = cap + trim_margin(cap) - int(n) if share >= 1.0 \
+            if key in size:
+                allow = cap + trim_margin(cap) - int(n) if share >= 1.0 \
                     else int(trim_margin(cap) * share)
+                size[key] = max(0, allow) << 32
