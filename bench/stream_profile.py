@@ -225,6 +225,12 @@ def hook_label(h: Any) -> str:
             "DecisionHook": "decisions", "record_reco": "reco", "OnlineCF": "cf"}.get(name, name)
 
 
+async def valkey_cpu(r: Any) -> float:
+    """Valkey's own CPU so far (s, user + system, all its threads: INFO cpu)."""
+    info = await r.info("cpu")
+    return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
+
+
 async def run_once(settings: Any, records: list[Record], mode: str, layers: Layers | None,
                    prof: cProfile.Profile | None) -> dict[str, Any]:
     from streams.plan import DECISIONS_MARK_BASE
@@ -260,6 +266,12 @@ async def run_once(settings: Any, records: list[Record], mode: str, layers: Laye
         layers.patch(sa, "plan", "plan (total)")
         layers.patch(pl, "apply_event", "  plan: apply_event (profile)")
         layers.patch(sp.ProfileStore, "commit", "commit (total)")
+        # a batch of several parts commits each but the last overlapped with the next part's
+        # planning (streams/applier.py): built and sent by `start_commit`, through
+        # `Script.start` (until this was timed, those parts' commit building showed up in
+        # "other": ~20 µs of the 40 on 20-event records)
+        layers.patch(sp.ProfileStore, "start_commit", "commit (total)")
+        layers.patch(Script, "start", "  commit+read: redis call (hiredis pack, I/O, reply)")
         layers.patch(Profile, "snapshot", "  commit: profile snapshot")
         layers.patch(sp, "coalesce", "  commit: coalesce ops")
         layers.patch(Tables, "rows", "  commit: table rows")
@@ -277,6 +289,8 @@ async def run_once(settings: Any, records: list[Record], mode: str, layers: Laye
             gc_n[info["generation"]] += 1
 
     gc.callbacks.append(on_gc)
+    await w.redis.config_resetstat()
+    v0 = await valkey_cpu(w.redis)
     events = 0
     c0 = time.process_time()
     t0 = time.perf_counter()
@@ -296,9 +310,16 @@ async def run_once(settings: Any, records: list[Record], mode: str, layers: Laye
     cpu = time.process_time() - c0
     wall = time.perf_counter() - t0
     gc.callbacks.remove(on_gc)
+    valkey_s = await valkey_cpu(w.redis) - v0
+    stats = await w.redis.info("commandstats")
     await w.redis.aclose()
+    per = max(1, events)
+    calls = {k.removeprefix("cmdstat_"): round(v["calls"] / per, 2) for k, v in stats.items()
+             if k.startswith("cmdstat_") and v["calls"] / per >= 0.05}
     return {"applied": events, "cpu_s": cpu, "wall_s": wall, "emits": emitted,
             "us_per_event": round(cpu * 1e6 / max(1, events), 1),
+            "valkey_us_per_event": round(valkey_s * 1e6 / per, 1),
+            "valkey_calls_per_event": dict(sorted(calls.items(), key=lambda kv: -kv[1])),
             "gc_us_per_event": [round(x / 1000 / max(1, events), 1) for x in gc_ns],
             "gc_collections": gc_n}
 
@@ -321,7 +342,9 @@ def scenario(st: BenchStack, source: str, per_record: int, n: int, visitors: int
         say(f"{source} per-record {per_record} {mode}: {got['applied']} events, "
             f"{got['us_per_event']:.0f} µs CPU/event ({got['applied'] / got['wall_s']:.0f} ev/s "
             f"wall, load {loadavg():.2f}); garbage collector {got['gc_us_per_event']} µs/event "
-            f"in {got['gc_collections']} passes (generations 0, 1, 2)")
+            f"in {got['gc_collections']} passes (generations 0, 1, 2); Valkey "
+            f"{got['valkey_us_per_event']:.0f} µs CPU/event, commands per event "
+            f"{got['valkey_calls_per_event']}")
         out[mode] = got
         if layers is not None:
             out["layers_us"] = layers.us_per_event(got["applied"])
@@ -454,12 +477,12 @@ def main() -> int:
     print(f"stream_profile: {a.events} events per run through streams.worker.Worker.apply_records "
           f"(no Kafka), every hook on; load before {load_before:.2f}, after {loadavg():.2f}")
     print(f"{'source':>10} {'per-record':>10} {'µs CPU/ev':>9} {'target':>7} {'ev/s wall':>9} "
-          f"{'of which gc':>11}")
+          f"{'of which gc':>11} {'Valkey µs/ev':>12}")
     for r in results:
         c = r["clean"]
         print(f"{r['source']:>10} {r['per_record']:>10} {c['us_per_event']:>9.0f} "
               f"{TARGETS.get(r['per_record'], 0):>7} {c['applied'] / c['wall_s']:>9.0f} "
-              f"{sum(c['gc_us_per_event']):>11.1f}")
+              f"{sum(c['gc_us_per_event']):>11.1f} {c['valkey_us_per_event']:>12.1f}")
     if learner:
         print(f"\nlearner (OfferLearner.event in process, 1-event records, batches of 500): "
               f"µs CPU per event, medians of {a.learner} interleaved rounds")

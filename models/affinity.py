@@ -564,9 +564,11 @@ class Profile:
     # -- dedupe ------------------------------------------------------------------------
     def has_seen(self, fp: bytes) -> bool:
         seen = self.seen
-        for i in range(0, len(seen), FINGERPRINT_BYTES):
-            if seen[i : i + FINGERPRINT_BYTES] == fp:
+        i = seen.find(fp)  # in C; a hit must start on a fingerprint's boundary
+        while i >= 0:
+            if i % FINGERPRINT_BYTES == 0:
                 return True
+            i = seen.find(fp, i + 1)
         return False
 
     def mark_seen(self, fp: bytes, window: int) -> None:

@@ -249,6 +249,9 @@ class Applier:
 
     async def _fenced(self, upto: Mapping[int, int]) -> None:
         """A fence refused the commit: find out why, and raise or fix it for a retry."""
+        # Redis may have lost writes (or the claim): the shared tables' expiries and sizes are
+        # seen to again on their next batch (engine/store/writes.py `Upkeep`)
+        self.store.upkeep.forget()
         state = await self.fences.state(sorted(upto))
         lost: set[int] = set()
         rewind: dict[int, int] = {}

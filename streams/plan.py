@@ -176,9 +176,7 @@ def plan(
                                     side={k: dict(v) for k, v in s.side.items()} if s.side else {})
         return w
 
-    def erased(pid: str) -> bool:
-        s = stored.get(pid)
-        return s is not None and s.erased
+    tombs = {pid for pid, s in stored.items() if s.erased}
 
     # the offset marks as read: this batch advances the profiles' own marks as it goes, and
     # every event of one record shares its offset, so checks must not see those advances
@@ -204,9 +202,10 @@ def plan(
         pid = _current(vid, alias)
         uid = ev.get("user_id")
         upid = keys.user_pid(uid) if uid else None
-        if declined(ev) or erased(pid) or erased(keys.visitor_pid(vid)) or \
-                (upid is not None and erased(upid)):
-            if declined(ev):
+        said_no = declined(ev)
+        if said_no or tombs and (pid in tombs or keys.visitor_pid(vid) in tombs or
+                                 (upid is not None and upid in tombs)):
+            if said_no:
                 out.unstored += 1
             else:
                 out.erased += 1

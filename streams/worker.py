@@ -85,8 +85,16 @@ class Worker:
                 client = new_client(self.redis_url)
                 self.redis = client
                 self.live = LiveStore(client, self.settings.group_id)
+                parts = max(1, self.settings.partitions)
+
+                def share() -> float:
+                    # of the events topic's partitions: the shared tables' writers split their
+                    # trim margin by it (engine/store/writes.py `Upkeep`)
+                    held = sum(1 for p in store.fences.held if p < DECISIONS_MARK_BASE)
+                    return min(1.0, held / parts)
+
                 store = self.store = ProfileStore(client, self.settings.profile_ttl_ms,
-                                                  self.settings.group_id)
+                                                  self.settings.group_id, share)
 
                 def epoch_of(p: int) -> int | None:
                     held = store.fences.held.get(p)

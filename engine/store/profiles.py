@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import enum
 import struct
+import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -29,7 +30,7 @@ import msgpack
 from engine.store import keys
 from engine.store.client import Script, is_cluster, mget, new_client, slot
 from engine.store.fences import Fences
-from engine.store.writes import Op, Stored, Tables, Write, coalesce
+from engine.store.writes import Op, Stored, Tables, Upkeep, Write, coalesce
 from models.affinity import Profile
 
 __all__ = ["CommitResult", "Phase", "ProfileStore", "decode", "new_client"]
@@ -74,7 +75,7 @@ class _Call:
     """One script call being built: its keys (deduplicated, by index) and its plan."""
 
     __slots__ = ("keys", "index", "fences", "writes", "tables", "write_ids", "fence_entries",
-                 "blobs")
+                 "blobs", "upkeep")
 
     def __init__(self) -> None:
         self.keys: list[str] = []
@@ -85,6 +86,7 @@ class _Call:
         self.write_ids: list[int] = []
         self.fence_entries: list[tuple[int, int, str, str, str, int]] = []
         self.blobs: dict[str, bytes] = {}  # pid -> the value its write sets
+        self.upkeep: list[tuple[str, int]] = []  # the size checks Upkeep.plan left in it
 
     def k(self, key: str) -> int:
         i = self.index.get(key)
@@ -102,11 +104,16 @@ class _Call:
 class ProfileStore:
     """Profiles, aliases, and the batch commit."""
 
-    def __init__(self, client: Any, ttl_ms: int, group_id: str = "kairos") -> None:
+    def __init__(self, client: Any, ttl_ms: int, group_id: str = "kairos",
+                 share: Callable[[], float] | None = None) -> None:
         self.r = client
         self.ttl_ms = ttl_ms
         self.cluster = is_cluster(client)
         self.fences = Fences(client, group_id)
+        # this writer's share of the shared tables' writers (writes.py `Upkeep`; the worker: its
+        # partitions of the events topic / all of them); none: the only writer
+        self.share: Callable[[], float] = share or (lambda: 1.0)
+        self.upkeep = Upkeep()  # when the shared tables' expiries and sizes are seen to
         self._commit = Script(client, "commit")
         self._read = Script(client, "read")
 
@@ -154,6 +161,21 @@ class ProfileStore:
         return out
 
     # -- the commit -------------------------------------------------------------------------
+    def _upkeep(self, call: _Call, rows: list[list[Any]]) -> None:
+        call.upkeep = self.upkeep.plan(rows, int(time.monotonic() * 1000), self.share())
+
+    def _noted(self, call: _Call, reply: Any) -> None:
+        if call.upkeep:
+            self.upkeep.done(call.upkeep, reply[1] if len(reply) > 1 else (), self.share())
+
+    async def _sent(self, call: Awaitable[Any]) -> Any:
+        """A commit call's reply; one that fails leaves the tables' upkeep unknown (Upkeep)."""
+        try:
+            return await call
+        except BaseException:
+            self.upkeep.forget()
+            raise
+
     def _write_row(self, call: _Call, w: Write, *, merge_step: bool) -> list[Any]:
         """A write as the script takes it. `merge_step`: on one server the whole write; on a
         cluster the profile step (False) — the merge's second step is `_finish_row`."""
@@ -208,17 +230,26 @@ class ProfileStore:
             async def nothing() -> CommitResult:
                 return CommitResult()
             return nothing, {}
-        answer = await self._commit.start(call.keys, call.args())
+        answer = await self._sent(self._commit.start(call.keys, call.args()))
 
         async def result() -> CommitResult:
-            return self._result_one(await answer(), entries, len(writes))
+            return self._result_one(await self._sent(answer()), entries, len(writes), call)
         return result, call.blobs
 
     def _build_one(self, writes: Sequence[Write], tables: Tables | None, upto: Mapping[int, int],
                    phases: Phase) -> tuple[_Call | None, list[tuple[int, int, str, str, str, int]]]:
+        try:
+            return self._build(writes, tables, upto, phases)
+        except BaseException:
+            self.upkeep.forget()  # its rows were planned as if they were to be sent
+            raise
+
+    def _build(self, writes: Sequence[Write], tables: Tables | None, upto: Mapping[int, int],
+               phases: Phase) -> tuple[_Call | None, list[tuple[int, int, str, str, str, int]]]:
         call = _Call()
         rows = tables.rows() if tables is not None and Phase.SHARED in phases else []
         shards = {keys.shard_of_key(r[0]) for r in rows} - {None}
+        self._upkeep(call, rows)
         entries = self.fences.entries(upto, shards, applied=Phase.APPLIED in phases) \
             if upto else []
         for n, p, epoch, expected, new, home in entries:
@@ -238,14 +269,17 @@ class ProfileStore:
         call, entries = self._build_one(writes, tables, upto, phases)
         if call is None:
             return CommitResult()
-        return self._result_one(await self._commit(call.keys, call.args()), entries, len(writes))
+        return self._result_one(await self._sent(self._commit(call.keys, call.args())), entries,
+                                len(writes), call)
 
     def _result_one(self, reply: Any, entries: list[tuple[int, int, str, str, str, int]],
-                    n_writes: int) -> CommitResult:
+                    n_writes: int, call: _Call) -> CommitResult:
         status = int(reply[0])
         if status == 1:
             self.fences.advanced(entries)
+            self._noted(call, reply)
             return CommitResult(written=list(range(n_writes)))
+        self.upkeep.forget()  # nothing of it was written
         if status == -1:
             return CommitResult(ok=False, fenced=True)
         return CommitResult(ok=False, conflicts=[int(i) - 1 for i in reply[1]],
@@ -268,14 +302,17 @@ class ProfileStore:
                 for _, p, epoch, expected, new, home in entries:
                     call.fences.append([call.k(keys.fence(n, group)), p, epoch, expected, new,
                                         home])
+                self._upkeep(call, shard_rows)
                 for r in shard_rows:
                     r[0] = call.k(r[0])
                 call.tables = shard_rows
                 calls.append(call)
-            for call, reply in zip(calls, await self._run(calls), strict=True):
+            for call, reply in zip(calls, await self._sent(self._run(calls)), strict=True):
                 if int(reply[0]) == -1:
+                    self.upkeep.forget()
                     return CommitResult(ok=False, fenced=True)
                 self.fences.advanced(call.fence_entries)
+                self._noted(call, reply)
         if Phase.PROFILES in phases and writes:
             calls = []
             for i, w in enumerate(writes):

@@ -312,3 +312,108 @@ def coalesce(ops: Sequence[Op]) -> list[Op]:
 
 def _num(x: Any) -> Any:
     return float(x) if isinstance(x, str | bytes) else x
+
+
+_LOW = (1 << 32) - 1
+
+
+def trim_margin(cap: int) -> int:
+    """How far past its cap a bounded table may grow between two size checks."""
+    return cap // 8 + 1
+
+
+class Upkeep:
+    """When the commit sets a shared table's expiry and checks its size (lua/commit.lua's
+    PEXPIRE and ZCARD + trim): not on every batch that touches the table (they were about half
+    the script's commands), but
+
+    - the expiry: the first time this worker commits to the key, then again once `refresh`
+      has passed since this worker last set it (`min(ttl / 16, REFRESH_MS)`): a table expires
+      between `ttl - refresh` and `ttl` after its last change (was: exactly `ttl`);
+    - the size check: the first time, then once the members this worker added to the key
+      since its last check (each member of a batch's row may be new) reach its allowance. At
+      a check the script trims the set to its cap when it is above it and returns its size.
+      A worker that holds every partition (`share` 1) is the only writer: its allowance is
+      `cap + margin - size` (the size the last check returned). Otherwise each worker allows
+      itself `share` (its partitions / all of them) of the margin, so that together they add
+      at most the margin between the last check of any and the next. Either way a table holds
+      at most `cap + trim_margin(cap)` members after any commit, as when every batch checked.
+
+    Pure (the store calls it): `plan(rows, now_ms, share)` zeroes the cap and ttl of each row
+    (the script then skips that step) where the step is not due, notes the steps it leaves
+    as done, and returns the (key, cap) of the rows whose size the script checks;
+    `done(checked, sizes, share)` takes the sizes the script returned. A commit that is not
+    known to be in (refused, lost, failed) must be followed by `forget()`, which makes every
+    step due again (also for Redis losing writes); so must a restarted Redis. Keys seen
+    lately only: past `max_keys` the older half is forgotten (a forgotten key is treated as
+    never seen: its steps are due)."""
+
+    REFRESH_MS = 60_000
+
+    __slots__ = ("_exp", "_size", "max_keys")
+
+    def __init__(self, max_keys: int = 200_000) -> None:
+        # plain ints, not lists: 200k small containers kept alive would be walked by every
+        # collection of the garbage collector
+        self._exp: dict[str, int] = {}  # key -> when this worker last set its expiry (ms)
+        # key -> (how many members it may add before the next size check) << 32 | (members it
+        # added since the last)
+        self._size: dict[str, int] = {}
+        self.max_keys = max_keys
+
+    def forget(self) -> None:
+        self._exp.clear()
+        self._size.clear()
+
+    def __len__(self) -> int:
+        return len(self._exp) + len(self._size)
+
+    def plan(self, rows: list[list[Any]], now_ms: int, share: float = 1.0
+             ) -> list[tuple[str, int]]:
+        """Zero the steps of `rows` (Tables.rows' format, keys still as names) that are not
+        due; returns the (key, cap) of the rows left with a size check, in order."""
+        exp, size = self._exp, self._size
+        if len(exp) + len(size) > self.max_keys:
+            for d in (exp, size):  # the first noted (dicts keep their insertion order)
+                for k in list(d)[:len(d) // 2]:
+                    del d[k]
+        long_ttl = 16 * self.REFRESH_MS
+        checked: list[tuple[str, int]] = []
+        for row in rows:
+            ttl, cap = row[3], row[2]
+            if ttl:
+                key = row[0]
+                last = exp.get(key)
+                if last is None or now_ms - last >= (self.REFRESH_MS if ttl >= long_ttl
+                                                     else ttl >> 4):
+                    exp[key] = now_ms
+                else:
+                    row[3] = 0
+            if cap and (row[1] == "z" or row[1] == "m"):
+                key = row[0]
+                v = size.get(key)
+                if v is None:  # first seen: checked; no allowance until its size is known
+                    size[key] = 0
+                    checked.append((key, cap))
+                    continue
+                added = (v & _LOW) + ((len(row) - 4) >> 1)
+                allow = v >> 32
+                if share < 1.0:
+                    allow = min(allow, int(trim_margin(cap) * share))
+                if added < allow:
+                    size[key] = (v & ~_LOW) | min(added, _LOW)
+                    row[2] = 0
+                else:
+                    checked.append((key, cap))
+        return checked
+
+    def done(self, checked: Sequence[tuple[str, int]], sizes: Sequence[Any],
+             share: float = 1.0) -> None:
+        """The commit planned with `checked` is in; `sizes`: what the script returned for the
+        rows it checked, in the same order."""
+        size = self._size
+        for (key, cap), n in zip(checked, sizes, strict=False):
+            if key in size:
+                allow = cap + trim_margin(cap) - int(n) if share >= 1.0 \
+                    else int(trim_margin(cap) * share)
+                size[key] = max(0, allow) << 32

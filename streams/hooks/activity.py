@@ -19,8 +19,10 @@ def record_activity(event: Mapping[str, Any], profile: Profile, pid: str, out: W
     `record_ops`, as ops of the profile's write)."""
     key = keys.activity(pid)
     out.op("LPUSH", key, entry(event))
-    out.op("LTRIM", key, 0, KEEP - 1)
-    out.op("PEXPIRE", key, TTL_MS)
+    if "activity" not in out.scratch:  # once per profile per batch: the commit runs the write's
+        out.scratch["activity"] = True  # trims and expiries after all its pushes (coalesce)
+        out.op("LTRIM", key, 0, KEEP - 1)
+        out.op("PEXPIRE", key, TTL_MS)
 
 
 def setup(ctx: HookContext) -> Callable[[], list[Hook]]:

@@ -103,7 +103,9 @@ class DecisionHook:
         return ()
 
     def __call__(self, event: Mapping[str, Any], profile: Profile, pid: str, out: Write) -> None:
-        out.op("PEXPIRE", keys.campaign_session(pid), SESSION_TTL_MS)
+        if "decisions.session" not in out.scratch:  # the same op for each event: once a batch
+            out.scratch["decisions.session"] = True
+            out.op("PEXPIRE", keys.campaign_session(pid), SESSION_TTL_MS)
         etype = event["type"]
         campaigns = self.config.campaigns
         ts = int(event["ts"])

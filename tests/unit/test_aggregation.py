@@ -12,7 +12,7 @@ import pytest
 
 from engine.settings import Settings
 from engine.store import keys
-from engine.store.writes import MAX_OPS_PER_EVENT, Stored, Tables
+from engine.store.writes import MAX_OPS_PER_EVENT, Stored, Tables, Upkeep, trim_margin
 from models.affinity import AffinityConfig, Profile
 from streams.hooks import activity, reco, traffic
 from streams.plan import plan
@@ -227,3 +227,181 @@ def test_a_merge_redone_after_a_crash_between_its_steps_is_not_folded_twice():
     assert w2.profile.event_count == 2  # not 3: the anonymous profile is not folded again
     assert w2.deletes == [("v:phone", b"\0\0\0\7")] and w2.aliases == [("phone", "u:u1")]
     assert redo.applied == 0 and redo.duplicates == 1
+
+
+class Script:
+    """lua/commit.lua's shared-table steps on a model: the increments; where the row asks for it
+    (a cap), a size check that trims to the cap and returns the size; where it asks for it (a
+    ttl), the expiry."""
+
+    def __init__(self) -> None:
+        self.z: dict[str, dict[str, float]] = defaultdict(dict)
+        self.expires: dict[str, int] = {}  # key -> when it expires (ms)
+        self.checks = 0
+        self.expiries = 0
+
+    def commit(self, rows: list[list[Any]], now: int) -> list[int]:
+        sizes = []
+        for row in rows:
+            key, kind, cap, ttl, pairs = row[0], row[1], row[2], row[3], row[4:]
+            t = self.z[key]
+            for f, v in zip(pairs[::2], pairs[1::2], strict=True):
+                t[f] = t.get(f, 0.0) + v if kind == "z" else max(t.get(f, v), v)
+            if cap:
+                self.checks += 1
+                for m in sorted(t, key=t.__getitem__)[:max(0, len(t) - cap)]:
+                    del t[m]
+                sizes.append(len(t))
+            if ttl:
+                self.expiries += 1
+                self.expires[key] = now + ttl
+        return sizes
+
+
+def bounded_rows(rng: random.Random, key: str, cap: int, ttl: int, fresh: list[int]
+                 ) -> list[list[Any]]:
+    """One batch's row for a capped table: a few members, new ones among them."""
+    row: list[Any] = [key, "z", cap, ttl]
+    for _ in range(rng.randint(1, 4)):
+        if rng.random() < 0.6:
+            fresh[0] += 1
+            row += (f"m{fresh[0]}", 1.0)
+        else:
+            row += (f"m{rng.randrange(max(1, fresh[0]))}", 1.0)
+    return [row]
+
+
+@pytest.mark.parametrize("writers", [1, 2, 3])
+def test_a_bounded_table_keeps_its_bound_with_size_checks_only_when_due(writers):
+    """Each writer checks a table's size only once its own additions reach its allowance, yet
+    after every commit the table holds at most cap + margin, as when every batch checked."""
+    rng = random.Random(writers)
+    cap, key = 80, "kt:{1}:test"
+    script = Script()
+    upkeeps = [Upkeep() for _ in range(writers)]
+    share = 1.0 / writers
+    fresh = [0]
+    batches, peak = 600, 0
+    for n in range(batches):
+        u = rng.choice(upkeeps)
+        rows = bounded_rows(rng, key, cap, 0, fresh)
+        pending = u.plan(rows, n, share)
+        u.done(pending, script.commit(rows, n), share)
+        peak = max(peak, len(script.z[key]))
+        assert len(script.z[key]) <= cap + trim_margin(cap)
+    assert peak > cap  # the cap was passed
+    assert script.checks < batches * (0.35 if writers == 1 else 0.8)  # not every batch checked
+
+
+def test_a_lone_writer_checks_a_small_table_rarely():
+    """One writer (share 1) knows the size its last check returned: a table far below its cap
+    is checked once, then not until it may have reached cap + margin."""
+    rng = random.Random(3)
+    script, u, fresh = Script(), Upkeep(), [0]
+    for n in range(50):
+        rows = bounded_rows(rng, "kt:{1}:small", 1000, 0, fresh)
+        u.done(u.plan(rows, n), script.commit(rows, n))
+    assert script.checks == 1
+
+
+def test_an_expiry_is_set_the_first_time_then_once_its_refresh_passed():
+    ttl = 16_000  # refresh: ttl / 16 = 1 s
+    script, u = Script(), Upkeep()
+    key = "kx:{2}:second"
+    at = list(range(0, 10_000, 100))
+    for now in at:
+        rows: list[list[Any]] = [[key, "h", 0, ttl, "applied", 1]]
+        u.done(u.plan(rows, now), script.commit(rows, now))
+        # the table always outlives its last change by at least ttl - refresh
+        assert script.expires[key] >= now + ttl - ttl // 16
+    assert script.expiries == 10  # at 0 s, 1 s, ... 9 s: not on each of the 100 batches
+    other: list[list[Any]] = [["kx:{2}:other", "h", 0, ttl, "applied", 1]]
+    u.plan(other, 9_950)
+    assert other[0][3] == ttl  # a key first seen: its expiry is set
+
+
+def test_a_long_ttl_is_refreshed_at_least_every_minute():
+    u = Upkeep()
+    day = 86_400_000
+    rows: list[list[Any]] = [["kt:{1}:x", "z", 0, day, "a", 1.0]]
+    u.done(u.plan(rows, 0), [])
+    rows = [["kt:{1}:x", "z", 0, day, "a", 1.0]]
+    u.plan(rows, Upkeep.REFRESH_MS - 1)
+    assert rows[0][3] == 0
+    rows = [["kt:{1}:x", "z", 0, day, "a", 1.0]]
+    u.plan(rows, Upkeep.REFRESH_MS)
+    assert rows[0][3] == day
+
+
+def test_steps_of_a_commit_not_in_are_due_again_after_forget():
+    """Steps left out are due again once the store forgets (a commit refused, lost or failed:
+    engine/store/profiles.py calls `forget`; also when Redis lost writes)."""
+    u = Upkeep()
+    first: list[list[Any]] = [["kt:{1}:a", "z", 10, 5_000, "m", 1.0]]
+    assert u.plan(first, 0) == [("kt:{1}:a", 10)]
+    assert first[0][2:4] == [10, 5_000]  # first seen: both steps
+    u.done([("kt:{1}:a", 10)], [1])
+    later: list[list[Any]] = [["kt:{1}:a", "z", 10, 5_000, "m", 1.0]]
+    assert u.plan(later, 20) == []
+    assert later[0][2:4] == [0, 0]  # neither is due
+    u.forget()
+    last: list[list[Any]] = [["kt:{1}:a", "z", 10, 5_000, "m", 1.0]]
+    u.plan(last, 30)
+    assert last[0][2:4] == [10, 5_000]
+
+
+def test_the_store_forgets_the_upkeep_of_a_commit_not_in():
+    from engine.store.profiles import ProfileStore
+
+    store = ProfileStore.__new__(ProfileStore)
+    store.upkeep = Upkeep()
+    store.upkeep.plan([["kt:{1}:a", "z", 10, 5_000, "m", 1.0]], 0)
+    assert len(store.upkeep) > 0
+
+    class Fences:
+        def advanced(self, entries: Any) -> None:
+            raise AssertionError("a refused commit advances no fence")
+
+    store.fences = Fences()  # type: ignore[assignment]
+    from engine.store.profiles import _Call
+    res = store._result_one([0, [1], []], [], 1, _Call())
+    assert not res.ok and len(store.upkeep) == 0
+
+
+def test_upkeep_changes_no_increment_and_the_batching_still_does_not_matter():
+    """Only the cap and ttl fields of a row change: the same events in one batch or many still
+    give the same tables, through an `Upkeep` as the store uses it."""
+    evs = events(300, seed=4)
+
+    def through_upkeep(batches: list[list[dict[str, Any]]]) -> Shared:
+        shared, u, stored = Shared(), Upkeep(), {}
+        marks: dict[int, dict[int, int]] = {}
+        for k, batch in enumerate(batches):
+            t = Tables(marks=marks)
+            out = plan(batch, {}, stored, CFG, HOOKS, t)
+            rows = t.rows()
+            before = [r[:2] + r[4:] for r in rows]
+            u.plan(rows, k * 10)
+            assert [r[:2] + r[4:] for r in rows] == before
+            shared.apply(t)
+            for w in out.writes:
+                stored[w.pid] = Stored(b"x", Profile.restore(w.profile.snapshot()))
+        return shared
+
+    assert through_upkeep([evs]).tables() == through_upkeep(split(evs, [5, 40, 2] * 20)).tables()
+
+
+def test_a_profiles_timeline_trim_and_expiry_come_once_after_all_its_pushes():
+    """The activity hook adds its LTRIM and PEXPIRE once per profile per batch: the commit's
+    ops (coalesced) are the same as when each event added them."""
+    from engine.store.writes import coalesce
+
+    vid = "v-timeline"
+    evs = [{"event_id": f"t{i}", "type": "page_view", "visitor_id": vid, "ts": T0 + i * 1000,
+            "channel": "web", "_p": 0, "_o": i, "_t": T0} for i in range(5)]
+    out = plan(evs, {}, {}, CFG, [activity.record_activity], Tables())
+    (w,) = out.writes
+    ops = coalesce(w.ops)
+    key = keys.activity(w.pid)
+    assert [o.command for o in ops] == ["LPUSH", "LTRIM", "PEXPIRE"]
+    assert all(o.key == key for o in ops) and len(ops[0].args) == 5

@@ -16,12 +16,14 @@
 --     on the profile's own keys
 --   tables: { {key, kind, cap or keep, ttl ms, field, value, field, value, ...}, ... }
 --     kind 'm': ZADD GT value field (a member's score only rises), trimmed as 'z';
---     kind 'z': ZINCRBY value field; then when the set has more than cap + cap/8 members,
---       trim it to the cap (lowest first); 'h': HINCRBY; 's': HSET, and the expiry is not set
---       while the hash holds the field `keep` (a curated catalog record)
---     a ttl > 0 sets the key's expiry
--- Returns {1} when written; {0, {conflicting write indices}, {erased write indices}} when a
--- revision did not match or a tombstone exists; {-1, fence index} when fenced. In both
+--     kind 'z': ZINCRBY value field; then with a cap > 0 the set's size is checked: above
+--       the cap it is trimmed to the cap (lowest first); 'h': HINCRBY; 's': HSET, and the
+--       expiry is not set while the hash holds the field `keep` (a curated catalog record)
+--     a ttl > 0 sets the key's expiry. The caller sends a cap and a ttl only when that step is
+--     due (engine/store/writes.py `Upkeep`: not on every batch), 0 otherwise
+-- Returns {1, sizes} when written (sizes: each checked set's size after its trim, in order);
+-- {0, {conflicting write indices}, {erased write indices}} when a revision did not match or a
+-- tombstone exists; {-1, fence index} when fenced. In both
 -- refusals nothing at all is written.
 local ALLOWED = {ZINCRBY=1, ZADD=1, ZREM=1, ZREMRANGEBYRANK=1, HINCRBY=1, HINCRBYFLOAT=1,
   HSET=1, HDEL=1, INCRBY=1, SADD=1, SREM=1, PEXPIRE=1, DEL=1, SET=1, LPUSH=1, LTRIM=1}
@@ -74,6 +76,7 @@ end
 if #conflicts > 0 or #erased > 0 then return {0, conflicts, erased} end
 
 -- 2. the shared tables
+local sizes = {}
 for i = 1, #tables do
   local t = tables[i]
   local key, kind, ttl = K[t[1]], t[2], tonumber(t[4])
@@ -86,9 +89,11 @@ for i = 1, #tables do
     local cap = tonumber(t[3])
     if cap > 0 then
       local n = redis.call('ZCARD', key)
-      if n > cap + math.floor(cap / 8) + 1 then
+      if n > cap then
         redis.call('ZREMRANGEBYRANK', key, 0, n - cap - 1)
+        n = cap
       end
+      sizes[#sizes + 1] = n
     end
     if ttl > 0 then redis.call('PEXPIRE', key, ttl) end
   elseif kind == 'h' then
@@ -129,4 +134,4 @@ for i = 1, #fences do
   redis.call('HSET', K[f[1]], 'o' .. f[2], f[5])
   if f[6] == 1 then redis.call('HSET', K[f[1]], 'a' .. f[2], f[5]) end
 end
-return {1}
+return {1, sizes}
