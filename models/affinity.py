@@ -376,6 +376,16 @@ def _unpack_aff(b: bytes, counts: list[int], names: list[str]) -> list[dict[str,
     return aff
 
 
+
+def _restored_session(sess: list[Any] | None, last: int, names: list[str]) -> Session:
+    """The session of a schema 2-4 blob (times relative to `last`, items as string refs)."""
+    if not sess:
+        return Session()
+    seq, key, start_ago, last_ago, events, viewed, carted, sbought, gap = sess
+    return Session(seq, key, last - start_ago, last - last_ago, events,
+                   [names[r] for r in viewed], [names[r] for r in carted],
+                   [names[r] for r in sbought], float(gap))
+
 @dataclass(slots=True)
 class Profile:
     """One visitor's (or one known user's) state. Mutable; `snapshot()` gives its bytes."""
@@ -490,12 +500,7 @@ class Profile:
         names += _unfront(front)
         ls = last // 1000
         aff = _unpack_aff(aff_b, counts, names)
-        session = Session()
-        if sess:
-            seq, key, start_ago, last_ago, events, viewed, carted, sbought, gap = sess
-            session = Session(seq, key, last - start_ago, last - last_ago, events,
-                              [names[r] for r in viewed], [names[r] for r in carted],
-                              [names[r] for r in sbought], float(gap))
+        session = _restored_session(sess, last, names)
         p = cls(lm, n, last - first_ago, last, uid, aff, [names[r] for r in recent],
                 [names[r] for r in cart], [names[r] for r in purchased],
                 {k: [v[0], ls - v[1]] for k, v in types.items()}, traits, segs,
@@ -524,12 +529,7 @@ class Profile:
                     table[name] = [dc & 63, v]
                 else:
                     pairs += (dc & 63, v)
-        session = Session()
-        if sess:
-            seq, key, start_ago, last_ago, events, viewed, carted, sbought, gap = sess
-            session = Session(seq, key, last - start_ago, last - last_ago, events,
-                              [names[r] for r in viewed], [names[r] for r in carted],
-                              [names[r] for r in sbought], float(gap))
+        session = _restored_session(sess, last, names)
         return cls(lm, n, last - first_ago, last, uid, aff, [names[r] for r in recent],
                    [names[r] for r in cart], [names[r] for r in purchased],
                    {k: [v[0], ls - v[1]] for k, v in types.items()}, traits, segs,
