@@ -141,7 +141,7 @@ class Worker:
             events += decode_batch(recs, base[topic], self.meter)
         return events
 
-    def _chain(self, j: int, parts: list[list[dict[str, Any]]], records: list[Any],
+    def _chain(self, j: int, parts: list[list[dict[str, Any]]],
                more: Callable[[], Awaitable[Sequence[Any]]], base: Mapping[str, int]
                ) -> Callable[[], Awaitable[list[dict[str, Any]] | None]]:
         """The part after `parts[j]` (the last one), asked for when its commit is about to be
@@ -152,7 +152,6 @@ class Worker:
             extra = await more()
             if not extra:
                 return None
-            records.extend(extra)
             self.meter.chained_total += 1
             parts.extend(chunks(self._decode(extra, base), self.settings.commit_max_events))
             return parts[j + 1] if len(parts) > j + 1 else None
@@ -165,7 +164,6 @@ class Worker:
         limit = self.settings.commit_max_events
         total = BatchResult()
         parts = chunks(self._decode(records, base), limit)
-        records = list(records)
         chain_until = time.monotonic() + self.settings.batch_chain_s
         j = 0
         try:
@@ -177,7 +175,7 @@ class Worker:
                 elif j + 1 < len(parts):
                     nxt = parts[j + 1]
                 elif more is not None and time.monotonic() < chain_until:
-                    nxt = self._chain(j, parts, records, more, base)
+                    nxt = self._chain(j, parts, more, base)
                 apply = ap.apply if nxt is None else _overlapping(ap, part, nxt)
                 j += 1
                 applied = duplicates = 0

@@ -4,7 +4,6 @@ replay's offline twin of those tables gives what the stream hook writes."""
 
 from __future__ import annotations
 
-import importlib.util
 import random
 from pathlib import Path
 from typing import Any
@@ -25,6 +24,7 @@ from models.reco.online import (
     visitor_state,
 )
 from streams.hooks.reco import SESSION_ITEMS, SESSION_TTL_MS, reco_changes
+from tests.unit.bench import bench_module
 
 ROOT = Path(__file__).resolve().parents[2]
 CFG = AffinityConfig()
@@ -33,11 +33,7 @@ MIN = 60_000
 
 
 def _bench() -> Any:
-    spec = importlib.util.spec_from_file_location("reco_replay", ROOT / "bench/reco_replay.py")
-    assert spec and spec.loader
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return bench_module("reco_replay")
 
 
 def reference(recent: list[str], scores: dict[str, float], cats: dict[str, str], page: str | None,

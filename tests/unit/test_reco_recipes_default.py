@@ -3,7 +3,6 @@ replay's loader reads it."""
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 from typing import Any
 
@@ -12,17 +11,14 @@ import yaml
 from engine.logic.recipes import INGREDIENTS, apply, parse_recipe
 from models.reco import RecoModels
 from models.reco.ensemble import INGREDIENTS as MODEL_INGREDIENTS
+from tests.unit.bench import bench_module
 
 ROOT = Path(__file__).resolve().parents[2]
 SERVED = ROOT / "config/recipes/default.yaml"
 
 
 def _bench() -> Any:
-    spec = importlib.util.spec_from_file_location("reco_replay", ROOT / "bench/reco_replay.py")
-    assert spec and spec.loader
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return bench_module("reco_replay")
 
 
 def test_served_default_blends_session_knn_and_learns_repurchase() -> None:
