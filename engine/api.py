@@ -379,8 +379,11 @@ class _Lane:
 
         try:
             await self._serve(scope, receive, outer)
-        except Exception:
+        except Exception as exc:
             if not started:
+                if isinstance(exc, RedisError):  # as the app's handler answers other routes
+                    await _store_unavailable(exc)(scope, receive, send)
+                    return
                 await _INTERNAL_ERROR(scope, receive, send)
             raise
 
@@ -478,6 +481,10 @@ async def store_unavailable(request: Request, exc: Exception) -> Response:
     """A route whose Redis call failed answers 503 with a JSON error and Retry-After, not
     Starlette's plain-text 500: the store is down or loading for a moment, the request was
     fine and may be sent again. (`POST /v1/decide` answers its own degraded decision.)"""
+    return _store_unavailable(exc)
+
+
+def _store_unavailable(exc: Exception) -> Response:
     reason = "is unavailable for a moment (restarting or loading); try again"
     body = {"error": f"store {reason}", "field": "store", "reason": reason,
             "detail": type(exc).__name__}

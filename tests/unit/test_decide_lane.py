@@ -181,3 +181,17 @@ def test_a_direct_route_needs_a_key_policy() -> None:
     route = api._direct_routes(routes)[("POST", "/v1/decide")]
     with pytest.raises(api.MissingPolicy):
         api._Lane(route, a.OPEN)
+
+
+def test_the_store_failing_under_the_lane_answers_503_as_other_routes_do() -> None:
+    from redis.exceptions import ConnectionError as RedisConnectionError
+
+    class _Down(_Access):
+        async def resolve_key(self, token: str) -> a.Principal | None:
+            raise RedisConnectionError("Connection refused")
+
+    app, _ = _app()
+    app.state.svc.access = _Down()
+    status, got, body = _call(app, BODY, _h("ks_" + "s" * 32), chain=False)
+    assert status == 503 and int(got["retry-after"]) > 0
+    assert orjson.loads(body)["field"] == "store"
