@@ -247,11 +247,37 @@ class Stack:
                 log = (self.log_dir / f"worker{i}.log").read_text()[-3000:]
                 raise AssertionError(f"worker{i} died with {w.returncode}:\n{log}")
 
+    def processes(self) -> list[subprocess.Popen[bytes]]:
+        return [p for p in [self.api, *self.workers, *self.mailers, *self.learners]
+                if p is not None and p.poll() is None]
+
     def stop(self) -> None:
-        terminate([p for p in [self.api, *self.workers, *self.mailers, *self.learners]
-                   if p is not None and p.poll() is None], 15)
-        self.http.close()
-        self.anon.close()
+        stop_stacks([self])
+
+
+def stop_stacks(stacks: list[Stack]) -> None:
+    """Stop the stacks' processes all at once (SIGTERM to every one, then the waits: the time
+    of the slowest, not the sum)."""
+    terminate([p for s in stacks for p in s.processes()], 15)
+    for s in stacks:
+        s.http.close()
+        s.anon.close()
+
+
+#: Every stack made this session, oldest first (`make_stack` appends; see pytest_runtest_call).
+_STACKS: list[Stack] = []
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_call(item: pytest.Item) -> Iterator[None]:
+    """A stack made in a test's body lives as long as the test: its idle API and workers would
+    otherwise hold CPU (on 2 cores) until the session ends. Stacks made by fixtures live as long
+    as their fixture (module fixtures stop theirs; the rest stop at the session's end)."""
+    before = len(_STACKS)
+    yield
+    made = _STACKS[before:]
+    del _STACKS[before:]
+    stop_stacks(made)
 
 
 @pytest.fixture(scope="session")
@@ -261,8 +287,6 @@ def make_stack(
 ) -> Iterator[Callable[..., Stack]]:
     from engine.db import migrate
     from engine.services import own_origins
-
-    stacks: list[Stack] = []
 
     def make(*, workers: int = 1, kafka: EmbeddedKafka | None = None,
              redis: EmbeddedRedis | EmbeddedRedisCluster | None = None, **overrides) -> Stack:
@@ -290,15 +314,15 @@ def make_stack(
         log_dir = tmp_root / f"logs-{name}"
         log_dir.mkdir(parents=True, exist_ok=True)
         stack = Stack(settings, log_dir, seed_control_plane(database_url, own_origins(settings)))
-        stacks.append(stack)
+        _STACKS.append(stack)
         stack.start_api()
         for _ in range(workers):
             stack.start_worker()
         return stack
 
     yield make
-    for s in stacks:
-        s.stop()
+    stop_stacks(_STACKS)
+    _STACKS.clear()
 
 
 @pytest.fixture(scope="session")

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -51,7 +51,8 @@ def drift_count(stack: Stack) -> int:
 
 
 @pytest.fixture(scope="module")
-def learning(make_stack: Callable[..., Stack], tmp_path_factory: pytest.TempPathFactory) -> Stack:
+def learning(make_stack: Callable[..., Stack], tmp_path_factory: pytest.TempPathFactory
+             ) -> Iterator[Stack]:
     cdir = tmp_path_factory.mktemp("dash-learn-config")
     (cdir / "campaigns").mkdir()
     (cdir / "campaigns" / "offer.yaml").write_text(OFFER)
@@ -59,7 +60,8 @@ def learning(make_stack: Callable[..., Stack], tmp_path_factory: pytest.TempPath
                        decide_deadline_ms=1000, model_publish_s=0.2, learner_snapshot_s=0.5,
                        model_reload_s=0.2, learner_lease_ms=2000)
     stack.start_learner()
-    return stack
+    yield stack
+    stack.stop()
 
 
 def signed_in(context: BrowserContext, stack: Stack, problems: list[str]) -> Page:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import httpx
@@ -81,8 +81,10 @@ def sign_in(stack: Stack, role: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def gate_stack(make_stack: Callable[..., Stack]) -> Stack:
-    return make_stack(name="access", workers=0)
+def gate_stack(make_stack: Callable[..., Stack]) -> Iterator[Stack]:
+    stack = make_stack(name="access", workers=0)
+    yield stack
+    stack.stop()
 
 
 # -- the whole route table against every kind of caller ----------------------------------------

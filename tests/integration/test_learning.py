@@ -7,7 +7,7 @@ from __future__ import annotations
 import os
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -139,16 +139,18 @@ def browse_until_scored(stack: Stack, vid: str, timeout: float = 60.0
 
 @pytest.fixture(scope="module")
 def learning_stack(make_stack: Callable[..., Stack], tmp_path_factory: pytest.TempPathFactory
-                   ) -> Stack:
+                   ) -> Iterator[Stack]:
     cdir = tmp_path_factory.mktemp("learn-config")
     (cdir / "campaigns").mkdir()
     (cdir / "campaigns" / "offer.yaml").write_text(OFFER)
     (cdir / "campaigns" / "exit_offer.yaml").write_text(EXIT_OFFER)
     (cdir / "campaigns" / "ctx_offer.yaml").write_text(CTX_OFFER)
-    return make_stack(name="learn", config_dir=cdir, workers=1, reward_window_s=4.0,
-                      decide_deadline_ms=1000,
-                      model_publish_s=0.2, learner_snapshot_s=3.0, model_reload_s=0.2,
-                      learner_lease_ms=2000)
+    stack = make_stack(name="learn", config_dir=cdir, workers=1, reward_window_s=4.0,
+                       decide_deadline_ms=1000,
+                       model_publish_s=0.2, learner_snapshot_s=3.0, model_reload_s=0.2,
+                       learner_lease_ms=2000)
+    yield stack
+    stack.stop()
 
 
 def test_rewards_advance_the_model_the_api_serves_it_and_a_killed_learner_counts_once(

@@ -94,10 +94,12 @@ def of(events: list[dict[str, Any]], **match: Any) -> list[dict[str, Any]]:
 
 
 @pytest.fixture(scope="module")
-def seg(make_stack: Callable[..., Stack]) -> Stack:
+def seg(make_stack: Callable[..., Stack]) -> Iterator[Stack]:
     """A stack of its own (its topic holds only this module's events), with a low rate per
     visitor of public keys (5/s, bursts of 15) so that going over it does not depend on speed."""
-    return make_stack(name="segment", rate_per_visitor=5.0)
+    stack = make_stack(name="segment", rate_per_visitor=5.0)
+    yield stack
+    stack.stop()
 
 
 # -- on the wire -------------------------------------------------------------------------------
