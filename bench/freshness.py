@@ -125,6 +125,8 @@ class Load:
     probe_timeouts: int = 0
     probes_skipped: int = 0  # not started: too many still waiting (the stack is far behind)
     max_outstanding_probes: int = 20
+    poll_s: float = 0.002  # a probe's first polls, this far apart (the resolution of the figure)
+    polls: int = 0  # GET /v1/profiles sent by the probes (the observer's own load on the API)
     _outstanding: int = 0
     fail_reasons: Counter[str] = field(default_factory=Counter)
     _rng: random.Random = field(default_factory=lambda: random.Random(7))
@@ -189,6 +191,7 @@ class Load:
         t0 = time.monotonic()
         while True:
             try:
+                self.polls += 1
                 status, _ = await client.request("GET", f"/v1/profiles/{vid}")
                 if status == 200:
                     t1 = time.monotonic()
@@ -202,10 +205,11 @@ class Load:
                 if record:
                     self.fresh.append((time.monotonic(), PROBE_TIMEOUT_S))
                 return
-            # poll every ~2 ms while a fast answer is likely, back off after that so a slow
-            # stack is not buried under polls (which would make it slower still)
+            # poll every `poll_s` (~2 ms) while a fast answer is likely, back off after that so
+            # a slow stack is not buried under polls (which would make it slower still)
             waited = time.monotonic() - t0
-            await asyncio.sleep(0.002 if waited < 0.25 else 0.02 if waited < 1 else 0.1)
+            await asyncio.sleep(self.poll_s if waited < 0.25 else max(self.poll_s, 0.02)
+                                if waited < 1 else 0.1)
 
     async def run(self, seconds: float, warmup: float = 0.0,
                   every: tuple[float, Callable[[], None]] | None = None) -> None:

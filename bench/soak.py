@@ -5,7 +5,9 @@
 Starts the embedded default on 127.0.0.1 (Valkey with AOF, one Apache Kafka node, `kairos api`,
 one `kairos worker`) and offers the load of bench/freshness.py (open loop: requests of 20
 events of 20 different visitors every 20 ms, plus 10 freshness probes a second, each a new
-visitor polled through GET /v1/profiles from its 2xx until readable).
+visitor polled through GET /v1/profiles from its 2xx until readable: every `--poll-ms` at first,
+then backing off; the probes' GETs per second and this process's own CPU are printed per window,
+as the observer's share of the machine).
 
 Per minute: freshness p50/p99, POST latency p50/p99, the worker's own lag, and RSS of Valkey,
 the broker (java), the worker and the API. At the end it waits for the worker to drain (lag 0,
@@ -53,7 +55,10 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--minutes", type=float, default=10.0)
     ap.add_argument("--rate", type=float, default=1000.0)
-    ap.add_argument("--probes", type=float, default=10.0)
+    ap.add_argument("--probes", type=float, default=10.0, help="freshness probes per second")
+    ap.add_argument("--poll-ms", type=float, default=2.0,
+                    help="how often a probe polls its profile at first (ms): the figure's resolution, "
+                         "and the observer's load on the API (printed per window as probe GETs/s)")
     ap.add_argument("--api-workers", type=int, default=1)
     ap.add_argument("--window", type=float, default=60.0, help="seconds per reported window")
     ap.add_argument("--chain-s", type=float, default=None,
@@ -69,9 +74,11 @@ def main() -> int:
         start_default_stack(st, a.api_workers,
                             **({} if a.chain_s is None else {"batch_chain_s": a.chain_s}))
         wait_worker_ready(st)
-        load = Load(st.base_url, rate=a.rate, probes_per_s=a.probes, key=st.key)
+        load = Load(st.base_url, rate=a.rate, probes_per_s=a.probes, key=st.key,
+                    poll_s=a.poll_ms / 1000.0)
         t_start = time.monotonic()
         last = [t_start]
+        observer = [time.process_time(), 0]  # this process's CPU (load + probes), polls sent
         cpu_last = {n: st.cpu(n) for n in PROCS}
         import redis as redis_sync
 
@@ -88,7 +95,10 @@ def main() -> int:
                 "fresh_p50_ms": w["freshness"]["p50_ms"], "fresh_p99_ms": w["freshness"]["p99_ms"],
                 "fresh_max_ms": w["freshness"]["max_ms"], "probes": w["freshness"]["n"],
                 "post_p50_ms": w["post"]["p50_ms"], "post_p99_ms": w["post"]["p99_ms"],
-                "lag": worker_view(st).get("lag"),
+                "lag": (wv := worker_view(st)).get("lag"),
+                "worker_fresh_p99_ms": wv.get("freshness_p99_ms"),
+                "probe_gets_per_s": round((load.polls - observer[1]) / (now - last[0])),
+                "cpu_bench": round((time.process_time() - observer[0]) / (now - last[0]), 2),
                 **{f"rss_{n}_mib": mib(st.rss(n)) for n in PROCS},
                 **{f"cpu_{n}": round((cpu[n] - cpu_last[n]) / (now - last[0]), 2) for n in PROCS},
             }
@@ -96,12 +106,15 @@ def main() -> int:
             row["valkey_top"] = top_commands(cmd_last[0], cmds, now - last[0])
             cmd_last[0] = cmds
             cpu_last.update(cpu)
+            observer[:] = [time.process_time(), load.polls]
             last[0] = now
             rows.append(row)
             say(f"minute {row['minute']}: freshness p50 {row['fresh_p50_ms']} p99 {row['fresh_p99_ms']} ms; "
                 f"POST p99 {row['post_p99_ms']} ms; lag {row['lag']}; RSS valkey {row['rss_redis_mib']} "
                 f"kafka {row['rss_kafka_mib']} worker {row['rss_worker_mib']} api {row['rss_api_mib']} MiB; "
-                f"CPU valkey {row['cpu_redis']} worker {row['cpu_worker']} api {row['cpu_api']} kafka {row['cpu_kafka']}")
+                f"CPU valkey {row['cpu_redis']} worker {row['cpu_worker']} api {row['cpu_api']} kafka {row['cpu_kafka']} "
+                f"bench {row['cpu_bench']}; probe GETs {row['probe_gets_per_s']}/s; "
+                f"worker's own freshness p99 {row['worker_fresh_p99_ms']} ms; load {loadavg()}")
             say("  valkey's time: " + ", ".join(
                 f"{c['cmd']} {c['share']:.0%} ({c['calls_per_s']:.0f}/s, {c['usec_per_call']:.0f} µs)"
                 for c in row["valkey_top"]))
@@ -131,11 +144,14 @@ def main() -> int:
     print()
     print(f"soak: {a.rate:.0f} events/s offered for {a.minutes:g} min; API on {a.api_workers} process(es), one worker")
     print(f"{'win':>3} {'fresh p50':>9} {'p99':>8} {'max':>8} {'POST p99':>8} {'lag':>6} {'valkey':>7} "
-          f"{'kafka':>7} {'worker':>7} {'api':>6}  (ms, events, MiB RSS; one row per {a.window:g} s)")
+          f"{'kafka':>7} {'worker':>7} {'api':>6}  (ms, events, MiB RSS; one row per {a.window:g} s)"
+          f" | worker's fresh p99 ms, probe GETs/s, cores: worker valkey api kafka bench")
     for r in rows:
         print(f"{r['minute']:>3} {r['fresh_p50_ms']:>9.1f} {r['fresh_p99_ms']:>8.1f} {r['fresh_max_ms']:>8.1f} "
               f"{r['post_p99_ms']:>8.1f} {str(r['lag']):>6} {r['rss_redis_mib']:>7.1f} {r['rss_kafka_mib']:>7.1f} "
-              f"{r['rss_worker_mib']:>7.1f} {r['rss_api_mib']:>6.1f}")
+              f"{r['rss_worker_mib']:>7.1f} {r['rss_api_mib']:>6.1f} | {r['worker_fresh_p99_ms']} "
+              f"{r['probe_gets_per_s']} {r['cpu_worker']} {r['cpu_redis']} {r['cpu_api']} {r['cpu_kafka']} "
+              f"{r['cpu_bench']}")
     equal = events_counted == load.accepted
     if drained:
         print(f"the worker caught up {drain_s:.0f}s after the load stopped")
