@@ -28,6 +28,11 @@ from engine.store.client import Script, is_cluster, pipelined_scripts
 #: neighbour ingredients and the kind of their tables (keys.neighbours), in read order
 NEIGHBOUR_KINDS = (("co_view", "v"), ("co_buy", "b"), ("next_item", "t"))
 
+#: Tables kept decoded across requests (key -> (reply, rows)): a table read again unchanged (the
+#: trending tables, the neighbours of popular items) is compared with its last reply, not
+#: decoded again; beyond this many the oldest go (~10-25 MB at most: 30-100 rows a table).
+DECODED_TABLES = 1024
+
 Rows = list[tuple[str, float]]  # (member, stored score), best first
 Epochs = list[tuple[Rows, float]]  # each epoch's rows with its decay factor to now
 
@@ -73,10 +78,11 @@ def _tables(wanted: Sequence[tuple[str, str, float, str]], replies: Sequence[Any
             seen: dict[str, tuple[Any, Rows]] | None = None,
             sessions: Sequence[str] = ()) -> RecoTables:
     """One request's tables from its script reply (with the items of `sessions`, the session
-    names it asked for). `seen`: the tables decoded for the other
-    requests of a batch (key -> (reply, rows)); a table whose reply is the same list is not
-    decoded again (a mail batch's recipients all read the same trending tables). The rows
-    are then shared: read them, never change them."""
+    names it asked for). `seen`: the tables decoded before (key -> (reply, rows); the reader's
+    memo across requests, which a mail batch's recipients share too); a table whose reply is
+    the same list is not decoded again (requests read the same trending tables and the
+    neighbours of the same popular items). The rows are then shared: read them, never change
+    them."""
     out = RecoTables()
     for (what, via, f, key), flat in zip(wanted, replies, strict=False):
         got = seen.get(key) if seen is not None else None
@@ -102,14 +108,18 @@ def _tables(wanted: Sequence[tuple[str, str, float, str]], replies: Sequence[Any
 
 
 def _tables_of(plans: Sequence[tuple[list[tuple[str, str, float, str]], int, dict[str, Any]]],
-               calls: Sequence[tuple[int, Any, Any]], got: Sequence[Any]) -> list[RecoTables]:
-    """Each request's tables from the replies of its calls (`RecoReader._table_calls`)."""
+               calls: Sequence[tuple[int, Any, Any]], got: Sequence[Any],
+               seen: dict[str, tuple[Any, Rows]]) -> list[RecoTables]:
+    """Each request's tables from the replies of its calls (`RecoReader._table_calls`);
+    `seen` the tables decoded before (`_tables`)."""
     replies: list[Any] = [None] * len(plans)
     for (i, _, _), reply in zip(calls, got, strict=True):
         replies[i] = reply
-    seen: dict[str, tuple[Any, Rows]] = {}
-    return [_tables(wanted, reply, seen, req["sessions"]) if reply is not None else RecoTables()
-            for (wanted, _, req), reply in zip(plans, replies, strict=True)]
+    out = [_tables(wanted, reply, seen, req["sessions"]) if reply is not None else RecoTables()
+           for (wanted, _, req), reply in zip(plans, replies, strict=True)]
+    while len(seen) > DECODED_TABLES:
+        del seen[next(iter(seen))]
+    return out
 
 
 def _knn_rows(got: Sequence[Any]) -> list[list[tuple[str, float, str]]]:
@@ -127,6 +137,7 @@ class RecoReader:
         self._knn = Script(redis, "session_knn")
         self.cluster = is_cluster(redis)
         self._popularity = [keys.popularity(n) for n in range(keys.SHARDS)]
+        self._decoded: dict[str, tuple[Any, Rows]] = {}  # `DECODED_TABLES`
 
     async def tables(self, *, neighbours: Sequence[str], seeds: Sequence[str], trending: bool,
                      categories: Sequence[str], half_life: str,
@@ -156,7 +167,7 @@ class RecoReader:
             got = [await self._read(calls[0][1], calls[0][2])]
         else:
             got = await self._read.pipelined([(k, a) for _, k, a in calls]) if calls else []
-        return _tables_of(plans, calls, got)
+        return _tables_of(plans, calls, got, self._decoded)
 
     async def tables_and_knn(self, requests: Sequence[dict[str, Any]],
                              sessions: Sequence[tuple[Sequence[str], str | None, int]],
@@ -170,7 +181,8 @@ class RecoReader:
         knn_calls = self._knn_calls(sessions, **knn)
         got = await pipelined_scripts(self.r, [*((self._read, k, a) for _, k, a in calls),
                                                *((self._knn, k, a) for k, a in knn_calls)])
-        return _tables_of(plans, calls, got[:len(calls)]), _knn_rows(got[len(calls):])
+        return (_tables_of(plans, calls, got[:len(calls)], self._decoded),
+                _knn_rows(got[len(calls):]))
 
     def _table_calls(self, requests: Sequence[dict[str, Any]]
                      ) -> tuple[list[tuple[list[tuple[str, str, float, str]], int, dict[str, Any]]],
