@@ -11,9 +11,10 @@ keeps (streams/hooks/cf.py); a visitor the model has not learnt yet gets no `cf`
 Bought items go through the repurchase rule (`exclusions.purchased` with `exclusions.repurchase`,
 models/reco/repurchase.py): the bought items' catalog records are read beside the tables, their
 levels' counter rows beside the candidates' records, and a kept item is shown "often bought
-again". The `session_knn` ingredient is one script call beside the tables
-(lua/session_knn.lua: the sampled sessions are read and scored in Valkey, with a bounded cost,
-and only the best items come back), so its candidates' records come with the others'. On a
+again". The `session_knn` ingredient is one script call sent with the tables' on the same
+connection, one round trip for both (lua/session_knn.lua: the sampled sessions are read and
+scored in Valkey, with a bounded cost, and only the best items come back), so its candidates'
+records come with the others'. On a
 Redis Cluster it reads the sessions' index, then the sampled sessions' items, and scores them
 here (`session_candidates`), both beside the tables. The `history` ingredient is the visitor's
 own items: the profile's recent ones, then the items of their 4 latest sessions (the same

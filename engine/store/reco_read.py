@@ -3,9 +3,11 @@
 `RecoReader.tables` is one script call (lua/reco_read.lua) for the neighbour tables of the
 seed items (co-view, co-buy, next item), the trending tables (overall and per category; two
 epochs each) with the neighbours' popularity, the visitor's online-CF vector and the items of
-the visitor's latest sessions (the `history` ingredient's: in the same call, as a call of its
-own cost the API ~750 µs a request). On a Redis Cluster (whose keys span many slots) the same
-reads are two pipelines instead.
+the visitor's latest sessions (the `history` ingredient's: in the same call, not a round trip
+of their own). `tables_and_knn` sends those calls and the session-kNN ones on one connection
+at once (one round trip: each costs this process a send, a wake-up and a read, which on a small
+machine weigh more than the Python around them). On a Redis Cluster (whose keys span many
+slots) the same reads are two pipelines instead.
 `cf_items` reads the candidates' CF vectors from the model of the visitor's partition;
 `trending` is the read behind GET /v1/stats/trending; `repurchase_rows` the repurchase
 counters (one pipeline). `session_knn` is the served session-kNN on a single server: one script
