@@ -14,11 +14,11 @@ levels' counter rows beside the candidates' records, and a kept item is shown "o
 again". The `session_knn` ingredient is one script call sent with the tables' on the same
 connection, one round trip for both (lua/session_knn.lua: the sampled sessions are read and
 scored in Valkey, with a bounded cost, and only the best items come back), so its candidates'
-records come with the others'. On a
-Redis Cluster it reads the sessions' index, then the sampled sessions' items, and scores them
-here (`session_candidates`), both beside the tables. The `history` ingredient is the visitor's
-own items: the profile's recent ones, then the items of their 4 latest sessions (the same
-session item tables, read in the tables' script call), scored by recency, item affinity and the page item's category once the records are read
+records come with the others'. On a Redis Cluster it reads the sessions' index, then the
+sampled sessions' items, and scores them here (`session_candidates`), both beside the tables.
+The `history` ingredient is the visitor's own items: the profile's recent ones, then the items
+of their 4 latest sessions (the same session item tables, read in the tables' script call),
+scored by recency, item affinity and the page item's category once the records are read
 (`models.reco.online.history_candidates`; the replay's offline twin calls the same function).
 """
 

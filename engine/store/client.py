@@ -227,8 +227,8 @@ class Script:
         raise AssertionError("unreachable")  # pragma: no cover
 
 
-async def pipelined_scripts(client: Any, calls: Sequence[tuple[Script, Sequence[Any], Sequence[Any]]]
-                    ) -> list[Any]:
+async def pipelined_scripts(client: Any,
+                            calls: Sequence[tuple[Script, Sequence[Any], Sequence[Any]]]) -> list[Any]:
     """Calls of one or more scripts on one connection in one round trip (a single server), their
     answers in order: a request's reads that do not depend on each other cost one connection
     and one wake-up, not one each. A script error of one call is raised after every answer was

@@ -1,10 +1,11 @@
 -- One profile found by visitor or user id, in one round trip (engine/store/profiles.py `find`;
--- the pipeline it replaces, then a second read for an alias's profile, cost the API a round
--- trip more and ~3x the client's work). KEYS[1] the id's alias key, [2] its visitor profile,
--- [3] its user profile; ARGV[1] the profile key format (engine/store/keys.py `template`,
--- `%s` = profile id: the alias's profile is only known here). Returns {profile id or 1 (the
--- visitor's) or 2 (the user's), blob}, or false: the aliased profile when both the alias and
--- that profile exist, else the visitor's own, else the user's (the order of `find_many`).
+-- the pipeline of three reads it replaces, then a second read for an alias's profile, cost the
+-- API more client work and, for an alias, a round trip more). KEYS[1] the id's alias key, [2]
+-- its visitor profile, [3] its user profile; ARGV[1] the profile key format
+-- (engine/store/keys.py `template`, `%s` = profile id: the alias's profile is only known
+-- here). Returns {profile id or 1 (the visitor's) or 2 (the user's), blob}, or false: the
+-- aliased profile when both the alias and that profile exist, else the visitor's own, else the
+-- user's (the order of `find_many`).
 -- (On a Redis Cluster the store does not use this script: the keys span many slots.)
 local function blob(key)
   local b = redis.call('GET', key)

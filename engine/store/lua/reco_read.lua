@@ -4,8 +4,8 @@
 -- the visitor's CF vector; ARGV = n, rows per neighbour table, rows per ranked table, number
 -- of tables, S, m. Returns each table's flat [member, score, ...], then the distinct neighbour
 -- ids, their popularity counts, the CF vector (or false) and each session's items oldest
--- first (an empty list for a session gone). A neighbour's popularity is in the table of its shard: CRC-32 of its id
--- modulo S (engine/store/keys.py `shard`).
+-- first (an empty list for a session gone). A neighbour's popularity is in the table of its
+-- shard: CRC-32 of its id modulo S (engine/store/keys.py `shard`).
 -- (On a Redis Cluster the reader does not use this script: its keys span many slots.)
 local n, kn, kt, t, S, m = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]),
   tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
