@@ -11,13 +11,13 @@ keeps (streams/hooks/cf.py); a visitor the model has not learnt yet gets no `cf`
 Bought items go through the repurchase rule (`exclusions.purchased` with `exclusions.repurchase`,
 models/reco/repurchase.py): the bought items' catalog records are read beside the tables, their
 levels' counter rows beside the candidates' records, and a kept item is shown "often bought
-again". The `session_knn` ingredient is one script call beside the tables
-(lua/session_knn.lua: the sampled sessions are read and scored in Valkey, with a bounded cost,
-and only the best items come back), so its candidates' records come with the others'. On a
-Redis Cluster it reads the sessions' index, then the sampled sessions' items, and scores them
-here (`session_candidates`), both beside the tables. The `history` ingredient is the visitor's
-own items: the profile's recent ones, then the items of their 4 latest sessions (the same
-session item tables, one script call after the bought items' records, beside the tables),
+again". The `session_knn` ingredient is one script call sent with the tables' on the same
+connection, one round trip for both (lua/session_knn.lua: the sampled sessions are read and
+scored in Valkey, with a bounded cost, and only the best items come back), so its candidates'
+records come with the others'. On a Redis Cluster it reads the sessions' index, then the
+sampled sessions' items, and scores them here (`session_candidates`), both beside the tables.
+The `history` ingredient is the visitor's own items: the profile's recent ones, then the items
+of their 4 latest sessions (the same session item tables, read in the tables' script call),
 scored by recency, item affinity and the page item's category once the records are read
 (`models.reco.online.history_candidates`; the replay's offline twin calls the same function).
 """
@@ -88,11 +88,8 @@ class Recommender:
             page = (await self.cached.get_many([item_id], now_ms / 1000.0)).get(item_id)
             category = page_category(page)
         ask = self._ask(recipe, found, item_id, category, n, now_ms)
-        # round trip 1: neighbour and trending tables, the neighbours' popularity, CF vector;
-        # beside it the bought items' records and the session index of the session's items
-        tables, first = await asyncio.gather(self.reader.tables(**ask.tables),
-                                             self._first([ask], now_ms))
-        return (await self._answers(recipe, [ask], [tables], first, now_ms))[0]
+        tables, first = await self._first([ask], now_ms)
+        return (await self._answers(recipe, [ask], tables, first, now_ms))[0]
 
     async def recommend_many(self, recipe: Recipe, visitor_ids: Sequence[str | None], n: int,
                              now_ms: int) -> list[list[dict[str, Any]]]:
@@ -100,8 +97,7 @@ class Recommender:
         batch): their profiles in one pipeline, their tables in one, one catalog read."""
         found = await self.profiles.find_many(list(visitor_ids))
         asks = [self._ask(recipe, f, None, None, n, now_ms) for f in found]
-        tables, first = await asyncio.gather(self.reader.tables_many([a.tables for a in asks]),
-                                             self._first(asks, now_ms))
+        tables, first = await self._first(asks, now_ms)
         return await self._answers(recipe, asks, tables, first, now_ms)
 
     def _ask(self, recipe: Recipe, found: Any, item_id: str | None, category: str | None, n: int,
@@ -118,47 +114,55 @@ class Recommender:
         bought = visitor["bought"] if recipe.exclusions.purchased and rule.mode == "learnt" else []
         uid, current = (current_session(profile, pid, item_id, now_ms, self.knn.max_session_items)
                         if "session_knn" in needed else (None, []))
+        own = own_session_names(pid, profile) if "history" in needed else []
         tables = dict(neighbours=needed, seeds=list(seeds), trending="trending" in needed,
                       categories=category_tables(needed, cat, aff_cats), half_life=RECO_HALF_LIFE,
                       factors=self.decay.read_factors(now_ms), rows_per_seed=NEIGHBOURS_PER_SEED,
-                      rows=k, cf_pid=pid if "cf" in needed else None)
-        own = own_session_names(pid, profile) if "history" in needed else []
+                      rows=k, cf_pid=pid if "cf" in needed else None, sessions=own)
         return _Ask(visitor, recent, needed, k, seeds, cat, aff_cats, item_id, n, tables,
                     profile, rule, bought, uid, current, own)
 
-    async def _first(self, asks: Sequence[_Ask], now_ms: int) -> _First:
-        """Beside the tables: the bought items' catalog records, then the items of the
-        visitor's latest sessions (the `history` ingredient's; one script call), and the
-        session-kNN candidates of each request's current session."""
+    async def _first(self, asks: Sequence[_Ask], now_ms: int) -> tuple[list[Any], _First]:
+        """round trip 1: each request's neighbour and trending tables, the neighbours'
+        popularity, CF vector and latest sessions' items, with (on a single server, on the
+        same connection) the session-kNN candidates of its current session; beside it the
+        bought items' catalog records."""
         bought = list(dict.fromkeys(iid for a in asks for iid, _ in a.bought))
-        names = list(dict.fromkeys(u for a in asks for u in a.own))
+        if not bought:  # most requests: no task for a read of nothing (~15 µs each)
+            tables, knn = await self._tables_and_knn(asks, now_ms)
+            return tables, _First({}, knn)
+        (tables, knn), records = await asyncio.gather(
+            self._tables_and_knn(asks, now_ms), self.cached.get_many(bought, now_ms / 1000.0))
+        return tables, _First(records, knn)
 
-        async def records_then_sessions() -> tuple[dict[str, Any], dict[str, list[str]]]:
-            # one after the other: a request holds at most 3 connections at once
-            records = await self.cached.get_many(bought, now_ms / 1000.0)
-            return records, await self.reader.sessions(names)
-
-        (records, own), knn = await asyncio.gather(records_then_sessions(),
-                                                   self._session_knn(asks, now_ms))
-        return _First(records, knn, own)
-
-    async def _session_knn(self, asks: Sequence[_Ask], now_ms: int) -> list[list[Candidate]]:
-        """Each request's session-kNN candidates (none without a current session): one script
-        call each on a single server (pipelined), else two pipelined reads scored here."""
+    async def _tables_and_knn(self, asks: Sequence[_Ask], now_ms: int
+                              ) -> tuple[list[Any], list[list[Candidate]]]:
+        """Each request's tables and session-kNN candidates (none without a current
+        session): on a single server one script call each, all in one round trip; on a
+        cluster the tables beside two pipelined reads of the sessions, scored here."""
         out: list[list[Candidate]] = [[] for _ in asks]
         wanted = [i for i, a in enumerate(asks) if a.current]
-        if not wanted:
-            return out
+        if self.reader.cluster:
+            tables, _ = await asyncio.gather(self.reader.tables_many([a.tables for a in asks]),
+                                             self._cluster_knn(asks, wanted, out, now_ms))
+            return tables, out
         knn = self.knn
-        if not self.reader.cluster:
-            rows = await self.reader.session_knn(
-                [(asks[i].current, asks[i].uid, asks[i].k) for i in wanted],
-                sample_size=knn.sample_size, per_item=knn.sessions_per_item, k=knn.k,
-                lambda_pos=knn.lambda_pos, lambda_time_s=knn.lambda_time_s,
-                lambda_neigh=knn.lambda_neigh, now_ms=now_ms)
-            for i, r in zip(wanted, rows, strict=True):
-                out[i] = scored_candidates(r, asks[i].k)
-            return out
+        tables, rows = await self.reader.tables_and_knn(
+            [a.tables for a in asks], [(asks[i].current, asks[i].uid, asks[i].k) for i in wanted],
+            sample_size=knn.sample_size, per_item=knn.sessions_per_item, k=knn.k,
+            lambda_pos=knn.lambda_pos, lambda_time_s=knn.lambda_time_s,
+            lambda_neigh=knn.lambda_neigh, now_ms=now_ms)
+        for i, r in zip(wanted, rows, strict=True):
+            out[i] = scored_candidates(r, asks[i].k)
+        return tables, out
+
+    async def _cluster_knn(self, asks: Sequence[_Ask], wanted: Sequence[int],
+                           out: list[list[Candidate]], now_ms: int) -> None:
+        """On a cluster, the session-kNN candidates of the requests `wanted` into `out`: the
+        items' session index, then the sampled sessions' items (a pipeline each), scored here."""
+        if not wanted:
+            return
+        knn = self.knn
         current = list(dict.fromkeys(iid for i in wanted for iid in asks[i].current))
         index = await self.reader.session_index(current, knn.sessions_per_item)
         uids = {i: sample_sessions({iid: index.get(iid, []) for iid in asks[i].current},
@@ -168,7 +172,6 @@ class Recommender:
         for i in wanted:
             out[i] = session_candidates(asks[i].current, uids[i], sessions, now_ms, asks[i].k,
                                         knn)
-        return out
 
     async def _answers(self, recipe: Recipe, asks: Sequence[_Ask], tables: Sequence[Any],
                        first: _First, now_ms: int) -> list[list[dict[str, Any]]]:
@@ -181,7 +184,7 @@ class Recommender:
         cf_reads = []  # (ask index, partition, pool)
         for i, (a, t) in enumerate(zip(asks, tables, strict=True)):
             if a.own:
-                a.visitor["earlier"] = earlier_items(a.own, first.own)
+                a.visitor["earlier"] = earlier_items(a.own, t.sessions)
             cands = candidate_lists(a.needed, a.seeds, a.recent, a.cat, a.aff_cats, a.visitor, a.k,
                                     neighbours=t.neighbours, trending=t.trending,
                                     in_category=t.in_category, popularity=t.popularity)
@@ -196,10 +199,13 @@ class Recommender:
                                            or [])[:1]) for iid, _ in a.bought})
         all_levels = list(dict.fromkeys(lv for ls in levels for lvs in ls.values() for lv in lvs))
         all_bought = list(dict.fromkeys(iid for a in asks for iid, _ in a.bought))
-        records, (level_rows, item_rows), *vectors = await asyncio.gather(
-            self.cached.get_many(list(dict.fromkeys(wanted)), now_ms / 1000.0),
-            self.reader.repurchase_rows(all_levels, all_bought),
-            *(self.reader.cf_items(part, pool) for _, part, pool in cf_reads))
+        records_read = self.cached.get_many(list(dict.fromkeys(wanted)), now_ms / 1000.0)
+        if not all_levels and not all_bought and not cf_reads:  # the records alone: no tasks
+            records, level_rows, item_rows, vectors = await records_read, {}, {}, []
+        else:
+            records, (level_rows, item_rows), *vectors = await asyncio.gather(
+                records_read, self.reader.repurchase_rows(all_levels, all_bought),
+                *(self.reader.cf_items(part, pool) for _, part, pool in cf_reads))
         for (i, _, _), vecs in zip(cf_reads, vectors, strict=True):
             cf_user = tables[i].cf_user
             assert cf_user is not None
@@ -252,4 +258,3 @@ class _Ask:
 class _First:
     bought: dict[str, Any]  # the bought items' catalog records
     knn: list[list[Candidate]]  # each request's session-kNN candidates
-    own: dict[str, list[str]]  # the latest sessions' items, oldest first

@@ -31,6 +31,7 @@ the repurchase rule kept (`visitor["rebuy"]`) is shown with the rule's reason.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -449,6 +450,13 @@ def excluded_ids(
     return out
 
 
+@functools.lru_cache(maxsize=16_384)
+def _ancestors(path: str) -> tuple[str, ...]:
+    """`category_ancestors`, kept: the booster asks it for every candidate's categories, which
+    are the same few thousand paths request after request."""
+    return tuple(category_ancestors(path))
+
+
 class _Booster:
     """`boost` for one request: the visitor's shares are normalised once, not per candidate."""
 
@@ -475,7 +483,7 @@ class _Booster:
             # "a/b/c" is in "a/b/c", "a/b" and "a")
             best = 0.0
             for c in record.get("categories") or ():
-                for p in category_ancestors(c):
+                for p in _ancestors(c):
                     share = self.cats.get(p)
                     if share is not None and share > best:
                         best = share

@@ -158,34 +158,7 @@ class Script:
         answer was read; a server that lost the script gets it again and the calls once more."""
         if self.cluster:
             return await self.run_all(calls)
-        if not calls:
-            return []
-        packed = b"".join(hiredis.pack_command(("EVALSHA", self.sha, len(k), *k, *(_arg(a) for a in a_)))
-                          for k, a_ in calls)
-        for attempt in (0, 1):
-            pool = self.client.connection_pool
-            conn = await pool.get_connection()
-            out: list[Any] = []
-            errors: list[BaseException] = []
-            try:
-                await conn.send_packed_command(packed, check_health=False)
-                for _ in calls:
-                    try:
-                        out.append(await conn.read_response())
-                    except redis.exceptions.ResponseError as exc:  # parsed whole: read on
-                        out.append(None)
-                        errors.append(exc)
-            except BaseException:
-                await conn.disconnect()
-                raise
-            finally:
-                await pool.release(conn)
-            if not errors:
-                return out
-            if attempt or not any(isinstance(e, redis.exceptions.NoScriptError) for e in errors):
-                raise errors[0]
-            await self.client.script_load(self.text)
-        raise AssertionError("unreachable")  # pragma: no cover
+        return await pipelined_scripts(self.client, [(self, k, a) for k, a in calls])
 
     async def start(self, keys: Sequence[Any], args: Sequence[Any]
                     ) -> Callable[[], Awaitable[Any]]:
@@ -252,6 +225,43 @@ class Script:
             finally:
                 await pool.release(conn)
         raise AssertionError("unreachable")  # pragma: no cover
+
+
+async def pipelined_scripts(client: Any,
+                            calls: Sequence[tuple[Script, Sequence[Any], Sequence[Any]]]) -> list[Any]:
+    """Calls of one or more scripts on one connection in one round trip (a single server), their
+    answers in order: a request's reads that do not depend on each other cost one connection
+    and one wake-up, not one each. A script error of one call is raised after every answer was
+    read; a server that lost a script gets the scripts again and the calls once more."""
+    if not calls:
+        return []
+    packed = b"".join(hiredis.pack_command(("EVALSHA", sc.sha, len(k), *k, *(_arg(a) for a in a_)))
+                      for sc, k, a_ in calls)
+    for attempt in (0, 1):
+        pool = client.connection_pool
+        conn = await pool.get_connection()
+        out: list[Any] = []
+        errors: list[BaseException] = []
+        try:
+            await conn.send_packed_command(packed, check_health=False)
+            for _ in calls:
+                try:
+                    out.append(await conn.read_response())
+                except redis.exceptions.ResponseError as exc:  # parsed whole: read on
+                    out.append(None)
+                    errors.append(exc)
+        except BaseException:
+            await conn.disconnect()
+            raise
+        finally:
+            await pool.release(conn)
+        if not errors:
+            return out
+        if attempt or not any(isinstance(e, redis.exceptions.NoScriptError) for e in errors):
+            raise errors[0]
+        for text in dict.fromkeys(sc.text for sc, _, _ in calls):
+            await client.script_load(text)
+    raise AssertionError("unreachable")  # pragma: no cover
 
 
 def _arg(a: Any) -> Any:

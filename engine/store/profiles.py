@@ -116,6 +116,8 @@ class ProfileStore:
         self.upkeep = Upkeep()  # when the shared tables' expiries and sizes are seen to
         self._commit = Script(client, "commit")
         self._read = Script(client, "read")
+        self._find = Script(client, "find")
+        self._profile_format = keys.template(keys.profile)
 
     # -- reads ------------------------------------------------------------------------------
     async def aliases(self, visitor_ids: Iterable[str]) -> dict[str, str | None]:
@@ -366,8 +368,19 @@ class ProfileStore:
 
     # -- the API's reads --------------------------------------------------------------------
     async def find(self, some_id: str) -> tuple[str, Stored] | None:
-        """A profile by visitor id (following its alias) or by user id."""
-        return (await self.find_many([some_id]))[0]
+        """A profile by visitor id (following its alias) or by user id. On one server one
+        script call (lua/find.lua; a request's first read, as `find_many` the pipeline and,
+        for an alias, one read more)."""
+        if self.cluster or not some_id:
+            return (await self.find_many([some_id]))[0]
+        got = await self._find([keys.alias(some_id), keys.profile(keys.visitor_pid(some_id)),
+                                keys.profile(keys.user_pid(some_id))], [self._profile_format])
+        if not got:
+            return None
+        who, blob = got
+        pid = (keys.visitor_pid(some_id) if who == 1 else keys.user_pid(some_id) if who == 2
+               else who.decode())
+        return pid, decode(blob)
 
     async def find_many(self, ids: Sequence[str | None]) -> list[tuple[str, Stored] | None]:
         """`find` for many ids (None: no one) in one pipeline, and one more for the aliases

@@ -2,8 +2,12 @@
 
 `RecoReader.tables` is one script call (lua/reco_read.lua) for the neighbour tables of the
 seed items (co-view, co-buy, next item), the trending tables (overall and per category; two
-epochs each) with the neighbours' popularity, and the visitor's online-CF vector. On a Redis
-Cluster (whose keys span many slots) the same reads are two pipelines instead.
+epochs each) with the neighbours' popularity, the visitor's online-CF vector and the items of
+the visitor's latest sessions (the `history` ingredient's: in the same call, not a round trip
+of their own). `tables_and_knn` sends those calls and the session-kNN ones on one connection
+at once (one round trip: each costs this process a send, a wake-up and a read, which on a small
+machine weigh more than the Python around them). On a Redis Cluster (whose keys span many
+slots) the same reads are two pipelines instead.
 `cf_items` reads the candidates' CF vectors from the model of the visitor's partition;
 `trending` is the read behind GET /v1/stats/trending; `repurchase_rows` the repurchase
 counters (one pipeline). `session_knn` is the served session-kNN on a single server: one script
@@ -21,10 +25,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from engine.store import keys
-from engine.store.client import Script, is_cluster
+from engine.store.client import Script, is_cluster, pipelined_scripts
 
 #: neighbour ingredients and the kind of their tables (keys.neighbours), in read order
 NEIGHBOUR_KINDS = (("co_view", "v"), ("co_buy", "b"), ("next_item", "t"))
+
+#: Tables kept decoded across requests (key -> (reply, rows)): a table read again unchanged (the
+#: trending tables, the neighbours of popular items) is compared with its last reply, not
+#: decoded again; beyond this many the oldest go (~10-25 MB at most: 30-100 rows a table).
+DECODED_TABLES = 1024
 
 Rows = list[tuple[str, float]]  # (member, stored score), best first
 Epochs = list[tuple[Rows, float]]  # each epoch's rows with its decay factor to now
@@ -40,6 +49,7 @@ class RecoTables:
     in_category: dict[str, Epochs] = field(default_factory=dict)
     popularity: dict[str, float] = field(default_factory=dict)  # of the neighbours read
     cf_user: bytes | None = None
+    sessions: dict[str, list[str]] = field(default_factory=dict)  # items oldest first; gone: left out
 
 
 def _rows(flat: Sequence[Any]) -> Rows:
@@ -48,7 +58,8 @@ def _rows(flat: Sequence[Any]) -> Rows:
 
 def _wanted(*, neighbours: Sequence[str], seeds: Sequence[str], trending: bool, categories: Sequence[str],
             half_life: str, factors: Sequence[tuple[int, float]], rows_per_seed: int, rows: int,
-            cf_pid: str | None) -> tuple[list[tuple[str, str, float, str]], int, dict[str, Any]]:
+            cf_pid: str | None, sessions: Sequence[str] = ()
+            ) -> tuple[list[tuple[str, str, float, str]], int, dict[str, Any]]:
     """The tables one request reads: ([(what, via, factor, key)], how many are neighbour
     tables, the request)."""
     wanted: list[tuple[str, str, float, str]] = []  # (what, via, factor, key)
@@ -61,15 +72,19 @@ def _wanted(*, neighbours: Sequence[str], seeds: Sequence[str], trending: bool, 
             wanted.append(("trending", "", f, keys.trending(half_life, "item", epoch)))
         for c in categories:
             wanted.append(("in_category", c, f, keys.trending_in_category(half_life, c, epoch)))
-    return wanted, n_neigh, {"rows_per_seed": rows_per_seed, "rows": rows, "cf_pid": cf_pid}
+    return wanted, n_neigh, {"rows_per_seed": rows_per_seed, "rows": rows, "cf_pid": cf_pid,
+                             "sessions": list(sessions)}
 
 
 def _tables(wanted: Sequence[tuple[str, str, float, str]], replies: Sequence[Any],
-            seen: dict[str, tuple[Any, Rows]] | None = None) -> RecoTables:
-    """One request's tables from its script reply. `seen`: the tables decoded for the other
-    requests of a batch (key -> (reply, rows)); a table whose reply is the same list is not
-    decoded again (a mail batch's recipients all read the same trending tables). The rows
-    are then shared: read them, never change them."""
+            seen: dict[str, tuple[Any, Rows]] | None = None,
+            sessions: Sequence[str] = ()) -> RecoTables:
+    """One request's tables from its script reply (with the items of `sessions`, the session
+    names it asked for). `seen`: the tables decoded before (key -> (reply, rows); the reader's
+    memo across requests, which a mail batch's recipients share too); a table whose reply is
+    the same list is not decoded again (requests read the same trending tables and the
+    neighbours of the same popular items). The rows are then shared: read them, never change
+    them."""
     out = RecoTables()
     for (what, via, f, key), flat in zip(wanted, replies, strict=False):
         got = seen.get(key) if seen is not None else None
@@ -88,7 +103,31 @@ def _tables(wanted: Sequence[tuple[str, str, float, str]], replies: Sequence[Any
     ids, counts = replies[len(wanted)], replies[len(wanted) + 1]
     out.popularity = {i.decode(): float(c) for i, c in zip(ids, counts, strict=True) if c is not None}
     out.cf_user = replies[len(wanted) + 2] or None
+    if sessions:
+        out.sessions = {u: [m.decode() for m in rows]
+                        for u, rows in zip(sessions, replies[len(wanted) + 3], strict=True) if rows}
     return out
+
+
+def _tables_of(plans: Sequence[tuple[list[tuple[str, str, float, str]], int, dict[str, Any]]],
+               calls: Sequence[tuple[int, Any, Any]], got: Sequence[Any],
+               seen: dict[str, tuple[Any, Rows]]) -> list[RecoTables]:
+    """Each request's tables from the replies of its calls (`RecoReader._table_calls`);
+    `seen` the tables decoded before (`_tables`)."""
+    replies: list[Any] = [None] * len(plans)
+    for (i, _, _), reply in zip(calls, got, strict=True):
+        replies[i] = reply
+    out = [_tables(wanted, reply, seen, req["sessions"]) if reply is not None else RecoTables()
+           for (wanted, _, req), reply in zip(plans, replies, strict=True)]
+    while len(seen) > DECODED_TABLES:
+        del seen[next(iter(seen))]
+    return out
+
+
+def _knn_rows(got: Sequence[Any]) -> list[list[tuple[str, float, str]]]:
+    """The session-kNN script's replies as (item, score, via) rows."""
+    return [[(flat[j].decode(), float(flat[j + 1]), flat[j + 2].decode())
+             for j in range(0, len(flat), 3)] for flat in got]
 
 
 class RecoReader:
@@ -100,66 +139,94 @@ class RecoReader:
         self._knn = Script(redis, "session_knn")
         self.cluster = is_cluster(redis)
         self._popularity = [keys.popularity(n) for n in range(keys.SHARDS)]
+        self._decoded: dict[str, tuple[Any, Rows]] = {}  # `DECODED_TABLES`
 
     async def tables(self, *, neighbours: Sequence[str], seeds: Sequence[str], trending: bool,
                      categories: Sequence[str], half_life: str,
                      factors: Sequence[tuple[int, float]], rows_per_seed: int, rows: int,
-                     cf_pid: str | None) -> RecoTables:
+                     cf_pid: str | None, sessions: Sequence[str] = ()) -> RecoTables:
         """The tables of one request in one round trip: for each neighbour ingredient named in
         `neighbours`, each seed's table (`rows_per_seed` rows); the overall trending table when
         `trending` and each of `categories`' tables (`rows` rows; every epoch of `factors`);
-        the popularity of the neighbours read; `cf_pid`'s CF vector when given."""
+        the popularity of the neighbours read; `cf_pid`'s CF vector when given; the items of
+        the sessions named in `sessions` (as `sessions` reads them)."""
         return (await self.tables_many([dict(
             neighbours=neighbours, seeds=seeds, trending=trending, categories=categories,
-            half_life=half_life, factors=factors, rows_per_seed=rows_per_seed, rows=rows, cf_pid=cf_pid)]))[0]
+            half_life=half_life, factors=factors, rows_per_seed=rows_per_seed, rows=rows, cf_pid=cf_pid,
+            sessions=sessions)]))[0]
 
     async def tables_many(self, requests: Sequence[dict[str, Any]]) -> list[RecoTables]:
         """`tables` for many requests (each a dict of its keyword arguments) in one round trip:
         the script calls on one pipeline (a mail batch's recipients). On a cluster, each
         request's two pipelines, concurrently."""
-        plans = [_wanted(**r) for r in requests]
-        replies: list[Any] = [None] * len(plans)
-        calls = []  # (plan index, keys, args)
-        for i, (wanted, n_neigh, req) in enumerate(plans):
-            if not wanted and req["cf_pid"] is None:
-                continue
-            if self.cluster:
-                calls.append((i, [], []))
-                continue
-            rkeys = [t[3] for t in wanted] + self._popularity
-            if req["cf_pid"] is not None:
-                rkeys.append(keys.cf_visitor(req["cf_pid"]))
-            calls.append((i, rkeys, [n_neigh, req["rows_per_seed"], req["rows"], len(wanted), keys.SHARDS]))
+        plans, calls = self._table_calls(requests)
         if self.cluster:
             got = await asyncio.gather(*(self._cluster_read(plans[i][0], plans[i][1], plans[i][2]["rows_per_seed"],
-                                                            plans[i][2]["rows"], plans[i][2]["cf_pid"])
+                                                            plans[i][2]["rows"], plans[i][2]["cf_pid"],
+                                                            plans[i][2]["sessions"])
                                          for i, _, _ in calls))
         elif len(calls) == 1:
             got = [await self._read(calls[0][1], calls[0][2])]
         else:
             got = await self._read.pipelined([(k, a) for _, k, a in calls]) if calls else []
-        for (i, _, _), reply in zip(calls, got, strict=True):
-            replies[i] = reply
-        seen: dict[str, tuple[Any, Rows]] = {}
-        return [_tables(wanted, reply, seen) if reply is not None else RecoTables()
-                for (wanted, _, _), reply in zip(plans, replies, strict=True)]
+        return _tables_of(plans, calls, got, self._decoded)
+
+    async def tables_and_knn(self, requests: Sequence[dict[str, Any]],
+                             sessions: Sequence[tuple[Sequence[str], str | None, int]],
+                             **knn: Any) -> tuple[list[RecoTables], list[list[tuple[str, float, str]]]]:
+        """`tables_many(requests)` and `session_knn(sessions, **knn)` in one round trip: every
+        script call on one connection (a request's reads beside each other cost one connection
+        and one wake-up, not one each). A single server only, as `session_knn`."""
+        if self.cluster:
+            raise RuntimeError("session_knn reads many slots: use session_index and sessions")
+        plans, calls = self._table_calls(requests)
+        knn_calls = self._knn_calls(sessions, **knn)
+        got = await pipelined_scripts(self.r, [*((self._read, k, a) for _, k, a in calls),
+                                               *((self._knn, k, a) for k, a in knn_calls)])
+        return (_tables_of(plans, calls, got[:len(calls)], self._decoded),
+                _knn_rows(got[len(calls):]))
+
+    def _table_calls(self, requests: Sequence[dict[str, Any]]
+                     ) -> tuple[list[tuple[list[tuple[str, str, float, str]], int, dict[str, Any]]],
+                                list[tuple[int, list[str], list[Any]]]]:
+        """Each request's plan (`_wanted`) and the script calls to make: (plan index, keys,
+        args); none for a request that reads nothing (keys and args empty on a cluster)."""
+        plans = [_wanted(**r) for r in requests]
+        calls: list[tuple[int, list[str], list[Any]]] = []
+        for i, (wanted, n_neigh, req) in enumerate(plans):
+            if not wanted and req["cf_pid"] is None and not req["sessions"]:
+                continue
+            if self.cluster:
+                calls.append((i, [], []))
+                continue
+            rkeys = [t[3] for t in wanted] + self._popularity
+            rkeys += [keys.session_items(u) for u in req["sessions"]]
+            if req["cf_pid"] is not None:
+                rkeys.append(keys.cf_visitor(req["cf_pid"]))
+            calls.append((i, rkeys, [n_neigh, req["rows_per_seed"], req["rows"], len(wanted), keys.SHARDS,
+                                     len(req["sessions"])]))
+        return plans, calls
 
     async def _cluster_read(self, wanted: Sequence[tuple[str, str, float, str]], n_neigh: int,
-                            rows_per_seed: int, rows: int, cf_pid: str | None) -> list[Any]:
+                            rows_per_seed: int, rows: int, cf_pid: str | None,
+                            sessions: Sequence[str]) -> list[Any]:
         """The script's answer, read with two pipelines (a cluster routes each command)."""
         pipe = self.r.pipeline(transaction=False)
         for i, (_, _, _, key) in enumerate(wanted):
             pipe.zrevrange(key, 0, (rows_per_seed if i < n_neigh else rows) - 1, withscores=True)
+        for u in sessions:
+            pipe.zrange(keys.session_items(u), 0, -1)
         if cf_pid is not None:
             pipe.get(keys.cf_visitor(cf_pid))
         got = await pipe.execute()
+        own = got[len(wanted):len(wanted) + len(sessions)]
         tables = [[x for m, sc in rows_ for x in (m, sc)] for rows_ in got[:len(wanted)]]
         ids = list(dict.fromkeys(m for flat in tables[:n_neigh] for m in flat[0::2]))
         pipe = self.r.pipeline(transaction=False)
         for m in ids:
             pipe.zscore(self._popularity[keys.shard(m.decode())], m)
         pops = await pipe.execute() if ids else []
-        return [*tables, ids, pops, got[len(wanted)] if cf_pid is not None else None]
+        return [*tables, ids, pops, got[-1] if cf_pid is not None else None, own]
 
     async def repurchase_rows(self, levels: Sequence[str], items: Sequence[str]
                               ) -> tuple[dict[str, dict[bytes, bytes]], dict[str, dict[bytes, bytes]]]:
@@ -198,16 +265,23 @@ class RecoReader:
         single server only (on a cluster: `session_index`, `sessions`)."""
         if self.cluster:
             raise RuntimeError("session_knn reads many slots: use session_index and sessions")
-        calls = [([keys.session_index(iid) for iid in items],
-                  [uid or "", sample_size, per_item, k, float(lambda_pos), float(lambda_time_s),
-                   float(lambda_neigh), n, now_ms, keys.SHARDS, *items])
-                 for items, uid, n in sessions]
+        calls = self._knn_calls(sessions, sample_size=sample_size, per_item=per_item, k=k,
+                                lambda_pos=lambda_pos, lambda_time_s=lambda_time_s,
+                                lambda_neigh=lambda_neigh, now_ms=now_ms)
         if not calls:
             return []
-        got = ([await self._knn(*calls[0])] if len(calls) == 1
-               else await self._knn.pipelined(calls))
-        return [[(flat[j].decode(), float(flat[j + 1]), flat[j + 2].decode())
-                 for j in range(0, len(flat), 3)] for flat in got]
+        return _knn_rows([await self._knn(*calls[0])] if len(calls) == 1
+                         else await self._knn.pipelined(calls))
+
+    @staticmethod
+    def _knn_calls(sessions: Sequence[tuple[Sequence[str], str | None, int]], *,
+                   sample_size: int, per_item: int, k: int, lambda_pos: float,
+                   lambda_time_s: float, lambda_neigh: float, now_ms: int
+                   ) -> list[tuple[list[str], list[Any]]]:
+        return [([keys.session_index(iid) for iid in items],
+                 [uid or "", sample_size, per_item, k, float(lambda_pos), float(lambda_time_s),
+                  float(lambda_neigh), n, now_ms, keys.SHARDS, *items])
+                for items, uid, n in sessions]
 
     async def sessions(self, uids: Sequence[str]) -> dict[str, list[str]]:
         """Each session's items, oldest first; a session gone is left out."""

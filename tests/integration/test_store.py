@@ -288,6 +288,34 @@ async def test_concurrent_writers_to_one_merged_user_lose_nothing(client):
     assert found[1].profile.event_count == 60
 
 
+async def test_find_is_one_call_that_finds_what_the_pipelines_find(client):
+    """On one server `find` is one script call (lua/find.lua, which follows the alias itself):
+    it finds what `find_many` (the pipelines, as on a cluster) finds: the aliased profile
+    while it exists, else the visitor's own, else the user's, else no one."""
+    st = store_of(client)
+    tag = uuid.uuid4().hex[:6]
+
+    async def put(pid: str, n: int) -> None:
+        await client.set(keys.profile(pid), b"\0\0\0\1" + Profile(event_count=n).snapshot())
+
+    aliased, own, gone, user, nobody = (f"{w}-{tag}" for w in ("al", "own", "gone", "usr", "no"))
+    await put(keys.user_pid(f"target-{tag}"), 1)
+    await client.set(keys.alias(aliased), keys.user_pid(f"target-{tag}"))
+    await put(keys.visitor_pid(aliased), 2)  # the aliased profile wins over the visitor's own
+    await put(keys.visitor_pid(own), 3)
+    await client.set(keys.alias(gone), keys.user_pid(f"none-{tag}"))  # its target is gone
+    await put(keys.visitor_pid(gone), 4)
+    await put(keys.user_pid(user), 5)
+    ids = [aliased, own, gone, user, nobody]
+    found = [await st.find(i) for i in ids]
+    assert [(f[0], f[1].profile.event_count) if f else None for f in found] == [
+        (keys.user_pid(f"target-{tag}"), 1), (keys.visitor_pid(own), 3),
+        (keys.visitor_pid(gone), 4), (keys.user_pid(user), 5), None]
+    assert [(f[0], f[1].rev, f[1].profile.event_count) if f else None for f in found] == [
+        (f[0], f[1].rev, f[1].profile.event_count) if f else None
+        for f in await st.find_many(ids)]
+
+
 async def test_item_keys_expire_unless_curated(client):
     tag = uuid.uuid4().hex[:6]
     ap = Applier(store_of(client), CFG, hooks=lambda: [reco.record_reco])

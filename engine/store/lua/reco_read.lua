@@ -1,13 +1,14 @@
 -- One round trip for the tables a recommendation reads (engine/store/reco_read.py).
 -- KEYS = n neighbour tables, then ranked (trending) tables, then the S popularity tables
--- (keys.popularity(0..S-1)), then (optional) the visitor's CF vector; ARGV = n, rows per
--- neighbour table, rows per ranked table, number of tables, S. Returns each table's flat
--- [member, score, ...], then the distinct neighbour ids, their popularity counts and the CF
--- vector (or false). A neighbour's popularity is in the table of its shard: CRC-32 of its id
--- modulo S (engine/store/keys.py `shard`).
+-- (keys.popularity(0..S-1)), then m session item sets (keys.session_items), then (optional)
+-- the visitor's CF vector; ARGV = n, rows per neighbour table, rows per ranked table, number
+-- of tables, S, m. Returns each table's flat [member, score, ...], then the distinct neighbour
+-- ids, their popularity counts, the CF vector (or false) and each session's items oldest
+-- first (an empty list for a session gone). A neighbour's popularity is in the table of its
+-- shard: CRC-32 of its id modulo S (engine/store/keys.py `shard`).
 -- (On a Redis Cluster the reader does not use this script: its keys span many slots.)
-local n, kn, kt, t, S = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]),
-  tonumber(ARGV[4]), tonumber(ARGV[5])
+local n, kn, kt, t, S, m = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]),
+  tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
 local T = {}
 for i = 0, 15 do
   local c = i
@@ -42,5 +43,8 @@ local pops = {}
 for j = 1, #ids do pops[j] = redis.call('ZSCORE', KEYS[t + 1 + shard(ids[j])], ids[j]) end
 out[t + 1] = ids
 out[t + 2] = pops
-out[t + 3] = KEYS[t + S + 1] and redis.call('GET', KEYS[t + S + 1]) or false
+out[t + 3] = KEYS[t + S + m + 1] and redis.call('GET', KEYS[t + S + m + 1]) or false
+local sessions = {}
+for j = 1, m do sessions[j] = redis.call('ZRANGE', KEYS[t + S + j], 0, -1) end
+out[t + 4] = sessions
 return out
