@@ -181,7 +181,13 @@ def _shared(prev: str, k: str) -> int:
     """The length of the prefix `k` shares with `prev`."""
     if k.startswith(prev):  # an ancestor path before its descendants
         return len(prev)
-    n, hi = 0, min(len(prev), len(k))  # the longest shared prefix, by halving (startswith in C)
+    n = 0
+    # most share a few characters ("sku-", "shoes/"): compared in turn
+    for a, b in zip(prev[:16], k, strict=False):
+        if a != b:
+            return n
+        n += 1
+    hi = min(len(prev), len(k))  # a long one: the rest by halving (startswith runs in C)
     while n < hi:
         mid = (n + hi + 1) // 2
         if k.startswith(prev[:mid]):
@@ -257,7 +263,9 @@ def _string_table(names: set[str], old: list[Any] | None = None) -> list[Any]:
     the decimal ids packed, the other strings front-coded, those strings]`, the same for the
     same set. From `old` (the table before), only the strings added are classified, and its
     packed parts are reused where they did not change."""
-    if old is None or old[1] is None:
+    # a table read from a blob whose words are out of order (not one `snapshot` writes) is
+    # made anew: its front coding cannot be updated in place
+    if old is None or old[1] is None or old[5] != sorted(old[5]):
         numk = sorted(filter(_DECIMAL, names))  # "0", "1234"; not "007"
         words = sorted(names.difference(numk))
         nums, front = _pack_ints(list(map(int, numk))), _front(words)
@@ -272,13 +280,13 @@ def _string_table(names: set[str], old: list[Any] | None = None) -> list[Any]:
         if new_numk or gone:
             numk = sorted(set(old_numk).difference(gone).union(new_numk)) if gone else \
                 sorted(old_numk + new_numk)
-        if len(new_numk) < len(added) or gone:
-            new_words = added.difference(new_numk)
+        new_words = added.difference(new_numk) if new_numk else added
+        if new_words or gone:
             words = sorted(set(old_words).difference(gone).union(new_words)) if gone else \
                 sorted(old_words + list(new_words))
         nums = old[3] if numk == old_numk else _pack_ints(list(map(int, numk)))
         front = old[4] if words == old_words else \
-            _refront(old_words, old[4], words, added.difference(new_numk), gone)
+            _refront(old_words, old[4], words, new_words, gone)
     order = numk + words
     return [order, names, dict(zip(order, range(len(order)), strict=True)), nums, front, words]
 
@@ -289,10 +297,7 @@ def _same_table(table: list[Any], names: set[str]) -> bool:
     order = table[0]
     if table[1] is None:
         seen = set(order)
-        words = table[5]
-        # a string twice, or the words out of order: not a table `snapshot` writes (the next
-        # one is made anew, not from this one)
-        if len(seen) != len(order) or words != sorted(words):
+        if len(seen) != len(order):  # a string twice: not a table `snapshot` writes
             table[0] = []
             return False
         table[1] = seen

@@ -44,7 +44,21 @@ def _next_rev(rev: bytes) -> bytes:
 
 
 def _arg(a: Any) -> bytes | str:
-    return a if isinstance(a, bytes | str) else repr(a)
+    return a if a.__class__ is str or isinstance(a, bytes | str) else repr(a)
+
+
+_SHARDS: dict[str, int | None] = {}
+
+
+def _shard_of(key: str) -> int | None:
+    """`keys.shard_of_key`, remembered: a batch's rows name mostly the keys of the batches
+    before (trending, neighbours, popularity of the same items)."""
+    n = _SHARDS.get(key, -1)
+    if n == -1:
+        if len(_SHARDS) >= 100_000:
+            _SHARDS.clear()
+        n = _SHARDS[key] = keys.shard_of_key(key)
+    return n
 
 
 def decode(blob: bytes | None) -> Stored:
@@ -189,9 +203,10 @@ class ProfileStore:
         alias_rows = [[call.k(keys.alias(vid)), target] for vid, target in w.aliases] \
             if merge_step else []
         blob = call.blobs[w.pid] = _next_rev(w.expected) + w.profile.snapshot()
-        return [call.k(keys.profile(w.pid)), w.expected, blob, self.ttl_ms,
-                call.k(keys.tombstone(w.pid)), dels, alias_rows,
-                [[op.command, call.k(op.key), *(_arg(a) for a in op.args)] for op in ops]]
+        k = call.k
+        return [k(keys.profile(w.pid)), w.expected, blob, self.ttl_ms,
+                k(keys.tombstone(w.pid)), dels, alias_rows,
+                [[op.command, k(op.key), *map(_arg, op.args)] for op in ops]]
 
     def _finish_rows(self, w: Write) -> dict[int, tuple[_Call, list[Any]]]:
         """The second step of a merge on a cluster: per visitor slot, delete the anonymous
@@ -248,15 +263,17 @@ class ProfileStore:
                phases: Phase) -> tuple[_Call | None, list[tuple[int, int, str, str, str, int]]]:
         call = _Call()
         rows = tables.rows() if tables is not None and Phase.SHARED in phases else []
-        shards = {keys.shard_of_key(r[0]) for r in rows} - {None}
+        shards = set(map(_shard_of, [r[0] for r in rows]))
+        shards.discard(None)
         self._upkeep(call, rows)
         entries = self.fences.entries(upto, shards, applied=Phase.APPLIED in phases) \
             if upto else []
         for n, p, epoch, expected, new, home in entries:
             call.fences.append([call.k(keys.fence(n, self.fences.group_id)), p, epoch,
                                 expected, new, home])
+        k = call.k
         for r in rows:
-            r[0] = call.k(r[0])
+            r[0] = k(r[0])
         call.tables = rows
         for w in writes:
             call.writes.append(self._write_row(call, w, merge_step=True))

@@ -508,3 +508,21 @@ def test_front_coding_updated_in_place_equals_front_coding_anew():
         new = sorted(set(words).difference(gone).union(added))
         assert _refront(words, _front(words), new, added, gone) == _front(new), (words, new)
         words = new or sorted(set(rng.sample(pool, 5)))
+
+
+def test_a_blob_with_its_words_out_of_order_gets_a_table_made_anew():
+    """A table that `snapshot` would not write (words unsorted) is read as it is, and the next
+    snapshot with other strings makes its table anew rather than update it in place."""
+    import msgpack
+
+    from models.affinity import _front
+
+    p = Profile(recent=["a", "b"])
+    data = msgpack.unpackb(p.snapshot(), raw=False, strict_map_key=False)
+    data[7], data[10] = _front(["b", "a"]), [1, 0]  # the same recent items, the words unsorted
+    q = Profile.restore(msgpack.packb(data, use_bin_type=True, use_single_float=True))
+    assert q.recent == ["a", "b"]
+    q.recent = ["c", "a", "b"]
+    fresh = Profile(recent=["c", "a", "b"])
+    assert q.snapshot() == fresh.snapshot()
+    assert Profile.restore(q.snapshot()).recent == ["c", "a", "b"]
