@@ -249,9 +249,12 @@ _DECIMAL = re.compile(r"(?:0|[1-9][0-9]{0,17})\Z").match
 def _unfront(flat: list[Any]) -> list[str]:
     out: list[str] = []
     prev = ""
-    for i in range(0, len(flat), 2):
-        prev = prev[: flat[i]] + flat[i + 1]
+    it = iter(flat)
+    for n, rest in zip(it, it, strict=False):
+        prev = prev[:n] + rest
         out.append(prev)
+    if len(flat) & 1:
+        raise ValueError("front coding: a shared length without its rest")
     return out
 
 
@@ -288,7 +291,7 @@ def _string_table(names: set[str], old: list[Any] | None = None) -> list[Any]:
         front = old[4] if words == old_words else \
             _refront(old_words, old[4], words, new_words, gone)
     order = numk + words
-    return [order, names, dict(zip(order, range(len(order)), strict=True)), nums, front, words]
+    return [order, names, dict(zip(order, range(len(order)), strict=False)), nums, front, words]
 
 
 def _same_table(table: list[Any], names: set[str]) -> bool:
@@ -304,7 +307,7 @@ def _same_table(table: list[Any], names: set[str]) -> bool:
     if table[1] != names:
         return False
     if table[2] is None:
-        table[2] = dict(zip(order, range(len(order)), strict=True))
+        table[2] = dict(zip(order, range(len(order)), strict=False))
     return True
 
 
@@ -574,8 +577,9 @@ class Profile:
         ls = last // 1000
         aff = _unpack_aff(aff_b, counts, names)
         session = _restored_session(sess, last, names)
-        p = cls(lm, n, last - first_ago, last, uid, aff, [names[r] for r in recent],
-                [names[r] for r in cart], [names[r] for r in purchased],
+        name = names.__getitem__
+        p = cls(lm, n, last - first_ago, last, uid, aff, list(map(name, recent)),
+                list(map(name, cart)), list(map(name, purchased)),
                 {k: [v[0], ls - v[1]] for k, v in types.items()}, traits, segs,
                 {k: ls - v for k, v in chans.items()}, aliases, seen,
                 {k: [o, last - ago] for k, (o, ago) in marks.items()}, merged, session,

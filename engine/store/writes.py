@@ -281,15 +281,18 @@ def coalesce(ops: Sequence[Op]) -> list[Op]:
     ops (a batch of one visitor's events often touches the same keys)."""
     out: dict[tuple[Any, ...], Op] = {}
     for op in ops:
-        if op.command == "LPUSH":
+        command = op.command
+        if command == "LPUSH":
             ident: tuple[Any, ...] = ("LPUSH", op.key)
             prev = out.get(ident)
             out[ident] = op if prev is None else Op("LPUSH", op.key, (*prev.args, *op.args))
             continue
-        pos = _SUMMABLE.get(op.command)
+        pos = _SUMMABLE.get(command)
         if pos is None:
-            out.pop((op.command, op.key, op.args), None)  # a repeated op moves to the end
-            out[(op.command, op.key, op.args)] = op
+            ident = (command, op.key, op.args)
+            if ident in out:
+                del out[ident]  # a repeated op moves to the end
+            out[ident] = op
             continue
         if op.command == "ZINCRBY":
             ident = (op.command, op.key, op.args[1])
@@ -309,8 +312,12 @@ def coalesce(ops: Sequence[Op]) -> list[Op]:
             total = int(total)
         args = (op.args[0], total) if pos == 1 else (total, *op.args[1:])
         out[ident] = Op(op.command, op.key, args)
-    # trims and expiries go after every increment and push of the write
-    return sorted(out.values(), key=lambda o: o.command in _TRAILING)
+    # trims and expiries go after every increment and push of the write (in their order)
+    done = list(out.values())
+    trailing = [o for o in done if o.command in _TRAILING]
+    if not trailing:
+        return done
+    return [o for o in done if o.command not in _TRAILING] + trailing
 
 
 def _num(x: Any) -> Any:
