@@ -387,15 +387,17 @@ class Upkeep:
             for d in (exp, size):  # the first noted (dicts keep their insertion order)
                 for k in list(d)[:len(d) // 2]:
                     del d[k]
-        long_ttl = 16 * self.REFRESH_MS
+        refresh = self.REFRESH_MS
+        long_ttl = 16 * refresh
+        low = _LOW
+        partial = share < 1.0
         checked: list[tuple[str, int]] = []
-        for row in rows:
+        for row in rows:  # (names and calls kept out of the loop: it runs for every row)
             ttl, cap = row[3], row[2]
             if ttl:
                 key = row[0]
                 last = exp.get(key)
-                if last is None or now_ms - last >= (self.REFRESH_MS if ttl >= long_ttl
-                                                     else ttl >> 4):
+                if last is None or now_ms - last >= (refresh if ttl >= long_ttl else ttl >> 4):
                     exp[key] = now_ms
                 else:
                     row[3] = 0
@@ -406,12 +408,14 @@ class Upkeep:
                     size[key] = 0
                     checked.append((key, cap))
                     continue
-                added = (v & _LOW) + ((len(row) - 4) >> 1)
+                added = (v & low) + ((len(row) - 4) >> 1)
                 allow = v >> 32
-                if share < 1.0:
-                    allow = min(allow, int(trim_margin(cap) * share))
+                if partial:
+                    mine = int((cap // 8 + 1) * share)  # trim_margin(cap) * share
+                    if mine < allow:
+                        allow = mine
                 if added < allow:
-                    size[key] = (v & ~_LOW) | min(added, _LOW)
+                    size[key] = (v & ~low) | (added if added < low else low)
                     row[2] = 0
                 else:
                     checked.append((key, cap))
