@@ -47,20 +47,6 @@ def _arg(a: Any) -> bytes | str:
     return a if a.__class__ is str or isinstance(a, bytes | str) else repr(a)
 
 
-_SHARDS: dict[str, int | None] = {}
-
-
-def _shard_of(key: str) -> int | None:
-    """`keys.shard_of_key`, remembered: a batch's rows name mostly the keys of the batches
-    before (trending, neighbours, popularity of the same items)."""
-    n = _SHARDS.get(key, -1)
-    if n == -1:
-        if len(_SHARDS) >= 100_000:
-            _SHARDS.clear()
-        n = _SHARDS[key] = keys.shard_of_key(key)
-    return n
-
-
 def decode(blob: bytes | None) -> Stored:
     if not blob:
         return Stored()
@@ -263,8 +249,7 @@ class ProfileStore:
                phases: Phase) -> tuple[_Call | None, list[tuple[int, int, str, str, str, int]]]:
         call = _Call()
         rows = tables.rows() if tables is not None and Phase.SHARED in phases else []
-        shards = set(map(_shard_of, [r[0] for r in rows]))
-        shards.discard(None)
+        shards = {keys.shard_of_key(r[0]) for r in rows} - {None}
         self._upkeep(call, rows)
         entries = self.fences.entries(upto, shards, applied=Phase.APPLIED in phases) \
             if upto else []

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from itertools import chain
 from typing import Any
 
 from engine.store.keys import shard_of_key
@@ -214,32 +213,30 @@ class Tables:
         counters, `s` hash fields)."""
         out: list[list[Any]] = []
         row: list[Any]
-        # the members and values flattened in C (chain over the items): a batch's rows hold
-        # a few members per event, and a Python step per member was most of the rows' time
         for kind, tables, cfg in (("z", self.z, self.zcfg), ("m", self.m, self.mcfg)):
             for key, t in tables.items():
                 if only is None or only(key):
                     cap, ttl = cfg[key]
                     row = [key, kind, cap, ttl]
-                    row += _flat(t.items())
+                    for m, v in t.items():
+                        row += (m, v)
                     out.append(row)
         for key, c in self.h.items():
             if only is None or only(key):
                 row = [key, "h", 0, self.hcfg[key]]
-                row += _flat(c.items()) if 0 not in c.values() else \
-                    _flat(fn for fn in c.items() if fn[1])
+                for f, n in c.items():
+                    if n:
+                        row += (f, n)
                 if len(row) > 4:
                     out.append(row)
         for key, fv in self.s.items():
             if only is None or only(key):
                 ttl, keep = self.scfg[key]
                 row = [key, "s", keep, ttl]
-                row += _flat(fv.items())
+                for f, v in fv.items():
+                    row += (f, v)
                 out.append(row)
         return out
-
-
-_flat = chain.from_iterable
 
 
 @dataclass(slots=True)
