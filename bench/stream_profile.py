@@ -273,6 +273,9 @@ async def run_once(settings: Any, records: list[Record], mode: str, layers: Laye
         layers.patch(sp.ProfileStore, "start_commit", "commit (total)")
         layers.patch(Script, "start", "  commit+read: redis call (hiredis pack, I/O, reply)")
         layers.patch(Profile, "snapshot", "  commit: profile snapshot")
+        # the plan ahead carries on with the profiles the commit it overlaps writes (in
+        # "other": it is neither the read nor the plan)
+        layers.patch(Profile, "settle", "  of which: plan ahead, written profiles settled")
         layers.patch(sp, "coalesce", "  commit: coalesce ops")
         layers.patch(Tables, "rows", "  commit: table rows")
         layers.patch(sp._Call, "args", "  commit: msgpack pack")
@@ -330,7 +333,8 @@ def scenario(st: BenchStack, source: str, per_record: int, n: int, visitors: int
     modes = ["clean"] + (["layers"] if layered else []) + (["cprofile"] if top else [])
     for k, mode in enumerate(modes):
         settings = st.configure(database_url=None, kafka_bootstrap=None)
-        tag = f"{source[0]}{per_record}{mode[0]}{seed}"
+        # fresh visitors per mode ("clean" and "cprofile" both start with a "c")
+        tag = f"{source[0]}{per_record}{mode[:2]}{seed}"
         if source == "synthetic":
             by = synthetic_events(n, visitors, seed + k, tag)
         else:
@@ -427,6 +431,9 @@ def print_layers(res: dict[str, Any]) -> None:
             if not name.startswith(" "):
                 shown += lay[key]
     print(f"    {'other (apply_records, chunks, claim, emit, loop)':<55} {total - shown:>7.1f}")
+    settled = "  of which: plan ahead, written profiles settled"
+    if settled in lay:
+        print(f"    {settled:<55} {lay[settled]:>7.1f}")
 
 
 def main() -> int:

@@ -47,6 +47,7 @@ import re
 import struct
 import sys
 from array import array
+from bisect import bisect_left
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -176,24 +177,69 @@ def fingerprint(event_id: str) -> bytes:
     return hashlib.blake2b(event_id.encode(), digest_size=_FP_DIGEST).digest()[:FINGERPRINT_BYTES]
 
 
+def _shared(prev: str, k: str) -> int:
+    """The length of the prefix `k` shares with `prev`."""
+    if k.startswith(prev):  # an ancestor path before its descendants
+        return len(prev)
+    n = 0
+    # most share a few characters ("sku-", "shoes/"): compared in turn
+    for a, b in zip(prev[:16], k, strict=False):
+        if a != b:
+            return n
+        n += 1
+    hi = min(len(prev), len(k))  # a long one: the rest by halving (startswith runs in C)
+    while n < hi:
+        mid = (n + hi + 1) // 2
+        if k.startswith(prev[:mid]):
+            n = mid
+        else:
+            hi = mid - 1
+    return n
+
+
 def _front(keys: list[str]) -> list[Any]:
     """Sorted strings -> [shared length, rest, shared length, rest, ...] (front coding)."""
     out: list[Any] = []
     prev = ""
     for k in keys:
-        if k.startswith(prev):  # an ancestor path before its descendants
-            n = len(prev)
-        else:  # the longest shared prefix, by halving (startswith runs in C)
-            n, hi = 0, min(len(prev), len(k))
-            while n < hi:
-                mid = (n + hi + 1) // 2
-                if k.startswith(prev[:mid]):
-                    n = mid
-                else:
-                    hi = mid - 1
+        n = _shared(prev, k)
         out.append(n)
         out.append(k[n:])
         prev = k
+    return out
+
+
+def _refront(old_words: list[str], old_front: list[Any], words: list[str], added: set[str],
+             gone: set[str]) -> list[Any]:
+    """`_front(words)` from `_front(old_words)`, for `words` = `old_words` with `added` in and
+    `gone` out (all sorted): an entry depends only on its word and the one before, so only the
+    entries of the added words and of the words after an added or a removed one are coded
+    again; the runs between are copied (a profile's table changes by a few strings at a time,
+    and coding every entry again was most of `snapshot`'s time)."""
+    end = len(words)
+    dirty = set()
+    for a in added:
+        i = bisect_left(words, a)
+        dirty.add(i)
+        dirty.add(i + 1)
+    for g in gone:
+        dirty.add(bisect_left(words, g))
+    out: list[Any] = []
+    start = 0
+    for d in sorted(dirty):
+        if d >= end:
+            break
+        if d > start:  # words[start:d]: old words after the same words as before
+            j = 2 * bisect_left(old_words, words[start])
+            out += old_front[j : j + 2 * (d - start)]
+        k = words[d]
+        n = _shared(words[d - 1], k) if d else 0
+        out.append(n)
+        out.append(k[n:])
+        start = d + 1
+    if start < end:
+        j = 2 * bisect_left(old_words, words[start])
+        out += old_front[j : j + 2 * (end - start)]
     return out
 
 
@@ -203,9 +249,12 @@ _DECIMAL = re.compile(r"(?:0|[1-9][0-9]{0,17})\Z").match
 def _unfront(flat: list[Any]) -> list[str]:
     out: list[str] = []
     prev = ""
-    for i in range(0, len(flat), 2):
-        prev = prev[: flat[i]] + flat[i + 1]
+    it = iter(flat)
+    for n, rest in zip(it, it, strict=False):
+        prev = prev[:n] + rest
         out.append(prev)
+    if len(flat) & 1:
+        raise ValueError("front coding: a shared length without its rest")
     return out
 
 
@@ -217,7 +266,9 @@ def _string_table(names: set[str], old: list[Any] | None = None) -> list[Any]:
     the decimal ids packed, the other strings front-coded, those strings]`, the same for the
     same set. From `old` (the table before), only the strings added are classified, and its
     packed parts are reused where they did not change."""
-    if old is None or old[1] is None:
+    # a table read from a blob whose words are out of order (not one `snapshot` writes) is
+    # made anew: its front coding cannot be updated in place
+    if old is None or old[1] is None or old[5] != sorted(old[5]):
         numk = sorted(filter(_DECIMAL, names))  # "0", "1234"; not "007"
         words = sorted(names.difference(numk))
         nums, front = _pack_ints(list(map(int, numk))), _front(words)
@@ -232,14 +283,15 @@ def _string_table(names: set[str], old: list[Any] | None = None) -> list[Any]:
         if new_numk or gone:
             numk = sorted(set(old_numk).difference(gone).union(new_numk)) if gone else \
                 sorted(old_numk + new_numk)
-        if len(new_numk) < len(added) or gone:
-            new_words = added.difference(new_numk)
+        new_words = added.difference(new_numk) if new_numk else added
+        if new_words or gone:
             words = sorted(set(old_words).difference(gone).union(new_words)) if gone else \
                 sorted(old_words + list(new_words))
         nums = old[3] if numk == old_numk else _pack_ints(list(map(int, numk)))
-        front = old[4] if words == old_words else _front(words)
+        front = old[4] if words == old_words else \
+            _refront(old_words, old[4], words, new_words, gone)
     order = numk + words
-    return [order, names, dict(zip(order, range(len(order)), strict=True)), nums, front, words]
+    return [order, names, dict(zip(order, range(len(order)), strict=False)), nums, front, words]
 
 
 def _same_table(table: list[Any], names: set[str]) -> bool:
@@ -255,7 +307,7 @@ def _same_table(table: list[Any], names: set[str]) -> bool:
     if table[1] != names:
         return False
     if table[2] is None:
-        table[2] = dict(zip(order, range(len(order)), strict=True))
+        table[2] = dict(zip(order, range(len(order)), strict=False))
     return True
 
 
@@ -420,6 +472,8 @@ class Profile:
     # the string table of the blob this profile was restored from or last written as (schema
     # 4): the next snapshot reuses it while the profile names the same strings
     _table: Any = field(default=None, repr=False, compare=False)
+    # the affinity records and counts the last snapshot wrote, until `settle` reads them
+    _packed: Any = field(default=None, repr=False, compare=False)
 
     # -- persistence -------------------------------------------------------------------
     def snapshot(self) -> bytes:
@@ -436,6 +490,7 @@ class Profile:
         ref, nums, front = table[2], table[3], table[4]
         get = ref.__getitem__
         recs, counts = _pack_aff(aff, get)
+        self._packed = (recs, counts)
         last = self.last_seen
         ls = last // 1000
         return msgpack.packb(
@@ -470,6 +525,27 @@ class Profile:
             use_single_float=True,
         )
 
+    def settle(self) -> None:
+        """Make this profile what restoring its last `snapshot()` gives, without decoding the
+        blob (call it right after the snapshot, before any change): the affinity tables in the
+        blob's order with their float32 values (read back from the records just packed), the
+        session's return gap in whole ms, the traits' floats as float32. A caller that carries
+        on with the profile it has just written (streams/applier.py's plan ahead) then works
+        on the same state as one that reads the blob back."""
+        packed, self._packed = self._packed, None
+        if packed is None:
+            raise ValueError("settle() follows a snapshot()")
+        self.aff = _unpack_aff(packed[0], packed[1], self._table[0])
+        sess = self.session
+        if not sess.seq:
+            self.session = Session()  # a blob keeps no session before the first event
+        else:
+            sess.return_gap_ms = float(int(sess.return_gap_ms))
+        if self.traits:
+            self.traits = msgpack.unpackb(
+                msgpack.packb(self.traits, use_bin_type=True, use_single_float=True),
+                raw=False, strict_map_key=False)
+
     @classmethod
     def restore(cls, blob: bytes) -> Profile:
         """A profile from its blob, of any schema; ValueError for bytes that are not one."""
@@ -501,8 +577,9 @@ class Profile:
         ls = last // 1000
         aff = _unpack_aff(aff_b, counts, names)
         session = _restored_session(sess, last, names)
-        p = cls(lm, n, last - first_ago, last, uid, aff, [names[r] for r in recent],
-                [names[r] for r in cart], [names[r] for r in purchased],
+        name = names.__getitem__
+        p = cls(lm, n, last - first_ago, last, uid, aff, list(map(name, recent)),
+                list(map(name, cart)), list(map(name, purchased)),
                 {k: [v[0], ls - v[1]] for k, v in types.items()}, traits, segs,
                 {k: ls - v for k, v in chans.items()}, aliases, seen,
                 {k: [o, last - ago] for k, (o, ago) in marks.items()}, merged, session,

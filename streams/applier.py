@@ -16,7 +16,8 @@ Overlapping (one server): given the batch that comes next (`ahead`), the applier
 batch needs just before sending this batch's commit, and plans it while Redis runs the commit
 (the commit script is most of Redis's time: its wait was half the worker's wall time). The
 plan ahead sees this batch as committed: the profiles this batch writes as it writes them (the
-values sent, read back), its merges' aliases and deletions, the per-visitor hashes as its hooks
+objects themselves, `Profile.settle`d to what their blobs restore: not the blobs just encoded,
+decoded again), its merges' aliases and deletions, the per-visitor hashes as its hooks
 left them; everything else as read, which this commit does not change. It is kept only if this
 commit wrote everything (`ok`); otherwise it is dropped and the next batch is read and planned
 again after this one is settled, as without overlap. Nothing of the plan ahead is written
@@ -37,7 +38,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from engine.store.fences import NONE
-from engine.store.profiles import CommitResult, Phase, ProfileStore, decode
+from engine.store.profiles import CommitResult, Phase, ProfileStore
 from engine.store.writes import Emit, Stored, Tables
 from models.affinity import AffinityConfig
 from streams.plan import Hook, Outcome, needed_pids, plan, side_reads
@@ -240,10 +241,12 @@ class Applier:
             old = stored.get(w.pid)
             if old is None:
                 continue
-            new = decode(blobs[w.pid])
-            new.erased = old.erased
-            new.side = {**old.side, **{k: dict(v) for k, v in w.side.items()}}
-            stored[w.pid] = new
+            # the profile as written, not its blob decoded again: `settle` leaves it what
+            # the blob restores (the commit is sent: this outcome's profiles are not read
+            # again, a retry reads and plans anew)
+            w.profile.settle()
+            stored[w.pid] = Stored(blobs[w.pid][:4], w.profile, old.erased,
+                                   {**old.side, **{k: dict(v) for k, v in w.side.items()}})
         tables = Tables(marks=self.fences.marks(_upto(ahead)))
         return plan(ahead, aliases, stored, self.cfg, hooks, tables)
 

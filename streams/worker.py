@@ -43,6 +43,8 @@ class TooManySkips(RuntimeError):
 
 def chunks(events: Sequence[dict[str, Any]], limit: int) -> list[list[dict[str, Any]]]:
     """The events in parts of at most `limit` (whole records; a bigger record is one part)."""
+    if len(events) <= limit:  # one part (most batches): not regrouped record by record
+        return [list(events)] if events else []
     out: list[list[dict[str, Any]]] = []
     cur: list[dict[str, Any]] = []
     for rec in by_record(events):

@@ -204,9 +204,15 @@ def nesting_depth(value: Any, limit: int) -> int:
             continue
         if d > limit:
             return limit + 1
-        depth = max(depth, d)
-        stack.extend((c, d + 1) for c in children if isinstance(c, dict | list | tuple))
+        if d > depth:
+            depth = d
+        for c in children:  # (a loop, not a generator: most events' values are flat)
+            if isinstance(c, _NESTED):
+                stack.append((c, d + 1))
     return depth
+
+
+_NESTED = (dict, list, tuple)
 
 
 def _deep_path(ev: Event) -> tuple[str, str] | None:
@@ -214,7 +220,9 @@ def _deep_path(ev: Event) -> tuple[str, str] | None:
     things: list[Item | Line] = ([ev.item] if ev.item is not None else []) + list(ev.items or ())
     for n, thing in enumerate(things):
         for j, path in enumerate(thing.categories or ()):
-            if sum(1 for part in path.split("/") if part) > MAX_PATH_DEPTH:
+            # fewer slashes than the limit cannot make more levels: not split (most paths)
+            if path.count("/") >= MAX_PATH_DEPTH and \
+                    sum(1 for part in path.split("/") if part) > MAX_PATH_DEPTH:
                 where = "item" if ev.item is not None and n == 0 else \
                     f"items[{n - (1 if ev.item is not None else 0)}]"
                 return (f"{where}.categories[{j}]",

@@ -44,7 +44,7 @@ def _next_rev(rev: bytes) -> bytes:
 
 
 def _arg(a: Any) -> bytes | str:
-    return a if isinstance(a, bytes | str) else repr(a)
+    return a if a.__class__ is str or isinstance(a, bytes | str) else repr(a)
 
 
 def decode(blob: bytes | None) -> Stored:
@@ -191,9 +191,10 @@ class ProfileStore:
         alias_rows = [[call.k(keys.alias(vid)), target] for vid, target in w.aliases] \
             if merge_step else []
         blob = call.blobs[w.pid] = _next_rev(w.expected) + w.profile.snapshot()
-        return [call.k(keys.profile(w.pid)), w.expected, blob, self.ttl_ms,
-                call.k(keys.tombstone(w.pid)), dels, alias_rows,
-                [[op.command, call.k(op.key), *(_arg(a) for a in op.args)] for op in ops]]
+        k = call.k
+        return [k(keys.profile(w.pid)), w.expected, blob, self.ttl_ms,
+                k(keys.tombstone(w.pid)), dels, alias_rows,
+                [[op.command, k(op.key), *map(_arg, op.args)] for op in ops]]
 
     def _finish_rows(self, w: Write) -> dict[int, tuple[_Call, list[Any]]]:
         """The second step of a merge on a cluster: per visitor slot, delete the anonymous
@@ -257,8 +258,9 @@ class ProfileStore:
         for n, p, epoch, expected, new, home in entries:
             call.fences.append([call.k(keys.fence(n, self.fences.group_id)), p, epoch,
                                 expected, new, home])
+        k = call.k
         for r in rows:
-            r[0] = call.k(r[0])
+            r[0] = k(r[0])
         call.tables = rows
         for w in writes:
             call.writes.append(self._write_row(call, w, merge_step=True))

@@ -278,15 +278,18 @@ def coalesce(ops: Sequence[Op]) -> list[Op]:
     ops (a batch of one visitor's events often touches the same keys)."""
     out: dict[tuple[Any, ...], Op] = {}
     for op in ops:
-        if op.command == "LPUSH":
+        command = op.command
+        if command == "LPUSH":
             ident: tuple[Any, ...] = ("LPUSH", op.key)
             prev = out.get(ident)
             out[ident] = op if prev is None else Op("LPUSH", op.key, (*prev.args, *op.args))
             continue
-        pos = _SUMMABLE.get(op.command)
+        pos = _SUMMABLE.get(command)
         if pos is None:
-            out.pop((op.command, op.key, op.args), None)  # a repeated op moves to the end
-            out[(op.command, op.key, op.args)] = op
+            ident = (command, op.key, op.args)
+            if ident in out:
+                del out[ident]  # a repeated op moves to the end
+            out[ident] = op
             continue
         if op.command == "ZINCRBY":
             ident = (op.command, op.key, op.args[1])
@@ -306,8 +309,12 @@ def coalesce(ops: Sequence[Op]) -> list[Op]:
             total = int(total)
         args = (op.args[0], total) if pos == 1 else (total, *op.args[1:])
         out[ident] = Op(op.command, op.key, args)
-    # trims and expiries go after every increment and push of the write
-    return sorted(out.values(), key=lambda o: o.command in _TRAILING)
+    # trims and expiries go after every increment and push of the write (in their order)
+    done = list(out.values())
+    trailing = [o for o in done if o.command in _TRAILING]
+    if not trailing:
+        return done
+    return [o for o in done if o.command not in _TRAILING] + trailing
 
 
 def _num(x: Any) -> Any:
@@ -377,15 +384,17 @@ class Upkeep:
             for d in (exp, size):  # the first noted (dicts keep their insertion order)
                 for k in list(d)[:len(d) // 2]:
                     del d[k]
-        long_ttl = 16 * self.REFRESH_MS
+        refresh = self.REFRESH_MS
+        long_ttl = 16 * refresh
+        low = _LOW
+        partial = share < 1.0
         checked: list[tuple[str, int]] = []
-        for row in rows:
+        for row in rows:  # (names and calls kept out of the loop: it runs for every row)
             ttl, cap = row[3], row[2]
             if ttl:
                 key = row[0]
                 last = exp.get(key)
-                if last is None or now_ms - last >= (self.REFRESH_MS if ttl >= long_ttl
-                                                     else ttl >> 4):
+                if last is None or now_ms - last >= (refresh if ttl >= long_ttl else ttl >> 4):
                     exp[key] = now_ms
                 else:
                     row[3] = 0
@@ -396,12 +405,14 @@ class Upkeep:
                     size[key] = 0
                     checked.append((key, cap))
                     continue
-                added = (v & _LOW) + ((len(row) - 4) >> 1)
+                added = (v & low) + ((len(row) - 4) >> 1)
                 allow = v >> 32
-                if share < 1.0:
-                    allow = min(allow, int(trim_margin(cap) * share))
+                if partial:
+                    mine = int((cap // 8 + 1) * share)  # trim_margin(cap) * share
+                    if mine < allow:
+                        allow = mine
                 if added < allow:
-                    size[key] = (v & ~_LOW) | min(added, _LOW)
+                    size[key] = (v & ~low) | (added if added < low else low)
                     row[2] = 0
                 else:
                     checked.append((key, cap))

@@ -447,3 +447,82 @@ def test_schema_4_tables_carried_from_blob_to_blob_write_what_a_fresh_table_writ
         q = Profile.restore(blob)
         assert q.aff == Profile.restore(blob).aff and q.recent == p.recent and q.cart == p.cart
         p = q if i % 2 else p  # half the time carry on from the restored profile
+
+
+def _same_state(p, q):
+    """Equal, and the tables, traits and types in the same order (what a hook iterates)."""
+    assert p == q
+    assert [list(t.items()) for t in p.aff] == [list(t.items()) for t in q.aff]
+    assert list(p.traits.items()) == list(q.traits.items())
+    assert list(p.types) == list(q.types) and p.session == q.session
+
+
+def test_a_settled_profile_is_what_its_blob_restores():
+    """`settle()` after `snapshot()` leaves the profile as `restore` of that blob gives it
+    (float32 values, the blob's order, whole-ms session gaps, float32 traits), so the plan
+    ahead (streams/applier.py) can go on with it instead of decoding what it just encoded."""
+    rng = random.Random(11)
+    cfg = AffinityConfig(max_keys={"category": 4, "brand": 3, "tag": 3, "item": 5}, max_recent_items=4)
+    p, other = Profile(), Profile()
+    ts = T0
+    for i in range(400):
+        ts += rng.choice([1_000, 60_000, 3_600_000, 40 * DAY if i % 97 == 0 else 5_000])
+        etype = rng.choice(["item_view", "item_view", "add_to_cart", "purchase", "remove_from_cart",
+                            "page_view", "identify", "my_custom", "click"])
+        ev = event(i, etype, ts, id=rng.choice([str(rng.randrange(60)), f"sku-{rng.randrange(30)}"]),
+                   brand=f"B{rng.randrange(7)}", tags=[f"t{rng.randrange(5)}"],
+                   categories=[f"c{rng.randrange(3)}/d{rng.randrange(4)}"])
+        ev["channel"] = rng.choice(["web", "app", "mail"])
+        if etype == "identify":
+            ev["props"] = {"traits": {f"k{rng.randrange(5)}": rng.random() * 1000,
+                                      "n": rng.randrange(10), "nest": [0.1 * i, {"x": 1 / 3}]}}
+        target = other if i % 7 == 0 else p
+        apply_event(target, ev, cfg)
+        if i % 50 == 49:
+            merge(p, other, cfg)
+            other = Profile()
+        blob = p.snapshot()
+        if i % 3:
+            p.settle()
+            _same_state(p, Profile.restore(blob))
+            assert p.snapshot() == blob, i  # and it writes the same bytes again
+            p.settle()
+        else:
+            p = Profile.restore(blob)  # and sometimes from the blob, as a fresh read
+    with pytest.raises(ValueError):
+        p.settle()  # only right after a snapshot
+
+
+def test_front_coding_updated_in_place_equals_front_coding_anew():
+    """`_refront` (the string table's words after a few came and went) codes what `_front` of
+    the new words codes: neighbours sharing prefixes, ancestors, the first and last word."""
+    from models.affinity import _front, _refront
+
+    rng = random.Random(3)
+    pool = [f"{a}{b}" for a in ("", "shoes", "shoes/run", "sku-1", "sku-12", "z") for b in
+            ("", "a", "ab", "/trail", "0", "00", "9")]
+    words = sorted(set(rng.sample(pool, 10)))
+    for _ in range(500):
+        gone = set(rng.sample(words, rng.randrange(0, min(4, len(words)) + 1)))
+        added = set(rng.sample(pool, rng.randrange(0, 4))).difference(words)
+        new = sorted(set(words).difference(gone).union(added))
+        assert _refront(words, _front(words), new, added, gone) == _front(new), (words, new)
+        words = new or sorted(set(rng.sample(pool, 5)))
+
+
+def test_a_blob_with_its_words_out_of_order_gets_a_table_made_anew():
+    """A table that `snapshot` would not write (words unsorted) is read as it is, and the next
+    snapshot with other strings makes its table anew rather than update it in place."""
+    import msgpack
+
+    from models.affinity import _front
+
+    p = Profile(recent=["a", "b"])
+    data = msgpack.unpackb(p.snapshot(), raw=False, strict_map_key=False)
+    data[7], data[10] = _front(["b", "a"]), [1, 0]  # the same recent items, the words unsorted
+    q = Profile.restore(msgpack.packb(data, use_bin_type=True, use_single_float=True))
+    assert q.recent == ["a", "b"]
+    q.recent = ["c", "a", "b"]
+    fresh = Profile(recent=["c", "a", "b"])
+    assert q.snapshot() == fresh.snapshot()
+    assert Profile.restore(q.snapshot()).recent == ["c", "a", "b"]

@@ -224,3 +224,15 @@ def test_a_full_redis_is_named_once_and_counted_whatever_is_retried(caplog: pyte
     assert len(named) == 1 and "partition claim" in named[0].getMessage()
     assert meter.store_full and meter.store_full_retries_total == 2
     assert "redis unavailable" in caplog.records[-1].getMessage()
+
+
+def test_chunks_are_whole_records_of_at_most_the_limit():
+    from streams.worker import chunks
+
+    events = [{"_p": 0, "_o": o, "i": i} for i, o in enumerate([0, 0, 1, 2, 2, 2, 3, 4, 4])]
+    assert chunks(events, 100) == [events]  # all of it fits: one part
+    assert chunks([], 3) == []
+    parts = chunks(events, 3)
+    assert [e for part in parts for e in part] == events
+    assert [[e["_o"] for e in part] for part in parts] == [[0, 0, 1], [2, 2, 2], [3, 4, 4]]
+    assert [len(p) for p in chunks(events, 2)] == [2, 1, 3, 1, 2]  # a bigger record: one part
