@@ -26,7 +26,7 @@ from engine.store.client import Script, is_cluster
 #: neighbour ingredients and the kind of their tables (keys.neighbours), in read order
 NEIGHBOUR_KINDS = (("co_view", "v"), ("co_buy", "b"), ("next_item", "t"))
 
-Rows = list[tuple[str, float]]  # (member, stored score), best first
+Rows = list[tuple[str, float]]  # (member, score: a neighbour's in weights, not units), best first
 Epochs = list[tuple[Rows, float]]  # each epoch's rows with its decay factor to now
 
 
@@ -42,8 +42,9 @@ class RecoTables:
     cf_user: bytes | None = None
 
 
-def _rows(flat: Sequence[Any]) -> Rows:
-    return [(flat[j].decode(), float(flat[j + 1])) for j in range(0, len(flat), 2)]
+def _rows(flat: Sequence[Any], unit: float = 1.0) -> Rows:
+    """(member, score / `unit`) pairs of a ZREVRANGE WITHSCORES reply."""
+    return [(flat[j].decode(), float(flat[j + 1]) / unit) for j in range(0, len(flat), 2)]
 
 
 def _wanted(*, neighbours: Sequence[str], seeds: Sequence[str], trending: bool, categories: Sequence[str],
@@ -76,7 +77,7 @@ def _tables(wanted: Sequence[tuple[str, str, float, str]], replies: Sequence[Any
         if got is not None and got[0] == flat:
             pairs = got[1]
         else:
-            pairs = _rows(flat)
+            pairs = _rows(flat, keys.NEIGHBOUR_UNIT if what in out.neighbours else 1.0)
             if seen is not None:
                 seen[key] = (flat, pairs)
         if what in out.neighbours:
