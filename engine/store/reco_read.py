@@ -35,7 +35,7 @@ NEIGHBOUR_KINDS = (("co_view", "v"), ("co_buy", "b"), ("next_item", "t"))
 #: decoded again; beyond this many the oldest go (~10-25 MB at most: 30-100 rows a table).
 DECODED_TABLES = 1024
 
-Rows = list[tuple[str, float]]  # (member, stored score), best first
+Rows = list[tuple[str, float]]  # (member, score: a neighbour's in weights, not units), best first
 Epochs = list[tuple[Rows, float]]  # each epoch's rows with its decay factor to now
 
 
@@ -52,8 +52,9 @@ class RecoTables:
     sessions: dict[str, list[str]] = field(default_factory=dict)  # items oldest first; gone: left out
 
 
-def _rows(flat: Sequence[Any]) -> Rows:
-    return [(flat[j].decode(), float(flat[j + 1])) for j in range(0, len(flat), 2)]
+def _rows(flat: Sequence[Any], unit: float = 1.0) -> Rows:
+    """(member, score / `unit`) pairs of a ZREVRANGE WITHSCORES reply."""
+    return [(flat[j].decode(), float(flat[j + 1]) / unit) for j in range(0, len(flat), 2)]
 
 
 def _wanted(*, neighbours: Sequence[str], seeds: Sequence[str], trending: bool, categories: Sequence[str],
@@ -91,7 +92,7 @@ def _tables(wanted: Sequence[tuple[str, str, float, str]], replies: Sequence[Any
         if got is not None and got[0] == flat:
             pairs = got[1]
         else:
-            pairs = _rows(flat)
+            pairs = _rows(flat, keys.NEIGHBOUR_UNIT if what in out.neighbours else 1.0)
             if seen is not None:
                 seen[key] = (flat, pairs)
         if what in out.neighbours:

@@ -11,7 +11,8 @@ member, committed once per batch with the offset marks, so exactly once):
   (every ancestor) for the recipes' half-life; each table bounded (`CAPS`) and expiring with
   its epoch;
 - co-view: the event's items paired with the visitor's recent items (`profile.recent`, already
-  updated with this event), weight 1/distance, both directions, bounded per item; plus the item
+  updated with this event), weight 1/distance (in `keys.NEIGHBOUR_UNIT`s, so integers: as
+  every neighbour table), both directions, bounded per item; plus the item
   popularity counter (`keys.popularity`, bounded per shard) used to down-weight popular
   neighbours at read time;
 - co-buy: cart and purchase items paired with the rest of the cart and the recent purchases;
@@ -122,8 +123,9 @@ def _item_keys(iid: str) -> tuple[str, str, str, str, str, str]:
 
 
 _KIND = {"v": 0, "b": 1, "t": 2}
-_INV = tuple(1.0 / d if d else 0.0 for d in range(max(CO_VIEW_WINDOW, CO_BUY_WINDOW,
-                                                      NEXT_ITEM_WINDOW) + 1))
+#: a pair's weight 1/d at distance d, in the tables' integer unit (keys.NEIGHBOUR_UNIT)
+_INV = tuple(keys.NEIGHBOUR_UNIT // d if d else 0 for d in range(max(
+    CO_VIEW_WINDOW, CO_BUY_WINDOW, NEXT_ITEM_WINDOW) + 1))
 
 
 def _others(ids: list[str], others: Iterable[str], window: int) -> list[str]:
@@ -139,8 +141,8 @@ def _pairs(t: Tables, kind: str, ids: list[str], others: list[str]) -> None:
     for iid in ids[:MAX_PAIRED]:
         ki = _item_keys(iid)[k]
         for d, jid in enumerate(others, start=1):
-            zincr(ki, jid, 1.0 / d, cap, ITEM_TTL_MS)
-            zincr(_item_keys(jid)[k], iid, 1.0 / d, cap, ITEM_TTL_MS)
+            zincr(ki, jid, _INV[d], cap, ITEM_TTL_MS)
+            zincr(_item_keys(jid)[k], iid, _INV[d], cap, ITEM_TTL_MS)
 
 
 def _transitions(t: Tables, ids: list[str], before: list[str]) -> None:
@@ -149,7 +151,7 @@ def _transitions(t: Tables, ids: list[str], before: list[str]) -> None:
     cap = CAPS["neighbours"]
     for iid in ids[:MAX_PAIRED]:
         for d, jid in enumerate(before, start=1):
-            t.zincr(_item_keys(jid)[2], iid, 1.0 / d, cap, ITEM_TTL_MS)
+            t.zincr(_item_keys(jid)[2], iid, _INV[d], cap, ITEM_TTL_MS)
 
 
 def _categories(item: Mapping[str, Any]) -> list[str]:

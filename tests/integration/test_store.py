@@ -64,6 +64,24 @@ async def test_ops_and_tables_commit_with_the_profile_and_only_then(client):
     assert await client.llen(keys.activity(pid)) == 1
 
 
+async def test_a_timeline_is_trimmed_only_past_its_bound(client):
+    """lua/commit.lua skips an LTRIM 0 stop that the write's own push says cannot cut anything
+    (the list is at most stop + 1 long); past the bound it trims as before."""
+    st = store_of(client)
+    await st.fences.claim([0])
+    vid = uid()
+    pid = keys.visitor_pid(vid)
+    key = keys.activity(pid)
+    expected = b""
+    for n, entries in enumerate((("a", "b"), ("c", "d"))):
+        w = Write(pid, expected, Profile(), ops=[Op("LPUSH", key, entries), Op("LTRIM", key, (0, 2))],
+                  tables=Tables())
+        res = await st.commit([w], None, {0: n})
+        assert res.ok
+        expected = (await client.get(keys.profile(pid)))[:4]
+        assert await client.lrange(key, 0, -1) == [[b"b", b"a"], [b"d", b"c", b"b"]][n]
+
+
 async def test_disallowed_op_never_reaches_redis(client):
     st = store_of(client)
     with pytest.raises(ValueError):

@@ -16,7 +16,14 @@ from engine.store.catalog import decode_hash, event_fields
 from engine.store.writes import Tables
 from models.affinity import AffinityConfig, Profile, apply_event
 from models.reco.online import history_candidates, neighbour_candidates, seed_weights, visitor_state
-from streams.hooks.reco import CAPS, ITEM_TTL_MS, MAX_ITEMS, reco_changes
+from streams.hooks.reco import (
+    CAPS,
+    CO_BUY_WINDOW,
+    CO_VIEW_WINDOW,
+    ITEM_TTL_MS,
+    MAX_ITEMS,
+    reco_changes,
+)
 
 CFG = AffinityConfig()
 T0 = 1_700_000_000_000
@@ -42,8 +49,9 @@ def run(events):
 def test_view_changes_pair_with_recent_items_both_ways_and_are_bounded():
     _, changes = run([ev(1, "a"), ev(2, "b"), ev(3, "c", categories=["Shoes/Run"], brand="Acme")])
     last = changes[-1]
-    assert last.z[keys.neighbours("v", "c")] == {"b": 1.0, "a": 0.5}
-    assert last.z[keys.neighbours("v", "a")] == {"c": 0.5}
+    unit = keys.NEIGHBOUR_UNIT  # weights 1/d, as integers (keys.NEIGHBOUR_UNIT)
+    assert last.z[keys.neighbours("v", "c")] == {"b": unit, "a": unit // 2}
+    assert last.z[keys.neighbours("v", "a")] == {"c": unit // 2}
     assert all(last.zcfg[k] == (CAPS["neighbours"], ITEM_TTL_MS) for k in last.z
                if k.startswith("kn:"))
     cats = {k for k in last.z if k.startswith("ktc:")}
@@ -53,9 +61,18 @@ def test_view_changes_pair_with_recent_items_both_ways_and_are_bounded():
     assert last.z[keys.popularity(keys.shard("c"))] == {"c": 1.0}
 
 
+def test_every_pair_weight_is_a_whole_number_of_the_tables_unit():
+    """1/d for each distance of every window, as an integer (keys.NEIGHBOUR_UNIT): so the
+    neighbour tables' sums stay integers, which a listpack keeps (and increments) cheaply."""
+    from models.reco.nextitem import NEXT_ITEM_WINDOW
+
+    for d in range(1, max(CO_VIEW_WINDOW, CO_BUY_WINDOW, NEXT_ITEM_WINDOW) + 1):
+        assert keys.NEIGHBOUR_UNIT % d == 0
+
+
 def test_cart_and_purchase_pair_for_co_buy_and_page_views_count_nothing():
     _, changes = run([ev(1, "a", "add_to_cart"), ev(2, "b", "add_to_cart")])
-    assert changes[-1].z[keys.neighbours("b", "b")] == {"a": 1.0}
+    assert changes[-1].z[keys.neighbours("b", "b")] == {"a": keys.NEIGHBOUR_UNIT}
     page = {"event_id": "p", "type": "page_view", "visitor_id": "v", "ts": T0}
     t = Tables()
     reco_changes(page, Profile(), t)
@@ -161,13 +178,15 @@ def test_next_item_ops_are_directed_and_match_the_in_process_learner():
                 for m, v in table.items():
                     dst[m] = dst.get(m, 0.0) + v
     first = changes[2].z  # c after b, a
-    assert first[keys.neighbours("t", "b")]["c"] == 1.0
-    assert first[keys.neighbours("t", "a")]["c"] == 0.5
+    assert first[keys.neighbours("t", "b")]["c"] == keys.NEIGHBOUR_UNIT
+    assert first[keys.neighbours("t", "a")]["c"] == keys.NEIGHBOUR_UNIT // 2
     assert keys.neighbours("t", "c") not in first  # directed: no c -> b
     model = NextItem(max_neighbours=1000)
     for e in events:
         model.learn_one(e)
-    assert online == model._neigh
+    assert online.keys() == model._neigh.keys()
+    for a, row in online.items():  # the same weights, in the tables' integer unit
+        assert {b: v / keys.NEIGHBOUR_UNIT for b, v in row.items()} == pytest.approx(model._neigh[a])
     assert model.window == NEXT_ITEM_WINDOW
 
 

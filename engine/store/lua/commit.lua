@@ -7,13 +7,14 @@
 --     the fence hash of a shard (keys.fence): the partition's owner epoch `e<p>` must be
 --     `epoch` (else an older owner is writing: refused) and its offset `o<p>` must be
 --     `expected` ('' = none yet), else the caller's marks are stale; then `o<p>` (and `a<p>`)
---     become the new offset
+--     become the new offset (read with one HMGET and written with one HSET per fence hash)
 --   writes: { {profile, expected rev, new value, ttl ms, tombstone, deletes, aliases, ops}, ... }
 --     compare-and-set on the profile's 4-byte revision ('' = must not exist); refused while
 --     the tombstone key exists (index 0: no profile, no tombstone: the second step of an
 --     identity merge on a cluster, which only deletes and sets aliases); deletes = { {profile, expected rev}, ... } (anonymous profiles
 --     merged into it), aliases = { {alias key, profile id}, ... }, ops = { {command, key, args...}, ... }
---     on the profile's own keys
+--     on the profile's own keys; an `LTRIM key 0 stop` whose key's previous op in the write
+--     was an LPUSH is skipped when the push's reply (the list's length) is at most stop + 1
 --   tables: { {key, kind, cap or keep, ttl ms, field, value, field, value, ...}, ... }
 --     kind 'm': ZADD GT value field (a member's score only rises), trimmed as 'z';
 --     kind 'z': ZINCRBY value field; then with a cap > 0 the set's size is checked: above
@@ -31,27 +32,53 @@ local K = KEYS
 local plan = cmsgpack.unpack(ARGV[1])
 local fences, writes, tables = plan[1], plan[2], plan[3]
 
--- a variadic command over many arguments, in slices (Lua's unpack takes a few thousand at most)
+-- a variadic command over many arguments, in slices (Lua's unpack takes a few thousand at most);
+-- returns the last slice's reply
 local function chunked(cmd, key, args, from, step)
+  local reply
   for i = from, #args, step do
     local slice = {}
     for j = i, math.min(#args, i + step - 1) do slice[#slice + 1] = args[j] end
-    redis.call(cmd, key, unpack(slice))
+    reply = redis.call(cmd, key, unpack(slice))
   end
+  return reply
 end
 
+-- the 4-byte revision a profile blob starts with ('' when absent), without reading the blob
 local function rev(key)
-  local cur = redis.call('GET', key)
-  if cur then return string.sub(cur, 1, 4) end
-  return ''
+  return redis.call('GETRANGE', key, 0, 3)
+end
+
+-- the fences by fence hash, in first-seen order: one HMGET and one HSET per hash, not one
+-- call per field (a call fences every shard it writes for every partition of the batch: 64
+-- entries on 16 shards and 4 partitions, whatever the number of events)
+local hashes, by_hash = {}, {}
+for i = 1, #fences do
+  local idx = fences[i][1]
+  local list = by_hash[idx]
+  if not list then
+    list = {}
+    by_hash[idx] = list
+    hashes[#hashes + 1] = idx
+  end
+  list[#list + 1] = i
 end
 
 -- 1. check everything; write nothing unless all holds
-for i = 1, #fences do
-  local f = fences[i]
-  local key, p = K[f[1]], f[2]
-  if (redis.call('HGET', key, 'e' .. p) or '') ~= f[3] then return {-1, i} end
-  if (redis.call('HGET', key, 'o' .. p) or '') ~= f[4] then return {-1, i} end
+for h = 1, #hashes do
+  local list = by_hash[hashes[h]]
+  local fields = {}
+  for j = 1, #list do
+    local p = fences[list[j]][2]
+    fields[2 * j - 1] = 'e' .. p
+    fields[2 * j] = 'o' .. p
+  end
+  local got = redis.call('HMGET', K[hashes[h]], unpack(fields))
+  for j = 1, #list do
+    local i = list[j]
+    local f = fences[i]
+    if (got[2 * j - 1] or '') ~= f[3] or (got[2 * j] or '') ~= f[4] then return {-1, i} end
+  end
 end
 local conflicts, erased = {}, {}
 for i = 1, #writes do
@@ -116,10 +143,17 @@ for i = 1, #writes do
   local dels, aliases, ops = w[6], w[7], w[8]
   for j = 1, #dels do redis.call('DEL', K[dels[j][1]]) end
   for j = 1, #aliases do redis.call('SET', K[aliases[j][1]], aliases[j][2], 'PX', w[4]) end
+  local lengths = {}  -- list key -> its length after this write's last LPUSH
   for j = 1, #ops do
     local op = ops[j]
-    if op[1] == 'LPUSH' or op[1] == 'HSET' then
+    local n = lengths[op[2]]
+    lengths[op[2]] = nil
+    if op[1] == 'LPUSH' then
+      lengths[op[2]] = chunked(op[1], K[op[2]], op, 3, 1000)
+    elseif op[1] == 'HSET' then
       chunked(op[1], K[op[2]], op, 3, 1000)
+    elseif op[1] == 'LTRIM' and n and tonumber(op[3]) == 0 and n <= tonumber(op[4]) + 1 then
+      -- LTRIM 0 stop of a list no longer than stop + 1 (as the push just said) keeps it whole
     else
       local args = {}
       for k = 3, #op do args[k - 2] = op[k] end
@@ -128,10 +162,19 @@ for i = 1, #writes do
   end
 end
 
--- 4. the offset marks
-for i = 1, #fences do
-  local f = fences[i]
-  redis.call('HSET', K[f[1]], 'o' .. f[2], f[5])
-  if f[6] == 1 then redis.call('HSET', K[f[1]], 'a' .. f[2], f[5]) end
+-- 4. the offset marks, one HSET per fence hash
+for h = 1, #hashes do
+  local list = by_hash[hashes[h]]
+  local fields = {}
+  for j = 1, #list do
+    local f = fences[list[j]]
+    fields[#fields + 1] = 'o' .. f[2]
+    fields[#fields + 1] = f[5]
+    if f[6] == 1 then
+      fields[#fields + 1] = 'a' .. f[2]
+      fields[#fields + 1] = f[5]
+    end
+  end
+  redis.call('HSET', K[hashes[h]], unpack(fields))
 end
 return {1, sizes}
