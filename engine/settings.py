@@ -74,8 +74,10 @@ class Settings:
     commit_ahead: bool = True
     # ... and across batches: while a batch's last part commits, what the consumer has fetched
     # since becomes the next part, planned during that commit; the chain ends when nothing has
-    # arrived, or after this long (offsets are committed and rebalances served between chains)
-    batch_chain_s: float = 0.5
+    # arrived, or after this long (offsets are committed and rebalances served between chains).
+    # Off by default: in the 1,000 events/s soak (one-event records) chained parts stayed small
+    # and freshness was worse with it than without (bench/README.md, 2026-12-03 and -04)
+    batch_chain_s: float = 0.0
     batch_within_s: float = 0.01
     fetch_max_wait_ms: int = 100  # how long an idle fetch waits at the broker (faust's is 1500)
     session_timeout_ms: int = 10_000

@@ -37,6 +37,42 @@ log = logging.getLogger("kairos.worker")
 GC_THRESHOLDS = (50_000, 50, 100)
 
 
+class Emits:
+    """The worker's emits (segment joins and leaves), sent after the commit that made them
+    and acknowledged later: `__call__` hands them to the producer in commit order, `acked` waits
+    for their acknowledgements. The consumer calls `acked` before it commits offsets and when
+    it lets partitions go, and a call waits when `MAX_UNACKED` are outstanding. Waiting after
+    every commit put a broker round trip (linger + acks) into each of the worker's cycles: in
+    the soak at 1,000 events/s most cycles had a join or a leave to send. A send that fails
+    is logged and counted (the commit that made it stands, as when the worker dies between its
+    commit and the acknowledgement)."""
+
+    MAX_UNACKED = 10_000
+
+    def __init__(self, app: faust.App) -> None:
+        self.app = app
+        self._unacked: list[asyncio.Future[Any]] = []
+        self.lost_total = 0
+
+    async def __call__(self, items: Sequence[Emit]) -> None:
+        send = self.app.producer.send
+        self._unacked += [await send(item.topic, item.key, item.value, partition=None,
+                                     timestamp=None, headers=None) for item in items]
+        if len(self._unacked) >= self.MAX_UNACKED:
+            await self.acked()
+
+    async def acked(self) -> None:
+        """Wait for every emit sent so far to be acknowledged (or to fail: logged, counted)."""
+        if not self._unacked:
+            return
+        futures, self._unacked = self._unacked, []
+        failed = [r for r in await asyncio.gather(*futures, return_exceptions=True)
+                  if isinstance(r, BaseException)]
+        if failed:
+            self.lost_total += len(failed)
+            log.warning("%d segment events could not be sent: %s", len(failed), failed[0])
+
+
 def create_app(settings: Settings, bootstrap: str, redis_url: str) -> faust.App:
     (settings.var_dir / "faust").mkdir(parents=True, exist_ok=True)
     gc.set_threshold(*GC_THRESHOLDS)
@@ -56,13 +92,9 @@ def create_app(settings: Settings, bootstrap: str, redis_url: str) -> faust.App:
         store="memory://",
     )
 
-    async def emit(items: Sequence[Emit]) -> None:
-        # send everything, then wait for the acks together: one round trip, not one per item
-        futures = [await app.producer.send(item.topic, item.key, item.value, partition=None,
-                                           timestamp=None, headers=None) for item in items]
-        await asyncio.gather(*futures)
-
+    emit = Emits(app)
     worker = Worker(settings, redis_url, f"{socket.gethostname()}:{os.getpid()}", emit)
+    worker.acked = emit.acked
     consumer = BulkConsumer(settings, bootstrap, worker)
 
     @app.task

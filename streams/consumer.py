@@ -11,7 +11,8 @@ task runs `BulkConsumer`: an aiokafka consumer of the group with manual commits.
   last part commits, what has been fetched since goes on as its next part (planned during that
   commit: `Worker.apply_records`'s `more`), for at most `batch_chain_s`.
 - Offsets are committed only after a batch is applied (at most every `commit_interval_s`, and
-  when partitions are revoked or the worker stops).
+  when partitions are revoked or the worker stops), and after what the applied batches emitted
+  is acknowledged (`Worker.flush_emits`: the worker does not wait for it after each commit).
 - When partitions are assigned, the worker claims them in Redis (engine/store/fences.py: a
   newer epoch, so a stalled previous owner's commits are refused), and each partition resumes
   from what Redis has applied when that is behind the committed offset (Redis restarted from
@@ -205,6 +206,7 @@ class BulkConsumer:
     async def commit(self, only: set[TopicPartition] | None = None) -> None:
         if self.consumer is None or not self._pending:
             return
+        await self.worker.flush_emits()  # what the applied batches emitted is out first
         offsets = {tp: off for tp, off in self._pending.items() if only is None or tp in only}
         if not offsets:
             return

@@ -73,6 +73,8 @@ class Worker:
         self.redis_url = redis_url
         self.worker_id = worker_id
         self.emit = emit
+        #: waits for the acknowledgements of what `emit` sent (streams/app.py `Emits`), if any
+        self.acked: Callable[[], Awaitable[None]] | None = None
         self.meter = WorkerMeter()
         self.redis: Any = None
         self.live: LiveStore | None = None
@@ -231,6 +233,12 @@ class Worker:
             self.meter.store_full = False
             log.warning("Redis takes the worker's writes again")
         return {p: h.applied for p, h in held.items() if h.applied != NONE}
+
+    async def flush_emits(self) -> None:
+        """Wait until what the commits so far emitted is acknowledged (before offsets are
+        committed, and when partitions go)."""
+        if self.acked is not None:
+            await self.acked()
 
     async def revoked(self, partitions: set[int]) -> None:
         hooks = self.hooks

@@ -156,9 +156,11 @@ def partition_of(visitor_id: str, partitions: int) -> int:
 @pytest.mark.parametrize("parts", [None, 20, -20], ids=["default", "small-parts-planned-ahead", "small-serial"])
 def test_worker_killed_mid_stream_applies_every_event_exactly_once(make_stack, parts):
     # small parts: every batch is committed in several, each planned while the one before
-    # commits (streams/applier.py), so the kill lands among plans ahead
+    # commits (streams/applier.py), and batches chained (what was fetched since becomes the
+    # next part, streams/worker.py), so the kill lands among plans ahead
     stack = make_stack(name="kill" if parts is None else f"kill{'ahead' if parts > 0 else 'serial'}", workers=1,
-                       **({"commit_max_events": abs(parts), "commit_ahead": parts > 0} if parts else {}))
+                       **({"commit_max_events": abs(parts), "commit_ahead": parts > 0,
+                           "batch_chain_s": 0.5 if parts > 0 else 0.0} if parts else {}))
     # its own visitors and items: the tests share one Redis, and the shared tables are global
     events = make_events(40, 150, seed=1, prefix="kill" if parts is None else f"kill{parts}")
     feed = Feeder(stack, events, size=50, pause=0.01)
