@@ -51,6 +51,22 @@ def top_commands(before: dict[str, tuple[int, int]], after: dict[str, tuple[int,
              "usec_per_call": u / n if n else 0.0, "calls_per_s": n / max(seconds, 1e-9)} for c, (n, u) in rows]
 
 
+def settings_of(pairs: list[str]) -> dict[str, Any]:
+    """`--set NAME=VALUE` pairs as settings, each value of its field's type."""
+    from engine.settings import Settings
+
+    fields = Settings.__dataclass_fields__ if hasattr(Settings, "__dataclass_fields__") \
+        else Settings.model_fields  # type: ignore[attr-defined]
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        if not sep or name not in fields:
+            raise SystemExit(f"--set {pair!r}: expected NAME=VALUE with NAME a setting")
+        kind = type(getattr(Settings(), name))
+        out[name] = value.lower() in ("1", "true", "yes") if kind is bool else kind(value)
+    return out
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--minutes", type=float, default=10.0)
@@ -63,6 +79,9 @@ def main() -> int:
     ap.add_argument("--window", type=float, default=60.0, help="seconds per reported window")
     ap.add_argument("--chain-s", type=float, default=None,
                     help="the worker's batch_chain_s (default: the settings'; 0 = no chaining of batches)")
+    ap.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
+                    help="a worker/API setting of engine/settings.py for this run (repeatable), "
+                         "e.g. --set commit_max_events=250")
     ap.add_argument("--drain", type=float, default=300.0, help="seconds at most to wait for the worker to catch up")
     a = ap.parse_args()
     load_before = loadavg()
@@ -71,8 +90,10 @@ def main() -> int:
         say(note)
     rows: list[dict[str, Any]] = []
     with BenchStack("soak") as st:
-        start_default_stack(st, a.api_workers,
-                            **({} if a.chain_s is None else {"batch_chain_s": a.chain_s}))
+        overrides = settings_of(a.set)
+        if a.chain_s is not None:
+            overrides["batch_chain_s"] = a.chain_s
+        start_default_stack(st, a.api_workers, **overrides)
         wait_worker_ready(st)
         load = Load(st.base_url, rate=a.rate, probes_per_s=a.probes, key=st.key,
                     poll_s=a.poll_ms / 1000.0)
@@ -178,7 +199,7 @@ def main() -> int:
     if note:
         print(f"note: {note}")
     json_line({"bench": "soak", "minutes": a.minutes, "rate_offered": a.rate, "api_workers": a.api_workers,
-               "batch_chain_s": a.chain_s,
+               "batch_chain_s": a.chain_s, "settings": a.set,
                "loadavg_before": load_before, "minutes_rows": rows, "sent": load.sent_events,
                "accepted": load.accepted, "counted": events_counted, "profiles": profiles,
                "counts_equal": equal, "drained": drained, "drain_s": round(drain_s, 1), "failed_requests": load.failed_requests,
