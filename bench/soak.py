@@ -53,17 +53,22 @@ def top_commands(before: dict[str, tuple[int, int]], after: dict[str, tuple[int,
 
 def settings_of(pairs: list[str]) -> dict[str, Any]:
     """`--set NAME=VALUE` pairs as settings, each value of its field's type."""
+    import dataclasses
+
     from engine.settings import Settings
 
-    fields = Settings.__dataclass_fields__ if hasattr(Settings, "__dataclass_fields__") \
-        else Settings.model_fields  # type: ignore[attr-defined]
+    defaults = {f.name: getattr(Settings(), f.name) for f in dataclasses.fields(Settings)}
     out: dict[str, Any] = {}
     for pair in pairs:
         name, sep, value = pair.partition("=")
-        if not sep or name not in fields:
-            raise SystemExit(f"--set {pair!r}: expected NAME=VALUE with NAME a setting")
-        kind = type(getattr(Settings(), name))
-        out[name] = value.lower() in ("1", "true", "yes") if kind is bool else kind(value)
+        kind = type(defaults.get(name))
+        if not sep or name not in defaults or kind not in (bool, int, float, str):
+            raise SystemExit(f"--set {pair!r}: expected NAME=VALUE, NAME a setting of a bool, "
+                             "number or text")
+        try:
+            out[name] = value.lower() in ("1", "true", "yes") if kind is bool else kind(value)
+        except ValueError:
+            raise SystemExit(f"--set {pair!r}: {value!r} is not a {kind.__name__}") from None
     return out
 
 

@@ -70,6 +70,8 @@ _WORKER_GAUGES = (
     ("store_full", "kairos_worker_store_full", "1 while Redis refuses the worker's writes (out of memory)"),
     ("store_full_retries_total", "kairos_worker_store_full_retries_total",
      "Batch attempts refused by Redis for lack of memory (each retried until it applies)"),
+    ("emits_lost_total", "kairos_worker_emits_lost_total",
+     "Segment join and leave events the worker could not send to Kafka"),
 )
 
 

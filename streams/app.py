@@ -24,6 +24,7 @@ import faust
 from engine.settings import Settings
 from engine.store.writes import Emit
 from streams.consumer import BulkConsumer
+from streams.metrics import WorkerMeter
 from streams.worker import Worker
 
 log = logging.getLogger("kairos.worker")
@@ -44,15 +45,15 @@ class Emits:
     it lets partitions go, and a call waits when `MAX_UNACKED` are outstanding. Waiting after
     every commit put a broker round trip (linger + acks) into each of the worker's cycles: in
     the soak at 1,000 events/s most cycles had a join or a leave to send. A send that fails
-    is logged and counted (the commit that made it stands, as when the worker dies between its
-    commit and the acknowledgement)."""
+    is logged and counted in `meter.emits_lost_total` (the commit that made it stands, as when
+    the worker dies between its commit and the acknowledgement)."""
 
     MAX_UNACKED = 10_000
 
-    def __init__(self, app: faust.App) -> None:
+    def __init__(self, app: faust.App, meter: WorkerMeter) -> None:
         self.app = app
+        self.meter = meter
         self._unacked: list[asyncio.Future[Any]] = []
-        self.lost_total = 0
 
     async def __call__(self, items: Sequence[Emit]) -> None:
         send = self.app.producer.send
@@ -69,7 +70,7 @@ class Emits:
         failed = [r for r in await asyncio.gather(*futures, return_exceptions=True)
                   if isinstance(r, BaseException)]
         if failed:
-            self.lost_total += len(failed)
+            self.meter.emits_lost_total += len(failed)
             log.warning("%d segment events could not be sent: %s", len(failed), failed[0])
 
 
@@ -92,9 +93,10 @@ def create_app(settings: Settings, bootstrap: str, redis_url: str) -> faust.App:
         store="memory://",
     )
 
-    emit = Emits(app)
-    worker = Worker(settings, redis_url, f"{socket.gethostname()}:{os.getpid()}", emit)
-    worker.acked = emit.acked
+    meter = WorkerMeter()
+    emit = Emits(app, meter)
+    worker = Worker(settings, redis_url, f"{socket.gethostname()}:{os.getpid()}", emit,
+                    acked=emit.acked, meter=meter)
     consumer = BulkConsumer(settings, bootstrap, worker)
 
     @app.task

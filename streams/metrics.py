@@ -29,6 +29,7 @@ class WorkerMeter:
     store_full: bool = False  # Redis refused the last attempt for lack of memory
     store_full_retries_total: int = 0
     chained_total: int = 0  # batches that went on with records fetched during their commit
+    emits_lost_total: int = 0  # segment joins/leaves the producer could not send (streams/app.py)
     offsets: dict[tuple[str, int], int] = field(default_factory=dict)
     _applied: deque[tuple[float, int]] = field(default_factory=deque)
     _fresh: deque[tuple[float, float]] = field(default_factory=lambda: deque(maxlen=20_000))
@@ -64,6 +65,7 @@ class WorkerMeter:
             "store_full": int(self.store_full),
             "store_full_retries_total": self.store_full_retries_total,
             "chained_total": self.chained_total,
+            "emits_lost_total": self.emits_lost_total,
             "freshness_p50_ms": round(quantile(ages, 0.5) * 1000, 2),
             "freshness_p99_ms": round(quantile(ages, 0.99) * 1000, 2),
         }

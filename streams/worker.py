@@ -68,14 +68,15 @@ def _overlapping(ap: Applier, part: Sequence[dict[str, Any]], nxt: Ahead
 
 class Worker:
     def __init__(self, settings: Settings, redis_url: str, worker_id: str,
-                 emit: Callable[[Sequence[Emit]], Awaitable[None]]) -> None:
+                 emit: Callable[[Sequence[Emit]], Awaitable[None]], *,
+                 acked: Callable[[], Awaitable[None]] | None = None,
+                 meter: WorkerMeter | None = None) -> None:
         self.settings = settings
         self.redis_url = redis_url
         self.worker_id = worker_id
         self.emit = emit
-        #: waits for the acknowledgements of what `emit` sent (streams/app.py `Emits`), if any
-        self.acked: Callable[[], Awaitable[None]] | None = None
-        self.meter = WorkerMeter()
+        self.acked = acked  # waits for the acknowledgements of what `emit` sent, if given
+        self.meter = meter if meter is not None else WorkerMeter()
         self.redis: Any = None
         self.live: LiveStore | None = None
         self.store: ProfileStore | None = None

@@ -10,6 +10,7 @@ from typing import Any
 
 from engine.store.writes import Emit
 from streams.app import Emits
+from streams.metrics import WorkerMeter
 from tests.unit import aio
 
 
@@ -27,7 +28,7 @@ class Producer:
 
 def emits() -> tuple[Emits, Producer]:
     producer = Producer()
-    return Emits(SimpleNamespace(producer=producer)), producer  # type: ignore[arg-type]
+    return Emits(SimpleNamespace(producer=producer), WorkerMeter()), producer  # type: ignore[arg-type]
 
 
 def test_a_call_queues_in_order_without_waiting_and_acked_waits_for_every_ack() -> None:
@@ -42,7 +43,7 @@ def test_a_call_queues_in_order_without_waiting_and_acked_waits_for_every_ack() 
         for f in producer.futures:
             f.set_result(None)
         await waiting
-        assert e.lost_total == 0
+        assert e.meter.emits_lost_total == 0
         await e.acked()  # nothing left: returns at once
 
     aio.run(go())
@@ -55,7 +56,7 @@ def test_a_failed_send_is_counted_and_the_others_still_acknowledged() -> None:
         producer.futures[0].set_exception(RuntimeError("broker gone"))
         producer.futures[1].set_result(None)
         await e.acked()
-        assert e.lost_total == 1
+        assert e.meter.emits_lost_total == 1
 
     aio.run(go())
 
